@@ -1,0 +1,49 @@
+# aoe - developer commands. `make help` lists them.
+# `make run` and `make test` work on a fresh machine with only Python 3.11.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test check lint typecheck format bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m compileall -q aoe
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install aoe with its development tools
+
+run: $(STAMP) ## Validate the example workflows and draw the example's graph
+	$(BIN)/aoe validate workflows/*.yaml
+	$(BIN)/aoe graph workflows/competitor-brief.yaml
+
+test: $(STAMP) ## Run the whole test suite
+	$(BIN)/python -m pytest
+
+lint: $(STAMP) ## ruff: style and common mistakes
+	$(BIN)/ruff check aoe tests bench
+	$(BIN)/ruff format --check aoe tests bench
+
+typecheck: $(STAMP) ## mypy --strict
+	$(BIN)/mypy
+
+check: lint typecheck test ## Lint, types and tests
+
+format: $(STAMP) ## Format the code with ruff
+	$(BIN)/ruff format aoe tests bench
+	$(BIN)/ruff check --fix aoe tests bench
+
+bench: $(STAMP) ## Speed and memory benchmarks (prints figures and ratios)
+	$(BIN)/python bench/validate_speed.py
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

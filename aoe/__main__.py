@@ -1,0 +1,3 @@
+from aoe.cli import main
+
+main()

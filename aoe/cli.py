@@ -1,0 +1,306 @@
+"""The ``aoe`` command line: Typer commands over :mod:`aoe.api`.
+
+The only module (with :mod:`aoe.ui`) that knows typer and rich. Commands
+parse options, call the library, print, and turn errors into exit codes:
+a user error prints what is wrong, where and how to fix it, and exits 2;
+nothing prints a traceback unless ``--debug`` (or ``LOG_LEVEL=DEBUG``) asks.
+Everything heavier than typer is imported inside the command that needs it,
+so ``aoe --help`` and ``aoe validate`` start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from aoe import __version__
+
+if TYPE_CHECKING:
+    from aoe.config import Settings
+    from aoe.errors import AoeError
+
+app = typer.Typer(
+    name="aoe",
+    help="aoe - the Agent Orchestration Engine: run declarative YAML workflows of LLM calls.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(
+    help="The engine configuration.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(config_app, name="config")
+
+_state = {"debug": False}
+
+
+class ReportFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class GraphFormat(StrEnum):
+    tree = "tree"
+    mermaid = "mermaid"
+    dot = "dot"
+
+
+ConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Engine config file (default: $AOE_CONFIG, else built-in defaults).",
+        metavar="FILE",
+        show_default=False,
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"aoe {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback behind an error.")
+    ] = False,
+) -> None:
+    """aoe - the Agent Orchestration Engine: run declarative YAML workflows of LLM calls."""
+    _state["debug"] = debug or os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn aoe's errors into messages and exit codes; a bug into a short report."""
+    from aoe.errors import AoeError
+
+    try:
+        yield
+    except AoeError as error:
+        _fail(error)
+    except KeyboardInterrupt:
+        typer.echo("aoe: interrupted", err=True)
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as error:
+        if _state["debug"]:
+            traceback.print_exc()
+        typer.echo(
+            f"aoe: internal error: {type(error).__name__}: {error}\n"
+            "This is a bug in aoe; rerun with --debug for the traceback and report it.",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def _fail(error: AoeError) -> NoReturn:
+    from aoe.errors import DiagnosticsError
+    from aoe.ui import format_diagnostic, use_colour
+
+    if _state["debug"]:
+        traceback.print_exception(error)
+    colour = use_colour(sys.stderr)
+    if isinstance(error, DiagnosticsError):
+        for diagnostic in error.diagnostics:
+            typer.echo(format_diagnostic(diagnostic, colour), err=True)
+    else:
+        typer.echo(f"aoe: error: {error}", err=True)
+    raise typer.Exit(error.exit_code) from None
+
+
+def _settings(config: str | None) -> Settings:
+    from aoe.config import load_settings
+
+    return load_settings(config)
+
+
+@app.command(
+    epilog="Examples: aoe validate workflows/*.yaml  |  "
+    "aoe validate wf.yaml --format json | jq '.[] | .message'"
+)
+def validate(
+    files: Annotated[
+        list[str], typer.Argument(help="Workflow files to check.", metavar="WORKFLOW...")
+    ],
+    format: Annotated[
+        ReportFormat, typer.Option("--format", "-f", help="text lines or a JSON list.")
+    ] = ReportFormat.text,
+    config: ConfigOption = None,
+) -> None:
+    """Check workflow files: format, graph, templates, providers and prices.
+
+    Every problem of every file is reported in one pass, as
+    FILE:LINE:COL: error: MESSAGE. Exit 0 when all are valid, 2 otherwise.
+    """
+    with _errors():
+        from aoe.api import validate as validate_files
+        from aoe.diagnostics import has_errors
+        from aoe.ui import format_diagnostic, plural, use_colour
+
+        results = validate_files(files, _settings(config))
+        failed = sum(1 for r in results if has_errors(r.diagnostics))
+        if format is ReportFormat.json:
+            report = [d.to_json() for r in results for d in r.diagnostics]
+            typer.echo(json.dumps(report, indent=2))
+        else:
+            colour = use_colour(sys.stdout)
+            for result in results:
+                for diagnostic in result.diagnostics:
+                    typer.echo(format_diagnostic(diagnostic, colour))
+                errors = sum(1 for d in result.diagnostics if d.is_error)
+                warnings = len(result.diagnostics) - errors
+                if result.workflow is not None and not errors:
+                    status = f"valid ({plural(len(result.workflow.agents), 'agent')}"
+                    status += f", {plural(warnings, 'warning')})" if warnings else ")"
+                else:
+                    status = f"invalid ({plural(errors, 'error')}"
+                    status += f", {plural(warnings, 'warning')})" if warnings else ")"
+                typer.echo(f"{result.path}: {status}")
+            if len(results) > 1:
+                typer.echo(
+                    f"{plural(len(results), 'file')} checked: "
+                    f"{len(results) - failed} valid, {failed} invalid"
+                )
+        raise typer.Exit(2 if failed else 0)
+
+
+@app.command(
+    epilog="Examples: aoe graph wf.yaml  |  aoe graph wf.yaml --format dot | dot -Tsvg > wf.svg  "
+    "|  aoe graph wf.yaml -f mermaid -o wf.mmd"
+)
+def graph(
+    file: Annotated[str, typer.Argument(help="The workflow file.", metavar="WORKFLOW")],
+    format: Annotated[
+        GraphFormat,
+        typer.Option("--format", "-f", help="tree (for a terminal), mermaid or dot (Graphviz)."),
+    ] = GraphFormat.tree,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Write to FILE instead of stdout.", metavar="FILE"),
+    ] = None,
+) -> None:
+    """Draw the dependency graph of a workflow, its critical path highlighted."""
+    with _errors():
+        from aoe.api import load
+        from aoe.ui import critical_path_line
+
+        workflow = load(file)
+        labels = {
+            agent_id: f"{agent_id}\n{agent.llm.label}"
+            + ("\nforeach" if agent.foreach is not None else "")
+            for agent_id, agent in workflow.agents.items()
+        }
+        critical = workflow.graph.critical_path().nodes
+        if format is GraphFormat.mermaid:
+            text = workflow.graph.to_mermaid(labels, highlight=critical)
+        elif format is GraphFormat.dot:
+            text = workflow.graph.to_dot(workflow.name, labels, highlight=critical)
+        else:
+            text = _render_tree(workflow, to_file=output is not None)
+            text += critical_path_line(workflow) + "\n"
+        _write(text, output)
+
+
+def _render_tree(workflow: Any, *, to_file: bool) -> str:
+    from io import StringIO
+
+    from aoe.ui import console, graph_tree
+
+    if to_file:
+        buffer = StringIO()
+        console(buffer, width=200).print(graph_tree(workflow))
+        return buffer.getvalue()
+    out = console()
+    out.print(graph_tree(workflow))
+    return ""
+
+
+def _write(text: str, output: str | None) -> None:
+    from aoe.errors import UserError
+
+    if output is None or output == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise UserError(f"cannot write {output}: {e.strerror or e}") from None
+
+
+@app.command(epilog="Example: aoe schema -o workflow.schema.json")
+def schema(
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Write to FILE instead of stdout.", metavar="FILE"),
+    ] = None,
+) -> None:
+    """Print the workflow format as JSON Schema, for editors and other tools.
+
+    Point an editor at it with a first line such as
+    # yaml-language-server: $schema=workflow.schema.json
+    """
+    with _errors():
+        from aoe.spec import json_schema
+
+        _write(json.dumps(json_schema(), indent=2) + "\n", output)
+
+
+@config_app.command(
+    "show", epilog="Examples: aoe config show  |  aoe config show -c config/production.yaml -f json"
+)
+def config_show(
+    config: ConfigOption = None,
+    format: Annotated[
+        ReportFormat, typer.Option("--format", "-f", help="A table, or JSON.")
+    ] = ReportFormat.text,
+) -> None:
+    """Show the effective engine config and where each value came from.
+
+    Precedence: command-line flags, then environment variables (and .env),
+    then the config file, then built-in defaults. API keys are never shown.
+    """
+    with _errors():
+        from aoe.ui import config_lines, config_rows, config_table, console, use_colour
+
+        settings = _settings(config)
+        if format is ReportFormat.json:
+            report = {
+                s.key: {"value": s.shown if s.secret else s.value, "source": s.source}
+                for s in settings.settings()
+            }
+            typer.echo(json.dumps(report, indent=2))
+            return
+        header = f"config file: {settings.config_file or '(none: built-in defaults)'}"
+        rows = config_rows(settings)
+        if not use_colour(sys.stdout):
+            sys.stdout.write(header + "\n" + config_lines(rows))
+            return
+        out = console()
+        out.print(header, markup=False)
+        out.print(config_table(rows))
+
+
+def main() -> None:
+    """The ``aoe`` console script."""
+    app()

@@ -1,0 +1,157 @@
+"""Run-time inputs: ``-i name=value`` and ``--inputs-file``, checked against the workflow.
+
+A required input that is missing, a value of the wrong type, or an input the
+workflow does not declare is an error before anything runs; every such
+problem is reported at once, pointing at the option or the file line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aoe.diagnostics import Diagnostic, Severity
+from aoe.errors import InputsInvalid
+from aoe.modelerrors import closest, describe
+from aoe.spec import value_has_type
+from aoe.workflow import Input
+from aoe.yamlsource import Mark, YamlError, parse_yaml, read_text, resolve_scalar
+
+_COMMAND_LINE = "command line"
+_TYPE_WORDS = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "a boolean (true or false)",
+    "list": "a list",
+    "object": "an object (a mapping)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GivenInput:
+    """A value given at run time and where it was given, for error messages."""
+
+    value: Any
+    file: str
+    line: int = 0
+    column: int = 0
+    label: str = ""
+
+
+def from_assignments(pairs: Sequence[str], declared: Mapping[str, Input]) -> dict[str, GivenInput]:
+    """``-i name=value`` options. Values are YAML scalars (``5``, ``true``); a
+    string input takes the text as written, and a list or object input takes
+    YAML flow syntax (``[a, b]``, ``{k: v}``)."""
+    given: dict[str, GivenInput] = {}
+    problems: list[Diagnostic] = []
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            problems.append(
+                _problem(_COMMAND_LINE, 0, 0, f"-i {pair!r}: write an input as NAME=VALUE")
+            )
+            continue
+        kind = declared[name].type if name in declared else None
+        label = f"-i {name}"
+        if kind == "string":
+            value: Any = text
+        elif kind in ("list", "object"):
+            try:
+                value = parse_yaml(text, label).data if text.strip() else None
+            except YamlError as e:
+                problems.append(
+                    _problem(_COMMAND_LINE, 0, 0, f"{label}: {e.diagnostics[0].message}")
+                )
+                continue
+        else:
+            value = resolve_scalar(text)
+        given[name] = GivenInput(value, _COMMAND_LINE, label=label)
+    if problems:
+        raise InputsInvalid(problems)
+    return given
+
+
+def from_file(path: str) -> dict[str, GivenInput]:
+    """An inputs file: a YAML or JSON mapping of input names to values."""
+    try:
+        document = parse_yaml(read_text(path), path)
+    except YamlError as e:
+        raise InputsInvalid(e.diagnostics) from None
+    if document.diagnostics:
+        raise InputsInvalid(document.diagnostics)
+    if not isinstance(document.data, dict):
+        raise InputsInvalid(
+            [_problem(path, 1, 1, "an inputs file is a mapping of input names to values")]
+        )
+    given: dict[str, GivenInput] = {}
+    for name, value in document.data.items():
+        mark: Mark = document.source.key((name,))
+        given[name] = GivenInput(value, path, mark.line, mark.column)
+    return given
+
+
+def bind_inputs(declared: Mapping[str, Input], given: Mapping[str, GivenInput]) -> dict[str, Any]:
+    """Every declared input's value: given, else its default. Raises
+    :class:`InputsInvalid` listing every missing, undeclared or mistyped input."""
+    problems: list[Diagnostic] = []
+    values: dict[str, Any] = {}
+    for name, item in given.items():
+        spec = declared.get(name)
+        if spec is None:
+            match = closest(name, list(declared))
+            hint = (
+                f"did you mean '{match}'?"
+                if match
+                else (
+                    "declared inputs: " + ", ".join(declared)
+                    if declared
+                    else "it declares no inputs"
+                )
+            )
+            problems.append(_at(item, f"{_lead(item)}the workflow has no input '{name}'; {hint}"))
+            continue
+        if not (item.value is None and not spec.required) and not value_has_type(
+            item.value, spec.type
+        ):
+            problems.append(
+                _at(
+                    item,
+                    f"{_lead(item)}input '{name}' must be "
+                    f"{_TYPE_WORDS[spec.type]}, not {describe(item.value)}",
+                )
+            )
+            continue
+        values[name] = item.value
+    for name, spec in declared.items():
+        if name in values or name in given:
+            continue
+        if spec.required:
+            problems.append(
+                _problem(
+                    _COMMAND_LINE,
+                    0,
+                    0,
+                    f"input '{name}' is required ({_TYPE_WORDS[spec.type]}): "
+                    f"give it with -i {name}=VALUE or in --inputs-file",
+                )
+            )
+        else:
+            values[name] = spec.default
+    if problems:
+        raise InputsInvalid(problems)
+    return values
+
+
+def _lead(item: GivenInput) -> str:
+    return f"{item.label}: " if item.label else ""
+
+
+def _at(item: GivenInput, message: str) -> Diagnostic:
+    return _problem(item.file, item.line, item.column, message)
+
+
+def _problem(file: str, line: int, column: int, message: str) -> Diagnostic:
+    return Diagnostic(file, line, column, Severity.ERROR, "input", message)

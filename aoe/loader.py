@@ -1,0 +1,909 @@
+"""Workflow file -> :class:`aoe.workflow.Workflow`, or every reason it cannot be one.
+
+The loader runs every check of the format in one pass and keeps going after
+an error wherever a later check still means something, so a file with five
+mistakes gets five diagnostics, each with its line:
+
+1. YAML: syntax, duplicate keys, tags, size (:mod:`aoe.yamlsource`);
+2. the models of :mod:`aoe.spec`: unknown keys, types, ranges;
+3. the graph: unknown, duplicate and self dependencies, cycles;
+4. resolution: defaults merged, a model for every agent, files read safely,
+   output schemas that are valid JSON Schema;
+5. templates and expressions: syntax, and every reference against
+   ``depends_on`` and the declared inputs;
+6. with the engine settings: providers that exist and prices where a budget
+   applies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path as FsPath
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from aoe import graph as graphs
+from aoe.diagnostics import Diagnostic, Severity, has_errors, sort_key
+from aoe.errors import WorkflowInvalid
+from aoe.modelerrors import closest, diagnostics_from_error, did_you_mean
+from aoe.schemas import schema_problem
+from aoe.spec import (
+    AGENT_ID_MAX,
+    AGENT_ID_RE,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TIMEOUT,
+    AgentSpec,
+    LLMSpec,
+    WorkflowHeader,
+)
+from aoe.templates import (
+    AGENT_ATTRIBUTES,
+    FOREACH_NAMES,
+    ROOTS,
+    WORKFLOW_ATTRIBUTES,
+    Analysis,
+    TemplateProblem,
+    analyse_expression,
+    analyse_template,
+)
+from aoe.workflow import (
+    Agent,
+    Input,
+    LLMConfig,
+    OutputConfig,
+    RetryOverrides,
+    SourceText,
+    Workflow,
+)
+from aoe.yamlsource import Path, SourceMap, YamlError, parse_yaml, read_text
+
+if TYPE_CHECKING:
+    from aoe.config import Settings
+
+MAX_INCLUDED_FILE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """What loading one file found: the workflow if it is valid, and every diagnostic."""
+
+    path: str
+    workflow: Workflow | None
+    diagnostics: tuple[Diagnostic, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.workflow is not None and not has_errors(self.diagnostics)
+
+    def require(self) -> Workflow:
+        """The workflow, or :class:`WorkflowInvalid` with the errors."""
+        if self.workflow is None or has_errors(self.diagnostics):
+            raise WorkflowInvalid([d for d in self.diagnostics if d.is_error])
+        return self.workflow
+
+
+def load_workflow(
+    path: str | os.PathLike[str],
+    *,
+    settings: Settings | None = None,
+    display: str | None = None,
+) -> LoadResult:
+    """Load and check a workflow file.
+
+    With ``settings``, also check what depends on the engine config: that each
+    provider exists and that each model has a price where a budget applies.
+    ``display`` is the name used in diagnostics (default: ``path`` as given).
+    """
+    name = display or os.fspath(path)
+    loader = _Loader(os.fspath(path), name, settings)
+    workflow = loader.load()
+    diagnostics = tuple(sorted(loader.diagnostics, key=sort_key))
+    return LoadResult(name, workflow if not has_errors(diagnostics) else None, diagnostics)
+
+
+@cache
+def _agents_adapter() -> TypeAdapter[dict[str, AgentSpec]]:
+    return TypeAdapter(dict[str, AgentSpec])
+
+
+@cache
+def _field_adapter(name: str) -> TypeAdapter[Any]:
+    annotation = WorkflowHeader.model_fields[name].annotation
+    assert annotation is not None
+    return TypeAdapter(annotation)
+
+
+_UNKNOWN: Any = object()  # a section whose errors are reported; checks that need it are skipped
+
+
+class _Loader:
+    def __init__(self, path: str, name: str, settings: Settings | None) -> None:
+        self.path = path
+        self.name = name
+        self.folder = FsPath(path).resolve().parent
+        self.display_folder = os.path.dirname(name)
+        self.settings = settings
+        self.diagnostics: list[Diagnostic] = []
+        self.source = SourceMap(name)
+        self.text = ""
+        self._lines: list[str] | None = None
+        self.files: dict[str, str] = {}
+        # where each agent's merged llm fields were written, for price and provider errors
+        self.llm_origins: dict[tuple[str, int], dict[str, Path]] = {}
+        # what the templates read of the inputs, for the unused-input warning
+        self.inputs_read: set[str] = set()
+        self.inputs_read_dynamically = False
+
+    # -- reporting ---------------------------------------------------------
+    def error(self, path: Path, code: str, message: str, *, at_key: bool = False) -> None:
+        self.diagnostics.append(self.source.diagnostic(path, code, message, at_key=at_key))
+
+    def warn(self, path: Path, code: str, message: str, *, at_key: bool = False) -> None:
+        self.diagnostics.append(
+            self.source.diagnostic(path, code, message, at_key=at_key, severity=Severity.WARNING)
+        )
+
+    # -- the passes --------------------------------------------------------
+    def load(self) -> Workflow | None:
+        try:
+            self.text = read_text(self.path, self.name)
+            document = parse_yaml(self.text, self.name)
+        except YamlError as e:
+            self.diagnostics.extend(e.diagnostics)
+            return None
+        self.source = document.source
+        self.diagnostics.extend(document.diagnostics)
+        data = document.data
+        if not isinstance(data, dict):
+            self.error((), "type", "a workflow file is a mapping with version, name and agents")
+            return None
+        data = {k: v for k, v in data.items() if not k.startswith("x-")}
+
+        header = self.check_header(data)
+        raw_agents = data.get("agents")
+        if not isinstance(raw_agents, dict):
+            return None  # reported by the header check
+        specs = self.check_agents(raw_agents)
+        dependencies = self.check_dependencies(raw_agents, specs)
+
+        inputs = header["inputs"]
+        if inputs is _UNKNOWN and isinstance(data.get("inputs"), dict):
+            inputs = data["inputs"]  # names are declared even where a type is wrong
+        agents: dict[str, Agent] = {}
+        for agent_id, raw in raw_agents.items():
+            spec = specs.get(agent_id)
+            texts = self.agent_texts(agent_id, spec, raw)
+            self.check_agent_templates(
+                agent_id, texts, _raw_depends_on(raw, spec), inputs, raw_agents
+            )
+            if spec is not None:
+                agent = self.resolve_agent(agent_id, spec, header["defaults"], texts)
+                if agent is not None:
+                    agents[agent_id] = agent
+        outputs = self.check_outputs(header["outputs"], inputs, raw_agents)
+        if not has_errors(self.diagnostics):
+            self.check_unused_inputs(inputs)
+        if self.settings is not None:
+            self.check_against_settings(agents, header)
+
+        if has_errors(self.diagnostics) or dependencies is None:
+            return None
+        return Workflow(
+            name=header["name"],
+            path=self.path,
+            text=self.text,
+            files=MappingProxyType(self.files),
+            agents=MappingProxyType(agents),
+            graph=dependencies,
+            inputs=MappingProxyType(
+                {
+                    n: Input(n, spec.type, spec.required, spec.default, spec.description)
+                    for n, spec in inputs.items()
+                }
+            ),
+            description=header["description"],
+            cost_budget=header["cost_budget"],
+            max_parallel_agents=header["max_parallel_agents"],
+            allow_partial_completion=header["allow_partial_completion"],
+            outputs=MappingProxyType(outputs),
+        )
+
+    def check_header(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Validate everything but the agents; sections with errors come back as unknown."""
+        try:
+            header = WorkflowHeader.model_validate(data)
+        except ValidationError as e:
+            self.diagnostics.extend(diagnostics_from_error(e, self.source, WorkflowHeader))
+            broken = {str(err["loc"][0]) for err in e.errors() if err["loc"]}
+            values: dict[str, Any] = {}
+            for field, info in WorkflowHeader.model_fields.items():
+                if field in broken or field == "agents":
+                    values[field] = _UNKNOWN
+                elif field in data:
+                    values[field] = _field_adapter(field).validate_python(data[field])
+                else:
+                    values[field] = info.get_default(call_default_factory=True)
+            return values
+        return {field: getattr(header, field) for field in WorkflowHeader.model_fields}
+
+    def check_agents(self, raw_agents: dict[str, Any]) -> dict[str, AgentSpec]:
+        """Agent ids and each agent's keys and values; the valid agents' models."""
+        for agent_id in raw_agents:
+            if not AGENT_ID_RE.match(agent_id) or len(agent_id) > AGENT_ID_MAX:
+                self.error(("agents", agent_id), "agent-id", _bad_id_message(agent_id), at_key=True)
+        try:
+            return _agents_adapter().validate_python(raw_agents)
+        except ValidationError as e:
+            self.diagnostics.extend(
+                diagnostics_from_error(
+                    e, self.source, AgentSpec, prefix=("agents",), root_prefix=("agents", "*")
+                )
+            )
+            broken = {err["loc"][0] for err in e.errors() if err["loc"]}
+        return {
+            agent_id: AgentSpec.model_validate(raw)
+            for agent_id, raw in raw_agents.items()
+            if agent_id not in broken
+        }
+
+    def check_dependencies(
+        self, raw_agents: dict[str, Any], specs: Mapping[str, AgentSpec]
+    ) -> graphs.Graph | None:
+        """Unknown, duplicate and self dependencies, and cycles; the graph if there are none."""
+        known = list(raw_agents)
+        clean: dict[str, list[str]] = {}
+        ok = True
+        for agent_id, raw in raw_agents.items():
+            deps = _raw_depends_on(raw, specs.get(agent_id))
+            seen: set[str] = set()
+            kept: list[str] = []
+            for i, dep in enumerate(deps):
+                where: Path = ("agents", agent_id, "depends_on")
+                if isinstance(raw, dict) and isinstance(raw.get("depends_on"), list):
+                    where = (*where, i)
+                if dep in seen:
+                    self.error(
+                        where,
+                        "duplicate-dependency",
+                        f"agent '{agent_id}' lists '{dep}' in depends_on twice; remove one",
+                    )
+                    ok = False
+                elif dep == agent_id:
+                    self.error(
+                        where,
+                        "self-dependency",
+                        f"agent '{agent_id}' depends on itself; remove '{dep}' from its depends_on",
+                    )
+                    ok = False
+                elif dep not in raw_agents:
+                    self.error(
+                        where,
+                        "unknown-dependency",
+                        f"agent '{agent_id}' depends on '{dep}', which is not an agent "
+                        f"of this file{did_you_mean(dep, known)}",
+                    )
+                    ok = False
+                else:
+                    kept.append(dep)
+                seen.add(dep)
+            clean[agent_id] = kept
+        for cycle in graphs.find_cycles(clean):
+            first, second = cycle[0], cycle[1]
+            raw_deps = (
+                raw_agents[first].get("depends_on") if isinstance(raw_agents[first], dict) else None
+            )
+            where = ("agents", first, "depends_on")
+            if isinstance(raw_deps, list) and second in raw_deps:
+                where = (*where, raw_deps.index(second))
+            self.error(
+                where,
+                "cycle",
+                f"dependency cycle: {graphs.format_cycle(cycle)} (each depends on the "
+                "next); remove one of these dependencies",
+            )
+            ok = False
+        return graphs.Graph(clean) if ok else None
+
+    # -- resolution -----------------------------------------------------------
+    def agent_texts(
+        self, agent_id: str, spec: AgentSpec | None, raw: Any
+    ) -> dict[str, SourceText | None]:
+        """An agent's templates and expressions, read from files where it names them.
+
+        For an agent whose keys did not validate, whatever of them is plain
+        text is still returned, so its templates are checked too.
+        """
+        at: Path = ("agents", agent_id)
+        if spec is None:
+            fields = raw if isinstance(raw, dict) else {}
+            return {
+                field: self.inline_text((*at, field), value) if isinstance(value, str) else None
+                for field in _TEXT_FIELDS
+                for value in (fields.get(field),)
+            }
+        return {
+            "prompt": self.source_text(at, "prompt", spec.prompt, spec.prompt_file),
+            "system": self.source_text(at, "system", spec.system, spec.system_file),
+            "when": self.inline_text((*at, "when"), spec.when),
+            "foreach": self.inline_text((*at, "foreach"), spec.foreach),
+        }
+
+    def resolve_agent(
+        self, agent_id: str, spec: AgentSpec, defaults: Any, texts: Mapping[str, SourceText | None]
+    ) -> Agent | None:
+        at: Path = ("agents", agent_id)
+        base = defaults if defaults not in (None, _UNKNOWN) else None
+        llm_fields, origins = _merge_llm(
+            base.llm if base is not None else None,
+            ("defaults", "llm"),
+            spec.llm,
+            (*at, "llm"),
+        )
+        if "model" not in llm_fields:
+            if defaults is not _UNKNOWN:
+                self.error(
+                    at,
+                    "missing-model",
+                    f"agent '{agent_id}' has no model: set llm.model on the agent, "
+                    "or defaults.llm.model for every agent",
+                    at_key=True,
+                )
+            return None
+        primary = _llm_config(llm_fields)
+        self.llm_origins[(agent_id, 0)] = origins
+        fallbacks: list[LLMConfig] = []
+        for i, entry in enumerate(spec.fallbacks):
+            fields, fallback_origins = _merge_llm_over(
+                llm_fields, origins, entry, (*at, "fallbacks", i)
+            )
+            config = _llm_config(fields)
+            if config in (primary, *fallbacks):
+                self.warn(
+                    (*at, "fallbacks", i),
+                    "fallback-repeated",
+                    f"fallback {i + 1} of agent '{agent_id}' repeats {config.label}, "
+                    "which is already tried; remove it or change its model",
+                )
+            fallbacks.append(config)
+            self.llm_origins[(agent_id, i + 1)] = fallback_origins
+
+        retry = _merge_model(base.retry if base else None, spec.retry)
+        output = self.resolve_output(agent_id, spec)
+        prompt = texts["prompt"]
+        if prompt is None or output is None:
+            return None
+        return Agent(
+            id=agent_id,
+            prompt=prompt,
+            system=texts["system"],
+            llm=primary,
+            fallbacks=tuple(fallbacks),
+            timeout=_first(spec.timeout, base.timeout if base else None, DEFAULT_TIMEOUT),
+            retry=RetryOverrides(**retry),
+            cost_limit=_first(spec.cost_limit, base.cost_limit if base else None, None),
+            description=spec.description,
+            depends_on=tuple(spec.depends_on),
+            output=output,
+            cache=spec.cache,
+            when=texts["when"],
+            trigger_rule=spec.trigger_rule,
+            foreach=texts["foreach"],
+        )
+
+    def resolve_output(self, agent_id: str, spec: AgentSpec) -> OutputConfig | None:
+        output = spec.output
+        if output is None:
+            return OutputConfig()
+        at: Path = ("agents", agent_id, "output")
+        schema = output.json_schema
+        if output.schema_file is not None:
+            where = (*at, "schema_file")
+            text = self.read_included(where, output.schema_file)
+            if text is None:
+                return None
+            display = self.display_path(output.schema_file)
+            try:
+                parsed = parse_yaml(text, display)
+            except YamlError as e:
+                self.diagnostics.extend(e.diagnostics)
+                return None
+            self.diagnostics.extend(parsed.diagnostics)
+            schema = parsed.data
+            if not isinstance(schema, dict):
+                self.error(
+                    where,
+                    "schema",
+                    f"{output.schema_file} must hold a JSON Schema object (a mapping)",
+                )
+                return None
+        if schema is not None and not self.check_schema(
+            (*at, "schema") if output.schema_file is None else (*at, "schema_file"), schema
+        ):
+            return None
+        return OutputConfig(output.format, MappingProxyType(schema) if schema else None)
+
+    def check_schema(self, where: Path, schema: dict[str, Any]) -> bool:
+        problem = schema_problem(schema)
+        if problem is not None:
+            self.error(where, "schema", f"the output schema is not a valid JSON Schema: {problem}")
+        return problem is None
+
+    def source_text(
+        self, at: Path, field: str, inline: str | None, file: str | None
+    ) -> SourceText | None:
+        if file is not None:
+            text = self.read_included((*at, f"{field}_file"), file)
+            if text is None:
+                return None
+            return SourceText(text, self.display_path(file), 1, 1)
+        return self.inline_text((*at, field), inline) if inline is not None else None
+
+    def inline_text(self, path: Path, text: str | None) -> SourceText | None:
+        if text is None:
+            return None
+        mark = self.source.value(path)
+        line = mark.text_line
+        column = mark.column
+        if mark.block:
+            source_line = self.line(line)
+            column = len(source_line) - len(source_line.lstrip(" ")) + 1
+        elif self.line(mark.line)[mark.column - 1 : mark.column] in ("'", '"'):
+            column += 1
+        return SourceText(text, self.name, line, column)
+
+    def line(self, number: int) -> str:
+        if self._lines is None:
+            self._lines = self.text.splitlines()
+        return self._lines[number - 1] if 0 < number <= len(self._lines) else ""
+
+    def display_path(self, relative: str) -> str:
+        return os.path.join(self.display_folder, relative) if self.display_folder else relative
+
+    def read_included(self, where: Path, relative: str) -> str | None:
+        """A file named in the workflow, read only from inside the workflow's folder."""
+        if os.path.isabs(relative) or relative.startswith("~"):
+            self.error(
+                where,
+                "path",
+                f"'{relative}' is an absolute path; name the file "
+                "relative to the workflow file's folder",
+            )
+            return None
+        target = (self.folder / relative).resolve()
+        if not target.is_relative_to(self.folder):
+            self.error(
+                where,
+                "path",
+                f"'{relative}' is outside the workflow file's folder; "
+                "keep prompt and schema files next to the workflow (or below it)",
+            )
+            return None
+        try:
+            raw = target.read_bytes()
+        except FileNotFoundError:
+            hint = ""
+            if target.parent.is_dir():
+                hint = did_you_mean(target.name, os.listdir(target.parent))
+            self.error(
+                where,
+                "file-not-found",
+                f"file '{relative}' not found (looked in "
+                f"{self.display_path(os.path.dirname(relative)) or '.'}){hint}",
+            )
+            return None
+        except OSError as e:
+            self.error(where, "io", f"cannot read '{relative}': {e.strerror or e}")
+            return None
+        if len(raw) > MAX_INCLUDED_FILE_BYTES:
+            self.error(where, "too-large", f"'{relative}' is larger than 1 MiB")
+            return None
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            self.error(where, "encoding", f"'{relative}' is not UTF-8 text; save it as UTF-8")
+            return None
+        self.files[relative] = text
+        return text
+
+    # -- templates -------------------------------------------------------------
+    def analyse(
+        self, source: SourceText, path: Path, field: str, owner: str, *, expression: bool = False
+    ) -> Analysis | None:
+        try:
+            return analyse_expression(source.text) if expression else analyse_template(source.text)
+        except TemplateProblem as e:
+            self.template_error(
+                source,
+                path,
+                e.line,
+                "template-syntax",
+                f"{owner}: the {field} {'expression' if expression else 'template'}"
+                f" does not parse: {e.message}",
+            )
+            return None
+
+    def template_error(
+        self,
+        source: SourceText,
+        path: Path,
+        line: int,
+        code: str,
+        message: str,
+        needle: str | None = None,
+    ) -> None:
+        """Report at a template's line, and at ``needle``'s column when it is on that line."""
+        if source.file != self.name:  # a prompt file: point into that file
+            lines = source.text.splitlines()
+            text = lines[line - 1] if 0 < line <= len(lines) else ""
+            found = text.find(needle) if needle else -1
+            self.diagnostics.append(
+                Diagnostic(
+                    source.file, line, found + 1 if found >= 0 else 1, Severity.ERROR, code, message
+                )
+            )
+            return
+        file_line = source.line + line - 1
+        text = self.line(file_line)
+        if line == 1:
+            column = source.column
+        else:
+            column = len(text) - len(text.lstrip(" ")) + 1
+        found = text.find(needle, column - 1) if needle else -1
+        if found >= 0:
+            column = found + 1
+        self.diagnostics.append(
+            Diagnostic(self.name, file_line, column, Severity.ERROR, code, message)
+        )
+
+    def check_agent_templates(
+        self,
+        agent_id: str,
+        texts: Mapping[str, SourceText | None],
+        depends_on: Sequence[str],
+        inputs: Any,
+        raw_agents: Mapping[str, Any],
+    ) -> None:
+        at: Path = ("agents", agent_id)
+        owner = f"agent '{agent_id}'"
+        foreach = texts.get("foreach") is not None
+        for field in _TEXT_FIELDS:
+            source = texts.get(field)
+            if source is None:
+                continue
+            path = (*at, field)
+            analysis = self.analyse(
+                source, path, field, owner, expression=field in _EXPRESSION_FIELDS
+            )
+            if analysis is None:
+                continue
+            self.check_references(
+                analysis,
+                source,
+                path,
+                field,
+                owner,
+                inputs,
+                raw_agents,
+                allowed_agents=depends_on,
+                item_allowed=foreach and field not in _EXPRESSION_FIELDS,
+                foreach=foreach,
+            )
+
+    def check_outputs(
+        self, outputs: Any, inputs: Any, raw_agents: Mapping[str, Any]
+    ) -> dict[str, SourceText]:
+        if outputs in (None, _UNKNOWN):
+            return {}
+        result: dict[str, SourceText] = {}
+        for output_name, text in outputs.items():
+            path: Path = ("outputs", output_name)
+            source = self.inline_text(path, text)
+            assert source is not None
+            result[output_name] = source
+            analysis = self.analyse(source, path, "output", f"output '{output_name}'")
+            if analysis is not None:
+                self.check_references(
+                    analysis,
+                    source,
+                    path,
+                    "output",
+                    f"output '{output_name}'",
+                    inputs,
+                    raw_agents,
+                    allowed_agents=None,
+                    item_allowed=False,
+                    foreach=False,
+                )
+        return result
+
+    def check_references(
+        self,
+        analysis: Analysis,
+        source: SourceText,
+        path: Path,
+        field: str,
+        owner: str,
+        inputs: Any,
+        raw_agents: Mapping[str, Any],
+        *,
+        allowed_agents: Sequence[str] | None,
+        item_allowed: bool,
+        foreach: bool,
+    ) -> None:
+        """Every reference of one template against the graph and the inputs."""
+
+        def report(line: int, code: str, message: str) -> None:
+            self.template_error(source, path, line, code, f"{owner}, {field}: {message}", needle)
+
+        for ref in analysis.references:
+            needle = (
+                ref.name
+                if ref.kind in ("name", "dynamic")
+                else (f"{_ROOT_OF[ref.kind]}.{ref.name}")
+            )
+            if ref.kind == "agent":
+                if ref.name not in raw_agents:
+                    report(
+                        ref.line,
+                        "unknown-agent",
+                        f"agents.{ref.name} is not an agent of this file"
+                        f"{did_you_mean(ref.name, list(raw_agents))}",
+                    )
+                elif allowed_agents is not None and ref.name not in allowed_agents:
+                    report(
+                        ref.line,
+                        "undeclared-dependency",
+                        f"reads agents.{ref.name} but does not depend on it; "
+                        f"add '{ref.name}' to depends_on",
+                    )
+                elif ref.attribute not in AGENT_ATTRIBUTES:
+                    shown = f"agents.{ref.name}" + (f".{ref.attribute}" if ref.attribute else "")
+                    hint = (
+                        did_you_mean(str(ref.attribute), AGENT_ATTRIBUTES)
+                        if ref.attribute is not None
+                        else ""
+                    )
+                    report(
+                        ref.line,
+                        "agent-attribute",
+                        f"{shown}: an agent has 'output' and 'status'"
+                        + (hint or f"; write agents.{ref.name}.output"),
+                    )
+            elif ref.kind == "input":
+                self.inputs_read.add(ref.name)
+                if inputs is not _UNKNOWN and ref.name not in inputs:
+                    match = closest(ref.name, list(inputs))
+                    report(
+                        ref.line,
+                        "undeclared-input",
+                        f"inputs.{ref.name} is not a declared input; "
+                        + (
+                            f"did you mean inputs.{match}?"
+                            if match
+                            else f"declare '{ref.name}' under inputs:"
+                        ),
+                    )
+            elif ref.kind == "workflow":
+                if ref.name not in WORKFLOW_ATTRIBUTES:
+                    report(
+                        ref.line,
+                        "workflow-attribute",
+                        f"workflow.{ref.name} does not exist; templates can read workflow.name",
+                    )
+            elif ref.kind == "dynamic":
+                if ref.name == "inputs":
+                    self.inputs_read_dynamically = True
+                continue  # agents[name] and the like: only dependencies are there at run time
+            elif ref.name in FOREACH_NAMES:
+                if not item_allowed:
+                    where_ok = (
+                        "its prompt and system templates"
+                        if foreach
+                        else "the templates of an agent with foreach"
+                    )
+                    report(ref.line, "foreach-name", f"'{ref.name}' is only defined in {where_ok}")
+            else:
+                report(ref.line, "undefined-name", _undefined_name(ref.name, inputs, raw_agents))
+
+    def check_unused_inputs(self, inputs: Mapping[str, Any]) -> None:
+        if self.inputs_read_dynamically:
+            return  # inputs[...] or a loop over inputs: any input may be read
+        for name in inputs:
+            if name not in self.inputs_read:
+                self.warn(
+                    ("inputs", name),
+                    "unused-input",
+                    f"input '{name}' is declared but no template reads it; "
+                    f"use it as {{{{ inputs.{name} }}}} or remove it",
+                    at_key=True,
+                )
+
+    # -- engine settings ---------------------------------------------------------
+    def check_against_settings(
+        self, agents: Mapping[str, Agent], header: Mapping[str, Any]
+    ) -> None:
+        settings = self.settings
+        assert settings is not None
+        costs = settings.config.cost_tracking
+        budget = header["cost_budget"]
+        run_budget = budget if budget not in (None, _UNKNOWN) else costs.default_workflow_budget
+        policy = settings.config.retry_policy
+        for agent in agents.values():
+            limit = agent.cost_limit if agent.cost_limit is not None else costs.default_agent_budget
+            for i, llm in enumerate(agent.models):
+                origins = self.llm_origins.get((agent.id, i), {})
+                provider_at = origins.get("provider", ("agents", agent.id))
+                model_at = origins.get("model", ("agents", agent.id))
+                which = f"agent '{agent.id}'" + (f", fallback {i}" if i else "")
+                if llm.provider not in settings.provider_names():
+                    self.error(
+                        provider_at,
+                        "unknown-provider",
+                        f"{which}: unknown provider '{llm.provider}'"
+                        f"{did_you_mean(llm.provider, settings.provider_names())}; "
+                        "use openai, anthropic or mock, or declare it under providers: "
+                        "in the engine config",
+                    )
+                    continue
+                if settings.price_of(llm.provider, llm.model) is not None:
+                    continue
+                applies = [
+                    f"cost_budget {run_budget:g} USD" if run_budget is not None else "",
+                    f"cost_limit {limit:g} USD" if limit is not None else "",
+                ]
+                applies = [a for a in applies if a]
+                example = f"{llm.model}: {{input: 0.001, output: 0.002}}"
+                if applies:
+                    self.error(
+                        model_at,
+                        "unpriced-model",
+                        f"{which}: model '{llm.model}' has no price, and a budget applies "
+                        f"({' and '.join(applies)}); add it to the engine config under "
+                        f"cost_tracking.model_costs (USD per 1,000 tokens), e.g. "
+                        f"'{example}'" + _price_hint(llm.model, settings),
+                    )
+                else:
+                    self.warn(
+                        model_at,
+                        "unpriced-model",
+                        f"{which}: model '{llm.model}' has no price, so its cost is not "
+                        "tracked; add it under cost_tracking.model_costs in the engine "
+                        "config",
+                    )
+            base = (
+                agent.retry.base_delay if agent.retry.base_delay is not None else policy.base_delay
+            )
+            top = agent.retry.max_delay if agent.retry.max_delay is not None else policy.max_delay
+            if top < base:
+                self.error(
+                    ("agents", agent.id, "retry"),
+                    "retry-delays",
+                    f"agent '{agent.id}': retry max_delay ({top:g}) is less than base_delay "
+                    f"({base:g}) once merged with the engine's retry_policy; set both",
+                )
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _bad_id_message(agent_id: str) -> str:
+    if len(agent_id) > AGENT_ID_MAX:
+        return f"agent id '{agent_id[:20]}...' is longer than {AGENT_ID_MAX} characters; shorten it"
+    fixed = "".join(c if c.isalnum() or c == "_" else "_" for c in agent_id)
+    if not fixed or fixed[0].isdigit():
+        fixed = "_" + fixed
+    return (
+        f"agent id '{agent_id}' is not valid: use letters, digits and underscores, "
+        f"not starting with a digit (templates address agents as agents.<id>); "
+        f"try '{fixed}'"
+    )
+
+
+def _raw_depends_on(raw: Any, spec: AgentSpec | None) -> list[str]:
+    if spec is not None:
+        return list(spec.depends_on)
+    deps = raw.get("depends_on") if isinstance(raw, dict) else None
+    if isinstance(deps, str):
+        return [deps]
+    if isinstance(deps, list):
+        return [d for d in deps if isinstance(d, str)]
+    return []
+
+
+_TEXT_FIELDS = ("prompt", "system", "when", "foreach")
+_ROOT_OF = {"agent": "agents", "input": "inputs", "workflow": "workflow"}
+_EXPRESSION_FIELDS = ("when", "foreach")
+
+
+def _merge_llm(
+    base: LLMSpec | None, base_path: Path, own: LLMSpec | None, own_path: Path
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    fields: dict[str, Any] = {}
+    origins: dict[str, Path] = {}
+    for spec, path in ((base, base_path), (own, own_path)):
+        if spec is None:
+            continue
+        for key in spec.model_fields_set:
+            value = getattr(spec, key)
+            if value is None:
+                continue
+            if key == "params" and "params" in fields:
+                value = {**fields["params"], **value}
+            fields[key] = value
+            origins[key] = (*path, key)
+    if "model" in fields and "provider" not in fields:
+        fields["provider"] = _infer_provider(fields["model"])
+    return fields, origins
+
+
+def _merge_llm_over(
+    fields: Mapping[str, Any], origins: Mapping[str, Path], entry: LLMSpec, path: Path
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    merged = dict(fields)
+    where = dict(origins)
+    for key in entry.model_fields_set:
+        value = getattr(entry, key)
+        if value is None:
+            continue
+        merged[key] = {**merged.get("params", {}), **value} if key == "params" else value
+        where[key] = (*path, key)
+    if "provider" not in where:  # never written: follows the fallback's own model
+        merged["provider"] = _infer_provider(merged["model"])
+    return merged, where
+
+
+def _infer_provider(model: str) -> str:
+    return "anthropic" if model.startswith("claude") else "openai"
+
+
+def _llm_config(fields: Mapping[str, Any]) -> LLMConfig:
+    return LLMConfig(
+        provider=fields["provider"],
+        model=fields["model"],
+        max_tokens=fields.get("max_tokens", DEFAULT_MAX_TOKENS),
+        temperature=fields.get("temperature"),
+        top_p=fields.get("top_p"),
+        stop=tuple(fields.get("stop", ())),
+        seed=fields.get("seed"),
+        params=MappingProxyType(dict(fields.get("params", {}))),
+    )
+
+
+def _merge_model(base: Any, own: Any) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for spec in (base, own):
+        if spec is not None:
+            merged.update({k: getattr(spec, k) for k in spec.model_fields_set})
+    return merged
+
+
+def _first(*values: Any) -> Any:
+    for value in values[:-1]:
+        if value is not None:
+            return value
+    return values[-1]
+
+
+def _undefined_name(name: str, inputs: Any, raw_agents: Mapping[str, Any]) -> str:
+    if inputs is not _UNKNOWN and name in inputs:
+        return f"'{name}' is not defined; did you mean inputs.{name}?"
+    if name in raw_agents:
+        return f"'{name}' is not defined; did you mean agents.{name}.output?"
+    choices = [*ROOTS, *FOREACH_NAMES]
+    match = closest(name, choices)
+    if match:
+        return f"'{name}' is not defined; did you mean {match}?"
+    return (
+        f"'{name}' is not defined; templates can read inputs.<name>, "
+        "agents.<id>.output, agents.<id>.status and workflow.name"
+    )
+
+
+def _price_hint(model: str, settings: Settings) -> str:
+    match = closest(model, settings.prices.names())
+    return f" (or did you mean '{match}'?)" if match else ""

@@ -1,0 +1,265 @@
+"""Jinja2 templates: the sandboxed environment and static analysis of references.
+
+Prompts, system messages, ``outputs`` and the ``when`` / ``foreach``
+expressions are Jinja2, rendered in an immutable sandbox where an undefined
+name is an error and no file, environment variable or Python internal is
+reachable. Before anything runs, :func:`analyse_template` and
+:func:`analyse_expression` list what each one reads (``agents.X.output``,
+``inputs.Y``, ``workflow.name``, bare names), so the loader can check every
+reference against ``depends_on`` and the declared inputs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from jinja2 import TemplateSyntaxError, nodes
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+# Jinja is imported when a template first needs it: placeholder-only templates
+# are analysed without it, and ``aoe validate`` often starts faster for that.
+
+ROOTS = ("agents", "inputs", "workflow")
+"""Names every template may read."""
+FOREACH_NAMES = ("item", "index")
+"""Names a ``foreach`` agent's templates may read as well."""
+AGENT_ATTRIBUTES = ("output", "status")
+WORKFLOW_ATTRIBUTES = ("name",)
+# Names Jinja itself defines inside loops, macros and blocks.
+_JINJA_IMPLICIT = frozenset({"loop", "caller", "varargs", "kwargs", "super", "self"})
+
+
+@cache
+def environment() -> ImmutableSandboxedEnvironment:
+    """The one Jinja environment: sandboxed, immutable, strict about undefined names."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        loader=None,
+    )
+
+
+class TemplateProblem(Exception):
+    """A template that does not parse or uses what templates may not use."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """One thing a template reads, at a line of the template (1-based).
+
+    ``kind`` is ``agent`` (``agents.<name>.<attribute>``), ``input``
+    (``inputs.<name>``), ``workflow`` (``workflow.<name>``), ``dynamic``
+    (``agents``, ``inputs`` or ``workflow`` read other than by a fixed name,
+    as in ``inputs[key]``; ``name`` is the root) or ``name`` (any other free
+    name, such as ``item``).
+    """
+
+    kind: Literal["agent", "input", "workflow", "dynamic", "name"]
+    name: str
+    attribute: str | int | None
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    references: tuple[Reference, ...]
+
+    def of_kind(self, kind: str) -> Iterator[Reference]:
+        return (r for r in self.references if r.kind == kind)
+
+
+_EMPTY = Analysis(())
+
+
+def analyse_template(text: str) -> Analysis:
+    """What a template reads. Raises :class:`TemplateProblem` if it is not valid."""
+    if "{" not in text:  # Jinja syntax always starts with "{"; plain text reads nothing
+        return _EMPTY
+    simple = _analyse_simple(text)
+    if simple is not None:
+        return simple
+    return _analyse_template_cached(text)
+
+
+# ``{{ a.b.c }}`` with optional whitespace control: the placeholders most prompts consist of.
+_PLACEHOLDER = re.compile(
+    r"\{\{-?[ \t\r\n]*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)[ \t\r\n]*-?\}\}"
+)
+# Names that Jinja reads as operators or constants, not variables.
+_NOT_NAMES = frozenset(
+    {"and", "or", "not", "in", "is", "if", "else", "true", "false", "none", "True", "False", "None"}
+)
+
+
+def _analyse_simple(text: str) -> Analysis | None:
+    """The analysis of a template made of plain text and ``{{ dotted.name }}`` only.
+
+    Such a template is valid Jinja, and what it reads is exactly its dotted
+    names, so parsing it with Jinja would tell nothing more; most prompts are
+    like this, and this is much faster. Anything else (blocks, comments,
+    filters, any other expression) returns None and goes to the real parser.
+    """
+    if "{%" in text or "{#" in text:
+        return None
+    references: list[Reference] = []
+    position = 0
+    while True:
+        start = text.find("{{", position)
+        if start < 0:
+            break
+        match = _PLACEHOLDER.match(text, start)
+        if match is None:
+            return None
+        parts = match.group(1).split(".")
+        if parts[0] in _NOT_NAMES:
+            return None
+        line = text.count("\n", 0, match.start(1)) + 1  # Jinja counts the name's line
+        if parts[0] in ROOTS:
+            references.append(
+                _reference(parts, line)
+                if len(parts) > 1
+                else Reference("dynamic", parts[0], None, line)
+            )
+        else:
+            references.append(Reference("name", parts[0], None, line))
+        position = match.end()
+    return Analysis(tuple(sorted(references, key=_order)))
+
+
+@lru_cache(maxsize=4096)
+def _analyse_template_cached(text: str) -> Analysis:
+    from jinja2 import TemplateSyntaxError
+
+    try:
+        tree = environment().parse(text)
+    except TemplateSyntaxError as e:
+        raise TemplateProblem(_syntax_message(e), e.lineno) from None
+    return _collect(tree)
+
+
+@lru_cache(maxsize=4096)
+def analyse_expression(text: str) -> Analysis:
+    """What a ``when`` or ``foreach`` expression reads; raises :class:`TemplateProblem`."""
+    stripped = text.strip()
+    if stripped.startswith(("{{", "{%")):
+        raise TemplateProblem(
+            "this is an expression, written without braces: "
+            f"use {stripped.strip('{}% ').strip()!r} rather than {stripped!r}",
+            1,
+        )
+    from jinja2 import TemplateSyntaxError
+    from jinja2.parser import Parser
+
+    try:
+        parser = Parser(environment(), text, state="variable")
+        expression = parser.parse_expression()
+        if not parser.stream.eos:
+            token = parser.stream.current
+            raise TemplateSyntaxError(
+                f"unexpected {token.value!r} after the expression", token.lineno
+            )
+    except TemplateSyntaxError as e:
+        raise TemplateProblem(_syntax_message(e), e.lineno) from None
+    return _collect(expression)
+
+
+def _syntax_message(e: TemplateSyntaxError) -> str:
+    message = e.message or "syntax error"
+    if "expected token 'end of print statement'" in message:
+        message += " (is a '}}' missing, or an operator?)"
+    elif "Unexpected end of template" in message:
+        message += " (a block such as {% if %} or {% for %} is not closed)"
+    return message
+
+
+def _collect(root: nodes.Node) -> Analysis:
+    from jinja2 import nodes
+
+    forbidden = (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)
+    references: list[Reference] = []
+    loads: list[tuple[str, int]] = []
+    stored: set[str] = set()
+    stack: list[nodes.Node] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, nodes.Getattr | nodes.Getitem):
+            chain = _static_chain(node)
+            if chain is not None and chain[0] in ROOTS:
+                references.append(_reference(chain, node.lineno))
+                continue
+        elif isinstance(node, nodes.Name):
+            if node.ctx == "load":
+                loads.append((node.name, node.lineno))
+            else:
+                stored.add(node.name)
+        elif isinstance(node, forbidden):
+            raise TemplateProblem(
+                "templates cannot include, import or extend other files; "
+                "use prompt_file or system_file for a template kept in a file",
+                node.lineno,
+            )
+        stack.extend(node.iter_child_nodes())
+    for name, line in loads:
+        if name in stored or name in _JINJA_IMPLICIT or name in environment().globals:
+            continue
+        # a root read other than by a fixed name (agents[name]) is checked when it renders
+        references.append(Reference("dynamic" if name in ROOTS else "name", name, None, line))
+    references.sort(key=_order)
+    return Analysis(tuple(references))
+
+
+def _order(reference: Reference) -> tuple[int, str, str, str]:
+    return (reference.line, reference.kind, reference.name, str(reference.attribute))
+
+
+def _static_chain(node: nodes.Node) -> list[str | int] | None:
+    """``agents.x["output"].y`` as ``['agents', 'x', 'output', 'y']``; None if dynamic."""
+    from jinja2 import nodes
+
+    parts: list[str | int] = []
+    while True:
+        if isinstance(node, nodes.Getattr):
+            parts.append(node.attr)
+            node = node.node
+        elif (
+            isinstance(node, nodes.Getitem)
+            and isinstance(node.arg, nodes.Const)
+            and isinstance(node.arg.value, str | int)
+        ):
+            parts.append(node.arg.value)
+            node = node.node
+        else:
+            break
+    if isinstance(node, nodes.Name) and node.ctx == "load":
+        parts.append(node.name)
+        parts.reverse()
+        return parts
+    return None
+
+
+def _reference(chain: Sequence[str | int], line: int) -> Reference:
+    root, name = chain[0], str(chain[1])
+    attribute = chain[2] if len(chain) > 2 else None
+    kind: Literal["agent", "input", "workflow"]
+    if root == "agents":
+        kind = "agent"
+    elif root == "inputs":
+        kind = "input"
+    else:
+        kind = "workflow"
+    return Reference(kind, name, attribute, line)

@@ -1,0 +1,133 @@
+"""A workflow as the engine runs it: defaults merged, files read, graph checked.
+
+:mod:`aoe.spec` describes the file as written; these frozen records are what
+:func:`aoe.loader.load_workflow` makes of a valid file. Nothing here can be
+missing or contradictory: every agent has a model, a prompt text and a place
+in a DAG. Values still to come from the engine config (the retry policy, the
+default budgets) are ``None`` here and resolved at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from aoe.graph import Graph
+from aoe.spec import InputType, OutputFormat, TriggerRule
+
+
+@dataclass(frozen=True, slots=True)
+class SourceText:
+    """A template or expression and where it was written, for error messages.
+
+    ``line`` and ``column`` are those of the text's first character in ``file``.
+    """
+
+    text: str
+    file: str
+    line: int
+    column: int = 1
+
+    def where(self, template_line: int = 1) -> str:
+        return f"{self.file}:{self.line + template_line - 1}"
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    name: str
+    type: InputType
+    required: bool
+    default: Any = None
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LLMConfig:
+    """The model an attempt goes to, with its parameters."""
+
+    provider: str
+    model: str
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def label(self) -> str:
+        """``provider/model``, as shown in graphs and reports."""
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOverrides:
+    """An agent's retry settings; ``None`` fields fall back to the engine's retry_policy."""
+
+    max_retries: int | None = None
+    base_delay: float | None = None
+    max_delay: float | None = None
+    jitter: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    format: OutputFormat = "text"
+    schema: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """One LLM call of a workflow, fully resolved."""
+
+    id: str
+    prompt: SourceText
+    llm: LLMConfig
+    timeout: float
+    system: SourceText | None = None
+    description: str | None = None
+    depends_on: tuple[str, ...] = ()
+    fallbacks: tuple[LLMConfig, ...] = ()
+    retry: RetryOverrides = RetryOverrides()
+    cost_limit: float | None = None
+    output: OutputConfig = OutputConfig()
+    cache: bool = True
+    when: SourceText | None = None
+    trigger_rule: TriggerRule = "all_completed"
+    foreach: SourceText | None = None
+
+    @property
+    def models(self) -> tuple[LLMConfig, ...]:
+        """The model and then each fallback, in the order they are tried."""
+        return (self.llm, *self.fallbacks)
+
+
+@dataclass(frozen=True, slots=True)
+class Workflow:
+    """A valid workflow file, ready to plan or run."""
+
+    name: str
+    path: str
+    text: str
+    agents: Mapping[str, Agent]
+    graph: Graph
+    inputs: Mapping[str, Input] = field(default_factory=dict)
+    description: str | None = None
+    cost_budget: float | None = None
+    max_parallel_agents: int = 4
+    allow_partial_completion: bool = False
+    outputs: Mapping[str, SourceText] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)
+    version: Literal[1] = 1
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the file and the prompt and schema files it names."""
+        import hashlib  # imported here: loading OpenSSL costs a few ms at start-up
+
+        digest = hashlib.sha256(self.text.encode("utf-8"))
+        for name in sorted(self.files):
+            digest.update(b"\0" + name.encode("utf-8") + b"\0" + self.files[name].encode("utf-8"))
+        return digest.hexdigest()

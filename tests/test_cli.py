@@ -1,0 +1,161 @@
+"""The command line as users meet it: exit codes, output streams, help, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aoe import __version__
+from aoe.diagnostics import Diagnostic, Severity
+from aoe.ui import format_diagnostic, use_colour
+from tests.conftest import REPO, VALID, WORKFLOWS, RunCli, WriteFile
+
+
+def test_version(cli: RunCli) -> None:
+    result = cli("--version")
+    assert (result.exit_code, result.stdout) == (0, f"aoe {__version__}\n")
+
+
+def test_help_lists_commands_and_each_has_an_example(cli: RunCli) -> None:
+    result = cli("--help")
+    assert result.exit_code == 0
+    for command in ("validate", "graph", "schema", "config"):
+        assert command in result.stdout
+    for words in (["validate"], ["graph"], ["schema"], ["config", "show"]):
+        text = cli(*words, "--help").stdout
+        assert "Example" in text, words
+        assert "aoe " in text, words
+
+
+def test_unknown_option_is_a_usage_error(cli: RunCli, write: WriteFile) -> None:
+    result = cli("validate", "--colour", write(VALID))
+    assert result.exit_code == 2
+    assert "No such option" in result.stderr
+
+
+def test_debug_shows_the_traceback_of_a_user_error(cli: RunCli, write: WriteFile) -> None:
+    path = write("version: 1\nname: x\nagents:\n  a: {prompt: hi, depends_on: a}\n")
+    quiet = cli("graph", path)
+    assert quiet.exit_code == 2
+    assert "Traceback" not in quiet.stderr
+    loud = cli("--debug", "graph", path)
+    assert loud.exit_code == 2
+    assert "Traceback" in loud.stderr
+    assert "WorkflowInvalid" in loud.stderr
+    assert "depends on itself" in loud.stderr
+
+
+def test_an_internal_error_is_short_unless_debug(
+    cli: RunCli, write: WriteFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aoe.api
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(aoe.api, "validate", broken)
+    result = cli("validate", write(VALID))
+    assert result.exit_code == 1
+    assert "internal error: RuntimeError: boom" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Traceback" in cli("--debug", "validate", write(VALID)).stderr
+
+
+def test_unwritable_output_file(cli: RunCli, tmp_path: Path) -> None:
+    result = cli("schema", "-o", tmp_path / "no" / "such" / "dir" / "s.json")
+    assert result.exit_code == 2
+    assert "cannot write" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert use_colour(Terminal())
+    assert not use_colour(io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not use_colour(Terminal())
+    d = Diagnostic("f.yaml", 3, 4, Severity.ERROR, "x", "bad")
+    assert format_diagnostic(d) == "f.yaml:3:4: error: bad"
+    assert "\x1b[" in format_diagnostic(d, colour=True)
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=REPO, check=False
+    )
+
+
+def test_python_dash_m_and_exit_codes_in_a_real_process(write: WriteFile) -> None:
+    assert run("-m", "aoe", "--version").stdout == f"aoe {__version__}\n"
+    ok = run("-m", "aoe", "validate", "workflows/competitor-brief.yaml")
+    assert (ok.returncode, ok.stderr) == (0, "")
+    bad = run("-m", "aoe", "validate", str(write("version: 1\nname: x\nagents: []\n")))
+    assert bad.returncode == 2
+    assert "agents must be a mapping" in bad.stdout
+    assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_validate_does_not_import_heavy_optional_modules() -> None:
+    result = run("-X", "importtime", "-m", "aoe", "validate", *map(str, WORKFLOWS.glob("*.yaml")))
+    assert result.returncode == 0, result.stdout
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    for heavy in ("openai", "anthropic", "redis", "prometheus_client", "rich", "httpx"):
+        assert heavy not in imported, heavy
+
+
+# -- aoe schema -------------------------------------------------------------------------------
+
+
+def schema(cli: RunCli) -> dict[str, object]:
+    result = cli("schema")
+    assert result.exit_code == 0
+    parsed: dict[str, object] = json.loads(result.stdout)
+    return parsed
+
+
+def test_schema_validates_every_example(cli: RunCli) -> None:
+    import jsonschema
+    import yaml
+
+    validator = jsonschema.Draft202012Validator(schema(cli))
+    validator.check_schema(validator.schema)
+    examples = sorted(WORKFLOWS.glob("*.yaml"))
+    assert len(examples) >= 4
+    for path in examples:
+        errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
+        assert errors == [], (path, [e.message for e in errors])
+
+
+def test_schema_rejects_unknown_keys_and_bad_values(cli: RunCli) -> None:
+    import jsonschema
+    import yaml
+
+    validator = jsonschema.Draft202012Validator(schema(cli))
+    document = yaml.safe_load(VALID)
+    document["agents"]["first"]["depend_on"] = ["x"]
+    assert any("depend_on" in e.message for e in validator.iter_errors(document))
+    document = yaml.safe_load(VALID)
+    document["agents"]["first"]["llm"] = {"temperature": 9}
+    assert list(validator.iter_errors(document))
+    document = yaml.safe_load(VALID)
+    document["x-anchors"] = {"anything": True}  # extension fields are allowed
+    assert list(validator.iter_errors(document)) == []
+    del document["agents"]["first"]["prompt"]
+    assert list(validator.iter_errors(document))  # a prompt or a prompt_file is required
+
+
+def test_shipped_schema_file_is_up_to_date(cli: RunCli) -> None:
+    shipped = json.loads((REPO / "workflow.schema.json").read_text())
+    assert shipped == schema(cli), "run: aoe schema -o workflow.schema.json"

@@ -1,0 +1,59 @@
+"""The example workflows: each validates cleanly and means what it says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aoe.api import load, validate
+from aoe.config import load_settings
+from tests.conftest import WORKFLOWS
+
+EXAMPLES = sorted(WORKFLOWS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_is_valid_without_warnings(path: Path, tmp_path: Path) -> None:
+    settings = load_settings(environ={}, cwd=tmp_path)
+    [result] = validate([path], settings)
+    assert result.diagnostics == (), [d.format() for d in result.diagnostics]
+    assert result.workflow is not None
+
+
+def test_examples_use_what_the_format_offers() -> None:
+    research = load(WORKFLOWS / "research-brief.yaml")
+    angle = research.agents["angle"]
+    assert angle.foreach is not None
+    assert angle.llm.model == "gpt-4.1-mini"
+    assert research.agents["brief"].output.schema is not None  # from schemas/brief.json
+    assert set(research.files) == {
+        "prompts/analyst-system.md",
+        "prompts/angle.md",
+        "prompts/brief.md",
+        "schemas/brief.json",
+    }
+
+    triage = load(WORKFLOWS / "support-triage.yaml")
+    assert triage.agents["reply"].trigger_rule == "any_completed"
+    assert sum(a.when is not None for a in triage.agents.values()) == 3
+    assert triage.allow_partial_completion
+
+    translation = load(WORKFLOWS / "translation.yaml")
+    labels = [m.label for m in translation.agents["translate"].models]
+    assert labels == ["openai/gpt-4o", "openai/gpt-4o-mini", "anthropic/claude-haiku-4-5"]
+    review = translation.agents["review"].models
+    assert [m.label for m in review] == [
+        "anthropic/claude-sonnet-4-5",
+        "anthropic/claude-haiku-4-5",
+    ]
+
+    review_flow = load(WORKFLOWS / "code-review.yaml")
+    assert review_flow.agents["review"].foreach is not None
+    assert review_flow.inputs["files"].required
+
+    brief = load(WORKFLOWS / "competitor-brief.yaml")
+    assert brief.graph.critical_path().nodes == ("research", "brief")
+    assert brief.agents["brief"].llm.max_tokens == 1500
+    assert brief.agents["research"].llm.temperature == 0.2  # from defaults
+    assert brief.cost_budget == 5.0

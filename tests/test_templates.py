@@ -1,0 +1,160 @@
+"""Templates: the sandbox, and what static analysis finds in them."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jinja2 import TemplateSyntaxError, UndefinedError
+from jinja2.exceptions import SecurityError
+
+from aoe.templates import (
+    Reference,
+    TemplateProblem,
+    _analyse_simple,
+    _collect,
+    analyse_expression,
+    analyse_template,
+    environment,
+)
+
+
+def refs(text: str) -> list[tuple[str, str, object, int]]:
+    return [(r.kind, r.name, r.attribute, r.line) for r in analyse_template(text).references]
+
+
+def test_references_of_a_full_template() -> None:
+    text = (
+        "{% set n = inputs.count %}{% for x in agents.list.output %}\n"
+        "{{ x | upper }} {{ loop.index }} {{ n }}{% endfor %}\n"
+        "{{ agents['quoted'].status }} {{ workflow.name }} {{ item }} {{ range(3) | list }}\n"
+        "{{ agents[inputs.which].output }} {{ mystery }}"
+    )
+    assert sorted(refs(text)) == sorted(
+        [
+            ("input", "count", None, 1),
+            ("agent", "list", "output", 1),
+            ("agent", "quoted", "status", 3),
+            ("workflow", "name", None, 3),
+            ("name", "item", None, 3),
+            ("dynamic", "agents", None, 4),
+            ("input", "which", None, 4),
+            ("name", "mystery", None, 4),
+        ]
+    )
+
+
+def test_plain_text_reads_nothing() -> None:
+    assert refs("no templates here, not even {braces} }}") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        pytest.param("{{ x }", "unexpected '}'", id="unclosed-variable"),
+        pytest.param("{% for x in y %}", "not closed", id="unclosed-block"),
+        pytest.param("{% include 'f' %}", "cannot include", id="include"),
+        pytest.param("{% import 'f' as m %}", "cannot include", id="import"),
+        pytest.param("{% extends 'base' %}", "cannot include", id="extends"),
+        pytest.param("{{ not }}", "unexpected", id="keyword-alone"),
+    ],
+)
+def test_template_problems(text: str, words: str) -> None:
+    with pytest.raises(TemplateProblem) as caught:
+        analyse_template(text)
+    assert words in caught.value.message
+
+
+def test_problem_lines_count_from_the_template_start() -> None:
+    with pytest.raises(TemplateProblem) as caught:
+        analyse_template("one\ntwo\n{{ three }\n")
+    assert caught.value.line == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        pytest.param("{{ agents.a.output }}", "without braces", id="braces"),
+        pytest.param("agents.a.output ==", "does not parse", id="incomplete"),
+        pytest.param("a b", "unexpected 'b' after the expression", id="trailing"),
+    ],
+)
+def test_expression_problems(text: str, words: str) -> None:
+    with pytest.raises(TemplateProblem) as caught:
+        analyse_expression(text)
+    message = caught.value.message
+    assert words in message or (words == "does not parse" and message)
+
+
+def test_expression_references() -> None:
+    analysis = analyse_expression("agents.triage.output.kind == 'bug' and inputs.strict")
+    assert sorted((r.kind, r.name) for r in analysis.references) == [
+        ("agent", "triage"),
+        ("input", "strict"),
+    ]
+
+
+def test_sandbox_keeps_python_internals_out() -> None:
+    env = environment()
+    with pytest.raises(SecurityError):
+        env.from_string("{{ ''.__class__.__mro__[1].__subclasses__() }}").render()
+    with pytest.raises(SecurityError):
+        env.from_string("{{ x.append(1) }}").render(x=[])  # immutable sandbox
+    with pytest.raises(UndefinedError):
+        env.from_string("{{ missing }}").render()
+    with pytest.raises(TypeError):  # no loader: no files
+        env.get_template("/etc/passwd")
+
+
+# -- the placeholder fast path must agree with Jinja ----------------------------------------
+
+_NAMES = st.sampled_from(["agents", "inputs", "workflow", "item", "index", "x", "not", "true"])
+_PARTS = st.sampled_from(["a", "output", "status", "name", "b_2"])
+
+
+@st.composite
+def placeholder(draw: st.DrawFn) -> str:
+    path = ".".join([draw(_NAMES), *draw(st.lists(_PARTS, max_size=3))])
+    left = draw(st.sampled_from(["{{", "{{-", "{{ ", "{{  ", "{{\n"]))
+    right = draw(st.sampled_from(["}}", "-}}", " }}", " -}}", "\n}}"]))
+    return f"{left}{path}{right}"
+
+
+_TEXT = st.text(alphabet="ab {}%#-.\n|()'", max_size=12)
+_PIECE = st.one_of(
+    _TEXT,
+    placeholder(),
+    st.sampled_from(["{% if x %}", "{% endif %}", "{# c #}", "{{ x | upper }}", "{{ a.0 }}"]),
+)
+
+
+@given(st.lists(_PIECE, max_size=8).map("".join))
+@settings(max_examples=1500, deadline=None)
+def test_fast_path_agrees_with_jinja(text: str) -> None:
+    simple = _analyse_simple(text)
+    if simple is None:
+        return  # not a placeholder-only template: Jinja decides
+    try:
+        tree = environment().parse(text)
+    except TemplateSyntaxError as e:  # pragma: no cover - would be a bug
+        raise AssertionError(f"fast path accepted invalid {text!r}: {e}") from None
+    full = _collect(tree)
+    assert sorted(simple.references, key=_key) == sorted(full.references, key=_key), text
+
+
+def _key(r: Reference) -> tuple[str, str, str, int]:
+    return (r.kind, r.name, str(r.attribute), r.line)
+
+
+def test_fast_path_takes_placeholders_only() -> None:
+    assert _analyse_simple("Hi {{ inputs.name }}, see {{- agents.a.output -}}!") is not None
+    for text in [
+        "{{ x | upper }}",
+        "{% if x %}{% endif %}",
+        "{# c #}",
+        "{{ a.0 }}",
+        "{{{ a }}",
+        "{{ true }}",
+        "{{ a }} {{",
+    ]:
+        assert _analyse_simple(text) is None, text
