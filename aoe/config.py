@@ -16,9 +16,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -313,8 +312,7 @@ def parse_dotenv(text: str) -> dict[str, tuple[str, int]]:
     return values
 
 
-@dataclass(frozen=True, slots=True)
-class Setting:
+class Setting(NamedTuple):
     """One effective value and where it came from (``default``, ``file:LINE``, ``env X`` ...)."""
 
     key: str
@@ -334,8 +332,7 @@ class Setting:
         return str(self.value)
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(NamedTuple):
     """The effective engine configuration."""
 
     config: EngineConfig
@@ -516,6 +513,10 @@ def load_settings(
         sources[key] = f"flag {flag}"
 
     try:
+        # Every section is validated inside EngineConfig's own validator; left out,
+        # each would be made by its default factory, building its own validator too.
+        for section in EngineConfig.model_fields:
+            merged.setdefault(section, {})
         config = EngineConfig.model_validate(merged)
     except ValidationError as e:
         diagnostics.extend(_config_diagnostics(e, source_map, sources, environment))

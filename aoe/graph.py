@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class GraphError(ValueError):
     """The graph is not a DAG of known nodes."""
 
 
-@dataclass(frozen=True, slots=True)
-class CriticalPath:
+class CriticalPath(NamedTuple):
     """The heaviest chain of dependencies: ``nodes`` in run order, ``length`` its weight."""
 
     nodes: tuple[str, ...]

@@ -8,8 +8,7 @@ problem is reported at once, pointing at the option or the file line.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aoe.diagnostics import Diagnostic, Severity
 from aoe.errors import InputsInvalid
@@ -29,8 +28,7 @@ _TYPE_WORDS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class GivenInput:
+class GivenInput(NamedTuple):
     """A value given at run time and where it was given, for error messages."""
 
     value: Any

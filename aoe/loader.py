@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path as FsPath
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -68,8 +67,7 @@ if TYPE_CHECKING:
 MAX_INCLUDED_FILE_BYTES = 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class LoadResult:
+class LoadResult(NamedTuple):
     """What loading one file found: the workflow if it is valid, and every diagnostic."""
 
     path: str

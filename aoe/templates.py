@@ -12,9 +12,8 @@ reference against ``depends_on`` and the declared inputs.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import cache, lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -58,8 +57,7 @@ class TemplateProblem(Exception):
         self.line = line
 
 
-@dataclass(frozen=True, slots=True)
-class Reference:
+class Reference(NamedTuple):
     """One thing a template reads, at a line of the template (1-based).
 
     ``kind`` is ``agent`` (``agents.<name>.<attribute>``), ``input``
@@ -75,8 +73,7 @@ class Reference:
     line: int
 
 
-@dataclass(frozen=True, slots=True)
-class Analysis:
+class Analysis(NamedTuple):
     references: tuple[Reference, ...]
 
     def of_kind(self, kind: str) -> Iterator[Reference]:

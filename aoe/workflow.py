@@ -10,16 +10,19 @@ default budgets) are ``None`` here and resolved at run time.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from aoe.graph import Graph
 from aoe.spec import InputType, OutputFormat, TriggerRule
 
+# Records are NamedTuples: immutable, typed, and cheap to define and to make,
+# which matters when a file has thousands of agents and `aoe validate` must
+# start fast.
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
 
-@dataclass(frozen=True, slots=True)
-class SourceText:
+
+class SourceText(NamedTuple):
     """A template or expression and where it was written, for error messages.
 
     ``line`` and ``column`` are those of the text's first character in ``file``.
@@ -34,8 +37,7 @@ class SourceText:
         return f"{self.file}:{self.line + template_line - 1}"
 
 
-@dataclass(frozen=True, slots=True)
-class Input:
+class Input(NamedTuple):
     name: str
     type: InputType
     required: bool
@@ -43,8 +45,7 @@ class Input:
     description: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class LLMConfig:
+class LLMConfig(NamedTuple):
     """The model an attempt goes to, with its parameters."""
 
     provider: str
@@ -54,7 +55,7 @@ class LLMConfig:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    params: Mapping[str, Any] = _NOTHING
 
     @property
     def label(self) -> str:
@@ -62,8 +63,7 @@ class LLMConfig:
         return f"{self.provider}/{self.model}"
 
 
-@dataclass(frozen=True, slots=True)
-class RetryOverrides:
+class RetryOverrides(NamedTuple):
     """An agent's retry settings; ``None`` fields fall back to the engine's retry_policy."""
 
     max_retries: int | None = None
@@ -72,14 +72,12 @@ class RetryOverrides:
     jitter: bool | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class OutputConfig:
+class OutputConfig(NamedTuple):
     format: OutputFormat = "text"
     schema: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Agent:
+class Agent(NamedTuple):
     """One LLM call of a workflow, fully resolved."""
 
     id: str
@@ -104,8 +102,7 @@ class Agent:
         return (self.llm, *self.fallbacks)
 
 
-@dataclass(frozen=True, slots=True)
-class Workflow:
+class Workflow(NamedTuple):
     """A valid workflow file, ready to plan or run."""
 
     name: str
@@ -113,13 +110,13 @@ class Workflow:
     text: str
     agents: Mapping[str, Agent]
     graph: Graph
-    inputs: Mapping[str, Input] = field(default_factory=dict)
+    inputs: Mapping[str, Input] = _NOTHING
     description: str | None = None
     cost_budget: float | None = None
     max_parallel_agents: int = 4
     allow_partial_completion: bool = False
-    outputs: Mapping[str, SourceText] = field(default_factory=dict)
-    files: Mapping[str, str] = field(default_factory=dict)
+    outputs: Mapping[str, SourceText] = _NOTHING
+    files: Mapping[str, str] = _NOTHING
     version: Literal[1] = 1
 
     @property

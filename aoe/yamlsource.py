@@ -20,7 +20,6 @@ except that timestamps stay strings (workflow values are JSON-like).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import yaml
@@ -72,15 +71,19 @@ class Mark(NamedTuple):
         return self.line + 1 if self.block else self.line
 
 
-@dataclass(slots=True)
 class SourceMap:
     """Where each value (and each mapping key) of a document was written."""
 
-    file: str
-    values: dict[Path, Mark] = field(default_factory=dict)
-    keys: dict[Path, Mark] = field(default_factory=dict)
-    # A path reached through an alias or a merge key is written at another path.
-    aliases: dict[Path, Path] = field(default_factory=dict)
+    __slots__ = ("aliases", "file", "keys", "values")
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        # Plain (line, column, block) tuples: a large file has one per value, and
+        # a tuple costs a fraction of a Mark to make; lookups return Marks.
+        self.values: dict[Path, tuple[int, int, bool]] = {}
+        self.keys: dict[Path, tuple[int, int, bool]] = {}
+        # A path reached through an alias or a merge key is written at another path.
+        self.aliases: dict[Path, Path] = {}
 
     def _canonical(self, path: Path) -> Path:
         if not self.aliases:
@@ -95,16 +98,16 @@ class SourceMap:
         """Where the value at ``path`` starts, or its closest written ancestor."""
         path = self._canonical(path)
         for cut in range(len(path), -1, -1):
-            mark = self.values.get(path[:cut])
-            if mark is not None:
-                return mark
+            position = self.values.get(path[:cut])
+            if position is not None:
+                return Mark._make(position)
         return Mark(1, 1)
 
     def key(self, path: Path) -> Mark:
         """Where the key of ``path`` is written (the value's place if it has no key)."""
         canonical = self._canonical(path)
-        mark = self.keys.get(canonical)
-        return mark if mark is not None else self.value(canonical)
+        position = self.keys.get(canonical)
+        return Mark._make(position) if position is not None else self.value(canonical)
 
     def has(self, path: Path) -> bool:
         return self._canonical(path) in self.values
@@ -122,8 +125,7 @@ class SourceMap:
         return Diagnostic(self.file, mark.line, mark.column, severity, code, message)
 
 
-@dataclass(frozen=True, slots=True)
-class YamlDocument:
+class YamlDocument(NamedTuple):
     """The values of a document, where they were written, and the problems that did
     not stop the parse (duplicate keys, unsupported tags): all of them errors."""
 
@@ -342,10 +344,10 @@ class _Frame:
         self.size = 1
         self.height = 1
         self.key: str | None = None  # mapping: the key waiting for its value
-        self.key_mark: Mark | None = None
-        self.key_marks: dict[str, Mark] = {}
+        self.key_mark: tuple[int, int, bool] | None = None
+        self.key_marks: dict[str, tuple[int, int, bool]] = {}
         self.merging = False
-        self.merges: list[tuple[Any, Path, Mark]] = []
+        self.merges: list[tuple[Any, Path, tuple[int, int, bool]]] = []
 
 
 class _Builder:
@@ -425,7 +427,7 @@ class _Builder:
 
     def add_key(self, frame: _Frame, event: Any) -> None:
         mark = event.start_mark
-        key_mark = Mark(mark.line + 1, mark.column + 1)
+        key_mark = (mark.line + 1, mark.column + 1, False)
         frame.key_mark = key_mark
         if event.tag is None and event.implicit[0] and event.value == "<<":
             frame.key = "<<"  # a merge key: its value is merged when the mapping ends
@@ -438,8 +440,8 @@ class _Builder:
             self.error(
                 mark,
                 "duplicate-key",
-                f"duplicate key '{key}': it is also at line {first.line}, "
-                f"column {first.column}; YAML would silently keep only one of them - "
+                f"duplicate key '{key}': it is also at line {first[0]}, "
+                f"column {first[1]}; YAML would silently keep only one of them - "
                 "remove or rename one",
             )
         else:
@@ -476,7 +478,7 @@ class _Builder:
     def record(self, event: Any, path: Path) -> None:
         mark = event.start_mark
         style = getattr(event, "style", None)
-        self.source.values[path] = Mark(mark.line + 1, mark.column + 1, style in ("|", ">"))
+        self.source.values[path] = (mark.line + 1, mark.column + 1, style in ("|", ">"))
 
     def scalar(self, event: Any) -> Any:
         path = self.path_for_value()
@@ -572,8 +574,8 @@ class _Builder:
                 self.diagnostics.append(
                     Diagnostic(
                         self.file,
-                        mark.line,
-                        mark.column,
+                        mark[0],
+                        mark[1],
                         Severity.ERROR,
                         "yaml-merge",
                         "a merge key '<<' takes a mapping or a list of mappings "
@@ -615,7 +617,7 @@ class _Builder:
             raise YamlError(self.diagnostics)
         path = self.path_for_value()
         mark = event.start_mark
-        self.source.values[path] = Mark(mark.line + 1, mark.column + 1)
+        self.source.values[path] = (mark.line + 1, mark.column + 1, False)
         if anchor.path != path:
             self.source.aliases[path] = anchor.path
         self.add_value(anchor.value, event.start_mark, size=anchor.size, height=anchor.height)

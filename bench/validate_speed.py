@@ -9,7 +9,11 @@ the best and median of several runs next to:
   nothing else, the least any validator must do.
 
 It also lists what ``aoe validate`` imports (``python -X importtime``) and
-checks that no vendor SDK, Redis or Prometheus client is among them.
+checks that no vendor SDK, Redis or Prometheus client is among them. Wall time
+on a shared machine varies by a third from minute to minute; with
+``--instructions`` the script also counts instructions under callgrind
+(valgrind), which do not vary, against the same baselines plus the imports
+aoe cannot do without (pydantic, PyYAML, typer).
 
 Goals (issue 2): small file under 0.3 s wall, 5,000 agents under 2 s.
 Run with ``make bench`` (or ``python bench/validate_speed.py [--runs N]``).
@@ -75,10 +79,49 @@ def imports(command: list[str]) -> tuple[list[tuple[str, float]], set[str]]:
     return [(name, us / 1000) for name, us in own.most_common()], names
 
 
+def instructions(command: list[str]) -> int:
+    """Instructions executed by ``command``, counted by callgrind."""
+    with tempfile.TemporaryDirectory() as folder:
+        result = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/out", *command],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    match = re.search(r"Collected : (\d+)", result.stderr)
+    if match is None:
+        raise SystemExit(f"no instruction count from valgrind:\n{result.stderr}")
+    return int(match.group(1))
+
+
+def count_instructions(python: str, aoe: list[str], large: Path) -> None:
+    floor = "from pydantic import BaseModel; import yaml, typer"
+    rows = [
+        ("python -c pass", [python, "-c", "pass"]),
+        ("import pydantic, yaml, typer", [python, "-c", floor]),
+        ("aoe validate, small file", [*aoe, "validate", str(SMALL)]),
+        ("aoe validate, large file", [*aoe, "validate", str(large)]),
+    ]
+    print("\ninstructions (callgrind; the same from run to run):")
+    counts = {}
+    for label, command in rows:
+        counts[label] = instructions(command)
+        print(f"  {label:40s} {counts[label] / 1e6:8,.0f} M")
+    small = counts["aoe validate, small file"]
+    floor_count = counts["import pydantic, yaml, typer"]
+    print(
+        f"  small file: {small / floor_count:.2f}x the imports aoe cannot do without; "
+        f"{(small - floor_count) / 1e6:,.0f} M instructions are aoe's own"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9, help="timed runs per command")
     parser.add_argument("--agents", type=int, default=5000, help="agents in the large file")
+    parser.add_argument(
+        "--instructions", action="store_true", help="also count instructions with callgrind"
+    )
     args = parser.parse_args()
 
     # An installed package has compiled bytecode; make sure ours has it too,
@@ -139,6 +182,8 @@ def main() -> None:
         print(f"  vendor SDKs, redis, prometheus_client imported: {heavy or 'none'}")
         if heavy:
             raise SystemExit(1)
+        if args.instructions:
+            count_instructions(python, aoe, large)
 
 
 if __name__ == "__main__":
