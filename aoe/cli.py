@@ -155,9 +155,18 @@ def validate(
     with _errors():
         from aoe.api import validate as validate_files
         from aoe.diagnostics import has_errors
+        from aoe.errors import ConfigInvalid
         from aoe.ui import format_diagnostic, plural, use_colour
 
-        results = validate_files(files, _settings(config))
+        try:
+            settings = _settings(config)
+        except ConfigInvalid as error:
+            if format is not ReportFormat.json:
+                raise
+            # a script reading the JSON report gets the config's problems there too
+            typer.echo(json.dumps([d.to_json() for d in error.diagnostics], indent=2))
+            raise typer.Exit(error.exit_code) from None
+        results = validate_files(files, settings)
         failed = sum(1 for r in results if has_errors(r.diagnostics))
         if format is ReportFormat.json:
             report = [d.to_json() for r in results for d in r.diagnostics]
@@ -222,17 +231,16 @@ def graph(
 
 
 def _render_tree(workflow: Any, *, to_file: bool) -> str:
-    from io import StringIO
+    """A Rich tree on a terminal wide enough for it; plain text otherwise, so
+    that nothing is ever wrapped away or cut off."""
+    from aoe.ui import console, graph_text, graph_tree, tree_depth, use_colour
 
-    from aoe.ui import console, graph_tree
-
-    if to_file:
-        buffer = StringIO()
-        console(buffer, width=200).print(graph_tree(workflow))
-        return buffer.getvalue()
-    out = console()
-    out.print(graph_tree(workflow))
-    return ""
+    if not to_file and use_colour(sys.stdout):
+        out = console()
+        if 4 * tree_depth(workflow) + 30 <= out.width:
+            out.print(graph_tree(workflow))
+            return ""
+    return graph_text(workflow)
 
 
 def _write(text: str, output: str | None) -> None:

@@ -26,7 +26,7 @@ from aoe.diagnostics import Diagnostic, Severity
 from aoe.errors import ConfigInvalid
 from aoe.modelerrors import diagnostic_for, unwrap
 from aoe.pricing import BUILTIN_PRICES, Price, PriceTable
-from aoe.spec import BUILTIN_PROVIDERS
+from aoe.spec import BUILTIN_PROVIDERS, check_delays
 from aoe.yamlsource import SourceMap, YamlError, parse_yaml, read_text
 
 
@@ -111,13 +111,7 @@ class RetryPolicySection(_Section):
 
     @model_validator(mode="after")
     def _delays_ordered(self) -> RetryPolicySection:
-        if self.max_delay < self.base_delay:
-            raise PydanticCustomError(
-                "max_delay_below_base",
-                "max_delay ({max_delay}) is less than base_delay ({base_delay}); "
-                "make max_delay at least base_delay",
-                {"max_delay": self.max_delay, "base_delay": self.base_delay},
-            )
+        check_delays(self.base_delay, self.max_delay)
         return self
 
 
@@ -144,12 +138,9 @@ class ProviderSection(_Section):
     """An OpenAI-compatible server (a local Ollama or vLLM, a proxy), named for workflows."""
 
     type: Literal["openai"] = Field(default="openai", description="The API it speaks.")
-    base_url: str = Field(
-        pattern=r"^https?://", description="The server's API root, e.g. http://localhost:11434/v1."
-    )
+    base_url: str = Field(description="The server's API root, e.g. http://localhost:11434/v1.")
     api_key_env: str | None = Field(
         default=None,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="The environment variable holding its API key; null for none.",
     )
     default_price: ModelPrice | None = Field(
@@ -158,13 +149,33 @@ class ProviderSection(_Section):
         "({input: 0, output: 0} for a local server).",
     )
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"https?://[^/\s]+", value):
+            raise PydanticCustomError(
+                "url", "must be an http:// or https:// URL, e.g. http://localhost:11434/v1", {}
+            )
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise PydanticCustomError(
+                "variable_name",
+                "must be the name of an environment variable (letters, digits and "
+                "underscores), not its value",
+                {},
+            )
+        return value
+
 
 class RedisSection(_Section):
     """Redis, for limits, budgets and queues shared by several processes."""
 
     url: str | None = Field(
         default=None,
-        pattern=r"^rediss?://",
         description="redis://[:password@]host:port/db; takes precedence over host, port and db.",
     )
     host: str | None = Field(default=None, min_length=1, description="Redis host; unset: no Redis.")
@@ -176,6 +187,15 @@ class RedisSection(_Section):
         description="When Redis is unreachable: wait (fail_closed) or fall back to "
         "in-process limits (local).",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"rediss?://", value):
+            raise PydanticCustomError(
+                "url", "must be a redis:// or rediss:// URL, e.g. redis://localhost:6379/0", {}
+            )
+        return value
 
     @property
     def configured(self) -> bool:
@@ -200,14 +220,17 @@ class EngineConfig(_Section):
     @field_validator("providers")
     @classmethod
     def _not_builtin(cls, value: dict[str, ProviderSection]) -> dict[str, ProviderSection]:
-        for name in value:
-            if name in BUILTIN_PROVIDERS:
-                raise PydanticCustomError(
-                    "builtin_provider",
-                    "'{name}' is a built-in provider and cannot be redeclared; pick another "
-                    "name, or point it elsewhere with OPENAI_BASE_URL / ANTHROPIC_BASE_URL",
-                    {"name": name},
-                )
+        taken = [name for name in value if name in BUILTIN_PROVIDERS]
+        if taken:
+            raise PydanticCustomError(
+                "builtin_provider",
+                "{names} built in and cannot be redeclared; pick other names, or point "
+                "the built-in ones elsewhere with OPENAI_BASE_URL / ANTHROPIC_BASE_URL",
+                {
+                    "names": " and ".join(f"'{n}'" for n in taken)
+                    + (" is" if len(taken) == 1 else " are")
+                },
+            )
         return value
 
 
@@ -332,23 +355,20 @@ class Setting(NamedTuple):
         return str(self.value)
 
 
+ConfigPath = tuple[str, ...]
+
+
 class Settings(NamedTuple):
-    """The effective engine configuration."""
+    """The effective engine configuration, and where each value came from."""
 
     config: EngineConfig
     environment: Environment
     config_file: str | None
-    sources: Mapping[str, str]
-
-    @property
-    def prices(self) -> PriceTable:
-        table = dict(BUILTIN_PRICES)
-        for model, price in self.config.cost_tracking.model_costs.items():
-            table[model] = Price(price.input, price.output)
-        return PriceTable(table)
-
-    def provider_names(self) -> list[str]:
-        return [*BUILTIN_PROVIDERS, *self.config.providers]
+    sources: Mapping[ConfigPath, str]
+    prices: PriceTable
+    """The built-in price table with the config file's prices over it."""
+    provider_names: tuple[str, ...]
+    """The built-in providers and the declared ones."""
 
     def price_of(self, provider: str, model: str) -> Price | None:
         """The price of a model at a provider, or None if it has none.
@@ -377,14 +397,13 @@ class Settings(NamedTuple):
     def settings(self) -> list[Setting]:
         """Every effective value with its source, secrets masked, for ``aoe config show``."""
         rows: list[Setting] = []
-        dumped = self.config.model_dump(mode="json")
-        for key, value in _leaves(dumped):
-            source = self._source_of(key)
-            if key.startswith(("rate_limiting.per_provider.", "rate_limiting.per_model.")) and (
+        for path, value in _leaves(self.config.model_dump(mode="json")):
+            source = self._source_of(path)
+            if path[:2] in (("rate_limiting", "per_provider"), ("rate_limiting", "per_model")) and (
                 source == "default"
             ):
                 continue  # not overridden there: the value above applies
-            rows.append(Setting(key, value, source))
+            rows.append(Setting(".".join(path), _mask_url(value), source))
         file_models = set(self.config.cost_tracking.model_costs)
         for model, price in sorted(BUILTIN_PRICES.items()):
             if model not in file_models:
@@ -402,11 +421,11 @@ class Settings(NamedTuple):
             rows.append(
                 Setting(
                     f"providers.{provider}.base_url",
-                    url or "(SDK default)",
+                    _mask_url(url) if url else "(SDK default)",
                     self.environment.origin(url_var) if url else "default",
                 )
             )
-        for provider in self.provider_names():
+        for provider in self.provider_names:
             variable = self.api_key_variable(provider)
             if variable is None:
                 continue
@@ -419,34 +438,29 @@ class Settings(NamedTuple):
                     secret=True,
                 )
             )
-        if self.config.redis.url:
-            rows = [
-                Setting(r.key, _mask_url(r.value), r.source) if r.key == "redis.url" else r
-                for r in rows
-            ]
         order = {name: i for i, name in enumerate(EngineConfig.model_fields)}
         rows.sort(key=lambda r: (order.get(r.key.split(".")[0], len(order)), r.key))
         return rows
 
-    def _source_of(self, key: str) -> str:
-        parts = key.split(".")
-        for cut in range(len(parts), 0, -1):
-            source = self.sources.get(".".join(parts[:cut]))
+    def _source_of(self, path: ConfigPath) -> str:
+        for cut in range(len(path), 0, -1):
+            source = self.sources.get(path[:cut])
             if source is not None:
                 return source
         return "default"
 
 
-def _mask_url(url: Any) -> Any:
-    if not isinstance(url, str):
-        return url
-    return re.sub(r"//([^@/]*):([^@/]*)@", r"//\1:********@", url)
+def _mask_url(value: Any) -> Any:
+    """A URL with its password (``scheme://user:password@host``) hidden."""
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    return re.sub(r"(//[^@/:]*):[^@/]*@", r"\1:********@", value)
 
 
-def _leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def _leaves(value: Any, prefix: ConfigPath = ()) -> Iterator[tuple[ConfigPath, Any]]:
     if isinstance(value, dict) and value:
         for key, item in value.items():
-            yield from _leaves(item, f"{prefix}.{key}" if prefix else str(key))
+            yield from _leaves(item, (*prefix, str(key)))
     elif not isinstance(value, dict):
         yield prefix, value
 
@@ -469,7 +483,7 @@ def load_settings(
     environment, diagnostics = _read_environment(
         os.environ if environ is None else environ, directory
     )
-    sources: dict[str, str] = {}
+    sources: dict[ConfigPath, str] = {}
     merged: dict[str, Any] = {}
     source_map: SourceMap | None = None
 
@@ -478,7 +492,14 @@ def load_settings(
         try:
             document = parse_yaml(read_text(path), path)
         except YamlError as e:
-            raise ConfigInvalid([*diagnostics, *e.diagnostics]) from None
+            found = e.diagnostics
+            if not config_file:  # say where the name came from
+                origin = environment.origin(CONFIG_FILE_VARIABLE)
+                found = [
+                    d._replace(message=f"{d.message} (named by {origin})") if d.line <= 0 else d
+                    for d in found
+                ]
+            raise ConfigInvalid([*diagnostics, *found]) from None
         source_map = document.source
         diagnostics.extend(document.diagnostics)
         if not isinstance(document.data, dict):
@@ -494,8 +515,8 @@ def load_settings(
                 ]
             )
         merged = document.data
-        for key, _ in _leaves(document.data):
-            sources[key] = f"{path}:{document.source.value(tuple(key.split('.'))).line}"
+        for leaf, _ in _leaves(document.data):
+            sources[leaf] = f"{path}:{document.source.value(leaf).line}"
 
     for variable, target in ENVIRONMENT_VARIABLES.items():
         raw = environment.get(variable)
@@ -506,11 +527,12 @@ def load_settings(
             diagnostics.append(_env_diagnostic(environment, variable, raw, problem))
             continue
         _put(merged, target, value)
-        sources[".".join(target)] = environment.origin(variable)
+        sources[target] = environment.origin(variable)
 
     for key, (value, flag) in (flags or {}).items():
-        _put(merged, tuple(key.split(".")), value)
-        sources[key] = f"flag {flag}"
+        target = tuple(key.split("."))
+        _put(merged, target, value)
+        sources[target] = f"flag {flag}"
 
     try:
         # Every section is validated inside EngineConfig's own validator; left out,
@@ -522,7 +544,17 @@ def load_settings(
         diagnostics.extend(_config_diagnostics(e, source_map, sources, environment))
     if diagnostics:
         raise ConfigInvalid(diagnostics)
-    return Settings(config, environment, path or None, sources)
+    prices = dict(BUILTIN_PRICES)
+    for model, price in config.cost_tracking.model_costs.items():
+        prices[model] = Price(price.input, price.output)
+    return Settings(
+        config,
+        environment,
+        path or None,
+        sources,
+        PriceTable(prices),
+        (*BUILTIN_PROVIDERS, *config.providers),
+    )
 
 
 def _read_environment(
@@ -605,13 +637,13 @@ def _put(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def _config_diagnostics(
     error: ValidationError,
     source_map: SourceMap | None,
-    sources: Mapping[str, str],
+    sources: Mapping[ConfigPath, str],
     environment: Environment,
 ) -> list[Diagnostic]:
     """Each error at its origin: the config file's line, the variable, or the flag."""
     out: list[Diagnostic] = []
     for item in error.errors(include_url=False):
-        origin = sources.get(".".join(str(p) for p in item["loc"]), "")
+        origin = sources.get(tuple(str(p) for p in item["loc"]), "")
         if origin.startswith("flag "):
             found = diagnostic_for(item, SourceMap(origin[5:]), EngineConfig)
             out.append(

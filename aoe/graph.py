@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import pairwise
 from typing import NamedTuple
 
 
@@ -156,8 +157,11 @@ class Graph:
     def to_dot(
         self, name: str, labels: Mapping[str, str] | None = None, *, highlight: Iterable[str] = ()
     ) -> str:
-        """A Graphviz digraph, valid input for ``dot``."""
-        marked = set(highlight)
+        """A Graphviz digraph, valid input for ``dot``; ``highlight`` is a path
+        (the critical path) whose nodes and edges are drawn heavier."""
+        path = list(highlight)
+        marked = set(path)
+        on_path = set(pairwise(path))
         lines = [
             f"digraph {_dot_id(name)} {{",
             "    rankdir=TB;",
@@ -168,7 +172,7 @@ class Graph:
             extra = ", penwidth=2" if node in marked else ""
             lines.append(f"    {_dot_id(node)} [label={_dot_id(label)}{extra}];")
         for dep, node in self.edges:
-            extra = " [penwidth=2]" if dep in marked and node in marked else ""
+            extra = " [penwidth=2]" if (dep, node) in on_path else ""
             lines.append(f"    {_dot_id(dep)} -> {_dot_id(node)}{extra};")
         lines.append("}")
         return "\n".join(lines) + "\n"
@@ -176,11 +180,6 @@ class Graph:
 
 def _unit(_: str) -> float:
     return 1.0
-
-
-def unknown_dependencies(dependencies: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
-    """``(node, dependency)`` for every dependency that names no node."""
-    return [(n, d) for n, deps in dependencies.items() for d in deps if d not in dependencies]
 
 
 def find_cycles(dependencies: Mapping[str, Sequence[str]]) -> list[list[str]]:

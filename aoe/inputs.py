@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from aoe.diagnostics import Diagnostic, Severity
+from aoe.diagnostics import Diagnostic, Severity, describe
 from aoe.errors import InputsInvalid
-from aoe.modelerrors import closest, describe
+from aoe.modelerrors import closest
 from aoe.spec import value_has_type
 from aoe.workflow import Input
 from aoe.yamlsource import Mark, YamlError, parse_yaml, read_text, resolve_scalar
@@ -111,9 +111,9 @@ def bind_inputs(declared: Mapping[str, Input], given: Mapping[str, GivenInput]) 
             )
             problems.append(_at(item, f"{_lead(item)}the workflow has no input '{name}'; {hint}"))
             continue
-        if not (item.value is None and not spec.required) and not value_has_type(
-            item.value, spec.type
-        ):
+        # null fits only an input whose default is null
+        null_allowed = item.value is None and not spec.required and spec.default is None
+        if not null_allowed and not value_has_type(item.value, spec.type):
             problems.append(
                 _at(
                     item,

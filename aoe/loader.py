@@ -22,9 +22,10 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path as FsPath
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
 
 from aoe import graph as graphs
 from aoe.diagnostics import Diagnostic, Severity, has_errors, sort_key
@@ -37,8 +38,9 @@ from aoe.spec import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_TIMEOUT,
     AgentSpec,
-    LLMSpec,
+    InputSpec,
     WorkflowHeader,
+    check_delays,
 )
 from aoe.templates import (
     AGENT_ATTRIBUTES,
@@ -46,9 +48,11 @@ from aoe.templates import (
     ROOTS,
     WORKFLOW_ATTRIBUTES,
     Analysis,
+    Reference,
     TemplateProblem,
     analyse_expression,
     analyse_template,
+    environment,
 )
 from aoe.workflow import (
     Agent,
@@ -68,7 +72,8 @@ MAX_INCLUDED_FILE_BYTES = 1024 * 1024
 
 
 class LoadResult(NamedTuple):
-    """What loading one file found: the workflow if it is valid, and every diagnostic."""
+    """What loading one file found: the workflow if it is valid (no errors, maybe
+    warnings), and every diagnostic."""
 
     path: str
     workflow: Workflow | None
@@ -76,11 +81,11 @@ class LoadResult(NamedTuple):
 
     @property
     def ok(self) -> bool:
-        return self.workflow is not None and not has_errors(self.diagnostics)
+        return self.workflow is not None
 
     def require(self) -> Workflow:
         """The workflow, or :class:`WorkflowInvalid` with the errors."""
-        if self.workflow is None or has_errors(self.diagnostics):
+        if self.workflow is None:
             raise WorkflowInvalid([d for d in self.diagnostics if d.is_error])
         return self.workflow
 
@@ -100,7 +105,7 @@ def load_workflow(
     name = display or os.fspath(path)
     loader = _Loader(os.fspath(path), name, settings)
     workflow = loader.load()
-    diagnostics = tuple(sorted(loader.diagnostics, key=sort_key))
+    diagnostics = tuple(sorted(_root_causes(loader.diagnostics), key=sort_key))
     return LoadResult(name, workflow if not has_errors(diagnostics) else None, diagnostics)
 
 
@@ -111,9 +116,10 @@ def _agents_adapter() -> TypeAdapter[dict[str, AgentSpec]]:
 
 @cache
 def _field_adapter(name: str) -> TypeAdapter[Any]:
-    annotation = WorkflowHeader.model_fields[name].annotation
-    assert annotation is not None
-    return TypeAdapter(annotation)
+    """One header field validated alone, with its constraints and strictness."""
+    field = WorkflowHeader.model_fields[name]
+    annotated: Any = Annotated[field.annotation, field]
+    return TypeAdapter(annotated, config=ConfigDict(strict=True))
 
 
 _UNKNOWN: Any = object()  # a section whose errors are reported; checks that need it are skipped
@@ -133,6 +139,10 @@ class _Loader:
         self.files: dict[str, str] = {}
         # where each agent's merged llm fields were written, for price and provider errors
         self.llm_origins: dict[tuple[str, int], dict[str, Path]] = {}
+        # what the checks look at, set as the passes reach them
+        self.raw_agents: dict[str, Any] = {}
+        self.specs: dict[str, AgentSpec] = {}
+        self.inputs: Any = _UNKNOWN
         # what the templates read of the inputs, for the unused-input warning
         self.inputs_read: set[str] = set()
         self.inputs_read_dynamically = False
@@ -169,23 +179,24 @@ class _Loader:
         specs = self.check_agents(raw_agents)
         dependencies = self.check_dependencies(raw_agents, specs)
 
-        inputs = header["inputs"]
-        if inputs is _UNKNOWN and isinstance(data.get("inputs"), dict):
-            inputs = data["inputs"]  # names are declared even where a type is wrong
+        self.raw_agents = raw_agents
+        self.specs = specs
+        self.inputs = header["inputs"]
+        if self.inputs is _UNKNOWN and isinstance(data.get("inputs"), dict):
+            self.inputs = data["inputs"]  # the names are declared even where a type is wrong
+        self.check_input_names()
         agents: dict[str, Agent] = {}
         for agent_id, raw in raw_agents.items():
             spec = specs.get(agent_id)
             texts = self.agent_texts(agent_id, spec, raw)
-            self.check_agent_templates(
-                agent_id, texts, _raw_depends_on(raw, spec), inputs, raw_agents
-            )
+            self.check_agent_templates(agent_id, texts, _raw_depends_on(raw, spec))
             if spec is not None:
                 agent = self.resolve_agent(agent_id, spec, header["defaults"], texts)
                 if agent is not None:
                     agents[agent_id] = agent
-        outputs = self.check_outputs(header["outputs"], inputs, raw_agents)
+        outputs = self.check_outputs(header["outputs"])
         if not has_errors(self.diagnostics):
-            self.check_unused_inputs(inputs)
+            self.check_unused_inputs()
         if self.settings is not None:
             self.check_against_settings(agents, header)
 
@@ -201,7 +212,7 @@ class _Loader:
             inputs=MappingProxyType(
                 {
                     n: Input(n, spec.type, spec.required, spec.default, spec.description)
-                    for n, spec in inputs.items()
+                    for n, spec in header["inputs"].items()
                 }
             ),
             description=header["description"],
@@ -283,7 +294,7 @@ class _Loader:
                         where,
                         "unknown-dependency",
                         f"agent '{agent_id}' depends on '{dep}', which is not an agent "
-                        f"of this file{did_you_mean(dep, known)}",
+                        f"of this file{did_you_mean(dep, known) or _listing(known)}",
                     )
                     ok = False
                 else:
@@ -336,11 +347,8 @@ class _Loader:
     ) -> Agent | None:
         at: Path = ("agents", agent_id)
         base = defaults if defaults not in (None, _UNKNOWN) else None
-        llm_fields, origins = _merge_llm(
-            base.llm if base is not None else None,
-            ("defaults", "llm"),
-            spec.llm,
-            (*at, "llm"),
+        llm_fields, origins = _layered(
+            [(base.llm if base else None, ("defaults", "llm")), (spec.llm, (*at, "llm"))]
         )
         if "model" not in llm_fields:
             if defaults is not _UNKNOWN:
@@ -352,14 +360,14 @@ class _Loader:
                     at_key=True,
                 )
             return None
-        primary = _llm_config(llm_fields)
+        primary = _llm_config(llm_fields, origins)
         self.llm_origins[(agent_id, 0)] = origins
         fallbacks: list[LLMConfig] = []
         for i, entry in enumerate(spec.fallbacks):
-            fields, fallback_origins = _merge_llm_over(
-                llm_fields, origins, entry, (*at, "fallbacks", i)
+            fields, fallback_origins = _layered(
+                [(entry, (*at, "fallbacks", i))], llm_fields, origins
             )
-            config = _llm_config(fields)
+            config = _llm_config(fields, fallback_origins)
             if config in (primary, *fallbacks):
                 self.warn(
                     (*at, "fallbacks", i),
@@ -369,8 +377,20 @@ class _Loader:
                 )
             fallbacks.append(config)
             self.llm_origins[(agent_id, i + 1)] = fallback_origins
+        for i, config in enumerate((primary, *fallbacks)):
+            vendor = _vendor_of(config.model)
+            if config.provider in _VENDORS and vendor not in (None, config.provider):
+                which = f"agent '{agent_id}'" + (f", fallback {i}" if i else "")
+                self.warn(
+                    self.llm_origins[(agent_id, i)].get("provider", at),
+                    "provider-model",
+                    f"{which}: model '{config.model}' is a {_VENDORS[vendor]} model, but it "
+                    f"goes to provider '{config.provider}'; set provider: {vendor}",
+                )
 
-        retry = _merge_model(base.retry if base else None, spec.retry)
+        retry, _ = _layered(
+            [(base.retry if base else None, ("defaults", "retry")), (spec.retry, (*at, "retry"))]
+        )
         output = self.resolve_output(agent_id, spec)
         prompt = texts["prompt"]
         if prompt is None or output is None:
@@ -447,12 +467,12 @@ class _Loader:
         mark = self.source.value(path)
         line = mark.text_line
         column = mark.column
-        if mark.block:
+        if mark.style in ("|", ">"):
             source_line = self.line(line)
             column = len(source_line) - len(source_line.lstrip(" ")) + 1
-        elif self.line(mark.line)[mark.column - 1 : mark.column] in ("'", '"'):
+        elif mark.quoted:
             column += 1
-        return SourceText(text, self.name, line, column)
+        return SourceText(text, self.name, line, column, mark.literal)
 
     def line(self, number: int) -> str:
         if self._lines is None:
@@ -545,26 +565,43 @@ class _Loader:
                 )
             )
             return
-        file_line = source.line + line - 1
-        text = self.line(file_line)
-        if line == 1:
-            column = source.column
-        else:
-            column = len(text) - len(text.lstrip(" ")) + 1
-        found = text.find(needle, column - 1) if needle else -1
+        if source.exact:
+            file_line = source.line + line - 1
+            text = self.line(file_line)
+            column = source.column if line == 1 else len(text) - len(text.lstrip(" ")) + 1
+            found = text.find(needle, column - 1) if needle else -1
+        else:  # the scalar's lines were joined: look for the needle in the lines it spans
+            file_line, column, found = source.line, source.column, -1
+            if needle is not None:
+                for number in self._lines_of(source, path):
+                    start = source.column - 1 if number == source.line else 0
+                    found = self.line(number).find(needle, start)
+                    if found >= 0:
+                        file_line = number
+                        break
         if found >= 0:
             column = found + 1
         self.diagnostics.append(
             Diagnostic(self.name, file_line, column, Severity.ERROR, code, message)
         )
 
+    def _lines_of(self, source: SourceText, path: Path) -> range:
+        """The file lines a multi-line folded, quoted or plain scalar spans, as far as
+        indentation tells: the lines after its first that are indented deeper than
+        its key (at most 500)."""
+        indent = self.source.key(path).column - 1
+        last = source.line
+        while last - source.line < 500:
+            following = self.line(last + 1)
+            if following.strip() and len(following) - len(following.lstrip(" ")) <= indent:
+                break
+            if last + 1 > len(self._lines or ()):
+                break
+            last += 1
+        return range(source.line, last + 1)
+
     def check_agent_templates(
-        self,
-        agent_id: str,
-        texts: Mapping[str, SourceText | None],
-        depends_on: Sequence[str],
-        inputs: Any,
-        raw_agents: Mapping[str, Any],
+        self, agent_id: str, texts: Mapping[str, SourceText | None], depends_on: Sequence[str]
     ) -> None:
         at: Path = ("agents", agent_id)
         owner = f"agent '{agent_id}'"
@@ -583,18 +620,70 @@ class _Loader:
                 analysis,
                 source,
                 path,
-                field,
-                owner,
-                inputs,
-                raw_agents,
+                f"{owner}, {field}",
                 allowed_agents=depends_on,
                 item_allowed=foreach and field not in _EXPRESSION_FIELDS,
                 foreach=foreach,
             )
+            if field == "foreach" and analysis.whole is not None:
+                self.check_foreach_list(analysis.whole, source, path, f"{owner}, foreach")
+        spec = self.specs.get(agent_id)
+        if spec is not None and texts.get("prompt") is not None:
+            prompt = texts["prompt"]
+            assert prompt is not None
+            if not prompt.text.strip():
+                where = (*at, "prompt" if spec.prompt is not None else "prompt_file")
+                self.error(where, "empty-prompt", f"{owner}: the prompt is empty; write one")
+        if spec is not None and not depends_on and "trigger_rule" in spec.model_fields_set:
+            self.warn(
+                (*at, "trigger_rule"),
+                "trigger-rule-alone",
+                f"{owner}: trigger_rule has no effect on an agent without depends_on; remove it",
+                at_key=True,
+            )
 
-    def check_outputs(
-        self, outputs: Any, inputs: Any, raw_agents: Mapping[str, Any]
-    ) -> dict[str, SourceText]:
+    def check_foreach_list(
+        self, ref: Reference, source: SourceText, path: Path, owner: str
+    ) -> None:
+        """``foreach`` on a plain reference: it must be to a list."""
+        problem = None
+        if ref.kind == "input" and not ref.rest and self.inputs is not _UNKNOWN:
+            spec = self.inputs.get(ref.name)
+            kind = spec.type if isinstance(spec, InputSpec) else None
+            if kind is not None and kind != "list":
+                problem = (
+                    f"foreach needs a list, and inputs.{ref.name} is of type '{kind}'; "
+                    "declare it with type: list"
+                )
+        elif ref.kind == "agent" and ref.attribute == "output" and not ref.rest:
+            target = self.specs.get(ref.name)
+            if target is not None and target.foreach is None:
+                output = target.output
+                if output is None or output.format == "text":
+                    problem = (
+                        f"foreach needs a list, and agents.{ref.name}.output is text; give "
+                        f"'{ref.name}' output.format: json with a list (type: array) schema"
+                    )
+                elif output.json_schema is not None and output.json_schema.get("type") not in (
+                    None,
+                    "array",
+                ):
+                    problem = (
+                        f"foreach needs a list, and the output schema of '{ref.name}' has "
+                        f"type: {output.json_schema.get('type')}; make it type: array, or "
+                        "loop over a list inside it"
+                    )
+        if problem is not None:
+            self.template_error(
+                source,
+                path,
+                ref.line,
+                "foreach-list",
+                f"{owner}: {problem}",
+                f"{_ROOT_OF[ref.kind]}.{ref.name}",
+            )
+
+    def check_outputs(self, outputs: Any) -> dict[str, SourceText]:
         if outputs in (None, _UNKNOWN):
             return {}
         result: dict[str, SourceText] = {}
@@ -603,16 +692,14 @@ class _Loader:
             source = self.inline_text(path, text)
             assert source is not None
             result[output_name] = source
-            analysis = self.analyse(source, path, "output", f"output '{output_name}'")
+            owner = f"output '{output_name}'"
+            analysis = self.analyse(source, path, "output", owner)
             if analysis is not None:
                 self.check_references(
                     analysis,
                     source,
                     path,
-                    "output",
-                    f"output '{output_name}'",
-                    inputs,
-                    raw_agents,
+                    owner,
                     allowed_agents=None,
                     item_allowed=False,
                     foreach=False,
@@ -624,26 +711,20 @@ class _Loader:
         analysis: Analysis,
         source: SourceText,
         path: Path,
-        field: str,
         owner: str,
-        inputs: Any,
-        raw_agents: Mapping[str, Any],
         *,
         allowed_agents: Sequence[str] | None,
         item_allowed: bool,
         foreach: bool,
     ) -> None:
-        """Every reference of one template against the graph and the inputs."""
+        """Every reference of one template against the graph, the inputs and Jinja."""
+        inputs, raw_agents = self.inputs, self.raw_agents
 
         def report(line: int, code: str, message: str) -> None:
-            self.template_error(source, path, line, code, f"{owner}, {field}: {message}", needle)
+            self.template_error(source, path, line, code, f"{owner}: {message}", needle)
 
         for ref in analysis.references:
-            needle = (
-                ref.name
-                if ref.kind in ("name", "dynamic")
-                else (f"{_ROOT_OF[ref.kind]}.{ref.name}")
-            )
+            needle = f"{_ROOT_OF[ref.kind]}.{ref.name}" if ref.kind in _ROOT_OF else ref.name
             if ref.kind == "agent":
                 if ref.name not in raw_agents:
                     report(
@@ -672,6 +753,10 @@ class _Loader:
                         f"{shown}: an agent has 'output' and 'status'"
                         + (hint or f"; write agents.{ref.name}.output"),
                     )
+                elif ref.attribute == "output" and ref.rest:
+                    problem = self.output_shape_problem(ref)
+                    if problem:
+                        report(ref.line, "output-shape", problem)
             elif ref.kind == "input":
                 self.inputs_read.add(ref.name)
                 if inputs is not _UNKNOWN and ref.name not in inputs:
@@ -693,6 +778,14 @@ class _Loader:
                         "workflow-attribute",
                         f"workflow.{ref.name} does not exist; templates can read workflow.name",
                     )
+            elif ref.kind in ("filter", "test"):
+                known = environment().filters if ref.kind == "filter" else environment().tests
+                if ref.name not in known:
+                    report(
+                        ref.line,
+                        f"unknown-{ref.kind}",
+                        f"Jinja has no {ref.kind} '{ref.name}'{did_you_mean(ref.name, known)}",
+                    )
             elif ref.kind == "dynamic":
                 if ref.name == "inputs":
                     self.inputs_read_dynamically = True
@@ -708,10 +801,44 @@ class _Loader:
             else:
                 report(ref.line, "undefined-name", _undefined_name(ref.name, inputs, raw_agents))
 
-    def check_unused_inputs(self, inputs: Mapping[str, Any]) -> None:
-        if self.inputs_read_dynamically:
+    def output_shape_problem(self, ref: Reference) -> str | None:
+        """Reading inside ``agents.X.output`` when X's output cannot have that inside."""
+        target = self.specs.get(ref.name)
+        first = ref.rest[0]
+        if target is None or not isinstance(first, str):
+            return None
+        reading = f"agents.{ref.name}.output.{first}"
+        if target.foreach is not None:
+            if hasattr(list, first):
+                return None
+            return (
+                f"agents.{ref.name}.output is a list (one output per item of its foreach); "
+                f"write agents.{ref.name}.output[0].{first}, or loop over it"
+            )
+        if (target.output is None or target.output.format == "text") and not hasattr(str, first):
+            return (
+                f"{reading}: the output of '{ref.name}' is text; give '{ref.name}' "
+                "output.format: json to read fields from it"
+            )
+        return None
+
+    def check_input_names(self) -> None:
+        if self.inputs is _UNKNOWN:
+            return
+        for name in self.inputs:
+            if not AGENT_ID_RE.match(name):
+                self.warn(
+                    ("inputs", name),
+                    "input-name",
+                    f"input '{name}' is not a plain name: templates can read it only as "
+                    f"inputs['{name}']; use letters, digits and underscores",
+                    at_key=True,
+                )
+
+    def check_unused_inputs(self) -> None:
+        if self.inputs_read_dynamically or self.inputs is _UNKNOWN:
             return  # inputs[...] or a loop over inputs: any input may be read
-        for name in inputs:
+        for name in self.inputs:
             if name not in self.inputs_read:
                 self.warn(
                     ("inputs", name),
@@ -738,12 +865,12 @@ class _Loader:
                 provider_at = origins.get("provider", ("agents", agent.id))
                 model_at = origins.get("model", ("agents", agent.id))
                 which = f"agent '{agent.id}'" + (f", fallback {i}" if i else "")
-                if llm.provider not in settings.provider_names():
+                if llm.provider not in settings.provider_names:
                     self.error(
                         provider_at,
                         "unknown-provider",
                         f"{which}: unknown provider '{llm.provider}'"
-                        f"{did_you_mean(llm.provider, settings.provider_names())}; "
+                        f"{did_you_mean(llm.provider, settings.provider_names)}; "
                         "use openai, anthropic or mock, or declare it under providers: "
                         "in the engine config",
                     )
@@ -773,20 +900,30 @@ class _Loader:
                         "tracked; add it under cost_tracking.model_costs in the engine "
                         "config",
                     )
-            base = (
-                agent.retry.base_delay if agent.retry.base_delay is not None else policy.base_delay
-            )
-            top = agent.retry.max_delay if agent.retry.max_delay is not None else policy.max_delay
-            if top < base:
+            base = _first(agent.retry.base_delay, policy.base_delay)
+            top = _first(agent.retry.max_delay, policy.max_delay)
+            try:
+                check_delays(base, top)
+            except PydanticCustomError as e:
                 self.error(
                     ("agents", agent.id, "retry"),
                     "retry-delays",
-                    f"agent '{agent.id}': retry max_delay ({top:g}) is less than base_delay "
-                    f"({base:g}) once merged with the engine's retry_policy; set both",
+                    f"agent '{agent.id}': with the engine's retry_policy under it, {e}",
                 )
 
 
 # -- helpers -------------------------------------------------------------------
+
+
+def _root_causes(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    """Without the errors a YAML problem caused at its own place: a refused tag
+    leaves a value of the wrong type behind, and that is not a second mistake."""
+    yaml_places = {(d.file, d.line, d.column) for d in diagnostics if d.code.startswith("yaml-")}
+    return [
+        d
+        for d in diagnostics
+        if d.code.startswith("yaml-") or (d.file, d.line, d.column) not in yaml_places
+    ]
 
 
 def _bad_id_message(agent_id: str) -> str:
@@ -818,51 +955,49 @@ _ROOT_OF = {"agent": "agents", "input": "inputs", "workflow": "workflow"}
 _EXPRESSION_FIELDS = ("when", "foreach")
 
 
-def _merge_llm(
-    base: LLMSpec | None, base_path: Path, own: LLMSpec | None, own_path: Path
+def _layered(
+    layers: Sequence[tuple[Any, Path]],
+    below: Mapping[str, Any] | None = None,
+    below_origins: Mapping[str, Path] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    fields: dict[str, Any] = {}
-    origins: dict[str, Path] = {}
-    for spec, path in ((base, base_path), (own, own_path)):
+    """The keys each layer sets, later layers over earlier ones (``params`` merged
+    key by key), over ``below``; with where each value was written."""
+    merged = dict(below or {})
+    origins = dict(below_origins or {})
+    for spec, path in layers:
         if spec is None:
             continue
         for key in spec.model_fields_set:
             value = getattr(spec, key)
             if value is None:
                 continue
-            if key == "params" and "params" in fields:
-                value = {**fields["params"], **value}
-            fields[key] = value
+            if key == "params":
+                value = {**merged.get("params", {}), **value}
+            merged[key] = value
             origins[key] = (*path, key)
-    if "model" in fields and "provider" not in fields:
-        fields["provider"] = _infer_provider(fields["model"])
-    return fields, origins
+    return merged, origins
 
 
-def _merge_llm_over(
-    fields: Mapping[str, Any], origins: Mapping[str, Path], entry: LLMSpec, path: Path
-) -> tuple[dict[str, Any], dict[str, Path]]:
-    merged = dict(fields)
-    where = dict(origins)
-    for key in entry.model_fields_set:
-        value = getattr(entry, key)
-        if value is None:
-            continue
-        merged[key] = {**merged.get("params", {}), **value} if key == "params" else value
-        where[key] = (*path, key)
-    if "provider" not in where:  # never written: follows the fallback's own model
-        merged["provider"] = _infer_provider(merged["model"])
-    return merged, where
+_VENDORS = {"openai": "OpenAI", "anthropic": "Anthropic"}
 
 
-def _infer_provider(model: str) -> str:
-    return "anthropic" if model.startswith("claude") else "openai"
+def _vendor_of(model: str) -> str | None:
+    """The built-in provider a model name belongs to, if it is plainly one's."""
+    if model.startswith("claude"):
+        return "anthropic"
+    if model.startswith(("gpt-", "chatgpt-", "o1", "o3", "o4", "text-embedding-")):
+        return "openai"
+    return None
 
 
-def _llm_config(fields: Mapping[str, Any]) -> LLMConfig:
+def _llm_config(fields: Mapping[str, Any], origins: Mapping[str, Path]) -> LLMConfig:
+    """The merged llm keys as a config; a provider never written follows the model
+    (claude-* to anthropic, anything else to openai)."""
+    model = fields["model"]
+    provider = fields["provider"] if "provider" in origins else (_vendor_of(model) or "openai")
     return LLMConfig(
-        provider=fields["provider"],
-        model=fields["model"],
+        provider=provider,
+        model=model,
         max_tokens=fields.get("max_tokens", DEFAULT_MAX_TOKENS),
         temperature=fields.get("temperature"),
         top_p=fields.get("top_p"),
@@ -872,12 +1007,11 @@ def _llm_config(fields: Mapping[str, Any]) -> LLMConfig:
     )
 
 
-def _merge_model(base: Any, own: Any) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for spec in (base, own):
-        if spec is not None:
-            merged.update({k: getattr(spec, k) for k in spec.model_fields_set})
-    return merged
+def _listing(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit]) + (
+        f" and {len(names) - limit} more" if len(names) > limit else ""
+    )
+    return f"; the agents are {shown}"
 
 
 def _first(*values: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from aoe.diagnostics import Diagnostic, Severity
+from aoe.diagnostics import Diagnostic, describe
 from aoe.yamlsource import Path, SourceMap
 
 _EXPECTED = {
@@ -29,6 +29,7 @@ _EXPECTED = {
     "model_type": "a mapping (key: value pairs)",
     "model_attributes_type": "a mapping (key: value pairs)",
     "list_type": "a list",
+    "finite_number": "a finite number",
 }
 _BOUNDS = {
     "greater_than_equal": ("ge", "at least"),
@@ -45,26 +46,6 @@ _POINT_AT = {
     "system_and_file": ("system_file",),
     "prompt_missing": (),
 }
-
-
-def describe(value: Any) -> str:
-    """A short description of a value as YAML wrote it: ``a string ("800")``."""
-    if value is None:
-        return "empty (null)"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, int):
-        return f"an integer ({value})"
-    if isinstance(value, float):
-        return f"a number ({value:g})"
-    if isinstance(value, str):
-        shown = value if len(value) <= 30 else value[:27] + "..."
-        return f'a string ("{shown}")'
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
 
 
 def dotted(path: Sequence[str | int]) -> str:
@@ -169,9 +150,20 @@ def diagnostics_from_error(
     the model that validated it, and ``root_prefix`` the part of the prefix
     that leads to ``root`` (for finding the keys a mapping accepts).
     """
+    items = error.errors(include_url=False)
+    # A key that is missing while a misspelling of it is present: the "did you
+    # mean" on the misspelt key says it all, so the missing key is not reported.
+    unknown: dict[tuple[object, ...], list[str]] = {}
+    for item in items:
+        if item["type"] == "extra_forbidden":
+            unknown.setdefault(tuple(item["loc"][:-1]), []).append(str(item["loc"][-1]))
     return [
         diagnostic_for(item, source, root, prefix=prefix, skip=len(root_prefix))
-        for item in error.errors(include_url=False)
+        for item in items
+        if not (
+            item["type"] == "missing"
+            and closest(str(item["loc"][-1]), unknown.get(tuple(item["loc"][:-1]), ()))
+        )
     ]
 
 
@@ -216,7 +208,7 @@ def diagnostic_for(
         if kind == "string_type" and isinstance(value, bool | int | float):
             message += "; put the value in quotes to keep it as text"
         elif kind in ("int_type", "float_type", "bool_type") and isinstance(value, str):
-            message += "; remove the quotes"
+            message += "; remove the quotes" if source.value(loc).quoted else ""
         return source.diagnostic(loc, "type", message)
     if kind == "literal_error":
         allowed = [
@@ -258,9 +250,3 @@ def diagnostic_for(
     if not (loc and message.startswith(str(loc[-1]))):
         message = f"{where}: {message}"
     return source.diagnostic(loc, kind.replace("_", "-"), message)
-
-
-def warning(
-    source: SourceMap, path: Path, code: str, message: str, *, at_key: bool = False
-) -> Diagnostic:
-    return source.diagnostic(path, code, message, at_key=at_key, severity=Severity.WARNING)

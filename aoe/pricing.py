@@ -25,8 +25,6 @@ class Price(NamedTuple):
         return (input_tokens * self.input + output_tokens * self.output) / 1000.0
 
 
-FREE = Price(0.0, 0.0)
-
 # USD per 1,000 tokens (the vendors list USD per 1M tokens: divide by 1,000).
 BUILTIN_PRICES: Mapping[str, Price] = {
     # OpenAI

@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from aoe.diagnostics import describe
+
 FORMAT_VERSION = 1
 AGENT_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 AGENT_ID_MAX = 64
@@ -45,8 +47,21 @@ AgentId = Annotated[
 ]
 
 
-def _one_or_many(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
+def _one_or_many(what: str) -> BeforeValidator:
+    """Accept one string as a list of one; refuse anything but a string or a list."""
+
+    def accept(value: Any) -> Any:
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list):
+            raise PydanticCustomError(
+                "one_or_many",
+                "must be {what}, not {found}",
+                {"what": what, "found": describe(value)},
+            )
+        return value
+
+    return BeforeValidator(accept)
 
 
 def _one_or_many_schema(description: str) -> WithJsonSchema:
@@ -63,12 +78,12 @@ def _one_or_many_schema(description: str) -> WithJsonSchema:
 
 DependsOn = Annotated[
     list[str],
-    BeforeValidator(_one_or_many),
+    _one_or_many("an agent id or a list of agent ids"),
     _one_or_many_schema("An agent id, or a list of agent ids, that must finish first."),
 ]
 StopSequences = Annotated[
     list[str],
-    BeforeValidator(_one_or_many),
+    _one_or_many("a string or a list of strings"),
     _one_or_many_schema("A stop sequence, or a list of them."),
 ]
 Template = Annotated[str, Field(description="A Jinja2 template.")]
@@ -79,7 +94,9 @@ class _Model(BaseModel):
 
     # defer_build: a model's validator is built when first used, so commands that
     # never validate (or use only part of the format) do not pay for all of it.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, defer_build=True, allow_inf_nan=False
+    )
 
 
 class InputSpec(_Model):
@@ -99,12 +116,14 @@ class InputSpec(_Model):
     @field_validator("default")
     @classmethod
     def _default_has_type(cls, value: Any, info: Any) -> Any:
-        kind = info.data.get("type", "string")
+        kind = info.data.get("type")
+        if kind is None:  # the type itself is wrong, and reported: nothing to compare with
+            return value
         if value is not None and not value_has_type(value, kind):
             raise PydanticCustomError(
                 "input_default_type",
-                "the default {value} is not of the input's type '{kind}'",
-                {"value": _short_repr(value), "kind": kind},
+                "the default is {value}, not of the input's type '{kind}'",
+                {"value": describe(value), "kind": kind},
             )
         return value
 
@@ -128,11 +147,6 @@ def value_has_type(value: Any, kind: str) -> bool:
     if kind == "object":
         return isinstance(value, dict)
     return False
-
-
-def _short_repr(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class LLMSpec(_Model):
@@ -186,18 +200,20 @@ class RetrySpec(_Model):
 
     @model_validator(mode="after")
     def _delays_ordered(self) -> RetrySpec:
-        if (
-            self.base_delay is not None
-            and self.max_delay is not None
-            and self.max_delay < self.base_delay
-        ):
-            raise PydanticCustomError(
-                "max_delay_below_base",
-                "max_delay ({max_delay}) is less than base_delay ({base_delay}); "
-                "make max_delay at least base_delay",
-                {"max_delay": self.max_delay, "base_delay": self.base_delay},
-            )
+        if self.base_delay is not None and self.max_delay is not None:
+            check_delays(self.base_delay, self.max_delay)
         return self
+
+
+def check_delays(base_delay: float, max_delay: float) -> None:
+    """Backoff delays must not shrink: ``max_delay`` at least ``base_delay``."""
+    if max_delay < base_delay:
+        raise PydanticCustomError(
+            "max_delay_below_base",
+            "max_delay ({max_delay}) is less than base_delay ({base_delay}); "
+            "make max_delay at least base_delay",
+            {"max_delay": f"{max_delay:g}", "base_delay": f"{base_delay:g}"},
+        )
 
 
 class OutputSpec(_Model):
@@ -322,12 +338,14 @@ class _WorkflowHeader(_Model):
     @classmethod
     def _known_version(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         try:
+            if type(value) is not int:  # not 1.0, not true
+                raise ValueError(value)
             return handler(value)
-        except ValidationError:
+        except (ValidationError, ValueError):
             raise PydanticCustomError(
                 "unsupported_version",
-                "version {value} is not supported: the only format version is 1; write version: 1",
-                {"value": _short_repr(value)},
+                "version must be 1, the only format version, not {value}; write version: 1",
+                {"value": describe(value)},
             ) from None
 
     name: str = Field(

@@ -16,7 +16,7 @@ from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     from jinja2 import TemplateSyntaxError, nodes
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -30,8 +30,14 @@ FOREACH_NAMES = ("item", "index")
 """Names a ``foreach`` agent's templates may read as well."""
 AGENT_ATTRIBUTES = ("output", "status")
 WORKFLOW_ATTRIBUTES = ("name",)
-# Names Jinja itself defines inside loops, macros and blocks.
+# Names Jinja itself defines inside loops, macros and blocks, and its global
+# functions (tested to equal the environment's, which needs Jinja imported).
 _JINJA_IMPLICIT = frozenset({"loop", "caller", "varargs", "kwargs", "super", "self"})
+JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace"})
+
+
+def _defined_by_jinja(name: str) -> bool:
+    return name in _JINJA_IMPLICIT or name in JINJA_GLOBALS
 
 
 @cache
@@ -60,24 +66,27 @@ class TemplateProblem(Exception):
 class Reference(NamedTuple):
     """One thing a template reads, at a line of the template (1-based).
 
-    ``kind`` is ``agent`` (``agents.<name>.<attribute>``), ``input``
-    (``inputs.<name>``), ``workflow`` (``workflow.<name>``), ``dynamic``
-    (``agents``, ``inputs`` or ``workflow`` read other than by a fixed name,
-    as in ``inputs[key]``; ``name`` is the root) or ``name`` (any other free
-    name, such as ``item``).
+    ``kind`` is ``agent`` (``agents.<name>.<attribute>``, and ``rest`` what is
+    read inside that), ``input`` (``inputs.<name>``, and ``rest``),
+    ``workflow`` (``workflow.<name>``), ``dynamic`` (``agents``, ``inputs`` or
+    ``workflow`` read other than by a fixed name, as in ``inputs[key]``;
+    ``name`` is the root), ``name`` (any other free name, such as ``item``),
+    ``filter`` or ``test`` (a Jinja filter or test by name).
     """
 
-    kind: Literal["agent", "input", "workflow", "dynamic", "name"]
+    kind: Literal["agent", "input", "workflow", "dynamic", "name", "filter", "test"]
     name: str
     attribute: str | int | None
     line: int
+    rest: tuple[str | int, ...] = ()
 
 
 class Analysis(NamedTuple):
-    references: tuple[Reference, ...]
+    """What a template or expression reads; ``whole`` is set when an expression
+    is nothing but one reference (``foreach: inputs.files``)."""
 
-    def of_kind(self, kind: str) -> Iterator[Reference]:
-        return (r for r in self.references if r.kind == kind)
+    references: tuple[Reference, ...]
+    whole: Reference | None = None
 
 
 _EMPTY = Analysis(())
@@ -132,7 +141,7 @@ def _analyse_simple(text: str) -> Analysis | None:
                 if len(parts) > 1
                 else Reference("dynamic", parts[0], None, line)
             )
-        else:
+        elif not _defined_by_jinja(parts[0]):
             references.append(Reference("name", parts[0], None, line))
         position = match.end()
     return Analysis(tuple(sorted(references, key=_order)))
@@ -191,6 +200,7 @@ def _collect(root: nodes.Node) -> Analysis:
     references: list[Reference] = []
     loads: list[tuple[str, int]] = []
     stored: set[str] = set()
+    whole: Reference | None = None
     stack: list[nodes.Node] = [root]
     while stack:
         node = stack.pop()
@@ -198,12 +208,17 @@ def _collect(root: nodes.Node) -> Analysis:
             chain = _static_chain(node)
             if chain is not None and chain[0] in ROOTS:
                 references.append(_reference(chain, node.lineno))
+                if node is root:
+                    whole = references[-1]
                 continue
         elif isinstance(node, nodes.Name):
             if node.ctx == "load":
                 loads.append((node.name, node.lineno))
             else:
                 stored.add(node.name)
+        elif isinstance(node, nodes.Filter | nodes.Test) and node.name:
+            kind: Literal["filter", "test"] = "filter" if isinstance(node, nodes.Filter) else "test"
+            references.append(Reference(kind, node.name, None, node.lineno))
         elif isinstance(node, forbidden):
             raise TemplateProblem(
                 "templates cannot include, import or extend other files; "
@@ -212,16 +227,17 @@ def _collect(root: nodes.Node) -> Analysis:
             )
         stack.extend(node.iter_child_nodes())
     for name, line in loads:
-        if name in stored or name in _JINJA_IMPLICIT or name in environment().globals:
+        if name in stored or _defined_by_jinja(name):
             continue
         # a root read other than by a fixed name (agents[name]) is checked when it renders
         references.append(Reference("dynamic" if name in ROOTS else "name", name, None, line))
     references.sort(key=_order)
-    return Analysis(tuple(references))
+    return Analysis(tuple(references), whole)
 
 
-def _order(reference: Reference) -> tuple[int, str, str, str]:
-    return (reference.line, reference.kind, reference.name, str(reference.attribute))
+def _order(reference: Reference) -> tuple[int, str, str, str, str]:
+    r = reference
+    return (r.line, r.kind, r.name, str(r.attribute), str(r.rest))
 
 
 def _static_chain(node: nodes.Node) -> list[str | int] | None:
@@ -251,12 +267,8 @@ def _static_chain(node: nodes.Node) -> list[str | int] | None:
 
 def _reference(chain: Sequence[str | int], line: int) -> Reference:
     root, name = chain[0], str(chain[1])
+    if root == "inputs":  # inputs.<name>, then what is read inside its value
+        return Reference("input", name, None, line, tuple(chain[2:]))
     attribute = chain[2] if len(chain) > 2 else None
-    kind: Literal["agent", "input", "workflow"]
-    if root == "agents":
-        kind = "agent"
-    elif root == "inputs":
-        kind = "input"
-    else:
-        kind = "workflow"
-    return Reference(kind, name, attribute, line)
+    kind: Literal["agent", "workflow"] = "agent" if root == "agents" else "workflow"
+    return Reference(kind, name, attribute, line, tuple(chain[3:]))

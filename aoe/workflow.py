@@ -26,15 +26,16 @@ class SourceText(NamedTuple):
     """A template or expression and where it was written, for error messages.
 
     ``line`` and ``column`` are those of the text's first character in ``file``.
+    ``exact`` is true when line N of the text is line ``line + N - 1`` of the
+    file: a file of its own or a ``|`` block. Folded, quoted and plain scalars
+    may join lines, so their text's lines do not map to the file's.
     """
 
     text: str
     file: str
     line: int
     column: int = 1
-
-    def where(self, template_line: int = 1) -> str:
-        return f"{self.file}:{self.line + template_line - 1}"
+    exact: bool = True
 
 
 class Input(NamedTuple):

@@ -49,26 +49,43 @@ _STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "b
 _SCALAR_TAGS = {_STR, _INT, _FLOAT, _BOOL, _NULL, _TAG + "timestamp", "!"}
 _MAP_TAGS = {_TAG + "map", "!"}
 _SEQ_TAGS = {_TAG + "seq", "!"}
-_MERGE_TAG = _TAG + "merge"
 _RESOLVERS: dict[str | None, list[tuple[str, re.Pattern[str]]]] = Resolver.yaml_implicit_resolvers
 _CONSTRUCTOR = SafeConstructor()
 
 
-class Mark(NamedTuple):
-    """Where a key or value starts: 1-based line and column.
+Position = tuple[int, int, str]
+"""(line, column, style) as stored; :class:`Mark` is the same with names."""
 
-    ``block`` is true for ``|`` and ``>`` scalars, whose text starts on the
-    line after the indicator.
+
+class Mark(NamedTuple):
+    """Where a key or value starts: 1-based line and column, and a scalar's style.
+
+    ``style`` is ``""`` for plain scalars (and collections), ``'`` or ``"``
+    for quoted ones, ``|`` (literal) or ``>`` (folded) for block scalars.
     """
 
     line: int
     column: int
-    block: bool = False
+    style: str = ""
 
     @property
     def text_line(self) -> int:
-        """The line of the scalar's first character of text."""
-        return self.line + 1 if self.block else self.line
+        """The line of the scalar's first character of text (block text starts
+        on the line after its indicator)."""
+        return self.line + 1 if self.style in ("|", ">") else self.line
+
+    @property
+    def quoted(self) -> bool:
+        return self.style in ("'", '"')
+
+    @property
+    def literal(self) -> bool:
+        """A ``|`` scalar: line N of its text is line N of its block in the file.
+
+        Folded, quoted and multi-line plain scalars join their lines, so their
+        text's lines do not map to the file's.
+        """
+        return self.style == "|"
 
 
 class SourceMap:
@@ -80,8 +97,8 @@ class SourceMap:
         self.file = file
         # Plain (line, column, block) tuples: a large file has one per value, and
         # a tuple costs a fraction of a Mark to make; lookups return Marks.
-        self.values: dict[Path, tuple[int, int, bool]] = {}
-        self.keys: dict[Path, tuple[int, int, bool]] = {}
+        self.values: dict[Path, Position] = {}
+        self.keys: dict[Path, Position] = {}
         # A path reached through an alias or a merge key is written at another path.
         self.aliases: dict[Path, Path] = {}
 
@@ -202,16 +219,14 @@ def parse_yaml(
     """
     if _node_upper_bound(text) > max_nodes:
         _count_nodes_or_refuse(text, file, max_nodes)
-    builder = _Builder(file, max_nodes, max_depth)
+    builder = _Builder(file, text, max_nodes, max_depth)
     parser = _Parser(text)
     try:
         builder.run(parser)
     except yaml.MarkedYAMLError as e:
         raise YamlError([*builder.diagnostics, _syntax_diagnostic(file, e, text)]) from None
     except yaml.YAMLError as e:  # reader errors: control characters and the like
-        raise YamlError(
-            [*builder.diagnostics, Diagnostic(file, 1, 1, Severity.ERROR, "yaml-syntax", str(e))]
-        ) from None
+        raise YamlError([*builder.diagnostics, _reader_diagnostic(file, e, text)]) from None
     finally:
         dispose = getattr(parser, "dispose", None)
         if dispose is not None:
@@ -287,6 +302,27 @@ _SYNTAX_HINTS = (
 )
 
 
+def _reader_diagnostic(file: str, e: yaml.YAMLError, text: str) -> Diagnostic:
+    """A character YAML refuses (a NUL, a control character), at its line and column."""
+    position = getattr(e, "position", None)
+    line = column = 1
+    if isinstance(position, int):  # libyaml counts UTF-8 bytes
+        raw = text.encode("utf-8", "surrogatepass")[:position]
+        line = raw.count(b"\n") + 1
+        column = len(raw[raw.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
+    character = getattr(e, "character", None)
+    what = f"the character U+{character:04X}" if isinstance(character, int) else "a character"
+    reason = getattr(e, "reason", None) or "it is not allowed in YAML"
+    return Diagnostic(
+        file,
+        line,
+        column,
+        Severity.ERROR,
+        "yaml-syntax",
+        f"invalid YAML: {what} is not allowed here ({reason}); remove it",
+    )
+
+
 def _syntax_diagnostic(file: str, e: yaml.MarkedYAMLError, text: str) -> Diagnostic:
     mark = e.problem_mark or e.context_mark
     line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
@@ -344,15 +380,17 @@ class _Frame:
         self.size = 1
         self.height = 1
         self.key: str | None = None  # mapping: the key waiting for its value
-        self.key_mark: tuple[int, int, bool] | None = None
-        self.key_marks: dict[str, tuple[int, int, bool]] = {}
+        self.key_mark: Position | None = None
+        self.key_marks: dict[str, Position] = {}
         self.merging = False
-        self.merges: list[tuple[Any, Path, tuple[int, int, bool]]] = []
+        self.merges: list[tuple[Any, Path, Position]] = []
 
 
 class _Builder:
-    def __init__(self, file: str, max_nodes: int, max_depth: int) -> None:
+    def __init__(self, file: str, text: str, max_nodes: int, max_depth: int) -> None:
         self.file = file
+        self.text = text
+        self._lines: list[str] | None = None
         self.max_nodes = max_nodes
         self.max_depth = max_depth
         self.source = SourceMap(file)
@@ -363,6 +401,12 @@ class _Builder:
         self.result: Any = None
         self.documents = 0
         self.fatal = False
+
+    @property
+    def lines(self) -> list[str]:
+        if self._lines is None:
+            self._lines = self.text.splitlines()
+        return self._lines
 
     # -- errors --------------------------------------------------------------
     def error(self, mark: Any, code: str, message: str) -> None:
@@ -412,7 +456,8 @@ class _Builder:
                     1,
                     Severity.ERROR,
                     "empty",
-                    "the file is empty; a workflow starts with 'version: 1'",
+                    "the file holds no workflow (it is empty or null); "
+                    "a workflow starts with 'version: 1'",
                 )
             )
 
@@ -427,7 +472,7 @@ class _Builder:
 
     def add_key(self, frame: _Frame, event: Any) -> None:
         mark = event.start_mark
-        key_mark = (mark.line + 1, mark.column + 1, False)
+        key_mark = (mark.line + 1, mark.column + 1, event.style or "")
         frame.key_mark = key_mark
         if event.tag is None and event.implicit[0] and event.value == "<<":
             frame.key = "<<"  # a merge key: its value is merged when the mapping ends
@@ -460,8 +505,10 @@ class _Builder:
             return
         frame = stack[-1]
         frame.size += size
-        if height >= frame.height:
-            frame.height = height + 1
+        # A merged mapping's entries become this mapping's own: they nest no deeper.
+        nested = height if frame.is_map and frame.merging else height + 1
+        if nested > frame.height:
+            frame.height = nested
         if frame.is_map:
             key = frame.key
             assert key is not None
@@ -478,7 +525,7 @@ class _Builder:
     def record(self, event: Any, path: Path) -> None:
         mark = event.start_mark
         style = getattr(event, "style", None)
-        self.source.values[path] = (mark.line + 1, mark.column + 1, style in ("|", ">"))
+        self.source.values[path] = (mark.line + 1, mark.column + 1, style or "")
 
     def scalar(self, event: Any) -> Any:
         path = self.path_for_value()
@@ -516,10 +563,12 @@ class _Builder:
         stack = self.stack
         if stack and stack[-1].is_map and stack[-1].key is None:
             # a mapping or list used as a key: almost always an unquoted "{{ ... }}"
+            mark = event.start_mark
+            line = self.lines[mark.line] if mark.line < len(self.lines) else ""
             hint = (
                 "; a value that starts with '{{' must be quoted, "
                 'for example prompt: "{{ inputs.topic }}"'
-                if getattr(event, "flow_style", False)
+                if line[max(mark.column - 1, 0) : mark.column + 1] == "{{"
                 else ""
             )
             self.error(
@@ -617,14 +666,19 @@ class _Builder:
             raise YamlError(self.diagnostics)
         path = self.path_for_value()
         mark = event.start_mark
-        self.source.values[path] = (mark.line + 1, mark.column + 1, False)
+        self.source.values[path] = (mark.line + 1, mark.column + 1, "")
         if anchor.path != path:
             self.source.aliases[path] = anchor.path
         self.add_value(anchor.value, event.start_mark, size=anchor.size, height=anchor.height)
 
 
+# YAML 1.1 wants a dot in a float ("1.0e+3"); JSON and YAML 1.2 write 1e3 and 1e-3.
+_EXPONENT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")
+
+
 def resolve_scalar(value: str) -> Any:
-    """Resolve an untagged plain scalar the way PyYAML's safe loader does."""
+    """Resolve an untagged plain scalar the way PyYAML's safe loader does,
+    except that ``1e3`` is a number, as JSON and YAML 1.2 have it."""
     if value == "":
         return None
     resolvers = _RESOLVERS.get(value[0])
@@ -632,6 +686,8 @@ def resolve_scalar(value: str) -> Any:
         for tag, regexp in resolvers:
             if regexp.match(value):
                 return _construct_known(tag, value)
+        if _EXPONENT.fullmatch(value):
+            return float(value)
     return value
 
 

@@ -107,8 +107,8 @@ def test_bad_values_are_reported_where_they_were_set(tmp_path: Path, write: Writ
         "did you mean 'max_concurrent_workflows'?",
         "environment: error: RATE_LIMIT_RPM='0': rate_limiting.requests_per_minute "
         "must be at least 1, not an integer (0)",
-        f"{config}:3:31: error: retry_policy.max_delay: max_delay (1.0) is less than "
-        "base_delay (5.0); make max_delay at least base_delay",
+        f"{config}:3:31: error: retry_policy.max_delay: max_delay (1) is less than "
+        "base_delay (5); make max_delay at least base_delay",
         f"{config}:4:25: error: monitoring.log_level must be one of DEBUG, INFO, WARNING, "
         'ERROR, CRITICAL, not a string ("LOUD")',
     ]
@@ -116,9 +116,51 @@ def test_bad_values_are_reported_where_they_were_set(tmp_path: Path, write: Writ
 
 
 def test_builtin_provider_names_are_reserved(tmp_path: Path, write: WriteFile) -> None:
-    config = write("providers:\n  openai: {base_url: http://x/v1}\n", "c.yaml")
-    with pytest.raises(ConfigInvalid, match="'openai' is a built-in provider"):
+    config = write(
+        "providers:\n  openai: {base_url: http://x/v1}\n  mock: {base_url: http://y/v1}\n",
+        "c.yaml",
+    )
+    with pytest.raises(ConfigInvalid, match="'openai' and 'mock' are built in"):
         load_settings(str(config), environ={}, cwd=tmp_path)
+
+
+def test_provider_fields_say_what_is_expected(tmp_path: Path, write: WriteFile) -> None:
+    config = write(
+        "providers:\n  local:\n    base_url: localhost:8000\n    api_key_env: sk-abc\n"
+        "redis: {url: 'localhost:6379'}\n",
+        "c.yaml",
+    )
+    with pytest.raises(ConfigInvalid) as caught:
+        load_settings(str(config), environ={}, cwd=tmp_path)
+    assert [d.format() for d in caught.value.diagnostics] == [
+        f"{config}:3:15: error: providers.local.base_url: must be an http:// or https:// "
+        "URL, e.g. http://localhost:11434/v1",
+        f"{config}:4:18: error: providers.local.api_key_env: must be the name of an "
+        "environment variable (letters, digits and underscores), not its value",
+        f"{config}:5:14: error: redis.url: must be a redis:// or rediss:// URL, "
+        "e.g. redis://localhost:6379/0",
+    ]
+
+
+def test_missing_file_named_by_aoe_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigInvalid) as caught:
+        load_settings(environ={"AOE_CONFIG": "nope.yaml"}, cwd=tmp_path)
+    assert str(caught.value) == (
+        "nope.yaml: error: file not found; check the path (named by env AOE_CONFIG)"
+    )
+
+
+def test_sources_of_dotted_model_names(tmp_path: Path, write: WriteFile) -> None:
+    config = write(
+        "cost_tracking:\n  model_costs:\n    gpt-4o: {input: 1, output: 2}\n"
+        "    gpt-4.1:\n      input: 3\n      output: 4\n",
+        "c.yaml",
+    )
+    settings = load_settings(str(config), environ={}, cwd=tmp_path)
+    sources = {s.key: s.source for s in settings.settings()}
+    assert sources["cost_tracking.model_costs.gpt-4.1.input"] == f"{config}:5"
+    assert sources["cost_tracking.model_costs.gpt-4.1.output"] == f"{config}:6"
+    assert sources["cost_tracking.model_costs.gpt-4o.output"] == f"{config}:3"
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -188,11 +230,16 @@ def test_dotenv_syntax() -> None:
 def test_config_show_masks_secrets(cli: RunCli, write: WriteFile) -> None:
     write(f"ANTHROPIC_API_KEY={SECRET}\n", ".env")
     config = write(
-        "providers:\n  gateway:\n    base_url: https://gw.example/v1\n    api_key_env: GW_KEY\n"
+        "providers:\n  gateway:\n    base_url: https://me:hunter2@gw.example/v1\n"
+        "    api_key_env: GW_KEY\n"
         "redis: {url: 'redis://:hunter2@redis.local:6379/0'}\n",
         "c.yaml",
     )
-    env = {"OPENAI_API_KEY": SECRET, "GW_KEY": SECRET}
+    env = {
+        "OPENAI_API_KEY": SECRET,
+        "GW_KEY": SECRET,
+        "OPENAI_BASE_URL": "https://user:hunter2@proxy.local/v1",
+    }
     for fmt in ("text", "json"):
         result = cli("config", "show", "-c", config, "-f", fmt, env=env)
         assert result.exit_code == 0, result.stderr
@@ -206,6 +253,11 @@ def test_config_show_masks_secrets(cli: RunCli, write: WriteFile) -> None:
     assert report["providers.anthropic.api_key"]["source"] == ".env:1 ANTHROPIC_API_KEY"
     assert report["providers.gateway.api_key"]["source"] == "env GW_KEY"
     assert report["redis.url"]["value"] == "redis://:********@redis.local:6379/0"
+    assert report["providers.gateway.base_url"]["value"] == "https://me:********@gw.example/v1"
+    assert report["providers.openai.base_url"] == {
+        "value": "https://user:********@proxy.local/v1",
+        "source": "env OPENAI_BASE_URL",
+    }
     assert report["rate_limiting.requests_per_minute"] == {"value": 60, "source": "default"}
 
 
@@ -234,6 +286,14 @@ def test_shipped_configs_are_valid(tmp_path: Path) -> None:
     assert dev.price_of("ollama", "llama3.1") is not None
     assert dev.api_key_variable("ollama") is None
     assert dev.api_key_variable("vllm") == "VLLM_API_KEY"
+
+
+def test_bad_config_in_a_json_report(cli: RunCli, write: WriteFile) -> None:
+    config = write("rate_limiting: {requests_per_minut: 5}\n", "c.yaml")
+    result = cli("validate", "-c", config, "-f", "json", REPO / "workflows" / "code-review.yaml")
+    assert result.exit_code == 2
+    [problem] = json.loads(result.stdout)
+    assert (problem["file"], problem["line"], problem["code"]) == (str(config), 1, "unknown-key")
 
 
 def test_bad_config_exits_2_without_traceback(cli: RunCli, write: WriteFile) -> None:

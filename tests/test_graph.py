@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aoe.graph import Graph, GraphError, find_cycles, format_cycle, unknown_dependencies
+from aoe.graph import Graph, GraphError, find_cycles, format_cycle
 from tests.conftest import WORKFLOWS, RunCli, WriteFile
 
 DIAMOND = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"], "e": ["d"], "lone": []}
@@ -99,7 +99,6 @@ def _reaches(deps: dict[str, list[str]], start: str, goal: str) -> bool:
 def test_cycles_and_unknown_dependencies() -> None:
     deps = {"a": ["c"], "b": ["a"], "c": ["b"], "d": ["d"], "e": ["x"]}
     assert [format_cycle(c) for c in find_cycles(deps)] == ["a -> c -> b -> a", "d -> d"]
-    assert unknown_dependencies(deps) == [("e", "x")]
     with pytest.raises(GraphError, match="unknown node x"):
         Graph(deps)
 
@@ -159,6 +158,14 @@ def test_dot_output_is_accepted_by_graphviz(cli: RunCli, tmp_path: object, name:
     assert "<svg" in rendered.stdout
 
 
+def test_dot_highlights_only_the_path_edges() -> None:
+    graph = Graph({"a": [], "b": ["a"], "c": ["b", "a"]})
+    text = graph.to_dot("g", highlight=graph.critical_path().nodes)
+    assert '"a" -> "b" [penwidth=2];' in text
+    assert '"b" -> "c" [penwidth=2];' in text
+    assert '"a" -> "c";' in text  # both ends are on the path, the edge is not
+
+
 def test_dot_escapes_names_and_labels() -> None:
     dot = graphviz()
     text = Graph({"a": [], "b": ["a"]}).to_dot('we"ird \\ name', {"a": 'quote " and \\ and\nline'})
@@ -195,3 +202,31 @@ def test_graph_of_an_invalid_file_exits_2(cli: RunCli, write: WriteFile) -> None
     assert result.exit_code == 2
     assert "depends on itself" in result.stderr
     assert result.stdout == ""
+
+
+def test_deep_graphs_are_drawn_whole_on_a_pipe(cli: RunCli, write: WriteFile) -> None:
+    agents = "".join(
+        f"  a{i}:\n    prompt: step {i}\n" + (f"    depends_on: a{i - 1}\n" if i else "")
+        for i in range(1500)
+    )
+    path = write(
+        "version: 1\nname: chain\ndefaults:\n  llm: {model: gpt-4o-mini}\nagents:\n" + agents
+    )
+    result = cli("graph", path)
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1500 + 2
+    assert lines[-2].endswith("└── a1499 openai/gpt-4o-mini")
+    assert lines[-2].startswith("    " * 1499)
+
+
+def test_rich_tree_and_plain_text_agree() -> None:
+    from io import StringIO
+
+    from aoe.api import load
+    from aoe.ui import console, graph_text, graph_tree
+
+    workflow = load(WORKFLOWS / "support-triage.yaml")
+    buffer = StringIO()
+    console(buffer, width=400).print(graph_tree(workflow))
+    assert buffer.getvalue() == graph_text(workflow)

@@ -86,6 +86,24 @@ def test_wrong_type_and_undeclared_reported_together(workflow: Workflow) -> None
     ]
 
 
+def test_empty_value_is_null_and_fits_only_a_null_default(write: WriteFile) -> None:
+    workflow = load(
+        write(
+            "version: 1\nname: x\ninputs:\n  n: {type: integer, default: 3}\n"
+            "  note: {type: string, default: null}\n  ratio: {type: number}\n"
+            "agents:\n  a:\n    prompt: '{{ inputs.n }} {{ inputs.note }} {{ inputs.ratio }}'\n"
+            "    llm: {provider: mock, model: m}\n"
+        )
+    )
+    with pytest.raises(InputsInvalid) as caught:
+        bind_inputs(workflow.inputs, from_assignments(["n=", "ratio=1e-3"], workflow.inputs))
+    assert messages(caught.value) == [
+        "command line: error: -i n: input 'n' must be an integer, not empty (null)"
+    ]
+    values = bind_inputs(workflow.inputs, from_assignments(["ratio=1e-3"], workflow.inputs))
+    assert values == {"n": 3, "note": None, "ratio": 0.001}
+
+
 def test_malformed_assignment(workflow: Workflow) -> None:
     with pytest.raises(InputsInvalid, match="write an input as NAME=VALUE"):
         from_assignments(["topic"], workflow.inputs)
@@ -103,10 +121,9 @@ def test_inputs_file_errors_point_at_its_lines(workflow: Workflow, write: WriteF
 
 
 def test_inputs_file_in_json(workflow: Workflow, write: WriteFile) -> None:
-    path = write('{"topic": "solar", "tags": ["x"]}', "inputs.json")
+    path = write('{"topic": "solar", "tags": ["x"], "ratio": 1e-3}', "inputs.json")
     values = bind_inputs(workflow.inputs, from_file(str(path)))
-    assert values["topic"] == "solar"
-    assert values["tags"] == ["x"]
+    assert (values["topic"], values["tags"], values["ratio"]) == ("solar", ["x"], 0.001)
 
 
 def test_inputs_file_must_be_a_mapping(write: WriteFile) -> None:

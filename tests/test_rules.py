@@ -57,7 +57,7 @@ CASES = [
     pytest.param(
         "version: 2\nname: x\nagents:\n  a: {prompt: hi, llm: {model: gpt-4o}}\n",
         1,
-        ["version 2 is not supported", "version: 1"],
+        ["version must be 1", "not an integer (2)", "write version: 1"],
         id="version-only-1",
     ),
     pytest.param(
@@ -120,7 +120,7 @@ CASES = [
         HEAD + "inputs:\n  n: {type: integer, default: five}\nagents:\n"
         "  a: {prompt: '{{ inputs.n }}'}\n",
         6,
-        ["the default 'five' is not of the input's type 'integer'"],
+        ["the default is a string (\"five\"), not of the input's type 'integer'"],
         id="input-default-type",
     ),
     pytest.param(
@@ -187,7 +187,7 @@ CASES = [
     pytest.param(
         HEAD + "agents:\n  a:\n    prompt: hi\n    retry: {base_delay: 10, max_delay: 1}\n",
         8,
-        ["max_delay (1.0) is less than base_delay (10.0)"],
+        ["max_delay (1) is less than base_delay (10)"],
         id="retry-delays",
     ),
     pytest.param(
@@ -325,6 +325,70 @@ CASES = [
         ["output 'x'", "agents.nope is not an agent"],
         id="outputs-unknown-agent",
     ),
+    pytest.param(
+        HEAD + "agents:\n  a:\n    prompt: '{{ inputs | joinn }}'\n",
+        7,
+        ["Jinja has no filter 'joinn'", "did you mean 'join'?"],
+        id="unknown-filter",
+    ),
+    pytest.param(
+        HEAD + "agents:\n  a: {prompt: hi}\n  b:\n    depends_on: a\n"
+        "    when: agents.a.status is complete\n    prompt: hi\n",
+        9,
+        ["Jinja has no test 'complete'"],
+        id="unknown-test",
+    ),
+    pytest.param(
+        HEAD + "inputs:\n  files: {type: string, default: a.py}\nagents:\n"
+        "  a:\n    foreach: inputs.files\n    prompt: '{{ item }}'\n",
+        9,
+        ["foreach needs a list", "inputs.files is of type 'string'"],
+        id="foreach-not-list",
+    ),
+    pytest.param(
+        HEAD + "agents:\n  a: {prompt: hi}\n  b:\n    depends_on: a\n"
+        "    foreach: agents.a.output\n    prompt: '{{ item }}'\n",
+        9,
+        ["foreach needs a list", "agents.a.output is text"],
+        id="foreach-over-text",
+    ),
+    pytest.param(
+        HEAD + "agents:\n  a: {prompt: hi}\n  b:\n    depends_on: a\n"
+        "    prompt: '{{ agents.a.output.summary }}'\n",
+        9,
+        ["the output of 'a' is text", "output.format: json"],
+        id="field-of-text-output",
+    ),
+    pytest.param(
+        HEAD + "agents:\n  a: {prompt: '   '}\n",
+        6,
+        ["the prompt is empty"],
+        id="empty-prompt",
+    ),
+    pytest.param(
+        "version: 1.0\nname: x\nagents:\n  a: {prompt: hi, llm: {model: gpt-4o}}\n",
+        1,
+        ["version must be 1", "not a number (1)"],
+        id="version-float",
+    ),
+    pytest.param(
+        HEAD + "cost_budget: .inf\nagents:\n  a: {prompt: hi}\n",
+        5,
+        ["cost_budget must be a finite number"],
+        id="infinite-budget",
+    ),
+    pytest.param(
+        HEAD + "agents:\n  a:\n    prompt: hi\n    depends_on: {b: 1}\n",
+        8,
+        ["must be an agent id or a list of agent ids, not a mapping"],
+        id="depends-on-type",
+    ),
+    pytest.param(
+        HEAD + "agents:\n  alpha: {prompt: hi}\n  b:\n    depends_on: [zzz]\n    prompt: hi\n",
+        8,
+        ["depends on 'zzz'", "the agents are alpha, b"],
+        id="unknown-dependency-listing",
+    ),
     # -- YAML --------------------------------------------------------------------------------
     pytest.param(
         HEAD + "agents:\n  a:\n    prompt: hi: there\n",
@@ -371,7 +435,40 @@ def test_rule(cli: RunCli, write: WriteFile, text: str, line: int, words: list[s
     result = cli("validate", path)
     assert result.exit_code == 2, result.stdout
     assert_reported(result.stdout, path, line, *words)
+    errors = [d for d in diagnostics(result.stdout, path) if d[2] == "error"]
+    assert len(errors) == 1, result.stdout  # one mistake, one message: nothing spurious
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        pytest.param(
+            HEAD + "inputs:\n  my-topic: {default: x}\nagents:\n"
+            "  a: {prompt: \"{{ inputs['my-topic'] }}\"}\n",
+            6,
+            ["input 'my-topic' is not a plain name", "inputs['my-topic']"],
+            id="input-name",
+        ),
+        pytest.param(
+            HEAD + "agents:\n  a:\n    prompt: hi\n    llm: {provider: anthropic, model: gpt-4o}\n",
+            8,
+            ["model 'gpt-4o' is a OpenAI model", "set provider: openai"],
+            id="provider-model",
+        ),
+        pytest.param(
+            HEAD + "agents:\n  a:\n    prompt: hi\n    trigger_rule: all_done\n",
+            8,
+            ["trigger_rule has no effect on an agent without depends_on"],
+            id="trigger-alone",
+        ),
+    ],
+)
+def test_warning(cli: RunCli, write: WriteFile, text: str, line: int, words: list[str]) -> None:
+    path = write(text)
+    result = cli("validate", path)
+    assert result.exit_code == 0, result.stdout
+    assert_reported(result.stdout, path, line, *words, severity="warning")
 
 
 def test_duplicate_key_names_both_lines(cli: RunCli, write: WriteFile) -> None:
@@ -407,6 +504,27 @@ def test_template_error_points_into_block_line_and_column(cli: RunCli, write: Wr
     )
     result = cli("validate", path)
     assert_reported(result.stdout, path, 9, "inputs.missing", column=15)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "line", "column"),
+    [
+        pytest.param(
+            ">\n      First line\n      then {{ inputs.nope }} here\n", 9, 15, id="folded"
+        ),
+        pytest.param('"First line\n      then {{ inputs.nope }}"\n', 8, 15, id="double-quoted"),
+        pytest.param("First line\n      then {{ inputs.nope }}\n", 8, 15, id="plain"),
+        pytest.param('"a\\nb {{ inputs.nope }}"\n', 7, 22, id="escaped-newline"),
+        pytest.param("|-\n  \n      x\n      y {{ inputs.nope }}\n", 10, 12, id="literal"),
+    ],
+)
+def test_template_lines_in_every_scalar_style(
+    cli: RunCli, write: WriteFile, prompt: str, line: int, column: int
+) -> None:
+    path = write(HEAD + "agents:\n  a:\n    prompt: " + prompt + "  b: {prompt: hi}\n")
+    result = cli("validate", path)
+    assert result.exit_code == 2
+    assert_reported(result.stdout, path, line, "inputs.nope", column=column)
 
 
 # -- files (rule) -----------------------------------------------------------------------------
@@ -633,7 +751,9 @@ def test_every_file_is_checked(cli: RunCli, write: WriteFile) -> None:
     assert f"{good}: valid (1 agent)" in result.stdout
     assert_reported(result.stdout, bad_one, 6, "unknown key 'oops'")
     assert_reported(result.stdout, bad_two, 1, "missing the required key 'name'")
-    assert "empty.yaml:1:1: error: the file is empty" in result.stdout
+    assert "empty.yaml:1:1: error: the file holds no workflow (it is empty or null)" in (
+        result.stdout
+    )
     assert "no/such/file.yaml: error: file not found" in result.stdout
     assert "5 files checked: 1 valid, 4 invalid" in result.stdout
 

@@ -33,6 +33,8 @@ def test_references_of_a_full_template() -> None:
     assert sorted(refs(text)) == sorted(
         [
             ("input", "count", None, 1),
+            ("filter", "upper", None, 2),
+            ("filter", "list", None, 3),
             ("agent", "list", "output", 1),
             ("agent", "quoted", "status", 3),
             ("workflow", "name", None, 3),
@@ -42,6 +44,25 @@ def test_references_of_a_full_template() -> None:
             ("name", "mystery", None, 4),
         ]
     )
+
+
+def test_jinja_globals_are_known_without_jinja() -> None:
+    from aoe.templates import JINJA_GLOBALS
+
+    assert set(environment().globals) == JINJA_GLOBALS
+
+
+def test_chains_keep_what_is_read_inside() -> None:
+    [ref] = analyse_expression("agents.a.output.items[0].name").references
+    assert (ref.kind, ref.name, ref.attribute, ref.rest) == (
+        "agent",
+        "a",
+        "output",
+        ("items", 0, "name"),
+    )
+    analysis = analyse_expression("inputs.files")
+    assert analysis.whole == analysis.references[0]
+    assert analyse_expression("inputs.files | list").whole is None
 
 
 def test_plain_text_reads_nothing() -> None:
@@ -108,7 +129,9 @@ def test_sandbox_keeps_python_internals_out() -> None:
 
 # -- the placeholder fast path must agree with Jinja ----------------------------------------
 
-_NAMES = st.sampled_from(["agents", "inputs", "workflow", "item", "index", "x", "not", "true"])
+_NAMES = st.sampled_from(
+    ["agents", "inputs", "workflow", "item", "index", "x", "not", "true", "range", "loop"]
+)
 _PARTS = st.sampled_from(["a", "output", "status", "name", "b_2"])
 
 
@@ -142,8 +165,8 @@ def test_fast_path_agrees_with_jinja(text: str) -> None:
     assert sorted(simple.references, key=_key) == sorted(full.references, key=_key), text
 
 
-def _key(r: Reference) -> tuple[str, str, str, int]:
-    return (r.kind, r.name, str(r.attribute), r.line)
+def _key(r: Reference) -> tuple[str, str, str, int, str]:
+    return (r.kind, r.name, str(r.attribute), r.line, str(r.rest))
 
 
 def test_fast_path_takes_placeholders_only() -> None:

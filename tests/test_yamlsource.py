@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import tracemalloc
 
@@ -37,10 +38,11 @@ def test_values_and_positions() -> None:
     }
     source = document.source
     assert source.value(("a",)) == Mark(1, 4)
+    assert source.value(("f",)) == Mark(8, 4, "'")
     assert source.key(("b",)) == Mark(2, 1)
     assert source.value(("b", 1, "c")) == Mark(4, 9)
     assert source.key(("b", 1, "d")) == Mark(4, 15)
-    assert source.value(("e",)) == Mark(5, 4, block=True)
+    assert source.value(("e",)) == Mark(5, 4, "|")
     assert source.value(("e",)).text_line == 6
     assert source.value(("b", 1, "missing")) == Mark(4, 5)  # the closest written ancestor
 
@@ -52,7 +54,10 @@ def test_values_and_positions() -> None:
         pytest.param("v: 0x1f", 31, id="hex"),
         pytest.param("v: 1_000", 1000, id="underscores"),
         pytest.param("v: 1.5e+3", 1500.0, id="float"),
-        pytest.param("v: 1.5e3", "1.5e3", id="yaml-1.1-exponent-needs-sign"),
+        pytest.param("v: 1.5e3", 1500.0, id="exponent-without-sign"),
+        pytest.param("v: 1e-3", 0.001, id="exponent-without-dot"),
+        pytest.param("v: '1e3'", "1e3", id="quoted-exponent-is-text"),
+        pytest.param("v: 1e", "1e", id="not-a-number"),
         pytest.param("v: .inf", float("inf"), id="inf"),
         pytest.param("v: 2024-01-31", "2024-01-31", id="timestamp-stays-text"),
         pytest.param("v: !!str 12", "12", id="explicit-str"),
@@ -85,9 +90,24 @@ def test_scalars_resolve_like_safe_load(text: str, expected: object) -> None:
 )
 @settings(max_examples=200, deadline=None)
 def test_agrees_with_safe_load(value: object) -> None:
-    """On anything yaml.safe_dump writes (string keys), we read what safe_load reads."""
+    """On anything yaml.safe_dump writes (string keys), we read what safe_load reads,
+    1e3-style numbers apart (a float for us, as in JSON and YAML 1.2)."""
     text = yaml.safe_dump({"root": value})
-    assert parse(text) == yaml.safe_load(text)
+    assert parse(text) == _with_exponents(yaml.safe_load(text))
+
+
+_EXPONENT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")
+
+
+def _with_exponents(value: object) -> object:
+    """safe_load's result with unquoted 1e3-style strings read as numbers (keys stay text)."""
+    if isinstance(value, str) and _EXPONENT.fullmatch(value):
+        return float(value)
+    if isinstance(value, list):
+        return [_with_exponents(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _with_exponents(v) for k, v in value.items()}
+    return value
 
 
 def test_duplicate_keys_are_all_reported_with_both_lines() -> None:
@@ -129,6 +149,27 @@ def test_merge_of_a_scalar_is_an_error() -> None:
     ]
 
 
+def test_merge_chains_do_not_count_as_nesting() -> None:
+    lines = ["m0: &m0 {a: 1}"]
+    lines += [f"m{i}: &m{i}\n  <<: *m{i - 1}\n  k{i}: {i}" for i in range(1, 150)]
+    data = parse("\n".join(lines) + "\n")
+    assert isinstance(data, dict)
+    assert data["m149"]["a"] == 1
+    assert data["m149"]["k149"] == 149
+
+
+def test_control_characters_are_placed() -> None:
+    assert errors("a: ok\nb: caf\u00e9\x00\n") == [
+        "f.yaml:2:8: error: invalid YAML: the character U+0000 is not allowed here "
+        "(control characters are not allowed); remove it"
+    ]
+
+
+def test_quoting_hint_only_for_double_braces() -> None:
+    assert "must be quoted" in errors("a: {{ inputs.x }}\n")[0]
+    assert "must be quoted" not in errors("a: {[1, 2]: x}\n")[0]
+
+
 def test_undefined_and_recursive_aliases() -> None:
     assert "has no anchor &nope" in errors("a: *nope\n")[0]
     assert "has no anchor &a" in errors("a: &a [*a]\n")[0]
@@ -137,8 +178,9 @@ def test_undefined_and_recursive_aliases() -> None:
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        pytest.param("", "the file is empty", id="empty"),
-        pytest.param("# only a comment\n", "the file is empty", id="comment-only"),
+        pytest.param("", "the file holds no workflow", id="empty"),
+        pytest.param("# only a comment\n", "the file holds no workflow", id="comment-only"),
+        pytest.param("~\n", "the file holds no workflow", id="null"),
         pytest.param("a: 1\n---\nb: 2\n", "more than one YAML document", id="two-documents"),
         pytest.param("a: [1, 2\n", "invalid YAML", id="unclosed"),
         pytest.param("a:\n\t- x\n", "tabs", id="tab"),
