@@ -17,6 +17,7 @@ mistakes gets five diagnostics, each with its line:
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -104,7 +105,15 @@ def load_workflow(
     """
     name = display or os.fspath(path)
     loader = _Loader(os.fspath(path), name, settings)
-    workflow = loader.load()
+    # Loading makes a great many objects and no garbage cycles: the cyclic
+    # collector would only rescan them, again and again (5% of a large file).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        workflow = loader.load()
+    finally:
+        if collecting:
+            gc.enable()
     diagnostics = tuple(sorted(_root_causes(loader.diagnostics), key=sort_key))
     return LoadResult(name, workflow if not has_errors(diagnostics) else None, diagnostics)
 

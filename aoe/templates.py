@@ -124,6 +124,7 @@ def _analyse_simple(text: str) -> Analysis | None:
         return None
     references: list[Reference] = []
     position = 0
+    line, counted = 1, 0  # lines are counted as the scan goes, not from the start each time
     while True:
         start = text.find("{{", position)
         if start < 0:
@@ -134,7 +135,8 @@ def _analyse_simple(text: str) -> Analysis | None:
         parts = match.group(1).split(".")
         if parts[0] in _NOT_NAMES:
             return None
-        line = text.count("\n", 0, match.start(1)) + 1  # Jinja counts the name's line
+        line += text.count("\n", counted, match.start(1))  # Jinja counts the name's line
+        counted = match.start(1)
         if parts[0] in ROOTS:
             references.append(
                 _reference(parts, line)
@@ -168,6 +170,9 @@ def analyse_expression(text: str) -> Analysis:
             f"use {stripped.strip('{}% ').strip()!r} rather than {stripped!r}",
             1,
         )
+    simple = _analyse_simple_expression(text)
+    if simple is not None:
+        return simple
     from jinja2 import TemplateSyntaxError
     from jinja2.parser import Parser
 
@@ -182,6 +187,37 @@ def analyse_expression(text: str) -> Analysis:
     except TemplateSyntaxError as e:
         raise TemplateProblem(_syntax_message(e), e.lineno) from None
     return _collect(expression)
+
+
+_NAME_PATH = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+# A dotted name, or one compared with a literal: most `when` and `foreach` lines.
+_SIMPLE_EXPRESSION = re.compile(
+    rf"[ \t]*(?P<not>not[ \t]+)?(?P<path>{_NAME_PATH})"
+    r"(?:[ \t]*(?:==|!=|<=|>=|<|>)[ \t]*"
+    r"(?:'[^'\\\n]*'|\"[^\"\\\n]*\"|-?[0-9]+(?:\.[0-9]+)?|true|false|none|True|False|None))?"
+    r"[ \t]*"
+)
+
+
+def _analyse_simple_expression(text: str) -> Analysis | None:
+    """The analysis of ``path``, ``not path`` or ``path == 'literal'`` (and the other
+    comparisons) without Jinja's parser, which is slow: the same references Jinja
+    would give. Anything else returns None and goes to the parser."""
+    match = _SIMPLE_EXPRESSION.fullmatch(text)
+    if match is None:
+        return None
+    parts = match.group("path").split(".")
+    if parts[0] in _NOT_NAMES:
+        return None
+    if parts[0] in ROOTS:
+        if len(parts) == 1:
+            return Analysis((Reference("dynamic", parts[0], None, 1),))
+        reference = _reference(parts, 1)
+        bare = match.group("not") is None and match.end("path") == len(text.rstrip())
+        return Analysis((reference,), reference if bare else None)
+    if _defined_by_jinja(parts[0]):
+        return Analysis(())
+    return Analysis((Reference("name", parts[0], None, 1),))
 
 
 def _syntax_message(e: TemplateSyntaxError) -> str:

@@ -169,6 +169,43 @@ def _key(r: Reference) -> tuple[str, str, str, int, str]:
     return (r.kind, r.name, str(r.attribute), r.line, str(r.rest))
 
 
+_OPERATORS = st.sampled_from(["==", "!=", "<", ">=", " is ", " in ", "+", ""])
+_LITERALS = st.sampled_from(["'bug'", '"x"', "3", "-2.5", "true", "None", "'a\\'b'", "x", ""])
+
+
+@given(
+    st.booleans(),
+    st.lists(_PARTS, max_size=3),
+    _NAMES,
+    _OPERATORS,
+    _LITERALS,
+    st.sampled_from(["", " ", "  "]),
+)
+@settings(max_examples=1500, deadline=None)
+def test_expression_fast_path_agrees_with_jinja(
+    negate: bool, parts: list[str], root: str, operator: str, literal: str, pad: str
+) -> None:
+    from jinja2.parser import Parser
+
+    from aoe.templates import _analyse_simple_expression
+
+    text = pad + ("not " if negate else "") + ".".join([root, *parts])
+    if operator:
+        text += f" {operator} {literal}"
+    simple = _analyse_simple_expression(text)
+    if simple is None:
+        return
+    parser = Parser(environment(), text, state="variable")
+    try:
+        tree = parser.parse_expression()
+        assert parser.stream.eos, text
+    except TemplateSyntaxError as e:  # pragma: no cover - would be a bug
+        raise AssertionError(f"fast path accepted invalid {text!r}: {e}") from None
+    full = _collect(tree)
+    assert sorted(simple.references, key=_key) == sorted(full.references, key=_key), text
+    assert simple.whole == full.whole, text
+
+
 def test_fast_path_takes_placeholders_only() -> None:
     assert _analyse_simple("Hi {{ inputs.name }}, see {{- agents.a.output -}}!") is not None
     for text in [
