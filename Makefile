@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install aoe with its development tools
 
-run: $(STAMP) ## Validate the example workflows and draw the example's graph
+run: $(STAMP) ## Run the example workflow offline (--mock), with its live view
 	$(BIN)/aoe validate workflows/*.yaml
-	$(BIN)/aoe graph workflows/competitor-brief.yaml
+	AOE_MOCK_LATENCY=$${AOE_MOCK_LATENCY:-0.4} $(BIN)/aoe run workflows/competitor-brief.yaml --mock
 
 test: $(STAMP) ## Run the whole test suite
 	$(BIN)/python -m pytest

@@ -1,20 +1,34 @@
 """The library entry points: what the command line does, callable from Python.
 
 ``validate`` checks workflow files; ``load`` returns a runnable workflow or
-raises :class:`aoe.errors.WorkflowInvalid`. The executor's ``run_workflow``
-and the planner's ``plan`` join them in later releases.
+raises :class:`aoe.errors.WorkflowInvalid`. ``run_workflow`` runs one
+on a fresh engine; ``run_until_done`` does it in its own event loop, with
+SIGINT and SIGTERM cancelling the run cleanly.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aoe.config import Settings, load_settings
 from aoe.loader import LoadResult, load_workflow
 from aoe.workflow import Workflow
 
-__all__ = ["LoadResult", "Settings", "load", "load_settings", "validate"]
+if TYPE_CHECKING:
+    from aoe.engine.events import RunStatus, Subscriber
+
+__all__ = [
+    "LoadResult",
+    "Settings",
+    "load",
+    "load_settings",
+    "providers_used",
+    "run_until_done",
+    "run_workflow",
+    "validate",
+]
 
 
 def validate(
@@ -31,3 +45,74 @@ def validate(
 def load(path: str | os.PathLike[str], settings: Settings | None = None) -> Workflow:
     """A valid workflow, or :class:`aoe.errors.WorkflowInvalid` listing every error."""
     return load_workflow(path, settings=settings).require()
+
+
+def providers_used(workflow: Workflow) -> list[str]:
+    """Every provider the workflow may call, fallbacks included, in order of use."""
+    return list(
+        dict.fromkeys(llm.provider for agent in workflow.agents.values() for llm in agent.models)
+    )
+
+
+async def run_workflow(
+    workflow: Workflow,
+    inputs: Mapping[str, Any],
+    settings: Settings,
+    *,
+    subscribers: Sequence[Subscriber] = (),
+    mock: bool = False,
+    max_parallel: int | None = None,
+    run_id: str | None = None,
+) -> RunStatus:
+    """Run a workflow on a fresh engine and close it after; the subscribers get
+    every event. A missing API key is refused before any call."""
+    from aoe.engine.events import EventBus
+    from aoe.engine.executor import Engine
+    from aoe.errors import MissingApiKey
+    from aoe.providers import missing_keys
+
+    if not mock:
+        missing = missing_keys(providers_used(workflow), settings)
+        if missing:
+            raise MissingApiKey(missing)
+    bus = EventBus()
+    for subscriber in subscribers:
+        bus.subscribe(subscriber)
+    engine = Engine(settings)
+    try:
+        return await engine.run(
+            workflow, inputs, bus, run_id=run_id, max_parallel=max_parallel, mock=mock
+        )
+    finally:
+        await engine.aclose()
+
+
+def run_until_done(
+    workflow: Workflow,
+    inputs: Mapping[str, Any],
+    settings: Settings,
+    **options: Any,
+) -> RunStatus:
+    """:func:`run_workflow` in its own event loop; SIGINT and SIGTERM cancel it
+    cleanly (calls in flight are cancelled, the run ends ``cancelled``)."""
+    import asyncio
+    import signal
+
+    from aoe.engine.events import RunStatus
+
+    async def main() -> RunStatus:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await run_workflow(workflow, inputs, settings, **options)
+        except asyncio.CancelledError:
+            task.uncancel()
+            return RunStatus.CANCELLED
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())

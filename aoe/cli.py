@@ -134,6 +134,112 @@ def _settings(config: str | None) -> Settings:
     return load_settings(config)
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+@app.command(
+    epilog="Examples: aoe run workflows/competitor-brief.yaml --mock  |  "
+    "aoe run wf.yaml -i topic=solar --output results.json  |  "
+    "aoe run wf.yaml --output - --quiet | jq .outputs"
+)
+def run(
+    file: Annotated[str, typer.Argument(help="The workflow file.", metavar="WORKFLOW")],
+    input: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input", "-i", help="An input, NAME=VALUE (repeatable).", metavar="NAME=VALUE"
+        ),
+    ] = None,
+    inputs_file: Annotated[
+        str | None,
+        typer.Option("--inputs-file", help="Inputs from a YAML or JSON file.", metavar="FILE"),
+    ] = None,
+    config: ConfigOption = None,
+    max_parallel: Annotated[
+        int | None,
+        typer.Option("--max-parallel", min=1, help="Agents of this run in flight at once."),
+    ] = None,
+    mock: Annotated[
+        bool,
+        typer.Option(
+            "--mock",
+            help="Answer every call offline with the mock provider, priced like "
+            "the model each agent names.",
+        ),
+    ] = False,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", "-o", help="Write the results JSON here ('-': stdout).", metavar="FILE"
+        ),
+    ] = None,
+    junit: Annotated[
+        str | None,
+        typer.Option(
+            "--junit", help="Write a JUnit XML report (one test case per agent).", metavar="FILE"
+        ),
+    ] = None,
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option("--log-format", help="Progress as text lines or JSON lines (stderr)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; only errors.")] = False,
+) -> None:
+    """Run a workflow: live progress on a terminal, a line per event elsewhere.
+
+    Exit 0 when the run completed (or ended partial with partial completion
+    allowed), 1 when it failed, 2 for bad input, 130 when interrupted.
+    """
+    with _errors():
+        from aoe.api import load, run_until_done
+        from aoe.config import load_settings
+        from aoe.inputs import bind_inputs, from_assignments, from_file
+        from aoe.results import Results
+        from aoe.ui import LiveView
+
+        flags = {"monitoring.log_format": (log_format.value, "--log-format")} if log_format else {}
+        settings = load_settings(config, flags=flags)
+        workflow = load(file, settings)
+        given = from_file(inputs_file) if inputs_file else {}
+        given.update(from_assignments(input or [], workflow.inputs))
+        values = bind_inputs(workflow.inputs, given)
+        results = Results(workflow, values)
+        subscribers: list[Any] = [results]
+        view = _progress(workflow, settings.config.monitoring.log_format, quiet)
+        if view is not None:
+            subscribers.append(view)
+        options = {"subscribers": subscribers, "mock": mock, "max_parallel": max_parallel}
+        if isinstance(view, LiveView):
+            with view:
+                status = run_until_done(workflow, values, settings, **options)
+            view.summary()
+        else:
+            status = run_until_done(workflow, values, settings, **options)
+        if output is not None:
+            _write(results.to_json(), output)
+        if junit is not None:
+            _write(results.to_junit(), junit)
+        if quiet and status.exit_code != 0:
+            typer.echo(f"aoe: run {results.document['run_id']} ended {status}", err=True)
+        raise typer.Exit(status.exit_code)
+
+
+def _progress(workflow: Any, log_format: str, quiet: bool) -> Any:
+    """Who tells the user how the run goes: nobody (--quiet), JSON lines, a live
+    view on a terminal, or a plain line per event on a pipe; always on stderr."""
+    from aoe.ui import JsonLines, LiveView, PlainProgress, console
+
+    if quiet:
+        return None
+    if log_format == "json":
+        return JsonLines(sys.stderr)
+    if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
+        return LiveView(workflow, console(sys.stderr), workflow.cost_budget)
+    return PlainProgress(sys.stderr)
+
+
 @app.command(
     epilog="Examples: aoe validate workflows/*.yaml  |  "
     "aoe validate wf.yaml --format json | jq '.[] | .message'"

@@ -2,16 +2,25 @@
 
 ::
 
-    AoeError                      root; never raised itself
-    ├── UserError                 the user can fix it; exit code 2
-    │   ├── WorkflowInvalid       a workflow file with one or more diagnostics
-    │   ├── ConfigInvalid         the engine config (file, environment, flags)
-    │   └── InputsInvalid         run-time inputs that do not fit the workflow
-    └── RunError                  a run that failed; exit code 1 (later issues)
+    AoeError                       root; never raised itself
+    ├── UserError                  the user can fix it; exit code 2
+    │   ├── DiagnosticsError       ... described by located diagnostics
+    │   │   ├── WorkflowInvalid    a workflow file with one or more diagnostics
+    │   │   ├── ConfigInvalid      the engine config (file, environment, flags)
+    │   │   └── InputsInvalid      run-time inputs that do not fit the workflow
+    │   └── MissingApiKey          a provider the workflow uses has no key
+    └── RunError                   an agent's attempt failed; exit code 1
+        ├── ProviderError          the provider refused or failed (SDK errors end here)
+        │   ├── RateLimited        429: retryable, with retry-after when given
+        │   ├── ProviderUnavailable  5xx, 529, 408, 409, connection: retryable
+        │   └── RequestRejected    other 4xx (bad request, auth, not found): final
+        ├── AttemptTimeout         the per-attempt timeout: retryable
+        └── OutputInvalid          a reply that is not the JSON its schema asks: retryable
 
 Every error carries a message that says what is wrong and how to fix it. The
 command line prints ``str(error)`` (or its diagnostics) and exits with
 ``error.exit_code``; it never shows a traceback unless asked to with ``--debug``.
+Run errors end an attempt; whether the attempt is retried is ``retryable``.
 """
 
 from __future__ import annotations
@@ -55,7 +64,76 @@ class InputsInvalid(DiagnosticsError):
     """Inputs given at run time that are missing, undeclared or of the wrong type."""
 
 
+class MissingApiKey(UserError):
+    """Providers the workflow uses whose API key variable is not set."""
+
+    def __init__(self, missing: Sequence[tuple[str, str]]) -> None:
+        self.missing = tuple(missing)
+        lines = [
+            f"no API key for provider '{provider}': set {variable} "
+            "(in the environment or in a .env file), or run with --mock to try it offline"
+            for provider, variable in self.missing
+        ]
+        super().__init__("\n".join(lines))
+
+
 class RunError(AoeError):
-    """A run that started and failed."""
+    """Something that ends an attempt of an agent.
+
+    ``retryable`` says whether another attempt may succeed; ``retry_after`` is
+    the least wait the provider asked for, in seconds.
+    """
 
     exit_code = 1
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class ProviderError(RunError):
+    """The provider refused the request or failed to answer it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.provider = provider
+        self.status = status
+
+
+class RateLimited(ProviderError):
+    """HTTP 429: the provider's own limits were hit."""
+
+    retryable = True
+
+
+class ProviderUnavailable(ProviderError):
+    """A server error (5xx, Anthropic's 529), 408, 409, or no connection: try again."""
+
+    retryable = True
+
+
+class RequestRejected(ProviderError):
+    """Any other 4xx: bad request, authentication, permission, not found. Not retried."""
+
+    retryable = False
+
+
+class AttemptTimeout(RunError):
+    """The attempt took longer than the agent's ``timeout``."""
+
+    retryable = True
+
+
+class OutputInvalid(RunError):
+    """The reply is not JSON, or does not match the output schema."""
+
+    retryable = True

@@ -8,17 +8,19 @@ a terminal, and never when ``NO_COLOR`` is set.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from aoe.diagnostics import Diagnostic
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, RenderableType
     from rich.table import Table
     from rich.tree import Tree
 
     from aoe.config import Settings
+    from aoe.engine.events import Event
     from aoe.workflow import Workflow
 
 _SEVERITY_COLOUR = {"error": "\x1b[1;31m", "warning": "\x1b[1;33m"}
@@ -186,3 +188,236 @@ def config_lines(rows: Sequence[tuple[str, str, str]]) -> str:
     """``key = value  (source)`` lines, aligned, for pipes and files."""
     width = max((len(key) for key, _, _ in rows), default=0)
     return "".join(f"{key:<{width}} = {value}  ({source})\n" for key, value, source in rows)
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+def _money(usd: float) -> str:
+    if usd == 0:
+        return "$0"
+    if usd < 0.01:
+        return "$" + f"{usd:.6f}".rstrip("0")
+    return f"${usd:,.4f}" if usd < 1 else f"${usd:,.2f}"
+
+
+class PlainProgress:
+    """One line per event, for pipes and CI logs: no colour, no escape codes."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, event: Event) -> None:
+        line = describe_event(event)
+        if line is not None:
+            clock = time.strftime("%H:%M:%S", time.localtime(event.at))
+            self.stream.write(f"{clock} {line}\n")
+            self.stream.flush()
+
+
+def describe_event(event: Event) -> str | None:
+    """A run event as one line of text (None for events not worth a line)."""
+    from aoe.engine import events as ev
+
+    if isinstance(event, ev.RunStarted):
+        return (
+            f"run {event.run_id}: {event.workflow} started, "
+            f"{plural(event.agents, 'agent')}, up to {event.max_parallel} at once"
+        )
+    if isinstance(event, ev.AgentStarted):
+        items = f" ({plural(event.items, 'item')})" if event.items is not None else ""
+        return f"{event.agent_id}: started{items}"
+    if isinstance(event, ev.AttemptFinished):
+        item = f" item {event.item}" if event.item is not None else ""
+        what = f"{event.provider}/{event.model}, {event.usage.total} tokens, {_money(event.cost)}"
+        if event.error is not None:
+            return (
+                f"{event.agent_id}{item}: attempt {event.attempt} failed after "
+                f"{_duration(event.duration)}: {event.error}"
+            )
+        return (
+            f"{event.agent_id}{item}: attempt {event.attempt} answered in "
+            f"{_duration(event.duration)} ({what})"
+        )
+    if isinstance(event, ev.AgentFinished):
+        why = f": {event.error}" if event.error else ""
+        took = f" in {_duration(event.duration)}" if event.duration else ""
+        return f"{event.agent_id}: {event.state}{took}{why}"
+    if isinstance(event, ev.RunFinished):
+        return (
+            f"run {event.run_id}: {event.status} in {_duration(event.duration)}, "
+            f"{event.usage.total} tokens, {_money(event.cost)}"
+        )
+    return None
+
+
+class JsonLines:
+    """One JSON object per event (``--log-format json``), for log collectors."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, event: Event) -> None:
+        import json
+        from dataclasses import fields
+
+        from aoe.engine import events as ev
+
+        level = "INFO"
+        if isinstance(event, ev.AttemptFinished) and event.error:
+            level = "WARNING"
+        elif (isinstance(event, ev.AgentFinished) and event.state.failure) or (
+            isinstance(event, ev.RunFinished) and event.status.exit_code != 0
+        ):
+            level = "ERROR"
+        record: dict[str, object] = {
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.at))
+            + f".{int(event.at % 1 * 1000):03d}Z",
+            "level": level,
+            "message": describe_event(event) or type(event).__name__,
+            "module": "aoe.engine",
+            "event": type(event).__name__,
+        }
+        for item in fields(event):
+            if item.name in ("at", "output", "outputs"):
+                continue
+            value = getattr(event, item.name)
+            name = item.name
+            if hasattr(value, "_asdict"):
+                value = value._asdict()
+            record[name] = value
+        self.stream.write(json.dumps(record, default=str) + "\n")
+        self.stream.flush()
+
+
+class _Row:
+    __slots__ = ("attempts", "cost", "duration", "model", "started", "state", "tokens")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.state = "pending"
+        self.attempts = 0
+        self.tokens = 0
+        self.cost = 0.0
+        self.started: float | None = None
+        self.duration: float | None = None
+
+
+class LiveView:
+    """The terminal view of a run: a row per agent (the running ones first when
+    they do not all fit), progress, tokens and spend; a summary table at the end."""
+
+    def __init__(self, workflow: Workflow, console: Console, budget: float | None = None) -> None:
+        from rich.live import Live
+
+        self.workflow = workflow
+        self.console = console
+        self.budget = budget
+        self.rows = {agent_id: _Row(agent.llm.label) for agent_id, agent in workflow.agents.items()}
+        self.finished = 0
+        self.cost = 0.0
+        self.tokens = 0
+        self.status: str | None = None
+        self.live = Live(
+            console=console, refresh_per_second=8, transient=True, get_renderable=self.render
+        )
+
+    def __enter__(self) -> LiveView:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(None, None, None)
+
+    def __call__(self, event: Event) -> None:
+        from aoe.engine import events as ev
+
+        if isinstance(event, ev.AgentStarted):
+            row = self.rows[event.agent_id]
+            row.state = "running"
+            row.started = time.perf_counter()
+        elif isinstance(event, ev.AttemptFinished):
+            row = self.rows[event.agent_id]
+            row.attempts += 1
+            row.tokens += event.usage.total
+            row.cost += event.cost
+            self.tokens += event.usage.total
+            self.cost += event.cost
+        elif isinstance(event, ev.AgentFinished):
+            row = self.rows[event.agent_id]
+            row.state = str(event.state)
+            row.duration = event.duration
+            self.finished += 1
+        elif isinstance(event, ev.RunFinished):
+            self.status = str(event.status)
+
+    def table(self, *, limit: int | None = None) -> Table:
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False, show_edge=False)
+        table.add_column("agent")
+        table.add_column("state")
+        table.add_column("model")
+        for column in ("attempts", "tokens", "cost", "time"):
+            table.add_column(column, justify="right")
+        order = {"running": 0, "retrying": 0, "pending": 2}
+        rows = sorted(self.rows.items(), key=lambda kv: order.get(kv[1].state, 1))
+        if limit is not None and len(rows) > limit:
+            rows = rows[:limit]
+        now = time.perf_counter()
+        for agent_id, row in rows:
+            duration = row.duration
+            if duration is None and row.started is not None:
+                duration = now - row.started
+            style = _STATE_STYLE.get(row.state, "white")
+            table.add_row(
+                agent_id,
+                f"[{style}]{row.state}[/]",
+                row.model,
+                str(row.attempts),
+                f"{row.tokens:,}",
+                _money(row.cost),
+                _duration(duration),
+            )
+        return table
+
+    def header(self) -> str:
+        spend = _money(self.cost) + (f" of {_money(self.budget)}" if self.budget else "")
+        return (
+            f"[bold]{self.workflow.name}[/]  {self.finished}/{len(self.rows)} agents done"
+            f"  ·  {self.tokens:,} tokens  ·  {spend}"
+        )
+
+    def render(self) -> RenderableType:
+        from rich.console import Group
+
+        height = max(self.console.size.height - 4, 5)
+        return Group(self.header(), self.table(limit=height))
+
+    def summary(self) -> None:
+        """The final table, printed for good once the live view is gone."""
+        self.console.print(self.table())
+        status = f"  ·  [bold]{self.status}[/]" if self.status else ""
+        self.console.print(self.header() + status)
+
+
+_STATE_STYLE = {
+    "completed": "green",
+    "running": "cyan",
+    "retrying": "yellow",
+    "pending": "dim",
+    "failed": "bold red",
+    "rate_limited": "red",
+    "budget_exceeded": "red",
+    "skipped": "dim",
+    "cancelled": "magenta",
+}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from aoe.cli import app
+from tests.fakeserver import FakeProvider
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / "workflows"
@@ -80,3 +81,33 @@ def cli(clean_env: None) -> RunCli:
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     return _run
+
+
+# -- the fake provider server -------------------------------------------------------------
+
+OPENAI_KEY = "sk-test-openai-0123456789abcdefghijklmnop"
+ANTHROPIC_KEY = "sk-ant-test-0123456789abcdefghijklmnop"
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[FakeProvider]:
+    with FakeProvider() as server:
+        yield server
+
+
+@pytest.fixture
+def fake(fake_server: FakeProvider) -> FakeProvider:
+    """The fake provider, fresh for this test."""
+    fake_server.reset()
+    return fake_server
+
+
+@pytest.fixture
+def provider_env(fake: FakeProvider) -> dict[str, str]:
+    """Environment variables that point both SDKs at the fake server."""
+    return {
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "OPENAI_BASE_URL": fake.openai_url,
+        "ANTHROPIC_BASE_URL": fake.anthropic_url,
+    }

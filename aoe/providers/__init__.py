@@ -1,0 +1,89 @@
+"""Providers by name, made when a run first needs them.
+
+``openai``, ``anthropic`` and ``mock`` are built in; any other name is an
+OpenAI-compatible server declared under ``providers:`` in the engine config.
+Vendor SDKs are imported only here, and only for the providers a run uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aoe.config import BUILTIN_KEY_VARIABLES, BUILTIN_URL_VARIABLES, Settings
+from aoe.errors import UserError
+from aoe.providers.base import Message, Provider, Request, Response, Usage
+from aoe.providers.mock import MockProvider
+
+__all__ = [
+    "Message",
+    "Provider",
+    "ProviderPool",
+    "Request",
+    "Response",
+    "Usage",
+    "missing_keys",
+]
+
+MOCK_LATENCY_VARIABLE = "AOE_MOCK_LATENCY"
+
+
+def missing_keys(providers: Iterable[str], settings: Settings) -> list[tuple[str, str]]:
+    """``(provider, variable)`` for each provider whose API key is not set."""
+    missing = []
+    for name in dict.fromkeys(providers):
+        variable = settings.api_key_variable(name)
+        if variable is not None and not settings.environment.get(variable):
+            missing.append((name, variable))
+    return missing
+
+
+class ProviderPool:
+    """The providers of one engine: made on first use, closed together."""
+
+    def __init__(self, settings: Settings, *, mock: MockProvider | None = None) -> None:
+        self._settings = settings
+        self._providers: dict[str, Provider] = {}
+        if mock is not None:
+            self._providers["mock"] = mock
+
+    def get(self, name: str) -> Provider:
+        provider = self._providers.get(name)
+        if provider is None:
+            provider = self._providers[name] = self._make(name)
+        return provider
+
+    def _make(self, name: str) -> Provider:
+        environment = self._settings.environment
+        if name == "mock":
+            text = environment.get(MOCK_LATENCY_VARIABLE) or "0"
+            try:
+                latency = float(text)
+            except ValueError:
+                raise UserError(
+                    f"{MOCK_LATENCY_VARIABLE}={text!r}: must be a number of seconds"
+                ) from None
+            return MockProvider(latency=latency)
+        if name == "anthropic":
+            from aoe.providers.anthropic import AnthropicProvider
+
+            return AnthropicProvider(
+                name,
+                api_key=environment.get(BUILTIN_KEY_VARIABLES[name]),
+                base_url=environment.get(BUILTIN_URL_VARIABLES[name]),
+            )
+        from aoe.providers.openai import OpenAIProvider
+
+        if name == "openai":
+            return OpenAIProvider(
+                name,
+                api_key=environment.get(BUILTIN_KEY_VARIABLES[name]),
+                base_url=environment.get(BUILTIN_URL_VARIABLES[name]),
+            )
+        declared = self._settings.config.providers[name]
+        key = environment.get(declared.api_key_env) if declared.api_key_env else None
+        return OpenAIProvider(name, api_key=key, base_url=declared.base_url, compatible=True)
+
+    async def aclose(self) -> None:
+        providers, self._providers = list(self._providers.values()), {}
+        for provider in providers:
+            await provider.aclose()

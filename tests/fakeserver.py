@@ -1,0 +1,408 @@
+"""A fake LLM provider: a real HTTP server on 127.0.0.1 for the official SDKs.
+
+It speaks the OpenAI chat-completions API (plain and streamed) and the
+Anthropic messages API, answers with configurable text or JSON and usage, and
+can, request by request, answer 429 with ``retry-after``, 500, 503, 529, answer
+slowly, or drop the connection. It records every request with its arrival time
+and counts how many were in flight at once, so tests assert on what a provider
+would really have received.
+
+Usage::
+
+    with FakeProvider() as fake:
+        fake.script(Fail(429, retry_after=1), Reply(text="hi"))   # the next requests, in order
+        fake.respond = lambda request: Reply(json={"ok": True})    # then this, for the rest
+        ... point OPENAI_BASE_URL at fake.openai_url, ANTHROPIC_BASE_URL at fake.anthropic_url
+        fake.received  # every request
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful answer. Without ``text`` or ``json``, an echo of the prompt."""
+
+    text: str | None = None
+    json: Any = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    delay: float = 0.0
+    finish_reason: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Fail:
+    """An HTTP error in the vendor's own error format."""
+
+    status: int
+    message: str = "fake failure"
+    retry_after: float | None = None
+    retry_after_ms: int | None = None
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Close the connection without an answer (after ``delay`` seconds)."""
+
+    delay: float = 0.0
+
+
+Behaviour = Reply | Fail | Drop
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the server got it."""
+
+    api: str  # "openai" or "anthropic"
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    arrived: float  # time.monotonic()
+    finished: float | None = None
+
+    @property
+    def model(self) -> str:
+        return str(self.body.get("model", ""))
+
+    @property
+    def prompt(self) -> str:
+        """The last user message's text."""
+        for message in reversed(self.body.get("messages", [])):
+            if message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, list):
+                    return "".join(part.get("text", "") for part in content)
+                return str(content)
+        return ""
+
+    @property
+    def system(self) -> str | None:
+        if self.api == "anthropic":
+            system = self.body.get("system")
+            return system if isinstance(system, str) else None
+        for message in self.body.get("messages", []):
+            if message.get("role") == "system":
+                return str(message.get("content"))
+        return None
+
+
+class FakeProvider:
+    """The server. Thread-safe; start it once per test module, :meth:`reset` per test."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._script: deque[Behaviour] = deque()
+        self.respond: Callable[[Received], Behaviour] | None = None
+        self.received: list[Received] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._ids = itertools.count(1)
+        handler = _handler(self)
+        self._server = _QuietServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def openai_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def anthropic_url(self) -> str:
+        return self.url
+
+    def script(self, *behaviours: Behaviour) -> None:
+        """Behaviours for the next requests, one each, in order of arrival."""
+        with self._lock:
+            self._script.extend(behaviours)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._script.clear()
+            self.respond = None
+            self.received = []
+            self.in_flight = 0
+            self.max_in_flight = 0
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeProvider:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- used by the handler threads ---------------------------------------------------
+    def _arrive(self, received: Received) -> tuple[int, Behaviour]:
+        with self._lock:
+            self.received.append(received)
+            index = len(self.received) - 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            if self._script:
+                return index, self._script.popleft()
+            respond = self.respond
+        return index, respond(received) if respond is not None else Reply()
+
+    def _leave(self, index: int) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            if index < len(self.received):
+                done = self.received[index]
+                self.received[index] = Received(
+                    done.api, done.path, done.headers, done.body, done.arrived, time.monotonic()
+                )
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up (a cancelled call, a timeout) is expected here."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
+def _tokens(text: str) -> int:
+    return max((len(text) + 3) // 4, 1)
+
+
+def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length", "0"))
+            raw = self.rfile.read(length) if length else b"{}"
+            try:
+                body = json.loads(raw or b"{}")
+            except json.JSONDecodeError:
+                body = {}
+            if self.path.rstrip("/").endswith("/chat/completions"):
+                api = "openai"
+            elif self.path.rstrip("/").endswith("/messages"):
+                api = "anthropic"
+            else:
+                self._send(404, {"error": {"message": f"no route {self.path}"}})
+                return
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            received = Received(api, self.path, headers, body, time.monotonic())
+            index, behaviour = fake._arrive(received)
+            try:
+                if behaviour.delay:
+                    time.sleep(behaviour.delay)
+                if isinstance(behaviour, Drop):
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif isinstance(behaviour, Fail):
+                    self._fail(api, behaviour)
+                elif body.get("stream"):
+                    self._stream(api, received, behaviour)
+                else:
+                    self._reply(api, received, behaviour)
+            finally:
+                fake._leave(index)
+
+        # -- answers -----------------------------------------------------------------------
+        def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _fail(self, api: str, failure: Fail) -> None:
+            headers = {}
+            if failure.retry_after is not None:
+                headers["retry-after"] = f"{failure.retry_after:g}"
+            if failure.retry_after_ms is not None:
+                headers["retry-after-ms"] = str(failure.retry_after_ms)
+            if api == "openai":
+                payload: dict[str, Any] = {
+                    "error": {
+                        "message": failure.message,
+                        "type": "fake_error",
+                        "code": str(failure.status),
+                    }
+                }
+            else:
+                kind = {
+                    429: "rate_limit_error",
+                    529: "overloaded_error",
+                    401: "authentication_error",
+                    404: "not_found_error",
+                    400: "invalid_request_error",
+                }.get(failure.status, "api_error")
+                payload = {"type": "error", "error": {"type": kind, "message": failure.message}}
+            self._send(failure.status, payload, headers)
+
+        def _content(self, received: Received, reply: Reply) -> tuple[str, int, int]:
+            if reply.text is not None:
+                text = reply.text
+            elif reply.json is not None:
+                text = json.dumps(reply.json)
+            else:
+                text = f"fake answer to: {received.prompt[:200]}"
+            prompt = "".join(json.dumps(m) for m in received.body.get("messages", []))
+            prompt += str(received.body.get("system", ""))
+            inputs = reply.input_tokens if reply.input_tokens is not None else _tokens(prompt)
+            outputs = reply.output_tokens if reply.output_tokens is not None else _tokens(text)
+            return text, inputs, outputs
+
+        def _reply(self, api: str, received: Received, reply: Reply) -> None:
+            text, inputs, outputs = self._content(received, reply)
+            if api == "openai":
+                payload: dict[str, Any] = {
+                    "id": f"chatcmpl-fake{fake.next_id()}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": received.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": reply.finish_reason or "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": inputs,
+                        "completion_tokens": outputs,
+                        "total_tokens": inputs + outputs,
+                    },
+                }
+            else:
+                payload = {
+                    "id": f"msg_fake{fake.next_id()}",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": received.model,
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": reply.finish_reason or "end_turn",
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": inputs, "output_tokens": outputs},
+                }
+            self._send(200, payload, reply.headers)
+
+        def _stream(self, api: str, received: Received, reply: Reply) -> None:
+            text, inputs, outputs = self._content(received, reply)
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("cache-control", "no-cache")
+            self.send_header("connection", "close")
+            self.end_headers()
+            pieces = [text[i : i + 16] for i in range(0, len(text), 16)] or [""]
+            if api == "openai":
+                ident = f"chatcmpl-fake{fake.next_id()}"
+                for piece in pieces:
+                    self._event(
+                        None,
+                        {
+                            "id": ident,
+                            "object": "chat.completion.chunk",
+                            "created": int(time.time()),
+                            "model": received.model,
+                            "choices": [
+                                {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                            ],
+                        },
+                    )
+                self._event(
+                    None,
+                    {
+                        "id": ident,
+                        "object": "chat.completion.chunk",
+                        "created": int(time.time()),
+                        "model": received.model,
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                        "usage": {
+                            "prompt_tokens": inputs,
+                            "completion_tokens": outputs,
+                            "total_tokens": inputs + outputs,
+                        },
+                    },
+                )
+                self.wfile.write(b"data: [DONE]\n\n")
+            else:
+                ident = f"msg_fake{fake.next_id()}"
+                self._event(
+                    "message_start",
+                    {
+                        "type": "message_start",
+                        "message": {
+                            "id": ident,
+                            "type": "message",
+                            "role": "assistant",
+                            "model": received.model,
+                            "content": [],
+                            "stop_reason": None,
+                            "stop_sequence": None,
+                            "usage": {"input_tokens": inputs, "output_tokens": 1},
+                        },
+                    },
+                )
+                self._event(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                )
+                for piece in pieces:
+                    self._event(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": 0,
+                            "delta": {"type": "text_delta", "text": piece},
+                        },
+                    )
+                self._event("content_block_stop", {"type": "content_block_stop", "index": 0})
+                self._event(
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                        "usage": {"output_tokens": outputs},
+                    },
+                )
+                self._event("message_stop", {"type": "message_stop"})
+            self.wfile.flush()
+
+        def _event(self, name: str | None, data: Any) -> None:
+            if name is not None:
+                self.wfile.write(f"event: {name}\n".encode())
+            self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
+            self.wfile.flush()
+
+    return Handler
