@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import re
 from functools import cache, lru_cache
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from jinja2 import TemplateSyntaxError, nodes
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -308,3 +308,98 @@ def _reference(chain: Sequence[str | int], line: int) -> Reference:
     attribute = chain[2] if len(chain) > 2 else None
     kind: Literal["agent", "workflow"] = "agent" if root == "agents" else "workflow"
     return Reference(kind, name, attribute, line, tuple(chain[3:]))
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+_NEWLINES = re.compile(r"\r\n|\r")
+_compiled: dict[str, Any] = {}
+Pieces = tuple[tuple[str, tuple[str, ...] | None], ...]
+
+
+def render(text: str, context: Mapping[str, Any]) -> str:
+    """A template rendered in the sandbox with ``context``.
+
+    Placeholder-only templates (text and ``{{ dotted.name }}``) are rendered
+    without compiling them: the same attribute lookups (the sandbox's own
+    ``getattr``), the same ``str()`` of each value, the same whitespace control
+    and newline handling as Jinja's compiled code, which costs a millisecond
+    per distinct template. Anything else is compiled once and cached.
+    """
+    pieces = _pieces(text)
+    if pieces is None:
+        rendered: str = _compiled_template(text).render(context)
+        return rendered
+    env = environment()
+    out: list[str] = []
+    for literal, path in pieces:
+        out.append(literal)
+        if path is not None:
+            value = context.get(path[0], _MISSING)
+            if value is _MISSING:
+                value = env.globals.get(path[0], _MISSING)
+            if value is _MISSING:
+                value = env.undefined(name=path[0])
+            for attribute in path[1:]:
+                value = env.getattr(value, attribute)
+            out.append(str(value))
+    return "".join(out)
+
+
+def evaluate(text: str, context: Mapping[str, Any]) -> Any:
+    """A ``when`` or ``foreach`` expression's value in the sandbox."""
+    key = "\0expression\0" + text
+    expression = _compiled.get(key)
+    if expression is None:
+        expression = _remember(key, environment().compile_expression(text, undefined_to_none=False))
+    return expression(**context)
+
+
+_MISSING = object()
+
+
+def _compiled_template(text: str) -> Any:
+    template = _compiled.get(text)
+    if template is None:
+        template = _remember(text, environment().from_string(text))
+    return template
+
+
+def _remember(key: str, value: Any) -> Any:
+    if len(_compiled) > 4096:  # a long-lived engine sees many workflows
+        _compiled.clear()
+    _compiled[key] = value
+    return value
+
+
+@lru_cache(maxsize=4096)
+def _pieces(text: str) -> Pieces | None:
+    """Literal text and the dotted names between it, as Jinja would output them;
+    None if the template is anything more than that."""
+    if "{" not in text:
+        return ((_NEWLINES.sub("\n", text), None),)
+    if "{%" in text or "{#" in text:
+        return None
+    pieces: list[tuple[str, tuple[str, ...] | None]] = []
+    position = 0
+    strip_next = False
+    while True:
+        start = text.find("{{", position)
+        literal = text[position : start if start >= 0 else len(text)]
+        if strip_next:
+            literal = literal.lstrip()
+        if start < 0:
+            pieces.append((_NEWLINES.sub("\n", literal), None))
+            return tuple(pieces)
+        match = _PLACEHOLDER.match(text, start)
+        if match is None:
+            return None
+        parts = tuple(match.group(1).split("."))
+        if parts[0] in _NOT_NAMES:
+            return None
+        token = match.group(0)
+        if token.startswith("{{-"):
+            literal = literal.rstrip()
+        strip_next = token.endswith("-}}")
+        pieces.append((_NEWLINES.sub("\n", literal), parts))
+        position = match.end()

@@ -218,3 +218,74 @@ def test_fast_path_takes_placeholders_only() -> None:
         "{{ a }} {{",
     ]:
         assert _analyse_simple(text) is None, text
+
+
+# -- rendering: the placeholder fast path renders what Jinja renders -----------------------
+
+_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(alphabet="ab \n<>&'\"", max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["a", "output", "items", "name", "keys"]), inner, max_size=3
+        )
+    ),
+    max_leaves=8,
+)
+_RENDER_TEXT = st.text(alphabet="ab \n\r\t.{}-", max_size=8)
+_RENDER_NAMES = st.sampled_from(["inputs", "agents", "x", "range", "missing"])
+
+
+@st.composite
+def simple_template(draw: st.DrawFn) -> str:
+    pieces = []
+    for _ in range(draw(st.integers(0, 4))):
+        pieces.append(draw(_RENDER_TEXT))
+        path = ".".join(
+            [
+                draw(_RENDER_NAMES),
+                *draw(
+                    st.lists(
+                        st.sampled_from(["a", "output", "items", "name", "keys", "b"]), max_size=2
+                    )
+                ),
+            ]
+        )
+        left = draw(st.sampled_from(["{{", "{{-", "{{ "]))
+        right = draw(st.sampled_from(["}}", "-}}", " }}", " -}}"]))
+        pieces.append(f"{left}{path}{right}")
+    pieces.append(draw(_RENDER_TEXT))
+    return "".join(pieces)
+
+
+@given(simple_template(), _VALUES, _VALUES, _VALUES)
+@settings(max_examples=1500, deadline=None)
+def test_fast_rendering_agrees_with_jinja(text: str, a: object, b: object, c: object) -> None:
+    from jinja2 import TemplateSyntaxError, UndefinedError
+
+    from aoe.templates import _pieces, render
+
+    context = {"inputs": a, "agents": {"a": b, "output": c}, "x": c}
+    try:
+        expected: object = environment().from_string(text).render(context)
+    except TemplateSyntaxError:
+        assert _pieces(text) is None, text
+        return
+    except UndefinedError:
+        expected = UndefinedError
+    try:
+        got: object = render(text, context)
+    except UndefinedError:
+        got = UndefinedError
+    assert got == expected, text
+
+
+def test_fast_rendering_is_used_for_placeholders() -> None:
+    from aoe.templates import _pieces
+
+    assert _pieces("Hi {{ inputs.name }}!\r\n") == (("Hi ", ("inputs", "name")), ("!\n", None))
+    assert _pieces("{% if x %}{% endif %}") is None

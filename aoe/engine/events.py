@@ -33,12 +33,25 @@ class AgentState(StrEnum):
 
     @property
     def final(self) -> bool:
-        return self not in (AgentState.PENDING, AgentState.RUNNING, AgentState.RETRYING)
+        return self in _FINAL
 
     @property
     def failure(self) -> bool:
         """A final state that stops a run without partial completion."""
-        return self in (AgentState.FAILED, AgentState.RATE_LIMITED, AgentState.BUDGET_EXCEEDED)
+        return self in _FAILURES
+
+
+_FINAL = frozenset(
+    {
+        AgentState.COMPLETED,
+        AgentState.FAILED,
+        AgentState.RATE_LIMITED,
+        AgentState.BUDGET_EXCEEDED,
+        AgentState.SKIPPED,
+        AgentState.CANCELLED,
+    }
+)
+_FAILURES = frozenset({AgentState.FAILED, AgentState.RATE_LIMITED, AgentState.BUDGET_EXCEEDED})
 
 
 class RunStatus(StrEnum):

@@ -40,7 +40,7 @@ from aoe.errors import AttemptTimeout, RunError
 from aoe.outputs import parse_output
 from aoe.providers import ProviderPool
 from aoe.providers.base import Message, Request, Response, Usage
-from aoe.templates import environment
+from aoe.templates import evaluate, render
 from aoe.workflow import Agent, SourceText, Workflow
 
 _JSON_INSTRUCTION = "Answer with one JSON value and nothing else: no prose, no code fences."
@@ -289,7 +289,7 @@ class _Run:
         """Evaluate ``when`` and ``foreach`` and queue the agent's units; False if it
         ended without a call (skipped by its condition, or failed to evaluate)."""
         agent = record.agent
-        context = self.context(agent)
+        context = self.context(agent) if agent.when or agent.foreach else {}
         if agent.when is not None:
             try:
                 go = _evaluate(agent.when, context)
@@ -353,21 +353,26 @@ class _Run:
                         len(record.items) if record.items is not None else None,
                     )
                 )
-            task = asyncio.ensure_future(self.run_unit(record, None if item < 0 else item))
-            self.in_flight.add(task)
-            task.add_done_callback(self.unit_done)
+            self.in_flight.add(asyncio.ensure_future(self.unit(record, item)))
         if not self.in_flight and self.done is not None and not self.done.done():
             self.done.set_result(None)
 
-    def unit_done(self, task: asyncio.Task[None]) -> None:
-        self.in_flight.discard(task)
-        self.free += 1
-        if not task.cancelled() and task.exception() is not None:  # a bug, not a run error
-            self.stopping = True
-            self.crashed = True
+    async def unit(self, record: _AgentRun, item: int) -> None:
+        """One unit in its own task. When it ends, the next units start from here,
+        in the same step of the loop: a dependent waits for no extra round."""
+        task = asyncio.current_task()
+        try:
+            await self.run_unit(record, None if item < 0 else item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug, not a run error: the run ends with it
+            self.stopping = self.crashed = True
             if self.done is not None and not self.done.done():
-                self.done.set_exception(task.exception())  # type: ignore[arg-type]
+                self.done.set_exception(e)
             return
+        finally:
+            self.in_flight.discard(task)
+            self.free += 1
         self.dispatch()
 
     # -- one unit of work ----------------------------------------------------------------
@@ -392,7 +397,8 @@ class _Run:
         response: Response | None = None
         error: RunError | None = None
         try:
-            response = await asyncio.wait_for(provider.complete(request), agent.timeout)
+            async with asyncio.timeout(agent.timeout):  # no extra task, unlike wait_for
+                response = await provider.complete(request)
         except TimeoutError:
             error = AttemptTimeout(f"no answer within the timeout of {agent.timeout:g} s")
         except RunError as e:
@@ -588,31 +594,12 @@ class _Run:
         return outputs, errors
 
 
-_compiled: dict[str, Any] = {}
-
-
-def _template(text: str) -> Any:
-    template = _compiled.get(text)
-    if template is None:
-        if len(_compiled) > 4096:
-            _compiled.clear()
-        template = _compiled[text] = environment().from_string(text)
-    return template
-
-
 def _render(source: SourceText, context: Mapping[str, Any]) -> str:
-    rendered: str = _template(source.text).render(context)
-    return rendered
+    return render(source.text, context)
 
 
 def _evaluate(source: SourceText, context: Mapping[str, Any]) -> Any:
-    key = "\0expr\0" + source.text
-    expression = _compiled.get(key)
-    if expression is None:
-        expression = _compiled[key] = environment().compile_expression(
-            source.text, undefined_to_none=False
-        )
-    return expression(**context)
+    return evaluate(source.text, context)
 
 
 def _state_for(error: RunError) -> AgentState:

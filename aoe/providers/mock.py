@@ -95,10 +95,16 @@ def _digest(request: Request) -> bytes:
     return h.digest()
 
 
+_PROSE = " ".join(_WORDS * 3)
+
+
 def _prose(digest: bytes, max_tokens: int) -> str:
-    count = 12 + digest[0] % 24
-    words = [_WORDS[b % len(_WORDS)] for b in (digest * 2)[1 : count + 1]]
-    text = f"Mock answer {digest[:4].hex()}: " + " ".join(words) + "."
+    """Some words, where and how many chosen by the digest: cheap, and different
+    for different requests."""
+    start = digest[1] % (len(_PROSE) // 3)
+    start = _PROSE.find(" ", start) + 1
+    end = _PROSE.find(" ", start + 60 + digest[0] % 120)
+    text = f"Mock answer {digest[:4].hex()}: {_PROSE[start:end]}."
     return text[: max(max_tokens * 4, 1)]
 
 
