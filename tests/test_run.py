@@ -395,3 +395,97 @@ def test_signal_cancels_cleanly(
     assert len(fake.received) == 2  # c never started
     assert REPO.exists()
     assert stdout == ""
+
+
+def test_inputs_file_and_options_together(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    inputs = write('{"topic": "rivers"}', "inputs.json")
+    code, _, _ = run(cli, provider_env, write(TWO_STEPS), "--inputs-file", inputs)
+    assert code == 0
+    assert fake.received[0].prompt == "Write about rivers."
+    # -i wins over the file
+    fake.reset()
+    code, _results, _ = run(
+        cli, provider_env, write(TWO_STEPS), "--inputs-file", inputs, "-i", "topic=lakes"
+    )
+    assert fake.received[0].prompt == "Write about lakes."
+
+
+def test_mock_runs_import_no_vendor_sdk(write: WriteFile, tmp_path: Path) -> None:
+    path = write(TWO_STEPS)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "aoe", "run", str(path), "--mock", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    assert "openai" not in imported
+    assert "anthropic" not in imported
+
+
+def test_live_view_renders_rows_progress_and_spend() -> None:
+    from io import StringIO
+
+    from aoe.api import load
+    from aoe.engine.events import AgentFinished, AgentStarted, AgentState, AttemptFinished
+    from aoe.providers.base import Usage
+    from aoe.ui import LiveView, console
+
+    workflow = load(WORKFLOWS / "competitor-brief.yaml")
+    buffer = StringIO()
+    view = LiveView(workflow, console(buffer, width=120), budget=5.0)
+    view(AgentStarted("r", 0.0, "research"))
+    view(
+        AttemptFinished(
+            "r", 0.0, "research", None, 1, "openai", "gpt-4o-mini", 1.5, Usage(1200, 300), 0.00036
+        )
+    )
+    view(
+        AgentFinished("r", 0.0, "research", AgentState.COMPLETED, 1.5, Usage(1200, 300), 0.00036, 1)
+    )
+    view(AgentStarted("r", 0.0, "competitors"))
+    view.summary()
+    text = buffer.getvalue()
+    research = next(line for line in text.splitlines() if line.startswith("research"))
+    assert research.split() == [
+        "research",
+        "completed",
+        "openai/gpt-4o-mini",
+        "1",
+        "1,500",
+        "$0.00036",
+        "1.5",
+        "s",
+    ]
+    assert "competitors" in text
+    assert "running" in text
+    assert "1/3 agents done" in text
+    assert "1,500 tokens" in text
+    assert "$0.00036 of $5.00" in text
+
+
+def test_live_view_honours_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from aoe.api import load
+    from aoe.engine.events import AgentFinished, AgentState
+    from aoe.providers.base import Usage
+    from aoe.ui import LiveView
+
+    workflow = load(WORKFLOWS / "competitor-brief.yaml")
+    for no_color, coloured in (("1", False), (None, True)):
+        if no_color:
+            monkeypatch.setenv("NO_COLOR", no_color)
+        else:
+            monkeypatch.delenv("NO_COLOR", raising=False)
+        buffer = StringIO()
+        view = LiveView(workflow, Console(file=buffer, force_terminal=True, width=120))
+        view(AgentFinished("r", 0.0, "research", AgentState.FAILED, 1.0, Usage(), 0.0, 1))
+        view.summary()
+        assert ("\x1b[31m" in buffer.getvalue() or "\x1b[1;31m" in buffer.getvalue()) == coloured
