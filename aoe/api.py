@@ -49,9 +49,9 @@ def load(path: str | os.PathLike[str], settings: Settings | None = None) -> Work
 
 def providers_used(workflow: Workflow) -> list[str]:
     """Every provider the workflow may call, fallbacks included, in order of use."""
-    return list(
-        dict.fromkeys(llm.provider for agent in workflow.agents.values() for llm in agent.models)
-    )
+    from aoe.engine.executor import providers_of
+
+    return providers_of(workflow, mock=False)
 
 
 async def run_workflow(
@@ -62,10 +62,12 @@ async def run_workflow(
     subscribers: Sequence[Subscriber] = (),
     mock: bool = False,
     max_parallel: int | None = None,
+    budget: float | None = None,
     run_id: str | None = None,
 ) -> RunStatus:
     """Run a workflow on a fresh engine and close it after; the subscribers get
-    every event. A missing API key is refused before any call."""
+    every event. A missing API key is refused before any call; ``budget`` (USD)
+    replaces the workflow's ``cost_budget``."""
     from aoe.engine.events import EventBus
     from aoe.engine.executor import Engine
     from aoe.errors import MissingApiKey
@@ -80,11 +82,20 @@ async def run_workflow(
         bus.subscribe(subscriber)
     engine = Engine(settings)
     try:
-        return await engine.run(
-            workflow, inputs, bus, run_id=run_id, max_parallel=max_parallel, mock=mock
+        status = await engine.run(
+            workflow,
+            inputs,
+            bus,
+            run_id=run_id,
+            max_parallel=max_parallel,
+            budget=budget,
+            mock=mock,
         )
     finally:
         await engine.aclose()
+    if bus.failure is not None:  # a subscriber broke: a bug to report, after the run
+        raise bus.failure
+    return status
 
 
 def run_until_done(

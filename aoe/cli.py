@@ -161,6 +161,15 @@ def run(
         int | None,
         typer.Option("--max-parallel", min=1, help="Agents of this run in flight at once."),
     ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget",
+            min=0,
+            help="USD the run may spend (over the file's cost_budget).",
+            metavar="USD",
+        ),
+    ] = None,
     mock: Annotated[
         bool,
         typer.Option(
@@ -190,7 +199,8 @@ def run(
     """Run a workflow: live progress on a terminal, a line per event elsewhere.
 
     Exit 0 when the run completed (or ended partial with partial completion
-    allowed), 1 when it failed, 2 for bad input, 130 when interrupted.
+    allowed), 1 when it failed, 2 for bad input, 3 when its budget stopped it,
+    130 when interrupted.
     """
     with _errors():
         from aoe.api import load, run_until_done
@@ -207,10 +217,18 @@ def run(
         values = bind_inputs(workflow.inputs, given)
         results = Results(workflow, values)
         subscribers: list[Any] = [results]
-        view = _progress(workflow, settings.config.monitoring.log_format, quiet)
+        budget_shown = budget if budget is not None else workflow.cost_budget
+        if budget_shown is None:
+            budget_shown = settings.config.cost_tracking.default_workflow_budget
+        view = _progress(workflow, settings.config.monitoring.log_format, quiet, budget_shown)
         if view is not None:
             subscribers.append(view)
-        options = {"subscribers": subscribers, "mock": mock, "max_parallel": max_parallel}
+        options = {
+            "subscribers": subscribers,
+            "mock": mock,
+            "max_parallel": max_parallel,
+            "budget": budget,
+        }
         if isinstance(view, LiveView):
             with view:
                 status = run_until_done(workflow, values, settings, **options)
@@ -226,7 +244,7 @@ def run(
         raise typer.Exit(status.exit_code)
 
 
-def _progress(workflow: Any, log_format: str, quiet: bool) -> Any:
+def _progress(workflow: Any, log_format: str, quiet: bool, budget: float | None) -> Any:
     """Who tells the user how the run goes: nobody (--quiet), JSON lines, a live
     view on a terminal, or a plain line per event on a pipe; always on stderr."""
     from aoe.ui import JsonLines, LiveView, PlainProgress, console
@@ -236,7 +254,7 @@ def _progress(workflow: Any, log_format: str, quiet: bool) -> Any:
     if log_format == "json":
         return JsonLines(sys.stderr)
     if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
-        return LiveView(workflow, console(sys.stderr), workflow.cost_budget)
+        return LiveView(workflow, console(sys.stderr), budget)
     return PlainProgress(sys.stderr)
 
 

@@ -18,7 +18,7 @@ from aoe.errors import OutputInvalid
 from aoe.providers.base import plain
 from aoe.workflow import OutputConfig
 
-_FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*[ \t]*\n(?P<body>.*?)\n?```\s*$", re.DOTALL)
+_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n(?P<body>.*?)\n?```", re.DOTALL)
 # Validators by schema object (kept with it, so an id is never reused under us).
 _validators: dict[int, tuple[Mapping[str, Any], Any]] = {}
 
@@ -27,21 +27,32 @@ def parse_output(text: str, output: OutputConfig) -> Any:
     """The agent's output value from a reply; raises :class:`OutputInvalid`."""
     if output.format != "json":
         return text
-    fenced = _FENCE.match(text)
-    body = fenced.group("body") if fenced else text
+    body = text
     try:
         value = json.loads(body)
     except json.JSONDecodeError as e:
-        shown = body.strip()[:60].replace("\n", " ")
-        raise OutputInvalid(
-            f"the reply is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): "
-            f"{shown!r}{'...' if len(body.strip()) > 60 else ''}"
-        ) from None
+        fenced = _FENCE.search(text)  # JSON in a code fence, perhaps after some words
+        if fenced is None:
+            raise _not_json(e, body) from None
+        body = fenced.group("body")
+        try:
+            value = json.loads(body)
+        except json.JSONDecodeError as inner:
+            raise _not_json(inner, body) from None
     if output.schema is not None:
         problem = _schema_problem(value, output.schema)
         if problem:
             raise OutputInvalid(f"the reply does not match the output schema: {problem}")
     return value
+
+
+def _not_json(e: json.JSONDecodeError, body: str) -> OutputInvalid:
+    shown = body.strip()[:60].replace("\n", " ")
+    more = "..." if len(body.strip()) > 60 else ""
+    return OutputInvalid(
+        f"the reply is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): "
+        f"{shown!r}{more}"
+    )
 
 
 def _schema_problem(value: Any, schema: Mapping[str, Any]) -> str | None:

@@ -17,6 +17,7 @@ from aoe.engine.events import (
     AgentStarted,
     AgentState,
     AttemptFinished,
+    AttemptStarted,
     Event,
     RunFinished,
     RunStarted,
@@ -40,6 +41,7 @@ class Results:
 
     def __init__(self, workflow: Workflow, inputs: dict[str, Any]) -> None:
         self.workflow = workflow
+        self._started: dict[tuple[str, int | None, int], AttemptStarted] = {}
         self.document: dict[str, Any] = {
             "run_id": None,
             "workflow": {"name": workflow.name, "file": workflow.path, "sha256": workflow.digest},
@@ -50,6 +52,7 @@ class Results:
             "inputs": inputs,
             "usage": _usage(Usage()),
             "cost_usd": 0.0,
+            "cost_budget_usd": None,
             "agents": {
                 agent_id: {
                     "state": str(AgentState.PENDING),
@@ -62,6 +65,7 @@ class Results:
                     "started_at": None,
                     "finished_at": None,
                     "duration_seconds": None,
+                    "waited_seconds": 0.0,
                     "attempts": [],
                 }
                 for agent_id, agent in workflow.agents.items()
@@ -72,7 +76,11 @@ class Results:
 
     def __call__(self, event: Event) -> None:
         document = self.document
-        if isinstance(event, AttemptFinished):
+        if isinstance(event, AttemptStarted):
+            self._started[(event.agent_id, event.item, event.attempt)] = event
+        elif isinstance(event, AttemptFinished):
+            started = self._started.pop((event.agent_id, event.item, event.attempt), None)
+            waited = started.waited if started is not None else 0.0
             attempt = {
                 "attempt": event.attempt,
                 "item": event.item,
@@ -83,11 +91,15 @@ class Results:
                 "error_kind": event.error_kind,
                 "finish_reason": event.finish_reason,
                 "duration_seconds": round(event.duration, 6),
+                "waited_seconds": round(waited, 6),
+                "reserved_usd": started.reserved if started is not None else None,
                 "usage": _usage(event.usage),
                 "cost_usd": event.cost,
                 "finished_at": _iso(event.at),
             }
-            document["agents"][event.agent_id]["attempts"].append(attempt)
+            agent = document["agents"][event.agent_id]
+            agent["attempts"].append(attempt)
+            agent["waited_seconds"] = round(agent["waited_seconds"] + waited, 6)
         elif isinstance(event, AgentStarted):
             agent = document["agents"][event.agent_id]
             agent["state"] = "running"
@@ -114,6 +126,7 @@ class Results:
         elif isinstance(event, RunStarted):
             document["run_id"] = event.run_id
             document["started_at"] = _iso(event.at)
+            document["cost_budget_usd"] = event.budget
         elif isinstance(event, RunFinished):
             document.update(
                 status=str(event.status),

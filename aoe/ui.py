@@ -229,33 +229,47 @@ def describe_event(event: Event) -> str | None:
     from aoe.engine import events as ev
 
     if isinstance(event, ev.RunStarted):
+        budget = f", budget {_money(event.budget)}" if event.budget is not None else ""
         return (
-            f"run {event.run_id}: {event.workflow} started, "
-            f"{plural(event.agents, 'agent')}, up to {event.max_parallel} at once"
+            f"run {event.run_id}: {event.workflow} started, {plural(event.agents, 'agent')}, "
+            f"up to {event.max_parallel} at once{budget}"
         )
+    number = getattr(event, "item", None)
+    item = f" item {number}" if number is not None else ""
     if isinstance(event, ev.AgentStarted):
         items = f" ({plural(event.items, 'item')})" if event.items is not None else ""
         return f"{event.agent_id}: started{items}"
+    if isinstance(event, ev.AgentWaiting):
+        return f"{event.agent_id}{item}: waiting for the rate limits of {event.provider}"
     if isinstance(event, ev.AttemptFinished):
-        item = f" item {event.item}" if event.item is not None else ""
+        if event.error_kind == "cancelled":
+            return f"{event.agent_id}{item}: attempt {event.attempt} cancelled"
         what = f"{event.provider}/{event.model}, {event.usage.total} tokens, {_money(event.cost)}"
         if event.error is not None:
             return (
                 f"{event.agent_id}{item}: attempt {event.attempt} failed after "
-                f"{_duration(event.duration)}: {event.error}"
+                f"{_duration(event.duration)} ({what}): {event.error}"
             )
         return (
             f"{event.agent_id}{item}: attempt {event.attempt} answered in "
             f"{_duration(event.duration)} ({what})"
+        )
+    if isinstance(event, ev.AgentRetrying):
+        return f"{event.agent_id}{item}: retrying in {_duration(event.delay)}"
+    if isinstance(event, ev.AgentFallback):
+        return (
+            f"{event.agent_id}{item}: falling back to {event.provider}/{event.model} "
+            f"({event.error})"
         )
     if isinstance(event, ev.AgentFinished):
         why = f": {event.error}" if event.error else ""
         took = f" in {_duration(event.duration)}" if event.duration else ""
         return f"{event.agent_id}: {event.state}{took}{why}"
     if isinstance(event, ev.RunFinished):
+        budget = f" of {_money(event.budget)}" if event.budget is not None else ""
         return (
             f"run {event.run_id}: {event.status} in {_duration(event.duration)}, "
-            f"{event.usage.total} tokens, {_money(event.cost)}"
+            f"{event.usage.total} tokens, {_money(event.cost)}{budget}"
         )
     return None
 
@@ -345,22 +359,33 @@ class LiveView:
             row = self.rows[event.agent_id]
             row.state = "running"
             row.started = time.perf_counter()
-        elif isinstance(event, ev.AttemptFinished):
+        elif isinstance(event, ev.AgentWaiting):
+            self.rows[event.agent_id].state = "waiting"
+        elif isinstance(event, ev.AttemptStarted):
+            self.rows[event.agent_id].state = "running"
+        elif isinstance(event, ev.AgentRetrying):
+            self.rows[event.agent_id].state = "retrying"
+        elif isinstance(event, ev.AttemptFinished):  # the engine's totals, not re-added here
             row = self.rows[event.agent_id]
             row.attempts += 1
-            row.tokens += event.usage.total
-            row.cost += event.cost
-            self.tokens += event.usage.total
-            self.cost += event.cost
+            row.tokens = event.agent_usage.total
+            row.cost = event.agent_cost
+            self.tokens = event.run_usage.total
+            self.cost = event.run_cost
         elif isinstance(event, ev.AgentFinished):
             row = self.rows[event.agent_id]
             row.state = str(event.state)
             row.duration = event.duration
+            row.tokens = event.usage.total
+            row.cost = event.cost
             self.finished += 1
         elif isinstance(event, ev.RunFinished):
             self.status = str(event.status)
+            self.tokens = event.usage.total
+            self.cost = event.cost
 
     def table(self, *, limit: int | None = None) -> Table:
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(box=None, pad_edge=False, show_edge=False)
@@ -380,9 +405,9 @@ class LiveView:
                 duration = now - row.started
             style = _STATE_STYLE.get(row.state, "white")
             table.add_row(
-                agent_id,
+                escape(agent_id),
                 f"[{style}]{row.state}[/]",
-                row.model,
+                escape(row.model),
                 str(row.attempts),
                 f"{row.tokens:,}",
                 _money(row.cost),
@@ -391,9 +416,11 @@ class LiveView:
         return table
 
     def header(self) -> str:
+        from rich.markup import escape
+
         spend = _money(self.cost) + (f" of {_money(self.budget)}" if self.budget else "")
         return (
-            f"[bold]{self.workflow.name}[/]  {self.finished}/{len(self.rows)} agents done"
+            f"[bold]{escape(self.workflow.name)}[/]  {self.finished}/{len(self.rows)} agents done"
             f"  ·  {self.tokens:,} tokens  ·  {spend}"
         )
 
@@ -413,6 +440,7 @@ class LiveView:
 _STATE_STYLE = {
     "completed": "green",
     "running": "cyan",
+    "waiting": "blue",
     "retrying": "yellow",
     "pending": "dim",
     "failed": "bold red",

@@ -110,4 +110,7 @@ def provider_env(fake: FakeProvider) -> dict[str, str]:
         "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
         "OPENAI_BASE_URL": fake.openai_url,
         "ANTHROPIC_BASE_URL": fake.anthropic_url,
+        # retries as configured, but quick: these tests talk to a real server in real time
+        "RETRY_BASE_DELAY": "0.01",
+        "RETRY_MAX_DELAY": "0.05",
     }

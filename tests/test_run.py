@@ -149,8 +149,9 @@ def test_json_output_is_asked_for_parsed_and_validated(
         assert request.body["output_config"]["format"]["type"] == "json_schema"
     assert "JSON" in (request.system or "")
 
+    once = {**provider_env, "MAX_RETRIES": "0"}
     fake.script(Reply(json={"title": "Tides", "score": -1}))
-    code, results, _ = run(cli, provider_env, path)
+    code, results, _ = run(cli, once, path)
     assert code == 1
     agent = results["agents"]["extract"]
     assert agent["state"] == "failed"
@@ -158,7 +159,7 @@ def test_json_output_is_asked_for_parsed_and_validated(
     assert "-1 is less than the minimum of 0" in agent["error"]
 
     fake.script(Reply(text="Sure! Here it is: title Tides"))
-    code, results, _ = run(cli, provider_env, path)
+    code, results, _ = run(cli, once, path)
     assert code == 1
     assert "the reply is not valid JSON" in results["agents"]["extract"]["error"]
 
@@ -197,7 +198,7 @@ def test_provider_errors_fail_the_agent_with_the_providers_message(
         f"    llm: {{provider: {provider}, model: {model}}}\n"
     )
     fake.script(failure)
-    code, results, stderr = run(cli, provider_env, path)
+    code, results, stderr = run(cli, {**provider_env, "MAX_RETRIES": "0"}, path)
     assert code == 1, stderr
     agent = results["agents"]["a"]
     assert agent["state"] == state
@@ -212,13 +213,16 @@ def test_attempt_timeout(
 ) -> None:
     path = write(
         "version: 1\nname: x\nagents:\n  a:\n    prompt: hi\n    timeout: 0.2\n"
-        "    llm: {model: gpt-4o-mini}\n"
+        "    retry: {max_retries: 1}\n    llm: {model: gpt-4o-mini}\n"
     )
-    fake.script(Reply(text="late", delay=1.0))
+    fake.respond = lambda request: Reply(text="late", delay=1.0)
     code, results, _ = run(cli, provider_env, path)
     assert code == 1
-    assert results["agents"]["a"]["error"] == "no answer within the timeout of 0.2 s"
-    assert results["agents"]["a"]["attempts"][0]["error_kind"] == "AttemptTimeout"
+    agent = results["agents"]["a"]
+    assert agent["error"] == "no answer within the timeout of 0.2 s"
+    assert [a["error_kind"] for a in agent["attempts"]] == ["AttemptTimeout"] * 2
+    # no answer came: the provider may have billed it, so it is charged as reserved
+    assert agent["cost_usd"] == pytest.approx(sum(a["reserved_usd"] for a in agent["attempts"]))
 
 
 def test_missing_api_key_is_exit_2_before_any_call(
@@ -441,7 +445,8 @@ def test_live_view_renders_rows_progress_and_spend() -> None:
     view(AgentStarted("r", 0.0, "research"))
     view(
         AttemptFinished(
-            "r", 0.0, "research", None, 1, "openai", "gpt-4o-mini", 1.5, Usage(1200, 300), 0.00036
+            "r", 0.0, "research", None, 1, "openai", "gpt-4o-mini", 1.5, Usage(1200, 300),
+            0.00036, Usage(1200, 300), 0.00036, Usage(1200, 300), 0.00036,
         )
     )
     view(

@@ -2,13 +2,12 @@
 
 The engine emits; the live view, the log lines, the results writer (and,
 later, the run store and the metrics) subscribe. Each figure is computed once,
-by the engine, and carried by its event. The bus keeps a bounded log of
-recent events for whoever asks late.
+by the engine, and carried by its event: an attempt's cost, and the agent's
+and the run's totals after it. The bus keeps a bounded log of recent events.
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,9 +18,13 @@ from aoe.providers.base import Usage
 
 
 class AgentState(StrEnum):
-    """An agent's state: pending -> running <-> retrying -> one final state."""
+    """pending -> (waiting) -> running <-> retrying -> one final state.
+
+    ``waiting`` is time spent for a rate limit before an attempt: not an attempt.
+    """
 
     PENDING = "pending"
+    WAITING = "waiting"
     RUNNING = "running"
     RETRYING = "retrying"
     COMPLETED = "completed"
@@ -55,7 +58,6 @@ _FAILURES = frozenset({AgentState.FAILED, AgentState.RATE_LIMITED, AgentState.BU
 
 
 class RunStatus(StrEnum):
-    RUNNING = "running"
     COMPLETED = "completed"
     PARTIAL = "partial"
     FAILED = "failed"
@@ -68,7 +70,6 @@ class RunStatus(StrEnum):
 
 
 _EXIT_CODES = {
-    RunStatus.RUNNING: 1,
     RunStatus.COMPLETED: 0,
     RunStatus.PARTIAL: 0,
     RunStatus.FAILED: 1,
@@ -88,28 +89,42 @@ class RunStarted(Event):
     workflow: str
     agents: int
     max_parallel: int
+    budget: float | None
 
 
 @dataclass(frozen=True, slots=True)
 class AgentStarted(Event):
-    """An agent's dependencies allowed it and it began (its items, for foreach)."""
+    """An agent's dependencies allowed it and its first unit began."""
 
     agent_id: str
     items: int | None = None  # foreach: how many items it runs
 
 
 @dataclass(frozen=True, slots=True)
-class AttemptStarted(Event):
+class AgentWaiting(Event):
+    """A rate limit holds the agent's next attempt back."""
+
     agent_id: str
     item: int | None
-    attempt: int
     provider: str
     model: str
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptStarted(Event):
+    agent_id: str
+    item: int | None
+    attempt: int  # within the item (or the agent), every model counted
+    provider: str
+    model: str
+    waited: float  # seconds the rate limits held it back
+    reserved: float  # USD reserved for its worst case
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptFinished(Event):
-    """One call made: ``error`` is None when it produced a valid output."""
+    """One call made: ``error`` is None when it produced a valid output. The
+    agent's and the run's totals after it are carried along."""
 
     agent_id: str
     item: int | None
@@ -119,9 +134,35 @@ class AttemptFinished(Event):
     duration: float
     usage: Usage
     cost: float
+    agent_usage: Usage
+    agent_cost: float
+    run_usage: Usage
+    run_cost: float
     error: str | None = None
     error_kind: str | None = None
     finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRetrying(Event):
+    """The last attempt failed in a way worth another; the next starts after ``delay``."""
+
+    agent_id: str
+    item: int | None
+    attempt: int  # the one that failed
+    delay: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentFallback(Event):
+    """The model gave up; the next in ``fallbacks`` gets a full cycle of its own."""
+
+    agent_id: str
+    item: int | None
+    provider: str
+    model: str
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +185,7 @@ class RunFinished(Event):
     duration: float
     usage: Usage
     cost: float
+    budget: float | None
     outputs: dict[str, Any]
     output_errors: dict[str, str]
 
@@ -153,11 +195,16 @@ Subscriber = Callable[[Event], None]
 
 class EventBus:
     """Delivers each event to every subscriber, in order, and keeps the last
-    ``keep`` events (the in-memory log is bounded, whatever the run's size)."""
+    ``keep`` events (the in-memory log is bounded, whatever the run's size).
+
+    A subscriber that raises does not stop the run or the other subscribers:
+    the first such error is kept in ``failure`` for whoever runs the engine.
+    """
 
     def __init__(self, keep: int = 10_000) -> None:
         self._subscribers: list[Subscriber] = []
         self.log: deque[Event] = deque(maxlen=keep)
+        self.failure: BaseException | None = None
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
@@ -165,8 +212,8 @@ class EventBus:
     def emit(self, event: Event) -> None:
         self.log.append(event)
         for subscriber in self._subscribers:
-            subscriber(event)
-
-
-def now() -> float:
-    return time.time()
+            try:
+                subscriber(event)
+            except Exception as e:  # a bug in a subscriber: keep the run going
+                if self.failure is None:
+                    self.failure = e

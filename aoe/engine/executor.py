@@ -3,32 +3,49 @@
 Scheduling (engine.md): an agent becomes ready the moment its dependencies
 allow (its ``trigger_rule``), never level by level; ready work waits in a heap
 ordered by the longest remaining path, so the critical path is never starved;
-at most ``max_parallel_agents`` calls of a run are in flight and at most
+at most ``max_parallel_agents`` units of a run are in flight and at most
 ``max_concurrent_workflows`` runs share an engine. A ``foreach`` agent's items
-are separate units of work in the same heap.
+are separate units in the same heap, each with its own attempts and its own
+``cost_limit``.
 
-Bookkeeping happens in done-callbacks on the event loop, so a finished call
-costs a few dictionary and heap operations, whatever the size of the graph.
-
-Every attempt passes two seams, :meth:`_Run.admit` before the call and
-:meth:`_Run.settle` after it: rate limits and budgets (next release) plug in
-there, and nowhere else.
+A unit tries its model and then each fallback, each with a full cycle of
+retries (tenacity). Every attempt passes two seams: :meth:`_Run.admit` (the
+budget reservation, then the rate limits; a wait there is not an attempt)
+and :meth:`_Run.settle` (the rate limiter and the budget corrected with what
+was used; the attempt told). Bookkeeping runs on the event loop without
+recursion, so a finished call costs a few dictionary and heap operations
+whatever the size of the graph.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import random
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from aoe.config import Settings
+from aoe.costs import (
+    BudgetExceeded,
+    Ledger,
+    Reservation,
+    prompt_tokens_estimate,
+    reserve,
+    settle,
+    worst_case,
+)
 from aoe.engine.events import (
+    AgentFallback,
     AgentFinished,
+    AgentRetrying,
     AgentStarted,
     AgentState,
+    AgentWaiting,
     AttemptFinished,
     AttemptStarted,
     EventBus,
@@ -36,14 +53,33 @@ from aoe.engine.events import (
     RunStarted,
     RunStatus,
 )
-from aoe.errors import AttemptTimeout, RunError
+from aoe.errors import (
+    AttemptTimeout,
+    OutputInvalid,
+    ProviderUnavailable,
+    RateLimited,
+    RequestRejected,
+    RunError,
+)
+from aoe.limits import (
+    Clock,
+    LocalRateLimiter,
+    Permit,
+    RateLimiter,
+    RequestTooLarge,
+    SystemClock,
+    limits_for_config,
+)
 from aoe.outputs import parse_output
+from aoe.pricing import Price
 from aoe.providers import ProviderPool
 from aoe.providers.base import Message, Request, Response, Usage
+from aoe.retry import RetryPolicy, delay, policy_for, retryable
 from aoe.templates import evaluate, render
-from aoe.workflow import Agent, SourceText, Workflow
+from aoe.workflow import Agent, LLMConfig, Workflow
 
 _JSON_INSTRUCTION = "Answer with one JSON value and nothing else: no prose, no code fences."
+_NOT_ANSWERED = "cancelled"
 
 
 def new_run_id() -> str:
@@ -52,11 +88,24 @@ def new_run_id() -> str:
 
 
 class Engine:
-    """Runs workflows with shared providers and a limit on runs at once."""
+    """Runs workflows with shared providers, shared rate limits and a limit on runs."""
 
-    def __init__(self, settings: Settings, providers: ProviderPool | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        providers: ProviderPool | None = None,
+        *,
+        limiter: RateLimiter | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.settings = settings
         self.providers = providers or ProviderPool(settings)
+        self.clock: Clock = clock or SystemClock()
+        self.limiter: RateLimiter = limiter or LocalRateLimiter(
+            limits_for_config(settings.config.rate_limiting), self.clock
+        )
+        self.rng = rng or random.Random()
         self._slots: asyncio.Semaphore | None = None
 
     async def run(
@@ -67,12 +116,17 @@ class Engine:
         *,
         run_id: str | None = None,
         max_parallel: int | None = None,
+        budget: float | None = None,
         mock: bool = False,
     ) -> RunStatus:
-        """Run a workflow to its end; the events on ``bus`` tell how it went."""
+        """Run a workflow to its end; the events on ``bus`` tell how it went.
+        ``budget`` (USD) replaces the workflow's ``cost_budget``."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.settings.config.engine.max_concurrent_workflows)
-        run = _Run(self, workflow, inputs, bus, run_id or new_run_id(), max_parallel, mock)
+        run = _Run(self, workflow, inputs, bus, run_id or new_run_id(), max_parallel, budget, mock)
+        # SDKs are imported here, before any call is out: an import blocks the loop
+        for provider in providers_of(workflow, mock):
+            self.providers.get(provider)
         async with self._slots:
             return await run.execute()
 
@@ -89,10 +143,10 @@ class _AgentRun:
         "cost",
         "dependents",
         "error",
-        "finished_at",
         "foreach",
         "items",
         "items_left",
+        "ledger",
         "output",
         "priority",
         "started_at",
@@ -101,9 +155,10 @@ class _AgentRun:
         "usage",
     )
 
-    def __init__(self, agent: Agent, priority: float) -> None:
+    def __init__(self, agent: Agent, priority: float, ledger: Ledger) -> None:
         self.agent = agent
         self.priority = priority
+        self.ledger = ledger  # its cost_limit over all attempts (foreach items: one each)
         self.state = AgentState.PENDING
         self.undecided = len(agent.depends_on)  # dependencies not yet final
         self.dependents: list[_AgentRun] = []
@@ -116,7 +171,11 @@ class _AgentRun:
         self.usage = Usage()
         self.cost = 0.0
         self.started_at: float | None = None
-        self.finished_at: float | None = None
+
+
+class _Admission(NamedTuple):
+    reservation: Reservation
+    permit: Permit
 
 
 class _Run:
@@ -128,6 +187,7 @@ class _Run:
         bus: EventBus,
         run_id: str,
         max_parallel: int | None,
+        budget: float | None,
         mock: bool,
     ) -> None:
         self.engine = engine
@@ -139,22 +199,30 @@ class _Run:
         self.mock = mock
         self.free = max_parallel or workflow.max_parallel_agents
         self.max_parallel = self.free
+        costs = self.settings.config.cost_tracking
+        run_limit = budget if budget is not None else workflow.cost_budget
+        if run_limit is None:
+            run_limit = costs.default_workflow_budget
+        self.ledger = Ledger(run_limit, "the run's cost_budget")
         remaining = workflow.graph.remaining_path()
-        self.agents = {
-            agent_id: _AgentRun(agent, remaining[agent_id])
-            for agent_id, agent in workflow.agents.items()
-        }
+        self.agents: dict[str, _AgentRun] = {}
+        for agent_id, agent in workflow.agents.items():
+            limit = (
+                agent.cost_limit if agent.cost_limit is not None else (costs.default_agent_budget)
+            )
+            ledger = Ledger(limit, f"agent {agent_id}'s cost_limit")
+            self.agents[agent_id] = _AgentRun(agent, remaining[agent_id], ledger)
         for record in self.agents.values():
             for dep in record.agent.depends_on:
                 self.agents[dep].dependents.append(record)
         self.order = {agent_id: i for i, agent_id in enumerate(workflow.graph.topological_order())}
-        # ready units: (-priority, order, item, agent) — the longest remaining path first
+        # ready units: (-priority, order, item or -1, agent) — longest remaining path first
         self.ready: list[tuple[float, int, int, _AgentRun]] = []
         self.in_flight: set[asyncio.Task[None]] = set()
         self.stopping = False  # fail-fast: nothing new starts
         self.cancelled = False
-        self.crashed = False  # a bug ended the run: it failed, whatever the agents did
-        self.unfinished = len(self.agents)
+        self.crashed: BaseException | None = None  # a bug ended the run
+        self.run_budget_hit = False
         self.done: asyncio.Future[None] | None = None
         self.usage = Usage()
         self.cost = 0.0
@@ -162,19 +230,27 @@ class _Run:
 
     # -- the run -------------------------------------------------------------------
     async def execute(self) -> RunStatus:
-        loop = asyncio.get_running_loop()
-        self.done = loop.create_future()
+        self.done = asyncio.get_running_loop().create_future()
         self.started = time.perf_counter()
         self.bus.emit(
             RunStarted(
-                self.run_id, time.time(), self.workflow.name, len(self.agents), self.max_parallel
+                self.run_id,
+                time.time(),
+                self.workflow.name,
+                len(self.agents),
+                self.max_parallel,
+                self.ledger.limit,
             )
         )
-        self.decide([r for r in self.agents.values() if r.undecided == 0])
-        self.dispatch()
         try:
+            self.decide([r for r in self.agents.values() if r.undecided == 0])
+            self.dispatch()
             await self.done
         except asyncio.CancelledError:
+            await self.cancel()
+            raise
+        except BaseException as e:
+            self.crashed = e
             await self.cancel()
             raise
         finally:
@@ -183,7 +259,8 @@ class _Run:
 
     async def cancel(self) -> None:
         """Stop now: cancel the calls in flight and wait until they are gone."""
-        self.cancelled = True
+        if self.crashed is None:
+            self.cancelled = True
         self.stopping = True
         self.ready.clear()
         tasks = list(self.in_flight)
@@ -195,34 +272,23 @@ class _Run:
     def finish(self) -> RunStatus:
         """Final states for what never ran, the run's status, outputs; RunFinished."""
         now = time.time()
-        final_state = AgentState.CANCELLED if self.cancelled else AgentState.SKIPPED
         for record in self.agents.values():
-            if not record.state.final:
-                started = record.started_at is not None
-                reason = (
-                    "the run was cancelled"
-                    if self.cancelled
-                    else (
-                        "the run stopped after a failure before this agent finished"
-                        if started
-                        else "the run stopped after a failure before this agent started"
-                    )
+            if record.state.final:
+                continue
+            started = record.started_at is not None
+            if self.cancelled:
+                reason = "the run was cancelled"
+            elif self.crashed is not None:
+                reason = f"the run stopped on an internal error: {self.crashed}"
+            else:
+                reason = "the run stopped after a failure before this agent " + (
+                    "finished" if started else "started"
                 )
-                state = AgentState.CANCELLED if started or self.cancelled else final_state
-                self.end(record, state, error=reason, at=now)
-        states = [r.state for r in self.agents.values()]
-        if self.cancelled:
-            status = RunStatus.CANCELLED
-        elif self.crashed:
-            status = RunStatus.FAILED
-        elif AgentState.BUDGET_EXCEEDED in states and not self.workflow.allow_partial_completion:
-            status = RunStatus.BUDGET_EXCEEDED
-        elif any(state.failure for state in states):
-            status = (
-                RunStatus.PARTIAL if self.workflow.allow_partial_completion else RunStatus.FAILED
-            )
-        else:
-            status = RunStatus.COMPLETED
+            if record.items is not None and started:
+                record.output = record.items  # the items that finished were paid for: keep them
+            state = AgentState.CANCELLED if started or self.cancelled else AgentState.SKIPPED
+            self.end(record, state, reason, at=now, keep_output=True)
+        status = self.status()
         outputs, errors = self.render_outputs()
         self.bus.emit(
             RunFinished(
@@ -232,37 +298,48 @@ class _Run:
                 time.perf_counter() - self.started,
                 self.usage,
                 self.cost,
+                self.ledger.limit,
                 outputs,
                 errors,
             )
         )
         return status
 
+    def status(self) -> RunStatus:
+        if self.cancelled:
+            return RunStatus.CANCELLED
+        if self.crashed is not None:
+            return RunStatus.FAILED
+        states = {r.state for r in self.agents.values()}
+        if AgentState.BUDGET_EXCEEDED in states and (
+            self.run_budget_hit or not self.workflow.allow_partial_completion
+        ):
+            return RunStatus.BUDGET_EXCEEDED
+        if any(state.failure for state in states):
+            return RunStatus.PARTIAL if self.workflow.allow_partial_completion else RunStatus.FAILED
+        return RunStatus.COMPLETED
+
     # -- deciding and dispatching ------------------------------------------------------
     def decide(self, records: list[_AgentRun]) -> None:
-        """Agents whose dependencies all reached a final state (or that can already
-        tell they will be skipped): skip them, or queue their work."""
+        """Agents whose dependencies allow a verdict: skip them, or queue their units.
+        A worklist, not recursion: a skip releases its dependents onto the same list."""
         work = list(records)
         while work:
             record = work.pop()
-            if record.state is not AgentState.PENDING:
-                continue
-            if self.stopping:
-                continue  # everything not started is skipped at the end
+            if record.state is not AgentState.PENDING or self.stopping:
+                continue  # when stopping, everything not started is skipped at the end
             verdict = self.trigger(record)
             if verdict is None:
                 continue  # not yet
-            if verdict:
-                verdict = self.start(record)
-            if not verdict:
-                work.extend(self.release(record))
+            if verdict and self.start(record):
+                continue
+            work.extend(self.release(record))  # it ended without a call
 
-    def trigger(self, record: _AgentRun) -> bool | str | None:
-        """True: may start; a reason string: skipped; None: wait for more dependencies."""
+    def trigger(self, record: _AgentRun) -> bool | None:
+        """True: may start; False: skipped (ended here); None: wait for more dependencies."""
         agent = record.agent
         deps = [self.agents[d] for d in agent.depends_on]
-        rule = agent.trigger_rule
-        if rule == "all_completed":
+        if agent.trigger_rule == "all_completed":
             failed = next(
                 (d for d in deps if d.state.final and d.state is not AgentState.COMPLETED), None
             )
@@ -270,55 +347,54 @@ class _Run:
                 self.end(
                     record,
                     AgentState.SKIPPED,
-                    error=f"{failed.agent.id} did not complete ({failed.state})",
+                    f"{failed.agent.id} did not complete ({failed.state})",
                 )
                 return False
             return True if record.undecided == 0 else None
         if record.undecided:
             return None
         if (
-            rule == "any_completed"
+            agent.trigger_rule == "any_completed"
             and deps
             and not any(d.state is AgentState.COMPLETED for d in deps)
         ):
-            self.end(record, AgentState.SKIPPED, error="none of its dependencies completed")
+            self.end(record, AgentState.SKIPPED, "none of its dependencies completed")
             return False
         return True
 
     def start(self, record: _AgentRun) -> bool:
-        """Evaluate ``when`` and ``foreach`` and queue the agent's units; False if it
-        ended without a call (skipped by its condition, or failed to evaluate)."""
+        """Evaluate ``when`` and ``foreach`` and queue the agent's units. False when it
+        ended without a call (skipped by its condition, failed to evaluate, nothing to
+        do): the caller then releases its dependents."""
         agent = record.agent
         context = self.context(agent) if agent.when or agent.foreach else {}
         if agent.when is not None:
             try:
-                go = _evaluate(agent.when, context)
+                go = bool(evaluate(agent.when.text, context))
             except Exception as e:
-                self.fail_agent(record, f"its when condition could not be evaluated: {e}")
+                self.fail(record, f"its when condition could not be evaluated: {e}")
                 return False
             if not go:
-                self.end(record, AgentState.SKIPPED, error="its when condition is false")
+                self.end(record, AgentState.SKIPPED, "its when condition is false")
                 return False
         entry = (-record.priority, self.order[agent.id])
         if agent.foreach is None:
             heapq.heappush(self.ready, (*entry, -1, record))
             return True
         try:
-            items = _evaluate(agent.foreach, context)
+            items = evaluate(agent.foreach.text, context)
         except Exception as e:
-            self.fail_agent(record, f"its foreach expression could not be evaluated: {e}")
+            self.fail(record, f"its foreach expression could not be evaluated: {e}")
             return False
         if not isinstance(items, list | tuple):
-            self.fail_agent(
-                record, f"its foreach expression gave {type(items).__name__}, not a list"
-            )
+            self.fail(record, f"its foreach expression gave {_kind(items)}, not a list")
             return False
         record.foreach = list(items)
         record.items = [None] * len(items)
         record.items_left = len(items)
         if not items:
             record.output = []
-            self.complete(record)
+            self.end(record, AgentState.COMPLETED)
             return False
         for index in range(len(items)):
             heapq.heappush(self.ready, (*entry, index, record))
@@ -336,11 +412,11 @@ class _Run:
         return ready
 
     def dispatch(self) -> None:
-        """Start queued units while slots are free."""
+        """Start queued units while slots are free; resolve the run when all is done."""
         while self.free and self.ready and not self.stopping:
             _, _, item, record = heapq.heappop(self.ready)
             if record.state.final:
-                continue  # its agent already failed: the rest of its items never run
+                continue  # its agent already ended: the rest of its items never run
             self.free -= 1
             if record.started_at is None:
                 record.started_at = time.perf_counter()
@@ -358,15 +434,15 @@ class _Run:
             self.done.set_result(None)
 
     async def unit(self, record: _AgentRun, item: int) -> None:
-        """One unit in its own task. When it ends, the next units start from here,
-        in the same step of the loop: a dependent waits for no extra round."""
+        """One unit in its own task. When it ends, the next units start from here, in
+        the same step of the loop: a dependent waits for no extra round."""
         task = asyncio.current_task()
         try:
             await self.run_unit(record, None if item < 0 else item)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug, not a run error: the run ends with it
-            self.stopping = self.crashed = True
+            self.stopping = True
             if self.done is not None and not self.done.done():
                 self.done.set_exception(e)
             return
@@ -375,96 +451,246 @@ class _Run:
             self.free += 1
         self.dispatch()
 
-    # -- one unit of work ----------------------------------------------------------------
+    # -- one unit of work: the model, then each fallback ------------------------------
     async def run_unit(self, record: _AgentRun, item: int | None) -> None:
         agent = record.agent
         try:
-            context = self.context(agent, item)
-            request = self.request(agent, context)
+            messages = self.messages(agent, self.context(agent, item))
         except Exception as e:
-            self.fail_agent(record, f"its prompt could not be rendered: {e}")
+            self.fail(record, f"its prompt could not be rendered: {e}", decide=True)
             return
+        ledger = record.ledger
+        if item is not None:  # each item has a cost_limit of its own
+            ledger = Ledger(record.ledger.limit, f"agent {agent.id}'s cost_limit for item {item}")
+        attempts = _Counter()
+        error: RunError | None = None
+        for index, llm in enumerate(agent.models):
+            if index:
+                assert error is not None
+                self.bus.emit(
+                    AgentFallback(
+                        self.run_id,
+                        time.time(),
+                        agent.id,
+                        item,
+                        llm.provider,
+                        llm.model,
+                        error.message,
+                    )
+                )
+            try:
+                output = await self.cycle(record, item, llm, messages, ledger, attempts)
+            except BudgetExceeded as e:
+                self.run_budget_hit = self.run_budget_hit or e.run_budget
+                self.fail(record, e.message, AgentState.BUDGET_EXCEEDED, decide=True)
+                return
+            except RunError as e:
+                error = e
+                if not _falls_back(e):
+                    break
+                continue
+            self.succeed(record, item, output)
+            return
+        assert error is not None
+        state = AgentState.RATE_LIMITED if isinstance(error, RateLimited) else AgentState.FAILED
+        self.fail(record, error.message, state, decide=True)
+
+    async def cycle(
+        self,
+        record: _AgentRun,
+        item: int | None,
+        llm: LLMConfig,
+        messages: list[Message],
+        ledger: Ledger,
+        attempts: _Counter,
+    ) -> Any:
+        """One model's attempts: retried as the policy says; the output, or the last error."""
+        policy = policy_for(record.agent.retry, self.settings.config.retry_policy)
+        feedback: list[Message] = []
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            return delay(policy, state.attempt_number, error, self.engine.rng)
+
+        async def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            record.state = AgentState.RETRYING
+            self.bus.emit(
+                AgentRetrying(
+                    self.run_id,
+                    time.time(),
+                    record.agent.id,
+                    item,
+                    attempts.value,
+                    state.upcoming_sleep,
+                    str(getattr(error, "message", error)),
+                )
+            )
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.attempts),
+            wait=wait,
+            retry=retry_if_exception(retryable),
+            sleep=self.engine.clock.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self.attempt(
+                    record, item, llm, [*messages, *feedback], ledger, attempts, feedback, policy
+                )
+        raise AssertionError("tenacity ended without a result")  # pragma: no cover
+
+    async def attempt(
+        self,
+        record: _AgentRun,
+        item: int | None,
+        llm: LLMConfig,
+        messages: list[Message],
+        ledger: Ledger,
+        attempts: _Counter,
+        feedback: list[Message],
+        policy: RetryPolicy,
+    ) -> Any:
+        """One call: admitted, made, settled. Raises the error that ended it."""
+        agent = record.agent
+        request = self.request(agent, llm, messages)
+        admission = await self.admit(record, item, request, llm, ledger)
+        attempts.value += 1
         record.attempts += 1
-        attempt = record.attempts
-        provider = self.engine.providers.get(request.provider)
+        number = attempts.value
+        record.state = AgentState.RUNNING
         self.bus.emit(
             AttemptStarted(
-                self.run_id, time.time(), agent.id, item, attempt, request.provider, request.model
+                self.run_id,
+                time.time(),
+                agent.id,
+                item,
+                number,
+                request.provider,
+                request.model,
+                admission.permit.waited,
+                admission.reservation.amount,
             )
         )
-        await self.admit(agent, request)
+        provider = self.engine.providers.get(request.provider)
         began = time.perf_counter()
         response: Response | None = None
-        error: RunError | None = None
         try:
-            async with asyncio.timeout(agent.timeout):  # no extra task, unlike wait_for
+            async with asyncio.timeout(agent.timeout):
                 response = await provider.complete(request)
-        except TimeoutError:
-            error = AttemptTimeout(f"no answer within the timeout of {agent.timeout:g} s")
-        except RunError as e:
-            error = e
+            output = parse_output(response.text, agent.output)
         except asyncio.CancelledError:
             self.settle(
                 record,
-                request,
-                None,
                 item,
-                attempt,
+                number,
+                llm,
+                request,
+                admission,
+                None,
                 time.perf_counter() - began,
-                "cancelled",
-                "cancelled",
+                None,
+                billed_unknown=True,
             )
             raise
-        output: Any = None
-        if response is not None:
-            try:
-                output = parse_output(response.text, agent.output)
-            except RunError as e:
-                error = e
+        except Exception as e:
+            error = _as_run_error(e, agent.timeout, request.provider, response)
+            if isinstance(error, OutputInvalid) and response is not None:
+                feedback[:] = [
+                    Message("assistant", response.text),
+                    Message(
+                        "user",
+                        f"That reply cannot be used: {error.message}. Answer "
+                        "again with only the JSON, matching the schema.",
+                    ),
+                ]
+            self.settle(
+                record,
+                item,
+                number,
+                llm,
+                request,
+                admission,
+                response,
+                time.perf_counter() - began,
+                error,
+                billed_unknown=response is None and _outcome_unknown(error),
+            )
+            raise error from None
         self.settle(
             record,
-            request,
-            response,
             item,
-            attempt,
+            number,
+            llm,
+            request,
+            admission,
+            response,
             time.perf_counter() - began,
-            error.message if error else None,
-            type(error).__name__ if error else None,
+            None,
         )
-        if error is not None:
-            self.fail_agent(record, error.message, _state_for(error))
-        elif item is None:
-            record.output = output
-            self.complete(record)
-        elif not record.state.final:
-            assert record.items is not None
-            record.items[item] = output
-            record.items_left -= 1
-            if record.items_left == 0:
-                record.output = record.items
-                self.complete(record)
+        return output
 
-    async def admit(self, agent: Agent, request: Request) -> None:
-        """Where an attempt is admitted: rate limits and the budget reservation
-        (next release) wait or refuse here. Today every attempt is admitted."""
+    async def admit(
+        self,
+        record: _AgentRun,
+        item: int | None,
+        request: Request,
+        llm: LLMConfig,
+        ledger: Ledger,
+    ) -> _Admission:
+        """Where an attempt is admitted: its worst-case cost reserved in the agent's
+        (or the item's) limit and the run's budget, then the rate limits waited out.
+        Raises :class:`BudgetExceeded` or :class:`RequestTooLarge`; no call is made."""
+        price = self.price(llm)
+        reservation = reserve(
+            worst_case(request.messages, request.max_tokens, price), ledger, self.ledger
+        )
+        tokens = prompt_tokens_estimate(request.messages) + request.max_tokens
+
+        def waiting() -> None:
+            record.state = AgentState.WAITING
+            self.bus.emit(
+                AgentWaiting(
+                    self.run_id, time.time(), record.agent.id, item, request.provider, request.model
+                )
+            )
+
+        try:
+            permit = await self.engine.limiter.acquire(
+                request.provider, request.model, tokens, on_wait=waiting
+            )
+        except BaseException:
+            settle(reservation, 0.0)
+            raise
+        return _Admission(reservation, permit)
 
     def settle(
         self,
         record: _AgentRun,
-        request: Request,
-        response: Response | None,
         item: int | None,
-        attempt: int,
+        number: int,
+        llm: LLMConfig,
+        request: Request,
+        admission: _Admission,
+        response: Response | None,
         duration: float,
-        error: str | None,
-        error_kind: str | None,
+        error: RunError | None,
+        *,
+        billed_unknown: bool = False,
     ) -> None:
-        """Where an attempt is settled: its usage and cost counted, the event told."""
+        """Where an attempt is settled: the limiter and the budget corrected with what
+        was used, the totals counted once, the attempt told. An attempt whose outcome
+        is unknown may have been billed: it is charged its reservation."""
         usage = response.usage if response is not None else Usage()
-        price = self.settings.price_of(record.agent.llm.provider, request.model)
-        if price is None and self.mock:
-            price = self.settings.price_of("mock", request.model)
-        cost = price.cost(*usage) if price is not None else 0.0
+        self.engine.limiter.release(admission.permit, usage.total if response else None)
+        if billed_unknown:
+            cost = admission.reservation.amount
+        else:
+            price = self.price(llm)
+            cost = price.cost(*usage) if price is not None else 0.0
+        settle(admission.reservation, cost)
         record.usage = record.usage + usage
         record.cost += cost
         self.usage = self.usage + usage
@@ -475,49 +701,79 @@ class _Run:
                 time.time(),
                 record.agent.id,
                 item,
-                attempt,
+                number,
                 request.provider,
                 response.model if response is not None else request.model,
                 duration,
                 usage,
                 cost,
-                error,
-                error_kind,
+                record.usage,
+                record.cost,
+                self.usage,
+                self.cost,
+                error.message if error else None,
+                type(error).__name__ if error else (None if response else _NOT_ANSWERED),
                 response.finish_reason if response else None,
             )
         )
 
+    def price(self, llm: LLMConfig) -> Price | None:
+        price = self.settings.price_of(llm.provider, llm.model)
+        if price is None and self.mock:
+            price = self.settings.price_of("mock", llm.model)
+        return price
+
     # -- final states ------------------------------------------------------------------
-    def complete(self, record: _AgentRun) -> None:
+    def succeed(self, record: _AgentRun, item: int | None, output: Any) -> None:
+        if record.state.final:
+            return  # the agent ended meanwhile (another item failed)
+        if item is None:
+            record.output = output
+        else:
+            assert record.items is not None
+            record.items[item] = output
+            record.items_left -= 1
+            if record.items_left:
+                return
+            record.output = record.items
         self.end(record, AgentState.COMPLETED)
         self.decide(self.release(record))
 
-    def fail_agent(
-        self, record: _AgentRun, error: str, state: AgentState = AgentState.FAILED
+    def fail(
+        self,
+        record: _AgentRun,
+        error: str,
+        state: AgentState = AgentState.FAILED,
+        *,
+        decide: bool = False,
     ) -> None:
+        """End an agent that did not complete. Without partial completion nothing new
+        starts; with it, its dependents are decided (``decide``: here, unless the
+        caller does it, as :meth:`decide` itself does)."""
         if record.state.final:
             return  # another item of the same foreach agent failed first
-        self.end(record, state, error=error)
+        if record.items is not None:
+            record.output = record.items  # finished items were paid for: keep them
+        self.end(record, state, error, keep_output=True)
         if not self.workflow.allow_partial_completion:
             self.stopping = True  # in-flight calls finish; nothing new starts
             self.ready.clear()
-        else:
+        elif decide:
             self.decide(self.release(record))
 
     def end(
         self,
         record: _AgentRun,
         state: AgentState,
-        *,
         error: str | None = None,
+        *,
         at: float | None = None,
+        keep_output: bool = False,
     ) -> None:
         record.state = state
         record.error = error
-        now = time.perf_counter()
-        record.finished_at = now
-        self.unfinished -= 1
-        duration = now - record.started_at if record.started_at is not None else 0.0
+        duration = time.perf_counter() - record.started_at if record.started_at is not None else 0.0
+        output = record.output if state is AgentState.COMPLETED or keep_output else None
         self.bus.emit(
             AgentFinished(
                 self.run_id,
@@ -528,7 +784,7 @@ class _Run:
                 record.usage,
                 record.cost,
                 record.attempts,
-                record.output if state is AgentState.COMPLETED else None,
+                output,
                 error,
             )
         )
@@ -538,17 +794,16 @@ class _Run:
         """What templates see: inputs, the agent's dependencies (every agent for the
         workflow's outputs), the workflow's name, and a foreach unit's item."""
         names = agent.depends_on if agent is not None else tuple(self.agents)
+        agents = {}
+        for name in names:
+            dep = self.agents[name]
+            agents[name] = {
+                "output": dep.output if dep.state is AgentState.COMPLETED else None,
+                "status": str(dep.state),
+            }
         context: dict[str, Any] = {
             "inputs": self.inputs,
-            "agents": {
-                name: {
-                    "output": self.agents[name].output
-                    if self.agents[name].state is AgentState.COMPLETED
-                    else None,
-                    "status": str(self.agents[name].state),
-                }
-                for name in names
-            },
+            "agents": agents,
             "workflow": {"name": self.workflow.name},
         }
         if agent is not None and item is not None:
@@ -556,15 +811,17 @@ class _Run:
             context["index"] = item
         return context
 
-    def request(self, agent: Agent, context: Mapping[str, Any]) -> Request:
+    def messages(self, agent: Agent, context: Mapping[str, Any]) -> list[Message]:
         messages: list[Message] = []
-        system = _render(agent.system, context) if agent.system is not None else None
+        system = render(agent.system.text, context) if agent.system is not None else None
         if agent.output.format == "json":
             system = f"{system}\n\n{_JSON_INSTRUCTION}" if system else _JSON_INSTRUCTION
         if system:
             messages.append(Message("system", system))
-        messages.append(Message("user", _render(agent.prompt, context)))
-        llm = agent.llm
+        messages.append(Message("user", render(agent.prompt.text, context)))
+        return messages
+
+    def request(self, agent: Agent, llm: LLMConfig, messages: list[Message]) -> Request:
         return Request(
             provider="mock" if self.mock else llm.provider,
             model=llm.model,
@@ -577,6 +834,7 @@ class _Run:
             params=llm.params,
             output_format=agent.output.format,
             json_schema=agent.output.schema,
+            timeout=agent.timeout,
         )
 
     def render_outputs(self) -> tuple[dict[str, Any], dict[str, str]]:
@@ -587,22 +845,62 @@ class _Run:
         context = self.context(None)
         for name, source in self.workflow.outputs.items():
             try:
-                outputs[name] = _render(source, context)
+                outputs[name] = render(source.text, context)
             except Exception as e:
                 outputs[name] = None
                 errors[name] = f"cannot render: {e}"
         return outputs, errors
 
 
-def _render(source: SourceText, context: Mapping[str, Any]) -> str:
-    return render(source.text, context)
+class _Counter:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
 
 
-def _evaluate(source: SourceText, context: Mapping[str, Any]) -> Any:
-    return evaluate(source.text, context)
+def _kind(value: Any) -> str:
+    return "nothing (undefined)" if value is None else type(value).__name__
 
 
-def _state_for(error: RunError) -> AgentState:
-    from aoe.errors import RateLimited
+def _falls_back(error: RunError) -> bool:
+    """The model gave up in a way another model may not: rate limited, unavailable,
+    out of time, or too large for its limits. Not a rejected request or a bad reply."""
+    return isinstance(error, RateLimited | ProviderUnavailable | AttemptTimeout | RequestTooLarge)
 
-    return AgentState.RATE_LIMITED if isinstance(error, RateLimited) else AgentState.FAILED
+
+def _outcome_unknown(error: RunError) -> bool:
+    """No answer came back: the request may have been processed (and billed)."""
+    if isinstance(error, AttemptTimeout):
+        return True
+    return isinstance(error, ProviderUnavailable) and error.status is None
+
+
+def _as_run_error(
+    error: Exception, timeout: float, provider: str, response: Response | None
+) -> RunError:
+    if isinstance(error, RunError):
+        if (
+            isinstance(error, OutputInvalid)
+            and response is not None
+            and response.finish_reason in ("length", "max_tokens")
+        ):
+            return OutputInvalid(
+                f"{error.message} (the reply was cut off at max_tokens: raise llm.max_tokens)"
+            )
+        return error
+    if isinstance(error, TimeoutError):
+        return AttemptTimeout(f"no answer within the timeout of {timeout:g} s")
+    # a provider that broke its contract: this attempt fails, the run goes on
+    return RequestRejected(
+        f"{provider}: unexpected {type(error).__name__}: {error}", provider=provider
+    )
+
+
+def providers_of(workflow: Workflow, mock: bool) -> list[str]:
+    """Every provider a run may call, fallbacks included, in order of first use."""
+    if mock:
+        return ["mock"]
+    return list(
+        dict.fromkeys(llm.provider for agent in workflow.agents.values() for llm in agent.models)
+    )

@@ -50,6 +50,10 @@ class AnthropicProvider:
             body["top_p"] = request.top_p
         if body:
             kwargs["extra_body"] = body
+        if request.timeout is not None:
+            # the engine's own timeout is the one that counts; given, it also keeps the
+            # SDK from refusing large max_tokens without streaming
+            kwargs["timeout"] = request.timeout + 5.0
         try:
             raw = await self._client.messages.with_raw_response.create(**kwargs)
             message = await raw.parse()
@@ -71,22 +75,29 @@ class AnthropicProvider:
             raise ProviderError(
                 f"{self.name}: {scrub(str(e), self._secrets)}", provider=self.name
             ) from None
-        text = "".join(
-            getattr(block, "text", "") for block in message.content if block.type == "text"
-        )
-        usage = message.usage
-        billed_input = (
-            usage.input_tokens
-            + (usage.cache_creation_input_tokens or 0)
-            + (usage.cache_read_input_tokens or 0)
-        )
-        return Response(
-            text=text,
-            usage=Usage(billed_input, usage.output_tokens),
-            model=message.model or request.model,
-            finish_reason=message.stop_reason,
-            headers=dict(raw.headers),
-        )
+        try:
+            text = "".join(
+                getattr(block, "text", "") for block in message.content if block.type == "text"
+            )
+            usage = message.usage
+            billed_input = (
+                usage.input_tokens
+                + (usage.cache_creation_input_tokens or 0)
+                + (usage.cache_read_input_tokens or 0)
+            )
+            return Response(
+                text=text,
+                usage=Usage(billed_input, usage.output_tokens),
+                model=message.model or request.model,
+                finish_reason=message.stop_reason,
+                headers=dict(raw.headers),
+            )
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+            raise ProviderUnavailable(
+                f"{self.name}: the reply is not a message ({type(e).__name__}: {e})",
+                provider=self.name,
+                status=raw.status_code,
+            ) from None
 
     async def aclose(self) -> None:
         await self._client.close()

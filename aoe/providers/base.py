@@ -8,6 +8,7 @@ cross this boundary, so the engine never sees a vendor exception.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import re
 import time
@@ -39,6 +40,7 @@ class Request(NamedTuple):
     params: Mapping[str, Any] = _EMPTY
     output_format: Literal["text", "json"] = "text"
     json_schema: Mapping[str, Any] | None = None
+    timeout: float | None = None  # seconds the engine allows the attempt
 
     @property
     def system(self) -> str | None:
@@ -96,15 +98,18 @@ def retry_after(headers: Mapping[str, str] | None) -> float | None:
         except ValueError:
             pass
     value = lowered.get("retry-after")
-    if value is None:
+    if not value:
         return None
     try:
         return max(float(value), 0.0)
     except ValueError:
         pass
-    parsed = email.utils.parsedate_to_datetime(value) if value else None
-    if parsed is None:
-        return None
+    try:  # an HTTP date
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None  # neither: ignore it rather than guess
+    if parsed.tzinfo is None:  # "-0000": UTC by RFC 5322
+        parsed = parsed.replace(tzinfo=datetime.UTC)
     return max(parsed.timestamp() - time.time(), 0.0)
 
 

@@ -45,17 +45,17 @@ class OpenAIProvider:
             kwargs["stop"] = list(request.stop)
         if request.seed is not None:
             kwargs["seed"] = request.seed
-        if request.output_format == "json":
-            kwargs["response_format"] = (
-                {
-                    "type": "json_schema",
-                    "json_schema": {"name": "output", "schema": plain(request.json_schema)},
-                }
-                if request.json_schema is not None
-                else {"type": "json_object"}
-            )
+        if request.output_format == "json" and _object_schema(request.json_schema):
+            # structured outputs take an object at the root; any other JSON is asked for in
+            # the prompt and checked when it comes back
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": plain(request.json_schema)},
+            }
         if request.params:
             kwargs["extra_body"] = plain(request.params)
+        if request.timeout is not None:  # the engine's own timeout is the one that counts
+            kwargs["timeout"] = request.timeout + 5.0
         try:
             raw = await self._client.chat.completions.with_raw_response.create(**kwargs)
             completion = raw.parse()
@@ -77,20 +77,29 @@ class OpenAIProvider:
             raise ProviderError(
                 f"{self.name}: {scrub(str(e), self._secrets)}", provider=self.name
             ) from None
-        if not completion.choices:
-            raise ProviderUnavailable(f"{self.name}: the reply had no choices", provider=self.name)
-        choice = completion.choices[0]
-        usage = completion.usage
-        return Response(
-            text=choice.message.content or "",
-            usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
-            model=completion.model or request.model,
-            finish_reason=choice.finish_reason,
-            headers=dict(raw.headers),
-        )
+        try:
+            choice = completion.choices[0]
+            usage = completion.usage
+            return Response(
+                text=choice.message.content or "",
+                usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
+                model=completion.model or request.model,
+                finish_reason=choice.finish_reason,
+                headers=dict(raw.headers),
+            )
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+            raise ProviderUnavailable(
+                f"{self.name}: the reply is not a chat completion ({type(e).__name__}: {e})",
+                provider=self.name,
+                status=raw.status_code,
+            ) from None
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _object_schema(schema: Any) -> bool:
+    return schema is not None and (schema.get("type") == "object" or "properties" in schema)
 
 
 def _message(error: openai.APIStatusError) -> str:
