@@ -259,6 +259,56 @@ def _progress(workflow: Any, log_format: str, quiet: bool, budget: float | None)
 
 
 @app.command(
+    epilog="Examples: aoe plan workflows/competitor-brief.yaml  |  "
+    "aoe plan wf.yaml -i topic=solar --format json | jq .worst_case"
+)
+def plan(
+    file: Annotated[str, typer.Argument(help="The workflow file.", metavar="WORKFLOW")],
+    input: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input", "-i", help="An input, NAME=VALUE (repeatable).", metavar="NAME=VALUE"
+        ),
+    ] = None,
+    inputs_file: Annotated[
+        str | None,
+        typer.Option("--inputs-file", help="Inputs from a YAML or JSON file.", metavar="FILE"),
+    ] = None,
+    config: ConfigOption = None,
+    budget: Annotated[
+        float | None,
+        typer.Option("--budget", min=0, help="USD the run may spend.", metavar="USD"),
+    ] = None,
+    mock: Annotated[bool, typer.Option("--mock", help="Plan a --mock run.")] = False,
+    format: Annotated[
+        ReportFormat, typer.Option("--format", "-f", help="text, or JSON.")
+    ] = ReportFormat.text,
+) -> None:
+    """What a run would do, without calling anything: order, critical path,
+    worst-case cost against the budget, and the rate limits' least wall time.
+
+    A worst case over the budget is a warning (exit 0): real costs are usually lower.
+    """
+    with _errors():
+        from aoe.api import load
+        from aoe.config import load_settings
+        from aoe.inputs import from_assignments, from_file
+        from aoe.plan import plan as make_plan
+        from aoe.ui import plan_text
+
+        settings = load_settings(config)
+        workflow = load(file, settings)
+        given = from_file(inputs_file) if inputs_file else {}
+        given.update(from_assignments(input or [], workflow.inputs))
+        values = {name: item.value for name, item in given.items() if name in workflow.inputs}
+        result = make_plan(workflow, settings, values, budget=budget, mock=mock)
+        if format is ReportFormat.json:
+            typer.echo(json.dumps(result.to_json(), indent=2))
+        else:
+            sys.stdout.write(plan_text(result))
+
+
+@app.command(
     epilog="Examples: aoe validate workflows/*.yaml  |  "
     "aoe validate wf.yaml --format json | jq '.[] | .message'"
 )

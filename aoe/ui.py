@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from aoe.config import Settings
     from aoe.engine.events import Event
+    from aoe.plan import Plan
     from aoe.workflow import Workflow
 
 _SEVERITY_COLOUR = {"error": "\x1b[1;31m", "warning": "\x1b[1;33m"}
@@ -449,3 +450,61 @@ _STATE_STYLE = {
     "skipped": "dim",
     "cancelled": "magenta",
 }
+
+
+def plan_text(plan: Plan) -> str:
+    """``aoe plan`` for people: order, critical path, costs, limits."""
+    lines = [f"plan of {plan.workflow} ({plural(len(plan.agents), 'agent')})", ""]
+    lines.append("order: " + ", ".join(plan.order))
+    lines.append("critical path: " + " -> ".join(plan.critical_path))
+    lines.append("")
+    header = ("agent", "model", "calls", "attempts", "prompt", "output", "worst case")
+    rows = [header]
+    for a in plan.agents:
+        calls = "?" if a.units is None else str(a.units)
+        worst = (
+            "no price"
+            if a.worst_case_per_unit is None
+            else _money(a.worst_case)
+            if a.worst_case is not None
+            else f"{_money(a.worst_case_per_unit)} each"
+        )
+        rows.append(
+            (
+                a.id,
+                f"{a.provider}/{a.model}",
+                calls,
+                str(a.attempts_per_unit),
+                f"~{a.prompt_tokens:,}",
+                f"{a.max_tokens:,}",
+                worst,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    lines.append("")
+    budget = f" of the {_money(plan.budget)} budget" if plan.budget is not None else ""
+    lines.append(f"worst case: {_money(plan.worst_case)}{budget}")
+    if plan.unknown:
+        lines.append(
+            "  not counted, as their number of calls or their price is known only "
+            "at run time: " + ", ".join(plan.unknown)
+        )
+    if plan.over_budget:
+        lines.append(
+            f"warning: the worst case is over the budget; the run stops when the next call "
+            f"could pass {_money(plan.budget or 0)} (real costs are usually far lower)"
+        )
+    if plan.limits:
+        lines.append("")
+        lines.append("rate limits:")
+        for limit in plan.limits:
+            lines.append(
+                f"  {limit.scope}: {limit.limit} {limit.needed:,} of {limit.allowed:,}"
+                + (f", at least {_duration(limit.least_seconds)}" if limit.least_seconds else "")
+            )
+        lines.append(f"least wall time the rate limits allow: {_duration(plan.least_seconds)}")
+    return "\n".join(lines) + "\n"

@@ -64,8 +64,10 @@ def busiest(times: list[float], weights: list[float], length: float) -> float:
 
 
 def in_flight_peak(admitted: list[Admitted]) -> int:
-    events = sorted([(a.at, 1) for a in admitted] + [(a.at + a.call.lasts, -1) for a in admitted],
-                    key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(a.at, 1) for a in admitted] + [(a.at + a.call.lasts, -1) for a in admitted],
+        key=lambda e: (e[0], e[1]),
+    )
     peak = current = 0
     for _, change in events:
         current += change
@@ -76,9 +78,13 @@ def in_flight_peak(admitted: list[Admitted]) -> int:
 calls = st.lists(
     st.builds(
         lambda arrives, tokens, share, lasts: Call(arrives, tokens, int(tokens * share), lasts),
-        st.floats(0, 300), st.integers(1, 400), st.floats(0, 1), st.floats(0, 30),
+        st.floats(0, 300),
+        st.integers(1, 400),
+        st.floats(0, 1),
+        st.floats(0, 30),
     ),
-    min_size=1, max_size=60,
+    min_size=1,
+    max_size=60,
 )
 limit_sets = st.builds(
     Limits,
@@ -97,8 +103,11 @@ def test_no_window_ever_holds_more_than_its_limit(limits: Limits, requests: list
     assert len(admitted) == len(requests)  # everyone gets in, in the end
     times = [a.at for a in admitted]
     ones = [1.0] * len(times)
-    for length, limit in ((MINUTE, limits.requests_per_minute), (HOUR, limits.requests_per_hour),
-                          (DAY, limits.requests_per_day)):
+    for length, limit in (
+        (MINUTE, limits.requests_per_minute),
+        (HOUR, limits.requests_per_hour),
+        (DAY, limits.requests_per_day),
+    ):
         if limit is not None:
             assert busiest(times, ones, length) <= limit
     if limits.tokens_per_minute is not None:
@@ -116,8 +125,9 @@ def test_throughput_reaches_the_limit_when_demand_exceeds_it(rpm: int, minutes: 
     # twice the allowed rate, spread evenly over the horizon
     count = 2 * rpm * minutes
     spacing = MINUTE / (2 * rpm)
-    admitted = simulate(Limits(requests_per_minute=rpm),
-                        [Call(i * spacing, 1, 1, 0.5) for i in range(count)])
+    admitted = simulate(
+        Limits(requests_per_minute=rpm), [Call(i * spacing, 1, 1, 0.5) for i in range(count)]
+    )
     horizon = minutes * MINUTE
     within = sum(1 for a in admitted if a.at < horizon)
     assert within >= 0.95 * rpm * minutes
@@ -186,7 +196,10 @@ def test_limits_from_the_config(tmp_path: object) -> None:
     key, openai = limits_for("openai", "gpt-4o-mini")
     assert key == "openai"
     assert (openai.requests_per_minute, openai.tokens_per_minute, openai.concurrent_requests) == (
-        100, 5000, 10)
+        100,
+        5000,
+        10,
+    )
     key, anthropic = limits_for("anthropic", "claude-haiku-4-5")
     assert key == "anthropic"
     assert (anthropic.requests_per_minute, anthropic.concurrent_requests) == (50, None)

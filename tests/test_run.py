@@ -445,8 +445,20 @@ def test_live_view_renders_rows_progress_and_spend() -> None:
     view(AgentStarted("r", 0.0, "research"))
     view(
         AttemptFinished(
-            "r", 0.0, "research", None, 1, "openai", "gpt-4o-mini", 1.5, Usage(1200, 300),
-            0.00036, Usage(1200, 300), 0.00036, Usage(1200, 300), 0.00036,
+            "r",
+            0.0,
+            "research",
+            None,
+            1,
+            "openai",
+            "gpt-4o-mini",
+            1.5,
+            Usage(1200, 300),
+            0.00036,
+            Usage(1200, 300),
+            0.00036,
+            Usage(1200, 300),
+            0.00036,
         )
     )
     view(

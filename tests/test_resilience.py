@@ -1,0 +1,366 @@
+"""Limits, retries, budgets and fallbacks, end to end: the official SDKs over real
+HTTP against the fake provider, judged by what the server received."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aoe.api import load
+from aoe.config import Settings, load_settings
+from aoe.engine.events import (
+    AgentFallback,
+    AgentFinished,
+    AgentRetrying,
+    AgentWaiting,
+    AttemptFinished,
+    Event,
+    EventBus,
+    RunFinished,
+    RunStatus,
+)
+from aoe.engine.executor import Engine
+from aoe.pricing import BUILTIN_PRICES
+from aoe.workflow import Workflow
+from tests.conftest import RunCli, WriteFile
+from tests.fakeserver import Drop, Fail, FakeProvider, Received, Reply
+
+SCALE = 30.0  # the limiter's minute lasts two real seconds
+
+
+class ScaledClock:
+    """Time that runs SCALE times faster than the wall: minutes of limits in seconds."""
+
+    def __init__(self) -> None:
+        self.origin = time.monotonic()
+
+    def now(self) -> float:
+        return (time.monotonic() - self.origin) * SCALE
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds / SCALE)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def states(self) -> dict[str, str]:
+        return {e.agent_id: str(e.state) for e in self.of(AgentFinished)}
+
+
+def settings_with(env: dict[str, str], tmp_path: Path, **extra: str) -> Settings:
+    return load_settings(environ={**env, **extra}, cwd=tmp_path)
+
+
+async def run(
+    workflow: Workflow, settings: Settings, *, clock: Any = None, budget: float | None = None
+) -> tuple[RunStatus, Recorder]:
+    recorder = Recorder()
+    bus = EventBus()
+    bus.subscribe(recorder)
+    engine = Engine(settings, clock=clock)
+    try:
+        status = await engine.run(workflow, {}, bus, budget=budget)
+    finally:
+        await engine.aclose()
+    return status, recorder
+
+
+def agents(count: int, **llm: Any) -> str:
+    params = ", ".join(f"{k}: {v}" for k, v in {"model": "gpt-4o-mini", **llm}.items())
+    return "".join(f"  a{i}: {{prompt: p{i}, llm: {{{params}}}}}\n" for i in range(count))
+
+
+def busiest(times: list[float], weights: list[float], length: float) -> float:
+    order = sorted(range(len(times)), key=times.__getitem__)
+    times = [times[i] for i in order]
+    weights = [weights[i] for i in order]
+    best = 0.0
+    for i, start in enumerate(times):
+        end = bisect.bisect_left(times, start + length)
+        best = max(best, sum(weights[i:end]))
+    return best
+
+
+# -- rate limits, at the server -----------------------------------------------------------
+
+
+async def test_the_server_sees_every_limit_held(
+    write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = settings_with(
+        provider_env,
+        tmp_path,
+        RATE_LIMIT_RPM="4",
+        RATE_LIMIT_TPM="2000",
+        RATE_LIMIT_CONCURRENT="2",
+    )
+    workflow = load(
+        write(
+            "version: 1\nname: limits\nmax_parallel_agents: 12\nagents:\n"
+            + agents(12, max_tokens=300)
+        )
+    )
+    fake.respond = lambda request: Reply(text="ok", output_tokens=10, delay=0.05)
+    status, recorder = await run(workflow, settings, clock=ScaledClock())
+    assert status is RunStatus.COMPLETED
+    arrivals = [(r.arrived - fake.received[0].arrived) * SCALE for r in fake.received]
+    assert len(arrivals) == 12
+    # a little slack for the time between admission and arrival at the server
+    assert busiest(arrivals, [1.0] * 12, 60.0 - 0.1 * SCALE) <= 4
+    assert fake.max_in_flight <= 2
+    assert recorder.of(AgentWaiting)  # waiting showed, and took time
+    assert busiest(arrivals, [1.0] * 12, 3 * 60.0) <= 12
+
+
+async def test_a_request_bigger_than_the_token_limit_fails_at_once(
+    write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = settings_with(provider_env, tmp_path, RATE_LIMIT_TPM="500")
+    workflow = load(write("version: 1\nname: big\nagents:\n" + agents(1, max_tokens=800)))
+    status, recorder = await run(workflow, settings)
+    assert status is RunStatus.FAILED
+    [finished] = recorder.of(AgentFinished)
+    assert "more than the 500 tokens per minute allowed for openai" in (finished.error or "")
+    assert fake.received == []
+
+
+# -- retries --------------------------------------------------------------------------------
+
+
+async def test_429_with_retry_after_is_waited_out(
+    write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = settings_with(provider_env, tmp_path)
+    workflow = load(write("version: 1\nname: x\nagents:\n" + agents(1)))
+    fake.script(Fail(429, "slow down", retry_after=0.4), Reply(text="fine"))
+    status, recorder = await run(workflow, settings)
+    assert status is RunStatus.COMPLETED
+    first, second = fake.received
+    assert first.finished is not None
+    assert second.arrived - first.finished >= 0.4
+    [retrying] = recorder.of(AgentRetrying)
+    assert retrying.delay >= 0.4
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        pytest.param(Fail(500), id="500"),
+        pytest.param(Fail(503), id="503"),
+        pytest.param(Fail(529), id="529"),
+        pytest.param(Fail(408), id="408"),
+        pytest.param(Fail(429, retry_after_ms=50), id="429-ms"),
+        pytest.param(Drop(), id="dropped"),
+        pytest.param(Reply(text="late", delay=1.0), id="timeout"),
+    ],
+)
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_transient_failures_are_retried(
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    tmp_path: Path,
+    failure: Any,
+    provider: str,
+) -> None:
+    model = "gpt-4o-mini" if provider == "openai" else "claude-haiku-4-5"
+    settings = settings_with(provider_env, tmp_path)
+    workflow = load(
+        write(
+            f"version: 1\nname: x\nagents:\n  a:\n    prompt: hi\n    timeout: 0.5\n"
+            f"    llm: {{provider: {provider}, model: {model}}}\n"
+        )
+    )
+    fake.script(failure, failure, Reply(text="third time"))
+    status, recorder = await run(workflow, settings)
+    assert status is RunStatus.COMPLETED
+    assert len(fake.received) == 3  # ours: the SDK made no retries of its own
+    assert [a.error is None for a in recorder.of(AttemptFinished)] == [False, False, True]
+    assert len(recorder.of(AgentRetrying)) == 2
+
+
+@pytest.mark.parametrize("status_code", [400, 401, 403, 404, 422])
+async def test_client_errors_are_not_retried(
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    tmp_path: Path,
+    status_code: int,
+) -> None:
+    settings = settings_with(provider_env, tmp_path)
+    workflow = load(write("version: 1\nname: x\nagents:\n" + agents(1)))
+    fake.script(Fail(status_code, "no way"))
+    status, recorder = await run(workflow, settings)
+    assert status is RunStatus.FAILED
+    assert len(fake.received) == 1
+    [finished] = recorder.of(AgentFinished)
+    assert f"HTTP {status_code}: no way" in (finished.error or "")
+
+
+async def test_retries_used_up_on_429_end_rate_limited(
+    write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = settings_with(provider_env, tmp_path, MAX_RETRIES="2")
+    workflow = load(write("version: 1\nname: x\nagents:\n" + agents(1)))
+    fake.respond = lambda request: Fail(429, "busy")
+    status, recorder = await run(workflow, settings)
+    assert status is RunStatus.FAILED
+    assert recorder.states() == {"a0": "rate_limited"}
+    assert len(fake.received) == 3
+
+
+async def test_an_invalid_reply_is_retried_with_the_reason(
+    write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = settings_with(provider_env, tmp_path)
+    workflow = load(
+        write(
+            "version: 1\nname: x\nagents:\n  a:\n    prompt: give me a score\n"
+            "    llm: {model: gpt-4o-mini}\n"
+            "    output: {format: json, schema: {type: object, required: [score],"
+            " properties: {score: {type: integer}}}}\n"
+        )
+    )
+    fake.script(Reply(json={"score": "high"}), Reply(json={"score": 7}))
+    status, recorder = await run(workflow, settings)
+    assert status is RunStatus.COMPLETED
+    assert recorder.of(AgentFinished)[0].output == {"score": 7}
+    retry = fake.received[1].body["messages"]
+    assert retry[-2] == {"role": "assistant", "content": '{"score": "high"}'}
+    assert "'high' is not of type 'integer'" in retry[-1]["content"]
+    assert retry[-1]["role"] == "user"
+    first, second = recorder.of(AttemptFinished)
+    assert first.error_kind == "OutputInvalid"
+    assert first.cost > 0
+    assert second.error is None
+
+
+# -- fallbacks -------------------------------------------------------------------------------
+
+
+async def test_fallbacks_take_over_and_the_results_say_who_answered(
+    write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = settings_with(provider_env, tmp_path, MAX_RETRIES="1")
+    workflow = load(
+        write(
+            "version: 1\nname: x\nagents:\n  a:\n    prompt: hi\n"
+            "    llm: {model: gpt-4o}\n"
+            "    fallbacks: [{model: gpt-4o-mini},\n"
+            "                {provider: anthropic, model: claude-haiku-4-5}]\n"
+        )
+    )
+
+    def respond(request: Received) -> Any:
+        return Reply(text="from claude") if request.api == "anthropic" else Fail(503, "down")
+
+    fake.respond = respond
+    status, recorder = await run(workflow, settings)
+    assert status is RunStatus.COMPLETED
+    assert [(r.api, r.model) for r in fake.received] == [
+        ("openai", "gpt-4o"),
+        ("openai", "gpt-4o"),
+        ("openai", "gpt-4o-mini"),
+        ("openai", "gpt-4o-mini"),
+        ("anthropic", "claude-haiku-4-5"),
+    ]
+    assert [f.model for f in recorder.of(AgentFallback)] == ["gpt-4o-mini", "claude-haiku-4-5"]
+    assert recorder.of(AgentFinished)[0].output == "from claude"
+
+
+async def test_a_bad_request_does_not_fall_back(
+    write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = settings_with(provider_env, tmp_path)
+    workflow = load(
+        write(
+            "version: 1\nname: x\nagents:\n  a:\n    prompt: hi\n    llm: {model: gpt-4o}\n"
+            "    fallbacks: [{model: gpt-4o-mini}]\n"
+        )
+    )
+    fake.respond = lambda request: Fail(400, "unsupported parameter")
+    status, _ = await run(workflow, settings)
+    assert status is RunStatus.FAILED
+    assert len(fake.received) == 1
+
+
+# -- budgets -----------------------------------------------------------------------------
+
+
+async def test_the_budget_is_never_passed_with_twenty_calls_in_flight(
+    write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = settings_with(
+        provider_env, tmp_path, RATE_LIMIT_CONCURRENT="50", RATE_LIMIT_RPM="1000"
+    )
+    workflow = load(
+        write(
+            "version: 1\nname: spend\nmax_parallel_agents: 20\ncost_budget: 0.15\n"
+            "allow_partial_completion: true\nagents:\n" + agents(60, model="gpt-4o", max_tokens=500)
+        )
+    )
+    usage: list[tuple[int, int]] = []
+
+    def respond(request: Received) -> Reply:
+        # a realistic bill: no more prompt tokens than prompt bytes, output within max_tokens
+        usage.append((20, 450))
+        return Reply(text="x" * 1800, input_tokens=20, output_tokens=450, delay=1.0)
+
+    fake.respond = respond
+    status, recorder = await run(workflow, settings)
+    assert status is RunStatus.BUDGET_EXCEEDED
+    assert fake.max_in_flight == 20
+    price = BUILTIN_PRICES["gpt-4o"]
+    spent_at_server = sum(price.cost(i, o) for i, o in usage)
+    assert spent_at_server <= 0.15
+    assert spent_at_server > 0.12  # and the budget was put to use
+    [finished] = recorder.of(RunFinished)
+    assert finished.cost == pytest.approx(spent_at_server)
+    refused = [e for e in recorder.of(AgentFinished) if str(e.state) == "budget_exceeded"]
+    assert refused
+    assert "is left of the run's cost_budget $0.1500" in (refused[0].error or "")
+    assert "no call was made" in (refused[0].error or "")
+
+
+async def test_an_agents_cost_limit_covers_all_its_attempts(
+    write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = settings_with(provider_env, tmp_path, MAX_RETRIES="10")
+    workflow = load(
+        write(
+            "version: 1\nname: x\nagents:\n  a:\n    prompt: hi\n    cost_limit: 0.02\n"
+            "    llm: {model: gpt-4o, max_tokens: 500}\n"
+            "    output: {format: json, schema: {type: object, required: [ok]}}\n"
+        )
+    )
+    fake.respond = lambda request: Reply(text="not json", input_tokens=100, output_tokens=400)
+    status, recorder = await run(workflow, settings)
+    assert status is RunStatus.BUDGET_EXCEEDED
+    [finished] = recorder.of(AgentFinished)
+    assert str(finished.state) == "budget_exceeded"
+    assert "agent a's cost_limit $0.0200" in (finished.error or "")
+    assert finished.cost <= 0.02
+    assert len(fake.received) < 11  # stopped by the limit, not by the retries
+
+
+def test_budget_flag_and_exit_code_3(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    path = write("version: 1\nname: x\nagents:\n" + agents(3, model="gpt-4o", max_tokens=2000))
+    result = cli("run", path, "--budget", "0.03", "--output", "-", env=provider_env)
+    assert result.exit_code == 3
+    assert '"status": "budget_exceeded"' in result.stdout
+    assert '"cost_budget_usd": 0.03' in result.stdout
