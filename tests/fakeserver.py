@@ -73,7 +73,7 @@ class Received:
     headers: dict[str, str]
     body: dict[str, Any]
     arrived: float  # time.monotonic()
-    finished: float | None = None
+    finished: float | None = None  # when the answer started to go out
 
     @property
     def model(self) -> str:
@@ -166,7 +166,9 @@ class FakeProvider:
             respond = self.respond
         return index, respond(received) if respond is not None else Reply()
 
-    def _leave(self, index: int) -> None:
+    def _answer(self, index: int) -> None:
+        """The answer starts to go out: stamped, and no longer in flight, before the
+        client can see it and send its next request."""
         with self._lock:
             self.in_flight -= 1
             if index < len(self.received):
@@ -181,6 +183,10 @@ class FakeProvider:
 
 class _QuietServer(ThreadingHTTPServer):
     """A client that hangs up (a cancelled call, a timeout) is expected here."""
+
+    # the default backlog of 5 drops connections when twenty calls open at once,
+    # and the kernel retries them a second later: the server would shape the test
+    request_queue_size = 256
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass
@@ -214,20 +220,18 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
             headers = {name.lower(): value for name, value in self.headers.items()}
             received = Received(api, self.path, headers, body, time.monotonic())
             index, behaviour = fake._arrive(received)
-            try:
-                if behaviour.delay:
-                    time.sleep(behaviour.delay)
-                if isinstance(behaviour, Drop):
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                elif isinstance(behaviour, Fail):
-                    self._fail(api, behaviour)
-                elif body.get("stream"):
-                    self._stream(api, received, behaviour)
-                else:
-                    self._reply(api, received, behaviour)
-            finally:
-                fake._leave(index)
+            if behaviour.delay:
+                time.sleep(behaviour.delay)
+            fake._answer(index)
+            if isinstance(behaviour, Drop):
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+            elif isinstance(behaviour, Fail):
+                self._fail(api, behaviour)
+            elif body.get("stream"):
+                self._stream(api, received, behaviour)
+            else:
+                self._reply(api, received, behaviour)
 
         # -- answers -----------------------------------------------------------------------
         def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
