@@ -29,10 +29,13 @@ REQUEST_OVERHEAD_TOKENS = 16
 
 def prompt_tokens_bound(messages: Sequence[Message]) -> int:
     """At most this many prompt tokens: a byte-pair token is at least one byte."""
-    return (
-        sum(len(m.content.encode("utf-8")) + MESSAGE_OVERHEAD_TOKENS for m in messages)
-        + REQUEST_OVERHEAD_TOKENS
-    )
+    total = REQUEST_OVERHEAD_TOKENS
+    for message in messages:
+        text = message.content
+        total += (len(text) if text.isascii() else len(text.encode("utf-8"))) + (
+            MESSAGE_OVERHEAD_TOKENS
+        )
+    return total
 
 
 def prompt_tokens_estimate(messages: Sequence[Message]) -> int:

@@ -341,7 +341,10 @@ def render(text: str, context: Mapping[str, Any]) -> str:
             if value is _MISSING:
                 value = env.undefined(name=path[0])
             for attribute in path[1:]:
-                value = env.getattr(value, attribute)
+                if type(value) is dict and attribute not in _DICT_ATTRIBUTES and attribute in value:
+                    value = value[attribute]  # what the sandbox's getattr gives, sooner
+                else:
+                    value = env.getattr(value, attribute)
             out.append(str(value))
     return "".join(out)
 
@@ -356,6 +359,7 @@ def evaluate(text: str, context: Mapping[str, Any]) -> Any:
 
 
 _MISSING = object()
+_DICT_ATTRIBUTES = frozenset(dir(dict))  # a dict's attributes win over its keys in Jinja
 
 
 def _compiled_template(text: str) -> Any:

@@ -1,4 +1,4 @@
-"""What a run tells the world: typed, frozen events on a bus.
+"""What a run tells the world: typed, read-only events on a bus.
 
 The engine emits; the live view, the log lines, the results writer (and,
 later, the run store and the metrics) subscribe. Each figure is computed once,
@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform
 
 from aoe.providers.base import Usage
 
@@ -78,13 +78,24 @@ _EXIT_CODES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+_E = TypeVar("_E")
+
+
+@dataclass_transform(frozen_default=True)
+def event(cls: type[_E]) -> type[_E]:
+    """An event class: a slotted dataclass, frozen for the type checker. Not at run
+    time: a frozen dataclass takes ~5 µs to build instead of ~0.7, and a run emits
+    several events for every call. Subscribers share each event: they read it."""
+    return dataclass(slots=True)(cls)
+
+
+@event
 class Event:
     run_id: str
     at: float  # time.time()
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class RunStarted(Event):
     workflow: str
     agents: int
@@ -92,7 +103,7 @@ class RunStarted(Event):
     budget: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class AgentStarted(Event):
     """An agent's dependencies allowed it and its first unit began."""
 
@@ -100,7 +111,7 @@ class AgentStarted(Event):
     items: int | None = None  # foreach: how many items it runs
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class AgentWaiting(Event):
     """A rate limit holds the agent's next attempt back."""
 
@@ -110,7 +121,7 @@ class AgentWaiting(Event):
     model: str
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class AttemptStarted(Event):
     agent_id: str
     item: int | None
@@ -121,7 +132,7 @@ class AttemptStarted(Event):
     reserved: float  # USD reserved for its worst case
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class AttemptFinished(Event):
     """One call made: ``error`` is None when it produced a valid output. The
     agent's and the run's totals after it are carried along."""
@@ -143,7 +154,7 @@ class AttemptFinished(Event):
     finish_reason: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class AgentRetrying(Event):
     """The last attempt failed in a way worth another; the next starts after ``delay``."""
 
@@ -154,7 +165,7 @@ class AgentRetrying(Event):
     error: str
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class AgentFallback(Event):
     """The model gave up; the next in ``fallbacks`` gets a full cycle of its own."""
 
@@ -165,7 +176,7 @@ class AgentFallback(Event):
     error: str
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class AgentFinished(Event):
     """An agent reached its final state."""
 
@@ -179,7 +190,7 @@ class AgentFinished(Event):
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class RunFinished(Event):
     status: RunStatus
     duration: float
