@@ -44,6 +44,7 @@ format: $(STAMP) ## Format the code with ruff
 bench: $(STAMP) ## Speed and memory benchmarks (prints figures and ratios)
 	$(BIN)/python bench/validate_speed.py
 	$(BIN)/python bench/engine_overhead.py
+	$(BIN)/python bench/limiter.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
