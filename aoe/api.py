@@ -18,6 +18,8 @@ from aoe.workflow import Workflow
 
 if TYPE_CHECKING:
     from aoe.engine.events import RunStatus, Subscriber
+    from aoe.resume import ResumePlan
+    from aoe.state.store import Store
 
 __all__ = [
     "LoadResult",
@@ -64,12 +66,20 @@ async def run_workflow(
     max_parallel: int | None = None,
     budget: float | None = None,
     run_id: str | None = None,
+    store: Store | None = None,
+    cache: bool = True,
+    resume: ResumePlan | None = None,
 ) -> RunStatus:
     """Run a workflow on a fresh engine and close it after; the subscribers get
     every event. A missing API key is refused before any call; ``budget`` (USD)
-    replaces the workflow's ``cost_budget``."""
+    replaces the workflow's ``cost_budget``.
+
+    With a ``store`` the run is recorded (resumable; see :mod:`aoe.state`) and,
+    unless ``cache`` is false, answers come from the response cache where they
+    can. ``resume`` (from :func:`aoe.resume.plan_resume`) continues a recorded
+    run instead of starting one."""
     from aoe.engine.events import EventBus
-    from aoe.engine.executor import Engine
+    from aoe.engine.executor import Engine, new_run_id
     from aoe.errors import MissingApiKey
     from aoe.providers import missing_keys
 
@@ -80,6 +90,28 @@ async def run_workflow(
     bus = EventBus()
     for subscriber in subscribers:
         bus.subscribe(subscriber)
+    run_id = resume.run_id if resume is not None else run_id or new_run_id()
+    recorder = None
+    response_cache = None
+    resumption = None
+    if store is not None:
+        from aoe.state.cache import ResponseCache
+        from aoe.state.recorder import Recorder
+
+        settings_used = {
+            "budget": budget,
+            "max_parallel": max_parallel,
+            "mock": mock,
+            "cache": cache,
+        }
+        session = _record(store, run_id, workflow, inputs, settings_used, resume)
+        if resume is not None:
+            resumption = resume.resumption._replace(session=session)
+        recorder = Recorder(store.path, run_id, session)
+        recorder.start()
+        bus.record_with(recorder)
+        if cache:
+            response_cache = ResponseCache(store, recorder)
     engine = Engine(settings)
     try:
         status = await engine.run(
@@ -90,12 +122,57 @@ async def run_workflow(
             max_parallel=max_parallel,
             budget=budget,
             mock=mock,
+            cache=response_cache,
+            resumption=resumption,
         )
     finally:
-        await engine.aclose()
+        try:
+            await engine.aclose()
+        finally:
+            if recorder is not None:
+                recorder.close()
     if bus.failure is not None:  # a subscriber broke: a bug to report, after the run
         raise bus.failure
     return status
+
+
+def _record(
+    store: Store,
+    run_id: str,
+    workflow: Workflow,
+    inputs: Mapping[str, Any],
+    settings_used: Mapping[str, Any],
+    resume: ResumePlan | None,
+) -> int:
+    """The run's record before it starts (or its next session's); the session number."""
+    if resume is None:
+        from aoe.state.definitions import definitions
+
+        store.create_run(
+            run_id,
+            workflow_name=workflow.name,
+            workflow_path=os.path.abspath(workflow.path),
+            workflow_sha256=workflow.digest,
+            workflow_text=workflow.text,
+            workflow_files=workflow.files,
+            inputs=inputs,
+            settings=settings_used,
+            budget=settings_used.get("budget"),
+            agents=definitions(workflow, inputs),
+        )
+        return 1
+    changed = None
+    if resume.file_changed:
+        changed = {"sha256": workflow.digest, "text": workflow.text, "files": workflow.files}
+    return store.begin_session(
+        run_id,
+        agents=resume.definitions,
+        rerun=resume.rerun,
+        inputs=inputs,
+        settings=settings_used,
+        budget=settings_used.get("budget"),
+        workflow=changed,
+    )
 
 
 def run_until_done(

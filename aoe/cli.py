@@ -195,6 +195,16 @@ def run(
         typer.Option("--log-format", help="Progress as text lines or JSON lines (stderr)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; only errors.")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Call the model even where the cache has an answer.")
+    ] = False,
+    resume_latest: Annotated[
+        bool,
+        typer.Option(
+            "--resume-latest",
+            help="Resume this file's latest run if it did not complete; else start one (cron).",
+        ),
+    ] = False,
 ) -> None:
     """Run a workflow: live progress on a terminal, a line per event elsewhere.
 
@@ -203,45 +213,230 @@ def run(
     130 when interrupted.
     """
     with _errors():
-        from aoe.api import load, run_until_done
+        from aoe.api import load
         from aoe.config import load_settings
         from aoe.inputs import bind_inputs, from_assignments, from_file
-        from aoe.results import Results
-        from aoe.ui import LiveView
 
         flags = {"monitoring.log_format": (log_format.value, "--log-format")} if log_format else {}
         settings = load_settings(config, flags=flags)
         workflow = load(file, settings)
         given = from_file(inputs_file) if inputs_file else {}
         given.update(from_assignments(input or [], workflow.inputs))
+        store = _store(settings)
+        if resume_latest:
+            import os.path
+
+            latest = store.latest_unfinished(os.path.abspath(file))
+            if latest is not None:
+                _resume(
+                    store,
+                    settings,
+                    latest["run_id"],
+                    given=given,
+                    options={"budget": budget, "max_parallel": max_parallel, "mock": mock or None},
+                    no_cache=no_cache,
+                    force=False,
+                    report=(output, junit, quiet),
+                )
         values = bind_inputs(workflow.inputs, given)
-        results = Results(workflow, values)
-        subscribers: list[Any] = [results]
-        budget_shown = budget if budget is not None else workflow.cost_budget
-        if budget_shown is None:
-            budget_shown = settings.config.cost_tracking.default_workflow_budget
-        view = _progress(workflow, settings.config.monitoring.log_format, quiet, budget_shown)
-        if view is not None:
-            subscribers.append(view)
-        options = {
-            "subscribers": subscribers,
-            "mock": mock,
-            "max_parallel": max_parallel,
-            "budget": budget,
-        }
-        if isinstance(view, LiveView):
-            with view:
-                status = run_until_done(workflow, values, settings, **options)
-            view.summary()
-        else:
-            status = run_until_done(workflow, values, settings, **options)
-        if output is not None:
-            _write(results.to_json(), output)
-        if junit is not None:
-            _write(results.to_junit(), junit)
-        if quiet and status.exit_code != 0:
-            typer.echo(f"aoe: run {results.document['run_id']} ended {status}", err=True)
+        options = {"mock": mock, "max_parallel": max_parallel, "budget": budget}
+        status = execute(
+            workflow, values, settings, options, store, not no_cache, None, (output, junit, quiet)
+        )
         raise typer.Exit(status.exit_code)
+
+
+def _store(settings: Settings) -> Any:
+    """The run store; a store that cannot be used is exit 2 before anything runs."""
+    from aoe.state.store import Store
+
+    return Store.for_settings(settings)
+
+
+def execute(
+    workflow: Any,
+    values: dict[str, Any],
+    settings: Settings,
+    options: dict[str, Any],
+    store: Any,
+    cache: bool,
+    resume: Any,
+    report: tuple[str | None, str | None, bool],
+) -> Any:
+    """Run (or resume) with the progress view, then write the reports; the status."""
+    from aoe.api import run_until_done
+    from aoe.results import Results
+    from aoe.ui import LiveView
+
+    output, junit, quiet = report
+    results = Results(workflow, values)
+    subscribers: list[Any] = [results]
+    budget_shown = options.get("budget")
+    if budget_shown is None:
+        budget_shown = workflow.cost_budget
+    if budget_shown is None:
+        budget_shown = settings.config.cost_tracking.default_workflow_budget
+    view = _progress(workflow, settings.config.monitoring.log_format, quiet, budget_shown)
+    if view is not None:
+        subscribers.append(view)
+    arguments = {
+        "subscribers": subscribers,
+        "store": store,
+        "cache": cache,
+        "resume": resume,
+        **options,
+    }
+    if isinstance(view, LiveView):
+        with view:
+            status = run_until_done(workflow, values, settings, **arguments)
+        view.summary()
+    else:
+        status = run_until_done(workflow, values, settings, **arguments)
+    if output is not None:
+        _write(results.to_json(), output)
+    if junit is not None:
+        _write(results.to_junit(), junit)
+    if status.exit_code == 130:
+        typer.echo(
+            f"aoe: run {results.document['run_id']} interrupted; finish it with "
+            f"`aoe resume {results.document['run_id']}`",
+            err=True,
+        )
+    elif quiet and status.exit_code != 0:
+        typer.echo(f"aoe: run {results.document['run_id']} ended {status}", err=True)
+    return status
+
+
+def _resume(
+    store: Any,
+    settings: Settings,
+    run_id: str,
+    *,
+    given: dict[str, Any],
+    options: dict[str, Any],
+    no_cache: bool,
+    force: bool,
+    report: tuple[str | None, str | None, bool],
+    assignments: list[str] | None = None,
+) -> NoReturn:
+    from aoe.resume import plan_resume
+
+    plan = plan_resume(
+        store,
+        run_id,
+        settings,
+        force=force,
+        inputs=given,
+        assignments=assignments or [],
+        options=options,
+    )
+    if plan.done:
+        typer.echo(f"aoe: run {plan.run_id} already completed; nothing to resume", err=True)
+        raise typer.Exit(0)
+    chosen = plan.options
+    cache = bool(chosen.get("cache", True)) and not no_cache
+    if not report[2]:
+        typer.echo(
+            f"aoe: resuming run {plan.run_id}: {len(plan.kept)} of "
+            f"{len(plan.workflow.agents)} agents completed before and are kept"
+            + (f"; rerunning changed {', '.join(plan.changed)}" if plan.changed and force else ""),
+            err=True,
+        )
+    status = execute(
+        plan.workflow,
+        plan.inputs,
+        settings,
+        {
+            "mock": bool(chosen.get("mock")),
+            "max_parallel": chosen.get("max_parallel"),
+            "budget": chosen.get("budget"),
+        },
+        store,
+        cache,
+        plan,
+        report,
+    )
+    raise typer.Exit(status.exit_code)
+
+
+@app.command(
+    epilog="Examples: aoe resume 20261127-101500-3fa2c1  |  aoe resume 20261127-1015 --budget 5"
+    "  |  aoe resume RUN_ID --force"
+)
+def resume(
+    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Resume although the workflow file changed: rerun only the agents whose "
+            "definition changed and those after them.",
+        ),
+    ] = False,
+    input: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input", "-i", help="Override a stored input, NAME=VALUE.", metavar="NAME=VALUE"
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    max_parallel: Annotated[
+        int | None,
+        typer.Option("--max-parallel", min=1, help="Agents of this run in flight at once."),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget",
+            min=0,
+            help="USD the whole run may spend, earlier sessions included.",
+            metavar="USD",
+        ),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Call the model even where the cache has an answer.")
+    ] = False,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", "-o", help="Write the results JSON here ('-': stdout).", metavar="FILE"
+        ),
+    ] = None,
+    junit: Annotated[
+        str | None,
+        typer.Option("--junit", help="Write a JUnit XML report.", metavar="FILE"),
+    ] = None,
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option("--log-format", help="Progress as text lines or JSON lines (stderr)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; only errors.")] = False,
+) -> None:
+    """Finish a run that was interrupted, failed or stopped by its budget.
+
+    Only agents that did not complete run; completed ones are never called (or
+    paid for) again, and their recorded outputs feed their dependents. The
+    run's inputs and settings are the original ones unless given here; what it
+    spent before counts against its budget. A run that completed is left as
+    it is (exit 0). A changed workflow file is refused unless --force.
+    """
+    with _errors():
+        from aoe.config import load_settings
+
+        flags = {"monitoring.log_format": (log_format.value, "--log-format")} if log_format else {}
+        settings = load_settings(config, flags=flags)
+        store = _store(settings)
+        _resume(
+            store,
+            settings,
+            run_id,
+            given={},
+            assignments=input or [],
+            options={"budget": budget, "max_parallel": max_parallel},
+            no_cache=no_cache,
+            force=force,
+            report=(output, junit, quiet),
+        )
 
 
 def _progress(workflow: Any, log_format: str, quiet: bool, budget: float | None) -> Any:
@@ -481,6 +676,16 @@ def config_show(
         out = console()
         out.print(header, markup=False)
         out.print(config_table(rows))
+
+
+def _register() -> None:
+    from aoe.cli_runs import cache_app, runs_app
+
+    app.add_typer(runs_app, name="runs")
+    app.add_typer(cache_app, name="cache")
+
+
+_register()
 
 
 def main() -> None:

@@ -8,7 +8,11 @@
     │   │   ├── WorkflowInvalid    a workflow file with one or more diagnostics
     │   │   ├── ConfigInvalid      the engine config (file, environment, flags)
     │   │   └── InputsInvalid      run-time inputs that do not fit the workflow
-    │   └── MissingApiKey          a provider the workflow uses has no key
+    │   ├── MissingApiKey          a provider the workflow uses has no key
+    │   ├── StateUnusable          the run store cannot be opened (corrupt, newer, unreadable)
+    │   ├── RunNotFound            no run with that id in the store
+    │   └── ResumeRefused          the run cannot be resumed as asked (file changed, running)
+    ├── StateWriteFailed           the run store could not be written (disk full): exit 1
     └── RunError                   an agent's attempt failed; exit code 1
         ├── ProviderError          the provider refused or failed (SDK errors end here)
         │   ├── RateLimited        429: retryable, with retry-after when given
@@ -137,3 +141,24 @@ class OutputInvalid(RunError):
     """The reply is not JSON, or does not match the output schema."""
 
     retryable = True
+
+
+class StateUnusable(UserError):
+    """The run store cannot be opened: corrupt, written by a newer aoe, unreadable."""
+
+
+class RunNotFound(UserError):
+    """No run with the id given is in the store."""
+
+
+class ResumeRefused(UserError):
+    """The run cannot be resumed as asked: its workflow changed, or it is still running."""
+
+
+class StateWriteFailed(AoeError):
+    """The run store could not be written during a run (a full disk, an I/O error).
+
+    The run stops before its next call: work it cannot record could be paid for
+    twice. What was committed before stays, and the run can be resumed."""
+
+    exit_code = 1

@@ -86,7 +86,7 @@ class Results:
                 "item": event.item,
                 "provider": event.provider,
                 "model": event.model,
-                "status": "ok" if event.error is None else "error",
+                "status": "cached" if event.cached else ("ok" if event.error is None else "error"),
                 "error": event.error,
                 "error_kind": event.error_kind,
                 "finish_reason": event.finish_reason,
@@ -117,16 +117,21 @@ class Results:
                 finished_at=_iso(event.at),
                 duration_seconds=round(event.duration, 6),
             )
-            answered = [a for a in agent["attempts"] if a["status"] == "ok"]
+            if event.resumed:
+                agent["resumed"] = True  # its output is from an earlier session's record
+            answered = [a for a in agent["attempts"] if a["status"] in ("ok", "cached")]
             if answered:
                 agent["answered_by"] = {
                     "provider": answered[-1]["provider"],
                     "model": answered[-1]["model"],
                 }
+                agent["cached"] = answered[-1]["status"] == "cached"
         elif isinstance(event, RunStarted):
             document["run_id"] = event.run_id
             document["started_at"] = _iso(event.at)
             document["cost_budget_usd"] = event.budget
+            document["session"] = event.session
+            document["cost_usd"] = event.spent
         elif isinstance(event, RunFinished):
             document.update(
                 status=str(event.status),

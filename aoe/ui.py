@@ -231,6 +231,11 @@ def describe_event(event: Event) -> str | None:
 
     if isinstance(event, ev.RunStarted):
         budget = f", budget {_money(event.budget)}" if event.budget is not None else ""
+        if event.session > 1:
+            return (
+                f"run {event.run_id}: {event.workflow} resumed (session {event.session}), "
+                f"{_money(event.spent)} spent before, up to {event.max_parallel} at once{budget}"
+            )
         return (
             f"run {event.run_id}: {event.workflow} started, {plural(event.agents, 'agent')}, "
             f"up to {event.max_parallel} at once{budget}"
@@ -243,6 +248,11 @@ def describe_event(event: Event) -> str | None:
     if isinstance(event, ev.AgentWaiting):
         return f"{event.agent_id}{item}: waiting for the rate limits of {event.provider}"
     if isinstance(event, ev.AttemptFinished):
+        if event.cached:
+            return (
+                f"{event.agent_id}{item}: answered from the cache "
+                f"({event.provider}/{event.model}, no cost)"
+            )
         if event.error_kind == "cancelled":
             return f"{event.agent_id}{item}: attempt {event.attempt} cancelled"
         what = f"{event.provider}/{event.model}, {event.usage.total} tokens, {_money(event.cost)}"
@@ -263,6 +273,8 @@ def describe_event(event: Event) -> str | None:
             f"({event.error})"
         )
     if isinstance(event, ev.AgentFinished):
+        if event.resumed:
+            return f"{event.agent_id}: completed in an earlier session (its recorded output)"
         why = f": {event.error}" if event.error else ""
         took = f" in {_duration(event.duration)}" if event.duration else ""
         return f"{event.agent_id}: {event.state}{took}{why}"
@@ -315,7 +327,7 @@ class JsonLines:
 
 
 class _Row:
-    __slots__ = ("attempts", "cost", "duration", "model", "started", "state", "tokens")
+    __slots__ = ("attempts", "cached", "cost", "duration", "model", "started", "state", "tokens")
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -325,6 +337,7 @@ class _Row:
         self.cost = 0.0
         self.started: float | None = None
         self.duration: float | None = None
+        self.cached = False
 
 
 class LiveView:
@@ -369,17 +382,22 @@ class LiveView:
         elif isinstance(event, ev.AttemptFinished):  # the engine's totals, not re-added here
             row = self.rows[event.agent_id]
             row.attempts += 1
+            row.cached = event.cached
             row.tokens = event.agent_usage.total
             row.cost = event.agent_cost
             self.tokens = event.run_usage.total
             self.cost = event.run_cost
         elif isinstance(event, ev.AgentFinished):
             row = self.rows[event.agent_id]
-            row.state = str(event.state)
+            row.state = "resumed" if event.resumed else str(event.state)
+            if row.cached and event.state is ev.AgentState.COMPLETED:
+                row.state = "cached"
             row.duration = event.duration
             row.tokens = event.usage.total
             row.cost = event.cost
             self.finished += 1
+        elif isinstance(event, ev.RunStarted):
+            self.cost = event.spent
         elif isinstance(event, ev.RunFinished):
             self.status = str(event.status)
             self.tokens = event.usage.total
@@ -440,6 +458,8 @@ class LiveView:
 
 _STATE_STYLE = {
     "completed": "green",
+    "cached": "green",
+    "resumed": "green",
     "running": "cyan",
     "waiting": "blue",
     "retrying": "yellow",

@@ -151,7 +151,7 @@ def test_json_output_is_asked_for_parsed_and_validated(
 
     once = {**provider_env, "MAX_RETRIES": "0"}
     fake.script(Reply(json={"title": "Tides", "score": -1}))
-    code, results, _ = run(cli, once, path)
+    code, results, _ = run(cli, once, path, "--no-cache")  # the valid answer is cached
     assert code == 1
     agent = results["agents"]["extract"]
     assert agent["state"] == "failed"
@@ -159,7 +159,7 @@ def test_json_output_is_asked_for_parsed_and_validated(
     assert "-1 is less than the minimum of 0" in agent["error"]
 
     fake.script(Reply(text="Sure! Here it is: title Tides"))
-    code, results, _ = run(cli, once, path)
+    code, results, _ = run(cli, once, path, "--no-cache")
     assert code == 1
     assert "the reply is not valid JSON" in results["agents"]["extract"]["error"]
 
@@ -270,7 +270,7 @@ def test_exit_codes(
     )
     assert cli("run", path, env=provider_env).exit_code == 0
     fake.script(Fail(400, "no"))
-    assert cli("run", path, env=provider_env).exit_code == 1
+    assert cli("run", path, "--no-cache", env=provider_env).exit_code == 1
     assert cli("run", write("version: 1\n", "bad.yaml"), env=provider_env).exit_code == 2
     assert cli("run", path, "-i", "nope=1", env=provider_env).exit_code == 2
 

@@ -9,10 +9,10 @@ and the run's totals after it. The bus keeps a bounded log of recent events.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar, dataclass_transform
+from typing import Any, Protocol, TypeVar, dataclass_transform
 
 from aoe.providers.base import Usage
 
@@ -101,6 +101,8 @@ class RunStarted(Event):
     agents: int
     max_parallel: int
     budget: float | None
+    session: int = 1  # 1, then one more for each `aoe resume`
+    spent: float = 0.0  # USD spent by the run's earlier sessions
 
 
 @event
@@ -130,6 +132,7 @@ class AttemptStarted(Event):
     model: str
     waited: float  # seconds the rate limits held it back
     reserved: float  # USD reserved for its worst case
+    fingerprint: str | None = None  # of the request, when a run store or cache wants it
 
 
 @event
@@ -152,6 +155,7 @@ class AttemptFinished(Event):
     error: str | None = None
     error_kind: str | None = None
     finish_reason: str | None = None
+    cached: bool = False  # answered from the response cache: no call, no cost
 
 
 @event
@@ -188,6 +192,7 @@ class AgentFinished(Event):
     attempts: int
     output: Any = None
     error: str | None = None
+    resumed: bool = False  # completed in an earlier session of the run: its record's output
 
 
 @event
@@ -204,6 +209,16 @@ class RunFinished(Event):
 Subscriber = Callable[[Event], None]
 
 
+class Checkpoint(Protocol):
+    """A subscriber that records events durably (the run store). The engine waits
+    on it before each call, so that what finished before is on disk first."""
+
+    def __call__(self, event: Event) -> None: ...
+
+    def flushed(self) -> Awaitable[None] | None:
+        """None when every event so far is recorded; else something to await."""
+
+
 class EventBus:
     """Delivers each event to every subscriber, in order, and keeps the last
     ``keep`` events (the in-memory log is bounded, whatever the run's size).
@@ -216,9 +231,15 @@ class EventBus:
         self._subscribers: list[Subscriber] = []
         self.log: deque[Event] = deque(maxlen=keep)
         self.failure: BaseException | None = None
+        self.checkpoint: Checkpoint | None = None
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
+
+    def record_with(self, checkpoint: Checkpoint) -> None:
+        """Subscribe the run store; the engine waits on it before each call."""
+        self.subscribe(checkpoint)
+        self.checkpoint = checkpoint
 
     def emit(self, event: Event) -> None:
         self.log.append(event)

@@ -75,6 +75,7 @@ from aoe.pricing import Price
 from aoe.providers import ProviderPool
 from aoe.providers.base import Message, Request, Response, Usage
 from aoe.retry import RetryPolicy, delay, policy_for, retryable
+from aoe.state.cache import ResponseCache, fingerprint
 from aoe.templates import evaluate, render
 from aoe.workflow import Agent, LLMConfig, RetryOverrides, Workflow
 
@@ -118,12 +119,18 @@ class Engine:
         max_parallel: int | None = None,
         budget: float | None = None,
         mock: bool = False,
+        cache: ResponseCache | None = None,
+        resumption: Resumption | None = None,
     ) -> RunStatus:
         """Run a workflow to its end; the events on ``bus`` tell how it went.
-        ``budget`` (USD) replaces the workflow's ``cost_budget``."""
+        ``budget`` (USD) replaces the workflow's ``cost_budget``; ``cache`` answers
+        repeated requests; ``resumption`` continues a run from its record."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.settings.config.engine.max_concurrent_workflows)
         run = _Run(self, workflow, inputs, bus, run_id or new_run_id(), max_parallel, budget, mock)
+        run.cache = cache
+        if resumption is not None:
+            run.resume(resumption)
         # SDKs are imported here, before any call is out: an import blocks the loop
         for provider in providers_of(workflow, mock):
             self.providers.get(provider)
@@ -171,6 +178,26 @@ class _AgentRun:
         self.usage = Usage()
         self.cost = 0.0
         self.started_at: float | None = None
+
+
+class Restored(NamedTuple):
+    """An agent that completed in an earlier session of the run, from its record."""
+
+    output: Any
+    usage: Usage
+    cost: float
+    attempts: int
+
+
+class Resumption(NamedTuple):
+    """What earlier sessions of a run left: the agents that completed (they are
+    not called again) and what was spent, which counts against the budgets."""
+
+    session: int
+    completed: Mapping[str, Restored]
+    spent: float  # USD the run may have been billed so far
+    usage: Usage
+    agent_spent: Mapping[str, float]  # agents that did not complete: USD already spent
 
 
 class _Admission(NamedTuple):
@@ -229,6 +256,30 @@ class _Run:
         self.started = 0.0
         self.policies: dict[RetryOverrides, RetryPolicy] = {}
         self.prices: dict[tuple[str, str], Price | None] = {}
+        self.cache: ResponseCache | None = None
+        self.session = 1
+        self.restored: list[_AgentRun] = []
+
+    def resume(self, resumption: Resumption) -> None:
+        """Start from a run's record: completed agents keep their outputs, and what
+        was spent counts against the run's budget and each agent's limit."""
+        self.session = resumption.session
+        self.ledger.spent = resumption.spent
+        self.cost = resumption.spent
+        self.usage = resumption.usage
+        for agent_id, restored in resumption.completed.items():
+            record = self.agents.get(agent_id)
+            if record is None:
+                continue  # no longer in the workflow
+            record.state = AgentState.COMPLETED
+            record.output = restored.output
+            record.usage = restored.usage
+            record.cost = restored.cost
+            record.attempts = restored.attempts
+            self.restored.append(record)
+        for agent_id, spent in resumption.agent_spent.items():
+            if agent_id in self.agents and agent_id not in resumption.completed:
+                self.agents[agent_id].ledger.spent = spent
 
     # -- the run -------------------------------------------------------------------
     async def execute(self) -> RunStatus:
@@ -242,10 +293,21 @@ class _Run:
                 len(self.agents),
                 self.max_parallel,
                 self.ledger.limit,
+                self.session,
+                self.ledger.spent,
             )
         )
         try:
-            self.decide([r for r in self.agents.values() if r.undecided == 0])
+            for record in self.restored:
+                self.end(record, AgentState.COMPLETED, resumed=True)
+                self.release(record)
+            self.decide(
+                [
+                    r
+                    for r in self.agents.values()
+                    if r.undecided == 0 and r.state is AgentState.PENDING
+                ]
+            )
             self.dispatch()
             await self.done
         except asyncio.CancelledError:
@@ -574,9 +636,26 @@ class _Run:
         attempts: _Counter,
         feedback: list[Message],
     ) -> Any:
-        """One call: admitted, made, settled. Raises the error that ended it."""
+        """One call: admitted, made, settled. Raises the error that ended it.
+        A cached answer takes the call's place: no admission, no cost."""
         agent = record.agent
         request = self.request(agent, llm, messages)
+        key = None
+        checkpoint = self.bus.checkpoint
+        cache = self.cache if agent.cache and request.provider != "mock" else None
+        if checkpoint is not None or cache is not None:
+            key = fingerprint(request)
+        if cache is not None:
+            assert key is not None
+            hit = cache.get(key)
+            if hit is not None:
+                try:
+                    output = parse_output(hit.text, agent.output)
+                except RunError:
+                    pass  # an entry that no longer fits: ask the model
+                else:
+                    self.cached(record, item, attempts, request, hit)
+                    return output
         admission = await self.admit(record, item, request, llm, ledger)
         attempts.value += 1
         record.attempts += 1
@@ -593,8 +672,18 @@ class _Run:
                 request.model,
                 admission.permit.waited,
                 admission.reservation.amount,
+                key,
             )
         )
+        if checkpoint is not None:
+            # the attempt and every agent this one depends on are on disk first
+            waiter = checkpoint.flushed()
+            if waiter is not None:
+                try:
+                    await waiter
+                except BaseException:
+                    self.settle(record, item, number, llm, request, admission, None, 0.0, None)
+                    raise
         provider = self.engine.providers.get(request.provider)
         began = time.perf_counter()
         response: Response | None = None
@@ -602,6 +691,9 @@ class _Run:
             async with asyncio.timeout(agent.timeout):
                 response = await provider.complete(request)
             output = parse_output(response.text, agent.output)
+            if cache is not None:
+                assert key is not None
+                cache.put(key, request, response)
         except asyncio.CancelledError:
             self.settle(
                 record,
@@ -738,6 +830,40 @@ class _Run:
             )
         )
 
+    def cached(
+        self,
+        record: _AgentRun,
+        item: int | None,
+        attempts: _Counter,
+        request: Request,
+        response: Response,
+    ) -> None:
+        """An attempt answered from the cache: told like a call that cost nothing."""
+        attempts.value += 1
+        record.attempts += 1
+        self.bus.emit(
+            AttemptFinished(
+                self.run_id,
+                time.time(),
+                record.agent.id,
+                item,
+                attempts.value,
+                request.provider,
+                response.model,
+                0.0,
+                Usage(),
+                0.0,
+                record.usage,
+                record.cost,
+                self.usage,
+                self.cost,
+                None,
+                None,
+                response.finish_reason,
+                True,
+            )
+        )
+
     def price(self, llm: LLMConfig) -> Price | None:
         key = (llm.provider, llm.model)
         if key in self.prices:
@@ -794,6 +920,7 @@ class _Run:
         *,
         at: float | None = None,
         keep_output: bool = False,
+        resumed: bool = False,
     ) -> None:
         record.state = state
         record.error = error
@@ -811,6 +938,7 @@ class _Run:
                 record.attempts,
                 output,
                 error,
+                resumed,
             )
         )
 

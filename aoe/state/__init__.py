@@ -1,0 +1,1 @@
+"""Durable runs: the run store, its recorder, and the response cache."""

@@ -1,0 +1,74 @@
+"""The response cache and request fingerprints.
+
+A request's fingerprint is the SHA-256 of everything that decides the answer:
+provider, model, every message, and every parameter (``max_tokens``,
+``temperature``, ``top_p``, ``stop``, ``seed``, the provider ``params``, the
+output format and its schema). Two requests with the same fingerprint ask the
+same question; any difference, however small, is another question. The
+attempt timeout is left out: it does not change the answer.
+
+The cache answers an attempt whose fingerprint matches an earlier valid
+answer: no call, no rate limit, no cost. It keeps only answers that produced
+a valid output; a failed call or a reply that did not match its schema is
+never stored. The ``mock`` provider is never cached: its answers cost nothing
+to make, and a cost rehearsal (``aoe run --mock``) must price every call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING
+
+from aoe.providers.base import Request, Response, Usage, plain
+
+if TYPE_CHECKING:
+    from aoe.state.recorder import Recorder
+    from aoe.state.store import Store
+
+
+def fingerprint(request: Request) -> str:
+    """The request's identity: a hex SHA-256 of its canonical JSON."""
+    identity = [
+        request.provider,
+        request.model,
+        [[m.role, m.content] for m in request.messages],
+        request.max_tokens,
+        request.temperature,
+        request.top_p,
+        list(request.stop),
+        request.seed,
+        plain(request.params),
+        request.output_format,
+        plain(request.json_schema),
+    ]
+    text = json.dumps(identity, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    """Reads from the store on the event loop (an indexed lookup); writes go
+    through the run's recorder, in its next transaction."""
+
+    def __init__(self, store: Store, recorder: Recorder) -> None:
+        self.store = store
+        self.recorder = recorder
+
+    def get(self, key: str) -> Response | None:
+        found = self.store.cache_get(key)
+        if found is None:
+            return None
+        from aoe.state.recorder import CacheHit
+
+        self.recorder.cache(CacheHit(key))
+        return Response(
+            text=found["text"],
+            usage=Usage(*found["usage"]),
+            model=found["model"],
+            finish_reason=found.get("finish_reason"),
+        )
+
+    def put(self, key: str, request: Request, response: Response) -> None:
+        from aoe.state.recorder import CachePut
+
+        self.recorder.cache(CachePut(key, request.provider, request.model, response))

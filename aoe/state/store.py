@@ -1,0 +1,590 @@
+"""The run store: SQLite in WAL mode under ``.aoe/`` (``AOE_STATE_DIR`` moves it).
+
+One file holds every run's record — the workflow as it was (text, prompt files,
+hash), the inputs and settings, the status and totals — with each agent's
+state, output, usage, cost and answering model, every attempt (recorded as
+started, with its request's fingerprint, before the call is made), the run's
+events, and the response cache.
+
+Several ``aoe`` processes may share a store: WAL lets readers and one writer
+work at once, every write is a short ``BEGIN IMMEDIATE`` transaction, and a
+busy store is waited for rather than failed. Commits are ``synchronous=FULL``:
+a finished agent survives a power cut, not only a killed process.
+
+The schema has a version (``PRAGMA user_version``) and migrations; a store from
+a newer aoe is refused rather than guessed at. Any failure to open the store is
+a :class:`StateUnusable` naming the file and what to do; nothing here ever
+deletes or rewrites a store it cannot read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aoe.errors import RunNotFound, StateUnusable
+
+if TYPE_CHECKING:
+    from aoe.config import Settings
+
+SCHEMA_VERSION = 1
+FILE_NAME = "state.db"
+BUSY_TIMEOUT = 30.0  # seconds another process may hold the write lock
+
+# Each entry moves the schema from version i to i + 1.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        workflow_path TEXT NOT NULL,
+        workflow_sha256 TEXT NOT NULL,
+        workflow_text TEXT NOT NULL,
+        workflow_files TEXT NOT NULL,          -- JSON: prompt and schema files, by path
+        inputs TEXT NOT NULL,                  -- JSON
+        settings TEXT NOT NULL,                -- JSON: budget, max_parallel, mock, no_cache
+        status TEXT NOT NULL,                  -- running, or the run's final status
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        finished_at REAL,
+        duration REAL,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cost REAL NOT NULL DEFAULT 0,
+        budget REAL,
+        outputs TEXT,                          -- JSON
+        output_errors TEXT,                    -- JSON
+        sessions INTEGER NOT NULL DEFAULT 1,   -- 1, and one more for each resume
+        host TEXT,
+        pid INTEGER
+    );
+    CREATE INDEX runs_by_time ON runs (created_at);
+    CREATE INDEX runs_by_workflow ON runs (workflow_path, created_at);
+
+    CREATE TABLE agents (
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        agent_id TEXT NOT NULL,
+        definition TEXT NOT NULL,              -- hash of what decides its output
+        state TEXT NOT NULL,
+        output TEXT,                           -- JSON
+        error TEXT,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cost REAL NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        duration REAL,
+        started_at REAL,
+        finished_at REAL,
+        provider TEXT,                         -- who answered
+        model TEXT,
+        session INTEGER NOT NULL DEFAULT 1,    -- the session that ended it
+        PRIMARY KEY (run_id, agent_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE attempts (
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        agent_id TEXT NOT NULL,
+        session INTEGER NOT NULL,
+        item INTEGER NOT NULL,                 -- -1 for an agent without foreach
+        attempt INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        fingerprint TEXT,
+        status TEXT NOT NULL,                  -- started, ok, error, cancelled, cached
+        error TEXT,
+        error_kind TEXT,
+        reserved REAL NOT NULL DEFAULT 0,
+        cost REAL NOT NULL DEFAULT 0,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        waited REAL NOT NULL DEFAULT 0,
+        duration REAL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        PRIMARY KEY (run_id, agent_id, session, item, attempt)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE events (
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        session INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        at REAL NOT NULL,
+        type TEXT NOT NULL,
+        agent_id TEXT,
+        data TEXT NOT NULL,                    -- JSON
+        PRIMARY KEY (run_id, session, seq)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE cache (
+        key TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        response TEXT NOT NULL,                -- JSON: text, usage, model, finish_reason
+        size INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        hits INTEGER NOT NULL DEFAULT 0,
+        last_hit REAL
+    ) WITHOUT ROWID;
+    """,
+)
+
+_FIX = "move it aside (or set AOE_STATE_DIR to another folder) and run again"
+
+
+def store_path(settings: Settings, environ: Mapping[str, str] | None = None) -> Path:
+    """The store's file: ``engine.state_dir`` (``AOE_STATE_DIR``) / state.db."""
+    return Path(settings.config.engine.state_dir) / FILE_NAME
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection with aoe's pragmas; autocommit, so transactions are explicit."""
+    connection = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+    )
+    connection.execute("PRAGMA foreign_keys = ON")
+    connection.execute("PRAGMA synchronous = FULL")
+    return connection
+
+
+@contextmanager
+def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE``: take the write lock first, so two processes never
+    deadlock upgrading read locks; committed, or rolled back on any error."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class Store:
+    """The run records and the response cache in one SQLite file."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.connection = self._open()
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Store:
+        return cls(store_path(settings))
+
+    # -- opening ---------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StateUnusable(
+                f"cannot create the run store's folder {path.parent}: {e.strerror or e}; "
+                "set AOE_STATE_DIR to a folder you can write"
+            ) from None
+        try:
+            connection = connect(path)
+            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise sqlite3.OperationalError(f"journal mode is {mode}, not wal")
+            self._migrate(connection)
+        except sqlite3.DatabaseError as e:
+            raise StateUnusable(self._unusable(e)) from None
+        return connection
+
+    def _unusable(self, error: sqlite3.Error) -> str:
+        text = str(error)
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return f"the run store {self.path} is damaged or not an aoe store ({text}): {_FIX}"
+        if "unable to open" in text or "readonly" in text or "disk I/O" in text:
+            return (
+                f"cannot open the run store {self.path} ({text}): check that the folder "
+                "and the file are readable and writable, or set AOE_STATE_DIR elsewhere"
+            )
+        return f"cannot use the run store {self.path} ({text}): {_FIX}"
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            connection.execute("SELECT 1 FROM runs LIMIT 1")  # reads a page: finds damage
+            return
+        if version > SCHEMA_VERSION:
+            raise StateUnusable(
+                f"the run store {self.path} was written by a newer aoe (schema {version}; "
+                f"this aoe knows up to {SCHEMA_VERSION}): upgrade aoe, or set AOE_STATE_DIR "
+                "to another folder"
+            )
+        with transaction(connection):
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if (
+                version == 0
+                and connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            ):
+                raise StateUnusable(f"{self.path} is an SQLite file but not an aoe store: {_FIX}")
+            for step in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.connection.close()
+
+    # -- runs ----------------------------------------------------------------------
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        workflow_name: str,
+        workflow_path: str,
+        workflow_sha256: str,
+        workflow_text: str,
+        workflow_files: Mapping[str, str],
+        inputs: Mapping[str, Any],
+        settings: Mapping[str, Any],
+        budget: float | None,
+        agents: Mapping[str, str],
+    ) -> None:
+        """The run's record, before anything runs; ``agents``: id -> definition hash."""
+        now = time.time()
+        with transaction(self.connection) as db:
+            db.execute(
+                "INSERT INTO runs (run_id, workflow_name, workflow_path, workflow_sha256,"
+                " workflow_text, workflow_files, inputs, settings, status, created_at,"
+                " updated_at, budget, host, pid) VALUES (?,?,?,?,?,?,?,?,'running',?,?,?,?,?)",
+                (
+                    run_id,
+                    workflow_name,
+                    workflow_path,
+                    workflow_sha256,
+                    workflow_text,
+                    dumps(dict(workflow_files)),
+                    dumps(dict(inputs)),
+                    dumps(dict(settings)),
+                    now,
+                    now,
+                    budget,
+                    socket.gethostname(),
+                    os.getpid(),
+                ),
+            )
+            db.executemany(
+                "INSERT INTO agents (run_id, agent_id, definition, state) VALUES (?,?,?,'pending')",
+                [(run_id, agent_id, definition) for agent_id, definition in agents.items()],
+            )
+
+    def begin_session(
+        self,
+        run_id: str,
+        *,
+        agents: Mapping[str, str],
+        rerun: Sequence[str],
+        inputs: Mapping[str, Any],
+        settings: Mapping[str, Any],
+        budget: float | None,
+        workflow: Mapping[str, Any] | None = None,
+    ) -> int:
+        """A resume: the run is running again in this process; ``rerun`` agents go
+        back to pending with their new definitions. Returns the session number."""
+        with transaction(self.connection) as db:
+            row = db.execute("SELECT sessions FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run {run_id} in {self.path}")
+            session = int(row[0]) + 1
+            db.execute(
+                "UPDATE runs SET status = 'running', sessions = ?, updated_at = ?, host = ?,"
+                " pid = ?, inputs = ?, settings = ?, budget = ?, finished_at = NULL"
+                " WHERE run_id = ?",
+                (
+                    session,
+                    time.time(),
+                    socket.gethostname(),
+                    os.getpid(),
+                    dumps(dict(inputs)),
+                    dumps(dict(settings)),
+                    budget,
+                    run_id,
+                ),
+            )
+            if workflow is not None:  # --force: the file as it is now
+                db.execute(
+                    "UPDATE runs SET workflow_sha256 = ?, workflow_text = ?, workflow_files = ?"
+                    " WHERE run_id = ?",
+                    (
+                        workflow["sha256"],
+                        workflow["text"],
+                        dumps(dict(workflow["files"])),
+                        run_id,
+                    ),
+                )
+            known = {
+                r[0] for r in db.execute("SELECT agent_id FROM agents WHERE run_id = ?", (run_id,))
+            }
+            for agent_id in rerun:
+                if agent_id in known:
+                    db.execute(
+                        "UPDATE agents SET definition = ?, state = 'pending', output = NULL,"
+                        " error = NULL, provider = NULL, model = NULL WHERE run_id = ?"
+                        " AND agent_id = ?",
+                        (agents[agent_id], run_id, agent_id),
+                    )
+                else:
+                    db.execute(
+                        "INSERT INTO agents (run_id, agent_id, definition, state)"
+                        " VALUES (?,?,?,'pending')",
+                        (run_id, agent_id, agents[agent_id]),
+                    )
+        return session
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """One run's record; a unique prefix of its id is enough."""
+        rows = self.connection.execute(
+            "SELECT * FROM runs WHERE run_id = ? UNION ALL "
+            "SELECT * FROM runs WHERE run_id LIKE ? || '%' AND run_id != ? LIMIT 3",
+            (run_id, run_id.replace("%", "").replace("_", "\\_"), run_id),
+        )
+        found = [self._run_row(rows, row) for row in rows.fetchall()]
+        if not found:
+            raise RunNotFound(f"no run {run_id} in {self.path}: `aoe runs list` shows the runs")
+        if found[0]["run_id"] == run_id or len(found) == 1:
+            return found[0]
+        raise RunNotFound(
+            f"{run_id} could be more than one run ({', '.join(r['run_id'] for r in found)}"
+            "...): give more of the id"
+        )
+
+    def runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int | None = 20,
+    ) -> list[dict[str, Any]]:
+        """Recent runs, newest first; ``workflow`` matches the name or the file."""
+        where, args = [], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if workflow is not None:
+            where.append("(workflow_name = ? OR workflow_path = ?)")
+            args.extend((workflow, workflow))
+        query = (
+            "SELECT run_id, workflow_name, workflow_path, workflow_sha256, status, created_at,"
+            " updated_at, finished_at, duration, input_tokens, output_tokens, cost, budget,"
+            " sessions, host, pid FROM runs"
+        )
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY created_at DESC, run_id DESC"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        cursor = self.connection.execute(query, args)
+        return [self._run_row(cursor, row) for row in cursor.fetchall()]
+
+    def latest_unfinished(self, workflow_path: str) -> dict[str, Any] | None:
+        """The newest run of this file that did not complete (for --resume-latest)."""
+        cursor = self.connection.execute(
+            "SELECT * FROM runs WHERE workflow_path = ? ORDER BY created_at DESC,"
+            " run_id DESC LIMIT 1",
+            (workflow_path,),
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        run = self._run_row(cursor, row)
+        return None if run["status"] in ("completed", "partial") else run
+
+    def _run_row(self, cursor: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:
+        run = dict(zip([c[0] for c in cursor.description], row, strict=True))
+        for key in ("workflow_files", "inputs", "settings", "outputs", "output_errors"):
+            if key in run:
+                run[key] = loads(run[key])
+        if run["status"] == "running" and not _alive(run.get("host"), run.get("pid")):
+            run["status"] = "interrupted"  # its process is gone: resumable
+        return run
+
+    def agents(self, run_id: str) -> list[dict[str, Any]]:
+        cursor = self.connection.execute(
+            "SELECT * FROM agents WHERE run_id = ? ORDER BY coalesce(started_at, 9e18), agent_id",
+            (run_id,),
+        )
+        names = [c[0] for c in cursor.description]
+        agents = []
+        for row in cursor.fetchall():
+            agent = dict(zip(names, row, strict=True))
+            agent["output"] = loads(agent["output"])
+            agents.append(agent)
+        return agents
+
+    def attempts(self, run_id: str) -> list[dict[str, Any]]:
+        cursor = self.connection.execute(
+            "SELECT * FROM attempts WHERE run_id = ? ORDER BY started_at, agent_id, item, attempt",
+            (run_id,),
+        )
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def spent(self, run_id: str) -> float:
+        """What the run may have been billed so far: every attempt's cost, and the
+        reservation of any attempt whose outcome was never recorded (a crash)."""
+        row = self.connection.execute(
+            "SELECT coalesce(sum(CASE WHEN status = 'started' THEN reserved ELSE cost END), 0)"
+            " FROM attempts WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        return float(row[0])
+
+    def events(
+        self, run_id: str, *, types: Sequence[str] = (), last: int | None = None
+    ) -> list[dict[str, Any]]:
+        query = "SELECT session, seq, at, type, agent_id, data FROM events WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if types:
+            query += f" AND type IN ({','.join('?' * len(types))})"
+            args.extend(types)
+        if last is not None:
+            query = f"SELECT * FROM ({query} ORDER BY session DESC, seq DESC LIMIT {int(last)})"
+        query += " ORDER BY session, seq"
+        return [
+            {
+                "session": session,
+                "seq": seq,
+                "at": at,
+                "type": kind,
+                "agent_id": agent_id,
+                **loads(data),
+            }
+            for session, seq, at, kind, agent_id, data in self.connection.execute(query, args)
+        ]
+
+    # -- export, import, prune -------------------------------------------------------
+    def export(self, run_id: str) -> dict[str, Any]:
+        """A self-contained JSON backup of one run: every row of every table."""
+        run_id = self.run(run_id)["run_id"]
+        document: dict[str, Any] = {"format": "aoe-run", "schema": SCHEMA_VERSION}
+        for table in ("runs", "agents", "attempts", "events"):
+            cursor = self.connection.execute(f"SELECT * FROM {table} WHERE run_id = ?", (run_id,))
+            names = [c[0] for c in cursor.description]
+            document[table] = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return document
+
+    def import_(self, document: Mapping[str, Any], *, replace: bool = False) -> str:
+        """Restore an export; refuses to overwrite a run already here unless ``replace``."""
+        if document.get("format") != "aoe-run" or not document.get("runs"):
+            raise StateUnusable("not an aoe run export (made by `aoe runs export RUN_ID`)")
+        if int(document.get("schema", 0)) > SCHEMA_VERSION:
+            raise StateUnusable(
+                f"this export was made by a newer aoe (schema {document['schema']}): upgrade aoe"
+            )
+        run_id = str(document["runs"][0]["run_id"])
+        columns = self._columns()
+        with transaction(self.connection) as db:
+            exists = db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if exists and not replace:
+                raise StateUnusable(
+                    f"run {run_id} is already in {self.path}: use --replace to overwrite it"
+                )
+            db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+            for table in ("runs", "agents", "attempts", "events"):
+                for row in document.get(table, []):
+                    if row.get("run_id") != run_id:
+                        raise StateUnusable(f"the export mixes runs ({row.get('run_id')})")
+                    keys = [k for k in row if k in columns[table]]
+                    db.execute(
+                        f"INSERT INTO {table} ({','.join(keys)}) VALUES "
+                        f"({','.join('?' * len(keys))})",
+                        [row[k] for k in keys],
+                    )
+        return run_id
+
+    def _columns(self) -> dict[str, set[str]]:
+        return {
+            table: {r[1] for r in self.connection.execute(f"PRAGMA table_info({table})")}
+            for table in ("runs", "agents", "attempts", "events")
+        }
+
+    def prune(self, older_than: float, *, dry_run: bool = False) -> list[str]:
+        """Remove finished runs last touched more than ``older_than`` seconds ago;
+        a run still running is kept whatever its age. Returns their ids."""
+        cutoff = time.time() - older_than
+        candidates = self.connection.execute(
+            "SELECT run_id, status, host, pid FROM runs WHERE updated_at < ?", (cutoff,)
+        ).fetchall()
+        doomed = [
+            run_id
+            for run_id, status, host, pid in candidates
+            if status != "running" or not _alive(host, pid)
+        ]
+        if doomed and not dry_run:
+            with transaction(self.connection) as db:
+                db.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in doomed])
+            self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return doomed
+
+    # -- the response cache ------------------------------------------------------------
+    def cache_get(self, key: str) -> dict[str, Any] | None:
+        row = self.connection.execute("SELECT response FROM cache WHERE key = ?", (key,)).fetchone()
+        return None if row is None else dict(loads(row[0]))
+
+    def cache_stats(self) -> dict[str, Any]:
+        entries, size, hits, oldest, newest = self.connection.execute(
+            "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(hits), 0),"
+            " min(created_at), max(created_at) FROM cache"
+        ).fetchone()
+        by_model = [
+            {"provider": p, "model": m, "entries": n, "hits": h}
+            for p, m, n, h in self.connection.execute(
+                "SELECT provider, model, count(*), sum(hits) FROM cache"
+                " GROUP BY provider, model ORDER BY count(*) DESC"
+            )
+        ]
+        return {
+            "path": str(self.path),
+            "entries": entries,
+            "bytes": size,
+            "hits": hits,
+            "oldest": oldest,
+            "newest": newest,
+            "models": by_model,
+        }
+
+    def cache_clear(self, older_than: float | None = None) -> int:
+        with transaction(self.connection) as db:
+            if older_than is None:
+                removed = db.execute("DELETE FROM cache").rowcount
+            else:
+                removed = db.execute(
+                    "DELETE FROM cache WHERE coalesce(last_hit, created_at) < ?",
+                    (time.time() - older_than,),
+                ).rowcount
+        self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return int(removed)
+
+
+def _alive(host: str | None, pid: int | None) -> bool:
+    """Is the process that runs a run still there? Only knowable on its own host;
+    a run of another host counts as alive (it may well be)."""
+    if pid is None:
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,539 @@
+"""Run records, `aoe resume`, the response cache and `aoe runs`, through the CLI
+and the official SDKs against the fake provider; the store is real SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aoe.state.store import SCHEMA_VERSION, Store
+from tests.conftest import REPO, RunCli, WriteFile
+from tests.fakeserver import Fail, FakeProvider, Received, Reply
+
+CHAIN = """\
+version: 1
+name: chain
+inputs:
+  topic: {type: string, default: tides}
+  tone: {type: string, default: dry}
+defaults:
+  llm: {provider: openai, model: gpt-4o-mini, max_tokens: 50}
+agents:
+  a: {prompt: "a about {{ inputs.topic }}"}
+  b: {prompt: "b after {{ agents.a.output }}", depends_on: a}
+  c: {prompt: "c after {{ agents.b.output }}", depends_on: b}
+  side: {prompt: "side in a {{ inputs.tone }} tone"}
+outputs:
+  final: "{{ agents.c.output }}"
+"""
+
+
+def run(cli: RunCli, env: dict[str, str], *args: Any) -> tuple[int, dict[str, Any], str]:
+    result = cli(*args, "--output", "-", env=env)
+    document = json.loads(result.stdout) if result.stdout.strip() else {}
+    return result.exit_code, document, result.stderr
+
+
+def called(fake: FakeProvider) -> list[str]:
+    """The agents the server was asked for, by the first word of their prompt."""
+    return [r.prompt.split(" ")[0] for r in fake.received]
+
+
+def unfinished(results: dict[str, Any]) -> list[str]:
+    return sorted(a for a, agent in results["agents"].items() if agent["state"] != "completed")
+
+
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / ".aoe" / "state.db")
+
+
+def fail_agent(name: str, status: int = 400) -> Any:
+    def respond(request: Received) -> Reply | Fail:
+        if request.prompt.startswith(f"{name} "):
+            return Fail(status, f"{name} is refused")
+        return Reply()
+
+    return respond
+
+
+# -- the record ------------------------------------------------------------------------
+
+
+def test_a_run_is_recorded_with_agents_attempts_and_events(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    code, results, stderr = run(cli, provider_env, "run", write(CHAIN))
+    assert code == 0, stderr
+    db = store(tmp_path)
+    record = db.run(results["run_id"])
+    assert record["status"] == "completed"
+    assert record["workflow_name"] == "chain"
+    assert record["inputs"] == {"topic": "tides", "tone": "dry"}
+    assert record["cost"] == pytest.approx(results["cost_usd"])
+    assert record["outputs"] == results["outputs"]
+    agents = {a["agent_id"]: a for a in db.agents(record["run_id"])}
+    assert set(agents) == {"a", "b", "c", "side"}
+    for agent_id, agent in agents.items():
+        assert agent["state"] == "completed"
+        assert agent["output"] == results["agents"][agent_id]["output"]
+        assert agent["cost"] == pytest.approx(results["agents"][agent_id]["cost_usd"])
+        assert (agent["provider"], agent["model"]) == ("openai", "gpt-4o-mini")
+    attempts = db.attempts(record["run_id"])
+    assert len(attempts) == 4
+    assert all(a["status"] == "ok" and len(a["fingerprint"]) == 64 for a in attempts)
+    kinds = [e["type"] for e in db.events(record["run_id"])]
+    assert (kinds[0], kinds[-1]) == ("RunStarted", "RunFinished")
+    assert kinds.count("AgentFinished") == 4
+    # no secret anywhere in the store
+    raw = (tmp_path / ".aoe" / "state.db").read_bytes()
+    assert provider_env["OPENAI_API_KEY"].encode() not in raw
+
+
+def test_each_agent_is_on_disk_before_its_dependent_is_called(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    seen: dict[str, set[str]] = {}
+
+    def respond(request: Received) -> Reply:
+        # what the store holds (another connection, as a crash would leave it)
+        # at the moment each call arrives
+        with sqlite3.connect(tmp_path / ".aoe" / "state.db") as db:
+            seen[request.prompt.split(" ")[0]] = {
+                row[0]
+                for row in db.execute("SELECT agent_id FROM agents WHERE state = 'completed'")
+            }
+        return Reply()
+
+    fake.respond = respond
+    code, _, stderr = run(cli, provider_env, "run", write(CHAIN))
+    assert code == 0, stderr
+    assert {"a"} <= seen["b"]
+    assert {"a", "b"} <= seen["c"]
+
+
+# -- resume --------------------------------------------------------------------------------
+
+
+def test_resume_reruns_only_what_did_not_complete(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    path = write(CHAIN.replace("name: chain", "name: chain\nallow_partial_completion: true"))
+    fake.respond = fail_agent("b")
+    code, first, _ = run(cli, provider_env, "run", path)
+    assert code == 0  # partial, allowed
+    assert first["status"] == "partial"
+    assert sorted(called(fake)) == ["a", "b", "side"]
+
+    fake.reset()
+    code, second, stderr = run(cli, provider_env, "resume", first["run_id"])
+    assert code == 0, stderr
+    assert sorted(called(fake)) == ["b", "c"]
+    assert second["status"] == "completed"
+    assert second["session"] == 2
+    assert second["agents"]["a"]["resumed"] is True
+    assert second["agents"]["a"]["output"] == first["agents"]["a"]["output"]
+    assert "b after fake answer to: a about tides" in fake.received[0].prompt
+    # the whole run's spend: the first session's and this one's
+    assert second["cost_usd"] == pytest.approx(
+        first["cost_usd"] + sum(second["agents"][a]["cost_usd"] for a in ("b", "c"))
+    )
+    assert "completed before and are kept" in stderr
+
+    fake.reset()
+    result = cli("resume", first["run_id"], env=provider_env)
+    assert result.exit_code == 0
+    assert "already completed" in result.stderr
+    assert fake.received == []
+
+
+def test_resume_of_a_failed_run_keeps_the_original_inputs_unless_overridden(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    path = write(CHAIN)
+    fake.respond = fail_agent("c")
+    code, first, _ = run(cli, provider_env, "run", path, "-i", "topic=moons")
+    assert code == 1
+    fake.reset()
+    code, second, stderr = run(cli, provider_env, "resume", first["run_id"], "-i", "tone=wry")
+    assert code == 0, stderr
+    assert second["inputs"] == {"topic": "moons", "tone": "wry"}
+    # side reads the changed input: it runs again; a and b do not read it
+    assert sorted(called(fake)) == ["c", "side"]
+    assert fake.received[-1].prompt == "side in a wry tone" or "side in a wry tone" in [
+        r.prompt for r in fake.received
+    ]
+
+
+def test_a_changed_workflow_is_refused_unless_forced_and_then_only_the_change_reruns(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    path = write(CHAIN)
+    fake.respond = fail_agent("side")
+    code, first, _ = run(cli, provider_env, "run", path)
+    assert code == 1
+    fake.reset()
+
+    path.write_text(CHAIN.replace("b after", "b, after"))
+    result = cli("resume", first["run_id"], env=provider_env)
+    assert result.exit_code == 2
+    assert "changed since run" in result.stderr
+    assert "the definition of b changed" in result.stderr
+    assert "--force" in result.stderr
+    assert fake.received == []
+
+    code, second, stderr = run(cli, provider_env, "resume", first["run_id"], "--force")
+    assert code == 0, stderr
+    # b changed, c reads b, side had not completed; a is kept
+    assert sorted(called(fake)) == ["b,", "c", "side"]
+    assert second["agents"]["a"].get("resumed") is True
+    assert "b" not in unfinished(first) or "c" not in unfinished(first)
+
+
+def test_settings_that_do_not_change_answers_keep_finished_work_under_force(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    path = write(CHAIN)
+    fake.respond = fail_agent("side")
+    code, first, _ = run(cli, provider_env, "run", path)
+    assert code == 1
+    fake.reset()
+    path.write_text(CHAIN.replace("max_tokens: 50}", "max_tokens: 50}\n  timeout: 99"))
+    result = cli("resume", first["run_id"], env=provider_env)
+    assert result.exit_code == 2
+    assert "no agent's definition changed" in result.stderr
+    code, _, stderr = run(cli, provider_env, "resume", first["run_id"], "--force")
+    assert code == 0, stderr
+    assert sorted(called(fake)) == unfinished(first)
+    assert "side" in unfinished(first)
+
+
+def test_resume_works_from_the_record_when_the_file_is_gone(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    prompt = write("c after {{ agents.b.output }}", "prompts/c.txt")
+    path = write(
+        CHAIN.replace(
+            'c: {prompt: "c after {{ agents.b.output }}", depends_on: b}',
+            "c: {prompt_file: prompts/c.txt, depends_on: b}",
+        )
+    )
+    fake.respond = fail_agent("c")
+    code, first, _ = run(cli, provider_env, "run", path)
+    assert code == 1
+    path.unlink()
+    prompt.unlink()
+    fake.reset()
+    code, second, stderr = run(cli, provider_env, "resume", first["run_id"])
+    assert code == 0, stderr
+    assert called(fake) == ["c"]
+    assert second["outputs"]["final"].startswith("fake answer to: c after")
+
+
+def test_resume_latest_continues_an_unfinished_run_or_starts_one(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    path = write(CHAIN)
+    fake.respond = fail_agent("c")
+    code, first, _ = run(cli, provider_env, "run", path, "--resume-latest")
+    assert code == 1
+    fake.reset()
+    code, second, _ = run(cli, provider_env, "run", path, "--resume-latest")
+    assert code == 0
+    assert second["run_id"] == first["run_id"]
+    assert called(fake) == ["c"]
+    fake.reset()
+    code, third, _ = run(cli, provider_env, "run", path, "--resume-latest", "--no-cache")
+    assert code == 0
+    assert third["run_id"] != first["run_id"]  # the latest completed: a new run
+    assert len(fake.received) == 4
+
+
+def test_resume_refuses_unknown_and_running_runs(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = cli("resume", "20990101-000000-abcdef", env=provider_env)
+    assert result.exit_code == 2
+    assert "no run 20990101-000000-abcdef" in result.stderr
+    _, first, _ = run(cli, provider_env, "run", write(CHAIN))
+    with sqlite3.connect(tmp_path / ".aoe" / "state.db") as db:  # as if still running here
+        db.execute(
+            "UPDATE runs SET status = 'running', pid = ? WHERE run_id = ?",
+            (os.getpid(), first["run_id"]),
+        )
+    result = cli("resume", first["run_id"][:12], env=provider_env)  # a prefix will do
+    assert result.exit_code == 2
+    assert "is still running" in result.stderr
+
+
+# -- the response cache ----------------------------------------------------------------
+
+
+def test_the_cache_answers_exact_repeats_for_free(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    path = write(CHAIN)
+    code, first, _ = run(cli, provider_env, "run", path)
+    assert code == 0
+    assert len(fake.received) == 4
+    fake.reset()
+    code, second, stderr = run(cli, provider_env, "run", path)
+    assert code == 0, stderr
+    assert fake.received == []
+    assert second["cost_usd"] == 0
+    assert second["outputs"] == first["outputs"]
+    for agent in second["agents"].values():
+        assert agent["cached"] is True
+        assert [a["status"] for a in agent["attempts"]] == ["cached"]
+        assert agent["cost_usd"] == 0
+
+    # any change in what is asked misses: an input, a parameter
+    fake.reset()
+    run(cli, provider_env, "run", path, "-i", "tone=wry")
+    assert called(fake) == ["side"]
+    fake.reset()
+    run(
+        cli, provider_env, "run", write(CHAIN.replace("max_tokens: 50", "max_tokens: 51"), "b.yaml")
+    )
+    assert len(fake.received) == 4
+    fake.reset()
+    changed = CHAIN.replace(
+        'side: {prompt: "side in a {{ inputs.tone }} tone"}',
+        'side: {prompt: "side in a {{ inputs.tone }} tone", llm: {temperature: 0.5}}',
+    )
+    run(cli, provider_env, "run", write(changed, "c.yaml"))
+    assert called(fake) == ["side"]
+
+
+def test_no_cache_and_cache_false_call_the_model(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    path = write(
+        CHAIN.replace(
+            'a: {prompt: "a about {{ inputs.topic }}"}',
+            'a: {prompt: "a about {{ inputs.topic }}", cache: false}',
+        )
+    )
+    run(cli, provider_env, "run", path)
+    fake.reset()
+    run(cli, provider_env, "run", path)
+    assert called(fake) == ["a"]  # the others came from the cache
+    fake.reset()
+    run(cli, provider_env, "run", path, "--no-cache")
+    assert len(fake.received) == 4
+
+
+def test_failed_and_invalid_replies_are_never_cached(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write(
+        "version: 1\nname: j\nagents:\n  j:\n    prompt: give json\n"
+        "    llm: {model: gpt-4o-mini}\n"
+        "    output: {format: json, schema: {type: object, required: [n],"
+        " properties: {n: {type: integer}}}}\n"
+    )
+    fake.script(Fail(500, "down"), Reply(text="not json"), Reply(json={"n": 1}))
+    code, first, stderr = run(cli, provider_env, "run", path)
+    assert code == 0, stderr
+    assert [a["status"] for a in first["agents"]["j"]["attempts"]] == ["error", "error", "ok"]
+    # only the valid answer is kept, under its own request (which carried the
+    # feedback about the invalid reply); the plain question has no valid answer yet
+    assert store(tmp_path).cache_stats()["entries"] == 1
+    fake.reset()
+    fake.script(Reply(json={"n": 2}))
+    code, second, _ = run(cli, provider_env, "run", path)
+    assert len(fake.received) == 1
+    assert second["agents"]["j"]["output"] == {"n": 2}
+    fake.reset()
+    code, third, _ = run(cli, provider_env, "run", path)
+    assert fake.received == []
+    assert third["agents"]["j"]["output"] == {"n": 2}
+
+
+def test_the_mock_provider_is_never_cached(cli: RunCli, write: WriteFile, tmp_path: Path) -> None:
+    path = write(CHAIN)
+    for _ in range(2):
+        code, results, _ = run(cli, {}, "run", path, "--mock")
+        assert code == 0
+        assert results["cost_usd"] > 0  # a cost rehearsal prices every call
+    assert store(tmp_path).cache_stats()["entries"] == 0
+
+
+def test_cache_stats_and_clear(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    path = write(CHAIN)
+    run(cli, provider_env, "run", path)
+    run(cli, provider_env, "run", path)
+    stats = json.loads(cli("cache", "stats", "-f", "json").stdout)
+    assert stats["entries"] == 4
+    assert stats["hits"] == 4
+    assert stats["models"] == [
+        {"provider": "openai", "model": "gpt-4o-mini", "entries": 4, "hits": 4}
+    ]
+    assert "entries   4" in cli("cache", "stats").stdout
+    result = cli("cache", "clear")
+    assert result.exit_code == 0
+    assert "removed 4 cache entries" in result.stderr
+    assert json.loads(cli("cache", "stats", "-f", "json").stdout)["entries"] == 0
+
+
+# -- aoe runs ----------------------------------------------------------------------------
+
+
+def test_runs_list_show_and_events(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    path = write(CHAIN)
+    _, ok, _ = run(cli, provider_env, "run", path)
+    fake.respond = fail_agent("c")
+    _, failed, _ = run(cli, provider_env, "run", path, "--no-cache")
+    listed = json.loads(cli("runs", "list", "-f", "json").stdout)
+    assert [r["run_id"] for r in listed] == [failed["run_id"], ok["run_id"]]
+    only = json.loads(cli("runs", "list", "--status", "failed", "-f", "json").stdout)
+    assert [r["run_id"] for r in only] == [failed["run_id"]]
+    assert json.loads(cli("runs", "list", "-w", "nope", "-f", "json").stdout) == []
+    table = cli("runs", "list").stdout
+    assert [failed["run_id"], "chain", "failed"] == table.splitlines()[1].split()[:3]
+
+    shown = cli("runs", "show", failed["run_id"]).stdout
+    assert "c is refused" in shown
+    assert f"aoe resume {failed['run_id']}" in shown
+    document = json.loads(cli("runs", "show", failed["run_id"], "-f", "json").stdout)
+    assert {a["agent_id"]: a["state"] for a in document["agents"]} == {
+        "a": "completed",
+        "b": "completed",
+        "c": "failed",
+        "side": "completed",
+    }
+    lines = cli("runs", "events", failed["run_id"], "--type", "agent_finished", "--last", "2")
+    events = [json.loads(line) for line in lines.stdout.splitlines()]
+    assert [e["type"] for e in events] == ["AgentFinished", "AgentFinished"]
+    assert events[-1]["agent_id"] == "c"
+    assert events[-1]["state"] == "failed"
+
+
+def test_export_and_import_carry_a_run_to_another_store(
+    cli: RunCli,
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    path = write(CHAIN)
+    fake.respond = fail_agent("c")
+    _, first, _ = run(cli, provider_env, "run", path)
+    backup = tmp_path / "backup.json"
+    assert cli("runs", "export", first["run_id"], "-o", backup).exit_code == 0
+    elsewhere = {**provider_env, "AOE_STATE_DIR": str(tmp_path / "elsewhere")}
+    result = cli("runs", "import", backup, env=elsewhere)
+    assert result.exit_code == 0, result.stderr
+    assert cli("runs", "import", backup, env=elsewhere).exit_code == 2  # already there
+    assert cli("runs", "import", backup, "--replace", env=elsewhere).exit_code == 0
+    fake.reset()
+    code, _, stderr = run(cli, elsewhere, "resume", first["run_id"])
+    assert code == 0, stderr
+    assert called(fake) == ["c"]
+    # the original store still has its failed run, untouched
+    assert store(tmp_path).run(first["run_id"])["status"] == "failed"
+
+    (tmp_path / "junk.json").write_text("{}")
+    result = cli("runs", "import", tmp_path / "junk.json", env=elsewhere)
+    assert result.exit_code == 2
+    assert "not an aoe run export" in result.stderr
+
+
+def test_prune_removes_old_finished_runs_only(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write(CHAIN)
+    _, old, _ = run(cli, provider_env, "run", path)
+    _, new, _ = run(cli, provider_env, "run", path)
+    with sqlite3.connect(tmp_path / ".aoe" / "state.db") as db:
+        db.execute(
+            "UPDATE runs SET updated_at = ?, created_at = ? WHERE run_id = ?",
+            (time.time() - 40 * 86400, time.time() - 40 * 86400, old["run_id"]),
+        )
+    result = cli("runs", "prune", "--older-than", "30d", "--dry-run")
+    assert result.stdout.split() == [old["run_id"]]
+    assert len(store(tmp_path).runs()) == 2
+    result = cli("runs", "prune", "--older-than", "30d")
+    assert result.exit_code == 0
+    assert [r["run_id"] for r in store(tmp_path).runs()] == [new["run_id"]]
+    assert store(tmp_path).events(old["run_id"]) == []  # its rows went with it
+    assert cli("runs", "prune", "--older-than", "soon").exit_code == 2
+
+
+# -- a store that cannot be used -----------------------------------------------------
+
+
+def test_a_damaged_store_is_a_clear_error_and_is_left_alone(
+    cli: RunCli, write: WriteFile, tmp_path: Path
+) -> None:
+    folder = tmp_path / ".aoe"
+    folder.mkdir()
+    damaged = folder / "state.db"
+    damaged.write_bytes(b"this is not a database" * 100)
+    for args in (("run", write(CHAIN), "--mock"), ("runs", "list")):
+        result = cli(*args)
+        assert result.exit_code == 2
+        assert "damaged or not an aoe store" in result.stderr
+        assert "AOE_STATE_DIR" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert damaged.read_bytes() == b"this is not a database" * 100
+
+
+def test_a_store_from_a_newer_aoe_is_refused(cli: RunCli, write: WriteFile, tmp_path: Path) -> None:
+    code, first, _ = run(cli, {}, "run", write(CHAIN), "--mock")
+    assert code == 0
+    with sqlite3.connect(tmp_path / ".aoe" / "state.db") as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    result = cli("runs", "list")
+    assert result.exit_code == 2
+    assert "written by a newer aoe" in result.stderr
+    assert "upgrade aoe" in result.stderr
+    with sqlite3.connect(tmp_path / ".aoe" / "state.db") as db:  # nothing was lost
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    assert Store(tmp_path / ".aoe" / "state.db").run(first["run_id"])["status"] == "completed"
+
+
+def test_an_sqlite_file_of_something_else_is_refused(cli: RunCli, tmp_path: Path) -> None:
+    (tmp_path / ".aoe").mkdir()
+    with sqlite3.connect(tmp_path / ".aoe" / "state.db") as db:
+        db.execute("CREATE TABLE mine (x)")
+    result = cli("runs", "list")
+    assert result.exit_code == 2
+    assert "not an aoe store" in result.stderr
+
+
+def test_concurrent_runs_share_one_store(write: WriteFile, tmp_path: Path) -> None:
+    path = write(CHAIN.replace("a about", "a {{ inputs.topic }} about"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI", "ANTHROPIC"))}
+    env.update(AOE_MOCK_LATENCY="0.02", PYTHONPATH=str(REPO))
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "aoe", "run", str(path), "--mock", "-q", "-i", f"topic=t{i}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(6)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
+    runs = store(tmp_path).runs()
+    assert len(runs) == 6
+    assert {r["status"] for r in runs} == {"completed"}
+    assert sorted(
+        json.loads(json.dumps(store(tmp_path).run(r["run_id"])["inputs"]))["topic"] for r in runs
+    ) == [f"t{i}" for i in range(6)]
