@@ -78,6 +78,8 @@ async def run_workflow(
     unless ``cache`` is false, answers come from the response cache where they
     can. ``resume`` (from :func:`aoe.resume.plan_resume`) continues a recorded
     run instead of starting one."""
+    import asyncio
+
     from aoe.engine.events import EventBus
     from aoe.engine.executor import Engine, new_run_id
     from aoe.errors import MissingApiKey
@@ -108,12 +110,13 @@ async def run_workflow(
         if resume is not None:
             resumption = resume.resumption._replace(session=session)
         recorder = Recorder(store.path, run_id, session)
-        recorder.start()
         bus.record_with(recorder)
         if cache:
             response_cache = ResponseCache(store, recorder)
     engine = Engine(settings)
     try:
+        if recorder is not None:
+            recorder.start()
         status = await engine.run(
             workflow,
             inputs,
@@ -129,8 +132,8 @@ async def run_workflow(
         try:
             await engine.aclose()
         finally:
-            if recorder is not None:
-                recorder.close()
+            if recorder is not None:  # the last commit, off the event loop
+                await asyncio.to_thread(recorder.close)
     if bus.failure is not None:  # a subscriber broke: a bug to report, after the run
         raise bus.failure
     return status
@@ -172,6 +175,7 @@ def _record(
         settings=settings_used,
         budget=settings_used.get("budget"),
         workflow=changed,
+        sessions=resume.sessions,
     )
 
 

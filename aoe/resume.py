@@ -14,6 +14,7 @@ recorded — counts against the run's budget and each agent's limit.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from aoe.workflow import Workflow
 
 class ResumePlan(NamedTuple):
     run_id: str
+    sessions: int  # as read: a resume that started meanwhile makes this one stale
     status: str  # the record's status before this session
     workflow: Workflow
     inputs: dict[str, Any]
@@ -71,14 +73,23 @@ def plan_resume(
             "wait for it to end, or stop it first"
         )
     workflow = _workflow(run, settings)
-    values = dict(run["inputs"])
-    inputs = {**(inputs or {}), **from_assignments(assignments, workflow.inputs)}
-    if inputs:
-        given = {name: GivenInput(value, "stored inputs") for name, value in values.items()}
-        given = {name: item for name, item in given.items() if name in workflow.inputs}
-        given.update(inputs)
-        values = bind_inputs(workflow.inputs, given)
+    # the stored inputs the workflow still declares, then the overrides; checked
+    # again, since the file (under --force) may declare other inputs now
+    given = {
+        name: GivenInput(value, f"the inputs of run {run_id}")
+        for name, value in run["inputs"].items()
+        if name in workflow.inputs
+    }
+    given.update(inputs or {})
+    given.update(from_assignments(assignments, workflow.inputs))
+    values = bind_inputs(workflow.inputs, given)
     chosen = dict(run["settings"])
+    mock = (options or {}).get("mock")
+    if mock is not None and bool(mock) != bool(chosen.get("mock")):
+        raise ResumeRefused(
+            f"run {run_id} was {'a --mock' if chosen.get('mock') else 'a real'} run: it "
+            f"cannot be finished {'with --mock' if mock else 'for real'}; start a new run"
+        )
     chosen.update({k: v for k, v in (options or {}).items() if v is not None})
 
     defined = definitions(workflow, values)
@@ -100,16 +111,19 @@ def plan_resume(
             "those that depend on them, or `aoe run` to start afresh"
         )
 
-    kept: list[str] = []
+    # an agent whose definition changed runs again, and so does everything after
+    # it (its input may change); every other completed agent is kept, whatever
+    # became of the agents before it: its output was paid for
+    stale: set[str] = set()
     for agent_id in workflow.graph.topological_order():
-        record = records.get(agent_id)
-        if (
-            record is not None
-            and record["state"] == "completed"
-            and agent_id not in changed
-            and all(dep in kept for dep in workflow.agents[agent_id].depends_on)
-        ):
-            kept.append(agent_id)
+        deps = workflow.agents[agent_id].depends_on
+        if agent_id in changed or any(dep in stale for dep in deps):
+            stale.add(agent_id)
+    kept = [
+        agent_id
+        for agent_id in workflow.agents
+        if agent_id not in stale and records[agent_id]["state"] == "completed"
+    ]
     rerun = tuple(a for a in workflow.agents if a not in kept)
 
     attempts = store.attempts(run_id)
@@ -117,9 +131,17 @@ def plan_resume(
         sum(a["input_tokens"] for a in attempts), sum(a["output_tokens"] for a in attempts)
     )
     agent_spent: dict[str, float] = {}
+    item_spent: dict[str, dict[int, float]] = {}
+    items: dict[str, dict[int, Any]] = {}
     for attempt in attempts:
+        agent_id, item = attempt["agent_id"], attempt["item"]
         spent = attempt["reserved"] if attempt["status"] == "started" else attempt["cost"]
-        agent_spent[attempt["agent_id"]] = agent_spent.get(attempt["agent_id"], 0.0) + spent
+        agent_spent[agent_id] = agent_spent.get(agent_id, 0.0) + spent
+        if item >= 0 and agent_id not in stale:  # a foreach item: its own limit and output
+            by_item = item_spent.setdefault(agent_id, {})
+            by_item[item] = by_item.get(item, 0.0) + spent
+            if attempt["status"] in ("ok", "cached") and attempt["output"] is not None:
+                items.setdefault(agent_id, {})[item] = json.loads(attempt["output"])
     completed = {
         agent_id: Restored(
             records[agent_id]["output"],
@@ -135,9 +157,12 @@ def plan_resume(
         spent=store.spent(run_id),
         usage=usage,
         agent_spent={a: s for a, s in agent_spent.items() if a not in completed},
+        items={a: i for a, i in items.items() if a not in completed},
+        item_spent=item_spent,
     )
     return ResumePlan(
         run_id,
+        int(run["sessions"]),
         run["status"],
         workflow,
         values,

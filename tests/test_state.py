@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from aoe.errors import ResumeRefused
 from aoe.state.store import SCHEMA_VERSION, Store
 from tests.conftest import REPO, RunCli, WriteFile
 from tests.fakeserver import Fail, FakeProvider, Received, Reply
@@ -175,13 +176,14 @@ def test_resume_of_a_failed_run_keeps_the_original_inputs_unless_overridden(
 def test_a_changed_workflow_is_refused_unless_forced_and_then_only_the_change_reruns(
     cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
 ) -> None:
-    path = write(CHAIN)
+    partial = CHAIN.replace("name: chain", "name: chain\nallow_partial_completion: true")
+    path = write(partial)
     fake.respond = fail_agent("side")
     code, first, _ = run(cli, provider_env, "run", path)
-    assert code == 1
+    assert unfinished(first) == ["side"]
     fake.reset()
 
-    path.write_text(CHAIN.replace("b after", "b, after"))
+    path.write_text(partial.replace("b after", "b, after"))
     result = cli("resume", first["run_id"], env=provider_env)
     assert result.exit_code == 2
     assert "changed since run" in result.stderr
@@ -194,7 +196,6 @@ def test_a_changed_workflow_is_refused_unless_forced_and_then_only_the_change_re
     # b changed, c reads b, side had not completed; a is kept
     assert sorted(called(fake)) == ["b,", "c", "side"]
     assert second["agents"]["a"].get("resumed") is True
-    assert "b" not in unfinished(first) or "c" not in unfinished(first)
 
 
 def test_settings_that_do_not_change_answers_keep_finished_work_under_force(
@@ -263,14 +264,60 @@ def test_resume_refuses_unknown_and_running_runs(
     assert result.exit_code == 2
     assert "no run 20990101-000000-abcdef" in result.stderr
     _, first, _ = run(cli, provider_env, "run", write(CHAIN))
-    with sqlite3.connect(tmp_path / ".aoe" / "state.db") as db:  # as if still running here
-        db.execute(
-            "UPDATE runs SET status = 'running', pid = ? WHERE run_id = ?",
-            (os.getpid(), first["run_id"]),
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with sqlite3.connect(tmp_path / ".aoe" / "state.db") as db:  # as if it still ran
+            db.execute(
+                "UPDATE runs SET status = 'running', pid = ?, process = NULL WHERE run_id = ?",
+                (other.pid, first["run_id"]),
+            )
+        result = cli("resume", first["run_id"][:12], env=provider_env)  # a prefix will do
+        assert result.exit_code == 2
+        assert "is still running" in result.stderr
+        assert [r["status"] for r in store(tmp_path).runs()] == ["running"]
+    finally:
+        other.kill()
+        other.wait()
+    # its process is gone: interrupted, and resumable
+    assert [r["status"] for r in store(tmp_path).runs()] == ["interrupted"]
+    result = cli("resume", first["run_id"], env=provider_env)
+    assert result.exit_code == 0, result.stderr
+
+
+def test_two_resumes_of_one_run_never_both_run(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    fake.respond = fail_agent("c")
+    _, first, _ = run(cli, provider_env, "run", write(CHAIN))
+    fake.reset()
+    from aoe.config import load_settings
+    from aoe.resume import plan_resume
+
+    db = store(tmp_path)
+    settings = load_settings(environ=provider_env, cwd=tmp_path)
+    plans = [plan_resume(db, first["run_id"], settings) for _ in range(2)]  # planned at once
+    assert (
+        db.begin_session(
+            first["run_id"],
+            agents={},
+            rerun=(),
+            inputs={},
+            settings={},
+            budget=None,
+            sessions=plans[0].sessions,
         )
-    result = cli("resume", first["run_id"][:12], env=provider_env)  # a prefix will do
-    assert result.exit_code == 2
-    assert "is still running" in result.stderr
+        == 2
+    )
+    with pytest.raises(ResumeRefused, match="resumed by another process"):
+        db.begin_session(
+            first["run_id"],
+            agents={},
+            rerun=(),
+            inputs={},
+            settings={},
+            budget=None,
+            sessions=plans[1].sessions,
+        )
 
 
 # -- the response cache ----------------------------------------------------------------
@@ -537,3 +584,135 @@ def test_concurrent_runs_share_one_store(write: WriteFile, tmp_path: Path) -> No
     assert sorted(
         json.loads(json.dumps(store(tmp_path).run(r["run_id"])["inputs"]))["topic"] for r in runs
     ) == [f"t{i}" for i in range(6)]
+
+
+# -- what resume keeps -----------------------------------------------------------------
+
+
+def test_a_completed_agent_is_kept_even_when_an_agent_before_it_runs_again(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    path = write(
+        "version: 1\nname: d\nallow_partial_completion: true\n"
+        "defaults: {llm: {model: gpt-4o-mini}}\nagents:\n"
+        "  a: {prompt: a}\n"
+        "  b: {prompt: b, depends_on: a, trigger_rule: all_done}\n"
+        "  c: {prompt: c, depends_on: b}\n"
+    )
+    fake.respond = lambda r: Fail(400, "no") if r.prompt == "a" else Reply()
+    code, first, _ = run(cli, provider_env, "run", path)
+    assert first["status"] == "partial"
+    assert unfinished(first) == ["a"]
+    fake.reset()
+    code, second, stderr = run(cli, provider_env, "resume", first["run_id"])
+    assert code == 0, stderr
+    assert called(fake) == ["a"]  # b and c completed: paid for, never called again
+    assert second["agents"]["b"]["resumed"] is True
+
+
+def test_finished_foreach_items_are_kept_by_a_resume(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write(
+        "version: 1\nname: f\nmax_parallel_agents: 4\n"
+        "inputs: {things: {type: list, default: [w, x, y, z]}}\n"
+        "defaults: {llm: {model: gpt-4o-mini}}\nagents:\n"
+        "  each: {prompt: 'item {{ item }}', foreach: inputs.things, cost_limit: 1}\n"
+        "  after: {prompt: 'after {{ agents.each.output | join(\",\") }}', depends_on: each}\n"
+    )
+
+    def respond(request: Received) -> Reply | Fail:
+        if request.prompt == "item y":
+            return Fail(400, "y is refused")
+        return Reply(delay=0.05)
+
+    fake.respond = respond
+    code, first, _ = run(cli, provider_env, "run", path, "--no-cache")
+    assert code == 1
+    assert first["agents"]["each"]["state"] == "failed"
+    assert sorted(called(fake)) == ["item", "item", "item", "item"]
+    fake.reset()
+    code, second, stderr = run(cli, provider_env, "resume", first["run_id"], "--no-cache")
+    assert code == 0, stderr
+    prompts = [r.prompt for r in fake.received]
+    assert len(prompts) == 2
+    assert prompts[0] == "item y"  # only the item that failed
+    assert prompts[1].startswith("after ")
+    assert second["agents"]["each"]["output"] == [
+        "fake answer to: item w",
+        "fake answer to: item x",
+        "fake answer to: item y",
+        "fake answer to: item z",
+    ]
+
+
+def test_force_checks_the_inputs_the_changed_file_declares(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    path = write(CHAIN)
+    fake.respond = fail_agent("c")
+    _, first, _ = run(cli, provider_env, "run", path)
+    fake.reset()
+    path.write_text(
+        CHAIN.replace("  tone:", "  who: {type: string}\n  tone:").replace(
+            "c after", "c for {{ inputs.who }} after"
+        )
+    )
+    result = cli("resume", first["run_id"], "--force", env=provider_env)
+    assert result.exit_code == 2
+    assert "who" in result.stderr
+    assert fake.received == []
+    code, _, stderr = run(cli, provider_env, "resume", first["run_id"], "--force", "-i", "who=me")
+    assert code == 0, stderr
+    assert called(fake) == ["c"]
+
+
+def test_a_real_run_is_never_finished_by_the_mock(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write(CHAIN)
+    fake.respond = fail_agent("c")
+    _, first, _ = run(cli, provider_env, "run", path)
+    code, mocked, _ = run(cli, provider_env, "run", path, "--resume-latest", "--mock")
+    assert code == 0
+    assert mocked["run_id"] != first["run_id"]  # a run of its own
+    assert store(tmp_path).run(first["run_id"])["status"] == "failed"
+    from aoe.config import load_settings
+    from aoe.resume import plan_resume
+
+    settings = load_settings(environ=provider_env, cwd=tmp_path)
+    with pytest.raises(ResumeRefused, match="was a real run"):
+        plan_resume(store(tmp_path), first["run_id"], settings, options={"mock": True})
+
+
+def test_credentials_in_a_base_url_never_reach_the_store(
+    cli: RunCli, write: WriteFile, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        **provider_env,
+        "OPENAI_BASE_URL": "http://user:hunter2@127.0.0.1:9/v1",
+        "MAX_RETRIES": "0",
+    }
+    code, results, stderr = run(cli, env, "run", write(CHAIN))
+    assert code == 1
+    assert "cannot reach" in json.dumps(results)
+    assert "hunter2" not in json.dumps(results) + stderr
+    for name in os.listdir(tmp_path / ".aoe"):
+        assert b"hunter2" not in (tmp_path / ".aoe" / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param({"format": "aoe-run", "schema": 1, "runs": ["x"]}, id="rows-not-objects"),
+        pytest.param({"format": "aoe-run", "schema": "v1", "runs": [{}]}, id="bad-schema"),
+        pytest.param({"format": "aoe-run", "schema": 1, "runs": [{"run_id": "r"}]}, id="no-cols"),
+        pytest.param([1, 2], id="a-list"),
+    ],
+)
+def test_a_damaged_export_is_refused_cleanly(cli: RunCli, tmp_path: Path, document: Any) -> None:
+    (tmp_path / "bad.json").write_text(json.dumps(document))
+    result = cli("runs", "import", tmp_path / "bad.json")
+    assert result.exit_code == 2
+    assert "Traceback" not in result.stderr
+    assert "export" in result.stderr

@@ -156,6 +156,7 @@ class AttemptFinished(Event):
     error_kind: str | None = None
     finish_reason: str | None = None
     cached: bool = False  # answered from the response cache: no call, no cost
+    output: Any = None  # the valid output it produced (a foreach item's is recorded)
 
 
 @event

@@ -151,11 +151,13 @@ class _AgentRun:
         "dependents",
         "error",
         "foreach",
+        "item_spent",
         "items",
         "items_left",
         "ledger",
         "output",
         "priority",
+        "restored_items",
         "started_at",
         "state",
         "undecided",
@@ -178,6 +180,8 @@ class _AgentRun:
         self.usage = Usage()
         self.cost = 0.0
         self.started_at: float | None = None
+        self.restored_items: dict[int, Any] = {}  # foreach items finished in an earlier session
+        self.item_spent: dict[int, float] = {}  # and what items spent then
 
 
 class Restored(NamedTuple):
@@ -198,6 +202,8 @@ class Resumption(NamedTuple):
     spent: float  # USD the run may have been billed so far
     usage: Usage
     agent_spent: Mapping[str, float]  # agents that did not complete: USD already spent
+    items: Mapping[str, Mapping[int, Any]] = {}  # foreach agents: outputs of finished items
+    item_spent: Mapping[str, Mapping[int, float]] = {}  # and what each item spent
 
 
 class _Admission(NamedTuple):
@@ -280,6 +286,12 @@ class _Run:
         for agent_id, spent in resumption.agent_spent.items():
             if agent_id in self.agents and agent_id not in resumption.completed:
                 self.agents[agent_id].ledger.spent = spent
+        for agent_id, items in resumption.items.items():
+            if agent_id in self.agents and agent_id not in resumption.completed:
+                self.agents[agent_id].restored_items = dict(items)
+        for agent_id, spent_by_item in resumption.item_spent.items():
+            if agent_id in self.agents:
+                self.agents[agent_id].item_spent = dict(spent_by_item)
 
     # -- the run -------------------------------------------------------------------
     async def execute(self) -> RunStatus:
@@ -343,7 +355,7 @@ class _Run:
             if self.cancelled:
                 reason = "the run was cancelled"
             elif self.crashed is not None:
-                reason = f"the run stopped on an internal error: {self.crashed}"
+                reason = f"the run stopped: {self.crashed}"
             else:
                 reason = "the run stopped after a failure before this agent " + (
                     "finished" if started else "started"
@@ -456,12 +468,17 @@ class _Run:
         record.foreach = list(items)
         record.items = [None] * len(items)
         record.items_left = len(items)
-        if not items:
-            record.output = []
+        for index, output in record.restored_items.items():  # paid for in an earlier session
+            if index < len(items):
+                record.items[index] = output
+                record.items_left -= 1
+        if not record.items_left:
+            record.output = record.items
             self.end(record, AgentState.COMPLETED)
             return False
         for index in range(len(items)):
-            heapq.heappush(self.ready, (*entry, index, record))
+            if index not in record.restored_items:
+                heapq.heappush(self.ready, (*entry, index, record))
         return True
 
     def release(self, record: _AgentRun) -> list[_AgentRun]:
@@ -526,6 +543,7 @@ class _Run:
         ledger = record.ledger
         if item is not None:  # each item has a cost_limit of its own
             ledger = Ledger(record.ledger.limit, f"agent {agent.id}'s cost_limit for item {item}")
+            ledger.spent = record.item_spent.get(item, 0.0)
         attempts = _Counter()
         error: RunError | None = None
         for index, llm in enumerate(agent.models):
@@ -654,7 +672,7 @@ class _Run:
                 except RunError:
                     pass  # an entry that no longer fits: ask the model
                 else:
-                    self.cached(record, item, attempts, request, hit)
+                    self.cached(record, item, attempts, request, hit, output)
                     return output
         admission = await self.admit(record, item, request, llm, ledger)
         attempts.value += 1
@@ -677,13 +695,13 @@ class _Run:
         )
         if checkpoint is not None:
             # the attempt and every agent this one depends on are on disk first
-            waiter = checkpoint.flushed()
-            if waiter is not None:
-                try:
+            try:
+                waiter = checkpoint.flushed()
+                if waiter is not None:
                     await waiter
-                except BaseException:
-                    self.settle(record, item, number, llm, request, admission, None, 0.0, None)
-                    raise
+            except BaseException:
+                self.settle(record, item, number, llm, request, admission, None, 0.0, None)
+                raise
         provider = self.engine.providers.get(request.provider)
         began = time.perf_counter()
         response: Response | None = None
@@ -742,6 +760,7 @@ class _Run:
             response,
             time.perf_counter() - began,
             None,
+            output=output,
         )
         return output
 
@@ -792,6 +811,7 @@ class _Run:
         error: RunError | None,
         *,
         billed_unknown: bool = False,
+        output: Any = None,
     ) -> None:
         """Where an attempt is settled: the limiter and the budget corrected with what
         was used, the totals counted once, the attempt told. An attempt whose outcome
@@ -827,6 +847,8 @@ class _Run:
                 error.message if error else None,
                 type(error).__name__ if error else (None if response else _NOT_ANSWERED),
                 response.finish_reason if response else None,
+                False,
+                output,
             )
         )
 
@@ -837,6 +859,7 @@ class _Run:
         attempts: _Counter,
         request: Request,
         response: Response,
+        output: Any,
     ) -> None:
         """An attempt answered from the cache: told like a call that cost nothing."""
         attempts.value += 1
@@ -861,6 +884,7 @@ class _Run:
                 None,
                 response.finish_reason,
                 True,
+                output,
             )
         )
 

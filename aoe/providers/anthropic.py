@@ -68,7 +68,7 @@ class AnthropicProvider:
         except anthropic.APIConnectionError as e:
             where = self._base_url or "the Anthropic API"
             raise ProviderUnavailable(
-                f"{self.name}: cannot reach {where}: {scrub(str(e), self._secrets)}",
+                scrub(f"{self.name}: cannot reach {where}: {e}", self._secrets),
                 provider=self.name,
             ) from None
         except anthropic.AnthropicError as e:

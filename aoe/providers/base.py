@@ -114,14 +114,17 @@ def retry_after(headers: Mapping[str, str] | None) -> float | None:
 
 
 _KEYS = re.compile(r"(sk-[A-Za-z0-9_\-*]{3})[A-Za-z0-9_\-*]{5,}")
+_URL_PASSWORD = re.compile(r"(//[^@/:\s]*):[^@/\s]*@")
 
 
 def scrub(message: str, secrets: tuple[str, ...] = ()) -> str:
-    """A provider's message without API keys: the key itself, and anything shaped
-    like one (the vendors echo part of a wrong key back)."""
+    """A provider's message without API keys: the key itself, anything shaped
+    like one (the vendors echo part of a wrong key back), and the password of a
+    URL (``https://user:password@proxy``)."""
     for secret in secrets:
         if secret:
             message = message.replace(secret, "***")
+    message = _URL_PASSWORD.sub(r"\1:***@", message)  # a proxy's credentials
     return _KEYS.sub(r"\1***", message)
 
 

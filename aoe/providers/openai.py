@@ -70,7 +70,7 @@ class OpenAIProvider:
         except openai.APIConnectionError as e:
             where = self._base_url or "the OpenAI API"
             raise ProviderUnavailable(
-                f"{self.name}: cannot reach {where}: {scrub(str(e), self._secrets)}",
+                scrub(f"{self.name}: cannot reach {where}: {e}", self._secrets),
                 provider=self.name,
             ) from None
         except openai.OpenAIError as e:  # a reply the SDK could not read

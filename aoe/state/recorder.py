@@ -41,11 +41,20 @@ from aoe.engine.events import (
     RunStarted,
 )
 from aoe.errors import StateWriteFailed
-from aoe.providers.base import Response, Usage
+from aoe.providers.base import Response, Usage, scrub
 from aoe.state.store import connect, dumps, transaction
 
 _NOT_ANSWERED = "cancelled"  # AttemptFinished.error_kind of a call cancelled in flight
 _LEFT_OUT = frozenset({"run_id", "at", "agent_id", "output", "outputs"})
+# An agent's usage, cost and attempts over every session: a crashed session's
+# attempts were paid for too (those never answered at their reservation).
+_TOTALS = (
+    "UPDATE agents SET (input_tokens, output_tokens, cost, attempts) = (SELECT"
+    " coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),"
+    " coalesce(sum(CASE WHEN status = 'started' THEN reserved ELSE cost END), 0),"
+    " count(*) FROM attempts WHERE run_id = :run AND agent_id = :agent)"
+    " WHERE run_id = :run AND agent_id = :agent"
+)
 
 
 class CachePut(NamedTuple):
@@ -195,6 +204,7 @@ class _Writer:
         self.fields = fields
         self.seq = 0
         self.answered: dict[str, tuple[str, str]] = {}  # agent -> provider, model
+        self.ended: set[str] = set()  # agents whose final state is written
 
     def write(self, item: _Item) -> None:
         if isinstance(item, CachePut):
@@ -267,11 +277,12 @@ class _Writer:
                 )
             db.execute(
                 "UPDATE attempts SET status = ?, error = ?, error_kind = ?, cost = ?,"
-                " input_tokens = ?, output_tokens = ?, duration = ?, finished_at = ?, model = ?"
-                " WHERE run_id = ? AND agent_id = ? AND session = ? AND item = ? AND attempt = ?",
+                " input_tokens = ?, output_tokens = ?, duration = ?, finished_at = ?, model = ?,"
+                " output = ? WHERE run_id = ? AND agent_id = ? AND session = ? AND item = ?"
+                " AND attempt = ?",
                 (
                     status,
-                    event.error,
+                    None if event.error is None else scrub(event.error),
                     event.error_kind,
                     event.cost,
                     event.usage.input_tokens,
@@ -279,6 +290,8 @@ class _Writer:
                     event.duration,
                     event.at,
                     event.model,
+                    # a foreach item's output: a resume keeps the items that finished
+                    None if event.item is None or event.error else dumps(event.output),
                     run_id,
                     event.agent_id,
                     self.session,
@@ -286,6 +299,8 @@ class _Writer:
                     event.attempt,
                 ),
             )
+            if event.agent_id in self.ended:  # an item that ended after its agent did
+                db.execute(_TOTALS, {"run": run_id, "agent": event.agent_id})
         elif isinstance(event, RunStarted):
             db.execute(
                 "UPDATE runs SET budget = ?, updated_at = ? WHERE run_id = ?",
@@ -301,23 +316,17 @@ class _Writer:
             if event.resumed:
                 return  # its record is the one it was restored from
             provider, model = self.answered.get(event.agent_id, (None, None))
-            # usage, cost and attempts over every session: a crashed session's
-            # attempts were paid for too, and they are in the attempts table
+            self.ended.add(event.agent_id)
             db.execute(
                 "UPDATE agents SET state = :state, output = :output, error = :error,"
                 " duration = :duration, finished_at = :at, provider = :provider,"
-                " model = :model, session = :session,"
-                " (input_tokens, output_tokens, cost, attempts) = (SELECT"
-                " coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),"
-                " coalesce(sum(CASE WHEN status = 'started' THEN reserved ELSE cost END), 0),"
-                " count(*) FROM attempts WHERE run_id = :run AND agent_id = :agent)"
-                " WHERE run_id = :run AND agent_id = :agent",
+                " model = :model, session = :session WHERE run_id = :run AND agent_id = :agent",
                 {
                     "run": run_id,
                     "agent": event.agent_id,
                     "state": str(event.state),
                     "output": None if event.output is None else dumps(event.output),
-                    "error": event.error,
+                    "error": None if event.error is None else scrub(event.error),
                     "duration": event.duration,
                     "at": event.at,
                     "provider": provider,
@@ -325,6 +334,7 @@ class _Writer:
                     "session": self.session,
                 },
             )
+            db.execute(_TOTALS, {"run": run_id, "agent": event.agent_id})
         elif isinstance(event, RunFinished):
             db.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, updated_at = ?, duration ="
@@ -369,5 +379,7 @@ class _Writer:
             value = getattr(event, name)
             if isinstance(value, Usage):
                 value = {"input_tokens": value.input_tokens, "output_tokens": value.output_tokens}
+            elif name == "error" and isinstance(value, str):
+                value = scrub(value)
             data[name] = value
         return data

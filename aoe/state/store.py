@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aoe.errors import RunNotFound, StateUnusable
+from aoe.errors import ResumeRefused, RunNotFound, StateUnusable, StateWriteFailed
 
 if TYPE_CHECKING:
     from aoe.config import Settings
@@ -63,7 +63,8 @@ MIGRATIONS: tuple[str, ...] = (
         output_errors TEXT,                    -- JSON
         sessions INTEGER NOT NULL DEFAULT 1,   -- 1, and one more for each resume
         host TEXT,
-        pid INTEGER
+        pid INTEGER,
+        process TEXT                           -- the process's boot and start time
     );
     CREATE INDEX runs_by_time ON runs (created_at);
     CREATE INDEX runs_by_workflow ON runs (workflow_path, created_at);
@@ -105,6 +106,7 @@ MIGRATIONS: tuple[str, ...] = (
         input_tokens INTEGER NOT NULL DEFAULT 0,
         output_tokens INTEGER NOT NULL DEFAULT 0,
         waited REAL NOT NULL DEFAULT 0,
+        output TEXT,                           -- JSON: a foreach item's output
         duration REAL,
         started_at REAL NOT NULL,
         finished_at REAL,
@@ -154,6 +156,19 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 @contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """A write to the store that fails (a full disk, an I/O error) is the user's
+    to fix, not a crash: say what happened and that nothing else was lost."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:  # full, read-only, I/O error, locked too long
+        raise StateWriteFailed(
+            f"the run store {path} could not be written ({e}); nothing was changed. "
+            "Free disk space (or set AOE_STATE_DIR to another folder) and run again"
+        ) from None
+
+
+@contextmanager
 def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE``: take the write lock first, so two processes never
     deadlock upgrading read locks; committed, or rolled back on any error."""
@@ -161,7 +176,8 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield connection
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:  # some errors (a full disk) end it themselves
+            connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
 
@@ -260,11 +276,12 @@ class Store:
     ) -> None:
         """The run's record, before anything runs; ``agents``: id -> definition hash."""
         now = time.time()
-        with transaction(self.connection) as db:
+        with writing(self.path), transaction(self.connection) as db:
             db.execute(
                 "INSERT INTO runs (run_id, workflow_name, workflow_path, workflow_sha256,"
                 " workflow_text, workflow_files, inputs, settings, status, created_at,"
-                " updated_at, budget, host, pid) VALUES (?,?,?,?,?,?,?,?,'running',?,?,?,?,?)",
+                " updated_at, budget, host, pid, process)"
+                " VALUES (?,?,?,?,?,?,?,?,'running',?,?,?,?,?,?)",
                 (
                     run_id,
                     workflow_name,
@@ -279,6 +296,7 @@ class Store:
                     budget,
                     socket.gethostname(),
                     os.getpid(),
+                    _identity(os.getpid()),
                 ),
             )
             db.executemany(
@@ -296,23 +314,40 @@ class Store:
         settings: Mapping[str, Any],
         budget: float | None,
         workflow: Mapping[str, Any] | None = None,
+        sessions: int | None = None,
     ) -> int:
         """A resume: the run is running again in this process; ``rerun`` agents go
-        back to pending with their new definitions. Returns the session number."""
-        with transaction(self.connection) as db:
-            row = db.execute("SELECT sessions FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        back to pending with their new definitions. Returns the session number.
+
+        ``sessions`` is the count the resume was planned on: if another process
+        resumed the run since (or is resuming it now), this one is refused — under
+        the write lock, so two resumes started at once never both run."""
+        with writing(self.path), transaction(self.connection) as db:
+            row = db.execute(
+                "SELECT sessions, status, host, pid, process FROM runs WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
             if row is None:
                 raise RunNotFound(f"no run {run_id} in {self.path}")
-            session = int(row[0]) + 1
+            count, status, host, pid, process = row
+            if (status == "running" and _alive(host, pid, process)) or (
+                sessions is not None and count != sessions
+            ):
+                raise ResumeRefused(
+                    f"run {run_id} was resumed by another process (pid {pid} on {host}) "
+                    "meanwhile: `aoe runs show` tells how it goes"
+                )
+            session = int(count) + 1
             db.execute(
                 "UPDATE runs SET status = 'running', sessions = ?, updated_at = ?, host = ?,"
-                " pid = ?, inputs = ?, settings = ?, budget = ?, finished_at = NULL"
+                " pid = ?, process = ?, inputs = ?, settings = ?, budget = ?, finished_at = NULL"
                 " WHERE run_id = ?",
                 (
                     session,
                     time.time(),
                     socket.gethostname(),
                     os.getpid(),
+                    _identity(os.getpid()),
                     dumps(dict(inputs)),
                     dumps(dict(settings)),
                     budget,
@@ -353,8 +388,8 @@ class Store:
         """One run's record; a unique prefix of its id is enough."""
         rows = self.connection.execute(
             "SELECT * FROM runs WHERE run_id = ? UNION ALL "
-            "SELECT * FROM runs WHERE run_id LIKE ? || '%' AND run_id != ? LIMIT 3",
-            (run_id, run_id.replace("%", "").replace("_", "\\_"), run_id),
+            "SELECT * FROM runs WHERE run_id LIKE ? || '%' ESCAPE '\\' AND run_id != ? LIMIT 3",
+            (run_id, run_id.replace("\\", "").replace("%", "").replace("_", "\\_"), run_id),
         )
         found = [self._run_row(rows, row) for row in rows.fetchall()]
         if not found:
@@ -412,7 +447,9 @@ class Store:
         for key in ("workflow_files", "inputs", "settings", "outputs", "output_errors"):
             if key in run:
                 run[key] = loads(run[key])
-        if run["status"] == "running" and not _alive(run.get("host"), run.get("pid")):
+        if run["status"] == "running" and not _alive(
+            run.get("host"), run.get("pid"), run.get("process")
+        ):
             run["status"] = "interrupted"  # its process is gone: resumable
         return run
 
@@ -483,15 +520,41 @@ class Store:
 
     def import_(self, document: Mapping[str, Any], *, replace: bool = False) -> str:
         """Restore an export; refuses to overwrite a run already here unless ``replace``."""
-        if document.get("format") != "aoe-run" or not document.get("runs"):
+        tables = ("runs", "agents", "attempts", "events")
+        if (
+            document.get("format") != "aoe-run"
+            or not isinstance(document.get("schema"), int)
+            or not isinstance(document.get("runs"), list)
+            or len(document["runs"]) != 1
+            or not all(
+                isinstance(document.get(t, []), list)
+                and all(isinstance(row, dict) for row in document.get(t, []))
+                for t in tables
+            )
+        ):
             raise StateUnusable("not an aoe run export (made by `aoe runs export RUN_ID`)")
-        if int(document.get("schema", 0)) > SCHEMA_VERSION:
+        if document["schema"] > SCHEMA_VERSION:
             raise StateUnusable(
                 f"this export was made by a newer aoe (schema {document['schema']}): upgrade aoe"
             )
-        run_id = str(document["runs"][0]["run_id"])
+        run_id = str(document["runs"][0].get("run_id"))
         columns = self._columns()
-        with transaction(self.connection) as db:
+        try:
+            self._insert(document, run_id, columns, replace)
+        except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, TypeError) as e:
+            raise StateUnusable(
+                f"the export of run {run_id} is incomplete or damaged ({e}); nothing was imported"
+            ) from None
+        return run_id
+
+    def _insert(
+        self,
+        document: Mapping[str, Any],
+        run_id: str,
+        columns: dict[str, set[str]],
+        replace: bool,
+    ) -> None:
+        with writing(self.path), transaction(self.connection) as db:
             exists = db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if exists and not replace:
                 raise StateUnusable(
@@ -502,13 +565,15 @@ class Store:
                 for row in document.get(table, []):
                     if row.get("run_id") != run_id:
                         raise StateUnusable(f"the export mixes runs ({row.get('run_id')})")
+                    row = dict(row)
+                    if table == "runs" and row.get("status") == "running":
+                        row["pid"] = None  # its process was on another machine: resumable
                     keys = [k for k in row if k in columns[table]]
                     db.execute(
                         f"INSERT INTO {table} ({','.join(keys)}) VALUES "
                         f"({','.join('?' * len(keys))})",
                         [row[k] for k in keys],
                     )
-        return run_id
 
     def _columns(self) -> dict[str, set[str]]:
         return {
@@ -521,17 +586,19 @@ class Store:
         a run still running is kept whatever its age. Returns their ids."""
         cutoff = time.time() - older_than
         candidates = self.connection.execute(
-            "SELECT run_id, status, host, pid FROM runs WHERE updated_at < ?", (cutoff,)
+            "SELECT run_id, status, host, pid, process FROM runs WHERE updated_at < ?",
+            (cutoff,),
         ).fetchall()
         doomed = [
             run_id
-            for run_id, status, host, pid in candidates
-            if status != "running" or not _alive(host, pid)
+            for run_id, status, host, pid, process in candidates
+            if status != "running" or not _alive(host, pid, process)
         ]
         if doomed and not dry_run:
-            with transaction(self.connection) as db:
+            with writing(self.path), transaction(self.connection) as db:
                 db.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in doomed])
-            self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            with writing(self.path):
+                self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return doomed
 
     # -- the response cache ------------------------------------------------------------
@@ -562,7 +629,7 @@ class Store:
         }
 
     def cache_clear(self, older_than: float | None = None) -> int:
-        with transaction(self.connection) as db:
+        with writing(self.path), transaction(self.connection) as db:
             if older_than is None:
                 removed = db.execute("DELETE FROM cache").rowcount
             else:
@@ -570,21 +637,38 @@ class Store:
                     "DELETE FROM cache WHERE coalesce(last_hit, created_at) < ?",
                     (time.time() - older_than,),
                 ).rowcount
-        self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with writing(self.path):
+            self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(removed)
 
 
-def _alive(host: str | None, pid: int | None) -> bool:
-    """Is the process that runs a run still there? Only knowable on its own host;
-    a run of another host counts as alive (it may well be)."""
+def _alive(host: str | None, pid: int | None, process: str | None = None) -> bool:
+    """Is the process that runs a run still there? Only knowable on its own host
+    (a run of another host counts as alive: it may well be). A pid alone is not
+    enough — a restarted container reuses pids — so the process's boot and start
+    time must match too."""
     if pid is None:
         return False
     if host != socket.gethostname():
         return True
+    if int(pid) == os.getpid():
+        return False  # this process runs no run it has not started itself
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return process is None or _identity(int(pid)) in (None, process)
+
+
+def _identity(pid: int) -> str | None:
+    """The machine's boot id and the process's start time (Linux), or None."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return f"{boot}:{fields[19]}"  # field 22 of stat: start time in clock ticks
+    except (OSError, IndexError):
+        return None
