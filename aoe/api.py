@@ -161,7 +161,7 @@ def _record(
             inputs=inputs,
             settings=settings_used,
             budget=settings_used.get("budget"),
-            agents=definitions(workflow, inputs),
+            agents=definitions(workflow),
         )
         return 1
     changed = None

@@ -27,7 +27,7 @@ from aoe.errors import ResumeRefused
 from aoe.inputs import GivenInput, bind_inputs, from_assignments
 from aoe.loader import load_workflow
 from aoe.providers.base import Usage
-from aoe.state.definitions import definitions
+from aoe.state.definitions import changed_inputs, definitions, reading
 from aoe.state.store import Store
 from aoe.workflow import Workflow
 
@@ -92,12 +92,19 @@ def plan_resume(
         )
     chosen.update({k: v for k, v in (options or {}).items() if v is not None})
 
-    defined = definitions(workflow, values)
+    defined = definitions(workflow)
     records = {agent["agent_id"]: agent for agent in store.agents(run_id)}
+    # the agents whose definition changed, and those reading an input (or the
+    # workflow's name) whose value is not what it was
+    moved = changed_inputs(run["inputs"], values)
+    renamed = workflow.name != run["workflow_name"]
+    reads = reading(workflow, moved, renamed) if moved or renamed else set()
     changed = tuple(
         agent_id
         for agent_id in workflow.agents
-        if agent_id not in records or records[agent_id]["definition"] != defined[agent_id]
+        if agent_id not in records
+        or records[agent_id]["definition"] != defined[agent_id]
+        or agent_id in reads
     )
     file_changed = workflow.digest != run["workflow_sha256"]
     if file_changed and not force and run["status"] != "completed":

@@ -28,22 +28,22 @@ if TYPE_CHECKING:
 
 
 def fingerprint(request: Request) -> str:
-    """The request's identity: a hex SHA-256 of its canonical JSON."""
-    identity = [
-        request.provider,
-        request.model,
-        [[m.role, m.content] for m in request.messages],
-        request.max_tokens,
-        request.temperature,
-        request.top_p,
-        list(request.stop),
-        request.seed,
-        plain(request.params),
-        request.output_format,
-        plain(request.json_schema),
-    ]
-    text = json.dumps(identity, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """The request's identity: a hex SHA-256 of every part that decides the answer,
+    each part typed and length-prefixed so that no two requests share one."""
+    digest = hashlib.sha256()
+    update = digest.update
+    for part in (request.provider, request.model):
+        update(b"s%d:%s" % (len(part), part.encode()))
+    for message in request.messages:
+        content = message.content.encode()
+        update(b"m%s:%d:%s" % (message.role.encode(), len(content), content))
+    scalars = (request.max_tokens, request.temperature, request.top_p, request.seed)
+    update(b"p" + repr(scalars).encode() + request.output_format.encode())
+    if request.stop or request.params or request.json_schema is not None:
+        extra = [list(request.stop), plain(request.params), plain(request.json_schema)]
+        text = json.dumps(extra, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        update(b"j" + text.encode())
+    return digest.hexdigest()
 
 
 class ResponseCache:

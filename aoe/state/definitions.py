@@ -3,17 +3,22 @@
 An agent's definition hash covers its prompt and system text (the text itself,
 not where it was written: adding a line above it changes nothing), its model
 and fallbacks with their parameters, its output format and schema, ``when``,
-``foreach``, ``trigger_rule`` and ``depends_on``, and the values of the inputs
-its templates read. Settings that do not change what it answers — ``timeout``,
-``retry``, ``cost_limit``, ``cache``, ``description`` — are left out, so raising
-a limit after a budget stop does not make finished work run again.
+``foreach``, ``trigger_rule`` and ``depends_on``. Settings that do not change
+what it answers — ``timeout``, ``retry``, ``cost_limit``, ``cache``,
+``description`` — are left out, so raising a limit after a budget stop does not
+make finished work run again.
+
+The inputs an agent reads count too, but are not hashed at run time (finding
+them takes a template analysis per agent, ~0.1 ms): a run records its inputs,
+and :func:`reading` finds, when a resume changes some, the agents that read
+them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from aoe.providers.base import plain
@@ -21,38 +26,64 @@ from aoe.templates import analyse_expression, analyse_template
 from aoe.workflow import Agent, SourceText, Workflow
 
 
-def definitions(workflow: Workflow, inputs: Mapping[str, Any]) -> dict[str, str]:
+def definitions(workflow: Workflow) -> dict[str, str]:
     """Each agent's definition hash, by id."""
-    return {
-        agent_id: definition(agent, workflow, inputs) for agent_id, agent in workflow.agents.items()
-    }
+    return {agent_id: definition(agent) for agent_id, agent in workflow.agents.items()}
 
 
-def definition(agent: Agent, workflow: Workflow, inputs: Mapping[str, Any]) -> str:
-    read_inputs, reads_workflow = _reads(agent, inputs)
-    identity = {
-        "prompt": agent.prompt.text,
-        "system": _text(agent.system),
-        "models": [plain(llm._asdict()) for llm in agent.models],
-        "output": {"format": agent.output.format, "schema": plain(agent.output.schema)},
-        "when": _text(agent.when),
-        "foreach": _text(agent.foreach),
-        "trigger_rule": agent.trigger_rule,
-        "depends_on": list(agent.depends_on),
-        "inputs": {name: inputs.get(name) for name in sorted(read_inputs)},
-        "workflow": workflow.name if reads_workflow else None,
-    }
-    text = json.dumps(identity, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def definition(agent: Agent) -> str:
+    digest = hashlib.sha256()
+    update = digest.update
+    texts = (agent.prompt, agent.system, agent.when, agent.foreach)
+    for text in (*map(_text, texts), agent.trigger_rule, agent.output.format):
+        encoded = text.encode() if text is not None else b"-"
+        update(b"%d:%s" % (len(encoded), encoded))
+    update(repr(agent.depends_on).encode())
+    for llm in agent.models:
+        update(
+            repr(
+                (
+                    llm.provider,
+                    llm.model,
+                    llm.max_tokens,
+                    llm.temperature,
+                    llm.top_p,
+                    llm.stop,
+                    llm.seed,
+                )
+            ).encode()
+        )
+        if llm.params:
+            update(_json(llm.params))
+    if agent.output.schema is not None:
+        update(_json(agent.output.schema))
+    return digest.hexdigest()
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(plain(value), sort_keys=True, ensure_ascii=False, default=str).encode()
 
 
 def _text(source: SourceText | None) -> str | None:
     return None if source is None else source.text
 
 
-def _reads(agent: Agent, inputs: Mapping[str, Any]) -> tuple[set[str], bool]:
-    """The inputs an agent's templates read (all of them when read by a computed
-    name), and whether they read the workflow's name."""
+def reading(workflow: Workflow, inputs: Collection[str], name_changed: bool = False) -> set[str]:
+    """The agents whose templates read any of ``inputs`` (every agent that reads
+    inputs by a computed name), or the workflow's name when ``name_changed``."""
+    found = set()
+    for agent_id, agent in workflow.agents.items():
+        names, reads_name = _reads(agent, inputs)
+        if names & set(inputs) or (name_changed and reads_name):
+            found.add(agent_id)
+    return found
+
+
+def changed_inputs(before: Mapping[str, Any], after: Mapping[str, Any]) -> set[str]:
+    return {name for name in {*before, *after} if before.get(name) != after.get(name)}
+
+
+def _reads(agent: Agent, inputs: Collection[str]) -> tuple[set[str], bool]:
     analyses = [analyse_template(agent.prompt.text)]
     if agent.system is not None:
         analyses.append(analyse_template(agent.system.text))
@@ -60,15 +91,15 @@ def _reads(agent: Agent, inputs: Mapping[str, Any]) -> tuple[set[str], bool]:
         if expression is not None:
             analyses.append(analyse_expression(expression.text))
     names: set[str] = set()
-    reads_workflow = False
+    reads_name = False
     for analysis in analyses:
         for reference in analysis.references:
             if reference.kind == "input":
                 names.add(reference.name)
             elif reference.kind == "dynamic" and reference.name == "inputs":
                 names.update(inputs)
-            elif reference.kind in ("workflow",) or (
+            elif reference.kind == "workflow" or (
                 reference.kind == "dynamic" and reference.name == "workflow"
             ):
-                reads_workflow = True
-    return names, reads_workflow
+                reads_name = True
+    return names, reads_name
