@@ -716,3 +716,23 @@ def test_a_damaged_export_is_refused_cleanly(cli: RunCli, tmp_path: Path, docume
     assert result.exit_code == 2
     assert "Traceback" not in result.stderr
     assert "export" in result.stderr
+
+
+def test_the_log_is_synced_soon_after_a_commit(tmp_path: Path) -> None:
+    from aoe.state.recorder import _Syncer
+
+    wal = tmp_path / "state.db-wal"
+    wal.write_bytes(b"frames")
+    syncer = _Syncer(wal)
+    assert syncer.due() is None  # nothing committed: nothing to wait for
+    syncer.last = time.monotonic()
+    syncer.maybe()  # a commit right after a sync: not synced yet ...
+    due = syncer.due()
+    assert due is not None
+    assert 0 < due <= _Syncer.SYNC  # ... but within SYNC seconds
+    syncer.now()
+    assert syncer.due() is None
+    wal.unlink()
+    syncer.maybe()
+    syncer.now()  # a log checkpointed away is fine
+    assert syncer.due() is None
