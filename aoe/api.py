@@ -133,7 +133,8 @@ async def run_workflow(
             await engine.aclose()
         finally:
             if recorder is not None:  # the last commit, off the event loop
-                await asyncio.to_thread(recorder.close)
+                recorder.drain()
+                await asyncio.to_thread(recorder.join)
     if bus.failure is not None:  # a subscriber broke: a bug to report, after the run
         raise bus.failure
     return status

@@ -132,6 +132,15 @@ class Recorder:
     def close(self) -> None:
         """Write what is pending, stop the writer; raises if the store failed."""
         self._hand_over()
+        self.join()
+
+    def drain(self) -> None:
+        """Hand everything pending to the writer (on the loop; then :meth:`join`)."""
+        self._hand_over()
+
+    def join(self) -> None:
+        """Stop the writer once it has written what it was handed; may block for a
+        commit, so call it off the event loop. Raises if the store failed."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
