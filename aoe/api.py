@@ -167,7 +167,12 @@ def _record(
         return 1
     changed = None
     if resume.file_changed:
-        changed = {"sha256": workflow.digest, "text": workflow.text, "files": workflow.files}
+        changed = {
+            "sha256": workflow.digest,
+            "text": workflow.text,
+            "files": workflow.files,
+            "name": workflow.name,
+        }
     return store.begin_session(
         run_id,
         agents=resume.definitions,
@@ -177,6 +182,7 @@ def _record(
         budget=settings_used.get("budget"),
         workflow=changed,
         sessions=resume.sessions,
+        reset=resume.stale,
     )
 
 

@@ -42,6 +42,7 @@ class ResumePlan(NamedTuple):
     kept: tuple[str, ...]
     rerun: tuple[str, ...]
     changed: tuple[str, ...]  # agents whose definition differs from the record's
+    stale: tuple[str, ...]  # those, and every agent after one of them
     file_changed: bool
     definitions: dict[str, str]
     resumption: Resumption
@@ -144,7 +145,9 @@ def plan_resume(
         agent_id, item = attempt["agent_id"], attempt["item"]
         spent = attempt["reserved"] if attempt["status"] == "started" else attempt["cost"]
         agent_spent[agent_id] = agent_spent.get(agent_id, 0.0) + spent
-        if item >= 0 and agent_id not in stale:  # a foreach item: its own limit and output
+        record = records.get(agent_id)
+        current = record is not None and attempt["session"] >= record["since"]
+        if item >= 0 and agent_id not in stale and current:  # a foreach item of today's agent
             by_item = item_spent.setdefault(agent_id, {})
             by_item[item] = by_item.get(item, 0.0) + spent
             if attempt["status"] in ("ok", "cached") and attempt["output"] is not None:
@@ -177,6 +180,7 @@ def plan_resume(
         tuple(kept),
         rerun,
         changed,
+        tuple(a for a in workflow.agents if a in stale),
         file_changed,
         defined,
         resumption,

@@ -736,3 +736,92 @@ def test_the_log_is_synced_soon_after_a_commit(tmp_path: Path) -> None:
     syncer.maybe()
     syncer.now()  # a log checkpointed away is fine
     assert syncer.due() is None
+
+
+def test_a_renamed_workflow_reruns_its_readers_once(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    text = (
+        "version: 1\nname: one\nallow_partial_completion: true\n"
+        "defaults: {llm: {model: gpt-4o-mini}}\nagents:\n"
+        "  a: {prompt: 'a for {{ workflow.name }}'}\n"
+        "  b: {prompt: b}\n"
+        "  c: {prompt: c}\n"
+    )
+    path = write(text)
+    fake.respond = lambda r: Fail(400, "no") if r.prompt == "c" else Reply()
+    _, first, _ = run(cli, provider_env, "run", path)
+    fake.reset()
+    fake.respond = lambda r: Fail(400, "no") if r.prompt == "c" else Reply()
+    path.write_text(text.replace("name: one", "name: two"))
+    run(cli, provider_env, "resume", first["run_id"], "--force", "--no-cache")
+    assert sorted(called(fake)) == ["a", "c"]  # a reads the name; c had failed
+    fake.reset()
+    code, _, stderr = run(cli, provider_env, "resume", first["run_id"], "--no-cache")
+    assert code == 0, stderr
+    assert called(fake) == ["c"]  # nothing else changed since
+
+
+def test_foreach_items_of_older_inputs_are_not_reused(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    path = write(
+        "version: 1\nname: f\nmax_parallel_agents: 1\n"
+        "inputs: {suffix: {type: string, default: A}}\n"
+        "defaults: {llm: {model: gpt-4o-mini}}\nagents:\n"
+        '  each: {prompt: \'item {{ item }} {{ inputs.suffix }}\', foreach: \'["w", "x", "y"]\'}\n'
+    )
+    fake.respond = lambda r: Fail(400, "no") if r.prompt.startswith("item y") else Reply()
+    _, first, _ = run(cli, provider_env, "run", path, "--no-cache")
+    assert first["agents"]["each"]["state"] == "failed"
+    fake.reset()
+    fake.respond = lambda r: Fail(400, "no") if r.prompt.startswith("item w") else Reply()
+    code, _, _ = run(cli, provider_env, "resume", first["run_id"], "-i", "suffix=B", "--no-cache")
+    assert code == 1
+    fake.reset()
+    code, third, stderr = run(cli, provider_env, "resume", first["run_id"], "--no-cache")
+    assert code == 0, stderr
+    assert third["agents"]["each"]["output"] == [
+        "fake answer to: item w B",
+        "fake answer to: item x B",
+        "fake answer to: item y B",
+    ]
+
+
+def test_definition_hashes_do_not_collide_by_how_parts_join(write: WriteFile) -> None:
+    from aoe.api import load
+    from aoe.state.definitions import definitions
+
+    def agent(extra: str) -> str:
+        text = "version: 1\nname: d\nagents:\n  a:\n    prompt: hi\n    llm: {model: gpt-4o"
+        return definitions(load(write(text + extra)))["a"]
+
+    plain_agent = agent("}\n")
+    assert agent("}\n    system: '-'\n") != plain_agent
+    with_params = agent(", params: {type: object}}\n")
+    with_schema = agent("}\n    output: {format: json, schema: {type: object}}\n")
+    assert len({plain_agent, with_params, with_schema}) == 3
+    assert agent("}\n    timeout: 99\n") == plain_agent  # does not change the answer
+
+
+def test_agent_totals_are_the_exact_sums_of_their_attempts(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    import math
+
+    path = write(
+        "version: 1\nname: t\nallow_partial_completion: true\n"
+        "defaults: {llm: {model: gpt-4o-mini}}\nagents:\n"
+        "  each: {prompt: 'item {{ item }}', foreach: '[1, 2, 3, 4, 5, 6, 7]'}\n"
+        "  flaky: {prompt: flaky}\n"
+    )
+    fake.script(Fail(500, "down"), Fail(503, "down"))
+    _, first, _ = run(cli, provider_env, "run", path, "--no-cache")
+    db = store(tmp_path)
+    attempts = db.attempts(first["run_id"])
+    for agent in db.agents(first["run_id"]):
+        mine = [a for a in attempts if a["agent_id"] == agent["agent_id"]]
+        assert agent["attempts"] == len(mine)
+        assert agent["cost"] == math.fsum(a["cost"] for a in mine)
+        assert agent["input_tokens"] == sum(a["input_tokens"] for a in mine)
+    assert db.agents(first["run_id"])[0]["cost"] > 0

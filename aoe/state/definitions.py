@@ -32,31 +32,29 @@ def definitions(workflow: Workflow) -> dict[str, str]:
 
 
 def definition(agent: Agent) -> str:
+    """Every part tagged and length-prefixed: no two definitions share a hash by
+    how their parts happen to join."""
     digest = hashlib.sha256()
-    update = digest.update
-    texts = (agent.prompt, agent.system, agent.when, agent.foreach)
-    for text in (*map(_text, texts), agent.trigger_rule, agent.output.format):
-        encoded = text.encode() if text is not None else b"-"
-        update(b"%d:%s" % (len(encoded), encoded))
-    update(repr(agent.depends_on).encode())
+
+    def part(tag: bytes, value: str | bytes | None) -> None:
+        if value is None:
+            digest.update(tag + b"N")
+            return
+        data = value.encode() if isinstance(value, str) else value
+        digest.update(b"%s%d:%s" % (tag, len(data), data))
+
+    part(b"p", agent.prompt.text)
+    part(b"s", _text(agent.system))
+    part(b"w", _text(agent.when))
+    part(b"f", _text(agent.foreach))
+    part(b"t", agent.trigger_rule)
+    part(b"o", agent.output.format)
+    part(b"d", repr(agent.depends_on))
     for llm in agent.models:
-        update(
-            repr(
-                (
-                    llm.provider,
-                    llm.model,
-                    llm.max_tokens,
-                    llm.temperature,
-                    llm.top_p,
-                    llm.stop,
-                    llm.seed,
-                )
-            ).encode()
-        )
-        if llm.params:
-            update(_json(llm.params))
-    if agent.output.schema is not None:
-        update(_json(agent.output.schema))
+        fields = (llm.provider, llm.model, llm.max_tokens, llm.temperature, llm.top_p)
+        part(b"m", repr((*fields, llm.stop, llm.seed)))
+        part(b"a", _json(llm.params) if llm.params else None)
+    part(b"j", _json(agent.output.schema) if agent.output.schema is not None else None)
     return digest.hexdigest()
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import os
 import queue
 import sqlite3
@@ -68,7 +69,7 @@ class Recorder:
 
     # Events nobody waits on (the run's end, an agent with no dependents) are
     # handed to the writer at least this often.
-    HAND_OVER = 0.05
+    HAND_OVER = 0.005
 
     def __init__(self, path: Path, run_id: str, session: int = 1) -> None:
         self.path = path
@@ -175,8 +176,13 @@ class Recorder:
     def _write(self) -> None:
         try:
             connection = connect(self.path, synchronous="NORMAL")
+        except BaseException as e:
+            self._fail(e)
+            return
+        try:
             writer = _Writer(connection, self.run_id, self.session)
-        except sqlite3.Error as e:
+        except BaseException as e:
+            connection.close()
             self._fail(e)
             return
         wal = _Syncer(Path(f"{self.path}-wal"))
@@ -193,12 +199,18 @@ class Recorder:
                         batches.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                stop = batches[-1] is None
+                stop = None in batches
                 items = [item for batch in batches if batch is not None for item in batch]
                 if items:
                     with transaction(connection):
                         writer.write(items)
-                    wal.maybe()
+                    if any(isinstance(item, AttemptStarted) for item in items):
+                        # a call waits on this: what it depends on is on disk
+                        # before it is made, power cut or not (engine.md)
+                        wal.maybe()
+                        wal.now()
+                    else:
+                        wal.maybe()
                     self._committed += len(items)
                     self._notify()
             wal.now()
@@ -221,9 +233,10 @@ class Recorder:
 
 class _Syncer:
     """Commits are ``synchronous=NORMAL``: in the write-ahead log, safe from any
-    crash of aoe itself (``kill -9`` included) without an fsync each (~150 µs of
-    CPU here, more than the rest of a commit). Against a power cut the log is
-    synced here at most SYNC seconds after a commit, and at the end."""
+    crash of aoe itself (``kill -9`` included). The log is synced here before a
+    call that waits on a commit may go out (so what it depends on survives a
+    power cut too), else at most SYNC seconds after a commit, and at the end:
+    one fsync (~150 µs of CPU here) for many commits where nothing waits."""
 
     SYNC = 0.2
 
@@ -272,18 +285,19 @@ class _Writer:
         self.fields: dict[type, tuple[str, ...]] = {}
         self.answered: dict[str, tuple[str, str]] = {}  # agent -> provider, model
         self.ended: set[str] = set()  # agents whose final state is written
-        # attempt key -> [reserved or cost, input tokens, output tokens]: what each
-        # attempt counts for in its agent's totals (a started one, its reservation)
-        self.counted: dict[tuple[str, int, int], list[float]] = {}
-        # agent -> [input tokens, output tokens, cost, attempts], every session
-        self.totals: dict[str, list[float]] = {}
+        # agent -> attempt key -> (reserved or cost, input tokens, output tokens):
+        # what each attempt of this session counts for (a started one, its
+        # reservation; a finished one, its cost)
+        self.counted: dict[str, dict[tuple[int, int], tuple[float, int, int]]] = {}
+        # agent -> what its attempts of earlier sessions add up to
+        self.earlier: dict[str, tuple[int, int, float, int]] = {}
         for agent_id, tokens_in, tokens_out, cost, attempts in connection.execute(
             "SELECT agent_id, sum(input_tokens), sum(output_tokens), sum(CASE WHEN"
             " status = 'started' THEN reserved ELSE cost END), count(*) FROM attempts"
             " WHERE run_id = ? GROUP BY agent_id",
             (run_id,),
         ):
-            self.totals[agent_id] = [tokens_in, tokens_out, cost, attempts]
+            self.earlier[agent_id] = (tokens_in, tokens_out, cost, attempts)
 
     def write(self, items: list[_Item]) -> None:
         run_id, session = self.run_id, self.session
@@ -319,7 +333,7 @@ class _Writer:
                     event.model, event.fingerprint, "started", None, None, event.reserved,
                     0.0, 0, 0, event.waited, None, None, event.at, None,
                 ]  # fmt: skip
-                self.count(event.agent_id, key, event.reserved, 0, 0, new=True)
+                self.count(event.agent_id, key, event.reserved, 0, 0)
             elif isinstance(event, AttemptFinished):
                 key = (event.agent_id, -1 if event.item is None else event.item, event.attempt)
                 status = _status(event)
@@ -335,7 +349,7 @@ class _Writer:
                         event.model, None, "cached", None, None, 0.0, 0.0, 0, 0, 0.0, None,
                         None, event.at, None,
                     ]  # fmt: skip
-                    self.count(event.agent_id, key, 0.0, 0, 0, new=True)
+                    self.count(event.agent_id, key, 0.0, 0, 0)
                 if row is not None:
                     row[6], row[8], row[9], row[10] = event.model, status, error, event.error_kind
                     row[12], row[13], row[14] = event.cost, tokens_in, tokens_out
@@ -433,8 +447,8 @@ class _Writer:
             )
         if ended_agents:
             for ended in ended_agents.values():
-                ended["in"], ended["out"], ended["cost"], ended["attempts"] = self.totals.get(
-                    ended["agent"], (0, 0, 0.0, 0)
+                ended["in"], ended["out"], ended["cost"], ended["attempts"] = self.totals(
+                    ended["agent"]
                 )
             db.executemany(
                 "UPDATE agents SET state = :state, output = :output, error = :error,"
@@ -449,7 +463,7 @@ class _Writer:
             db.executemany(
                 "UPDATE agents SET input_tokens = ?, output_tokens = ?, cost = ?, attempts = ?"
                 " WHERE run_id = ? AND agent_id = ?",
-                [(*self.totals[agent_id], run_id, agent_id) for agent_id in retotal],
+                [(*self.totals(agent_id), run_id, agent_id) for agent_id in retotal],
             )
         for statement, values in run_rows:
             db.execute(statement, values)
@@ -475,23 +489,22 @@ class _Writer:
         cost: float,
         tokens_in: int,
         tokens_out: int,
-        *,
-        new: bool = False,
     ) -> None:
-        """What an attempt adds to its agent's totals, replacing what it added before
-        (a started attempt counts its reservation; a finished one, its cost)."""
-        totals = self.totals.setdefault(agent_id, [0, 0, 0.0, 0])
-        before = self.counted.get(key)
-        if before is not None:
-            totals[0] -= before[1]
-            totals[1] -= before[2]
-            totals[2] -= before[0]
-        elif new:
-            totals[3] += 1
-        self.counted[key] = [cost, tokens_in, tokens_out]
-        totals[0] += tokens_in
-        totals[1] += tokens_out
-        totals[2] += cost
+        """What an attempt counts for in its agent's totals, replacing what it
+        counted for before (its reservation, until it is settled)."""
+        self.counted.setdefault(agent_id, {})[key[1:]] = (cost, tokens_in, tokens_out)
+
+    def totals(self, agent_id: str) -> tuple[int, int, float, int]:
+        """Input tokens, output tokens, cost and attempts, over every session;
+        the cost summed exactly (math.fsum), not drifted by corrections."""
+        tokens_in, tokens_out, cost, attempts = self.earlier.get(agent_id, (0, 0, 0.0, 0))
+        counted = self.counted.get(agent_id, {}).values()
+        return (
+            tokens_in + sum(c[1] for c in counted),
+            tokens_out + sum(c[2] for c in counted),
+            math.fsum([cost, *(c[0] for c in counted)]),
+            attempts + len(counted),
+        )
 
     def data(self, event: Event) -> dict[str, Any]:
         names = self.fields.get(type(event))

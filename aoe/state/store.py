@@ -87,6 +87,7 @@ MIGRATIONS: tuple[str, ...] = (
         provider TEXT,                         -- who answered
         model TEXT,
         session INTEGER NOT NULL DEFAULT 1,    -- the session that ended it
+        since INTEGER NOT NULL DEFAULT 1,      -- its definition and inputs hold from this session
         PRIMARY KEY (run_id, agent_id)
     ) WITHOUT ROWID;
 
@@ -316,10 +317,13 @@ class Store:
         budget: float | None,
         workflow: Mapping[str, Any] | None = None,
         sessions: int | None = None,
+        reset: Sequence[str] = (),
     ) -> int:
         """A resume: the run is running again in this process; ``rerun`` agents go
         back to pending with their new definitions. Returns the session number.
 
+        ``reset`` are the agents whose definition or inputs changed: what their
+        earlier sessions produced (finished foreach items) no longer counts.
         ``sessions`` is the count the resume was planned on: if another process
         resumed the run since (or is resuming it now), this one is refused — under
         the write lock, so two resumes started at once never both run."""
@@ -357,12 +361,13 @@ class Store:
             )
             if workflow is not None:  # --force: the file as it is now
                 db.execute(
-                    "UPDATE runs SET workflow_sha256 = ?, workflow_text = ?, workflow_files = ?"
-                    " WHERE run_id = ?",
+                    "UPDATE runs SET workflow_sha256 = ?, workflow_text = ?, workflow_files = ?,"
+                    " workflow_name = ? WHERE run_id = ?",
                     (
                         workflow["sha256"],
                         workflow["text"],
                         dumps(dict(workflow["files"])),
+                        workflow["name"],
                         run_id,
                     ),
                 )
@@ -379,10 +384,14 @@ class Store:
                     )
                 else:
                     db.execute(
-                        "INSERT INTO agents (run_id, agent_id, definition, state)"
-                        " VALUES (?,?,?,'pending')",
-                        (run_id, agent_id, agents[agent_id]),
+                        "INSERT INTO agents (run_id, agent_id, definition, state, since)"
+                        " VALUES (?,?,?,'pending',?)",
+                        (run_id, agent_id, agents[agent_id], session),
                     )
+            db.executemany(
+                "UPDATE agents SET since = ? WHERE run_id = ? AND agent_id = ?",
+                [(session, run_id, agent_id) for agent_id in reset],
+            )
         return session
 
     def run(self, run_id: str) -> dict[str, Any]:
