@@ -825,3 +825,34 @@ def test_agent_totals_are_the_exact_sums_of_their_attempts(
         assert agent["cost"] == math.fsum(a["cost"] for a in mine)
         assert agent["input_tokens"] == sum(a["input_tokens"] for a in mine)
     assert db.agents(first["run_id"])[0]["cost"] > 0
+
+
+def test_the_live_view_and_the_lines_say_cached_and_resumed() -> None:
+    from io import StringIO
+
+    from aoe.api import load
+    from aoe.engine.events import AgentFinished, AgentStarted, AgentState, AttemptFinished
+    from aoe.providers.base import Usage
+    from aoe.ui import LiveView, console, describe_event
+    from tests.conftest import WORKFLOWS
+
+    workflow = load(WORKFLOWS / "competitor-brief.yaml")
+    buffer = StringIO()
+    view = LiveView(workflow, console(buffer, width=120), budget=5.0)
+    hit = AttemptFinished(
+        "r", 0.0, "research", None, 1, "openai", "gpt-4o-mini", 0.0, Usage(), 0.0,
+        Usage(), 0.0, Usage(), 0.0, cached=True,
+    )  # fmt: skip
+    view(AgentStarted("r", 0.0, "research"))
+    view(hit)
+    view(AgentFinished("r", 0.0, "research", AgentState.COMPLETED, 0.0, Usage(), 0.0, 1))
+    view(
+        AgentFinished(
+            "r", 0.0, "competitors", AgentState.COMPLETED, 0.0, Usage(), 0.0, 1, resumed=True
+        )
+    )
+    view.summary()
+    lines = buffer.getvalue().splitlines()
+    assert "cached" in next(line for line in lines if line.startswith("research"))
+    assert "resumed" in next(line for line in lines if line.startswith("competitors"))
+    assert "answered from the cache" in (describe_event(hit) or "")
