@@ -856,3 +856,23 @@ def test_the_live_view_and_the_lines_say_cached_and_resumed() -> None:
     assert "cached" in next(line for line in lines if line.startswith("research"))
     assert "resumed" in next(line for line in lines if line.startswith("competitors"))
     assert "answered from the cache" in (describe_event(hit) or "")
+
+
+def test_attempt_events_are_read_from_the_attempts(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    fake.script(Fail(500, "down"))
+    _, first, _ = run(cli, provider_env, "run", write(CHAIN))
+    lines = cli("runs", "events", first["run_id"], "--type", "AttemptFinished").stdout
+    events = [json.loads(line) for line in lines.splitlines()]
+    assert len(events) == 5  # four agents, one of them twice
+    failed = [e for e in events if e["error"]]
+    assert len(failed) == 1
+    assert "HTTP 500" in failed[0]["error"]
+    assert all(e["usage"]["input_tokens"] > 0 for e in events if not e["error"])
+    every = cli("runs", "events", first["run_id"]).stdout.splitlines()
+    kinds = [json.loads(line)["type"] for line in every]
+    assert kinds[0] == "RunStarted"
+    assert kinds[-1] == "RunFinished"
+    assert kinds.count("AttemptStarted") == 5
+    assert "AgentRetrying" in kinds

@@ -121,9 +121,11 @@ class Recorder:
         if self._committed >= upto:
             return None
         assert self._loop is not None, "Recorder.start() was not called"
-        if self._pending and not self._soon:
-            # at the end of this turn of the loop: every call that becomes ready in
-            # the same turn shares one hand-over, and so one commit
+        if self._committed >= self._queued:
+            self._hand_over()  # the writer is idle: at once
+        elif self._pending and not self._soon:
+            # the writer is busy: what more becomes ready meanwhile goes over in one
+            # piece, when it is done or at the end of this turn of the loop
             self._soon = True
             self._loop.call_soon(self._hand_over)
         waiter = self._loop.create_future()
@@ -176,6 +178,9 @@ class Recorder:
     def _write(self) -> None:
         try:
             connection = connect(self.path, synchronous="NORMAL")
+            # no checkpoint in the middle of a commit a call waits on (it copies the
+            # log into the database: tens of ms); they happen between, see below
+            connection.execute("PRAGMA wal_autocheckpoint = 0")
         except BaseException as e:
             self._fail(e)
             return
@@ -213,7 +218,10 @@ class Recorder:
                         wal.maybe()
                     self._committed += len(items)
                     self._notify()
+                    if wal.large():
+                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
             wal.now()
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except BaseException as e:  # any failure stops the run's calls
             self._fail(e)
         finally:
@@ -244,6 +252,14 @@ class _Syncer:
         self.wal = wal
         self.last = time.monotonic()
         self.dirty = False
+
+    LARGE = 64 << 20  # a log this big is copied into the database between commits
+
+    def large(self) -> bool:
+        try:
+            return os.path.getsize(self.wal) > self.LARGE
+        except OSError:
+            return False
 
     def due(self) -> float | None:
         """Seconds until the log must be synced; None: nothing to sync."""
@@ -410,6 +426,8 @@ class _Writer:
                         ),
                     )
                 )
+            if isinstance(event, AttemptStarted | AttemptFinished):
+                continue  # its row in attempts says it all (Store.events reads it there)
             self.seq += 1
             events.append(
                 (

@@ -497,15 +497,14 @@ class Store:
     def events(
         self, run_id: str, *, types: Sequence[str] = (), last: int | None = None
     ) -> list[dict[str, Any]]:
+        """A run's events, oldest first. Attempts are not stored as events: their
+        rows in ``attempts`` hold every field, and the events are read from there."""
         query = "SELECT session, seq, at, type, agent_id, data FROM events WHERE run_id = ?"
         args: list[Any] = [run_id]
         if types:
             query += f" AND type IN ({','.join('?' * len(types))})"
             args.extend(types)
-        if last is not None:
-            query = f"SELECT * FROM ({query} ORDER BY session DESC, seq DESC LIMIT {int(last)})"
-        query += " ORDER BY session, seq"
-        return [
+        found = [
             {
                 "session": session,
                 "seq": seq,
@@ -516,6 +515,11 @@ class Store:
             }
             for session, seq, at, kind, agent_id, data in self.connection.execute(query, args)
         ]
+        wanted = set(types) if types else {"AttemptStarted", "AttemptFinished"}
+        if wanted & {"AttemptStarted", "AttemptFinished"}:
+            found.extend(_attempt_events(self.attempts(run_id), wanted))
+        found.sort(key=lambda e: (e["session"], e["at"], e["seq"] or 0))
+        return found[-last:] if last is not None else found
 
     # -- export, import, prune -------------------------------------------------------
     def export(self, run_id: str) -> dict[str, Any]:
@@ -650,6 +654,50 @@ class Store:
         with writing(self.path):
             self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(removed)
+
+
+def _attempt_events(attempts: list[dict[str, Any]], wanted: set[str]) -> list[dict[str, Any]]:
+    """AttemptStarted and AttemptFinished, as the engine emitted them, from the rows."""
+    events = []
+    for row in attempts:
+        common = {
+            "session": row["session"],
+            "seq": None,
+            "agent_id": row["agent_id"],
+            "item": None if row["item"] < 0 else row["item"],
+            "attempt": row["attempt"],
+            "provider": row["provider"],
+            "model": row["model"],
+        }
+        if "AttemptStarted" in wanted and row["status"] != "cached":
+            events.append(
+                {
+                    **common,
+                    "at": row["started_at"],
+                    "type": "AttemptStarted",
+                    "waited": row["waited"],
+                    "reserved": row["reserved"],
+                    "fingerprint": row["fingerprint"],
+                }
+            )
+        if "AttemptFinished" in wanted and row["finished_at"] is not None:
+            events.append(
+                {
+                    **common,
+                    "at": row["finished_at"],
+                    "type": "AttemptFinished",
+                    "duration": row["duration"],
+                    "usage": {
+                        "input_tokens": row["input_tokens"],
+                        "output_tokens": row["output_tokens"],
+                    },
+                    "cost": row["cost"],
+                    "error": row["error"],
+                    "error_kind": row["error_kind"],
+                    "cached": row["status"] == "cached",
+                }
+            )
+    return events
 
 
 def _alive(host: str | None, pid: int | None, process: str | None = None) -> bool:
