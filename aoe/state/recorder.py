@@ -1,18 +1,18 @@
 """The run's record, written from its events by a thread of its own.
 
-:class:`Recorder` subscribes to a run's bus. On the event loop it only numbers
-each event and queues it (well under a microsecond); a writer thread takes
-everything queued, writes it in one transaction and commits — so a burst of
-finished agents costs one commit, not one each — then tells the loop how far
-the record goes.
+:class:`Recorder` subscribes to a run's bus. On the event loop it only keeps
+each event in a list; the list goes to a writer thread in one piece when a call
+waits on it (or within 5 ms when none does). The writer writes everything it
+was given in one transaction — so a burst of finished agents costs one commit,
+not one each — syncs the log to disk when a call waits on it, then tells the
+loop how far the record goes.
 
 The guarantee of engine.md ("written when the agent finishes, durably, before
 any dependent starts") is kept by :meth:`Recorder.flushed`: the engine awaits
 it after an attempt's ``AttemptStarted`` and before the call, and it returns
-once everything queued so far is committed — the attempt itself, and the
-``AgentFinished`` of every agent the call depends on, which were queued
-earlier. Most of the time the commit has already happened and nothing is
-awaited at all.
+once everything emitted so far is committed and synced — the attempt itself,
+and the ``AgentFinished`` of every agent the call depends on, which came
+earlier. When nothing new is pending, nothing is awaited at all.
 
 If the store cannot be written (a full disk), every later ``flushed`` raises
 :class:`StateWriteFailed`: the run makes no call it could not record.

@@ -8,8 +8,8 @@ events, and the response cache.
 
 Several ``aoe`` processes may share a store: WAL lets readers and one writer
 work at once, every write is a short ``BEGIN IMMEDIATE`` transaction, and a
-busy store is waited for rather than failed. A run's own record is written in
-the write-ahead log without an fsync per commit and synced within 0.2 s
+busy store is waited for rather than failed. A run's own record is synced to
+disk before any call that waits on it, and otherwise within 0.2 s
 (:mod:`aoe.state.recorder`); everything else is ``synchronous=FULL``.
 
 The schema has a version (``PRAGMA user_version``) and migrations; a store from
@@ -142,7 +142,7 @@ MIGRATIONS: tuple[str, ...] = (
 _FIX = "move it aside (or set AOE_STATE_DIR to another folder) and run again"
 
 
-def store_path(settings: Settings, environ: Mapping[str, str] | None = None) -> Path:
+def store_path(settings: Settings) -> Path:
     """The store's file: ``engine.state_dir`` (``AOE_STATE_DIR``) / state.db."""
     return Path(settings.config.engine.state_dir) / FILE_NAME
 
