@@ -97,8 +97,8 @@ async def run_workflow(
     response_cache = None
     resumption = None
     if store is not None:
+        from aoe.recorder import Recorder
         from aoe.state.cache import ResponseCache
-        from aoe.state.recorder import Recorder
 
         settings_used = {
             "budget": budget,
@@ -112,7 +112,7 @@ async def run_workflow(
         recorder = Recorder(store.path, run_id, session)
         bus.record_with(recorder)
         if cache:
-            response_cache = ResponseCache(store, recorder)
+            response_cache = ResponseCache(store, recorder.cache)
     engine = Engine(settings)
     try:
         if recorder is not None:

@@ -719,7 +719,7 @@ def test_a_damaged_export_is_refused_cleanly(cli: RunCli, tmp_path: Path, docume
 
 
 def test_the_log_is_synced_soon_after_a_commit(tmp_path: Path) -> None:
-    from aoe.state.recorder import _Syncer
+    from aoe.recorder import _Syncer
 
     wal = tmp_path / "state.db-wal"
     wal.write_bytes(b"frames")

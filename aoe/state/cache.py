@@ -18,13 +18,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 from aoe.providers.base import Request, Response, Usage, plain
 
 if TYPE_CHECKING:
-    from aoe.state.recorder import Recorder
     from aoe.state.store import Store
+
+
+class CachePut(NamedTuple):
+    """A valid answer to keep, written with the run's record."""
+
+    key: str
+    provider: str
+    model: str
+    response: Response
+
+
+class CacheHit(NamedTuple):
+    """An answer used again: its count of hits goes up."""
+
+    key: str
 
 
 def fingerprint(request: Request) -> str:
@@ -47,20 +62,18 @@ def fingerprint(request: Request) -> str:
 
 
 class ResponseCache:
-    """Reads from the store on the event loop (an indexed lookup); writes go
-    through the run's recorder, in its next transaction."""
+    """Reads from the store on the event loop (an indexed lookup); writes go to
+    ``record`` (the run's recorder: they are written in its next transaction)."""
 
-    def __init__(self, store: Store, recorder: Recorder) -> None:
+    def __init__(self, store: Store, record: Callable[[CachePut | CacheHit], None]) -> None:
         self.store = store
-        self.recorder = recorder
+        self.record = record
 
     def get(self, key: str) -> Response | None:
         found = self.store.cache_get(key)
         if found is None:
             return None
-        from aoe.state.recorder import CacheHit
-
-        self.recorder.cache(CacheHit(key))
+        self.record(CacheHit(key))
         return Response(
             text=found["text"],
             usage=Usage(*found["usage"]),
@@ -69,6 +82,4 @@ class ResponseCache:
         )
 
     def put(self, key: str, request: Request, response: Response) -> None:
-        from aoe.state.recorder import CachePut
-
-        self.recorder.cache(CachePut(key, request.provider, request.model, response))
+        self.record(CachePut(key, request.provider, request.model, response))

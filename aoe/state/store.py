@@ -10,7 +10,7 @@ Several ``aoe`` processes may share a store: WAL lets readers and one writer
 work at once, every write is a short ``BEGIN IMMEDIATE`` transaction, and a
 busy store is waited for rather than failed. A run's own record is synced to
 disk before any call that waits on it, and otherwise within 0.2 s
-(:mod:`aoe.state.recorder`); everything else is ``synchronous=FULL``.
+(:mod:`aoe.recorder`); everything else is ``synchronous=FULL``.
 
 The schema has a version (``PRAGMA user_version``) and migrations; a store from
 a newer aoe is refused rather than guessed at. Any failure to open the store is

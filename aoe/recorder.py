@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from aoe.engine.events import (
     AgentFinished,
@@ -43,22 +43,12 @@ from aoe.engine.events import (
     RunStarted,
 )
 from aoe.errors import StateWriteFailed
-from aoe.providers.base import Response, Usage, scrub
+from aoe.providers.base import Usage, scrub
+from aoe.state.cache import CacheHit, CachePut
 from aoe.state.store import connect, dumps, transaction
 
 _NOT_ANSWERED = "cancelled"  # AttemptFinished.error_kind of a call cancelled in flight
 _LEFT_OUT = frozenset({"run_id", "at", "agent_id", "output", "outputs"})
-
-
-class CachePut(NamedTuple):
-    key: str
-    provider: str
-    model: str
-    response: Response
-
-
-class CacheHit(NamedTuple):
-    key: str
 
 
 _Item = Event | CachePut | CacheHit
