@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -85,8 +86,16 @@ def cli(clean_env: None) -> RunCli:
 
 # -- the fake provider server -------------------------------------------------------------
 
-OPENAI_KEY = "sk-test-openai-0123456789abcdefghijklmnop"
-ANTHROPIC_KEY = "sk-ant-test-0123456789abcdefghijklmnop"
+
+
+def fake_key(prefix: str = "sk-") -> str:
+    """An API key shaped like the vendors' (so the scrubbing is tested on the real
+    shape), made up afresh at each test session: no key-like text is committed."""
+    return prefix + "test-" + secrets.token_hex(16)
+
+
+OPENAI_KEY = fake_key()
+ANTHROPIC_KEY = fake_key("sk-ant-")
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,9 @@ import pytest
 
 from aoe.config import load_settings, parse_dotenv
 from aoe.errors import ConfigInvalid
-from tests.conftest import REPO, RunCli, WriteFile
+from tests.conftest import REPO, RunCli, WriteFile, fake_key
 
-SECRET = "sk-test-0123456789abcdefghijklmnopqrstuv"
+SECRET = fake_key()
 
 
 def test_defaults_come_from_the_deployment_guide(tmp_path: Path) -> None:

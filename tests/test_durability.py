@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from aoe.cli import app
 from aoe.state.store import Store
-from tests.conftest import REPO, WriteFile
+from tests.conftest import REPO, WriteFile, fake_key
 from tests.fakeserver import FakeProvider, Received, Reply
 
 LAYERS, WIDTH = 6, 5
@@ -63,7 +63,7 @@ def delays(request: Received) -> Reply:
 def env_for(fake: FakeProvider, state: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI", "RATE_"))}
     env.update(
-        OPENAI_API_KEY="sk-test-crash-0123456789abcdef",
+        OPENAI_API_KEY=fake_key(),
         OPENAI_BASE_URL=fake.openai_url,
         AOE_STATE_DIR=str(state),
         RETRY_BASE_DELAY="0.01",
