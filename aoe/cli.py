@@ -25,7 +25,11 @@ from aoe import __version__
 
 if TYPE_CHECKING:
     from aoe.config import Settings
+    from aoe.engine.events import RunStatus
     from aoe.errors import AoeError
+    from aoe.resume import ResumePlan
+    from aoe.state.store import Store
+    from aoe.workflow import Workflow
 
 app = typer.Typer(
     name="aoe",
@@ -146,6 +150,33 @@ class LogFormat(StrEnum):
     json = "json"
 
 
+# Options `aoe run` and `aoe resume` share.
+MaxParallelOption = Annotated[
+    int | None,
+    typer.Option("--max-parallel", min=1, help="Agents of this run in flight at once."),
+]
+NoCacheOption = Annotated[
+    bool, typer.Option("--no-cache", help="Call the model even where the cache has an answer.")
+]
+OutputOption = Annotated[
+    str | None,
+    typer.Option(
+        "--output", "-o", help="Write the results JSON here ('-': stdout).", metavar="FILE"
+    ),
+]
+JunitOption = Annotated[
+    str | None,
+    typer.Option(
+        "--junit", help="Write a JUnit XML report (one test case per agent).", metavar="FILE"
+    ),
+]
+LogFormatOption = Annotated[
+    LogFormat | None,
+    typer.Option("--log-format", help="Progress as text lines or JSON lines (stderr)."),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress; only errors.")]
+
+
 @app.command(
     epilog="Examples: aoe run workflows/competitor-brief.yaml --mock  |  "
     "aoe run wf.yaml -i topic=solar --output results.json  |  "
@@ -164,10 +195,7 @@ def run(
         typer.Option("--inputs-file", help="Inputs from a YAML or JSON file.", metavar="FILE"),
     ] = None,
     config: ConfigOption = None,
-    max_parallel: Annotated[
-        int | None,
-        typer.Option("--max-parallel", min=1, help="Agents of this run in flight at once."),
-    ] = None,
+    max_parallel: MaxParallelOption = None,
     budget: Annotated[
         float | None,
         typer.Option(
@@ -185,26 +213,11 @@ def run(
             "the model each agent names.",
         ),
     ] = False,
-    output: Annotated[
-        str | None,
-        typer.Option(
-            "--output", "-o", help="Write the results JSON here ('-': stdout).", metavar="FILE"
-        ),
-    ] = None,
-    junit: Annotated[
-        str | None,
-        typer.Option(
-            "--junit", help="Write a JUnit XML report (one test case per agent).", metavar="FILE"
-        ),
-    ] = None,
-    log_format: Annotated[
-        LogFormat | None,
-        typer.Option("--log-format", help="Progress as text lines or JSON lines (stderr)."),
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; only errors.")] = False,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Call the model even where the cache has an answer.")
-    ] = False,
+    output: OutputOption = None,
+    junit: JunitOption = None,
+    log_format: LogFormatOption = None,
+    quiet: QuietOption = False,
+    no_cache: NoCacheOption = False,
     resume_latest: Annotated[
         bool,
         typer.Option(
@@ -224,8 +237,7 @@ def run(
         from aoe.config import load_settings
         from aoe.inputs import bind_inputs, from_assignments, from_file
 
-        flags = {"monitoring.log_format": (log_format.value, "--log-format")} if log_format else {}
-        settings = load_settings(config, flags=flags)
+        settings = load_settings(config, flags=_log_flags(log_format))
         workflow = load(file, settings)
         given = from_file(inputs_file) if inputs_file else {}
         given.update(from_assignments(input or [], workflow.inputs))
@@ -247,29 +259,33 @@ def run(
                 )
         values = bind_inputs(workflow.inputs, given)
         options = {"mock": mock, "max_parallel": max_parallel, "budget": budget}
-        status = execute(
+        status = _execute(
             workflow, values, settings, options, store, not no_cache, None, (output, junit, quiet)
         )
         raise typer.Exit(status.exit_code)
 
 
-def _store(settings: Settings) -> Any:
+def _log_flags(log_format: LogFormat | None) -> dict[str, tuple[str, str]]:
+    return {"monitoring.log_format": (log_format.value, "--log-format")} if log_format else {}
+
+
+def _store(settings: Settings) -> Store:
     """The run store; a store that cannot be used is exit 2 before anything runs."""
     from aoe.state.store import Store
 
     return Store.for_settings(settings)
 
 
-def execute(
-    workflow: Any,
+def _execute(
+    workflow: Workflow,
     values: dict[str, Any],
     settings: Settings,
     options: dict[str, Any],
-    store: Any,
+    store: Store,
     cache: bool,
-    resume: Any,
+    resume: ResumePlan | None,
     report: tuple[str | None, str | None, bool],
-) -> Any:
+) -> RunStatus:
     """Run (or resume) with the progress view, then write the reports; the status."""
     from aoe.api import run_until_done
     from aoe.results import Results
@@ -315,7 +331,7 @@ def execute(
 
 
 def _resume(
-    store: Any,
+    store: Store,
     settings: Settings,
     run_id: str,
     *,
@@ -349,7 +365,7 @@ def _resume(
             + (f"; rerunning changed {', '.join(plan.changed)}" if plan.changed and force else ""),
             err=True,
         )
-    status = execute(
+    status = _execute(
         plan.workflow,
         plan.inputs,
         settings,
@@ -387,10 +403,7 @@ def resume(
         ),
     ] = None,
     config: ConfigOption = None,
-    max_parallel: Annotated[
-        int | None,
-        typer.Option("--max-parallel", min=1, help="Agents of this run in flight at once."),
-    ] = None,
+    max_parallel: MaxParallelOption = None,
     budget: Annotated[
         float | None,
         typer.Option(
@@ -400,24 +413,11 @@ def resume(
             metavar="USD",
         ),
     ] = None,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Call the model even where the cache has an answer.")
-    ] = False,
-    output: Annotated[
-        str | None,
-        typer.Option(
-            "--output", "-o", help="Write the results JSON here ('-': stdout).", metavar="FILE"
-        ),
-    ] = None,
-    junit: Annotated[
-        str | None,
-        typer.Option("--junit", help="Write a JUnit XML report.", metavar="FILE"),
-    ] = None,
-    log_format: Annotated[
-        LogFormat | None,
-        typer.Option("--log-format", help="Progress as text lines or JSON lines (stderr)."),
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; only errors.")] = False,
+    no_cache: NoCacheOption = False,
+    output: OutputOption = None,
+    junit: JunitOption = None,
+    log_format: LogFormatOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Finish a run that was interrupted, failed or stopped by its budget.
 
@@ -430,8 +430,7 @@ def resume(
     with _errors():
         from aoe.config import load_settings
 
-        flags = {"monitoring.log_format": (log_format.value, "--log-format")} if log_format else {}
-        settings = load_settings(config, flags=flags)
+        settings = load_settings(config, flags=_log_flags(log_format))
         store = _store(settings)
         _resume(
             store,

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from aoe.engine.events import (
+    NOT_ANSWERED,
     AgentFinished,
     AgentStarted,
     AttemptFinished,
@@ -47,7 +48,6 @@ from aoe.providers.base import Usage, scrub
 from aoe.state.cache import CacheHit, CachePut
 from aoe.state.store import connect, dumps, transaction
 
-_NOT_ANSWERED = "cancelled"  # AttemptFinished.error_kind of a call cancelled in flight
 _LEFT_OUT = frozenset({"run_id", "at", "agent_id", "output", "outputs"})
 
 
@@ -199,13 +199,11 @@ class Recorder:
                 if items:
                     with transaction(connection):
                         writer.write(items)
+                    wal.maybe()
                     if any(isinstance(item, AttemptStarted) for item in items):
                         # a call waits on this: what it depends on is on disk
                         # before it is made, power cut or not (engine.md)
-                        wal.maybe()
                         wal.now()
-                    else:
-                        wal.maybe()
                     self._committed += len(items)
                     self._notify()
                     if wal.large():
@@ -533,6 +531,6 @@ class _Writer:
 def _status(event: AttemptFinished) -> str:
     if event.cached:
         return "cached"
-    if event.error_kind == _NOT_ANSWERED:
+    if event.error_kind == NOT_ANSWERED:
         return "cancelled"
     return "ok" if event.error is None else "error"

@@ -253,7 +253,7 @@ def describe_event(event: Event) -> str | None:
                 f"{event.agent_id}{item}: answered from the cache "
                 f"({event.provider}/{event.model}, no cost)"
             )
-        if event.error_kind == "cancelled":
+        if event.error_kind == ev.NOT_ANSWERED:
             return f"{event.agent_id}{item}: attempt {event.attempt} cancelled"
         what = f"{event.provider}/{event.model}, {event.usage.total} tokens, {_money(event.cost)}"
         if event.error is not None:

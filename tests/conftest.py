@@ -87,7 +87,6 @@ def cli(clean_env: None) -> RunCli:
 # -- the fake provider server -------------------------------------------------------------
 
 
-
 def fake_key(prefix: str = "sk-") -> str:
     """An API key shaped like the vendors' (so the scrubbing is tested on the real
     shape), made up afresh at each test session: no key-like text is committed."""

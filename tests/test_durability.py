@@ -105,6 +105,12 @@ class Crash:
         self.state = tmp_path / name
         self.env = env_for(fake, self.state)
 
+    def run(self, path: Path, *args: str) -> subprocess.Popen[str]:
+        """`aoe run` in a process of its own, against a fresh server log."""
+        self.fake.reset()
+        self.fake.respond = delays
+        return aoe(self.env, self.folder, "run", str(path), "--no-cache", *args)
+
     def record(self) -> tuple[str, str, dict[str, str]]:
         store = Store(self.state / "state.db")
         [run] = store.runs()
@@ -171,9 +177,7 @@ def test_sigkill_at_random_moments_then_resume(
     killed_mid_run = 0
     for number, moment in enumerate(moments):
         crash = Crash(fake, tmp_path, f"kill{number}")
-        fake.reset()
-        fake.respond = delays
-        process = aoe(crash.env, tmp_path, "run", str(path), "-q", "--no-cache")
+        process = crash.run(path, "-q")
         wait_for(lambda: len(fake.received) > 0)
         time.sleep(moment)
         process.kill()
@@ -207,9 +211,7 @@ def test_sigint_then_resume(
 ) -> None:
     path, deps = workflow
     crash = Crash(fake, tmp_path, "sigint")
-    fake.reset()
-    fake.respond = delays
-    process = aoe(crash.env, tmp_path, "run", str(path), "--no-cache")
+    process = crash.run(path)
     wait_for(lambda: len(fake.received) >= 8)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)
@@ -237,9 +239,7 @@ def test_budget_stop_then_resume_with_a_larger_budget(
 ) -> None:
     path, deps = workflow
     crash = Crash(fake, tmp_path, "budget")
-    fake.reset()
-    fake.respond = delays
-    process = aoe(crash.env, tmp_path, "run", str(path), "-q", "--no-cache", "--budget", "0.0004")
+    process = crash.run(path, "-q", "--budget", "0.0004")
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 3, stderr
     run_id, status, states = crash.record()

@@ -168,9 +168,7 @@ def test_resume_of_a_failed_run_keeps_the_original_inputs_unless_overridden(
     assert second["inputs"] == {"topic": "moons", "tone": "wry"}
     # side reads the changed input: it runs again; a and b do not read it
     assert sorted(called(fake)) == ["c", "side"]
-    assert fake.received[-1].prompt == "side in a wry tone" or "side in a wry tone" in [
-        r.prompt for r in fake.received
-    ]
+    assert "side in a wry tone" in [r.prompt for r in fake.received]
 
 
 def test_a_changed_workflow_is_refused_unless_forced_and_then_only_the_change_reruns(

@@ -57,6 +57,10 @@ _FINAL = frozenset(
 _FAILURES = frozenset({AgentState.FAILED, AgentState.RATE_LIMITED, AgentState.BUDGET_EXCEEDED})
 
 
+# AttemptFinished.error_kind of a call stopped in flight (no answer, maybe billed)
+NOT_ANSWERED = "cancelled"
+
+
 class RunStatus(StrEnum):
     COMPLETED = "completed"
     PARTIAL = "partial"

@@ -40,6 +40,7 @@ from aoe.costs import (
     worst_case,
 )
 from aoe.engine.events import (
+    NOT_ANSWERED,
     AgentFallback,
     AgentFinished,
     AgentRetrying,
@@ -80,7 +81,6 @@ from aoe.templates import evaluate, render
 from aoe.workflow import Agent, LLMConfig, RetryOverrides, Workflow
 
 _JSON_INSTRUCTION = "Answer with one JSON value and nothing else: no prose, no code fences."
-_NOT_ANSWERED = "cancelled"
 
 
 def new_run_id() -> str:
@@ -845,7 +845,7 @@ class _Run:
                 self.usage,
                 self.cost,
                 error.message if error else None,
-                type(error).__name__ if error else (None if response else _NOT_ANSWERED),
+                type(error).__name__ if error else (None if response else NOT_ANSWERED),
                 response.finish_reason if response else None,
                 False,
                 output,
