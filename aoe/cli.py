@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -270,10 +270,17 @@ def _log_flags(log_format: LogFormat | None) -> dict[str, tuple[str, str]]:
 
 
 def _store(settings: Settings) -> Store:
-    """The run store; a store that cannot be used is exit 2 before anything runs."""
+    """The run store; a store that cannot be used is exit 2 before anything runs.
+    The journals of runs whose process died are written into it first, where
+    the store can be written (a reader of a read-only store sees it as it is)."""
+    from aoe.errors import StateWriteFailed
+    from aoe.recorder import recover
     from aoe.state.store import Store
 
-    return Store.for_settings(settings)
+    store = Store.for_settings(settings)
+    with suppress(StateWriteFailed):
+        recover(store)
+    return store
 
 
 def _execute(

@@ -1,21 +1,26 @@
-"""The run's record, written from its events by a thread of its own.
+"""The run's record: a journal written at once, the store written in bulk.
 
-:class:`Recorder` subscribes to a run's bus. On the event loop it only keeps
-each event in a list; the list goes to a writer thread in one piece when a call
-waits on it (or within 5 ms when none does). The writer writes everything it
-was given in one transaction — so a burst of finished agents costs one commit,
-not one each — syncs the log to disk when a call waits on it, then tells the
-loop how far the record goes.
+:class:`Recorder` subscribes to a run's bus. Before each call the engine asks it
+to make everything so far durable (:meth:`Recorder.flushed`): the events not yet
+journaled are appended to the session's journal, a file of its own beside the
+store (``journal/``), one line each, in one ``write`` at the end of the loop's
+turn for all the calls that asked during it. From then on they survive
+any crash of aoe, ``kill -9`` included; the writer thread fsyncs the journal
+within 0.2 s, which bounds what a power cut can take. That keeps engine.md's
+guarantee ("written when the agent finishes, durably, before any dependent
+starts") on the event loop, waiting for no thread: the attempt, and the
+``AgentFinished`` of everything the call depends on, were emitted before it.
 
-The guarantee of engine.md ("written when the agent finishes, durably, before
-any dependent starts") is kept by :meth:`Recorder.flushed`: the engine awaits
-it after an attempt's ``AttemptStarted`` and before the call, and it returns
-once everything emitted so far is committed and synced — the attempt itself,
-and the ``AgentFinished`` of every agent the call depends on, which came
-earlier. When nothing new is pending, nothing is awaited at all.
+The same events go to a writer thread that turns them into the store's rows in
+large transactions (one at most every 50 ms), each noting how far into the
+journal it reaches. The store is what everyone reads; if aoe dies before the
+rows of its last events are written, :func:`recover` writes them from the
+journal (``aoe resume`` and the commands that read runs call it first). At the
+end of the run, once everything is in the store and synced, the journal goes.
 
-If the store cannot be written (a full disk), every later ``flushed`` raises
-:class:`StateWriteFailed`: the run makes no call it could not record.
+If the journal or the store cannot be written (a full disk), the next
+``flushed`` raises :class:`StateWriteFailed`: the run makes no call it could
+not record.
 """
 
 from __future__ import annotations
@@ -23,63 +28,94 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import math
+import operator
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable
+import typing
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from aoe.engine import events as _events
 from aoe.engine.events import (
     NOT_ANSWERED,
     AgentFinished,
     AgentStarted,
+    AgentState,
     AttemptFinished,
     AttemptStarted,
     Event,
     RunFinished,
     RunStarted,
+    RunStatus,
 )
 from aoe.errors import StateWriteFailed
 from aoe.providers.base import Usage, scrub
 from aoe.state.cache import CacheHit, CachePut
-from aoe.state.store import connect, dumps, transaction
+from aoe.state.store import (
+    Store,
+    connect,
+    dumps,
+    journal_of,
+    journal_path,
+    process_alive,
+    transaction,
+    writing,
+)
 
 _LEFT_OUT = frozenset({"run_id", "at", "agent_id", "output", "outputs"})
 
-
 _Item = Event | CachePut | CacheHit
+
+# journals a Recorder of this process is writing: never recovered from under it
+_OPEN: set[Path] = set()
 
 
 class Recorder:
     """Records one session of one run in the store at ``path``."""
 
-    # Events nobody waits on (the run's end, an agent with no dependents) are
-    # handed to the writer at least this often.
+    # events nobody waits on (the run's end, an agent with no dependents) are
+    # journaled and handed to the writer at least this often
     HAND_OVER = 0.005
+    # the writer gathers what arrives for this long before each transaction
+    BATCH = 0.05
 
     def __init__(self, path: Path, run_id: str, session: int = 1) -> None:
         self.path = path
         self.run_id = run_id
         self.session = session
-        self._queue: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()
-        self._pending: list[_Item] = []  # not yet handed to the writer (event loop)
-        self._queued = 0  # items handed over (event loop)
-        self._committed = 0  # items committed (writer thread)
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.journal = journal_path(path, run_id, session)
+        self._fd: int | None = None
+        self._offset = 0  # bytes journaled (event loop)
+        self._queue: queue.SimpleQueue[tuple[list[_Item], int] | None] = queue.SimpleQueue()
+        self._pending: list[_Item] = []  # not yet journaled (event loop)
+        self._stopping = threading.Event()
         self._failure: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._soon = False  # a hand-over is scheduled for the end of this turn
+        # calls waiting for the journal write at the end of this turn of the loop
+        self._waiters: list[asyncio.Future[None]] = []
         self._thread: threading.Thread | None = None
 
     # -- on the event loop ---------------------------------------------------------
     def start(self) -> None:
-        """Start the writer; call from the loop that runs the run."""
+        """Open the journal and start the writer; call from the run's event loop."""
         self._loop = asyncio.get_running_loop()
+        try:
+            self.journal.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(
+                self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+            )
+            self._offset = os.fstat(self._fd).st_size
+        except OSError as e:
+            self._failure = e
+            raise self._failed() from None
+        _OPEN.add(self.journal)
         self._thread = threading.Thread(
             target=self._write, name=f"aoe-record-{self.run_id}", daemon=True
         )
@@ -94,32 +130,44 @@ class Recorder:
         self._pending.append(item)
 
     def _hand_over(self) -> None:
-        """Give the writer everything pending, in one piece (one wake-up)."""
-        self._soon = False
+        """Journal everything pending in one write, give it to the writer, and
+        let the calls waiting for it go."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._pending:
+        if self._pending and self._failure is None and self._fd is not None:
             batch, self._pending = self._pending, []
-            self._queued += len(batch)
-            self._queue.put(batch)
+            data = "".join([_line(item) for item in batch if isinstance(item, Event)]).encode()
+            try:
+                _write_all(self._fd, data)
+            except OSError as e:  # full: stop before the next call (a torn line is
+                self._failure = e  # dropped by recover, and nothing follows it)
+            else:
+                self._offset += len(data)
+                self._queue.put((batch, self._offset))
+        waiters, self._waiters = self._waiters, []
+        failure = None if self._failure is None else self._failed()
+        for waiter in waiters:
+            if waiter.done():  # its call was cancelled meanwhile
+                continue
+            if failure is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(failure)
 
     def flushed(self) -> Awaitable[None] | None:
+        """None when every event so far is journaled; else a future that is done
+        once it is. The calls that ask in one turn of the loop share one write,
+        at its end. Raises if the record cannot be written."""
         if self._failure is not None:
             raise self._failed()
-        upto = self._queued + len(self._pending)
-        if self._committed >= upto:
+        if not self._pending:
             return None
         assert self._loop is not None, "Recorder.start() was not called"
-        if self._committed >= self._queued:
-            self._hand_over()  # the writer is idle: at once
-        elif self._pending and not self._soon:
-            # the writer is busy: what more becomes ready meanwhile goes over in one
-            # piece, when it is done or at the end of this turn of the loop
-            self._soon = True
+        if not self._waiters:
             self._loop.call_soon(self._hand_over)
         waiter = self._loop.create_future()
-        self._waiters.append((upto, waiter))
+        self._waiters.append(waiter)
         return waiter
 
     def close(self) -> None:
@@ -128,37 +176,32 @@ class Recorder:
         self.join()
 
     def drain(self) -> None:
-        """Hand everything pending to the writer (on the loop; then :meth:`join`)."""
+        """Journal everything pending (on the loop; then :meth:`join`)."""
         self._hand_over()
 
     def join(self) -> None:
-        """Stop the writer once it has written what it was handed; may block for a
-        commit, so call it off the event loop. Raises if the store failed."""
+        """Stop the writer once it has written what it was handed; blocks for a
+        commit, so call it off the event loop. Raises if the record failed."""
         if self._thread is not None:
+            self._stopping.set()
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            _OPEN.discard(self.journal)
         if self._failure is not None:
             raise self._failed()
 
-    def _wake(self) -> None:
-        committed = self._committed
-        failure = self._failed() if self._failure is not None else None
-        waiting = []
-        for upto, waiter in self._waiters:
-            if waiter.done():
-                continue
-            if failure is not None:
-                waiter.set_exception(failure)
-            elif upto <= committed:
-                waiter.set_result(None)
-            else:
-                waiting.append((upto, waiter))
-        self._waiters = waiting
-
     def _failed(self) -> StateWriteFailed:
         error = self._failure
-        reason = str(error) if isinstance(error, sqlite3.Error) else repr(error)
+        if isinstance(error, sqlite3.Error):
+            reason = str(error)
+        elif isinstance(error, OSError):
+            reason = f"{error.strerror or error}"
+        else:
+            reason = repr(error)
         return StateWriteFailed(
             f"the run store {self.path} could not be written ({reason}); the run stopped "
             f"before its next call. Free disk space, then `aoe resume {self.run_id}`"
@@ -168,112 +211,238 @@ class Recorder:
     def _write(self) -> None:
         try:
             connection = connect(self.path, synchronous="NORMAL")
-            # no checkpoint in the middle of a commit a call waits on (it copies the
-            # log into the database: tens of ms); they happen between, see below
+            # no checkpoint in the middle of a run's commits (it copies the log
+            # into the database: tens of ms); they happen when the log is large
             connection.execute("PRAGMA wal_autocheckpoint = 0")
         except BaseException as e:
-            self._fail(e)
+            self._failure = e
             return
         try:
             writer = _Writer(connection, self.run_id, self.session)
         except BaseException as e:
             connection.close()
-            self._fail(e)
+            self._failure = e
             return
-        wal = _Syncer(Path(f"{self.path}-wal"))
+        journal = _Syncer(self.journal)
         try:
             stop = False
             while not stop:
                 try:
-                    batches = [self._queue.get(timeout=wal.due())]
-                except queue.Empty:  # nothing new: sync what was committed
-                    wal.now()
+                    first = self._queue.get(timeout=journal.due())
+                except queue.Empty:  # nothing new: sync what was journaled
+                    journal.now()
                     continue
+                journal.written()
+                if first is not None:  # gather more, unless the run is ending
+                    self._stopping.wait(self.BATCH)
+                batches = [first]
                 while True:
                     try:
                         batches.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
                 stop = None in batches
-                items = [item for batch in batches if batch is not None for item in batch]
-                if items:
+                given = [batch for batch in batches if batch is not None]
+                if given:
                     with transaction(connection):
-                        writer.write(items)
-                    wal.maybe()
-                    if any(isinstance(item, AttemptStarted) for item in items):
-                        # a call waits on this: what it depends on is on disk
-                        # before it is made, power cut or not (engine.md)
-                        wal.now()
-                    self._committed += len(items)
-                    self._notify()
-                    if wal.large():
+                        writer.write([item for items, _ in given for item in items])
+                        writer.reached(given[-1][1])
+                    if _large(self.path):
                         connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            wal.now()
+            # the end: everything is in the store; once the store is on disk,
+            # the journal is not needed
+            journal.now()
+            _fsync(Path(f"{self.path}-wal"))
             connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if self._failure is None:
+                with contextlib.suppress(OSError):
+                    self.journal.unlink()
         except BaseException as e:  # any failure stops the run's calls
-            self._fail(e)
+            self._failure = e
         finally:
+            journal.close()
             connection.close()
 
-    def _fail(self, error: BaseException) -> None:
-        self._failure = error
-        self._notify()
 
-    def _notify(self) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(self._wake)
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # a log checkpointed and removed: nothing to sync
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_LARGE = 64 << 20  # a log this big is copied into the database between commits
+
+
+def _large(path: Path) -> bool:
+    try:
+        return os.path.getsize(f"{path}-wal") > _LARGE
+    except OSError:
+        return False
 
 
 class _Syncer:
-    """Commits are ``synchronous=NORMAL``: in the write-ahead log, safe from any
-    crash of aoe itself (``kill -9`` included). The log is synced here before a
-    call that waits on a commit may go out (so what it depends on survives a
-    power cut too), else at most SYNC seconds after a commit, and at the end:
-    one fsync (~150 µs of CPU here) for many commits where nothing waits."""
+    """Syncs the journal at most SYNC seconds after a write to it, and at the
+    end: one fsync (~150 µs of CPU here) for everything written meanwhile.
+    The folder is synced once too, so the file's name survives a power cut."""
 
     SYNC = 0.2
 
-    def __init__(self, wal: Path) -> None:
-        self.wal = wal
-        self.last = time.monotonic()
-        self.dirty = False
-
-    LARGE = 64 << 20  # a log this big is copied into the database between commits
-
-    def large(self) -> bool:
-        try:
-            return os.path.getsize(self.wal) > self.LARGE
-        except OSError:
-            return False
+    def __init__(self, journal: Path) -> None:
+        self.journal = journal
+        self.fd: int | None = None
+        self.since: float | None = None  # when the first unsynced write was seen
+        self.named = False
 
     def due(self) -> float | None:
-        """Seconds until the log must be synced; None: nothing to sync."""
-        if not self.dirty:
+        """Seconds until the journal must be synced; None: nothing to sync."""
+        if self.since is None:
             return None
-        return max(self.SYNC - (time.monotonic() - self.last), 0.0)
+        return max(self.SYNC - (time.monotonic() - self.since), 0.0)
 
-    def maybe(self) -> None:
-        self.dirty = True
-        if time.monotonic() - self.last >= self.SYNC:
+    def written(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+        elif time.monotonic() - self.since >= self.SYNC:
             self.now()
 
     def now(self) -> None:
-        if not self.dirty:
+        if self.since is None:
+            return
+        if self.fd is None:
+            self.fd = os.open(self.journal, os.O_RDONLY | os.O_CLOEXEC)
+        os.fsync(self.fd)
+        if not self.named:
+            _fsync(self.journal.parent)
+            self.named = True
+        self.since = None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# -- the journal's lines -----------------------------------------------------------
+# One JSON array per event: its type's name, then its fields in order (the run id
+# left out: a journal holds one run).
+_JOURNAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+_GETTERS: dict[type, tuple[Callable[[Any], tuple[Any, ...]], int]] = {}
+
+
+def _line(event: Event) -> str:
+    known = _GETTERS.get(type(event))
+    if known is None:
+        names = [f.name for f in dataclasses.fields(event)][1:]  # run_id first
+        error = names.index("error") + 1 if "error" in names else 0
+        known = _GETTERS[type(event)] = (operator.attrgetter(*names), error)
+    getter, error = known
+    values = [type(event).__name__, *getter(event)]
+    if error and values[error] is not None:  # never a secret on disk (a key, a
+        values[error] = scrub(values[error])  # proxy's password)
+    return _JOURNAL.encode(values) + "\n"
+
+
+def _event_types() -> dict[str, tuple[type[Event], list[Callable[[Any], Any] | None]]]:
+    """Each event type by name, with how to rebuild each field from its JSON."""
+    types: dict[str, tuple[type[Event], list[Callable[[Any], Any] | None]]] = {}
+    for value in vars(_events).values():
+        if isinstance(value, type) and issubclass(value, Event) and value is not Event:
+            hints = typing.get_type_hints(value, vars(_events))
+            converters: list[Callable[[Any], Any] | None] = []
+            for field in dataclasses.fields(value)[1:]:
+                kinds = set(typing.get_args(hints[field.name])) or {hints[field.name]}
+                if Usage in kinds:
+                    converters.append(lambda v: None if v is None else Usage(*v))
+                elif AgentState in kinds:
+                    converters.append(lambda v: None if v is None else AgentState(v))
+                elif RunStatus in kinds:
+                    converters.append(lambda v: None if v is None else RunStatus(v))
+                else:
+                    converters.append(None)
+            types[value.__name__] = (value, converters)
+    return types
+
+
+def read_journal(data: bytes, run_id: str) -> Iterator[tuple[Event, int]]:
+    """The events of a journal's bytes, each with the offset just after it; a
+    torn last line (the write a crash cut short) and whatever follows it end it."""
+    types = _event_types()
+    start = 0
+    while True:
+        end = data.find(b"\n", start)
+        if end < 0:
             return
         try:
-            fd = os.open(self.wal, os.O_RDONLY)
-        except FileNotFoundError:  # checkpointed and removed: the database file is synced
-            pass
-        else:
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        self.last = time.monotonic()
-        self.dirty = False
+            name, *values = json.loads(data[start:end])
+            cls, converters = types[name]
+            for i, convert in enumerate(converters):
+                if convert is not None and i < len(values):
+                    values[i] = convert(values[i])
+            event = cls(run_id, *values)
+        except (ValueError, KeyError, TypeError):
+            return
+        start = end + 1
+        yield event, start
+
+
+def recover(store: Store, run_id: str | None = None) -> list[str]:
+    """Write into the store what the journals of runs whose process is gone hold
+    beyond it (all such runs, or only ``run_id``), then remove those journals.
+    Returns the runs that got records. Safe to run from several processes at
+    once: each reads how far the store goes under the write lock."""
+    folder = journal_path(store.path, "x", 1).parent
+    try:
+        files = sorted(folder.iterdir())
+    except OSError:
+        return []
+    recovered = []
+    for file in files:
+        named = journal_of(file)
+        if named is None or file in _OPEN or (run_id is not None and named[0] != run_id):
+            continue
+        if _recover_one(store, file, *named):
+            recovered.append(named[0])
+    return recovered
+
+
+def _recover_one(store: Store, file: Path, run_id: str, session: int) -> bool:
+    with writing(store.path), transaction(store.connection) as db:
+        row = db.execute(
+            "SELECT status, host, pid, process, sessions, journal_session, journal_offset"
+            " FROM runs WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        if row is not None:
+            status, host, pid, process, sessions, journal_session, offset = row
+            if status == "running" and process_alive(host, pid, process):
+                return False  # its own recorder is writing it
+            if session != journal_session:
+                offset = 0
+            if session < sessions:
+                offset = None  # a later session began after this one was recovered
+        try:
+            data = file.read_bytes()
+        except OSError:
+            return False
+        events = [] if row is None or offset is None else list(read_journal(data[offset:], run_id))
+        if events:
+            writer = _Writer(db, run_id, session)
+            writer.write([event for event, _ in events])
+            writer.reached(offset + events[-1][1])
+    with contextlib.suppress(OSError):
+        file.unlink()
+    return bool(events)
 
 
 class _Writer:
@@ -295,13 +464,48 @@ class _Writer:
         self.counted: dict[str, dict[tuple[int, int], tuple[float, int, int]]] = {}
         # agent -> what its attempts of earlier sessions add up to
         self.earlier: dict[str, tuple[int, int, float, int]] = {}
-        for agent_id, tokens_in, tokens_out, cost, attempts in connection.execute(
-            "SELECT agent_id, sum(input_tokens), sum(output_tokens), sum(CASE WHEN"
-            " status = 'started' THEN reserved ELSE cost END), count(*) FROM attempts"
-            " WHERE run_id = ? GROUP BY agent_id",
+        # what this session wrote already (when recovering from its journal, the
+        # part of it that reached the store before the crash)
+        for row in connection.execute(
+            "SELECT agent_id, session, item, attempt, status, provider, model, reserved,"
+            " cost, input_tokens, output_tokens FROM attempts WHERE run_id = ?"
+            " ORDER BY session, item, attempt",
             (run_id,),
         ):
-            self.earlier[agent_id] = (tokens_in, tokens_out, cost, attempts)
+            agent_id, in_session, item, attempt, status, provider, model = row[:7]
+            reserved, cost, tokens_in, tokens_out = row[7:]
+            counts = (reserved if status == "started" else cost, tokens_in, tokens_out)
+            if in_session < session:
+                t_in, t_out, spent, attempts = self.earlier.get(agent_id, (0, 0, 0.0, 0))
+                self.earlier[agent_id] = (
+                    t_in + tokens_in,
+                    t_out + tokens_out,
+                    spent + counts[0],
+                    attempts + 1,
+                )
+            else:
+                self.counted.setdefault(agent_id, {})[(item, attempt)] = counts
+                if status in ("ok", "cached"):
+                    self.answered[agent_id] = (provider, model)
+        self.ended.update(
+            agent_id
+            for (agent_id,) in connection.execute(
+                "SELECT agent_id FROM agents WHERE run_id = ? AND session = ? AND finished_at"
+                " IS NOT NULL AND state NOT IN ('pending', 'running')",
+                (run_id, session),
+            )
+        )
+        self.seq = connection.execute(
+            "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ? AND session = ?",
+            (run_id, session),
+        ).fetchone()[0]
+
+    def reached(self, offset: int) -> None:
+        """Note that the store holds the session's journal up to ``offset``."""
+        self.db.execute(
+            "UPDATE runs SET journal_session = ?, journal_offset = ? WHERE run_id = ?",
+            (self.session, offset, self.run_id),
+        )
 
     def write(self, items: list[_Item]) -> None:
         run_id, session = self.run_id, self.session

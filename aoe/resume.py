@@ -27,6 +27,7 @@ from aoe.errors import ResumeRefused
 from aoe.inputs import GivenInput, bind_inputs, from_assignments
 from aoe.loader import load_workflow
 from aoe.providers.base import Usage
+from aoe.recorder import recover
 from aoe.state.definitions import changed_inputs, definitions, reading
 from aoe.state.store import Store
 from aoe.workflow import Workflow
@@ -66,8 +67,9 @@ def plan_resume(
     """What resuming ``run_id`` will do; raises :class:`ResumeRefused` when it
     may not (still running, or its file changed without ``force``). ``inputs``
     and ``assignments`` (``NAME=VALUE``) override the stored inputs."""
+    run_id = store.run(run_id)["run_id"]
+    recover(store, run_id)  # what its journal holds beyond the store, first
     run = store.run(run_id)
-    run_id = run["run_id"]
     if run["status"] == "running":
         raise ResumeRefused(
             f"run {run_id} is still running (process {run['pid']} on {run['host']}): "

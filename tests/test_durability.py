@@ -25,6 +25,7 @@ import pytest
 from typer.testing import CliRunner
 
 from aoe.cli import app
+from aoe.recorder import recover
 from aoe.state.store import Store
 from tests.conftest import REPO, WriteFile, fake_key
 from tests.fakeserver import FakeProvider, Received, Reply
@@ -112,7 +113,10 @@ class Crash:
         return aoe(self.env, self.folder, "run", str(path), "--no-cache", *args)
 
     def record(self) -> tuple[str, str, dict[str, str]]:
+        """The run as the next aoe command finds it: its journal written into the
+        store (the process that wrote it is gone)."""
         store = Store(self.state / "state.db")
+        recover(store)
         [run] = store.runs()
         states = {a["agent_id"]: a["state"] for a in store.agents(run["run_id"])}
         store.close()
@@ -324,6 +328,7 @@ def check_nothing_lost(tmp_path: Path, state: Path, first: str, stderr: str) -> 
     assert "aoe resume" in stderr
     assert "Traceback" not in stderr
     with closing(Store(state / "state.db")) as store:
+        recover(store)  # as the next aoe command does: the journal into the store
         check_records(tmp_path, state, store, first)
 
 

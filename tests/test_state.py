@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,8 +16,9 @@ from typing import Any
 import pytest
 
 from aoe.errors import ResumeRefused
+from aoe.recorder import recover
 from aoe.state.store import SCHEMA_VERSION, Store
-from tests.conftest import REPO, RunCli, WriteFile
+from tests.conftest import REPO, RunCli, WriteFile, fake_key
 from tests.fakeserver import Fail, FakeProvider, Received, Reply
 
 CHAIN = """\
@@ -98,26 +100,43 @@ def test_a_run_is_recorded_with_agents_attempts_and_events(
     assert provider_env["OPENAI_API_KEY"].encode() not in raw
 
 
-def test_each_agent_is_on_disk_before_its_dependent_is_called(
+def test_each_agent_is_recorded_before_its_dependent_is_called(
     cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
 ) -> None:
     seen: dict[str, set[str]] = {}
+    state = tmp_path / ".aoe"
 
     def respond(request: Received) -> Reply:
-        # what the store holds (another connection, as a crash would leave it)
-        # at the moment each call arrives
-        with sqlite3.connect(tmp_path / ".aoe" / "state.db") as db:
-            seen[request.prompt.split(" ")[0]] = {
+        # what a crash at the moment each call arrives would leave: the store's
+        # files and the journals as they are, recovered by another process
+        name = request.prompt.split(" ")[0]
+        copy = tmp_path / f"crash-{name}"
+        shutil.copytree(state, copy, ignore=shutil.ignore_patterns("*-shm"))
+        with Store(copy / "state.db") as db:
+            db.connection.execute("UPDATE runs SET pid = NULL")  # its process: gone
+            recover(db)
+            seen[name] = {
                 row[0]
-                for row in db.execute("SELECT agent_id FROM agents WHERE state = 'completed'")
+                for row in db.connection.execute(
+                    "SELECT agent_id FROM agents WHERE state = 'completed'"
+                )
             }
+            started = {
+                row[0]
+                for row in db.connection.execute(
+                    "SELECT agent_id FROM attempts WHERE status = 'started'"
+                )
+            }
+            assert name in started  # the attempt itself, before the call
         return Reply()
 
     fake.respond = respond
     code, _, stderr = run(cli, provider_env, "run", write(CHAIN))
     assert code == 0, stderr
-    assert {"a"} <= seen["b"]
-    assert {"a", "b"} <= seen["c"]
+    assert seen["a"] <= {"side"}
+    assert {"a"} <= seen["b"] <= {"a", "side"}
+    assert {"a", "b"} <= seen["c"] <= {"a", "b", "side"}
+    assert not list((state / "journal").iterdir())  # all in the store: journals gone
 
 
 # -- resume --------------------------------------------------------------------------------
@@ -695,8 +714,8 @@ def test_credentials_in_a_base_url_never_reach_the_store(
     assert code == 1
     assert "cannot reach" in json.dumps(results)
     assert "hunter2" not in json.dumps(results) + stderr
-    for name in os.listdir(tmp_path / ".aoe"):
-        assert b"hunter2" not in (tmp_path / ".aoe" / name).read_bytes()
+    for file in (tmp_path / ".aoe").rglob("*"):
+        assert file.is_dir() or b"hunter2" not in file.read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -716,24 +735,56 @@ def test_a_damaged_export_is_refused_cleanly(cli: RunCli, tmp_path: Path, docume
     assert "export" in result.stderr
 
 
-def test_the_log_is_synced_soon_after_a_commit(tmp_path: Path) -> None:
+def test_the_journal_is_synced_soon_after_a_write(tmp_path: Path) -> None:
     from aoe.recorder import _Syncer
 
-    wal = tmp_path / "state.db-wal"
-    wal.write_bytes(b"frames")
-    syncer = _Syncer(wal)
-    assert syncer.due() is None  # nothing committed: nothing to wait for
-    syncer.last = time.monotonic()
-    syncer.maybe()  # a commit right after a sync: not synced yet ...
+    journal = tmp_path / "run@1.journal"
+    journal.write_bytes(b"lines")
+    syncer = _Syncer(journal)
+    assert syncer.due() is None  # nothing written: nothing to wait for
+    syncer.written()  # a write: not synced yet ...
     due = syncer.due()
     assert due is not None
     assert 0 < due <= _Syncer.SYNC  # ... but within SYNC seconds
-    syncer.now()
+    syncer.since = time.monotonic() - _Syncer.SYNC
+    assert syncer.due() == 0
+    syncer.written()  # another write, once it is due: synced at once
     assert syncer.due() is None
-    wal.unlink()
-    syncer.maybe()
-    syncer.now()  # a log checkpointed away is fine
-    assert syncer.due() is None
+    syncer.now()  # nothing to sync: nothing done
+    syncer.close()
+
+
+def test_journal_lines_read_back_as_the_events_they_were(tmp_path: Path) -> None:
+    from aoe.engine.events import AgentFinished, AgentState, AttemptFinished, RunFinished, RunStatus
+    from aoe.providers.base import Usage
+    from aoe.recorder import _line, read_journal
+
+    key = fake_key("sk-proj-")
+    events = [
+        AttemptFinished(
+            "r1", 1.5, "a", 2, 1, "openai", "gpt-4o-mini", 0.25, Usage(3, 4), 0.01,
+            Usage(3, 4), 0.01, Usage(30, 40), 0.1, f"401: bad key {key}", "auth",
+            output={"x": [1, "é"]},
+        ),
+        AgentFinished("r1", 2.0, "a", AgentState.COMPLETED, 1.0, Usage(3, 4), 0.01, 1, "out"),
+        RunFinished("r1", 3.0, RunStatus.PARTIAL, 2.0, Usage(3, 4), 0.01, None, {"o": 1}, {}),
+    ]  # fmt: skip
+    data = "".join(_line(event) for event in events).encode()
+    assert key.encode() not in data  # a secret in an error never reaches the disk
+    back = [event for event, _ in read_journal(data, "r1")]
+    assert back[1:] == events[1:]
+    attempt, _, run_end = back
+    assert isinstance(attempt, AttemptFinished)
+    assert attempt.error is not None
+    assert key not in attempt.error
+    assert isinstance(run_end, RunFinished)
+    assert isinstance(run_end.usage, Usage)
+    assert run_end.status is RunStatus.PARTIAL
+    # the offsets are where each line ends; a torn last line ends the journal
+    offsets = [offset for _, offset in read_journal(data, "r1")]
+    assert offsets[-1] == len(data)
+    assert len(list(read_journal(data[:-5], "r1"))) == 2
+    assert len(list(read_journal(data + b'["AgentFinished","r1",', "r1"))) == 3
 
 
 def test_a_renamed_workflow_reruns_its_readers_once(
@@ -874,3 +925,62 @@ def test_attempt_events_are_read_from_the_attempts(
     assert kinds[-1] == "RunFinished"
     assert kinds.count("AttemptStarted") == 5
     assert "AgentRetrying" in kinds
+
+
+def test_recover_writes_a_dead_runs_journal_into_the_store_once(tmp_path: Path) -> None:
+    from aoe.engine.events import (
+        AgentFinished,
+        AgentStarted,
+        AgentState,
+        AttemptFinished,
+        AttemptStarted,
+    )
+    from aoe.providers.base import Usage
+    from aoe.recorder import _line
+    from aoe.state.store import journal_path
+
+    with Store(tmp_path / "state.db") as db:
+        db.create_run(
+            "r1", workflow_name="w", workflow_path="/w.yaml", workflow_sha256="0" * 64,
+            workflow_text="", workflow_files={}, inputs={}, settings={}, budget=None,
+            agents={"a": "d1", "b": "d2"},
+        )  # fmt: skip
+        db.connection.execute("UPDATE runs SET pid = NULL")  # its process is gone
+        events = [
+            AgentStarted("r1", 1.0, "a"),
+            AttemptStarted("r1", 1.1, "a", None, 1, "openai", "gpt-4o-mini", 0.0, 0.02, "f"),
+            AttemptFinished(
+                "r1", 1.5, "a", None, 1, "openai", "gpt-4o-mini", 0.4, Usage(5, 7), 0.003,
+                Usage(5, 7), 0.003, Usage(5, 7), 0.003,
+            ),
+            AgentFinished("r1", 1.6, "a", AgentState.COMPLETED, 0.6, Usage(5, 7), 0.003, 1, "A!"),
+            AgentStarted("r1", 1.7, "b"),
+            AttemptStarted("r1", 1.8, "b", None, 1, "openai", "gpt-4o-mini", 0.0, 0.02, "g"),
+        ]  # fmt: skip
+        journal = journal_path(db.path, "r1", 1)
+        journal.parent.mkdir()
+        # the process died in the middle of writing a line
+        journal.write_text("".join(_line(e) for e in events) + '["AgentFinished",2.0,"b"')
+        assert recover(db) == ["r1"]
+        assert not journal.exists()
+        agents = {a["agent_id"]: a for a in db.agents("r1")}
+        assert (agents["a"]["state"], agents["a"]["output"]) == ("completed", "A!")
+        assert agents["a"]["cost"] == pytest.approx(0.003)
+        assert agents["a"]["model"] == "gpt-4o-mini"
+        # b's call may have been made and billed: its reservation counts
+        assert [(a["agent_id"], a["status"]) for a in db.attempts("r1")] == [
+            ("a", "ok"),
+            ("b", "started"),
+        ]
+        assert db.spent("r1") == pytest.approx(0.023)
+        assert db.run("r1")["status"] == "interrupted"
+        # a second recover (another process) finds nothing more to write
+        journal.write_text("".join(_line(e) for e in events))
+        db.connection.execute(
+            "UPDATE runs SET journal_session = 1, journal_offset = ? WHERE run_id = 'r1'",
+            (journal.stat().st_size,),
+        )
+        kinds = [e["type"] for e in db.events("r1")]
+        assert recover(db) == []
+        assert not journal.exists()
+        assert [e["type"] for e in db.events("r1")] == kinds

@@ -215,13 +215,14 @@ Subscriber = Callable[[Event], None]
 
 
 class Checkpoint(Protocol):
-    """A subscriber that records events durably (the run store). The engine waits
-    on it before each call, so that what finished before is on disk first."""
+    """A subscriber that records events durably (the run store). The engine calls
+    it before each call, so that what finished before is recorded first."""
 
     def __call__(self, event: Event) -> None: ...
 
     def flushed(self) -> Awaitable[None] | None:
-        """None when every event so far is recorded; else something to await."""
+        """None when every event so far is recorded durably; else something to
+        await; raises if it cannot be recorded."""
 
 
 class EventBus:

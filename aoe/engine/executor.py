@@ -694,7 +694,7 @@ class _Run:
             )
         )
         if checkpoint is not None:
-            # the attempt and every agent this one depends on are on disk first
+            # the attempt and every agent this one depends on are recorded first
             try:
                 waiter = checkpoint.flushed()
                 if waiter is not None:

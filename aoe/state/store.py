@@ -8,8 +8,8 @@ events, and the response cache.
 
 Several ``aoe`` processes may share a store: WAL lets readers and one writer
 work at once, every write is a short ``BEGIN IMMEDIATE`` transaction, and a
-busy store is waited for rather than failed. A run's own record is synced to
-disk before any call that waits on it, and otherwise within 0.2 s
+busy store is waited for rather than failed. A running run's events reach
+its journal before any call that depends on them and its tables in batches
 (:mod:`aoe.recorder`); everything else is ``synchronous=FULL``.
 
 The schema has a version (``PRAGMA user_version``) and migrations; a store from
@@ -29,13 +29,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
 from aoe.errors import ResumeRefused, RunNotFound, StateUnusable, StateWriteFailed
 
 if TYPE_CHECKING:
     from aoe.config import Settings
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FILE_NAME = "state.db"
 BUSY_TIMEOUT = 30.0  # seconds another process may hold the write lock
 
@@ -137,6 +138,11 @@ MIGRATIONS: tuple[str, ...] = (
         last_hit REAL
     ) WITHOUT ROWID;
     """,
+    # 2: how far the run's journal (aoe.recorder) is written into the tables
+    """
+    ALTER TABLE runs ADD COLUMN journal_session INTEGER;
+    ALTER TABLE runs ADD COLUMN journal_offset INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 _FIX = "move it aside (or set AOE_STATE_DIR to another folder) and run again"
@@ -145,6 +151,22 @@ _FIX = "move it aside (or set AOE_STATE_DIR to another folder) and run again"
 def store_path(settings: Settings) -> Path:
     """The store's file: ``engine.state_dir`` (``AOE_STATE_DIR``) / state.db."""
     return Path(settings.config.engine.state_dir) / FILE_NAME
+
+
+JOURNALS = "journal"  # the folder of the runs' journals, beside the store's file
+
+
+def journal_path(path: Path, run_id: str, session: int) -> Path:
+    """The journal of one session of a run, for the store at ``path``."""
+    return path.parent / JOURNALS / f"{quote(run_id, safe='')}@{session}.journal"
+
+
+def journal_of(file: Path) -> tuple[str, int] | None:
+    """The run id and session of a journal file; None if it is not one."""
+    name, _, session = file.name.removesuffix(".journal").rpartition("@")
+    if not name or not session.isdigit() or not file.name.endswith(".journal"):
+        return None
+    return unquote(name), int(session)
 
 
 def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -184,8 +206,13 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     connection.execute("COMMIT")
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    """Compact JSON; anything else as its str(). One encoder for every call:
+    ``json.dumps`` with options builds a new one each time (~3 µs)."""
+    return _ENCODER.encode(value)
 
 
 def loads(text: str | None) -> Any:
@@ -261,6 +288,12 @@ class Store:
     def close(self) -> None:
         self.connection.close()
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- runs ----------------------------------------------------------------------
     def create_run(
         self,
@@ -335,7 +368,7 @@ class Store:
             if row is None:
                 raise RunNotFound(f"no run {run_id} in {self.path}")
             count, status, host, pid, process = row
-            if (status == "running" and _alive(host, pid, process)) or (
+            if (status == "running" and process_alive(host, pid, process)) or (
                 sessions is not None and count != sessions
             ):
                 raise ResumeRefused(
@@ -457,7 +490,7 @@ class Store:
         for key in ("workflow_files", "inputs", "settings", "outputs", "output_errors"):
             if key in run:
                 run[key] = loads(run[key])
-        if run["status"] == "running" and not _alive(
+        if run["status"] == "running" and not process_alive(
             run.get("host"), run.get("pid"), run.get("process")
         ):
             run["status"] = "interrupted"  # its process is gone: resumable
@@ -606,7 +639,7 @@ class Store:
         doomed = [
             run_id
             for run_id, status, host, pid, process in candidates
-            if status != "running" or not _alive(host, pid, process)
+            if status != "running" or not process_alive(host, pid, process)
         ]
         if doomed and not dry_run:
             with writing(self.path), transaction(self.connection) as db:
@@ -700,7 +733,7 @@ def _attempt_events(attempts: list[dict[str, Any]], wanted: set[str]) -> list[di
     return events
 
 
-def _alive(host: str | None, pid: int | None, process: str | None = None) -> bool:
+def process_alive(host: str | None, pid: int | None, process: str | None = None) -> bool:
     """Is the process that runs a run still there? Only knowable on its own host
     (a run of another host counts as alive: it may well be). A pid alone is not
     enough — a restarted container reuses pids — so the process's boot and start
