@@ -18,6 +18,7 @@ from aoe.workflow import Workflow
 
 if TYPE_CHECKING:
     from aoe.engine.events import RunStatus, Subscriber
+    from aoe.engine.executor import Engine
     from aoe.resume import ResumePlan
     from aoe.state.store import Store
 
@@ -69,10 +70,13 @@ async def run_workflow(
     store: Store | None = None,
     cache: bool = True,
     resume: ResumePlan | None = None,
+    engine: Engine | None = None,
 ) -> RunStatus:
-    """Run a workflow on a fresh engine and close it after; the subscribers get
-    every event. A missing API key is refused before any call; ``budget`` (USD)
-    replaces the workflow's ``cost_budget``.
+    """Run a workflow on a fresh engine and close it after (or on ``engine``,
+    shared with other runs: its rate limits and its limit on runs hold across
+    them, and it stays open); the subscribers get every event. A missing API
+    key is refused before any call; ``budget`` (USD) replaces the workflow's
+    ``cost_budget``.
 
     With a ``store`` the run is recorded (resumable; see :mod:`aoe.state`) and,
     unless ``cache`` is false, answers come from the response cache where they
@@ -113,7 +117,9 @@ async def run_workflow(
         bus.record_with(recorder)
         if cache:
             response_cache = ResponseCache(store, recorder.cache)
-    engine = Engine(settings)
+    own_engine = engine is None
+    if engine is None:
+        engine = Engine(settings)
     try:
         if recorder is not None:
             recorder.start()
@@ -130,7 +136,8 @@ async def run_workflow(
         )
     finally:
         try:
-            await engine.aclose()
+            if own_engine:
+                await engine.aclose()
         finally:
             if recorder is not None:  # the last commit, off the event loop
                 recorder.drain()

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, NoReturn
 
 import typer
 
@@ -175,6 +175,33 @@ LogFormatOption = Annotated[
     typer.Option("--log-format", help="Progress as text lines or JSON lines (stderr)."),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress; only errors.")]
+MetricsPortOption = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics-port",
+        help="Serve Prometheus metrics at /metrics on PORT (or HOST:PORT; the host is "
+        "127.0.0.1 unless given) while the run lasts.",
+        metavar="PORT",
+    ),
+]
+PushgatewayOption = Annotated[
+    str | None,
+    typer.Option(
+        "--pushgateway",
+        help="Push the run's metrics to this Prometheus Pushgateway when it ends.",
+        metavar="URL",
+    ),
+]
+
+
+class Reports(NamedTuple):
+    """Where a run's results, reports and metrics go."""
+
+    output: str | None
+    junit: str | None
+    quiet: bool
+    metrics_port: str | None = None
+    pushgateway: str | None = None
 
 
 @app.command(
@@ -218,6 +245,8 @@ def run(
     log_format: LogFormatOption = None,
     quiet: QuietOption = False,
     no_cache: NoCacheOption = False,
+    metrics_port: MetricsPortOption = None,
+    pushgateway: PushgatewayOption = None,
     resume_latest: Annotated[
         bool,
         typer.Option(
@@ -255,13 +284,12 @@ def run(
                     options={"budget": budget, "max_parallel": max_parallel, "mock": mock},
                     no_cache=no_cache,
                     force=False,
-                    report=(output, junit, quiet),
+                    report=Reports(output, junit, quiet, metrics_port, pushgateway),
                 )
         values = bind_inputs(workflow.inputs, given)
         options = {"mock": mock, "max_parallel": max_parallel, "budget": budget}
-        status = _execute(
-            workflow, values, settings, options, store, not no_cache, None, (output, junit, quiet)
-        )
+        reports = Reports(output, junit, quiet, metrics_port, pushgateway)
+        status = _execute(workflow, values, settings, options, store, not no_cache, None, reports)
         raise typer.Exit(status.exit_code)
 
 
@@ -291,22 +319,94 @@ def _execute(
     store: Store,
     cache: bool,
     resume: ResumePlan | None,
-    report: tuple[str | None, str | None, bool],
+    report: Reports,
 ) -> RunStatus:
     """Run (or resume) with the progress view, then write the reports; the status."""
-    from aoe.api import run_until_done
     from aoe.results import Results
+
+    results = Results(workflow, values)
+    with _metrics(report, workflow.name) as metrics:
+        subscribers: list[Any] = [results] if metrics is None else [results, metrics]
+        status = _run_with_progress(
+            workflow, values, settings, options, store, cache, resume, report, subscribers
+        )
+    if report.output is not None:
+        _write(results.to_json(), report.output)
+    if report.junit is not None:
+        _write(results.to_junit(), report.junit)
+    if status.exit_code == 130:
+        typer.echo(
+            f"aoe: run {results.document['run_id']} interrupted; finish it with "
+            f"`aoe resume {results.document['run_id']}`",
+            err=True,
+        )
+    elif report.quiet and status.exit_code != 0:
+        typer.echo(f"aoe: run {results.document['run_id']} ended {status}", err=True)
+    return status
+
+
+@contextmanager
+def _metrics(report: Reports, workflow: str) -> Iterator[Any]:
+    """The run's metrics, when --metrics-port or --pushgateway asks for them:
+    served while the run lasts, pushed when it ends (a failed push is a warning:
+    the run's outcome stands)."""
+    if report.metrics_port is None and report.pushgateway is None:
+        yield None
+        return
+    from aoe.errors import OptionInvalid
+    from aoe.metrics import Metrics, parse_address
+    from aoe.providers.base import scrub
+
+    metrics = Metrics()
+    server = None
+    if report.metrics_port is not None:
+        try:
+            host, port = parse_address(report.metrics_port)
+            server = metrics.serve(host, port)
+        except ValueError as e:
+            raise OptionInvalid(f"--metrics-port: {e}") from None
+        except OSError as e:
+            raise OptionInvalid(
+                f"cannot serve metrics on {report.metrics_port}: {e.strerror or e}; "
+                "choose another --metrics-port"
+            ) from None
+    try:
+        yield metrics
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if report.pushgateway is not None:
+            try:
+                metrics.push(report.pushgateway, workflow)
+            except Exception as e:  # the gateway's problem, not the run's
+                typer.echo(
+                    f"aoe: warning: could not push the metrics to "
+                    f"{scrub(report.pushgateway)}: {scrub(str(e))}",
+                    err=True,
+                )
+
+
+def _run_with_progress(
+    workflow: Workflow,
+    values: dict[str, Any],
+    settings: Settings,
+    options: dict[str, Any],
+    store: Store,
+    cache: bool,
+    resume: ResumePlan | None,
+    report: Reports,
+    subscribers: list[Any],
+) -> RunStatus:
+    from aoe.api import run_until_done
     from aoe.ui import LiveView
 
-    output, junit, quiet = report
-    results = Results(workflow, values)
-    subscribers: list[Any] = [results]
     budget_shown = options.get("budget")
     if budget_shown is None:
         budget_shown = workflow.cost_budget
     if budget_shown is None:
         budget_shown = settings.config.cost_tracking.default_workflow_budget
-    view = _progress(workflow, settings.config.monitoring.log_format, quiet, budget_shown)
+    view = _progress(workflow, settings, report.quiet, budget_shown)
     if view is not None:
         subscribers.append(view)
     arguments = {
@@ -320,21 +420,8 @@ def _execute(
         with view:
             status = run_until_done(workflow, values, settings, **arguments)
         view.summary()
-    else:
-        status = run_until_done(workflow, values, settings, **arguments)
-    if output is not None:
-        _write(results.to_json(), output)
-    if junit is not None:
-        _write(results.to_junit(), junit)
-    if status.exit_code == 130:
-        typer.echo(
-            f"aoe: run {results.document['run_id']} interrupted; finish it with "
-            f"`aoe resume {results.document['run_id']}`",
-            err=True,
-        )
-    elif quiet and status.exit_code != 0:
-        typer.echo(f"aoe: run {results.document['run_id']} ended {status}", err=True)
-    return status
+        return status
+    return run_until_done(workflow, values, settings, **arguments)
 
 
 def _resume(
@@ -346,7 +433,7 @@ def _resume(
     options: dict[str, Any],
     no_cache: bool,
     force: bool,
-    report: tuple[str | None, str | None, bool],
+    report: Reports,
     assignments: list[str] | None = None,
 ) -> NoReturn:
     from aoe.resume import plan_resume
@@ -365,7 +452,7 @@ def _resume(
         raise typer.Exit(0)
     chosen = plan.options
     cache = bool(chosen.get("cache", True)) and not no_cache
-    if not report[2]:
+    if not report.quiet:
         typer.echo(
             f"aoe: resuming run {plan.run_id}: {len(plan.kept)} of "
             f"{len(plan.workflow.agents)} agents completed before and are kept"
@@ -425,6 +512,8 @@ def resume(
     junit: JunitOption = None,
     log_format: LogFormatOption = None,
     quiet: QuietOption = False,
+    metrics_port: MetricsPortOption = None,
+    pushgateway: PushgatewayOption = None,
 ) -> None:
     """Finish a run that was interrupted, failed or stopped by its budget.
 
@@ -448,22 +537,24 @@ def resume(
             options={"budget": budget, "max_parallel": max_parallel},
             no_cache=no_cache,
             force=force,
-            report=(output, junit, quiet),
+            report=Reports(output, junit, quiet, metrics_port, pushgateway),
         )
 
 
-def _progress(workflow: Any, log_format: str, quiet: bool, budget: float | None) -> Any:
+def _progress(workflow: Any, settings: Settings, quiet: bool, budget: float | None) -> Any:
     """Who tells the user how the run goes: nobody (--quiet), JSON lines, a live
-    view on a terminal, or a plain line per event on a pipe; always on stderr."""
+    view on a terminal, or a plain line per event on a pipe; always on stderr.
+    ``LOG_LEVEL`` above INFO leaves the lines of what went well out."""
     from aoe.ui import JsonLines, LiveView, PlainProgress, console
 
+    monitoring = settings.config.monitoring
     if quiet:
         return None
-    if log_format == "json":
-        return JsonLines(sys.stderr)
+    if monitoring.log_format == "json":
+        return JsonLines(sys.stderr, monitoring.log_level)
     if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
         return LiveView(workflow, console(sys.stderr), budget)
-    return PlainProgress(sys.stderr)
+    return PlainProgress(sys.stderr, monitoring.log_level)
 
 
 @app.command(
@@ -692,6 +783,7 @@ def config_show(
 
 
 def _register() -> None:
+    import aoe.cli_serve  # noqa: F401  (its commands: serve, status)
     from aoe.cli_runs import cache_app, runs_app
 
     app.add_typer(runs_app, name="runs")

@@ -171,7 +171,11 @@ def runs_show(
             sys.stdout.write(f"\nresume it with: aoe resume {run['run_id']}\n")
 
 
-@runs_app.command("events", epilog="Example: aoe runs events RUN_ID --type AgentFinished --last 50")
+@runs_app.command(
+    "events",
+    epilog="Examples: aoe runs events RUN_ID --type agent_failed --last 50  |  "
+    "aoe runs events RUN_ID -t AttemptFinished | jq .cost",
+)
 def runs_events(
     run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
     type: Annotated[
@@ -179,7 +183,8 @@ def runs_events(
         typer.Option(
             "--type",
             "-t",
-            help="Only events of this type (repeatable): AgentFinished or agent_finished, ...",
+            help="Only events of this type (repeatable): agent_finished or AgentFinished, "
+            "attempt_finished, ...; also agent_failed, attempt_failed and run_failed.",
         ),
     ] = None,
     last: Annotated[int | None, typer.Option("--last", min=1, help="Only the last N.")] = None,
@@ -189,16 +194,44 @@ def runs_events(
     with _errors():
         store = _store(_settings(config))
         run = store.run(run_id)
-        types = [_event_type(t) for t in type or []]
-        for event in store.events(run["run_id"], types=types, last=last):
+        wanted = [_event_type(t) for t in type or []]
+        types = sorted({kind for kind, _ in wanted})
+        found = store.events(run["run_id"], types=types)
+        if wanted:
+            found = [e for e in found if any(_matches(e, kind, failed) for kind, failed in wanted)]
+        for event in found[-last:] if last is not None else found:
             sys.stdout.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
 
 
-def _event_type(name: str) -> str:
-    """``agent_finished`` or ``AgentFinished``: the class name either way."""
+# the failures of each kind of event, asked for as agent_failed and the like
+_FAILED = {
+    "agent_failed": "AgentFinished",
+    "attempt_failed": "AttemptFinished",
+    "run_failed": "RunFinished",
+}
+_FAILED_AGENT = {"failed", "rate_limited", "budget_exceeded"}
+
+
+def _event_type(name: str) -> tuple[str, bool]:
+    """``agent_finished`` or ``AgentFinished``: the class name either way; and
+    whether only its failures are wanted (``agent_failed``)."""
+    if name.lower() in _FAILED:
+        return _FAILED[name.lower()], True
     if "_" in name or name.islower():
-        return "".join(part.capitalize() for part in name.split("_"))
-    return name
+        return "".join(part.capitalize() for part in name.split("_")), False
+    return name, False
+
+
+def _matches(event: dict[str, Any], kind: str, failed: bool) -> bool:
+    if event["type"] != kind:
+        return False
+    if not failed:
+        return True
+    if kind == "AgentFinished":
+        return event.get("state") in _FAILED_AGENT
+    if kind == "AttemptFinished":
+        return bool(event.get("error"))
+    return event.get("status") not in ("completed", "cancelled")
 
 
 @runs_app.command("export", epilog="Example: aoe runs export RUN_ID -o run.json")

@@ -121,10 +121,14 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 class MonitoringSection(_Section):
     """Logs and metrics."""
 
-    enable_metrics: bool = Field(default=False, description="Expose Prometheus metrics.")
+    enable_metrics: bool = Field(
+        default=True, description="Serve Prometheus metrics at /metrics (aoe serve)."
+    )
     enable_logging: bool = Field(default=True, description="Write log lines.")
     metrics_interval: float = Field(default=60.0, gt=0, description="Seconds between summaries.")
-    prometheus_port: int = Field(default=8000, ge=1, le=65535, description="Port of /metrics.")
+    prometheus_port: int = Field(
+        default=8000, ge=1, le=65535, description="Port of aoe serve (/metrics, /health, the API)."
+    )
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: Literal["text", "json"] = Field(default="text", description="text or json lines.")
 

@@ -11,7 +11,8 @@
     │   ├── MissingApiKey          a provider the workflow uses has no key
     │   ├── StateUnusable          the run store cannot be opened (corrupt, newer, unreadable)
     │   ├── RunNotFound            no run with that id in the store
-    │   └── ResumeRefused          the run cannot be resumed as asked (file changed, running)
+    │   ├── ResumeRefused          the run cannot be resumed as asked (file changed, running)
+    │   └── OptionInvalid          an option's value cannot be used (a port in use, no token)
     ├── StateWriteFailed           the run store could not be written (disk full): exit 1
     └── RunError                   an agent's attempt failed; exit code 1
         ├── ProviderError          the provider refused or failed (SDK errors end here)
@@ -153,6 +154,10 @@ class RunNotFound(UserError):
 
 class ResumeRefused(UserError):
     """The run cannot be resumed as asked: its workflow changed, or it is still running."""
+
+
+class OptionInvalid(UserError):
+    """An option's value cannot be used: a port in use, a bad address, a missing token."""
 
 
 class StateWriteFailed(AoeError):

@@ -212,12 +212,21 @@ def _money(usd: float) -> str:
 
 
 class PlainProgress:
-    """One line per event, for pipes and CI logs: no colour, no escape codes."""
+    """One line per event, for pipes and CI logs: no colour, no escape codes;
+    lines below ``level`` (``LOG_LEVEL``) are left out."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, level: str = "INFO") -> None:
+        from aoe.logs import LEVELS
+
         self.stream = stream
+        self.least = LEVELS.get(level.upper(), 20)
 
     def __call__(self, event: Event) -> None:
+        if self.least > 20:
+            from aoe.logs import LEVELS
+
+            if LEVELS[event_level(event)] < self.least:
+                return
         line = describe_event(event)
         if line is not None:
             clock = time.strftime("%H:%M:%S", time.localtime(event.at))
@@ -288,42 +297,55 @@ def describe_event(event: Event) -> str | None:
 
 
 class JsonLines:
-    """One JSON object per event (``--log-format json``), for log collectors."""
+    """One JSON object per event (``--log-format json``), for log collectors: the
+    fields of :mod:`aoe.logs` (``function`` is the event, ``agent_finished``...)
+    and the event's own; lines below ``level`` are left out."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, level: str = "INFO") -> None:
+        from aoe.logs import LEVELS
+
         self.stream = stream
+        self.least = LEVELS.get(level.upper(), 20)
 
     def __call__(self, event: Event) -> None:
         import json
-        from dataclasses import fields
 
-        from aoe.engine import events as ev
+        from aoe.engine.events import event_dict
+        from aoe.logs import LEVELS, timestamp
 
-        level = "INFO"
-        if isinstance(event, ev.AttemptFinished) and event.error:
-            level = "WARNING"
-        elif (isinstance(event, ev.AgentFinished) and event.state.failure) or (
-            isinstance(event, ev.RunFinished) and event.status.exit_code != 0
-        ):
-            level = "ERROR"
+        level = event_level(event)
+        if LEVELS[level] < self.least:
+            return
         record: dict[str, object] = {
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.at))
-            + f".{int(event.at % 1 * 1000):03d}Z",
+            "timestamp": timestamp(event.at),
             "level": level,
             "message": describe_event(event) or type(event).__name__,
             "module": "aoe.engine",
+            "function": _snake(type(event).__name__),
             "event": type(event).__name__,
         }
-        for item in fields(event):
-            if item.name in ("at", "output", "outputs"):
-                continue
-            value = getattr(event, item.name)
-            name = item.name
-            if hasattr(value, "_asdict"):
-                value = value._asdict()
-            record[name] = value
+        for name, value in event_dict(event).items():
+            if name not in ("type", "at", "output", "outputs"):
+                record[name] = value
         self.stream.write(json.dumps(record, default=str) + "\n")
         self.stream.flush()
+
+
+def event_level(event: Event) -> str:
+    """INFO, WARNING for a failed attempt, ERROR for a failed agent or run."""
+    from aoe.engine import events as ev
+
+    if isinstance(event, ev.AttemptFinished) and event.error:
+        return "WARNING"
+    if (isinstance(event, ev.AgentFinished) and event.state.failure) or (
+        isinstance(event, ev.RunFinished) and event.status.exit_code != 0
+    ):
+        return "ERROR"
+    return "INFO"
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
 class _Row:

@@ -214,6 +214,29 @@ class RunFinished(Event):
 Subscriber = Callable[[Event], None]
 
 
+def event_dict(event: Event) -> dict[str, Any]:
+    """An event as JSON-ready data: its type, then its fields (usage as an object)."""
+    data: dict[str, Any] = {"type": type(event).__name__}
+    for name in _names(type(event)):
+        value = getattr(event, name)
+        if isinstance(value, Usage):
+            value = {"input_tokens": value.input_tokens, "output_tokens": value.output_tokens}
+        data[name] = value
+    return data
+
+
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    names = _NAMES.get(cls)
+    if names is None:
+        from dataclasses import fields
+
+        names = _NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
 class Checkpoint(Protocol):
     """A subscriber that records events durably (the run store). The engine calls
     it before each call, so that what finished before is recorded first."""

@@ -21,6 +21,7 @@ deletes or rewrites a store it cannot read.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -450,12 +451,18 @@ class Store:
         status: str | None = None,
         workflow: str | None = None,
         limit: int | None = 20,
+        since: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Recent runs, newest first; ``workflow`` matches the name or the file."""
-        where, args = [], []
+        """Recent runs, newest first; ``workflow`` matches the name or the file;
+        ``since``: started at or after that time."""
+        where: list[str] = []
+        args: list[Any] = []
         if status is not None:
             where.append("status = ?")
             args.append(status)
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(since)
         if workflow is not None:
             where.append("(workflow_name = ? OR workflow_path = ?)")
             args.extend((workflow, workflow))
@@ -495,6 +502,35 @@ class Store:
         ):
             run["status"] = "interrupted"  # its process is gone: resumable
         return run
+
+    def summary(self, since: float) -> dict[str, Any]:
+        """For ``aoe status``: runs in progress, the failures and the spend of the
+        runs started since ``since`` (a time.time())."""
+        recent = self.runs(limit=None, since=since)
+        running = self.runs(status="running", limit=None)
+        return {
+            "active": [r for r in running if r["status"] == "running"],
+            "failures": [
+                r
+                for r in recent
+                if r["status"] in ("failed", "budget_exceeded", "partial", "interrupted")
+            ][:20],
+            "spend": {
+                "last_24h": math.fsum(r["cost"] or 0.0 for r in recent),
+                "runs": len(recent),
+            },
+        }
+
+    def mark_cancelled(self, run_id: str) -> None:
+        """A run that was cancelled before it started (``aoe serve``'s queue), or
+        whose process could not finish it: ``cancelled``, so it can be resumed."""
+        now = time.time()
+        with writing(self.path), transaction(self.connection) as db:
+            db.execute(
+                "UPDATE runs SET status = 'cancelled', finished_at = ?, updated_at = ?"
+                " WHERE run_id = ? AND status = 'running'",
+                (now, now, run_id),
+            )
 
     def agents(self, run_id: str) -> list[dict[str, Any]]:
         cursor = self.connection.execute(

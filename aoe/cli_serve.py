@@ -1,0 +1,207 @@
+"""``aoe serve`` and ``aoe status``: aoe as a service, and a look at how it goes.
+
+Like :mod:`aoe.cli`, these parse, call, print, and turn errors into exit codes;
+the service itself is :mod:`aoe.serve` (aiohttp, imported only here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from aoe.cli import ConfigOption, LogFormatOption, ReportFormat, _errors, _store, app
+
+LOCAL_WINDOW = 86_400.0  # seconds of history `aoe status` sums from the local store
+
+
+@app.command(
+    epilog="Examples: aoe serve  |  AOE_API_TOKEN=... aoe serve --host 0.0.0.0 --port 8000  |  "
+    "curl -s localhost:8000/health"
+)
+def serve(
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to bind. Beyond 127.0.0.1 a bearer token (AOE_API_TOKEN) is required.",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            "-p",
+            min=0,
+            max=65535,
+            help="Port (default: PROMETHEUS_PORT, 8000). 0 picks a free one.",
+        ),
+    ] = None,
+    max_concurrent: Annotated[
+        int | None,
+        typer.Option(
+            "--max-concurrent",
+            min=1,
+            help="Runs in progress at once (default: MAX_CONCURRENT_WORKFLOWS); more wait.",
+        ),
+    ] = None,
+    queue_limit: Annotated[
+        int,
+        typer.Option("--queue-limit", min=1, help="Runs that may wait; beyond, 429."),
+    ] = 1000,
+    max_body: Annotated[
+        int,
+        typer.Option("--max-body", min=1024, help="Largest request body, in bytes; beyond, 413."),
+    ] = 1 << 20,
+    config: ConfigOption = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Run a service: GET /health, GET /metrics and an HTTP API to submit,
+    list, watch (Server-Sent Events) and cancel runs.
+
+    Runs share one engine: its rate limits and MAX_CONCURRENT_WORKFLOWS hold
+    across them. SIGTERM drains: no new runs, runs in progress are cancelled
+    and stay resumable (`aoe resume`).
+    """
+    with _errors():
+        import asyncio
+
+        from aoe.config import load_settings
+        from aoe.logs import setup
+        from aoe.serve import ServeOptions
+        from aoe.serve import serve as run_service
+
+        flags: dict[str, tuple[Any, str]] = {}
+        if log_format is not None:
+            flags["monitoring.log_format"] = (log_format.value, "--log-format")
+        if max_concurrent is not None:
+            flags["engine.max_concurrent_workflows"] = (max_concurrent, "--max-concurrent")
+        settings = load_settings(config, flags=flags)
+        monitoring = settings.config.monitoring
+        setup(monitoring.log_format, monitoring.log_level)
+        options = ServeOptions(
+            host=host,
+            port=monitoring.prometheus_port if port is None else port,
+            token=os.environ.get("AOE_API_TOKEN") or None,
+            max_body=max_body,
+            queue_limit=queue_limit,
+            metrics=monitoring.enable_metrics,
+        )
+        store = _store(settings)
+        try:
+            asyncio.run(run_service(settings, store, options))
+        finally:
+            store.close()
+
+
+@app.command(
+    epilog="Examples: aoe status  |  aoe status --url http://127.0.0.1:8000  |  "
+    "aoe status --format json | jq .spend"
+)
+def status(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="A running `aoe serve` (default: $AOE_SERVE_URL; else the local run store).",
+            metavar="URL",
+        ),
+    ] = None,
+    format: Annotated[
+        ReportFormat, typer.Option("--format", "-f", help="Text, or JSON.")
+    ] = ReportFormat.text,
+    config: ConfigOption = None,
+) -> None:
+    """Active runs, recent failures and spend: from `aoe serve` (with its
+    health), or from the local run store (the last 24 hours)."""
+    with _errors():
+        url = url or os.environ.get("AOE_SERVE_URL") or None
+        report = _remote(url) if url else _local(config)
+        if format is ReportFormat.json:
+            sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+            return
+        _print(report)
+
+
+def _local(config: str | None) -> dict[str, Any]:
+    from aoe.cli import _settings
+
+    store = _store(_settings(config))
+    try:
+        return store.summary(time.time() - LOCAL_WINDOW) | {"source": str(store.path)}
+    finally:
+        store.close()
+
+
+def _remote(url: str) -> dict[str, Any]:
+    """What a service says: its health and its recent runs."""
+    import urllib.error
+    import urllib.request
+
+    from aoe.errors import OptionInvalid
+    from aoe.providers.base import scrub
+
+    base = url.rstrip("/")
+    token = os.environ.get("AOE_API_TOKEN")
+
+    def get(path: str, *, ok: tuple[int, ...] = (200,)) -> Any:
+        request = urllib.request.Request(base + path)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as e:
+            if e.code in ok:
+                return json.load(e)
+            detail = e.read().decode("utf-8", "replace")[:200]
+            raise OptionInvalid(f"{scrub(base)}{path} answered {e.code}: {detail}") from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise OptionInvalid(
+                f"cannot reach aoe serve at {scrub(base)} ({reason}): is it running? "
+                "(--url or AOE_SERVE_URL)"
+            ) from None
+
+    health = get("/health", ok=(200, 503))
+    runs = get("/api/v1/runs?limit=200")["runs"]
+    since = time.time() - LOCAL_WINDOW
+    recent = [r for r in runs if (r.get("created_at") or 0) >= since]
+    return {
+        "source": base,
+        "health": health,
+        "active": [r for r in runs if r["status"] in ("running", "queued")],
+        "failures": [r for r in recent if r["status"] in _FAILURES][:20],
+        "spend": {"last_24h": sum(r.get("cost") or 0.0 for r in recent), "runs": len(recent)},
+    }
+
+
+_FAILURES = ("failed", "budget_exceeded", "partial", "interrupted")
+
+
+def _print(report: dict[str, Any]) -> None:
+    from aoe.ui import _money
+
+    out = sys.stdout
+    health = report.get("health")
+    if health is not None:
+        out.write(f"{report['source']}: {health['status']} ({health['reason']})\n")
+    else:
+        out.write(f"{report['source']}\n")
+    active = report["active"]
+    out.write(f"active runs: {len(active)}\n")
+    for run in active:
+        out.write(f"  {run['run_id']}  {run['workflow_name']}  {run['status']}\n")
+    failures = report["failures"]
+    out.write(f"recent failures: {len(failures)}\n")
+    for run in failures:
+        out.write(
+            f"  {run['run_id']}  {run['workflow_name']}  {run['status']}  "
+            f"{_money(run.get('cost') or 0.0)}\n"
+        )
+    spend = report["spend"]
+    out.write(f"spend in the last 24 h: {_money(spend['last_24h'])} over {spend['runs']} runs\n")

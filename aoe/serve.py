@@ -1,0 +1,521 @@
+"""``aoe serve``: a long-running service with ``/health``, ``/metrics`` and an API.
+
+Runs are submitted over HTTP and run in this process, on one shared engine (so
+its rate limits and its limit on runs, ``MAX_CONCURRENT_WORKFLOWS``, hold
+across them), each recorded in the run store like ``aoe run``'s. Routes:
+
+- ``GET /health`` — healthy / degraded / unhealthy with the reason
+  (:mod:`aoe.health`); 200, or 503 when unhealthy. ``GET /health/live``: 200
+  while the process serves at all (a liveness probe).
+- ``GET /metrics`` — Prometheus metrics (:mod:`aoe.metrics`), unless
+  ``ENABLE_METRICS`` is off.
+- ``POST /api/v1/runs`` — submit ``{"workflow": YAML, "inputs": {...}}``
+  (optionally ``name``, ``budget``, ``max_parallel``, ``mock``, ``cache``):
+  202 with the run id; 400 with the diagnostics of ``aoe validate`` for a
+  workflow or inputs that are wrong; 413 for a body over the limit; 429 when
+  the queue is full; 503 while draining.
+- ``GET /api/v1/runs`` (``?status=&workflow=&limit=``), ``GET
+  /api/v1/runs/{id}`` (with its agents), ``GET /api/v1/runs/{id}/events``
+  (Server-Sent Events: what happened so far, then live until the run ends),
+  ``POST /api/v1/runs/{id}/cancel``.
+
+It binds 127.0.0.1 unless told otherwise; binding any other address needs a
+bearer token (``AOE_API_TOKEN``), which every ``/api/`` request must then carry
+(compared in constant time). SIGTERM (or SIGINT) drains: new runs are refused,
+``/health`` turns unhealthy, runs in progress are cancelled — their finished
+agents are recorded and they can be resumed with ``aoe resume`` — and the
+process exits once they are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from aiohttp import web
+
+from aoe.engine.events import Event, RunFinished, RunStarted, event_dict
+from aoe.engine.executor import Engine, new_run_id
+from aoe.errors import DiagnosticsError, OptionInvalid, UserError
+from aoe.health import Health, HealthMonitor
+from aoe.metrics import Metrics, health_value
+
+if TYPE_CHECKING:
+    from aoe.config import Settings
+    from aoe.state.store import Store
+
+log = logging.getLogger("aoe.serve")
+
+API = "/api/v1"
+MAX_BODY = 1 << 20  # bytes of a request body: a workflow and its inputs
+KEEP_EVENTS = 10_000  # events of a live run kept for listeners who come late
+HEARTBEAT = 15.0  # seconds between SSE comments on a quiet stream
+_LAGGED = object()  # a listener too slow to keep up
+_END = object()
+
+
+class ServeOptions(NamedTuple):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    max_body: int = MAX_BODY
+    queue_limit: int = 1000  # runs waiting for a slot before new ones are refused
+    metrics: bool = True
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Listener:
+    """One SSE client of a live run: a bounded queue of events."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=KEEP_EVENTS)
+
+    def put(self, item: Any) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:  # it fell too far behind: tell it, and stop
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(_LAGGED)
+
+
+class _Live:
+    """A run of this service, queued or running: its task, its recent events
+    and who listens to them. A subscriber of the run's events."""
+
+    def __init__(self, run_id: str, workflow: str) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.task: asyncio.Task[Any] | None = None
+        self.started = False
+        self.finished = False
+        self.submitted = time.time()
+        self.log: deque[Event] = deque(maxlen=KEEP_EVENTS)
+        self.listeners: set[_Listener] = set()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.started = True
+        elif isinstance(event, RunFinished):
+            self.finished = True
+        self.log.append(event)
+        for listener in self.listeners:
+            listener.put(event)
+
+    def end(self) -> None:
+        self.finished = True
+        for listener in self.listeners:
+            listener.put(_END)
+
+    @property
+    def state(self) -> str:
+        return "finished" if self.finished else "running" if self.started else "queued"
+
+
+class Service:
+    """The runs of one ``aoe serve`` process and what it knows about them."""
+
+    def __init__(self, settings: Settings, store: Store, options: ServeOptions) -> None:
+        self.settings = settings
+        self.store = store
+        self.options = options
+        self.engine = Engine(settings)
+        self.limit = settings.config.engine.max_concurrent_workflows
+        self.monitor = HealthMonitor()
+        self.metrics = Metrics() if options.metrics else None
+        self.live: dict[str, _Live] = {}
+        self.draining = False
+        self.stopped = asyncio.Event()
+
+    # -- figures ---------------------------------------------------------------------
+    def counts(self) -> tuple[int, int]:
+        """Runs in progress and runs waiting for a slot."""
+        active = sum(1 for live in self.live.values() if live.started and not live.finished)
+        queued = sum(1 for live in self.live.values() if not live.started and not live.finished)
+        return active, queued
+
+    def health(self) -> Health:
+        active, queued = self.counts()
+        health = self.monitor.check(
+            active=active,
+            limit=self.limit,
+            queued=queued,
+            queue_limit=self.options.queue_limit,
+            draining=self.draining,
+        )
+        if self.metrics is not None:
+            self.metrics.health.set(health_value(health.status))
+            self.metrics.queued.set(queued)
+        return health
+
+    # -- runs ------------------------------------------------------------------------
+    def submit(self, body: Any) -> dict[str, Any]:
+        """Check a submission and start it; raises :class:`Refused` or a UserError."""
+        from aoe.api import providers_used
+        from aoe.errors import MissingApiKey
+        from aoe.inputs import GivenInput, bind_inputs
+        from aoe.loader import load_workflow
+        from aoe.providers import missing_keys
+
+        if self.draining:
+            raise Refused(503, "the service is shutting down: submit to another instance")
+        if self.counts()[1] >= self.options.queue_limit:
+            raise Refused(429, f"{self.options.queue_limit} runs are waiting already: retry later")
+        if not isinstance(body, dict):
+            raise Refused(400, 'the body must be a JSON object: {"workflow": YAML, "inputs": {}}')
+        text, inputs = body.get("workflow"), body.get("inputs", {})
+        name = body.get("name", "submitted.yaml")
+        if not isinstance(text, str) or not text.strip():
+            raise Refused(400, '"workflow" must be the workflow file\'s YAML text')
+        if not isinstance(inputs, dict):
+            raise Refused(400, '"inputs" must be an object of input names to values')
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise Refused(400, '"name" must be a plain file name, such as "brief.yaml"')
+        options = _run_options(body)
+        with tempfile.TemporaryDirectory(prefix="aoe-submit-") as folder:
+            path = Path(folder) / name
+            path.write_text(text, encoding="utf-8")
+            workflow = load_workflow(path, settings=self.settings, display=name).require()
+        # the record keeps the text; this path never exists, so a resume uses it
+        workflow = workflow._replace(path=f"<submitted>/{name}")
+        values = bind_inputs(
+            workflow.inputs,
+            {key: GivenInput(value, "the submitted inputs") for key, value in inputs.items()},
+        )
+        if not options["mock"]:
+            missing = missing_keys(providers_used(workflow), self.settings)
+            if missing:
+                raise MissingApiKey(missing)
+        run_id = new_run_id()
+        live = _Live(run_id, workflow.name)
+        self.live[run_id] = live
+        live.task = asyncio.get_running_loop().create_task(
+            self._run(live, workflow, values, options), name=f"aoe-run-{run_id}"
+        )
+        return {"run_id": run_id, "status": "queued", "url": f"{API}/runs/{run_id}"}
+
+    async def _run(
+        self, live: _Live, workflow: Any, values: dict[str, Any], options: dict[str, Any]
+    ) -> None:
+        from aoe.api import run_workflow
+
+        subscribers: list[Callable[[Event], None]] = [live, self.monitor]
+        if self.metrics is not None:
+            subscribers.append(self.metrics)
+        try:
+            await run_workflow(
+                workflow,
+                values,
+                self.settings,
+                subscribers=subscribers,
+                run_id=live.run_id,
+                store=self.store,
+                engine=self.engine,
+                mock=options["mock"],
+                budget=options["budget"],
+                max_parallel=options["max_parallel"],
+                cache=options["cache"],
+            )
+        except asyncio.CancelledError:
+            if not live.started:  # cancelled in the queue: its record says so
+                with contextlib.suppress(Exception):
+                    self.store.mark_cancelled(live.run_id)
+        except Exception as e:  # a run's failure (its store, a bug) must not stop the others
+            with contextlib.suppress(Exception):
+                self.store.mark_cancelled(live.run_id)
+            log.error("run %s stopped: %s", live.run_id, e, extra={"run_id": live.run_id})
+        finally:
+            live.end()
+            self.live.pop(live.run_id, None)
+            if self.draining and not self.live:
+                self.stopped.set()
+
+    def cancel(self, run_id: str) -> bool:
+        live = self.live.get(run_id)
+        if live is None or live.task is None or live.finished:
+            return False
+        live.task.cancel()
+        return True
+
+    async def drain(self) -> None:
+        """No new runs; cancel those in progress and wait until they are recorded."""
+        self.draining = True
+        tasks = [live.task for live in self.live.values() if live.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.engine.aclose()
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _run_options(body: dict[str, Any]) -> dict[str, Any]:
+    budget, max_parallel = body.get("budget"), body.get("max_parallel")
+    mock, cache = body.get("mock", False), body.get("cache", True)
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, int | float) or budget < 0
+    ):
+        raise Refused(400, '"budget" must be a number of USD, 0 or more')
+    if max_parallel is not None and (
+        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
+    ):
+        raise Refused(400, '"max_parallel" must be a whole number, 1 or more')
+    if not isinstance(mock, bool) or not isinstance(cache, bool):
+        raise Refused(400, '"mock" and "cache" must be true or false')
+    unknown = set(body) - {"workflow", "inputs", "name", "budget", "max_parallel", "mock", "cache"}
+    if unknown:
+        raise Refused(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+    return {"budget": budget, "max_parallel": max_parallel, "mock": mock, "cache": cache}
+
+
+# -- HTTP ------------------------------------------------------------------------------
+def _error(status: int, message: str, **more: Any) -> web.Response:
+    return web.json_response({"error": message, **more}, status=status)
+
+
+def make_app(service: Service) -> web.Application:
+    """The aiohttp application of a service."""
+    token = service.options.token
+
+    @web.middleware
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if token is not None and request.path.startswith("/api/"):
+            given = request.headers.get("Authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                value.strip().encode(), token.encode()
+            ):
+                return web.json_response(
+                    {"error": "a bearer token is required: Authorization: Bearer $AOE_API_TOKEN"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="aoe"'},
+                )
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"the body is over {service.options.max_body:,} bytes")
+        except web.HTTPException as e:  # no such route, method not allowed: JSON too
+            return _error(e.status, e.reason)
+
+    async def health(request: web.Request) -> web.Response:
+        result = service.health()
+        return web.json_response(result.to_json(), status=result.http_status)
+
+    async def live(request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def metrics(request: web.Request) -> web.Response:
+        if service.metrics is None:
+            return _error(404, "metrics are off (ENABLE_METRICS=false)")
+        service.health()  # the health and queue gauges, as of now
+        active, _ = service.counts()
+        service.metrics.active.set(active)
+        body, content_type = service.metrics.exposition()
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    async def submit(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except json.JSONDecodeError as e:
+            return _error(400, f"the body is not JSON: {e}")
+        except UnicodeDecodeError:
+            return _error(400, "the body is not UTF-8 JSON")
+        try:
+            accepted = service.submit(body)
+        except Refused as e:
+            return _error(e.status, e.message)
+        except DiagnosticsError as e:
+            return _error(400, _first_line(e), diagnostics=[d.to_json() for d in e.diagnostics])
+        except UserError as e:
+            return _error(400, str(e))
+        return web.json_response(accepted, status=202, headers={"Location": accepted["url"]})
+
+    async def runs(request: web.Request) -> web.Response:
+        query = request.query
+        try:
+            limit = int(query.get("limit", "50"))
+        except ValueError:
+            return _error(400, "limit must be a whole number")
+        found = service.store.runs(
+            status=query.get("status"), workflow=query.get("workflow"), limit=max(1, limit)
+        )
+        for run in found:
+            live_run = service.live.get(run["run_id"])
+            if live_run is not None and live_run.state == "queued":
+                run["status"] = "queued"
+        return web.json_response({"runs": found}, dumps=_dumps)
+
+    async def one_run(request: web.Request) -> web.Response:
+        run_id = request.match_info["run_id"]
+        try:
+            run = service.store.run(run_id)
+        except UserError as e:
+            return _error(404, str(e))
+        live_run = service.live.get(run["run_id"])
+        if live_run is not None and live_run.state == "queued":
+            run["status"] = "queued"
+        run.pop("workflow_text", None)
+        run["agents"] = service.store.agents(run["run_id"])
+        return web.json_response(run, dumps=_dumps)
+
+    async def cancel(request: web.Request) -> web.Response:
+        run_id = request.match_info["run_id"]
+        if service.cancel(run_id):
+            return web.json_response({"run_id": run_id, "status": "cancelling"}, status=202)
+        try:
+            run = service.store.run(run_id)
+        except UserError as e:
+            return _error(404, str(e))
+        return _error(409, f"run {run['run_id']} is not running here (it is {run['status']})")
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        run_id = request.match_info["run_id"]
+        live_run = service.live.get(run_id)
+        recorded: list[dict[str, Any]] = []
+        if live_run is None:
+            try:
+                run_id = service.store.run(run_id)["run_id"]
+            except UserError as e:
+                return _error(404, str(e))
+            live_run = service.live.get(run_id)
+            if live_run is None:
+                recorded = service.store.events(run_id)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        if live_run is None:
+            for number, row in enumerate(recorded, 1):
+                await response.write(_sse(number, row["type"], row))
+            await response.write(_sse(None, "end", {"run_id": run_id}))
+            return response
+        listener = _Listener()
+        backlog = list(live_run.log)  # and from now on, the rest: no gap, no repeat
+        finished = live_run.finished
+        if not finished:
+            live_run.listeners.add(listener)
+        try:
+            number = 0
+            for event in backlog:
+                number += 1
+                await response.write(_sse(number, type(event).__name__, event_dict(event)))
+            while not finished:
+                try:
+                    item = await asyncio.wait_for(listener.queue.get(), HEARTBEAT)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                if item is _END:
+                    break
+                if item is _LAGGED:
+                    await response.write(
+                        _sse(None, "error", {"error": "this stream fell behind: reconnect"})
+                    )
+                    return response
+                number += 1
+                await response.write(_sse(number, type(item).__name__, event_dict(item)))
+            await response.write(_sse(None, "end", {"run_id": run_id}))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass  # the client went away
+        finally:
+            live_run.listeners.discard(listener)
+        return response
+
+    app = web.Application(middlewares=[guard], client_max_size=service.options.max_body)
+    app.router.add_get("/health", health)
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post(f"{API}/runs", submit)
+    app.router.add_get(f"{API}/runs", runs)
+    app.router.add_get(f"{API}/runs/{{run_id}}", one_run)
+    app.router.add_get(f"{API}/runs/{{run_id}}/events", events)
+    app.router.add_post(f"{API}/runs/{{run_id}}/cancel", cancel)
+    return app
+
+
+def _first_line(error: Exception) -> str:
+    count = len(getattr(error, "diagnostics", ()))
+    return f"the workflow or its inputs are invalid ({count} problem{'s' if count != 1 else ''})"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def _sse(number: int | None, kind: str, data: Any) -> bytes:
+    head = f"id: {number}\n" if number is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+
+
+async def serve(settings: Settings, store: Store, options: ServeOptions) -> None:
+    """Serve until SIGTERM or SIGINT, then drain; says so in the log."""
+    if not is_loopback(options.host) and not options.token:
+        raise OptionInvalid(
+            f"binding {options.host} (beyond this machine) needs a bearer token: set "
+            "AOE_API_TOKEN to a long random secret, or bind 127.0.0.1"
+        )
+    service = Service(settings, store, options)
+    app = make_app(service)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, options.host, options.port)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        raise OptionInvalid(
+            f"cannot listen on {options.host}:{options.port}: {e.strerror or e}; "
+            "choose another --port"
+        ) from None
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    port = runner.addresses[0][1] if runner.addresses else options.port
+    log.info(
+        "listening on http://%s:%s (pid %s, %s runs at once)",
+        options.host, port, os.getpid(), service.limit,
+    )  # fmt: skip
+    try:
+        await stop.wait()
+        log.info("draining: no new runs; cancelling the runs in progress")
+        await service.drain()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+    log.info("stopped; the runs it cancelled can be resumed with `aoe resume`")

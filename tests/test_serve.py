@@ -1,0 +1,520 @@
+"""`aoe serve` over real HTTP, in a process of its own, against the fake provider."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+from tests.fakeserver import Fail, FakeProvider, Received, Reply
+
+CHAIN = """\
+version: 1
+name: served
+inputs:
+  topic: {type: string, default: tides}
+defaults:
+  llm: {provider: openai, model: gpt-4o-mini, max_tokens: 50}
+agents:
+  a: {prompt: "a about {{ inputs.topic }}"}
+  b: {prompt: "b after {{ agents.a.output }}", depends_on: a}
+  c: {prompt: "c after {{ agents.b.output }}", depends_on: b}
+outputs:
+  final: "{{ agents.c.output }}"
+"""
+
+
+class Response:
+    def __init__(self, status_code: int, body: bytes, headers: dict[str, str]) -> None:
+        self.status_code = status_code
+        self.text = body.decode("utf-8", "replace")
+        self.headers = headers
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+class Http:
+    """A small HTTP client over urllib: what the tests need, nothing more."""
+
+    def __init__(self, base_url: str, headers: dict[str, str] | None = None) -> None:
+        self.base_url = base_url
+        self.headers = headers or {}
+
+    def _open(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        url = self.base_url + path
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        all_headers = {**self.headers, **(headers or {})}
+        if json_body is not None:
+            content = json.dumps(json_body).encode()
+            all_headers.setdefault("Content-Type", "application/json")
+        request = urllib.request.Request(url, data=content, method=method, headers=all_headers)
+        try:
+            return urllib.request.urlopen(request, timeout=30)
+        except urllib.error.HTTPError as e:
+            return e
+
+    def request(self, method: str, path: str, **options: Any) -> Response:
+        with self._open(method, path, **options) as response:
+            return Response(response.status, response.read(), dict(response.headers))
+
+    def get(self, path: str, **options: Any) -> Response:
+        return self.request("GET", path, **options)
+
+    def post(self, path: str, json: Any = None, **options: Any) -> Response:
+        return self.request("POST", path, json_body=json, **options)
+
+    def delete(self, path: str, **options: Any) -> Response:
+        return self.request("DELETE", path, **options)
+
+    def lines(self, path: str) -> Iterator[tuple[Response, str]]:
+        """A streamed response, line by line."""
+        with self._open("GET", path) as response:
+            head = Response(response.status, b"", dict(response.headers))
+            for raw in response:
+                yield head, raw.decode().rstrip("\n")
+
+
+def agent_of(request: Received) -> str:
+    return request.prompt.split(" ")[0]
+
+
+class Service:
+    """One `aoe serve` process; its log lines are kept."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aoe", "serve", "--port", "0", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.url = ""
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if "listening on " in line:
+                self.url = line.split("listening on ")[1].split(" ")[0]
+                break
+        if not self.url:
+            self.process.wait(timeout=30)
+            raise AssertionError("aoe serve did not start:\n" + "".join(self.lines))
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.token = env.get("AOE_API_TOKEN")
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.http = Http(self.url, headers)
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def submit(self, text: str, **fields: Any) -> str:
+        response = self.http.post("/api/v1/runs", json={"workflow": text, **fields})
+        assert response.status_code == 202, response.text
+        run_id: str = response.json()["run_id"]
+        return run_id
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/api/v1/runs/{run_id}")
+        assert response.status_code == 200, response.text
+        run: dict[str, Any] = response.json()
+        return run
+
+    def wait(self, run_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
+        statuses = statuses or ("completed",)
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.run(run_id)
+            if run["status"] in statuses:
+                return run
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run {run_id} is {run['status']}, not {statuses}")
+            time.sleep(0.05)
+
+    def health(self) -> Response:
+        return self.http.get("/health")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=60)
+        self._reader.join(timeout=10)
+        self.close()
+        return code
+
+    def close(self) -> None:
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def env(provider_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI", "RATE_"))}
+    return {
+        **base,
+        **provider_env,
+        "AOE_STATE_DIR": str(tmp_path / "state"),
+        "PYTHONPATH": str(REPO),
+    }
+
+
+@pytest.fixture
+def start(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    started: list[Service] = []
+
+    def _start(*args: str, extra: dict[str, str] | None = None) -> Service:
+        service = Service({**env, **(extra or {})}, tmp_path, *args)
+        started.append(service)
+        return service
+
+    yield _start
+    for service in started:
+        if service.process.poll() is None:
+            service.process.kill()
+            service.process.wait(timeout=30)
+        service.close()
+
+
+def events_of(service: Service, run_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """A run's Server-Sent Events, to the end of the stream."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    kind = ""
+    for response, line in service.http.lines(f"/api/v1/runs/{run_id}/events"):
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        if line.startswith("event: "):
+            kind = line[len("event: ") :]
+        elif line.startswith("data: "):
+            found.append((kind, json.loads(line[len("data: ") :])))
+    return found
+
+
+# -- submit, watch, cancel ----------------------------------------------------------------
+
+
+def test_a_submitted_run_runs_and_is_recorded(
+    start: Callable[..., Service], fake: FakeProvider
+) -> None:
+    service = start()
+    run_id = service.submit(CHAIN, inputs={"topic": "moons"}, name="chain.yaml")
+    run = service.wait(run_id)
+    assert [a["state"] for a in run["agents"]] == ["completed"] * 3
+    assert run["outputs"]["final"].startswith("fake answer to: c after")
+    assert sorted(agent_of(r) for r in fake.received) == ["a", "b", "c"]
+    assert "moons" in fake.received[0].prompt
+    listed = service.http.get("/api/v1/runs", params={"status": "completed"}).json()["runs"]
+    assert [r["run_id"] for r in listed] == [run_id]
+    # the events of a finished run come from its record, then the stream ends
+    kinds = [kind for kind, _ in events_of(service, run_id)]
+    assert kinds[0] == "RunStarted"
+    assert kinds[-2:] == ["RunFinished", "end"]
+    assert kinds.count("AgentFinished") == 3
+    assert service.stop() == 0
+
+
+def test_events_stream_live_until_the_run_ends(
+    start: Callable[..., Service], fake: FakeProvider
+) -> None:
+    fake.respond = lambda r: Reply(delay=0.3)
+    service = start()
+    run_id = service.submit(CHAIN)
+    events = events_of(service, run_id)  # connected while it runs: live to the end
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "RunStarted"
+    assert kinds[-1] == "end"
+    assert [data["agent_id"] for kind, data in events if kind == "AgentFinished"] == [
+        "a",
+        "b",
+        "c",
+    ]
+    finished = next(data for kind, data in events if kind == "RunFinished")
+    assert finished["status"] == "completed"
+    assert service.run(run_id)["status"] == "completed"
+    service.stop()
+
+
+def test_a_run_can_be_cancelled_and_then_resumed(
+    start: Callable[..., Service], fake: FakeProvider, env: dict[str, str], tmp_path: Path
+) -> None:
+    fake.respond = lambda r: Reply(delay=30) if agent_of(r) == "b" else Reply()
+    service = start()
+    run_id = service.submit(CHAIN)
+    deadline = time.monotonic() + 20
+    while [agent_of(r) for r in fake.received] != ["a", "b"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    response = service.http.post(f"/api/v1/runs/{run_id}/cancel")
+    assert response.status_code == 202
+    run = service.wait(run_id, "cancelled")
+    states = {a["agent_id"]: a["state"] for a in run["agents"]}
+    assert states == {"a": "completed", "b": "cancelled", "c": "cancelled"}
+    assert service.http.post(f"/api/v1/runs/{run_id}/cancel").status_code == 409
+    assert service.http.post("/api/v1/runs/nope/cancel").status_code == 404
+    assert service.stop() == 0
+    # the cancelled run is resumable; a is not called again
+    fake.reset()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "aoe", "resume", run_id, "-q"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(agent_of(r) for r in fake.received) == ["b", "c"]
+
+
+def test_sigterm_drains_and_leaves_runs_resumable(
+    start: Callable[..., Service], fake: FakeProvider, env: dict[str, str], tmp_path: Path
+) -> None:
+    fake.respond = lambda r: Reply(delay=30) if agent_of(r) == "b" else Reply()
+    service = start("--max-concurrent", "1")
+    running = service.submit(CHAIN)
+    queued = service.submit(CHAIN)
+    deadline = time.monotonic() + 20
+    while "b" not in [agent_of(r) for r in fake.received]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert service.run(queued)["status"] == "queued"
+    began = time.monotonic()
+    assert service.stop() == 0
+    assert time.monotonic() - began < 15  # it does not wait for the slow call
+    log = "".join(service.lines)
+    assert "draining" in log
+    assert "Traceback" not in log
+    listed = subprocess.run(
+        [sys.executable, "-m", "aoe", "runs", "list", "--format", "json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    statuses = {r["run_id"]: r["status"] for r in json.loads(listed.stdout)}
+    assert statuses == {running: "cancelled", queued: "cancelled"}
+    fake.reset()
+    for run_id, called in ((running, ["b", "c"]), (queued, ["a", "b", "c"])):
+        fake.reset()
+        resumed = subprocess.run(
+            [sys.executable, "-m", "aoe", "resume", run_id, "-q", "--no-cache"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        assert sorted(agent_of(r) for r in fake.received) == called
+
+
+# -- what is refused ------------------------------------------------------------------------
+
+
+def test_bad_requests_get_the_right_status_and_the_service_lives_on(
+    start: Callable[..., Service], fake: FakeProvider, write: Callable[..., Path]
+) -> None:
+    service = start("--max-body", "4096")
+    http = service.http
+    big = {"workflow": CHAIN + "#" * 8000}
+    assert http.post("/api/v1/runs", json=big).status_code == 413
+    response = http.post(
+        "/api/v1/runs", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert "not JSON" in response.json()["error"]
+    assert http.post("/api/v1/runs", json=[1, 2]).status_code == 400
+    assert http.post("/api/v1/runs", json={"workflow": 3}).status_code == 400
+    assert http.post("/api/v1/runs", json={"workflow": CHAIN, "budget": -1}).status_code == 400
+    assert http.post("/api/v1/runs", json={"workflow": CHAIN, "colour": 1}).status_code == 400
+    # an invalid workflow: the diagnostics of `aoe validate`, with lines
+    broken = CHAIN.replace("depends_on: b}", "depends_on: bb}")
+    response = http.post("/api/v1/runs", json={"workflow": broken, "name": "broken.yaml"})
+    assert response.status_code == 400
+    diagnostics = response.json()["diagnostics"]
+    path = write(broken, "broken.yaml")
+    validated = subprocess.run(
+        [sys.executable, "-m", "aoe", "validate", str(path), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=path.parent,
+    )
+    expected = json.loads(validated.stdout)
+    assert [(d["line"], d["code"], d["message"]) for d in diagnostics] == [
+        (d["line"], d["code"], d["message"]) for d in expected
+    ]
+    assert diagnostics[0]["file"] == "broken.yaml"
+    # inputs of the wrong type
+    response = http.post("/api/v1/runs", json={"workflow": CHAIN, "inputs": {"topic": [1]}})
+    assert response.status_code == 400
+    assert response.json()["diagnostics"]
+    response = http.post("/api/v1/runs", json={"workflow": CHAIN, "inputs": {"nope": 1}})
+    assert response.status_code == 400
+    assert http.get("/api/v1/nothing").status_code == 404
+    assert http.delete("/api/v1/runs").status_code == 405
+    assert service.health().json()["status"] == "healthy"
+    assert fake.received == []  # nothing was run
+    assert "Traceback" not in "".join(service.lines)
+    assert service.stop() == 0
+
+
+def test_binding_beyond_loopback_needs_a_token(
+    start: Callable[..., Service], env: dict[str, str], tmp_path: Path
+) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "aoe", "serve", "--host", "0.0.0.0", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "AOE_API_TOKEN" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    token = "test-token-" + os.urandom(8).hex()
+    service = start("--host", "0.0.0.0", extra={"AOE_API_TOKEN": token})
+    url = service.url.replace("0.0.0.0", "127.0.0.1")
+    anonymous = Http(url)
+    assert anonymous.get("/health").status_code == 200  # probes need no token
+    assert anonymous.get("/api/v1/runs").status_code == 401
+    wrong = {"Authorization": "Bearer " + token[:-1] + "x"}
+    assert anonymous.get("/api/v1/runs", headers=wrong).status_code == 401
+    right = {"Authorization": f"Bearer {token}"}
+    assert anonymous.get("/api/v1/runs", headers=right).status_code == 200
+    assert token not in "".join(service.lines)
+    service.stop()
+
+
+# -- health -----------------------------------------------------------------------------------
+
+
+def test_health_turns_degraded_when_every_slot_is_taken_and_back(
+    start: Callable[..., Service], fake: FakeProvider
+) -> None:
+    release = threading.Event()
+    fake.respond = lambda r: Reply() if release.wait(30) else Fail(500)
+    service = start("--max-concurrent", "1", "--queue-limit", "1")
+    assert service.health().json()["status"] == "healthy"
+    first = service.submit(CHAIN)
+    deadline = time.monotonic() + 20
+    while service.health().json()["status"] != "degraded":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    health = service.health()
+    assert health.status_code == 200
+    assert "slot" in health.json()["reason"]
+    # one more waits in the queue, which is then full: unhealthy, and refused
+    service.submit(CHAIN)
+    health = service.health()
+    assert health.status_code == 503
+    assert "queue is full" in health.json()["reason"]
+    assert service.http.post("/api/v1/runs", json={"workflow": CHAIN}).status_code == 429
+    release.set()
+    service.wait(first)
+    deadline = time.monotonic() + 30
+    while service.health().json()["status"] != "healthy":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert service.health().json()["active_runs"] == 0
+    service.stop()
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return sum(
+        value
+        for (metric, have), value in found.items()
+        if metric == name and all((k, v) in have for k, v in labels.items())
+    )
+
+
+def test_metrics_pass_promtool_and_match_the_results(
+    start: Callable[..., Service], fake: FakeProvider
+) -> None:
+    attempts = {"n": 0}
+
+    def respond(request: Received) -> Reply | Fail:
+        attempts["n"] += 1
+        if agent_of(request) == "b" and attempts["n"] == 2:
+            return Fail(500, "once")  # one retry
+        return Reply(input_tokens=11, output_tokens=7)
+
+    fake.respond = respond
+    service = start()
+    run_id = service.submit(CHAIN)
+    run = service.wait(run_id)
+    text = service.http.get("/metrics").text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("AOE_REQUIRE_PROMTOOL"):
+            raise AssertionError("promtool is required here (AOE_REQUIRE_PROMTOOL) but missing")
+    else:
+        checked = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    found = samples(text)
+    assert total(found, "aoe_workflows_total", workflow="served", status="completed") == 1
+    assert total(found, "aoe_workflows_failed_total") == 0
+    assert total(found, "aoe_cost_dollars_total") == pytest.approx(run["cost"])
+    assert total(found, "aoe_tokens_total", direction="input") == run["input_tokens"] == 33
+    assert total(found, "aoe_tokens_total", direction="output") == run["output_tokens"] == 21
+    assert total(found, "aoe_llm_requests_total", status="ok", model="gpt-4o-mini") == 3
+    assert total(found, "aoe_llm_requests_total", status="error") == 1
+    assert total(found, "aoe_retries_total") == 1
+    assert total(found, "aoe_agent_execution_seconds_count") == 3
+    assert total(found, "aoe_rate_limit_wait_seconds_count") == 4
+    assert total(found, "aoe_active_workflows") == 0
+    assert total(found, "aoe_health_status") == 0
+    assert not any(run_id in str(labels) for _, labels in found)  # no run ids as labels
+    service.stop()
