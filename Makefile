@@ -45,6 +45,7 @@ bench: $(STAMP) ## Speed and memory benchmarks (prints figures and ratios)
 	$(BIN)/python bench/validate_speed.py
 	$(BIN)/python bench/engine_overhead.py
 	$(BIN)/python bench/limiter.py
+	$(BIN)/python bench/serve_load.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -103,6 +103,7 @@ async def run_workflow(
     if store is not None:
         from aoe.recorder import Recorder
         from aoe.state.cache import ResponseCache
+        from aoe.state.store import RUNNING_HERE
 
         settings_used = {
             "budget": budget,
@@ -111,6 +112,7 @@ async def run_workflow(
             "cache": cache,
         }
         session = _record(store, run_id, workflow, inputs, settings_used, resume)
+        RUNNING_HERE.add(run_id)
         if resume is not None:
             resumption = resume.resumption._replace(session=session)
         recorder = Recorder(store.path, run_id, session)
@@ -141,7 +143,10 @@ async def run_workflow(
         finally:
             if recorder is not None:  # the last commit, off the event loop
                 recorder.drain()
-                await asyncio.to_thread(recorder.join)
+                try:
+                    await asyncio.to_thread(recorder.join)
+                finally:
+                    RUNNING_HERE.discard(run_id)
     if bus.failure is not None:  # a subscriber broke: a bug to report, after the run
         raise bus.failure
     return status

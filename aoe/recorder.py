@@ -63,7 +63,7 @@ from aoe.state.store import (
     dumps,
     journal_of,
     journal_path,
-    process_alive,
+    run_alive,
     transaction,
     writing,
 )
@@ -425,7 +425,7 @@ def _recover_one(store: Store, file: Path, run_id: str, session: int) -> bool:
         ).fetchone()
         if row is not None:
             status, host, pid, process, sessions, journal_session, offset = row
-            if status == "running" and process_alive(host, pid, process):
+            if status == "running" and run_alive(run_id, host, pid, process):
                 return False  # its own recorder is writing it
             if session != journal_session:
                 offset = 0

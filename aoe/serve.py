@@ -147,6 +147,17 @@ class Service:
         self.draining = False
         self.stopped = asyncio.Event()
 
+    def warm_up(self) -> list[str]:
+        """Make the clients of every provider that has its key, before serving: a
+        vendor SDK's import takes ~1 s and would block the first runs' loop."""
+        from aoe.providers import missing_keys
+
+        names = ["openai", "anthropic", *self.settings.config.providers]
+        ready = [name for name in names if not missing_keys([name], self.settings)]
+        for name in ready:
+            self.engine.providers.get(name)
+        return ready
+
     # -- figures ---------------------------------------------------------------------
     def counts(self) -> tuple[int, int]:
         """Runs in progress and runs waiting for a slot."""
@@ -489,6 +500,7 @@ async def serve(settings: Settings, store: Store, options: ServeOptions) -> None
             "AOE_API_TOKEN to a long random secret, or bind 127.0.0.1"
         )
     service = Service(settings, store, options)
+    service.warm_up()
     app = make_app(service)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -273,6 +273,10 @@ def test_a_run_can_be_cancelled_and_then_resumed(
     while [agent_of(r) for r in fake.received] != ["a", "b"]:
         assert time.monotonic() < deadline
         time.sleep(0.02)
+    # a run of the service's own process is running, not interrupted
+    assert service.run(run_id)["status"] == "running"
+    listed = service.http.get("/api/v1/runs").json()["runs"]
+    assert [r["status"] for r in listed] == ["running"]
     response = service.http.post(f"/api/v1/runs/{run_id}/cancel")
     assert response.status_code == 202
     run = service.wait(run_id, "cancelled")

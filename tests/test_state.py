@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -112,7 +113,7 @@ def test_each_agent_is_recorded_before_its_dependent_is_called(
         name = request.prompt.split(" ")[0]
         copy = tmp_path / f"crash-{name}"
         shutil.copytree(state, copy, ignore=shutil.ignore_patterns("*-shm"))
-        with Store(copy / "state.db") as db:
+        with Store(copy / "state.db") as db, mock.patch("aoe.state.store.RUNNING_HERE", set()):
             db.connection.execute("UPDATE runs SET pid = NULL")  # its process: gone
             recover(db)
             seen[name] = {

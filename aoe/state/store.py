@@ -369,7 +369,7 @@ class Store:
             if row is None:
                 raise RunNotFound(f"no run {run_id} in {self.path}")
             count, status, host, pid, process = row
-            if (status == "running" and process_alive(host, pid, process)) or (
+            if (status == "running" and run_alive(run_id, host, pid, process)) or (
                 sessions is not None and count != sessions
             ):
                 raise ResumeRefused(
@@ -497,8 +497,8 @@ class Store:
         for key in ("workflow_files", "inputs", "settings", "outputs", "output_errors"):
             if key in run:
                 run[key] = loads(run[key])
-        if run["status"] == "running" and not process_alive(
-            run.get("host"), run.get("pid"), run.get("process")
+        if run["status"] == "running" and not run_alive(
+            run["run_id"], run.get("host"), run.get("pid"), run.get("process")
         ):
             run["status"] = "interrupted"  # its process is gone: resumable
         return run
@@ -675,7 +675,7 @@ class Store:
         doomed = [
             run_id
             for run_id, status, host, pid, process in candidates
-            if status != "running" or not process_alive(host, pid, process)
+            if status != "running" or not run_alive(run_id, host, pid, process)
         ]
         if doomed and not dry_run:
             with writing(self.path), transaction(self.connection) as db:
@@ -767,6 +767,16 @@ def _attempt_events(attempts: list[dict[str, Any]], wanted: set[str]) -> list[di
                 }
             )
     return events
+
+
+# runs this process is running now (aoe.api.run_workflow adds and removes them):
+# alive whatever their pid says (`aoe serve` runs many in one process)
+RUNNING_HERE: set[str] = set()
+
+
+def run_alive(run_id: str, host: str | None, pid: int | None, process: str | None = None) -> bool:
+    """Is the run still being run, here or by another process?"""
+    return run_id in RUNNING_HERE or process_alive(host, pid, process)
 
 
 def process_alive(host: str | None, pid: int | None, process: str | None = None) -> bool:
