@@ -46,6 +46,7 @@ bench: $(STAMP) ## Speed and memory benchmarks (prints figures and ratios)
 	$(BIN)/python bench/engine_overhead.py
 	$(BIN)/python bench/limiter.py
 	$(BIN)/python bench/serve_load.py
+	$(BIN)/python bench/shared_limiter.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -394,7 +394,7 @@ def test_the_dashboard_and_the_prometheus_files_name_real_metrics() -> None:
 def test_metrics_are_not_imported_unless_asked_for(tmp_path: Path) -> None:
     code = (
         "import sys, aoe.cli, aoe.api, aoe.recorder; "
-        "print(sorted(m for m in ('prometheus_client', 'aiohttp') if m in sys.modules))"
+        "print(sorted(m for m in ('prometheus_client', 'aiohttp', 'redis') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,

@@ -103,6 +103,12 @@ class Engine:
         self.settings = settings
         self.providers = providers or ProviderPool(settings)
         self.clock: Clock = clock or SystemClock()
+        if limiter is None and (
+            settings.config.redis.host is not None or settings.config.redis.url is not None
+        ):  # limits shared with every process that uses this Redis
+            from aoe.shared_limits import shared_limiter
+
+            limiter = shared_limiter(settings)
         self.limiter: RateLimiter = limiter or LocalRateLimiter(
             limits_for_config(settings.config.rate_limiting), self.clock
         )
@@ -139,6 +145,9 @@ class Engine:
 
     async def aclose(self) -> None:
         await self.providers.aclose()
+        close = getattr(self.limiter, "aclose", None)
+        if close is not None:  # a shared limiter's connection
+            await close()
 
 
 class _AgentRun:

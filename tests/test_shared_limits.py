@@ -1,0 +1,242 @@
+"""The rate limits shared through a real Redis: one script, every window, leases."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aoe.limits import Limits
+from aoe.shared_limits import RedisRateLimiter, connect
+from aoe.state.store import Store
+from tests.conftest import REPO, WriteFile
+from tests.fakeserver import FakeProvider, Reply
+from tests.redisserver import RedisServer
+from tests.test_resilience import busiest
+
+PREFIX = uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_prefix() -> None:
+    global PREFIX
+    PREFIX = uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, which it may stop and start."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """The Redis that .ci/run started (AOE_TEST_REDIS_URL), else one of our own."""
+    shared = os.environ.get("AOE_TEST_REDIS_URL")
+    if shared:
+        yield shared
+        return
+    server = RedisServer(tmp_path)
+    yield server.url
+    server.stop()
+
+
+def limiter(
+    url: str, limits: Limits, *, lease: float = 30.0, on_unavailable: str = "fail_closed"
+) -> RedisRateLimiter:
+    """A limiter on keys of this test alone (a shared Redis holds other tests' too,
+    and keeps a window's keys for a while after them)."""
+    prefix = f"aoe-test:{PREFIX}"
+    return RedisRateLimiter(
+        connect(url),
+        lambda provider, model: (provider, limits),
+        prefix=prefix,
+        lease=lease,
+        on_unavailable=on_unavailable,
+    )
+
+
+async def test_requests_per_minute_are_shared_by_limiters(redis_url: str) -> None:
+    one = limiter(redis_url, Limits(requests_per_minute=5))
+    two = limiter(redis_url, Limits(requests_per_minute=5))
+    try:
+        for _ in range(3):
+            await one.acquire("openai", "m", 10)
+        for _ in range(2):
+            await two.acquire("openai", "m", 10)
+        waited: list[bool] = []
+        sixth = asyncio.ensure_future(two.acquire("openai", "m", 10, lambda: waited.append(True)))
+        done, _ = await asyncio.wait({sixth}, timeout=0.5)
+        assert not done  # the minute's five are taken, by both
+        assert waited == [True]
+        sixth.cancel()
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+async def test_concurrency_slots_are_shared_and_freed(redis_url: str) -> None:
+    one = limiter(redis_url, Limits(concurrent_requests=2))
+    two = limiter(redis_url, Limits(concurrent_requests=2))
+    try:
+        first = await one.acquire("openai", "m", 1)
+        await two.acquire("openai", "m", 1)
+        third = asyncio.ensure_future(two.acquire("openai", "m", 1))
+        done, _ = await asyncio.wait({third}, timeout=0.3)
+        assert not done
+        one.release(first, 1)
+        await asyncio.wait_for(third, 5)  # a slot freed in Redis lets it in
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+async def test_a_dead_holder_frees_its_slots_when_its_lease_ends(
+    redis_url: str,
+) -> None:
+    dead = limiter(redis_url, Limits(concurrent_requests=1), lease=1.0)
+    alive = limiter(redis_url, Limits(concurrent_requests=1), lease=1.0)
+    try:
+        await dead.acquire("openai", "m", 1)
+        assert dead._renewer is not None
+        dead._renewer.cancel()  # the process died: nobody renews its lease
+        began = time.monotonic()
+        await asyncio.wait_for(alive.acquire("openai", "m", 1), 10)
+        assert 0.5 < time.monotonic() - began < 5
+    finally:
+        await dead.aclose()
+        await alive.aclose()
+
+
+async def test_a_renewed_lease_holds_its_slot(redis_url: str) -> None:
+    holder = limiter(redis_url, Limits(concurrent_requests=1), lease=0.6)
+    other = limiter(redis_url, Limits(concurrent_requests=1), lease=0.6)
+    try:
+        permit = await holder.acquire("openai", "m", 1)
+        waiting = asyncio.ensure_future(other.acquire("openai", "m", 1))
+        done, _ = await asyncio.wait({waiting}, timeout=1.5)  # > 2 leases: renewed
+        assert not done
+        holder.release(permit, 1)
+        await asyncio.wait_for(waiting, 5)
+    finally:
+        await holder.aclose()
+        await other.aclose()
+
+
+async def test_tokens_are_corrected_with_the_usage(redis_url: str) -> None:
+    one = limiter(redis_url, Limits(tokens_per_minute=1000))
+    try:
+        permit = await one.acquire("openai", "m", 900)  # reserved: the worst case
+        one.release(permit, 100)  # used: far less
+        for _ in range(50):
+            if b"100" in (await one.client.get(f"{one.prefix}:{{openai}}:tpm:total") or b""):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(one.acquire("openai", "m", 900), 2)  # fits again
+    finally:
+        await one.aclose()
+
+
+async def test_fail_closed_waits_for_redis_and_says_so(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    one = limiter(redis_server.url, Limits(requests_per_minute=100))
+    try:
+        await one.acquire("openai", "m", 1)
+        redis_server.stop()
+        with caplog.at_level(logging.WARNING, logger="aoe.limits"):
+            waiting = asyncio.ensure_future(one.acquire("openai", "m", 1))
+            done, _ = await asyncio.wait({waiting}, timeout=1.5)
+            assert not done  # no limit is passed: it waits
+            assert "Redis is unreachable" in caplog.text
+            assert "fail_closed" in caplog.text
+            redis_server.start()
+            await asyncio.wait_for(waiting, 10)
+            assert "answers again" in caplog.text
+        assert one.outages == 1
+    finally:
+        await one.aclose()
+
+
+async def test_local_falls_back_to_this_process_limits(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    one = limiter(redis_server.url, Limits(requests_per_minute=2), on_unavailable="local")
+    try:
+        redis_server.stop()
+        with caplog.at_level(logging.WARNING, logger="aoe.limits"):
+            permit = await asyncio.wait_for(one.acquire("openai", "m", 1), 10)
+            one.release(permit, 1)
+            await asyncio.wait_for(one.acquire("openai", "m", 1), 10)
+            third = asyncio.ensure_future(one.acquire("openai", "m", 1))
+            done, _ = await asyncio.wait({third}, timeout=0.3)
+            assert not done  # the local windows hold the limit meanwhile
+            third.cancel()
+        assert "falling back to this process's own rate limits" in caplog.text
+    finally:
+        await one.aclose()
+
+
+def test_four_processes_hold_every_limit_at_the_server(
+    redis_server: RedisServer,
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Four `aoe run` at once, one Redis: what the provider sees keeps every limit.
+    Real time: the second minute's requests wait for the first minute to pass."""
+    fake.respond = lambda request: Reply(text="ok", input_tokens=20, output_tokens=10, delay=0.2)
+    agents = "".join(f"  a{i}: {{prompt: 'p{i}'}}\n" for i in range(6))
+    path = write(
+        "version: 1\nname: shared\nmax_parallel_agents: 6\n"
+        "defaults: {llm: {model: gpt-4o-mini, max_tokens: 30}}\nagents:\n" + agents
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI", "RATE_"))}
+    env.update(
+        provider_env,
+        PYTHONPATH=str(REPO),
+        REDIS_HOST="127.0.0.1",
+        REDIS_PORT=str(redis_server.port),
+        RATE_LIMIT_RPM="12",
+        RATE_LIMIT_CONCURRENT="2",
+        RATE_LIMIT_TPM="100000",
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "aoe", "run", str(path), "-q", "--no-cache"],
+            cwd=tmp_path,
+            env={**env, "AOE_STATE_DIR": str(tmp_path / f"state{n}")},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=180)
+        assert process.returncode == 0, stderr
+    # when each call was admitted (recorded as it started, in each process's store)
+    admitted = []
+    for n in range(4):
+        with Store(tmp_path / f"state{n}" / "state.db") as store:
+            [run] = store.runs()
+            admitted += [a["started_at"] for a in store.attempts(run["run_id"])]
+    assert len(admitted) == 24
+    assert busiest(admitted, [1.0] * 24, 60.0 - 0.05) <= 12  # every 60 s window
+    assert max(admitted) - min(admitted) >= 59.0  # the limit was met, and waited out
+    # at the server too, less the time from admission to arrival (a process that
+    # is just starting sends its first calls late, on this busy 2-core machine)
+    arrivals = [r.arrived for r in fake.received]
+    assert len(arrivals) == 24
+    assert busiest(arrivals, [1.0] * 24, 60.0 - 3.0) <= 12
+    assert fake.max_in_flight <= 2
