@@ -93,6 +93,9 @@ async def run_workflow(
         missing = missing_keys(providers_used(workflow), settings)
         if missing:
             raise MissingApiKey(missing)
+    own_engine = engine is None
+    if engine is None:  # first: a config it refuses is refused before any record
+        engine = Engine(settings)
     bus = EventBus()
     for subscriber in subscribers:
         bus.subscribe(subscriber)
@@ -119,9 +122,6 @@ async def run_workflow(
         bus.record_with(recorder)
         if cache:
             response_cache = ResponseCache(store, recorder.cache)
-    own_engine = engine is None
-    if engine is None:
-        engine = Engine(settings)
     try:
         if recorder is not None:
             recorder.start()

@@ -96,6 +96,26 @@ class CostTrackingSection(_Section):
     default_agent_budget: float | None = Field(
         default=1.0, ge=0, description="USD an agent may spend when it sets no cost_limit."
     )
+    daily_budget: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD all processes sharing Redis may spend per UTC day, every workflow "
+        "together (needs Redis).",
+    )
+    workflow_daily_budgets: dict[str, float] = Field(
+        default_factory=dict,
+        description="USD per UTC day for a workflow, by its name, shared through Redis.",
+    )
+
+    @field_validator("workflow_daily_budgets")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, usd in value.items():
+            if usd < 0:
+                raise PydanticCustomError(
+                    "budget", "the budget of {name} must be 0 or more", {"name": name}
+                )
+        return value
 
 
 class RetryPolicySection(_Section):

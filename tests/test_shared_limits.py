@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from aoe.config import load_settings
+from aoe.costs import BudgetExceeded
 from aoe.limits import Limits
 from aoe.shared_limits import RedisRateLimiter, connect
+from aoe.shared_spend import SharedSpend
 from aoe.state.store import Store
-from tests.conftest import REPO, WriteFile
+from tests.conftest import REPO, RunCli, WriteFile
 from tests.fakeserver import FakeProvider, Reply
 from tests.redisserver import RedisServer
 from tests.test_resilience import busiest
@@ -240,3 +243,101 @@ def test_four_processes_hold_every_limit_at_the_server(
     assert len(arrivals) == 24
     assert busiest(arrivals, [1.0] * 24, 60.0 - 3.0) <= 12
     assert fake.max_in_flight <= 2
+
+
+# -- the shared daily budgets -------------------------------------------------------------
+
+
+def spend(url: str, daily: float | None, **per_workflow: float) -> SharedSpend:
+    return SharedSpend(
+        connect(url), daily=daily, per_workflow=per_workflow, prefix=f"aoe-test:{PREFIX}"
+    )
+
+
+async def test_daily_budgets_are_reserved_and_settled_across_processes(redis_url: str) -> None:
+    one, two = spend(redis_url, 0.01, brief=0.004), spend(redis_url, 0.01, brief=0.004)
+    try:
+        first = await one.reserve("other", 0.006)
+        with pytest.raises(BudgetExceeded, match=r"daily budget of \$0\.0100"):
+            await two.reserve("other", 0.006)  # 0.006 reserved elsewhere: it would pass
+        one.settle(first, 0.006, 0.002)  # the call cost less than its worst case
+        await one.aclose()  # its settlements are written first
+        one = spend(redis_url, 0.01, brief=0.004)
+        spent, reserved = await two.today()
+        assert spent == pytest.approx(0.002)
+        assert reserved == pytest.approx(0.0)
+        second = await two.reserve("other", 0.006)  # fits now: 0.002 spent
+        two.settle(second, 0.006, 0.001)
+        await asyncio.gather(*two._pending)
+        with pytest.raises(BudgetExceeded, match="brief's daily budget"):
+            await one.reserve("brief", 0.005)  # the workflow's own cap
+        assert await one.reserve("brief", 0.001) is not None
+        assert await one.reserve("unbudgeted", 0.0) is not None  # the day's cap applies
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+def test_a_daily_budget_needs_redis(
+    cli: RunCli, write: WriteFile, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "aoe.yaml"
+    config.write_text("cost_tracking: {daily_budget: 1.0}\n")
+    path = write("version: 1\nname: w\nagents:\n  a: {prompt: hi, llm: {model: gpt-4o-mini}}\n")
+    result = cli("run", path, "--config", config, env=provider_env)
+    assert result.exit_code == 2
+    assert "REDIS_HOST" in result.stderr
+
+
+def test_four_processes_never_pass_the_shared_daily_budget(
+    redis_server: RedisServer,
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    # usage a provider could bill: no more prompt tokens than the prompt has
+    fake.respond = lambda request: Reply(text="ok", input_tokens=4, output_tokens=500)
+    price = load_settings(environ={}).prices.lookup("gpt-4o-mini")
+    assert price is not None
+    per_call = price.cost(4, 500)
+    cap = 20.5 * per_call  # room for 20 calls of the 4 x 8 asked for
+    config = tmp_path / "aoe.yaml"
+    config.write_text(
+        f"cost_tracking: {{daily_budget: {cap!r}}}\nredis: {{key_prefix: {PREFIX}}}\n"
+    )
+    agents = "".join(f"  a{i}: {{prompt: 'p{i} {{{{ inputs.n }}}}'}}\n" for i in range(8))
+    path = write(
+        "version: 1\nname: capped\nmax_parallel_agents: 8\ninputs: {n: {type: string}}\n"
+        "defaults: {llm: {model: gpt-4o-mini, max_tokens: 500}}\nagents:\n" + agents
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI", "RATE_"))}
+    env.update(
+        provider_env,
+        PYTHONPATH=str(REPO),
+        REDIS_HOST="127.0.0.1",
+        REDIS_PORT=str(redis_server.port),
+        RATE_LIMIT_RPM="10000",
+        RATE_LIMIT_CONCURRENT="100",
+    )
+    command = [sys.executable, "-m", "aoe", "run", str(path), "-q", "--no-cache"]
+    command += ["--config", str(config)]
+    processes = [
+        subprocess.Popen(
+            [*command, "-i", f"n={n}"],
+            cwd=tmp_path,
+            env={**env, "AOE_STATE_DIR": str(tmp_path / f"state{n}")},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    codes = []
+    for process in processes:
+        _, stderr = process.communicate(timeout=180)
+        assert "Traceback" not in stderr
+        codes.append(process.returncode)
+    billed = len(fake.received) * per_call  # what the provider would charge
+    assert billed <= cap
+    assert len(fake.received) >= 16  # the cap was used, not refused wholesale
+    assert 3 in codes  # and some run was stopped by it

@@ -25,7 +25,7 @@ import random
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -61,6 +61,7 @@ from aoe.errors import (
     RateLimited,
     RequestRejected,
     RunError,
+    UserError,
 )
 from aoe.limits import (
     Clock,
@@ -79,6 +80,9 @@ from aoe.retry import RetryPolicy, delay, policy_for, retryable
 from aoe.state.cache import ResponseCache, fingerprint
 from aoe.templates import evaluate, render
 from aoe.workflow import Agent, LLMConfig, RetryOverrides, Workflow
+
+if TYPE_CHECKING:
+    from aoe.shared_spend import SharedSpend
 
 _JSON_INSTRUCTION = "Answer with one JSON value and nothing else: no prose, no code fences."
 
@@ -103,12 +107,32 @@ class Engine:
         self.settings = settings
         self.providers = providers or ProviderPool(settings)
         self.clock: Clock = clock or SystemClock()
-        if limiter is None and (
-            settings.config.redis.host is not None or settings.config.redis.url is not None
-        ):  # limits shared with every process that uses this Redis
+        redis = settings.config.redis
+        shared = redis.host is not None or redis.url is not None
+        if limiter is None and shared:  # limits shared with every process on this Redis
             from aoe.shared_limits import shared_limiter
 
             limiter = shared_limiter(settings)
+        self.spend: SharedSpend | None = None
+        costs = settings.config.cost_tracking
+        if costs.daily_budget is not None or costs.workflow_daily_budgets:
+            if not shared:
+                raise UserError(
+                    "cost_tracking.daily_budget and workflow_daily_budgets are shared through "
+                    "Redis: set REDIS_HOST (or redis.url), or remove them"
+                )
+            from aoe.shared_limits import connect, redis_url
+            from aoe.shared_spend import SharedSpend
+
+            url = redis_url(redis.host, redis.port, redis.db, redis.url)
+            assert url is not None
+            self.spend = SharedSpend(
+                connect(url),
+                daily=costs.daily_budget,
+                per_workflow=dict(costs.workflow_daily_budgets),
+                prefix=redis.key_prefix,
+                on_unavailable=redis.on_unavailable,
+            )
         self.limiter: RateLimiter = limiter or LocalRateLimiter(
             limits_for_config(settings.config.rate_limiting), self.clock
         )
@@ -148,6 +172,8 @@ class Engine:
         close = getattr(self.limiter, "aclose", None)
         if close is not None:  # a shared limiter's connection
             await close()
+        if self.spend is not None:  # its last settlements, then its connection
+            await self.spend.aclose()
 
 
 class _AgentRun:
@@ -218,6 +244,7 @@ class Resumption(NamedTuple):
 class _Admission(NamedTuple):
     reservation: Reservation
     permit: Permit
+    shared: list[str] | None = None  # the shared daily budgets' keys, when they apply
 
 
 class _Run:
@@ -788,6 +815,14 @@ class _Run:
         reservation = reserve(
             worst_case(request.messages, request.max_tokens, price), ledger, self.ledger
         )
+        spend = self.engine.spend
+        shared = None
+        if spend is not None:  # the daily budgets every process shares
+            try:
+                shared = await spend.reserve(self.workflow.name, reservation.amount)
+            except BaseException:
+                settle(reservation, 0.0)
+                raise
         tokens = prompt_tokens_estimate(request.messages) + request.max_tokens
 
         def waiting() -> None:
@@ -804,8 +839,10 @@ class _Run:
             )
         except BaseException:
             settle(reservation, 0.0)
+            if spend is not None:
+                spend.settle(shared, reservation.amount, 0.0)
             raise
-        return _Admission(reservation, permit)
+        return _Admission(reservation, permit, shared)
 
     def settle(
         self,
@@ -833,6 +870,8 @@ class _Run:
             price = self.price(llm)
             cost = price.cost(*usage) if price is not None else 0.0
         settle(admission.reservation, cost)
+        if self.engine.spend is not None:
+            self.engine.spend.settle(admission.shared, admission.reservation.amount, cost)
         record.usage = record.usage + usage
         record.cost += cost
         self.usage = self.usage + usage
