@@ -50,6 +50,20 @@ def load(path: str | os.PathLike[str], settings: Settings | None = None) -> Work
     return load_workflow(path, settings=settings).require()
 
 
+def load_text(text: str, name: str, settings: Settings | None = None) -> Workflow:
+    """A workflow sent as text (``aoe serve``'s API, the work queue): checked like
+    a file named ``name``; raises :class:`aoe.errors.WorkflowInvalid`. Its path is
+    ``<submitted>/name``, which never exists, so a resume uses the record's copy."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="aoe-submit-") as folder:
+        path = Path(folder) / name
+        path.write_text(text, encoding="utf-8")
+        workflow = load_workflow(path, settings=settings, display=name).require()
+    return workflow._replace(path=f"<submitted>/{name}")
+
+
 def providers_used(workflow: Workflow) -> list[str]:
     """Every provider the workflow may call, fallbacks included, in order of use."""
     from aoe.engine.executor import providers_of

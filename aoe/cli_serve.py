@@ -205,3 +205,108 @@ def _print(report: dict[str, Any]) -> None:
         )
     spend = report["spend"]
     out.write(f"spend in the last 24 h: {_money(spend['last_24h'])} over {spend['runs']} runs\n")
+
+
+@app.command(
+    epilog="Examples: aoe submit wf.yaml -i topic=solar  |  REDIS_HOST=redis aoe submit wf.yaml"
+)
+def submit(
+    file: Annotated[str, typer.Argument(help="The workflow file.", metavar="WORKFLOW")],
+    input: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input", "-i", help="An input, NAME=VALUE (repeatable).", metavar="NAME=VALUE"
+        ),
+    ] = None,
+    inputs_file: Annotated[
+        str | None,
+        typer.Option("--inputs-file", help="Inputs from a YAML or JSON file.", metavar="FILE"),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option("--budget", min=0, help="USD the run may spend.", metavar="USD"),
+    ] = None,
+    max_parallel: Annotated[
+        int | None, typer.Option("--max-parallel", min=1, help="Agents in flight at once.")
+    ] = None,
+    mock: Annotated[
+        bool, typer.Option("--mock", help="Run it offline, on the mock provider.")
+    ] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Do not use the response cache.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Queue a run for `aoe worker` (Redis): checked here first, as `aoe run`
+    would; prints the run's id."""
+    with _errors():
+        import asyncio
+        from pathlib import Path
+
+        from aoe.api import load
+        from aoe.config import load_settings
+        from aoe.inputs import bind_inputs, from_assignments, from_file
+        from aoe.queue import submit as enqueue
+
+        settings = load_settings(config)
+        workflow = load(file, settings)
+        given = from_file(inputs_file) if inputs_file else {}
+        given.update(from_assignments(input or [], workflow.inputs))
+        bind_inputs(workflow.inputs, given)  # refused here, not in a worker
+        inputs = {name: value.value for name, value in given.items()}
+        options = {"budget": budget, "max_parallel": max_parallel, "mock": mock}
+        options["cache"] = not no_cache
+        run_id = asyncio.run(enqueue(settings, workflow.text, Path(file).name, inputs, options))
+        sys.stdout.write(run_id + "\n")
+
+
+@app.command(epilog="Examples: aoe worker  |  REDIS_HOST=redis aoe worker --concurrency 8")
+def worker(
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Runs this worker runs at once.")
+    ] = 4,
+    lease: Annotated[
+        float,
+        typer.Option(
+            "--lease",
+            min=1,
+            help="Seconds without a sign of life after which another worker takes a run over.",
+        ),
+    ] = 30.0,
+    max_deliveries: Annotated[
+        int,
+        typer.Option(
+            "--max-deliveries", min=1, help="Deliveries of one run before its dead letter."
+        ),
+    ] = 3,
+    config: ConfigOption = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Run the queued runs (Redis Stream, one consumer group): each finished
+    run is acknowledged once its record is final; a dead worker's runs are
+    taken over and resumed. SIGTERM drains."""
+    with _errors():
+        import asyncio
+
+        from aoe.config import load_settings
+        from aoe.logs import setup
+        from aoe.queue import work
+
+        flags: dict[str, tuple[Any, str]] = {}
+        if log_format is not None:
+            flags["monitoring.log_format"] = (log_format.value, "--log-format")
+        settings = load_settings(config, flags=flags)
+        setup(settings.config.monitoring.log_format, settings.config.monitoring.log_level)
+        store = _store(settings)
+        try:
+            asyncio.run(
+                work(
+                    settings,
+                    store,
+                    concurrency=concurrency,
+                    lease=lease,
+                    max_deliveries=max_deliveries,
+                )
+            )
+        finally:
+            store.close()

@@ -37,11 +37,9 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import web
@@ -182,10 +180,9 @@ class Service:
     # -- runs ------------------------------------------------------------------------
     def submit(self, body: Any) -> dict[str, Any]:
         """Check a submission and start it; raises :class:`Refused` or a UserError."""
-        from aoe.api import providers_used
+        from aoe.api import load_text, providers_used
         from aoe.errors import MissingApiKey
         from aoe.inputs import GivenInput, bind_inputs
-        from aoe.loader import load_workflow
         from aoe.providers import missing_keys
 
         if self.draining:
@@ -203,12 +200,7 @@ class Service:
         if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
             raise Refused(400, '"name" must be a plain file name, such as "brief.yaml"')
         options = _run_options(body)
-        with tempfile.TemporaryDirectory(prefix="aoe-submit-") as folder:
-            path = Path(folder) / name
-            path.write_text(text, encoding="utf-8")
-            workflow = load_workflow(path, settings=self.settings, display=name).require()
-        # the record keeps the text; this path never exists, so a resume uses it
-        workflow = workflow._replace(path=f"<submitted>/{name}")
+        workflow = load_text(text, name, self.settings)
         values = bind_inputs(
             workflow.inputs,
             {key: GivenInput(value, "the submitted inputs") for key, value in inputs.items()},

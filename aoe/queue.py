@@ -1,0 +1,337 @@
+"""A work queue of runs on a Redis Stream: ``aoe submit`` and ``aoe worker``.
+
+``aoe submit WORKFLOW`` checks the workflow and its inputs here (exit 2 when
+wrong, as ``aoe run``), picks the run's id, and appends the run — its YAML,
+inputs and options — to the stream ``<prefix>:{queue}:runs``. Workers read it
+as one consumer group, so each run goes to one worker at a time:
+
+- a worker records the run in its run store as ``aoe run`` does, and
+  acknowledges the message only once the run's record is final;
+- while it runs, the worker keeps the message claimed (its idle time reset
+  every ``lease / 3`` seconds); a worker that dies stops doing so, and after
+  ``lease`` seconds another worker takes the message over (``XAUTOCLAIM``) and
+  *resumes* the run from its record: completed agents are not called again;
+- a message delivered more than ``max_deliveries`` times (a run that kills its
+  workers), or one that cannot be read, goes to the dead-letter stream
+  ``<prefix>:{queue}:dead`` with the reason, and is acknowledged;
+- SIGTERM drains: the worker reads no more, cancels its runs (their finished
+  agents recorded) and leaves them unacknowledged, for another worker to
+  resume.
+
+Run records live in the run store (``AOE_STATE_DIR``), so workers that may take
+over each other's runs share it: one host, or a volume they all mount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from typing import TYPE_CHECKING, Any
+
+from aoe.errors import OptionInvalid
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from aoe.config import Settings
+    from aoe.state.store import Store
+
+log = logging.getLogger("aoe.worker")
+
+GROUP = "workers"
+LEASE = 30.0
+MAX_DELIVERIES = 3
+
+
+def stream_keys(prefix: str) -> tuple[str, str]:
+    """The queue and its dead letters, hash-tagged into one cluster slot."""
+    return f"{prefix}:{{queue}}:runs", f"{prefix}:{{queue}}:dead"
+
+
+def client_for(settings: Settings) -> Redis:
+    from aoe.shared_limits import connect, redis_url
+
+    section = settings.config.redis
+    url = redis_url(section.host, section.port, section.db, section.url)
+    if url is None:
+        raise OptionInvalid(
+            "the work queue is in Redis: set REDIS_HOST (or redis.url in the config file)"
+        )
+    return connect(url)
+
+
+async def submit(
+    settings: Settings, text: str, name: str, inputs: dict[str, Any], options: dict[str, Any]
+) -> str:
+    """Append a run to the queue; its id. The caller checked the workflow."""
+    from aoe.engine.executor import new_run_id
+
+    client = client_for(settings)
+    queue, _ = stream_keys(settings.config.redis.key_prefix)
+    run_id = new_run_id()
+    fields = {
+        "run_id": run_id,
+        "name": name,
+        "workflow": text,
+        "inputs": json.dumps(inputs),
+        "options": json.dumps(options),
+    }
+    try:
+        await client.xadd(queue, fields)  # type: ignore[arg-type]
+    except Exception as e:
+        from aoe.shared_limits import unreachable
+
+        if not unreachable(e):
+            raise
+        raise OptionInvalid(f"cannot reach Redis to queue the run: {e}") from None
+    finally:
+        await client.aclose()
+    return run_id
+
+
+class Worker:
+    """One ``aoe worker``: reads runs from the queue and runs them, ``concurrency``
+    at a time, on one engine."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        concurrency: int = 4,
+        lease: float = LEASE,
+        max_deliveries: int = MAX_DELIVERIES,
+    ) -> None:
+        from aoe.engine.executor import Engine
+
+        self.settings = settings
+        self.store = store
+        self.concurrency = concurrency
+        self.lease = lease
+        self.max_deliveries = max_deliveries
+        self.client = client_for(settings)
+        self.queue, self.dead = stream_keys(settings.config.redis.key_prefix)
+        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self.engine = Engine(settings)
+        self.running: dict[str, asyncio.Task[None]] = {}  # message id -> its run
+        self.stopping = False
+        self.done = 0
+
+    async def setup(self) -> None:
+        from redis.exceptions import ResponseError
+
+        try:
+            await self.client.xgroup_create(self.queue, GROUP, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` is set: take messages (reclaimed ones first), run them."""
+        from aoe.shared_limits import unreachable
+
+        await self.setup()
+        log.info(
+            "worker %s: reading %s (%d at a time, lease %gs)",
+            self.name, self.queue, self.concurrency, self.lease,
+        )  # fmt: skip
+        keeper = asyncio.get_running_loop().create_task(self._keep_claims())
+        outage = False
+        try:
+            while not stop.is_set():
+                room = self.concurrency - len(self.running)
+                if room <= 0:
+                    await _first(stop, *self.running.values())
+                    continue
+                try:
+                    messages = await self._reclaimed(room) or await self._new(room)
+                except Exception as e:
+                    if not unreachable(e):
+                        raise
+                    if not outage:
+                        log.error("Redis is unreachable (%s): waiting for it", e)
+                        outage = True
+                    await _first(stop, timeout=1.0)
+                    continue
+                if outage:
+                    log.warning("Redis answers again")
+                    outage = False
+                for message_id, fields, deliveries in messages:
+                    self._start(message_id, fields, deliveries)
+        finally:
+            keeper.cancel()
+            await self.drain()
+
+    async def _reclaimed(self, count: int) -> list[tuple[str, dict[str, str], int]]:
+        """Messages whose worker stopped renewing them for ``lease`` seconds."""
+        _, claimed, _ = await self.client.xautoclaim(
+            self.queue, GROUP, self.name, int(self.lease * 1000), "0-0", count=count
+        )
+        found = []
+        for message_id, fields in claimed:
+            pending = await self.client.xpending_range(
+                self.queue, GROUP, min=message_id, max=message_id, count=1
+            )
+            deliveries = int(pending[0]["times_delivered"]) if pending else 1
+            found.append((_text(message_id), _fields(fields), deliveries))
+        return found
+
+    async def _new(self, count: int) -> list[tuple[str, dict[str, str], int]]:
+        answer: Any = await self.client.xreadgroup(
+            GROUP, self.name, {self.queue: ">"}, count=count, block=1000
+        )
+        return [
+            (_text(message_id), _fields(fields), 1)
+            for _, messages in answer or []
+            for message_id, fields in messages
+        ]
+
+    def _start(self, message_id: str, fields: dict[str, str], deliveries: int) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._process(message_id, fields, deliveries), name=f"aoe-message-{message_id}"
+        )
+        self.running[message_id] = task
+        task.add_done_callback(lambda _: self.running.pop(message_id, None))
+
+    async def _process(self, message_id: str, fields: dict[str, str], deliveries: int) -> None:
+        run_id = fields.get("run_id", "?")
+        if deliveries > self.max_deliveries:
+            await self._dead(
+                message_id, fields, f"delivered {deliveries} times: its workers keep dying"
+            )
+            return
+        try:
+            workflow, inputs, options = self._read(fields)
+        except Exception as e:  # a message no worker can ever run
+            await self._dead(message_id, fields, f"cannot be run: {e}")
+            return
+        try:
+            status = await self._run(run_id, workflow, inputs, options)
+        except asyncio.CancelledError:
+            log.info("run %s cancelled; left for another worker", run_id, extra={"run_id": run_id})
+            raise
+        except Exception as e:
+            await self._dead(message_id, fields, f"run {run_id} could not be run: {e}")
+            return
+        await self.client.xack(self.queue, GROUP, message_id)
+        self.done += 1
+        log.info("run %s ended %s", run_id, status, extra={"run_id": run_id})
+
+    def _read(self, fields: dict[str, str]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        from aoe.api import load_text
+        from aoe.inputs import GivenInput, bind_inputs
+
+        workflow = load_text(fields["workflow"], fields.get("name") or "queued.yaml", self.settings)
+        given = json.loads(fields.get("inputs") or "{}")
+        options = json.loads(fields.get("options") or "{}")
+        values = bind_inputs(
+            workflow.inputs,
+            {key: GivenInput(value, "the queued inputs") for key, value in given.items()},
+        )
+        return workflow, values, options
+
+    async def _run(
+        self, run_id: str, workflow: Any, inputs: dict[str, Any], options: dict[str, Any]
+    ) -> Any:
+        """A fresh run, or — when its record exists (another worker started it) —
+        its resumption, which never calls a completed agent again."""
+        from aoe.api import run_workflow
+        from aoe.errors import RunNotFound
+        from aoe.resume import plan_resume
+
+        arguments: dict[str, Any] = {
+            "mock": bool(options.get("mock")),
+            "budget": options.get("budget"),
+            "max_parallel": options.get("max_parallel"),
+            "cache": bool(options.get("cache", True)),
+        }
+        try:
+            plan = plan_resume(self.store, run_id, self.settings)
+        except RunNotFound:
+            return await run_workflow(
+                workflow,
+                inputs,
+                self.settings,
+                run_id=run_id,
+                store=self.store,
+                engine=self.engine,
+                **arguments,
+            )
+        if plan.done:
+            return "completed"
+        log.info(
+            "run %s: resuming after another worker (%d agents kept)",
+            run_id, len(plan.kept), extra={"run_id": run_id},
+        )  # fmt: skip
+        return await run_workflow(
+            plan.workflow,
+            plan.inputs,
+            self.settings,
+            store=self.store,
+            engine=self.engine,
+            resume=plan,
+            **arguments,
+        )
+
+    async def _dead(self, message_id: str, fields: dict[str, str], reason: str) -> None:
+        log.error("message %s to the dead letters: %s", message_id, reason)
+        letter: dict[Any, Any] = {**fields, "reason": reason, "message": message_id}
+        await self.client.xadd(self.dead, letter)
+        await self.client.xack(self.queue, GROUP, message_id)
+
+    async def _keep_claims(self) -> None:
+        """Reset the idle time of the messages being run, so none is taken over."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            ids: list[Any] = list(self.running)
+            if ids:
+                with contextlib.suppress(Exception):
+                    await self.client.xclaim(self.queue, GROUP, self.name, 0, ids, justid=True)
+
+    async def drain(self) -> None:
+        """Cancel the runs in progress (recorded, resumable, not acknowledged)."""
+        tasks = list(self.running.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.engine.aclose()
+        await self.client.aclose()
+
+
+async def _first(stop: asyncio.Event, *tasks: asyncio.Task[Any], timeout: float = 1.0) -> None:
+    """Until ``stop`` is set, one of ``tasks`` ends, or ``timeout`` passes."""
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({waiter, *tasks}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(fields: dict[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in fields.items()}
+
+
+async def work(settings: Settings, store: Store, **options: Any) -> int:
+    """``aoe worker``: until SIGTERM or SIGINT; the number of runs it finished."""
+    worker = Worker(settings, store, **options)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await worker.serve(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("worker %s stopped after %d runs", worker.name, worker.done)
+    return worker.done

@@ -1,0 +1,223 @@
+"""`aoe submit` and `aoe worker` on a real Redis, against the fake provider:
+runs done once, a killed worker's run taken over and resumed, dead letters."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from aoe.state.store import Store
+from tests.conftest import REPO, WriteFile
+from tests.fakeserver import FakeProvider, Received, Reply
+from tests.redisserver import RedisServer
+
+CHAIN = """\
+version: 1
+name: queued
+inputs:
+  topic: {type: string, default: tides}
+defaults:
+  llm: {provider: openai, model: gpt-4o-mini, max_tokens: 20}
+agents:
+  a: {prompt: "a {{ inputs.topic }}"}
+  b: {prompt: "b {{ inputs.topic }} {{ agents.a.output }}", depends_on: a}
+  c: {prompt: "c {{ inputs.topic }} {{ agents.b.output }}", depends_on: b}
+"""
+
+
+def called(fake: FakeProvider) -> list[tuple[str, str]]:
+    """(agent, topic) of every request that reached the server."""
+    return [tuple(r.prompt.split(" ")[:2]) for r in fake.received if r.body]  # type: ignore[misc]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(redis_server: RedisServer, provider_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI", "RATE_"))}
+    return {
+        **base,
+        **provider_env,
+        "PYTHONPATH": str(REPO),
+        "AOE_STATE_DIR": str(tmp_path / "state"),  # the workers share it
+        "REDIS_HOST": "127.0.0.1",
+        "REDIS_PORT": str(redis_server.port),
+    }
+
+
+@pytest.fixture
+def workers(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aoe", "worker", *args],
+            cwd=tmp_path,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+
+
+def submit(env: dict[str, str], path: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "aoe", "submit", str(path), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def statuses(env: dict[str, str]) -> dict[str, str]:
+    path = Path(env["AOE_STATE_DIR"]) / "state.db"
+    if not path.exists():
+        return {}
+    with Store(path) as store:
+        return {r["run_id"]: r["status"] for r in store.runs(limit=None)}
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def pending(server: RedisServer) -> int:
+    client = redis.Redis(port=server.port)
+    try:
+        count: int = client.xpending("aoe:{queue}:runs", "workers")["pending"]
+        return count
+    finally:
+        client.close()
+
+
+def test_queued_runs_are_run_once_and_acknowledged(
+    env: dict[str, str],
+    workers: Callable[..., subprocess.Popen[str]],
+    write: WriteFile,
+    fake: FakeProvider,
+    redis_server: RedisServer,
+) -> None:
+    path = write(CHAIN)
+    ids = [submit(env, path, "-i", f"topic=t{n}", "--no-cache") for n in range(4)]
+    first, second = workers("--concurrency", "2"), workers("--concurrency", "2")
+    wait_for(lambda: [statuses(env).get(i) for i in ids] == ["completed"] * 4)
+    wait_for(lambda: pending(redis_server) == 0)
+    assert sorted(called(fake)) == sorted((a, f"t{n}") for a in "abc" for n in range(4))
+    for process in (first, second):
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 0, stderr
+        assert "Traceback" not in stderr
+
+
+def test_a_killed_workers_run_is_taken_over_and_resumed(
+    env: dict[str, str],
+    workers: Callable[..., subprocess.Popen[str]],
+    write: WriteFile,
+    fake: FakeProvider,
+    redis_server: RedisServer,
+) -> None:
+    seen: list[str] = []
+
+    def respond(request: Received) -> Reply:
+        agent = request.prompt.split(" ")[0]
+        seen.append(agent)
+        if agent == "b" and seen.count("b") == 1:
+            return Reply(delay=30)  # the first worker dies while b is in flight
+        return Reply()
+
+    fake.respond = respond
+    doomed = workers("--lease", "2")
+    run_id = submit(env, write(CHAIN), "--no-cache")
+    wait_for(lambda: "b" in seen)
+    doomed.kill()  # SIGKILL: no goodbye, its message stays claimed
+    doomed.communicate(timeout=30)
+    began = time.monotonic()
+    heir = workers("--lease", "2")
+    wait_for(lambda: statuses(env).get(run_id) == "completed")
+    assert time.monotonic() - began >= 1.5  # taken over once the lease ran out
+    assert [agent for agent, _ in called(fake)] == ["a", "b", "b", "c"]  # a: once
+    wait_for(lambda: pending(redis_server) == 0)
+    heir.send_signal(signal.SIGTERM)
+    _, stderr = heir.communicate(timeout=30)
+    assert "resuming after another worker" in stderr
+
+
+def test_poison_messages_go_to_the_dead_letters(
+    env: dict[str, str],
+    workers: Callable[..., subprocess.Popen[str]],
+    write: WriteFile,
+    fake: FakeProvider,
+    redis_server: RedisServer,
+) -> None:
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    try:
+        client.xadd("aoe:{queue}:runs", {"run_id": "r-bad", "workflow": "agents: [", "name": "x"})
+        fake.respond = lambda request: Reply(delay=30)  # the first worker dies mid-run
+        doomed = workers("--lease", "2", "--max-deliveries", "1")
+        run_id = submit(env, write(CHAIN), "--no-cache")
+        wait_for(lambda: len(fake.received) == 1)
+        doomed.kill()
+        doomed.communicate(timeout=30)
+        workers("--lease", "2", "--max-deliveries", "1")
+        wait_for(lambda: client.xlen("aoe:{queue}:dead") == 2)
+        dead: Any = client.xrange("aoe:{queue}:dead")
+        letters = {fields["run_id"]: fields["reason"] for _, fields in dead}
+        assert "cannot be run" in letters["r-bad"]
+        assert "delivered 2 times" in letters[run_id]
+        wait_for(lambda: pending(redis_server) == 0)  # both acknowledged
+        assert len(fake.received) == 1  # the poison run was not run again
+    finally:
+        client.close()
+
+
+def test_submit_checks_first_and_needs_redis(
+    env: dict[str, str], write: WriteFile, tmp_path: Path
+) -> None:
+    bad = write(CHAIN.replace("depends_on: b", "depends_on: bb"), "bad.yaml")
+    done = subprocess.run(
+        [sys.executable, "-m", "aoe", "submit", str(bad)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "bad.yaml:" in done.stderr
+    without = {k: v for k, v in env.items() if not k.startswith("REDIS_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "aoe", "submit", str(write(CHAIN))],
+        env=without,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "REDIS_HOST" in done.stderr
