@@ -322,8 +322,12 @@ def _execute(
     report: Reports,
 ) -> RunStatus:
     """Run (or resume) with the progress view, then write the reports; the status."""
+    from aoe.logs import setup
     from aoe.results import Results
 
+    # what the engine's parts say outside the events (a shared Redis that stops
+    # answering, say) goes to stderr in the run's log format
+    setup(settings.config.monitoring.log_format, settings.config.monitoring.log_level)
     results = Results(workflow, values)
     with _metrics(report, workflow.name) as metrics:
         subscribers: list[Any] = [results] if metrics is None else [results, metrics]

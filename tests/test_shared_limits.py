@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from aoe.shared_limits import RedisRateLimiter, connect
 from aoe.shared_spend import SharedSpend
 from aoe.state.store import Store
 from tests.conftest import REPO, RunCli, WriteFile
-from tests.fakeserver import FakeProvider, Reply
+from tests.fakeserver import FakeProvider, Received, Reply
 from tests.redisserver import RedisServer
 from tests.test_resilience import busiest
 
@@ -341,3 +342,56 @@ def test_four_processes_never_pass_the_shared_daily_budget(
     assert billed <= cap
     assert len(fake.received) >= 16  # the cap was used, not refused wholesale
     assert 3 in codes  # and some run was stopped by it
+
+
+def test_redis_stopped_mid_run_waits_then_finishes_losing_nothing(
+    redis_server: RedisServer,
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """fail_closed, end to end: `aoe run` waits while Redis is down, says so, and
+    finishes once it is back; every agent called once."""
+    stopped = threading.Event()
+
+    def respond(request: Received) -> Reply:
+        if request.prompt.startswith("a0") and not stopped.is_set():
+            redis_server.stop()  # Redis goes away while the run is under way
+            stopped.set()
+        return Reply(text="ok")
+
+    fake.respond = respond
+    agents = "".join(
+        f"  a{i}: {{prompt: 'a{i}'{', depends_on: a' + str(i - 1) if i else ''}}}\n"
+        for i in range(4)
+    )
+    path = write(
+        "version: 1\nname: outage\ndefaults: {llm: {model: gpt-4o-mini}}\nagents:\n" + agents
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI", "RATE_"))}
+    env.update(
+        provider_env,
+        PYTHONPATH=str(REPO),
+        AOE_STATE_DIR=str(tmp_path / "state"),
+        REDIS_HOST="127.0.0.1",
+        REDIS_PORT=str(redis_server.port),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aoe", "run", str(path), "-q", "--no-cache"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert stopped.wait(60)
+    time.sleep(3)  # the run waits: nothing more reaches the provider
+    assert [r.prompt for r in fake.received] == ["a0"]
+    redis_server.start()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "Redis is unreachable" in stderr
+    assert "fail_closed" in stderr
+    assert "answers again" in stderr
+    assert "Traceback" not in stderr
+    assert [r.prompt for r in fake.received] == ["a0", "a1", "a2", "a3"]  # each once
