@@ -50,16 +50,44 @@ def load(path: str | os.PathLike[str], settings: Settings | None = None) -> Work
     return load_workflow(path, settings=settings).require()
 
 
-def load_text(text: str, name: str, settings: Settings | None = None) -> Workflow:
+def load_text(
+    text: str,
+    name: str,
+    settings: Settings | None = None,
+    files: Mapping[str, str] | None = None,
+) -> Workflow:
     """A workflow sent as text (``aoe serve``'s API, the work queue): checked like
-    a file named ``name``; raises :class:`aoe.errors.WorkflowInvalid`. Its path is
-    ``<submitted>/name``, which never exists, so a resume uses the record's copy."""
+    a file named ``name`` beside ``files`` (its prompt and schema files, by path
+    relative to it); raises :class:`aoe.errors.WorkflowInvalid`, or UserError for
+    a name or a path that is not plain. Its path is ``<submitted>/name``, which
+    never exists, so a resume uses the record's copy."""
     import tempfile
-    from pathlib import Path
+    from pathlib import Path, PurePosixPath
 
+    from aoe.errors import UserError
+
+    def plain(path: str, what: str) -> PurePosixPath:
+        parts = PurePosixPath(path)
+        if (
+            not path
+            or len(path) > 255
+            or "\x00" in path
+            or "\\" in path
+            or parts.is_absolute()
+            or any(part in ("..", ".") or part.startswith(".") for part in parts.parts)
+        ):
+            raise UserError(f"{what} {path!r} must be a plain relative file name")
+        return parts
+
+    if len(plain(name, "the workflow's name").parts) != 1:
+        raise UserError(f"the workflow's name {name!r} must be a file name, with no folder")
     with tempfile.TemporaryDirectory(prefix="aoe-submit-") as folder:
         path = Path(folder) / name
         path.write_text(text, encoding="utf-8")
+        for relative, content in (files or {}).items():
+            target = Path(folder).joinpath(*plain(relative, "the file").parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content, encoding="utf-8")
         workflow = load_workflow(path, settings=settings, display=name).require()
     return workflow._replace(path=f"<submitted>/{name}")
 
@@ -209,6 +237,7 @@ def _record(
         workflow=changed,
         sessions=resume.sessions,
         reset=resume.stale,
+        take_over=resume.take_over,
     )
 
 

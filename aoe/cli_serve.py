@@ -256,7 +256,9 @@ def submit(
         inputs = {name: value.value for name, value in given.items()}
         options = {"budget": budget, "max_parallel": max_parallel, "mock": mock}
         options["cache"] = not no_cache
-        run_id = asyncio.run(enqueue(settings, workflow.text, Path(file).name, inputs, options))
+        run_id = asyncio.run(
+            enqueue(settings, workflow.text, Path(file).name, inputs, options, dict(workflow.files))
+        )
         sys.stdout.write(run_id + "\n")
 
 

@@ -33,7 +33,7 @@ import signal
 import socket
 from typing import TYPE_CHECKING, Any
 
-from aoe.errors import OptionInvalid
+from aoe.errors import OptionInvalid, ResumeRefused, StateWriteFailed
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -66,7 +66,12 @@ def client_for(settings: Settings) -> Redis:
 
 
 async def submit(
-    settings: Settings, text: str, name: str, inputs: dict[str, Any], options: dict[str, Any]
+    settings: Settings,
+    text: str,
+    name: str,
+    inputs: dict[str, Any],
+    options: dict[str, Any],
+    files: dict[str, str] | None = None,
 ) -> str:
     """Append a run to the queue; its id. The caller checked the workflow."""
     from aoe.engine.executor import new_run_id
@@ -80,6 +85,7 @@ async def submit(
         "workflow": text,
         "inputs": json.dumps(inputs),
         "options": json.dumps(options),
+        "files": json.dumps(files or {}),  # its prompt and schema files, by path
     }
     try:
         await client.xadd(queue, fields)  # type: ignore[arg-type]
@@ -121,6 +127,7 @@ class Worker:
         self.running: dict[str, asyncio.Task[None]] = {}  # message id -> its run
         self.stopping = False
         self.done = 0
+        self._cursor = "0-0"
 
     async def setup(self) -> None:
         from redis.exceptions import ResponseError
@@ -169,9 +176,11 @@ class Worker:
 
     async def _reclaimed(self, count: int) -> list[tuple[str, dict[str, str], int]]:
         """Messages whose worker stopped renewing them for ``lease`` seconds."""
-        _, claimed, _ = await self.client.xautoclaim(
-            self.queue, GROUP, self.name, int(self.lease * 1000), "0-0", count=count
+        answer: Any = await self.client.xautoclaim(
+            self.queue, GROUP, self.name, int(self.lease * 1000), self._cursor, count=count
         )
+        cursor, claimed = answer[0], answer[1]
+        self._cursor = _text(cursor)  # the next call goes on from here (0-0: from the start)
         found = []
         for message_id, fields in claimed:
             pending = await self.client.xpending_range(
@@ -192,11 +201,17 @@ class Worker:
         ]
 
     def _start(self, message_id: str, fields: dict[str, str], deliveries: int) -> None:
+        if message_id in self.running:  # taken back while this worker still runs it
+            return
         task = asyncio.get_running_loop().create_task(
             self._process(message_id, fields, deliveries), name=f"aoe-message-{message_id}"
         )
         self.running[message_id] = task
-        task.add_done_callback(lambda _: self.running.pop(message_id, None))
+        task.add_done_callback(
+            lambda done: (
+                self.running.pop(message_id, None) if self.running.get(message_id) is done else None
+            )
+        )
 
     async def _process(self, message_id: str, fields: dict[str, str], deliveries: int) -> None:
         run_id = fields.get("run_id", "?")
@@ -215,6 +230,9 @@ class Worker:
         except asyncio.CancelledError:
             log.info("run %s cancelled; left for another worker", run_id, extra={"run_id": run_id})
             raise
+        except (ResumeRefused, StateWriteFailed) as e:  # not now: left for later
+            log.warning("run %s left in the queue: %s", run_id, e, extra={"run_id": run_id})
+            return
         except Exception as e:
             await self._dead(message_id, fields, f"run {run_id} could not be run: {e}")
             return
@@ -226,7 +244,10 @@ class Worker:
         from aoe.api import load_text
         from aoe.inputs import GivenInput, bind_inputs
 
-        workflow = load_text(fields["workflow"], fields.get("name") or "queued.yaml", self.settings)
+        files = json.loads(fields.get("files") or "{}")
+        workflow = load_text(
+            fields["workflow"], fields.get("name") or "queued.yaml", self.settings, files
+        )
         given = json.loads(fields.get("inputs") or "{}")
         options = json.loads(fields.get("options") or "{}")
         values = bind_inputs(
@@ -251,7 +272,9 @@ class Worker:
             "cache": bool(options.get("cache", True)),
         }
         try:
-            plan = plan_resume(self.store, run_id, self.settings)
+            # the queue decides who owns the run (its lease), not the record's pid,
+            # which may be of another host
+            plan = plan_resume(self.store, run_id, self.settings, take_over=True)
         except RunNotFound:
             return await run_workflow(
                 workflow,
@@ -285,12 +308,24 @@ class Worker:
         await self.client.xack(self.queue, GROUP, message_id)
 
     async def _keep_claims(self) -> None:
-        """Reset the idle time of the messages being run, so none is taken over."""
+        """Reset the idle time of the messages being run, so none is taken over;
+        a run whose message another worker took (this one seemed dead, Redis was
+        away for longer than the lease) is cancelled here: the other one has it."""
         while True:
             await asyncio.sleep(self.lease / 3)
-            ids: list[Any] = list(self.running)
-            if ids:
-                with contextlib.suppress(Exception):
+            if not self.running:
+                continue
+            with contextlib.suppress(Exception):
+                mine: Any = await self.client.xpending_range(
+                    self.queue, GROUP, min="-", max="+", count=10_000, consumername=self.name
+                )
+                still = {_text(entry["message_id"]) for entry in mine}
+                for message_id, task in list(self.running.items()):
+                    if message_id not in still:
+                        log.warning("message %s was taken over: its run stops here", message_id)
+                        task.cancel()
+                ids: list[Any] = [m for m in self.running if m in still]
+                if ids:
                     await self.client.xclaim(self.queue, GROUP, self.name, 0, ids, justid=True)
 
     async def drain(self) -> None:

@@ -396,9 +396,11 @@ def read_journal(data: bytes, run_id: str) -> Iterator[tuple[Event, int]]:
         yield event, start
 
 
-def recover(store: Store, run_id: str | None = None) -> list[str]:
+def recover(store: Store, run_id: str | None = None, *, take_over: bool = False) -> list[str]:
     """Write into the store what the journals of runs whose process is gone hold
     beyond it (all such runs, or only ``run_id``), then remove those journals.
+    ``take_over``: the work queue gave ``run_id`` to this process (its owner's
+    lease ran out), so its record's process is gone whatever its pid says.
     Returns the runs that got records. Safe to run from several processes at
     once: each reads how far the store goes under the write lock."""
     folder = journal_path(store.path, "x", 1).parent
@@ -411,12 +413,14 @@ def recover(store: Store, run_id: str | None = None) -> list[str]:
         named = journal_of(file)
         if named is None or file in _OPEN or (run_id is not None and named[0] != run_id):
             continue
-        if _recover_one(store, file, *named):
+        if _recover_one(store, file, *named, take_over=take_over):
             recovered.append(named[0])
     return recovered
 
 
-def _recover_one(store: Store, file: Path, run_id: str, session: int) -> bool:
+def _recover_one(
+    store: Store, file: Path, run_id: str, session: int, *, take_over: bool = False
+) -> bool:
     with writing(store.path), transaction(store.connection) as db:
         row = db.execute(
             "SELECT status, host, pid, process, sessions, journal_session, journal_offset"
@@ -425,7 +429,7 @@ def _recover_one(store: Store, file: Path, run_id: str, session: int) -> bool:
         ).fetchone()
         if row is not None:
             status, host, pid, process, sessions, journal_session, offset = row
-            if status == "running" and run_alive(run_id, host, pid, process):
+            if status == "running" and run_alive(run_id, host, pid, process) and not take_over:
                 return False  # its own recorder is writing it
             if session != journal_session:
                 offset = 0

@@ -47,6 +47,7 @@ class ResumePlan(NamedTuple):
     file_changed: bool
     definitions: dict[str, str]
     resumption: Resumption
+    take_over: bool = False  # the work queue gave it to us: its record's process is gone
 
     @property
     def done(self) -> bool:
@@ -63,14 +64,15 @@ def plan_resume(
     inputs: Mapping[str, GivenInput] | None = None,
     assignments: Sequence[str] = (),
     options: Mapping[str, Any] | None = None,
+    take_over: bool = False,
 ) -> ResumePlan:
     """What resuming ``run_id`` will do; raises :class:`ResumeRefused` when it
     may not (still running, or its file changed without ``force``). ``inputs``
     and ``assignments`` (``NAME=VALUE``) override the stored inputs."""
     run_id = store.run(run_id)["run_id"]
-    recover(store, run_id)  # what its journal holds beyond the store, first
+    recover(store, run_id, take_over=take_over)  # its journal beyond the store, first
     run = store.run(run_id)
-    if run["status"] == "running":
+    if run["status"] == "running" and not take_over:
         raise ResumeRefused(
             f"run {run_id} is still running (process {run['pid']} on {run['host']}): "
             "wait for it to end, or stop it first"
@@ -186,6 +188,7 @@ def plan_resume(
         file_changed,
         defined,
         resumption,
+        take_over,
     )
 
 

@@ -353,6 +353,8 @@ def make_app(service: Service) -> web.Application:
             return _error(400, f"the body is not JSON: {e}")
         except UnicodeDecodeError:
             return _error(400, "the body is not UTF-8 JSON")
+        except RecursionError:
+            return _error(400, "the body is nested too deeply")
         try:
             accepted = service.submit(body)
         except Refused as e:
@@ -361,6 +363,8 @@ def make_app(service: Service) -> web.Application:
             return _error(400, _first_line(e), diagnostics=[d.to_json() for d in e.diagnostics])
         except UserError as e:
             return _error(400, str(e))
+        except (ValueError, RecursionError) as e:  # a name with a NUL, a deep input
+            return _error(400, f"the submission cannot be used: {e}")
         return web.json_response(accepted, status=202, headers={"Location": accepted["url"]})
 
     async def runs(request: web.Request) -> web.Response:

@@ -184,7 +184,7 @@ class RedisRateLimiter:
         self._turns: dict[str, asyncio.Lock] = {}
         self._held: dict[str, set[str]] = {}  # scope -> ids with a lease, for renewal
         self._ids: dict[int, str] = {}  # permit ident -> its id in Redis
-        self._local_permits: set[int] = set()
+        self._local_permits: dict[int, Permit] = {}  # our id -> the local limiter's permit
         self._count = 0
         self._renewer: asyncio.Task[None] | None = None
         self._changed: asyncio.Event | None = None
@@ -232,10 +232,10 @@ class RedisRateLimiter:
                 except Exception as e:
                     if not unreachable(e):
                         raise
-                    permit = await self._unavailable(e, provider, model, tokens, on_wait)
-                    if permit is not None:
-                        self._local_permits.add(permit.ident)
-                        return permit._replace(waited=time.monotonic() - arrived)
+                    local = await self._unavailable(e, provider, model, tokens, on_wait)
+                    if local is not None:  # given back to the local limiter by our id
+                        self._local_permits[ident] = local
+                        return Permit(key, ident, arrived, tokens, time.monotonic() - arrived)
                     continue
                 self._recovered()
                 if int(taken) == 1:
@@ -253,9 +253,9 @@ class RedisRateLimiter:
         return permit
 
     def release(self, permit: Permit, used_tokens: int | None) -> None:
-        if permit.ident in self._local_permits:
-            self._local_permits.discard(permit.ident)
-            self.local.release(permit, used_tokens)
+        local = self._local_permits.pop(permit.ident, None)
+        if local is not None:
+            self.local.release(local, used_tokens)
             return
         member = self._ids.pop(permit.ident, None)
         if member is None:

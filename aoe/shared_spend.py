@@ -62,7 +62,7 @@ return {1}
 SETTLE = """
 for i = 1, 2 do
   local left = tonumber(redis.call('INCRBYFLOAT', KEYS[2 * i], -tonumber(ARGV[1])))
-  if left < 0 then redis.call('SET', KEYS[2 * i], 0) end
+  if left < 0 then redis.call('SET', KEYS[2 * i], 0, 'KEEPTTL') end
   redis.call('INCRBYFLOAT', KEYS[2 * i - 1], ARGV[2])
   redis.call('EXPIRE', KEYS[2 * i - 1], ARGV[3])
 end
@@ -188,7 +188,17 @@ class SharedSpend:
             self._outage = False
             log.warning("Redis answers again: the shared daily budgets hold again")
 
-    async def aclose(self) -> None:
+    async def aclose(self, wait: float = 10.0) -> None:
+        """Write the settlements still pending (for ``wait`` seconds at most: with
+        Redis away, their reservations stay counted until the day ends)."""
         if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+            _, left = await asyncio.wait(self._pending, timeout=wait)
+            for task in left:
+                task.cancel()
+            if left:
+                log.warning(
+                    "%d settlements of the shared daily budgets could not be written; "
+                    "their reservations count until the day ends",
+                    len(left),
+                )
         await self.client.aclose()

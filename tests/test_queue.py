@@ -159,6 +159,10 @@ def test_a_killed_workers_run_is_taken_over_and_resumed(
     wait_for(lambda: "b" in seen)
     doomed.kill()  # SIGKILL: no goodbye, its message stays claimed
     doomed.communicate(timeout=30)
+    # as if it had run on another host, where its pid tells this one nothing:
+    # the queue's lease decides, not the record
+    with Store(Path(env["AOE_STATE_DIR"]) / "state.db") as store:
+        store.connection.execute("UPDATE runs SET host = 'another-host'")
     began = time.monotonic()
     heir = workers("--lease", "2")
     wait_for(lambda: statuses(env).get(run_id) == "completed")
@@ -176,10 +180,16 @@ def test_poison_messages_go_to_the_dead_letters(
     write: WriteFile,
     fake: FakeProvider,
     redis_server: RedisServer,
+    tmp_path: Path,
 ) -> None:
     client = redis.Redis(port=redis_server.port, decode_responses=True)
     try:
         client.xadd("aoe:{queue}:runs", {"run_id": "r-bad", "workflow": "agents: [", "name": "x"})
+        target = tmp_path / "escaped.yaml"
+        client.xadd(
+            "aoe:{queue}:runs",
+            {"run_id": "r-path", "workflow": "version: 1", "name": str(target)},
+        )
         fake.respond = lambda request: Reply(delay=30)  # the first worker dies mid-run
         doomed = workers("--lease", "2", "--max-deliveries", "1")
         run_id = submit(env, write(CHAIN), "--no-cache")
@@ -187,10 +197,12 @@ def test_poison_messages_go_to_the_dead_letters(
         doomed.kill()
         doomed.communicate(timeout=30)
         workers("--lease", "2", "--max-deliveries", "1")
-        wait_for(lambda: client.xlen("aoe:{queue}:dead") == 2)
+        wait_for(lambda: client.xlen("aoe:{queue}:dead") == 3)
         dead: Any = client.xrange("aoe:{queue}:dead")
         letters = {fields["run_id"]: fields["reason"] for _, fields in dead}
         assert "cannot be run" in letters["r-bad"]
+        assert "plain relative file name" in letters["r-path"]
+        assert not target.exists()  # nothing written outside its folder
         assert "delivered 2 times" in letters[run_id]
         wait_for(lambda: pending(redis_server) == 0)  # both acknowledged
         assert len(fake.received) == 1  # the poison run was not run again

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar, dataclass_transform
 
-from aoe.providers.base import Usage
+from aoe.providers.base import Usage, scrub
 
 
 class AgentState(StrEnum):
@@ -221,6 +221,8 @@ def event_dict(event: Event) -> dict[str, Any]:
         value = getattr(event, name)
         if isinstance(value, Usage):
             value = {"input_tokens": value.input_tokens, "output_tokens": value.output_tokens}
+        elif name == "error" and isinstance(value, str):
+            value = scrub(value)  # what leaves the process never carries a secret
         data[name] = value
     return data
 

@@ -352,6 +352,7 @@ class Store:
         workflow: Mapping[str, Any] | None = None,
         sessions: int | None = None,
         reset: Sequence[str] = (),
+        take_over: bool = False,
     ) -> int:
         """A resume: the run is running again in this process; ``rerun`` agents go
         back to pending with their new definitions. Returns the session number.
@@ -360,7 +361,9 @@ class Store:
         earlier sessions produced (finished foreach items) no longer counts.
         ``sessions`` is the count the resume was planned on: if another process
         resumed the run since (or is resuming it now), this one is refused — under
-        the write lock, so two resumes started at once never both run."""
+        the write lock, so two resumes started at once never both run.
+        ``take_over``: the work queue decided its last process is gone (its lease
+        ran out), whatever its pid says (it may be on another host)."""
         with writing(self.path), transaction(self.connection) as db:
             row = db.execute(
                 "SELECT sessions, status, host, pid, process FROM runs WHERE run_id = ?",
@@ -369,9 +372,8 @@ class Store:
             if row is None:
                 raise RunNotFound(f"no run {run_id} in {self.path}")
             count, status, host, pid, process = row
-            if (status == "running" and run_alive(run_id, host, pid, process)) or (
-                sessions is not None and count != sessions
-            ):
+            alive = status == "running" and run_alive(run_id, host, pid, process)
+            if (alive and not take_over) or (sessions is not None and count != sessions):
                 raise ResumeRefused(
                     f"run {run_id} was resumed by another process (pid {pid} on {host}) "
                     "meanwhile: `aoe runs show` tells how it goes"
