@@ -15,8 +15,8 @@ as one consumer group, so each run goes to one worker at a time:
   workers), or one that cannot be read, goes to the dead-letter stream
   ``<prefix>:{queue}:dead`` with the reason, and is acknowledged;
 - SIGTERM drains: the worker reads no more, cancels its runs (their finished
-  agents recorded) and leaves them unacknowledged, for another worker to
-  resume.
+  agents recorded) and hands their messages back to the queue, where another
+  worker takes them at once and resumes them.
 
 Run records live in the run store (``AOE_STATE_DIR``), so workers that may take
 over each other's runs share it: one host, or a volume they all mount.
@@ -128,6 +128,7 @@ class Worker:
         self.stopping = False
         self.done = 0
         self._cursor = "0-0"
+        self._fields: dict[str, dict[str, str]] = {}  # of the messages being run
 
     async def setup(self) -> None:
         from redis.exceptions import ResponseError
@@ -172,6 +173,7 @@ class Worker:
                     self._start(message_id, fields, deliveries)
         finally:
             keeper.cancel()
+            self.stopping = True
             await self.drain()
 
     async def _reclaimed(self, count: int) -> list[tuple[str, dict[str, str], int]]:
@@ -207,11 +209,14 @@ class Worker:
             self._process(message_id, fields, deliveries), name=f"aoe-message-{message_id}"
         )
         self.running[message_id] = task
-        task.add_done_callback(
-            lambda done: (
-                self.running.pop(message_id, None) if self.running.get(message_id) is done else None
-            )
-        )
+        self._fields[message_id] = fields
+        task.add_done_callback(lambda done: self._finished(message_id, done))
+
+    def _finished(self, message_id: str, task: asyncio.Task[None]) -> None:
+        if self.running.get(message_id) is task:
+            del self.running[message_id]
+            if not self.stopping:
+                self._fields.pop(message_id, None)
 
     async def _process(self, message_id: str, fields: dict[str, str], deliveries: int) -> None:
         run_id = fields.get("run_id", "?")
@@ -329,12 +334,25 @@ class Worker:
                     await self.client.xclaim(self.queue, GROUP, self.name, 0, ids, justid=True)
 
     async def drain(self) -> None:
-        """Cancel the runs in progress (recorded, resumable, not acknowledged)."""
-        tasks = list(self.running.values())
-        for task in tasks:
+        """Cancel the runs in progress (recorded, resumable) and hand their messages
+        back: each is queued again as a new message and the old one acknowledged,
+        in one transaction, so another worker resumes it at once and a drain does
+        not count as a delivery (a long run outlives any number of restarts)."""
+        running = dict(self.running)
+        for task in running.values():
             task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if running:
+            await asyncio.gather(*running.values(), return_exceptions=True)
+        for message_id in running:
+            fields = self._fields.get(message_id)
+            if fields is None:
+                continue
+            with contextlib.suppress(Exception):  # unreachable: the lease hands it over
+                async with self.client.pipeline(transaction=True) as pipe:
+                    pipe.xadd(self.queue, dict(fields))  # type: ignore[arg-type]
+                    pipe.xack(self.queue, GROUP, message_id)
+                    await pipe.execute()
+                log.info("run %s handed back to the queue", fields.get("run_id"))
         await self.engine.aclose()
         await self.client.aclose()
 

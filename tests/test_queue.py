@@ -233,3 +233,38 @@ def test_submit_checks_first_and_needs_redis(
     )
     assert done.returncode == 2
     assert "REDIS_HOST" in done.stderr
+
+
+def test_a_drained_worker_hands_its_run_back_at_once(
+    env: dict[str, str],
+    workers: Callable[..., subprocess.Popen[str]],
+    write: WriteFile,
+    fake: FakeProvider,
+    redis_server: RedisServer,
+) -> None:
+    seen: list[str] = []
+
+    def respond(request: Received) -> Reply:
+        agent = request.prompt.split(" ")[0]
+        seen.append(agent)
+        return Reply(delay=30) if agent == "b" and seen.count("b") == 1 else Reply()
+
+    fake.respond = respond
+    leaving = workers("--lease", "30")
+    run_id = submit(env, write(CHAIN), "--no-cache")
+    wait_for(lambda: "b" in seen)
+    leaving.send_signal(signal.SIGTERM)  # a rolling restart, say
+    _, stderr = leaving.communicate(timeout=30)
+    assert leaving.returncode == 0, stderr
+    assert "handed back to the queue" in stderr
+    began = time.monotonic()
+    workers("--lease", "30")
+    wait_for(lambda: statuses(env).get(run_id) == "completed")
+    assert time.monotonic() - began < 20  # no lease to wait out
+    assert [agent for agent, _ in called(fake)] == ["a", "b", "b", "c"]
+    wait_for(lambda: pending(redis_server) == 0)
+    client = redis.Redis(port=redis_server.port)
+    try:
+        assert client.xlen("aoe:{queue}:dead") == 0  # a drain is not a delivery
+    finally:
+        client.close()
