@@ -150,7 +150,15 @@ class LogFormat(StrEnum):
     json = "json"
 
 
-# Options `aoe run` and `aoe resume` share.
+# Options `aoe run`, `aoe resume`, `aoe plan` and `aoe submit` share.
+InputOption = Annotated[
+    list[str] | None,
+    typer.Option("--input", "-i", help="An input, NAME=VALUE (repeatable).", metavar="NAME=VALUE"),
+]
+InputsFileOption = Annotated[
+    str | None,
+    typer.Option("--inputs-file", help="Inputs from a YAML or JSON file.", metavar="FILE"),
+]
 MaxParallelOption = Annotated[
     int | None,
     typer.Option("--max-parallel", min=1, help="Agents of this run in flight at once."),
@@ -211,16 +219,8 @@ class Reports(NamedTuple):
 )
 def run(
     file: Annotated[str, typer.Argument(help="The workflow file.", metavar="WORKFLOW")],
-    input: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--input", "-i", help="An input, NAME=VALUE (repeatable).", metavar="NAME=VALUE"
-        ),
-    ] = None,
-    inputs_file: Annotated[
-        str | None,
-        typer.Option("--inputs-file", help="Inputs from a YAML or JSON file.", metavar="FILE"),
-    ] = None,
+    input: InputOption = None,
+    inputs_file: InputsFileOption = None,
     config: ConfigOption = None,
     max_parallel: MaxParallelOption = None,
     budget: Annotated[
@@ -264,12 +264,11 @@ def run(
     with _errors():
         from aoe.api import load
         from aoe.config import load_settings
-        from aoe.inputs import bind_inputs, from_assignments, from_file
+        from aoe.inputs import bind_inputs
 
         settings = load_settings(config, flags=_log_flags(log_format))
         workflow = load(file, settings)
-        given = from_file(inputs_file) if inputs_file else {}
-        given.update(from_assignments(input or [], workflow.inputs))
+        given = _given(workflow, input, inputs_file)
         store = _store(settings)
         if resume_latest:
             import os.path
@@ -291,6 +290,15 @@ def run(
         reports = Reports(output, junit, quiet, metrics_port, pushgateway)
         status = _execute(workflow, values, settings, options, store, not no_cache, None, reports)
         raise typer.Exit(status.exit_code)
+
+
+def _given(workflow: Workflow, assignments: list[str] | None, inputs_file: str | None) -> Any:
+    """The inputs given: from --inputs-file, then each -i NAME=VALUE over them."""
+    from aoe.inputs import from_assignments, from_file
+
+    given = from_file(inputs_file) if inputs_file else {}
+    given.update(from_assignments(assignments or [], workflow.inputs))
+    return given
 
 
 def _log_flags(log_format: LogFormat | None) -> dict[str, tuple[str, str]]:
@@ -322,18 +330,31 @@ def _execute(
     report: Reports,
 ) -> RunStatus:
     """Run (or resume) with the progress view, then write the reports; the status."""
+    from aoe.api import run_until_done
     from aoe.logs import setup
     from aoe.results import Results
+    from aoe.ui import LiveView
 
     # what the engine's parts say outside the events (a shared Redis that stops
     # answering, say) goes to stderr in the run's log format
     setup(settings.config.monitoring.log_format, settings.config.monitoring.log_level)
     results = Results(workflow, values)
+    budget_shown = options.get("budget")
+    if budget_shown is None:
+        budget_shown = workflow.cost_budget
+    if budget_shown is None:
+        budget_shown = settings.config.cost_tracking.default_workflow_budget
+    view = _progress(workflow, settings, report.quiet, budget_shown)
     with _metrics(report, workflow.name) as metrics:
-        subscribers: list[Any] = [results] if metrics is None else [results, metrics]
-        status = _run_with_progress(
-            workflow, values, settings, options, store, cache, resume, report, subscribers
-        )
+        subscribers = [s for s in (results, metrics, view) if s is not None]
+        arguments = {"subscribers": subscribers, "store": store, "cache": cache}
+        arguments |= {"resume": resume, **options}
+        if isinstance(view, LiveView):
+            with view:
+                status = run_until_done(workflow, values, settings, **arguments)
+            view.summary()
+        else:
+            status = run_until_done(workflow, values, settings, **arguments)
     if report.output is not None:
         _write(results.to_json(), report.output)
     if report.junit is not None:
@@ -389,43 +410,6 @@ def _metrics(report: Reports, workflow: str) -> Iterator[Any]:
                     f"{scrub(report.pushgateway)}: {scrub(str(e))}",
                     err=True,
                 )
-
-
-def _run_with_progress(
-    workflow: Workflow,
-    values: dict[str, Any],
-    settings: Settings,
-    options: dict[str, Any],
-    store: Store,
-    cache: bool,
-    resume: ResumePlan | None,
-    report: Reports,
-    subscribers: list[Any],
-) -> RunStatus:
-    from aoe.api import run_until_done
-    from aoe.ui import LiveView
-
-    budget_shown = options.get("budget")
-    if budget_shown is None:
-        budget_shown = workflow.cost_budget
-    if budget_shown is None:
-        budget_shown = settings.config.cost_tracking.default_workflow_budget
-    view = _progress(workflow, settings, report.quiet, budget_shown)
-    if view is not None:
-        subscribers.append(view)
-    arguments = {
-        "subscribers": subscribers,
-        "store": store,
-        "cache": cache,
-        "resume": resume,
-        **options,
-    }
-    if isinstance(view, LiveView):
-        with view:
-            status = run_until_done(workflow, values, settings, **arguments)
-        view.summary()
-        return status
-    return run_until_done(workflow, values, settings, **arguments)
 
 
 def _resume(
@@ -567,16 +551,8 @@ def _progress(workflow: Any, settings: Settings, quiet: bool, budget: float | No
 )
 def plan(
     file: Annotated[str, typer.Argument(help="The workflow file.", metavar="WORKFLOW")],
-    input: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--input", "-i", help="An input, NAME=VALUE (repeatable).", metavar="NAME=VALUE"
-        ),
-    ] = None,
-    inputs_file: Annotated[
-        str | None,
-        typer.Option("--inputs-file", help="Inputs from a YAML or JSON file.", metavar="FILE"),
-    ] = None,
+    input: InputOption = None,
+    inputs_file: InputsFileOption = None,
     config: ConfigOption = None,
     budget: Annotated[
         float | None,
@@ -595,14 +571,12 @@ def plan(
     with _errors():
         from aoe.api import load
         from aoe.config import load_settings
-        from aoe.inputs import from_assignments, from_file
         from aoe.plan import plan as make_plan
         from aoe.ui import plan_text
 
         settings = load_settings(config)
         workflow = load(file, settings)
-        given = from_file(inputs_file) if inputs_file else {}
-        given.update(from_assignments(input or [], workflow.inputs))
+        given = _given(workflow, input, inputs_file)
         values = {name: item.value for name, item in given.items() if name in workflow.inputs}
         result = make_plan(workflow, settings, values, budget=budget, mock=mock)
         if format is ReportFormat.json:

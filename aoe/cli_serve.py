@@ -14,7 +14,19 @@ from typing import Annotated, Any
 
 import typer
 
-from aoe.cli import ConfigOption, LogFormatOption, ReportFormat, _errors, _store, app
+from aoe.cli import (
+    ConfigOption,
+    InputOption,
+    InputsFileOption,
+    LogFormatOption,
+    MaxParallelOption,
+    NoCacheOption,
+    ReportFormat,
+    _errors,
+    _given,
+    _store,
+    app,
+)
 
 LOCAL_WINDOW = 86_400.0  # seconds of history `aoe status` sums from the local store
 
@@ -212,29 +224,17 @@ def _print(report: dict[str, Any]) -> None:
 )
 def submit(
     file: Annotated[str, typer.Argument(help="The workflow file.", metavar="WORKFLOW")],
-    input: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--input", "-i", help="An input, NAME=VALUE (repeatable).", metavar="NAME=VALUE"
-        ),
-    ] = None,
-    inputs_file: Annotated[
-        str | None,
-        typer.Option("--inputs-file", help="Inputs from a YAML or JSON file.", metavar="FILE"),
-    ] = None,
+    input: InputOption = None,
+    inputs_file: InputsFileOption = None,
     budget: Annotated[
         float | None,
         typer.Option("--budget", min=0, help="USD the run may spend.", metavar="USD"),
     ] = None,
-    max_parallel: Annotated[
-        int | None, typer.Option("--max-parallel", min=1, help="Agents in flight at once.")
-    ] = None,
+    max_parallel: MaxParallelOption = None,
     mock: Annotated[
         bool, typer.Option("--mock", help="Run it offline, on the mock provider.")
     ] = False,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Do not use the response cache.")
-    ] = False,
+    no_cache: NoCacheOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Queue a run for `aoe worker` (Redis): checked here first, as `aoe run`
@@ -245,13 +245,12 @@ def submit(
 
         from aoe.api import load
         from aoe.config import load_settings
-        from aoe.inputs import bind_inputs, from_assignments, from_file
+        from aoe.inputs import bind_inputs
         from aoe.queue import submit as enqueue
 
         settings = load_settings(config)
         workflow = load(file, settings)
-        given = from_file(inputs_file) if inputs_file else {}
-        given.update(from_assignments(input or [], workflow.inputs))
+        given = _given(workflow, input, inputs_file)
         bind_inputs(workflow.inputs, given)  # refused here, not in a worker
         inputs = {name: value.value for name, value in given.items()}
         options = {"budget": budget, "max_parallel": max_parallel, "mock": mock}

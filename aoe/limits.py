@@ -54,6 +54,14 @@ class RequestTooLarge(RunError):
 
     retryable = False
 
+    @classmethod
+    def of(cls, scope: str, tokens: int, limit: int) -> RequestTooLarge:
+        return cls(
+            f"the request needs up to {tokens:,} tokens, more than the {limit:,} tokens per "
+            f"minute allowed for {scope}; lower max_tokens or shorten the prompt, or raise "
+            "tokens_per_minute if your tier allows it"
+        )
+
 
 class Clock(Protocol):
     def now(self) -> float: ...
@@ -216,11 +224,7 @@ class LocalRateLimiter:
         if scope is None:
             return Permit(key, ident, arrived, tokens, 0.0)
         if scope.tokens is not None and tokens > scope.tokens.limit:
-            raise RequestTooLarge(
-                f"the request needs up to {tokens:,} tokens, more than the "
-                f"{scope.tokens.limit:,} tokens per minute allowed for {key}; lower max_tokens "
-                "or shorten the prompt, or raise tokens_per_minute if your tier allows it"
-            )
+            raise RequestTooLarge.of(key, tokens, scope.tokens.limit)
         loop = asyncio.get_running_loop()
         turn: asyncio.Future[None] = loop.create_future()
         scope.queue.append(turn)

@@ -205,12 +205,7 @@ class RedisRateLimiter:
         if limits.unlimited:
             return Permit(key, ident, arrived, tokens, 0.0)
         if limits.tokens_per_minute is not None and tokens > limits.tokens_per_minute:
-            raise RequestTooLarge(
-                f"the request needs up to {tokens:,} tokens, more than the "
-                f"{limits.tokens_per_minute:,} tokens per minute allowed for {key}; lower "
-                "max_tokens or shorten the prompt, or raise tokens_per_minute if your tier "
-                "allows it"
-            )
+            raise RequestTooLarge.of(key, tokens, limits.tokens_per_minute)
         member = f"{uuid.uuid4().hex}"
         keys = scope_keys(self.prefix, key)
         args: list[str | int | float] = [

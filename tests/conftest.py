@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,24 @@ def cli(clean_env: None) -> RunCli:
 
 
 # -- the fake provider server -------------------------------------------------------------
+
+
+def child_env(*layers: Mapping[str, str], **extra: str) -> dict[str, str]:
+    """The environment of an ``aoe`` child process: this one's without anything
+    aoe reads (the machine's settings never leak into a test), then ``layers``
+    and ``extra``, with this checkout on PYTHONPATH."""
+    from aoe.config import BUILTIN_KEY_VARIABLES, BUILTIN_URL_VARIABLES, ENVIRONMENT_VARIABLES
+
+    ours = {
+        *ENVIRONMENT_VARIABLES,
+        *BUILTIN_KEY_VARIABLES.values(),
+        *BUILTIN_URL_VARIABLES.values(),
+    }
+    env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("AOE_")}
+    for layer in layers:
+        env.update(layer)
+    env.update(extra, PYTHONPATH=str(REPO))
+    return env
 
 
 def fake_key(prefix: str = "sk-") -> str:

@@ -10,7 +10,6 @@ before everything it depends on was on disk.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from typer.testing import CliRunner
 from aoe.cli import app
 from aoe.recorder import recover
 from aoe.state.store import Store
-from tests.conftest import REPO, WriteFile, fake_key
+from tests.conftest import WriteFile, child_env, fake_key
 from tests.fakeserver import FakeProvider, Received, Reply
 
 LAYERS, WIDTH = 6, 5
@@ -62,16 +61,13 @@ def delays(request: Received) -> Reply:
 
 
 def env_for(fake: FakeProvider, state: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI", "RATE_"))}
-    env.update(
+    return child_env(
         OPENAI_API_KEY=fake_key(),
         OPENAI_BASE_URL=fake.openai_url,
         AOE_STATE_DIR=str(state),
         RETRY_BASE_DELAY="0.01",
         RETRY_MAX_DELAY="0.05",
-        PYTHONPATH=str(REPO),
     )
-    return env
 
 
 def aoe(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen[str]:
@@ -318,9 +314,7 @@ def fill_and_fail(
 
 
 def env_for_mock(state: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AOE_")}
-    env.update(AOE_STATE_DIR=str(state), PYTHONPATH=str(REPO))
-    return env
+    return child_env(AOE_STATE_DIR=str(state))
 
 
 def check_nothing_lost(tmp_path: Path, state: Path, first: str, stderr: str) -> None:

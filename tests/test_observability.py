@@ -24,7 +24,7 @@ from aoe.engine.events import AttemptFinished, AttemptStarted, RunFinished, RunS
 from aoe.health import HealthMonitor
 from aoe.metrics import MAX_SERIES, Metrics
 from aoe.providers.base import Usage
-from tests.conftest import REPO, RunCli, WriteFile
+from tests.conftest import REPO, RunCli, WriteFile, child_env
 from tests.fakeserver import Fail, FakeProvider, Reply
 from tests.test_serve import CHAIN, agent_of, samples, total
 
@@ -64,8 +64,7 @@ def test_json_log_lines_carry_the_fields_collectors_index(
 
 
 def test_service_log_lines_are_json_too(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AOE_")}
-    env.update(AOE_STATE_DIR=str(tmp_path / "state"), PYTHONPATH=str(REPO))
+    env = child_env(AOE_STATE_DIR=str(tmp_path / "state"))
     process = subprocess.Popen(
         [sys.executable, "-m", "aoe", "serve", "--port", "0", "--log-format", "json"],
         env=env,
@@ -173,8 +172,7 @@ def test_metrics_are_served_while_the_run_lasts(
         return Reply()
 
     fake.respond = respond
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI"))}
-    env.update(provider_env, AOE_STATE_DIR=str(tmp_path / "s"), PYTHONPATH=str(REPO))
+    env = child_env(provider_env, AOE_STATE_DIR=str(tmp_path / "s"))
     done = subprocess.run(
         [sys.executable, "-m", "aoe", "run", str(write(CHAIN)), "-q", "--metrics-port", str(port)],
         env=env,
@@ -322,8 +320,7 @@ def test_status_of_a_running_service(
 ) -> None:
     from tests.test_serve import Service
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI"))}
-    env.update(provider_env, AOE_STATE_DIR=str(tmp_path / "s"), PYTHONPATH=str(REPO))
+    env = child_env(provider_env, AOE_STATE_DIR=str(tmp_path / "s"))
     service = Service(env, tmp_path)
     try:
         service.wait(service.submit(CHAIN))

@@ -3,7 +3,6 @@ runs done once, a killed worker's run taken over and resumed, dead letters."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 import redis
 
 from aoe.state.store import Store
-from tests.conftest import REPO, WriteFile
+from tests.conftest import WriteFile, child_env
 from tests.fakeserver import FakeProvider, Received, Reply
 from tests.redisserver import RedisServer
 
@@ -48,15 +47,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def env(redis_server: RedisServer, provider_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI", "RATE_"))}
-    return {
-        **base,
-        **provider_env,
-        "PYTHONPATH": str(REPO),
-        "AOE_STATE_DIR": str(tmp_path / "state"),  # the workers share it
-        "REDIS_HOST": "127.0.0.1",
-        "REDIS_PORT": str(redis_server.port),
-    }
+    return child_env(
+        provider_env,
+        AOE_STATE_DIR=str(tmp_path / "state"),  # the workers share it
+        REDIS_HOST="127.0.0.1",
+        REDIS_PORT=str(redis_server.port),
+    )
 
 
 @pytest.fixture

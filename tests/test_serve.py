@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import child_env
 from tests.fakeserver import Fail, FakeProvider, Received, Reply
 
 CHAIN = """\
@@ -179,13 +179,7 @@ class Service:
 
 @pytest.fixture
 def env(provider_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI", "RATE_"))}
-    return {
-        **base,
-        **provider_env,
-        "AOE_STATE_DIR": str(tmp_path / "state"),
-        "PYTHONPATH": str(REPO),
-    }
+    return child_env(provider_env, AOE_STATE_DIR=str(tmp_path / "state"))
 
 
 @pytest.fixture

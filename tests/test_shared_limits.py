@@ -19,10 +19,10 @@ import redis
 
 from aoe.config import load_settings
 from aoe.costs import BudgetExceeded
-from aoe.limits import Limits
+from aoe.limits import Limits, RequestTooLarge
 from aoe.shared_limits import RedisRateLimiter, connect
 from aoe.shared_spend import SharedSpend
-from tests.conftest import REPO, RunCli, WriteFile
+from tests.conftest import RunCli, WriteFile, child_env
 from tests.fakeserver import FakeProvider, Received, Reply
 from tests.redisserver import RedisServer
 from tests.test_resilience import busiest
@@ -207,10 +207,8 @@ def test_four_processes_hold_every_limit_at_the_server(
         "version: 1\nname: shared\nmax_parallel_agents: 6\n"
         "defaults: {llm: {model: gpt-4o-mini, max_tokens: 30}}\nagents:\n" + agents
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI", "RATE_"))}
-    env.update(
+    env = child_env(
         provider_env,
-        PYTHONPATH=str(REPO),
         REDIS_HOST="127.0.0.1",
         REDIS_PORT=str(redis_server.port),
         RATE_LIMIT_RPM="12",
@@ -314,10 +312,8 @@ def test_four_processes_never_pass_the_shared_daily_budget(
         "version: 1\nname: capped\nmax_parallel_agents: 8\ninputs: {n: {type: string}}\n"
         "defaults: {llm: {model: gpt-4o-mini, max_tokens: 500}}\nagents:\n" + agents
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI", "RATE_"))}
-    env.update(
+    env = child_env(
         provider_env,
-        PYTHONPATH=str(REPO),
         REDIS_HOST="127.0.0.1",
         REDIS_PORT=str(redis_server.port),
         RATE_LIMIT_RPM="10000",
@@ -371,10 +367,8 @@ def test_redis_stopped_mid_run_waits_then_finishes_losing_nothing(
     path = write(
         "version: 1\nname: outage\ndefaults: {llm: {model: gpt-4o-mini}}\nagents:\n" + agents
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI", "RATE_"))}
-    env.update(
+    env = child_env(
         provider_env,
-        PYTHONPATH=str(REPO),
         AOE_STATE_DIR=str(tmp_path / "state"),
         REDIS_HOST="127.0.0.1",
         REDIS_PORT=str(redis_server.port),
@@ -397,3 +391,12 @@ def test_redis_stopped_mid_run_waits_then_finishes_losing_nothing(
     assert "answers again" in stderr
     assert "Traceback" not in stderr
     assert [r.prompt for r in fake.received] == ["a0", "a1", "a2", "a3"]  # each once
+
+
+async def test_a_request_over_the_token_limit_fails_at_once(redis_url: str) -> None:
+    one = limiter(redis_url, Limits(tokens_per_minute=100))
+    try:
+        with pytest.raises(RequestTooLarge, match="more than the 100 tokens per minute"):
+            await asyncio.wait_for(one.acquire("openai", "m", 101), 2)
+    finally:
+        await one.aclose()

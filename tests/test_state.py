@@ -4,7 +4,6 @@ and the official SDKs against the fake provider; the store is real SQLite."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 from aoe.errors import ResumeRefused
 from aoe.recorder import recover
 from aoe.state.store import SCHEMA_VERSION, Store
-from tests.conftest import REPO, RunCli, WriteFile, fake_key
+from tests.conftest import RunCli, WriteFile, child_env, fake_key
 from tests.fakeserver import Fail, FakeProvider, Received, Reply
 
 CHAIN = """\
@@ -580,8 +579,7 @@ def test_an_sqlite_file_of_something_else_is_refused(cli: RunCli, tmp_path: Path
 
 def test_concurrent_runs_share_one_store(write: WriteFile, tmp_path: Path) -> None:
     path = write(CHAIN.replace("a about", "a {{ inputs.topic }} about"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AOE_", "OPENAI", "ANTHROPIC"))}
-    env.update(AOE_MOCK_LATENCY="0.02", PYTHONPATH=str(REPO))
+    env = child_env(AOE_MOCK_LATENCY="0.02")
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "aoe", "run", str(path), "--mock", "-q", "-i", f"topic=t{i}"],
