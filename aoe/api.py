@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from aoe.engine.events import RunStatus, Subscriber
     from aoe.engine.executor import Engine
     from aoe.resume import ResumePlan
+    from aoe.shared_records import RecordMirror
     from aoe.state.store import Store
 
 __all__ = [
@@ -113,6 +114,7 @@ async def run_workflow(
     cache: bool = True,
     resume: ResumePlan | None = None,
     engine: Engine | None = None,
+    mirror: RecordMirror | None = None,
 ) -> RunStatus:
     """Run a workflow on a fresh engine and close it after (or on ``engine``,
     shared with other runs: its rate limits and its limit on runs hold across
@@ -123,7 +125,8 @@ async def run_workflow(
     With a ``store`` the run is recorded (resumable; see :mod:`aoe.state`) and,
     unless ``cache`` is false, answers come from the response cache where they
     can. ``resume`` (from :func:`aoe.resume.plan_resume`) continues a recorded
-    run instead of starting one."""
+    run instead of starting one. ``mirror`` sends the record to Redis as well
+    (the work queue's runs; see :mod:`aoe.shared_records`)."""
     import asyncio
 
     from aoe.engine.events import EventBus
@@ -160,12 +163,15 @@ async def run_workflow(
         RUNNING_HERE.add(run_id)
         if resume is not None:
             resumption = resume.resumption._replace(session=session)
-        recorder = Recorder(store.path, run_id, session)
+        recorder = Recorder(store.path, run_id, session, mirror)
         bus.record_with(recorder)
         if cache:
             response_cache = ResponseCache(store, recorder.cache)
+    status = None
     try:
         if recorder is not None:
+            if mirror is not None and store is not None:
+                await mirror.begin(store, session)
             recorder.start()
         status = await engine.run(
             workflow,
@@ -186,9 +192,13 @@ async def run_workflow(
             if recorder is not None:  # the last commit, off the event loop
                 recorder.drain()
                 try:
+                    if mirror is not None:  # everything, unless the run was stopped
+                        await mirror.close(timeout=None if status is not None else 5.0)
                     await asyncio.to_thread(recorder.join)
                 finally:
                     RUNNING_HERE.discard(run_id)
+    if mirror is not None and store is not None:
+        await mirror.finish(store.run(run_id))
     if bus.failure is not None:  # a subscriber broke: a bug to report, after the run
         raise bus.failure
     return status

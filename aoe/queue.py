@@ -18,8 +18,10 @@ as one consumer group, so each run goes to one worker at a time:
   agents recorded) and hands their messages back to the queue, where another
   worker takes them at once and resumes them.
 
-Run records live in the run store (``AOE_STATE_DIR``), so workers that may take
-over each other's runs share it: one host, or a volume they all mount.
+Each worker records its runs in its own run store (``AOE_STATE_DIR``) and in
+Redis (:mod:`aoe.shared_records`): a worker that takes a run over, on any host,
+first brings its store up to what Redis holds, so the workers need no shared
+volume, and any ``aoe serve`` can report on the run.
 """
 
 from __future__ import annotations
@@ -219,6 +221,8 @@ class Worker:
                 self._fields.pop(message_id, None)
 
     async def _process(self, message_id: str, fields: dict[str, str], deliveries: int) -> None:
+        from aoe.shared_limits import unreachable
+
         run_id = fields.get("run_id", "?")
         if deliveries > self.max_deliveries:
             await self._dead(
@@ -239,6 +243,12 @@ class Worker:
             log.warning("run %s left in the queue: %s", run_id, e, extra={"run_id": run_id})
             return
         except Exception as e:
+            if unreachable(e):  # its lease hands it on once Redis is back
+                log.warning(
+                    "run %s left in the queue: Redis is unreachable (%s)",
+                    run_id, e, extra={"run_id": run_id},
+                )  # fmt: skip
+                return
             await self._dead(message_id, fields, f"run {run_id} could not be run: {e}")
             return
         await self.client.xack(self.queue, GROUP, message_id)
@@ -269,6 +279,7 @@ class Worker:
         from aoe.api import run_workflow
         from aoe.errors import RunNotFound
         from aoe.resume import plan_resume
+        from aoe.shared_records import RecordMirror, restore
 
         arguments: dict[str, Any] = {
             "mock": bool(options.get("mock")),
@@ -276,6 +287,12 @@ class Worker:
             "max_parallel": options.get("max_parallel"),
             "cache": bool(options.get("cache", True)),
         }
+        redis = self.settings.config.redis
+        arguments["mirror"] = RecordMirror(
+            self.client, run_id, prefix=redis.key_prefix, on_unavailable=redis.on_unavailable
+        )
+        # what another worker, maybe on another host, recorded of it
+        await restore(self.client, redis.key_prefix, self.store, run_id)
         try:
             # the queue decides who owns the run (its lease), not the record's pid,
             # which may be of another host
@@ -290,7 +307,8 @@ class Worker:
                 engine=self.engine,
                 **arguments,
             )
-        if plan.done:
+        if plan.done:  # its worker died after recording its end
+            await arguments["mirror"].finish(self.store.run(run_id))
             return "completed"
         log.info(
             "run %s: resuming after another worker (%d agents kept)",

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import operator
@@ -39,7 +40,7 @@ import time
 import typing
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aoe.engine import events as _events
 from aoe.engine.events import (
@@ -72,6 +73,9 @@ _LEFT_OUT = frozenset({"run_id", "at", "agent_id", "output", "outputs"})
 
 _Item = Event | CachePut | CacheHit
 
+if TYPE_CHECKING:
+    from aoe.shared_records import RecordMirror
+
 # journals a Recorder of this process is writing: never recovered from under it
 _OPEN: set[Path] = set()
 
@@ -85,8 +89,11 @@ class Recorder:
     # the writer gathers what arrives for this long before each transaction
     BATCH = 0.05
 
-    def __init__(self, path: Path, run_id: str, session: int = 1) -> None:
+    def __init__(
+        self, path: Path, run_id: str, session: int = 1, mirror: RecordMirror | None = None
+    ) -> None:
         self.path = path
+        self.mirror = mirror  # the record in Redis too (aoe.shared_records)
         self.run_id = run_id
         self.session = session
         self.journal = journal_path(path, run_id, session)
@@ -145,15 +152,25 @@ class Recorder:
             else:
                 self._offset += len(data)
                 self._queue.put((batch, self._offset))
+                if self.mirror is not None:
+                    self.mirror.append(data, self._offset)
         waiters, self._waiters = self._waiters, []
         failure = None if self._failure is None else self._failed()
+        mirrored = None
+        if failure is None and self.mirror is not None and waiters:
+            try:
+                mirrored = self.mirror.synced(self._offset)
+            except StateWriteFailed as e:
+                failure = e
         for waiter in waiters:
             if waiter.done():  # its call was cancelled meanwhile
                 continue
-            if failure is None:
-                waiter.set_result(None)
-            else:
+            if failure is not None:
                 waiter.set_exception(failure)
+            elif mirrored is not None:  # once Redis has it too
+                mirrored.add_done_callback(functools.partial(_follow, waiter))
+            else:
+                waiter.set_result(None)
 
     def flushed(self) -> Awaitable[None] | None:
         """None when every event so far is journaled; else a future that is done
@@ -162,7 +179,8 @@ class Recorder:
         if self._failure is not None:
             raise self._failed()
         if not self._pending:
-            return None
+            # journaled; with a mirror, perhaps not yet in Redis
+            return None if self.mirror is None else self.mirror.synced(self._offset)
         assert self._loop is not None, "Recorder.start() was not called"
         if not self._waiters:
             self._loop.call_soon(self._hand_over)
@@ -262,6 +280,17 @@ class Recorder:
         finally:
             journal.close()
             connection.close()
+
+
+def _follow(waiter: asyncio.Future[None], done: asyncio.Future[None]) -> None:
+    if waiter.done():
+        return
+    if done.cancelled():
+        waiter.cancel()
+    elif done.exception() is not None:
+        waiter.set_exception(done.exception())  # type: ignore[arg-type]
+    else:
+        waiter.set_result(None)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -421,31 +450,52 @@ def recover(store: Store, run_id: str | None = None, *, take_over: bool = False)
 def _recover_one(
     store: Store, file: Path, run_id: str, session: int, *, take_over: bool = False
 ) -> bool:
+    def journal_from(offset: int) -> bytes:
+        return file.read_bytes()[offset:]
+
+    try:
+        applied = apply_journal(store, run_id, session, journal_from, take_over=take_over)
+    except OSError:
+        return False
+    if applied is None:
+        return False
+    with contextlib.suppress(OSError):
+        file.unlink()
+    return applied
+
+
+def apply_journal(
+    store: Store,
+    run_id: str,
+    session: int,
+    journal_from: Callable[[int], bytes],
+    *,
+    take_over: bool = True,
+) -> bool | None:
+    """Write into the store the events of the run's journal of ``session`` beyond
+    what the store holds; ``journal_from(offset)`` gives the journal's bytes from
+    an offset on. True if there were any; None if the run's own recorder is
+    writing it (its process is alive and not ``take_over``)."""
     with writing(store.path), transaction(store.connection) as db:
         row = db.execute(
             "SELECT status, host, pid, process, sessions, journal_session, journal_offset"
             " FROM runs WHERE run_id = ?",
             (run_id,),
         ).fetchone()
-        if row is not None:
-            status, host, pid, process, sessions, journal_session, offset = row
-            if status == "running" and run_alive(run_id, host, pid, process) and not take_over:
-                return False  # its own recorder is writing it
-            if session != journal_session:
-                offset = 0
-            if session < sessions:
-                offset = None  # a later session began after this one was recovered
-        try:
-            data = file.read_bytes()
-        except OSError:
+        if row is None:
             return False
-        events = [] if row is None or offset is None else list(read_journal(data[offset:], run_id))
+        status, host, pid, process, sessions, journal_session, offset = row
+        if status == "running" and run_alive(run_id, host, pid, process) and not take_over:
+            return None  # its own recorder is writing it
+        if session != journal_session:
+            offset = 0
+        if session < sessions:
+            return False  # a later session began after this one was recovered
+        events = list(read_journal(journal_from(offset), run_id))
         if events:
             writer = _Writer(db, run_id, session)
             writer.write([event for event, _ in events])
             writer.reached(offset + events[-1][1])
-    with contextlib.suppress(OSError):
-        file.unlink()
     return bool(events)
 
 

@@ -59,11 +59,13 @@ def env(redis_server: RedisServer, provider_env: dict[str, str], tmp_path: Path)
 def workers(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
 
-    def start(*args: str) -> subprocess.Popen[str]:
+    def start(*args: str, state: str | None = None) -> subprocess.Popen[str]:
+        """A worker; ``state``: its own run store (as on a host of its own)."""
+        own = env if state is None else {**env, "AOE_STATE_DIR": str(tmp_path / state)}
         process = subprocess.Popen(
             [sys.executable, "-m", "aoe", "worker", *args],
             cwd=tmp_path,
-            env=env,
+            env=own,
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -229,6 +231,56 @@ def test_submit_checks_first_and_needs_redis(
     )
     assert done.returncode == 2
     assert "REDIS_HOST" in done.stderr
+
+
+def shared_status(server: RedisServer, run_id: str) -> str | None:
+    """The run's status as the record in Redis has it."""
+    client = redis.Redis(port=server.port)
+    try:
+        status = client.hget(f"aoe:{{run:{run_id}}}:head", "status")
+        return None if status is None else status.decode()
+    finally:
+        client.close()
+
+
+def test_a_run_is_taken_over_on_another_host_from_its_record_in_redis(
+    env: dict[str, str],
+    workers: Callable[..., subprocess.Popen[str]],
+    write: WriteFile,
+    fake: FakeProvider,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    seen: list[str] = []
+
+    def respond(request: Received) -> Reply:
+        agent = request.prompt.split(" ")[0]
+        seen.append(agent)
+        if agent == "c" and seen.count("c") == 1:
+            return Reply(delay=30)  # the first worker dies while c is in flight
+        return Reply()
+
+    fake.respond = respond
+    doomed = workers("--lease", "2", state="host-1")
+    run_id = submit(env, write(CHAIN), "--no-cache")
+    wait_for(lambda: "c" in seen)
+    assert shared_status(redis_server, run_id) == "running"
+    doomed.kill()  # SIGKILL: its store stays on its host, out of reach
+    doomed.communicate(timeout=30)
+    heir = workers("--lease", "2", state="host-2")
+    wait_for(lambda: shared_status(redis_server, run_id) == "completed")
+    assert [agent for agent, _ in called(fake)] == ["a", "b", "c", "c"]  # a, b: once
+    wait_for(lambda: pending(redis_server) == 0)
+    heir.send_signal(signal.SIGTERM)
+    _, stderr = heir.communicate(timeout=30)
+    assert "resuming after another worker (2 agents kept)" in stderr
+    with Store(tmp_path / "host-2" / "state.db") as store:  # the whole record, here
+        run = store.run(run_id)
+        assert (run["status"], run["sessions"]) == ("completed", 2)
+        agents = {a["agent_id"]: a for a in store.agents(run_id)}
+        assert [agents[a]["state"] for a in "abc"] == ["completed"] * 3
+        assert [agents[a]["session"] for a in "abc"] == [1, 1, 2]
+        assert run["cost"] == pytest.approx(sum(a["cost"] for a in agents.values()))
 
 
 def test_a_drained_worker_hands_its_run_back_at_once(

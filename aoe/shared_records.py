@@ -1,0 +1,353 @@
+"""Run records in Redis, so every worker and every ``aoe serve`` sees them.
+
+A run from the work queue may be taken over by a worker on another host, and
+asked about through any ``aoe serve`` replica. So, besides its local store, its
+record goes to Redis, under keys hash-tagged per run (one cluster slot each):
+
+- ``<prefix>:{run:ID}:head`` — a hash: the run's whole record as it stood when
+  its latest session began (``export``, as ``aoe runs export`` writes it), that
+  session's number, and a summary (status, workflow, cost, times) kept current;
+- ``<prefix>:{run:ID}:journal`` — a stream: that session's journal (see
+  :mod:`aoe.recorder`), each write of it one entry, with the offset it ends at;
+- ``<prefix>:runs`` — a sorted set of the run ids by when they were queued.
+
+:class:`RecordMirror` sends the journal as the recorder writes it, in order. The
+recorder's barrier waits for Redis too: before any call, everything it depends
+on is in Redis as well as on the local disk, so a worker on another host that
+takes the run over (:func:`restore`, then a resume) never calls a completed
+agent again. If Redis cannot be reached, ``redis.on_unavailable`` decides:
+``fail_closed`` (the default) holds the run's calls until it answers again and
+says so; ``local`` goes on with the local record alone, with a warning (a
+takeover elsewhere would then redo what Redis missed).
+
+The keys expire ``RECORD_TTL`` after the run's last write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from aoe.errors import StateWriteFailed
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from aoe.state.store import Store
+
+log = logging.getLogger("aoe.records")
+
+RECORD_TTL = 7 * 24 * 3600
+RETRY = 1.0  # seconds between tries while Redis is unreachable
+_CHUNK = 1000  # journal entries read per XRANGE
+
+
+def record_keys(prefix: str, run_id: str) -> tuple[str, str]:
+    """The run's head and journal, hash-tagged into one cluster slot."""
+    tag = f"{prefix}:{{run:{run_id}}}"
+    return f"{tag}:head", f"{tag}:journal"
+
+
+def index_key(prefix: str) -> str:
+    return f"{prefix}:runs"
+
+
+def summary_of(run: Mapping[str, Any]) -> dict[str, str]:
+    """The head's summary fields of a run record (:meth:`Store.run`)."""
+    fields = {
+        "status": run["status"],
+        "workflow_name": run["workflow_name"],
+        "created_at": run["created_at"],
+        "updated_at": run.get("updated_at") or time.time(),
+        "finished_at": run.get("finished_at"),
+        "cost": run.get("cost"),
+        "input_tokens": run.get("input_tokens"),
+        "output_tokens": run.get("output_tokens"),
+        "host": run.get("host"),
+    }
+    return {key: "" if value is None else str(value) for key, value in fields.items()}
+
+
+class RecordMirror:
+    """Sends one session of one run's record to Redis; see the module docstring.
+
+    :meth:`begin` (after the session's record exists in the store) writes the
+    head; then the recorder calls :meth:`append` with each journal write and
+    :meth:`synced` for a future that is done once Redis has everything up to an
+    offset; :meth:`close` sends the rest and :meth:`finish` writes the final
+    summary."""
+
+    def __init__(
+        self,
+        client: Redis,
+        run_id: str,
+        *,
+        prefix: str = "aoe",
+        on_unavailable: str = "fail_closed",
+        ttl: int = RECORD_TTL,
+    ) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.prefix = prefix
+        self.on_unavailable = on_unavailable
+        self.ttl = ttl
+        self.head, self.journal = record_keys(prefix, run_id)
+        self.session = 0
+        self.sent = 0  # offset in the session's journal that Redis holds up to
+        self.broken = False  # on_unavailable: local, and Redis went away
+        self._chunks: list[tuple[bytes, int]] = []  # (data, offset it ends at)
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._outage = False
+
+    # -- the session's start and end -------------------------------------------------
+    async def begin(self, store: Store, session: int) -> None:
+        """The head: the record as the session starts; the old session's journal goes."""
+        self.session = session
+        run = store.run(self.run_id)
+        export = await asyncio.to_thread(_export, store.path, self.run_id)
+        fields = {**summary_of(run), "session": str(session), "export": export}
+
+        async def write() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(self.journal)
+                pipe.hset(self.head, mapping=fields)  # type: ignore[arg-type]
+                pipe.expire(self.head, self.ttl)
+                pipe.zadd(index_key(self.prefix), {self.run_id: float(run["created_at"])})
+                await pipe.execute()
+
+        if await self._retrying(write):
+            self._sender = asyncio.get_running_loop().create_task(
+                self._send(), name=f"aoe-mirror-{self.run_id}"
+            )
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Send what was appended (waiting at most ``timeout`` seconds, if given,
+        for an unreachable Redis), then stop."""
+        if self._sender is None:
+            return
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._until_sent(), timeout)
+        self._sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sender
+        self._sender = None
+        self._release(self._failed() if self._failure else None, everyone=True)
+
+    async def finish(self, run: Mapping[str, Any]) -> None:
+        """The head's summary, once the run's record is final (``Store.run``)."""
+
+        async def write() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(self.head, mapping=summary_of(run))  # type: ignore[arg-type]
+                pipe.expire(self.head, self.ttl)
+                pipe.expire(self.journal, self.ttl)
+                await pipe.execute()
+
+        await self._retrying(write)
+
+    # -- the journal, from the recorder (on the event loop) --------------------------
+    def append(self, data: bytes, offset: int) -> None:
+        if self.broken or self._sender is None:
+            return
+        self._chunks.append((data, offset))
+        self._wake.set()
+
+    def synced(self, offset: int) -> asyncio.Future[None] | None:
+        """None if Redis holds the journal up to ``offset``; else a future done
+        once it does (or failing if it never will)."""
+        if self._failure is not None:
+            raise self._failed()
+        if self.broken or self._sender is None or self.sent >= offset:
+            return None
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((offset, waiter))
+        return waiter
+
+    async def _until_sent(self) -> None:
+        while self._chunks and self._failure is None and not self.broken:
+            self._wake.set()
+            await asyncio.sleep(0.01)
+
+    async def _send(self) -> None:
+        """Each journal write, in order, one entry each; a pipeline per wake."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._chunks:
+                continue
+            chunks = list(self._chunks)
+
+            async def write(chunks: list[tuple[bytes, int]] = chunks) -> None:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for data, offset in chunks:
+                        entry = {"s": self.session, "o": offset, "d": data}
+                        pipe.xadd(self.journal, entry)  # type: ignore[arg-type]
+                    pipe.expire(self.journal, self.ttl)
+                    await pipe.execute()
+
+            try:
+                sent = await self._retrying(write)
+            except Exception as e:  # Redis refused it (out of memory, say): stop the calls
+                self._failure = e
+                self._release(self._failed(), everyone=True)
+                return
+            del self._chunks[: len(chunks)]
+            if sent:
+                self.sent = chunks[-1][1]
+            self._release(None)
+
+    def _release(self, failure: BaseException | None, *, everyone: bool = False) -> None:
+        keep = []
+        for offset, waiter in self._waiters:
+            if waiter.done():
+                continue
+            if failure is not None:
+                waiter.set_exception(failure)
+            elif everyone or self.broken or offset <= self.sent:
+                waiter.set_result(None)
+            else:
+                keep.append((offset, waiter))
+        self._waiters = keep
+
+    async def _retrying(self, write: Any) -> bool:
+        """Run ``write``; while Redis is unreachable, retry (fail_closed) or give
+        up on Redis for this run (local). True if it was written."""
+        from aoe.shared_limits import unreachable
+
+        while not self.broken:
+            try:
+                await write()
+            except Exception as e:
+                if not unreachable(e):
+                    raise
+                if self.on_unavailable == "local":
+                    log.warning(
+                        "Redis is unreachable (%s): run %s is recorded on this host only; a "
+                        "worker elsewhere that takes it over would redo its agents",
+                        e, self.run_id, extra={"run_id": self.run_id},
+                    )  # fmt: skip
+                    self.broken = True
+                    return False
+                if not self._outage:
+                    log.error(
+                        "Redis is unreachable (%s): run %s waits to record its progress there "
+                        "before its next call",
+                        e, self.run_id, extra={"run_id": self.run_id},
+                    )  # fmt: skip
+                    self._outage = True
+                await asyncio.sleep(RETRY)
+                continue
+            if self._outage:
+                log.warning("Redis answers again: run %s goes on", self.run_id)
+                self._outage = False
+            return True
+        return False
+
+    def _failed(self) -> StateWriteFailed:
+        return StateWriteFailed(
+            f"the record of run {self.run_id} could not be written to Redis "
+            f"({self._failure}); the run stopped before its next call. Once Redis "
+            f"takes writes again, `aoe resume {self.run_id}`"
+        )
+
+
+def _export(path: Any, run_id: str) -> str:
+    """The run's export as JSON, read through a connection of this thread."""
+    from aoe.state.store import Store
+
+    with Store(path) as store:
+        return json.dumps(store.export(run_id), ensure_ascii=False, default=str)
+
+
+async def fetch(client: Redis, prefix: str, run_id: str) -> SharedRecord | None:
+    """What Redis holds of ``run_id``; None if nothing."""
+    head_key, journal_key = record_keys(prefix, run_id)
+    head = {_text(k): _text(v) for k, v in (await client.hgetall(head_key)).items()}
+    if not head.get("export"):
+        return None
+    session = int(head["session"])
+    chunks: list[tuple[bytes, int]] = []
+    start = "-"
+    while True:
+        entries: Any = await client.xrange(journal_key, min=start, max="+", count=_CHUNK)
+        for _, fields in entries:
+            if int(fields[b"s"]) == session:  # a stray write of a session taken over
+                chunks.append((bytes(fields[b"d"]), int(fields[b"o"])))
+        if len(entries) < _CHUNK:
+            break
+        start = "(" + _text(entries[-1][0])
+    return SharedRecord(run_id, session, head, chunks)
+
+
+class SharedRecord:
+    """A run's record as Redis holds it: the head and its session's journal."""
+
+    def __init__(
+        self, run_id: str, session: int, head: dict[str, str], chunks: list[tuple[bytes, int]]
+    ) -> None:
+        self.run_id = run_id
+        self.session = session
+        self.head = head
+        self.chunks = chunks
+
+    def journal_from(self, offset: int) -> bytes:
+        """The session's journal from ``offset`` on, as far as Redis has it
+        without a gap."""
+        data = bytearray()
+        reached = offset
+        for chunk, end in sorted(self.chunks, key=lambda c: c[1]):
+            start = end - len(chunk)
+            if end <= reached:
+                continue
+            if start > reached:  # a gap: nothing after it can be applied
+                break
+            data += chunk[reached - start :]
+            reached = end
+        return bytes(data)
+
+    def restore(self, store: Store) -> bool:
+        """Bring ``store``'s record of the run up to this one; True if it changed.
+        A local record of a later session is newer and left alone."""
+        from aoe.recorder import apply_journal
+
+        try:
+            local = store.run(self.run_id)
+        except Exception:  # not here (RunNotFound)
+            local = None
+        changed = False
+        if local is None or local["sessions"] < self.session:
+            store.import_(json.loads(self.head["export"]), replace=True)
+            changed = True
+        elif local["sessions"] > self.session:
+            return False
+        return apply_journal(store, self.run_id, self.session, self.journal_from) or changed
+
+
+async def restore(client: Redis, prefix: str, store: Store, run_id: str) -> bool:
+    """Bring the local record of ``run_id`` up to what Redis holds (another
+    worker's progress); False if Redis holds nothing of it."""
+    record = await fetch(client, prefix, run_id)
+    if record is None:
+        return False
+    await asyncio.to_thread(_restore_in_thread, record, store.path)
+    return True
+
+
+def _restore_in_thread(record: SharedRecord, path: Any) -> None:
+    from aoe.state.store import Store
+
+    with Store(path) as store:
+        record.restore(store)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
