@@ -69,6 +69,13 @@ def serve(
         int,
         typer.Option("--max-body", min=1024, help="Largest request body, in bytes; beyond, 413."),
     ] = 1 << 20,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            help="With Redis: also run queued runs here (--no-worker: only take them).",
+        ),
+    ] = True,
     config: ConfigOption = None,
     log_format: LogFormatOption = None,
 ) -> None:
@@ -78,6 +85,10 @@ def serve(
     Runs share one engine: its rate limits and MAX_CONCURRENT_WORKFLOWS hold
     across them. SIGTERM drains: no new runs, runs in progress are cancelled
     and stay resumable (`aoe resume`).
+
+    With Redis (REDIS_HOST or redis.url), submitted runs go on the work queue,
+    where this service's worker and any `aoe worker` take them, and every
+    replica reports any run from its record in Redis.
     """
     with _errors():
         import asyncio
@@ -102,6 +113,7 @@ def serve(
             max_body=max_body,
             queue_limit=queue_limit,
             metrics=monitoring.enable_metrics,
+            worker=worker,
         )
         store = _store(settings)
         try:

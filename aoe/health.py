@@ -92,8 +92,16 @@ class HealthMonitor:
         return wait, (self._failures / calls if calls else 0.0), calls
 
     def check(
-        self, *, active: int, limit: int, queued: int, queue_limit: int, draining: bool
+        self,
+        *,
+        active: int,
+        limit: int,
+        queued: int,
+        queue_limit: int,
+        draining: bool,
+        redis: str | None = None,
     ) -> Health:
+        """``redis``: why the Redis this service depends on is unreachable."""
         wait, error_rate, calls = self.figures()
         figures = {
             "active_runs": active,
@@ -107,6 +115,12 @@ class HealthMonitor:
         }
         if draining:
             return Health("unhealthy", "draining: no new runs (shutting down)", figures)
+        if redis is not None:
+            return Health(
+                "unhealthy",
+                f"Redis is unreachable ({redis}): runs can be neither queued nor reported",
+                figures,
+            )
         if queued >= queue_limit:
             return Health(
                 "unhealthy",

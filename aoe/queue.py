@@ -33,19 +33,27 @@ import logging
 import os
 import signal
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from aoe.errors import OptionInvalid, ResumeRefused, StateWriteFailed
+from aoe.shared_records import RECORD_TTL, record_keys, summary_of
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from redis.asyncio import Redis
 
     from aoe.config import Settings
+    from aoe.engine.events import Subscriber
+    from aoe.engine.executor import Engine
+    from aoe.shared_records import RecordMirror
     from aoe.state.store import Store
 
 log = logging.getLogger("aoe.worker")
 
 GROUP = "workers"
+CANCEL_POLL = 0.5  # seconds between checks for runs cancelled on request
 LEASE = 30.0
 MAX_DELIVERIES = 3
 
@@ -74,12 +82,20 @@ async def submit(
     inputs: dict[str, Any],
     options: dict[str, Any],
     files: dict[str, str] | None = None,
+    *,
+    workflow_name: str | None = None,
+    client: Redis | None = None,
 ) -> str:
-    """Append a run to the queue; its id. The caller checked the workflow."""
+    """Append a run to the queue; its id. The caller checked the workflow.
+    Its record in Redis says ``queued`` until a worker starts it."""
     from aoe.engine.executor import new_run_id
+    from aoe.shared_records import index_key
 
-    client = client_for(settings)
-    queue, _ = stream_keys(settings.config.redis.key_prefix)
+    own = client is None
+    if client is None:
+        client = client_for(settings)
+    prefix = settings.config.redis.key_prefix
+    queue, _ = stream_keys(prefix)
     run_id = new_run_id()
     fields = {
         "run_id": run_id,
@@ -89,7 +105,17 @@ async def submit(
         "options": json.dumps(options),
         "files": json.dumps(files or {}),  # its prompt and schema files, by path
     }
+    head, _ = record_keys(prefix, run_id)
+    now = time.time()
+    summary = {"status": "queued", "workflow_name": workflow_name or name, "created_at": now}
     try:
+        # the record first: a worker may start the run at once. (Not one
+        # transaction: the keys are in different cluster slots.)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hset(head, mapping=summary)  # type: ignore[arg-type]
+            pipe.expire(head, RECORD_TTL)
+            pipe.zadd(index_key(prefix), {run_id: now})
+            await pipe.execute()
         await client.xadd(queue, fields)  # type: ignore[arg-type]
     except Exception as e:
         from aoe.shared_limits import unreachable
@@ -98,8 +124,14 @@ async def submit(
             raise
         raise OptionInvalid(f"cannot reach Redis to queue the run: {e}") from None
     finally:
-        await client.aclose()
+        if own:
+            await client.aclose()
     return run_id
+
+
+def cancel_key(prefix: str, run_id: str) -> str:
+    """Set (by ``aoe serve``'s cancel) to stop a queued or running run."""
+    return f"{prefix}:{{run:{run_id}}}:cancel"
 
 
 class Worker:
@@ -114,10 +146,14 @@ class Worker:
         concurrency: int = 4,
         lease: float = LEASE,
         max_deliveries: int = MAX_DELIVERIES,
+        engine: Engine | None = None,
+        subscribers: Sequence[Subscriber] = (),
     ) -> None:
         from aoe.engine.executor import Engine
 
         self.settings = settings
+        self.prefix = settings.config.redis.key_prefix
+        self.subscribers = subscribers
         self.store = store
         self.concurrency = concurrency
         self.lease = lease
@@ -125,8 +161,11 @@ class Worker:
         self.client = client_for(settings)
         self.queue, self.dead = stream_keys(settings.config.redis.key_prefix)
         self.name = f"{socket.gethostname()}-{os.getpid()}"
-        self.engine = Engine(settings)
+        self.own_engine = engine is None
+        self.engine = Engine(settings) if engine is None else engine
         self.running: dict[str, asyncio.Task[None]] = {}  # message id -> its run
+        self.run_ids: dict[str, str] = {}  # message id -> run id, of those running
+        self.cancelled: set[str] = set()  # runs stopped on request (aoe serve)
         self.stopping = False
         self.done = 0
         self._cursor = "0-0"
@@ -145,12 +184,25 @@ class Worker:
         """Until ``stop`` is set: take messages (reclaimed ones first), run them."""
         from aoe.shared_limits import unreachable
 
-        await self.setup()
+        while True:  # Redis may come up after the workers
+            try:
+                await self.setup()
+                break
+            except Exception as e:
+                if not unreachable(e):
+                    raise
+                log.error("Redis is unreachable (%s): waiting for it", e)
+                await _first(stop, timeout=2.0)
+                if stop.is_set():
+                    await self.drain()
+                    return
         log.info(
             "worker %s: reading %s (%d at a time, lease %gs)",
             self.name, self.queue, self.concurrency, self.lease,
         )  # fmt: skip
-        keeper = asyncio.get_running_loop().create_task(self._keep_claims())
+        loop = asyncio.get_running_loop()
+        keeper = loop.create_task(self._keep_claims())
+        watcher = loop.create_task(self._watch_cancels())
         outage = False
         try:
             while not stop.is_set():
@@ -175,6 +227,7 @@ class Worker:
                     self._start(message_id, fields, deliveries)
         finally:
             keeper.cancel()
+            watcher.cancel()
             self.stopping = True
             await self.drain()
 
@@ -211,12 +264,14 @@ class Worker:
             self._process(message_id, fields, deliveries), name=f"aoe-message-{message_id}"
         )
         self.running[message_id] = task
+        self.run_ids[message_id] = fields.get("run_id", "?")
         self._fields[message_id] = fields
         task.add_done_callback(lambda done: self._finished(message_id, done))
 
     def _finished(self, message_id: str, task: asyncio.Task[None]) -> None:
         if self.running.get(message_id) is task:
             del self.running[message_id]
+            self.run_ids.pop(message_id, None)
             if not self.stopping:
                 self._fields.pop(message_id, None)
 
@@ -234,11 +289,28 @@ class Worker:
         except Exception as e:  # a message no worker can ever run
             await self._dead(message_id, fields, f"cannot be run: {e}")
             return
+        from aoe.shared_records import RecordMirror
+
+        redis = self.settings.config.redis
+        mirror = RecordMirror(
+            self.client, run_id, prefix=redis.key_prefix, on_unavailable=redis.on_unavailable
+        )
         try:
-            status = await self._run(run_id, workflow, inputs, options)
+            if await self.client.exists(cancel_key(self.prefix, run_id)):
+                await self._cancelled(message_id, run_id, mirror)
+                return
+            status = await self._run(run_id, workflow, inputs, options, mirror)
         except asyncio.CancelledError:
-            log.info("run %s cancelled; left for another worker", run_id, extra={"run_id": run_id})
-            raise
+            if run_id not in self.cancelled:
+                log.info(
+                    "run %s cancelled; left for another worker", run_id, extra={"run_id": run_id}
+                )
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await self._cancelled(message_id, run_id, mirror)
+            return
         except (ResumeRefused, StateWriteFailed) as e:  # not now: left for later
             log.warning("run %s left in the queue: %s", run_id, e, extra={"run_id": run_id})
             return
@@ -272,27 +344,30 @@ class Worker:
         return workflow, values, options
 
     async def _run(
-        self, run_id: str, workflow: Any, inputs: dict[str, Any], options: dict[str, Any]
+        self,
+        run_id: str,
+        workflow: Any,
+        inputs: dict[str, Any],
+        options: dict[str, Any],
+        mirror: RecordMirror,
     ) -> Any:
         """A fresh run, or — when its record exists (another worker started it) —
         its resumption, which never calls a completed agent again."""
         from aoe.api import run_workflow
         from aoe.errors import RunNotFound
         from aoe.resume import plan_resume
-        from aoe.shared_records import RecordMirror, restore
+        from aoe.shared_records import restore
 
         arguments: dict[str, Any] = {
             "mock": bool(options.get("mock")),
             "budget": options.get("budget"),
             "max_parallel": options.get("max_parallel"),
             "cache": bool(options.get("cache", True)),
+            "mirror": mirror,
+            "subscribers": self.subscribers,
         }
-        redis = self.settings.config.redis
-        arguments["mirror"] = RecordMirror(
-            self.client, run_id, prefix=redis.key_prefix, on_unavailable=redis.on_unavailable
-        )
         # what another worker, maybe on another host, recorded of it
-        await restore(self.client, redis.key_prefix, self.store, run_id)
+        await restore(self.client, self.prefix, self.store, run_id)
         try:
             # the queue decides who owns the run (its lease), not the record's pid,
             # which may be of another host
@@ -308,7 +383,7 @@ class Worker:
                 **arguments,
             )
         if plan.done:  # its worker died after recording its end
-            await arguments["mirror"].finish(self.store.run(run_id))
+            await mirror.finish(self.store.run(run_id))
             return "completed"
         log.info(
             "run %s: resuming after another worker (%d agents kept)",
@@ -323,6 +398,47 @@ class Worker:
             resume=plan,
             **arguments,
         )
+
+    async def _cancelled(self, message_id: str, run_id: str, mirror: RecordMirror) -> None:
+        """A run cancelled on request, before or while it ran: final, acknowledged."""
+        from aoe.errors import RunNotFound
+
+        try:
+            run: dict[str, Any] = self.store.run(run_id)
+        except RunNotFound:  # never started
+            run = {"status": "cancelled", "finished_at": time.time()}
+        else:
+            if run["status"] in ("running", "interrupted"):  # stopped before it began
+                self.store.mark_cancelled(run_id)
+                run = self.store.run(run_id)
+        head, _ = record_keys(self.prefix, run_id)
+        summary = {k: v for k, v in summary_of(run).items() if v != ""}
+        await self.client.hset(head, mapping=summary)  # type: ignore[arg-type]
+        await self.client.xack(self.queue, GROUP, message_id)
+        self.cancelled.discard(run_id)
+        self.done += 1
+        log.info("run %s cancelled on request", run_id, extra={"run_id": run_id})
+
+    async def _watch_cancels(self) -> None:
+        """Stop the runs whose cancel key ``aoe serve`` set (checked twice a second)."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL)
+            running = {
+                run_id: message_id
+                for message_id, run_id in self.run_ids.items()
+                if run_id not in self.cancelled
+            }
+            if not running:
+                continue
+            with contextlib.suppress(Exception):  # unreachable: next time
+                keys = [cancel_key(self.prefix, run_id) for run_id in running]
+                found: Any = await self.client.mget(keys)
+                for run_id, value in zip(running, found, strict=True):
+                    task = self.running.get(running[run_id])
+                    if value is not None and task is not None:
+                        log.info("run %s: cancel requested", run_id, extra={"run_id": run_id})
+                        self.cancelled.add(run_id)
+                        task.cancel()
 
     async def _dead(self, message_id: str, fields: dict[str, str], reason: str) -> None:
         log.error("message %s to the dead letters: %s", message_id, reason)
@@ -371,7 +487,8 @@ class Worker:
                     pipe.xack(self.queue, GROUP, message_id)
                     await pipe.execute()
                 log.info("run %s handed back to the queue", fields.get("run_id"))
-        await self.engine.aclose()
+        if self.own_engine:
+            await self.engine.aclose()
         await self.client.aclose()
 
 

@@ -71,6 +71,7 @@ class ServeOptions(NamedTuple):
     max_body: int = MAX_BODY
     queue_limit: int = 1000  # runs waiting for a slot before new ones are refused
     metrics: bool = True
+    worker: bool = True  # with Redis: run queued runs here too, not only take them
 
 
 def is_loopback(host: str) -> bool:
@@ -144,6 +145,13 @@ class Service:
         self.live: dict[str, _Live] = {}
         self.draining = False
         self.stopped = asyncio.Event()
+        # with Redis: runs go on its queue, and are reported from its records
+        self.shared: Shared | None = None
+        if settings.config.redis.configured:
+            subscribers: list[Callable[[Event], None]] = [self.monitor]
+            if self.metrics is not None:
+                subscribers.append(self.metrics)
+            self.shared = Shared(self, subscribers)
 
     def warm_up(self) -> list[str]:
         """Make the clients of every provider that has its key, before serving: a
@@ -158,7 +166,10 @@ class Service:
 
     # -- figures ---------------------------------------------------------------------
     def counts(self) -> tuple[int, int]:
-        """Runs in progress and runs waiting for a slot."""
+        """Runs in progress and runs waiting for a slot (with Redis: runs of this
+        instance's worker, and runs in the queue that no worker has taken)."""
+        if self.shared is not None:
+            return self.shared.counts()
         active = sum(1 for live in self.live.values() if live.started and not live.finished)
         queued = sum(1 for live in self.live.values() if not live.started and not live.finished)
         return active, queued
@@ -171,6 +182,7 @@ class Service:
             queued=queued,
             queue_limit=self.options.queue_limit,
             draining=self.draining,
+            redis=None if self.shared is None else self.shared.outage,
         )
         if self.metrics is not None:
             self.metrics.health.set(health_value(health.status))
@@ -178,8 +190,9 @@ class Service:
         return health
 
     # -- runs ------------------------------------------------------------------------
-    def submit(self, body: Any) -> dict[str, Any]:
-        """Check a submission and start it; raises :class:`Refused` or a UserError."""
+    async def submit(self, body: Any) -> dict[str, Any]:
+        """Check a submission and start it (with Redis: queue it); raises
+        :class:`Refused` or a UserError."""
         from aoe.api import load_text, providers_used
         from aoe.errors import MissingApiKey
         from aoe.inputs import GivenInput, bind_inputs
@@ -209,6 +222,8 @@ class Service:
             missing = missing_keys(providers_used(workflow), self.settings)
             if missing:
                 raise MissingApiKey(missing)
+        if self.shared is not None:
+            return await self.shared.submit(text, name, workflow, inputs, options)
         run_id = new_run_id()
         live = _Live(run_id, workflow.name)
         self.live[run_id] = live
@@ -268,7 +283,227 @@ class Service:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.shared is not None:
+            await self.shared.aclose()
         await self.engine.aclose()
+
+
+class Shared:
+    """What an ``aoe serve`` does with Redis: submissions go on the work queue,
+    a worker in this process (unless ``--no-worker``) runs queued runs on the
+    service's engine, and the API reports any run from its record in Redis, a
+    copy of which it keeps in ``shared.db`` beside the run store."""
+
+    BACKLOG_EVERY = 2.0  # seconds between looks at the queue's length
+
+    def __init__(self, service: Service, subscribers: list[Callable[[Event], None]]) -> None:
+        from aoe.queue import Worker, client_for, stream_keys
+        from aoe.state.store import Store
+
+        self.service = service
+        settings = service.settings
+        self.prefix = settings.config.redis.key_prefix
+        self.client = client_for(settings)
+        self.queue, _ = stream_keys(self.prefix)
+        self.records = Store(service.store.path.with_name("shared.db"))
+        self.worker = (
+            Worker(
+                settings,
+                service.store,
+                concurrency=service.limit,
+                engine=service.engine,
+                subscribers=subscribers,
+            )
+            if service.options.worker
+            else None
+        )
+        self.backlog = 0  # queued runs no worker has taken, as last seen
+        self.outage: str | None = None  # why Redis is unreachable, if it is
+        self._watcher: asyncio.Task[None] | None = None
+        self._working: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._watcher = loop.create_task(self._watch_backlog())
+        if self.worker is not None:
+            self._working = loop.create_task(self.worker.serve(self._stop))
+
+    def counts(self) -> tuple[int, int]:
+        return (0 if self.worker is None else len(self.worker.running)), self.backlog
+
+    async def _watch_backlog(self) -> None:
+        from aoe.queue import GROUP
+        from aoe.shared_limits import unreachable
+
+        while True:
+            try:
+                groups: Any = await self.client.xinfo_groups(self.queue)
+            except Exception as e:
+                if "no such key" in str(e).lower():
+                    groups = []
+                elif unreachable(e):
+                    if self.outage is None:
+                        log.error("Redis is unreachable (%s)", e)
+                    self.outage = f"{e}"
+                    await asyncio.sleep(self.BACKLOG_EVERY)
+                    continue
+                else:
+                    raise
+            self.outage = None
+            backlog = 0
+            for group in groups:
+                if _text(group.get("name", b"")) == GROUP:
+                    backlog = int(group.get("lag") or 0)
+            if not groups:
+                backlog = int(await self.client.xlen(self.queue))
+            self.backlog = backlog
+            await asyncio.sleep(self.BACKLOG_EVERY)
+
+    async def submit(
+        self, text: str, name: str, workflow: Any, inputs: dict[str, Any], options: dict[str, Any]
+    ) -> dict[str, Any]:
+        from aoe.queue import submit as enqueue
+
+        if self.backlog >= self.service.options.queue_limit:
+            raise Refused(429, f"{self.backlog} runs are waiting in the queue already: retry later")
+        try:
+            run_id = await enqueue(
+                self.service.settings,
+                text,
+                name,
+                inputs,
+                options,
+                dict(workflow.files),
+                workflow_name=workflow.name,
+                client=self.client,
+            )
+        except OptionInvalid as e:  # Redis is unreachable
+            raise Refused(503, str(e)) from None
+        return {"run_id": run_id, "status": "queued", "url": f"{API}/runs/{run_id}"}
+
+    async def run(self, run_id: str) -> dict[str, Any] | None:
+        """The run with its agents, from its record in Redis; None if none there."""
+        from aoe.shared_records import fetch, head_of, summary_from
+
+        head = await head_of(self.client, self.prefix, run_id)
+        if head is None:
+            return None
+        record = await fetch(self.client, self.prefix, run_id, head)
+        summary = summary_from(run_id, head)
+        if record is None:  # queued, or cancelled before it started
+            return {**summary, "agents": []}
+        await asyncio.to_thread(self._restore, record)
+        run = self.records.run(run_id)
+        run.pop("workflow_text", None)
+        run.update(summary)  # its worker's word on how it goes
+        run["agents"] = self.records.agents(run_id)
+        return run
+
+    def _restore(self, record: Any) -> None:
+        from aoe.state.store import Store
+
+        with Store(self.records.path) as store:
+            record.restore(store)
+
+    async def runs(self, status: str | None, workflow: str | None, limit: int) -> Any:
+        from aoe.shared_records import list_runs
+
+        return await list_runs(
+            self.client, self.prefix, status=status, workflow=workflow, limit=limit
+        )
+
+    async def cancel(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
+        """Ask the worker running it (or the next to take it) to stop it."""
+        from aoe.queue import cancel_key
+        from aoe.shared_records import FINAL, RECORD_TTL, head_of, record_keys
+
+        head = await head_of(self.client, self.prefix, run_id)
+        if head is None:
+            return None
+        status = head.get("status")
+        if status in FINAL:
+            return 409, {"error": f"run {run_id} is not running (it is {status})"}
+        await self.client.set(cancel_key(self.prefix, run_id), "1", ex=RECORD_TTL)
+        if status == "queued":  # no worker has it: cancelled now; one that takes it acks it
+            key, _ = record_keys(self.prefix, run_id)
+            summary = {"status": "cancelled", "finished_at": time.time()}
+            await self.client.hset(key, mapping=summary)  # type: ignore[arg-type]
+            return 200, {"run_id": run_id, "status": "cancelled"}
+        return 202, {"run_id": run_id, "status": "cancelling"}
+
+    async def events(self, request: web.Request, run_id: str) -> web.StreamResponse | None:
+        """The run's events over SSE: those recorded, then live from its journal in
+        Redis until the run ends."""
+        from aoe.recorder import read_journal
+        from aoe.shared_records import FINAL, fetch, head_of, record_keys
+
+        head = await head_of(self.client, self.prefix, run_id)
+        if head is None:
+            return None
+        record = await fetch(self.client, self.prefix, run_id, head)
+        recorded: list[dict[str, Any]] = []
+        last = "0-0"
+        if record is not None:
+            await asyncio.to_thread(self._restore, record)
+            recorded = self.records.events(run_id)
+            last = record.last
+        response = await _event_stream(request)
+        number = 0
+        for number, row in enumerate(recorded, 1):
+            await response.write(_sse(number, row["type"], row))
+        _, journal = record_keys(self.prefix, run_id)
+        quiet = 0.0
+        ended = head.get("status") in FINAL or any(r["type"] == "RunFinished" for r in recorded)
+        try:
+            while not ended:
+                answer: Any = await self.client.xread({journal: last}, count=100, block=2000)
+                if not answer:
+                    quiet += 2.0
+                    if quiet >= HEARTBEAT:
+                        await response.write(b": keep-alive\n\n")
+                        quiet = 0.0
+                    status = await self.client.hget(record_keys(self.prefix, run_id)[0], "status")
+                    ended = status is not None and _text(status) in FINAL
+                    continue
+                for entry_id, fields in answer[0][1]:
+                    last = _text(entry_id)
+                    for event, _ in read_journal(bytes(fields[b"d"]), run_id):
+                        number += 1
+                        kind = type(event).__name__
+                        await response.write(_sse(number, kind, event_dict(event)))
+                        ended = ended or isinstance(event, RunFinished)
+            await response.write(_sse(None, "end", {"run_id": run_id}))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass  # the client went away
+        return response
+
+    async def aclose(self) -> None:
+        """The worker hands its runs back to the queue (another worker resumes
+        them), then the connections close."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.cancel()
+        tasks = [task for task in (self._watcher, self._working) if task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.client.aclose()
+        self.records.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _event_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    return response
 
 
 class Refused(Exception):
@@ -356,7 +591,7 @@ def make_app(service: Service) -> web.Application:
         except RecursionError:
             return _error(400, "the body is nested too deeply")
         try:
-            accepted = service.submit(body)
+            accepted = await service.submit(body)
         except Refused as e:
             return _error(e.status, e.message)
         except DiagnosticsError as e:
@@ -373,6 +608,11 @@ def make_app(service: Service) -> web.Application:
             limit = int(query.get("limit", "50"))
         except ValueError:
             return _error(400, "limit must be a whole number")
+        if service.shared is not None:
+            shared = await service.shared.runs(
+                query.get("status"), query.get("workflow"), max(1, limit)
+            )
+            return web.json_response({"runs": shared}, dumps=_dumps)
         found = service.store.runs(
             status=query.get("status"), workflow=query.get("workflow"), limit=max(1, limit)
         )
@@ -384,6 +624,10 @@ def make_app(service: Service) -> web.Application:
 
     async def one_run(request: web.Request) -> web.Response:
         run_id = request.match_info["run_id"]
+        if service.shared is not None:
+            shared = await service.shared.run(run_id)
+            if shared is not None:
+                return web.json_response(shared, dumps=_dumps)
         try:
             run = service.store.run(run_id)
         except UserError as e:
@@ -397,6 +641,10 @@ def make_app(service: Service) -> web.Application:
 
     async def cancel(request: web.Request) -> web.Response:
         run_id = request.match_info["run_id"]
+        if service.shared is not None:
+            answer = await service.shared.cancel(run_id)
+            if answer is not None:
+                return web.json_response(answer[1], status=answer[0])
         if service.cancel(run_id):
             return web.json_response({"run_id": run_id, "status": "cancelling"}, status=202)
         try:
@@ -407,6 +655,10 @@ def make_app(service: Service) -> web.Application:
 
     async def events(request: web.Request) -> web.StreamResponse:
         run_id = request.match_info["run_id"]
+        if service.shared is not None:
+            streamed = await service.shared.events(request, run_id)
+            if streamed is not None:
+                return streamed
         live_run = service.live.get(run_id)
         recorded: list[dict[str, Any]] = []
         if live_run is None:
@@ -417,14 +669,7 @@ def make_app(service: Service) -> web.Application:
             live_run = service.live.get(run_id)
             if live_run is None:
                 recorded = service.store.events(run_id)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await response.prepare(request)
+        response = await _event_stream(request)
         if live_run is None:
             for number, row in enumerate(recorded, 1):
                 await response.write(_sse(number, row["type"], row))
@@ -497,6 +742,8 @@ async def serve(settings: Settings, store: Store, options: ServeOptions) -> None
         )
     service = Service(settings, store, options)
     service.warm_up()
+    if service.shared is not None:
+        service.shared.start()
     app = make_app(service)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

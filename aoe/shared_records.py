@@ -58,11 +58,12 @@ def index_key(prefix: str) -> str:
 
 
 def summary_of(run: Mapping[str, Any]) -> dict[str, str]:
-    """The head's summary fields of a run record (:meth:`Store.run`)."""
+    """The head's summary fields of a run record (:meth:`Store.run`); "" for
+    what it lacks."""
     fields = {
-        "status": run["status"],
-        "workflow_name": run["workflow_name"],
-        "created_at": run["created_at"],
+        "status": run.get("status"),
+        "workflow_name": run.get("workflow_name"),
+        "created_at": run.get("created_at"),
         "updated_at": run.get("updated_at") or time.time(),
         "finished_at": run.get("finished_at"),
         "cost": run.get("cost"),
@@ -268,36 +269,55 @@ def _export(path: Any, run_id: str) -> str:
         return json.dumps(store.export(run_id), ensure_ascii=False, default=str)
 
 
-async def fetch(client: Redis, prefix: str, run_id: str) -> SharedRecord | None:
-    """What Redis holds of ``run_id``; None if nothing."""
-    head_key, journal_key = record_keys(prefix, run_id)
+async def head_of(client: Redis, prefix: str, run_id: str) -> dict[str, str] | None:
+    """The run's head (summary, session and export); None if Redis has no record."""
+    head_key, _ = record_keys(prefix, run_id)
     head = {_text(k): _text(v) for k, v in (await client.hgetall(head_key)).items()}
-    if not head.get("export"):
+    return head or None
+
+
+async def fetch(
+    client: Redis, prefix: str, run_id: str, head: dict[str, str] | None = None
+) -> SharedRecord | None:
+    """What Redis holds of ``run_id`` (its ``head``, if read already); None if
+    nothing, or if no worker has started it yet."""
+    if head is None:
+        head = await head_of(client, prefix, run_id)
+    if head is None or not head.get("export"):
         return None
+    _, journal_key = record_keys(prefix, run_id)
     session = int(head["session"])
     chunks: list[tuple[bytes, int]] = []
-    start = "-"
+    start, last = "-", "0-0"
     while True:
         entries: Any = await client.xrange(journal_key, min=start, max="+", count=_CHUNK)
         for _, fields in entries:
             if int(fields[b"s"]) == session:  # a stray write of a session taken over
                 chunks.append((bytes(fields[b"d"]), int(fields[b"o"])))
+        if entries:
+            last = _text(entries[-1][0])
         if len(entries) < _CHUNK:
             break
-        start = "(" + _text(entries[-1][0])
-    return SharedRecord(run_id, session, head, chunks)
+        start = "(" + last
+    return SharedRecord(run_id, session, head, chunks, last)
 
 
 class SharedRecord:
     """A run's record as Redis holds it: the head and its session's journal."""
 
     def __init__(
-        self, run_id: str, session: int, head: dict[str, str], chunks: list[tuple[bytes, int]]
+        self,
+        run_id: str,
+        session: int,
+        head: dict[str, str],
+        chunks: list[tuple[bytes, int]],
+        last: str = "0-0",
     ) -> None:
         self.run_id = run_id
         self.session = session
         self.head = head
         self.chunks = chunks
+        self.last = last  # the id of the journal's last entry read
 
     def journal_from(self, offset: int) -> bytes:
         """The session's journal from ``offset`` on, as far as Redis has it
@@ -351,3 +371,71 @@ def _restore_in_thread(record: SharedRecord, path: Any) -> None:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+_SUMMARY = (
+    "status",
+    "workflow_name",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "cost",
+    "input_tokens",
+    "output_tokens",
+    "host",
+)
+_NUMBERS = {"created_at": float, "updated_at": float, "finished_at": float, "cost": float}
+_COUNTS = {"input_tokens", "output_tokens"}
+FINAL = frozenset({"completed", "partial", "failed", "cancelled", "budget_exceeded"})
+
+
+def summary_from(run_id: str, values: Mapping[str, str | None]) -> dict[str, Any]:
+    """A head's summary as JSON values (numbers as numbers, "" as None)."""
+    summary: dict[str, Any] = {"run_id": run_id}
+    for key in _SUMMARY:
+        value = values.get(key) or None
+        if value is not None and key in _NUMBERS:
+            value = float(value)  # type: ignore[assignment]
+        elif value is not None and key in _COUNTS:
+            value = int(value)  # type: ignore[assignment]
+        summary[key] = value
+    return summary
+
+
+async def list_runs(
+    client: Redis,
+    prefix: str,
+    *,
+    status: str | None = None,
+    workflow: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """The newest runs Redis has records of (their summaries), newest first."""
+    found: list[dict[str, Any]] = []
+    start, page = 0, max(limit, 100)
+    while len(found) < limit:
+        newest: Any = await client.zrevrange(index_key(prefix), start, start + page - 1)
+        ids = [_text(i) for i in newest]
+        if not ids:
+            break
+        async with client.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                pipe.hmget(record_keys(prefix, run_id)[0], list(_SUMMARY))
+            rows: list[Any] = await pipe.execute()
+        gone = []
+        for run_id, row in zip(ids, rows, strict=True):
+            values = dict(
+                zip(_SUMMARY, [None if v is None else _text(v) for v in row], strict=True)
+            )
+            if values["status"] is None:  # its record expired
+                gone.append(run_id)
+                continue
+            summary = summary_from(run_id, values)
+            if (status is None or summary["status"] == status) and (
+                workflow is None or summary["workflow_name"] == workflow
+            ):
+                found.append(summary)
+        if gone:
+            await client.zrem(index_key(prefix), *gone)
+        start += page
+    return found[:limit]

@@ -1,0 +1,160 @@
+"""`aoe serve` with Redis: submissions go on the work queue, a replica's worker
+runs them, and every replica reports, streams and cancels any run from its
+record in Redis. Real processes, a real redis-server, the fake provider."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import child_env
+from tests.fakeserver import FakeProvider, Reply
+from tests.redisserver import RedisServer
+from tests.test_serve import CHAIN, Service, agent_of, events_of
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(redis_server: RedisServer, provider_env: dict[str, str]) -> dict[str, str]:
+    return child_env(provider_env, REDIS_HOST="127.0.0.1", REDIS_PORT=str(redis_server.port))
+
+
+@pytest.fixture
+def start(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    """A replica with a state directory of its own (as on a host of its own)."""
+    started: list[Service] = []
+
+    def _start(name: str, *args: str) -> Service:
+        own = {**env, "AOE_STATE_DIR": str(tmp_path / name)}
+        service = Service(own, tmp_path, *args)
+        started.append(service)
+        return service
+
+    yield _start
+    for service in started:
+        if service.process.poll() is None:
+            service.process.kill()
+            service.process.wait(timeout=30)
+        service.close()
+
+
+def pending(server: RedisServer) -> int:
+    client = redis.Redis(port=server.port)
+    try:
+        count: int = client.xpending("aoe:{queue}:runs", "workers")["pending"]
+        return count
+    finally:
+        client.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_run_submitted_to_one_replica_runs_on_another_and_both_report_it(
+    start: Callable[..., Service], fake: FakeProvider, redis_server: RedisServer
+) -> None:
+    runner = start("runner")
+    front = start("front", "--no-worker")  # takes runs, runs none
+    run_id = front.submit(CHAIN, inputs={"topic": "moons"}, name="chain.yaml")
+    run = front.wait(run_id)
+    assert [a["state"] for a in run["agents"]] == ["completed"] * 3
+    assert run["outputs"]["final"].startswith("fake answer to: c after")
+    assert run["cost"] == pytest.approx(sum(a["cost"] for a in run["agents"]))
+    assert runner.run(run_id)["status"] == "completed"
+    assert sorted(agent_of(r) for r in fake.received) == ["a", "b", "c"]  # once each
+    listed = front.http.get("/api/v1/runs", params={"status": "completed"}).json()["runs"]
+    assert [(r["run_id"], r["workflow_name"]) for r in listed] == [(run_id, "served")]
+    kinds = [kind for kind, _ in events_of(front, run_id)]
+    assert kinds[0] == "RunStarted"
+    assert kinds[-2:] == ["RunFinished", "end"]
+    assert kinds.count("AgentFinished") == 3
+    wait_for(lambda: pending(redis_server) == 0)  # acknowledged
+    assert front.http.get("/api/v1/runs/nope").status_code == 404
+    for service in (front, runner):
+        assert service.stop() == 0
+        assert not any("Traceback" in line for line in service.lines)
+
+
+def test_live_events_and_a_cancel_go_through_any_replica(
+    start: Callable[..., Service], fake: FakeProvider, redis_server: RedisServer
+) -> None:
+    fake.respond = lambda r: Reply(delay=30) if agent_of(r) == "b" else Reply()
+    runner = start("runner")
+    front = start("front", "--no-worker")
+    run_id = front.submit(CHAIN)
+    wait_for(lambda: [agent_of(r) for r in fake.received] == ["a", "b"])
+    assert front.run(run_id)["status"] == "running"
+    streamed: list[tuple[str, dict[str, Any]]] = []
+    reader = threading.Thread(target=lambda: streamed.extend(events_of(front, run_id)))
+    reader.start()
+    time.sleep(0.5)  # the stream is open while the run goes on
+    response = front.http.post(f"/api/v1/runs/{run_id}/cancel")
+    assert response.status_code == 202, response.text
+    run = front.wait(run_id, "cancelled")
+    states = {a["agent_id"]: a["state"] for a in run["agents"]}
+    assert states == {"a": "completed", "b": "cancelled", "c": "cancelled"}
+    reader.join(timeout=30)
+    kinds = [kind for kind, _ in streamed]
+    assert kinds[0] == "RunStarted" and kinds[-1] == "end"
+    finished = next(data for kind, data in streamed if kind == "RunFinished")
+    assert finished["status"] == "cancelled"
+    wait_for(lambda: pending(redis_server) == 0)  # final: no other worker resumes it
+    assert front.http.post(f"/api/v1/runs/{run_id}/cancel").status_code == 409
+    assert [agent_of(r) for r in fake.received] == ["a", "b"]
+    for service in (front, runner):
+        assert service.stop() == 0
+
+
+def test_a_queued_run_can_be_cancelled_and_a_full_queue_refuses(
+    start: Callable[..., Service],
+    fake: FakeProvider,
+    redis_server: RedisServer,
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    front = start("front", "--no-worker", "--queue-limit", "2")
+    first, second = front.submit(CHAIN), front.submit(CHAIN)
+    assert front.run(first)["status"] == "queued"
+    response = front.http.post(f"/api/v1/runs/{first}/cancel")
+    assert (response.status_code, response.json()["status"]) == (200, "cancelled")
+    assert front.run(first)["status"] == "cancelled"
+    # two wait in the queue: the service says it is full, and refuses more
+    wait_for(lambda: front.health().status_code == 503)
+    assert "the queue is full" in front.health().json()["reason"]
+    assert front.http.post("/api/v1/runs", json={"workflow": CHAIN}).status_code == 429
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "aoe", "worker"],
+        cwd=tmp_path,
+        env={**env, "AOE_STATE_DIR": str(tmp_path / "worker")},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: front.run(second)["status"] == "completed")
+        wait_for(lambda: pending(redis_server) == 0)
+    finally:
+        worker.terminate()
+        _, stderr = worker.communicate(timeout=30)
+    assert f"run {first} cancelled on request" in stderr
+    assert sorted(agent_of(r) for r in fake.received) == ["a", "b", "c"]  # the second only
+    assert front.run(first)["status"] == "cancelled"
+    wait_for(lambda: front.health().status_code == 200)
+    assert front.stop() == 0
