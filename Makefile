@@ -47,6 +47,7 @@ bench: $(STAMP) ## Speed and memory benchmarks (prints figures and ratios)
 	$(BIN)/python bench/limiter.py
 	$(BIN)/python bench/serve_load.py
 	$(BIN)/python bench/shared_limiter.py
+	$(BIN)/python bench/shared_records.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

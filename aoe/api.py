@@ -171,7 +171,7 @@ async def run_workflow(
     try:
         if recorder is not None:
             if mirror is not None and store is not None:
-                await mirror.begin(store, session)
+                await mirror.begin(store, session, recorder.journal)
             recorder.start()
         status = await engine.run(
             workflow,
@@ -192,9 +192,11 @@ async def run_workflow(
             if recorder is not None:  # the last commit, off the event loop
                 recorder.drain()
                 try:
-                    if mirror is not None:  # everything, unless the run was stopped
-                        await mirror.close(timeout=None if status is not None else 5.0)
-                    await asyncio.to_thread(recorder.join)
+                    try:
+                        if mirror is not None:  # everything, unless the run was stopped
+                            await mirror.close(timeout=None if status is not None else 5.0)
+                    finally:  # even if that wait was cancelled
+                        await asyncio.to_thread(recorder.join)
                 finally:
                     RUNNING_HERE.discard(run_id)
     if mirror is not None and store is not None:

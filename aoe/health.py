@@ -100,8 +100,12 @@ class HealthMonitor:
         queue_limit: int,
         draining: bool,
         redis: str | None = None,
+        shared_queue: bool = False,
     ) -> Health:
-        """``redis``: why the Redis this service depends on is unreachable."""
+        """``redis``: why the Redis this service depends on is unreachable.
+        ``shared_queue``: the queue is Redis's, the same for every replica, so a
+        full one is no reason to take this one out of service (submissions get
+        429 wherever they go)."""
         wait, error_rate, calls = self.figures()
         figures = {
             "active_runs": active,
@@ -119,6 +123,12 @@ class HealthMonitor:
             return Health(
                 "unhealthy",
                 f"Redis is unreachable ({redis}): runs can be neither queued nor reported",
+                figures,
+            )
+        if queued >= queue_limit and shared_queue:
+            return Health(
+                "degraded",
+                f"the work queue is full: {queued} runs wait for a worker, new runs are refused",
                 figures,
             )
         if queued >= queue_limit:

@@ -37,7 +37,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aoe.errors import OptionInvalid, ResumeRefused, StateWriteFailed
-from aoe.shared_records import RECORD_TTL, record_keys, summary_of
+from aoe.shared_records import RECORD_TTL, record_keys
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -110,13 +110,21 @@ async def submit(
     summary = {"status": "queued", "workflow_name": workflow_name or name, "created_at": now}
     try:
         # the record first: a worker may start the run at once. (Not one
-        # transaction: the keys are in different cluster slots.)
+        # transaction: the keys are in different cluster slots.) The index
+        # forgets the runs whose records expired.
         async with client.pipeline(transaction=False) as pipe:
             pipe.hset(head, mapping=summary)  # type: ignore[arg-type]
             pipe.expire(head, RECORD_TTL)
             pipe.zadd(index_key(prefix), {run_id: now})
+            pipe.zremrangebyscore(index_key(prefix), "-inf", now - RECORD_TTL)
             await pipe.execute()
-        await client.xadd(queue, fields)  # type: ignore[arg-type]
+        try:
+            await client.xadd(queue, fields)  # type: ignore[arg-type]
+        except Exception:
+            with contextlib.suppress(Exception):  # no record of a run never queued
+                await client.delete(head)
+                await client.zrem(index_key(prefix), run_id)
+            raise
     except Exception as e:
         from aoe.shared_limits import unreachable
 
@@ -213,6 +221,12 @@ class Worker:
                 try:
                     messages = await self._reclaimed(room) or await self._new(room)
                 except Exception as e:
+                    if "NOGROUP" in str(e):  # a Redis that restarted without its data
+                        log.error("the queue's consumer group is gone: making it again")
+                        with contextlib.suppress(Exception):  # unreachable: next time
+                            await self.setup()
+                        await _first(stop, timeout=1.0)
+                        continue
                     if not unreachable(e):
                         raise
                     if not outage:
@@ -271,7 +285,7 @@ class Worker:
     def _finished(self, message_id: str, task: asyncio.Task[None]) -> None:
         if self.running.get(message_id) is task:
             del self.running[message_id]
-            self.run_ids.pop(message_id, None)
+            self.cancelled.discard(self.run_ids.pop(message_id, ""))
             if not self.stopping:
                 self._fields.pop(message_id, None)
 
@@ -309,23 +323,47 @@ class Worker:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            await self._cancelled(message_id, run_id, mirror)
+            try:
+                await self._cancelled(message_id, run_id, mirror)
+            except Exception as e:  # Redis: the lease hands it on; the next worker sees
+                log.warning(  # the cancel key and ends it
+                    "run %s cancelled; its record in Redis not updated (%s)",
+                    run_id, e, extra={"run_id": run_id},
+                )  # fmt: skip
             return
         except (ResumeRefused, StateWriteFailed) as e:  # not now: left for later
             log.warning("run %s left in the queue: %s", run_id, e, extra={"run_id": run_id})
             return
         except Exception as e:
-            if unreachable(e):  # its lease hands it on once Redis is back
+            if unreachable(e) or type(e).__module__.startswith("redis"):
+                # Redis away or refusing (out of memory, a failover): not the
+                # run's fault; its lease hands it on
                 log.warning(
-                    "run %s left in the queue: Redis is unreachable (%s)",
+                    "run %s left in the queue: Redis failed (%s)",
                     run_id, e, extra={"run_id": run_id},
                 )  # fmt: skip
                 return
             await self._dead(message_id, fields, f"run {run_id} could not be run: {e}")
             return
-        await self.client.xack(self.queue, GROUP, message_id)
+        await self._ack(message_id)
         self.done += 1
         log.info("run %s ended %s", run_id, status, extra={"run_id": run_id})
+
+    async def _ack(self, message_id: str) -> None:
+        """Acknowledge a message whose run is final; while Redis is unreachable,
+        keep trying (else the lease hands the finished run to another worker,
+        which finds it done)."""
+        from aoe.shared_limits import unreachable
+
+        while True:
+            try:
+                await self.client.xack(self.queue, GROUP, message_id)
+                return
+            except Exception as e:
+                if not unreachable(e) or self.stopping:
+                    log.warning("message %s not acknowledged (%s)", message_id, e)
+                    return
+                await asyncio.sleep(1.0)
 
     def _read(self, fields: dict[str, str]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         from aoe.api import load_text
@@ -383,8 +421,9 @@ class Worker:
                 **arguments,
             )
         if plan.done:  # its worker died after recording its end
-            await mirror.finish(self.store.run(run_id))
-            return "completed"
+            run = self.store.run(run_id)
+            await mirror.finish(run)
+            return run["status"]
         log.info(
             "run %s: resuming after another worker (%d agents kept)",
             run_id, len(plan.kept), extra={"run_id": run_id},
@@ -402,19 +441,25 @@ class Worker:
     async def _cancelled(self, message_id: str, run_id: str, mirror: RecordMirror) -> None:
         """A run cancelled on request, before or while it ran: final, acknowledged."""
         from aoe.errors import RunNotFound
+        from aoe.shared_records import mark
 
         try:
-            run: dict[str, Any] = self.store.run(run_id)
-        except RunNotFound:  # never started
-            run = {"status": "cancelled", "finished_at": time.time()}
+            run: dict[str, Any] | None = self.store.run(run_id)
+        except RunNotFound:  # not started here
+            run = None
+        if run is not None and run["status"] in ("running", "interrupted"):
+            self.store.mark_cancelled(run_id)  # stopped before its session began
+            run = self.store.run(run_id)
+        if run is not None and mirror.epoch is not None:  # its session, its record
+            await mirror.finish(run)
         else:
-            if run["status"] in ("running", "interrupted"):  # stopped before it began
-                self.store.mark_cancelled(run_id)
-                run = self.store.run(run_id)
-        head, _ = record_keys(self.prefix, run_id)
-        summary = {k: v for k, v in summary_of(run).items() if v != ""}
-        await self.client.hset(head, mapping=summary)  # type: ignore[arg-type]
-        await self.client.xack(self.queue, GROUP, message_id)
+            await mark(
+                self.client,
+                self.prefix,
+                run_id,
+                {"status": "cancelled", "finished_at": time.time()},
+            )
+        await self._ack(message_id)
         self.cancelled.discard(run_id)
         self.done += 1
         log.info("run %s cancelled on request", run_id, extra={"run_id": run_id})
@@ -431,20 +476,29 @@ class Worker:
             if not running:
                 continue
             with contextlib.suppress(Exception):  # unreachable: next time
-                keys = [cancel_key(self.prefix, run_id) for run_id in running]
-                found: Any = await self.client.mget(keys)
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for run_id in running:  # one key per run's slot: no MGET
+                        pipe.exists(cancel_key(self.prefix, run_id))
+                    found: list[Any] = await pipe.execute()
                 for run_id, value in zip(running, found, strict=True):
                     task = self.running.get(running[run_id])
-                    if value is not None and task is not None:
+                    if value and task is not None:
                         log.info("run %s: cancel requested", run_id, extra={"run_id": run_id})
                         self.cancelled.add(run_id)
                         task.cancel()
 
     async def _dead(self, message_id: str, fields: dict[str, str], reason: str) -> None:
+        from aoe.shared_records import mark
+
         log.error("message %s to the dead letters: %s", message_id, reason)
         letter: dict[Any, Any] = {**fields, "reason": reason, "message": message_id}
         await self.client.xadd(self.dead, letter)
         await self.client.xack(self.queue, GROUP, message_id)
+        run_id = fields.get("run_id")
+        if run_id:  # its record says so, rather than "running" until it expires
+            with contextlib.suppress(Exception):
+                summary = {"status": "failed", "finished_at": time.time(), "error": reason}
+                await mark(self.client, self.prefix, run_id, summary)
 
     async def _keep_claims(self) -> None:
         """Reset the idle time of the messages being run, so none is taken over;

@@ -152,7 +152,7 @@ class Recorder:
             else:
                 self._offset += len(data)
                 self._queue.put((batch, self._offset))
-                if self.mirror is not None:
+                if self.mirror is not None and data:  # (not for cache items alone)
                     self.mirror.append(data, self._offset)
         waiters, self._waiters = self._waiters, []
         failure = None if self._failure is None else self._failed()

@@ -19,6 +19,14 @@ across them), each recorded in the run store like ``aoe run``'s. Routes:
   (Server-Sent Events: what happened so far, then live until the run ends),
   ``POST /api/v1/runs/{id}/cancel``.
 
+With Redis configured (:class:`Shared`), a submission goes on the work queue
+(:mod:`aoe.queue`) instead; a worker in this process (unless ``--no-worker``)
+and every ``aoe worker`` run what is queued, and every replica answers for
+every run from its record in Redis (:mod:`aoe.shared_records`): get, list,
+events (recorded, then live from its journal) and cancel (a key its worker
+polls). A full queue makes ``/health`` degraded and submissions 429; Redis
+unreachable makes it unhealthy and the API 503.
+
 It binds 127.0.0.1 unless told otherwise; binding any other address needs a
 bearer token (``AOE_API_TOKEN``), which every ``/api/`` request must then carry
 (compared in constant time). SIGTERM (or SIGINT) drains: new runs are refused,
@@ -52,6 +60,7 @@ from aoe.metrics import Metrics, health_value
 
 if TYPE_CHECKING:
     from aoe.config import Settings
+    from aoe.shared_records import SharedRecord
     from aoe.state.store import Store
 
 log = logging.getLogger("aoe.serve")
@@ -183,6 +192,7 @@ class Service:
             queue_limit=self.options.queue_limit,
             draining=self.draining,
             redis=None if self.shared is None else self.shared.outage,
+            shared_queue=self.shared is not None,
         )
         if self.metrics is not None:
             self.metrics.health.set(health_value(health.status))
@@ -218,7 +228,8 @@ class Service:
             workflow.inputs,
             {key: GivenInput(value, "the submitted inputs") for key, value in inputs.items()},
         )
-        if not options["mock"]:
+        if not options["mock"] and (self.shared is None or self.options.worker):
+            # (an instance that runs nothing need not hold the keys)
             missing = missing_keys(providers_used(workflow), self.settings)
             if missing:
                 raise MissingApiKey(missing)
@@ -288,6 +299,26 @@ class Service:
         await self.engine.aclose()
 
 
+# Cancel a run of the queue, unless it is over: one script, so a run that ends
+# meanwhile is never marked cancelled. Returns its final status, "cancelled-now"
+# (it was queued: no worker has it), "cancelling" (its worker will stop it), or
+# nil (no such run).
+CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return nil end
+if status == 'completed' or status == 'partial' or status == 'failed'
+    or status == 'cancelled' or status == 'budget_exceeded' then
+  return status
+end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
+  return 'cancelled-now'
+end
+return 'cancelling'
+"""
+
+
 class Shared:
     """What an ``aoe serve`` does with Redis: submissions go on the work queue,
     a worker in this process (unless ``--no-worker``) runs queued runs on the
@@ -319,6 +350,7 @@ class Shared:
         )
         self.backlog = 0  # queued runs no worker has taken, as last seen
         self.outage: str | None = None  # why Redis is unreachable, if it is
+        self._restoring = asyncio.Lock()  # one restore into shared.db at a time
         self._watcher: asyncio.Task[None] | None = None
         self._working: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -338,27 +370,35 @@ class Shared:
 
         while True:
             try:
-                groups: Any = await self.client.xinfo_groups(self.queue)
+                self.backlog = await self._backlog(GROUP)
+                if self.outage is not None:
+                    log.warning("Redis answers again")
+                self.outage = None
             except Exception as e:
-                if "no such key" in str(e).lower():
-                    groups = []
-                elif unreachable(e):
+                if unreachable(e):
                     if self.outage is None:
                         log.error("Redis is unreachable (%s)", e)
                     self.outage = f"{e}"
-                    await asyncio.sleep(self.BACKLOG_EVERY)
-                    continue
-                else:
-                    raise
-            self.outage = None
-            backlog = 0
-            for group in groups:
-                if _text(group.get("name", b"")) == GROUP:
-                    backlog = int(group.get("lag") or 0)
-            if not groups:
-                backlog = int(await self.client.xlen(self.queue))
-            self.backlog = backlog
+                else:  # not fatal to the service: seen again in 2 s
+                    log.error("cannot read the work queue's length: %s", e)
             await asyncio.sleep(self.BACKLOG_EVERY)
+
+    async def _backlog(self, group_name: str) -> int:
+        """Runs in the queue no worker has read yet (Redis 7's ``lag``)."""
+        from redis.exceptions import ResponseError
+
+        try:
+            groups: Any = await self.client.xinfo_groups(self.queue)
+        except ResponseError as e:
+            if "no such key" in str(e).lower():
+                return 0
+            raise
+        for group in groups:
+            if _text(group.get("name", b"")) == group_name:
+                lag = group.get("lag")
+                if lag is not None:
+                    return int(lag)
+        return int(await self.client.xlen(self.queue)) if not groups else 0
 
     async def submit(
         self, text: str, name: str, workflow: Any, inputs: dict[str, Any], options: dict[str, Any]
@@ -393,43 +433,48 @@ class Shared:
         summary = summary_from(run_id, head)
         if record is None:  # queued, or cancelled before it started
             return {**summary, "agents": []}
-        await asyncio.to_thread(self._restore, record)
+        await self._restore(record)
         run = self.records.run(run_id)
         run.pop("workflow_text", None)
-        run.update(summary)  # its worker's word on how it goes
+        run.update({k: v for k, v in summary.items() if v is not None})  # its worker's word
         run["agents"] = self.records.agents(run_id)
         return run
 
-    def _restore(self, record: Any) -> None:
+    async def _restore(self, record: SharedRecord) -> None:
+        async with self._restoring:
+            await asyncio.to_thread(self._restore_here, record)
+
+    def _restore_here(self, record: SharedRecord) -> None:
         from aoe.state.store import Store
 
         with Store(self.records.path) as store:
             record.restore(store)
 
-    async def runs(self, status: str | None, workflow: str | None, limit: int) -> Any:
+    async def runs(
+        self, status: str | None, workflow: str | None, limit: int
+    ) -> list[dict[str, Any]]:
         from aoe.shared_records import list_runs
 
         return await list_runs(
-            self.client, self.prefix, status=status, workflow=workflow, limit=limit
+            self.client, self.prefix, status=status, workflow=workflow, limit=min(limit, 1000)
         )
 
     async def cancel(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
         """Ask the worker running it (or the next to take it) to stop it."""
         from aoe.queue import cancel_key
-        from aoe.shared_records import FINAL, RECORD_TTL, head_of, record_keys
+        from aoe.shared_records import RECORD_TTL, record_keys
 
-        head = await head_of(self.client, self.prefix, run_id)
-        if head is None:
+        head, _ = record_keys(self.prefix, run_id)
+        answer: Any = await self.client.eval(
+            CANCEL, 2, head, cancel_key(self.prefix, run_id), RECORD_TTL, time.time()
+        )
+        if answer is None:
             return None
-        status = head.get("status")
-        if status in FINAL:
-            return 409, {"error": f"run {run_id} is not running (it is {status})"}
-        await self.client.set(cancel_key(self.prefix, run_id), "1", ex=RECORD_TTL)
-        if status == "queued":  # no worker has it: cancelled now; one that takes it acks it
-            key, _ = record_keys(self.prefix, run_id)
-            summary = {"status": "cancelled", "finished_at": time.time()}
-            await self.client.hset(key, mapping=summary)  # type: ignore[arg-type]
+        status = _text(answer)
+        if status == "cancelled-now":  # no worker had it; one that takes it acks it
             return 200, {"run_id": run_id, "status": "cancelled"}
+        if status != "cancelling":
+            return 409, {"error": f"run {run_id} is not running (it is {status})"}
         return 202, {"run_id": run_id, "status": "cancelling"}
 
     async def events(self, request: web.Request, run_id: str) -> web.StreamResponse | None:
@@ -445,34 +490,47 @@ class Shared:
         recorded: list[dict[str, Any]] = []
         last = "0-0"
         if record is not None:
-            await asyncio.to_thread(self._restore, record)
+            await self._restore(record)
             recorded = self.records.events(run_id)
             last = record.last
         response = await _event_stream(request)
         number = 0
         for number, row in enumerate(recorded, 1):
             await response.write(_sse(number, row["type"], row))
-        _, journal = record_keys(self.prefix, run_id)
+        head_key, journal = record_keys(self.prefix, run_id)
         quiet = 0.0
-        ended = head.get("status") in FINAL or any(r["type"] == "RunFinished" for r in recorded)
+
+        async def over() -> bool:  # its head's word: final, or gone (expired)
+            status = await self.client.hget(head_key, "status")
+            return status is None or _text(status) in FINAL
+
+        # a RunFinished of an earlier session (a drained worker's) is not the end:
+        # the head says whether the run is over
+        ended = head.get("status") in FINAL
         try:
-            while not ended:
+            while not ended and not self.service.draining:
                 answer: Any = await self.client.xread({journal: last}, count=100, block=2000)
                 if not answer:
                     quiet += 2.0
                     if quiet >= HEARTBEAT:
                         await response.write(b": keep-alive\n\n")
                         quiet = 0.0
-                    status = await self.client.hget(record_keys(self.prefix, run_id)[0], "status")
-                    ended = status is not None and _text(status) in FINAL
+                    ended = await over()
                     continue
+                finished = False
                 for entry_id, fields in answer[0][1]:
                     last = _text(entry_id)
                     for event, _ in read_journal(bytes(fields[b"d"]), run_id):
                         number += 1
                         kind = type(event).__name__
                         await response.write(_sse(number, kind, event_dict(event)))
-                        ended = ended or isinstance(event, RunFinished)
+                        finished = finished or isinstance(event, RunFinished)
+                if finished:  # its worker writes the head's final word right after
+                    for _ in range(10):
+                        ended = await over()
+                        if ended:
+                            break
+                        await asyncio.sleep(0.2)
             await response.write(_sse(None, "end", {"run_id": run_id}))
         except (ConnectionResetError, asyncio.CancelledError):
             pass  # the client went away
@@ -486,6 +544,9 @@ class Shared:
             self._watcher.cancel()
         tasks = [task for task in (self._watcher, self._working) if task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Once the HTTP server has stopped: the connection and the records' copy."""
         await self.client.aclose()
         self.records.close()
 
@@ -562,6 +623,12 @@ def make_app(service: Service) -> web.Application:
             return _error(413, f"the body is over {service.options.max_body:,} bytes")
         except web.HTTPException as e:  # no such route, method not allowed: JSON too
             return _error(e.status, e.reason)
+        except Exception as e:
+            if service.shared is None or not type(e).__module__.startswith("redis"):
+                raise
+            # Redis unreachable, or refusing: the caller may try again (elsewhere)
+            log.error("%s %s: Redis failed: %s", request.method, request.path, e)
+            return _error(503, f"Redis, where runs are queued and recorded, failed: {e}")
 
     async def health(request: web.Request) -> web.Response:
         result = service.health()
@@ -773,4 +840,6 @@ async def serve(settings: Settings, store: Store, options: ServeOptions) -> None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
+        if service.shared is not None:
+            await service.shared.close()
     log.info("stopped; the runs it cancelled can be resumed with `aoe resume`")

@@ -348,12 +348,19 @@ class RedisRateLimiter:
 
 def unreachable(error: BaseException) -> bool:
     """Is this what an unreachable (or restarting) Redis raises?"""
-    from redis.exceptions import BusyLoadingError
+    from redis.exceptions import BusyLoadingError, ReadOnlyError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    # ReadOnlyError: a replica that has not been promoted yet, during a failover
     return isinstance(
-        error, OSError | TimeoutError | RedisConnectionError | RedisTimeoutError | BusyLoadingError
+        error,
+        OSError
+        | TimeoutError
+        | RedisConnectionError
+        | RedisTimeoutError
+        | BusyLoadingError
+        | ReadOnlyError,
     )
 
 

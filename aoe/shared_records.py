@@ -30,7 +30,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aoe.errors import StateWriteFailed
@@ -45,6 +46,7 @@ log = logging.getLogger("aoe.records")
 RECORD_TTL = 7 * 24 * 3600
 RETRY = 1.0  # seconds between tries while Redis is unreachable
 _CHUNK = 1000  # journal entries read per XRANGE
+SCAN = 10_000  # runs a filtered list looks through at most
 
 
 def record_keys(prefix: str, run_id: str) -> tuple[str, str]:
@@ -74,6 +76,34 @@ def summary_of(run: Mapping[str, Any]) -> dict[str, str]:
     return {key: "" if value is None else str(value) for key, value in fields.items()}
 
 
+# Each session of a run that begins takes the next epoch of its head; a writer
+# whose epoch is no longer the head's (its run was taken over meanwhile) is
+# refused, so one session's record is never written by two processes.
+APPEND = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then return -1 end
+if epoch ~= ARGV[1] then return 0 end
+for i = 4, #ARGV, 2 do
+  redis.call('XADD', KEYS[2], '*', 's', ARGV[3], 'o', ARGV[i], 'd', ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+SUMMARIZE = """
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+class Superseded(Exception):
+    """Another process began a later session of the run (it took the run over)."""
+
+
 class RecordMirror:
     """Sends one session of one run's record to Redis; see the module docstring.
 
@@ -99,6 +129,7 @@ class RecordMirror:
         self.ttl = ttl
         self.head, self.journal = record_keys(prefix, run_id)
         self.session = 0
+        self.epoch: int | None = None  # this session's, once begun
         self.sent = 0  # offset in the session's journal that Redis holds up to
         self.broken = False  # on_unavailable: local, and Redis went away
         self._chunks: list[tuple[bytes, int]] = []  # (data, offset it ends at)
@@ -107,27 +138,66 @@ class RecordMirror:
         self._sender: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._outage = False
+        self._store_path: Path | None = None
+        self._journal_file: Path | None = None
+        self._append = client.register_script(APPEND)
+        self._summarize = client.register_script(SUMMARIZE)
 
     # -- the session's start and end -------------------------------------------------
-    async def begin(self, store: Store, session: int) -> None:
-        """The head: the record as the session starts; the old session's journal goes."""
+    async def begin(self, store: Store, session: int, journal: Path | None = None) -> None:
+        """The head: the record as the session starts, under a new epoch; the old
+        session's journal goes. ``journal``: the session's journal file, from
+        which the record is written again should Redis lose it."""
         self.session = session
-        run = store.run(self.run_id)
-        export = await asyncio.to_thread(_export, store.path, self.run_id)
-        fields = {**summary_of(run), "session": str(session), "export": export}
-
-        async def write() -> None:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.delete(self.journal)
-                pipe.hset(self.head, mapping=fields)  # type: ignore[arg-type]
-                pipe.expire(self.head, self.ttl)
-                pipe.zadd(index_key(self.prefix), {self.run_id: float(run["created_at"])})
-                await pipe.execute()
-
-        if await self._retrying(write):
+        self._store_path = store.path
+        self._journal_file = journal
+        if await self._retrying(self._write_head):
             self._sender = asyncio.get_running_loop().create_task(
                 self._send(), name=f"aoe-mirror-{self.run_id}"
             )
+
+    async def _write_head(self) -> int:
+        """The head as the store has the run now, under a new epoch, with an empty
+        journal; the journal offset the store's record reaches."""
+        assert self._store_path is not None
+        document = await asyncio.to_thread(_export, self._store_path, self.run_id)
+        run = document["runs"][0]
+        reached = int(run.get("journal_offset") or 0)
+        if run.get("journal_session") != self.session:
+            reached = 0
+        fields = {
+            **summary_of(run),
+            "status": "running",  # this process's own run, whatever a pid says
+            "session": str(self.session),
+            "export": json.dumps(document, ensure_ascii=False, default=str),
+        }
+        async with self.client.pipeline(transaction=True) as pipe:  # one slot
+            pipe.delete(self.journal)
+            pipe.hincrby(self.head, "epoch", 1)
+            pipe.hset(self.head, mapping=fields)  # type: ignore[arg-type]
+            pipe.expire(self.head, self.ttl)
+            done = await pipe.execute()
+        self.epoch = int(done[1])
+        await self.client.zadd(index_key(self.prefix), {self.run_id: float(run["created_at"])})
+        return reached
+
+    async def _write_again(self) -> None:
+        """Redis lost the record (it restarted without its data, say): the head
+        again, from the store, then the journal beyond it, from the file."""
+        log.warning(
+            "Redis lost the record of run %s (did it restart without its data?): "
+            "writing it there again", self.run_id, extra={"run_id": self.run_id},
+        )  # fmt: skip
+        reached = await self._write_head()
+        data = b""
+        if self._journal_file is not None:
+            data = await asyncio.to_thread(_read_from, self._journal_file, reached)
+        end = reached + len(data)
+        if data:
+            args: list[Any] = [self.epoch, self.ttl, self.session, end, data]
+            await self._append(keys=[self.head, self.journal], args=args)
+        self._chunks = [chunk for chunk in self._chunks if chunk[1] > end]
+        self.sent = max(self.sent, end)
 
     async def close(self, timeout: float | None = None) -> None:
         """Send what was appended (waiting at most ``timeout`` seconds, if given,
@@ -135,23 +205,25 @@ class RecordMirror:
         if self._sender is None:
             return
         self._wake.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._until_sent(), timeout)
-        self._sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._sender
-        self._sender = None
-        self._release(self._failed() if self._failure else None, everyone=True)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._until_sent(), timeout)
+        finally:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
+            self._release(self._failed() if self._failure else None, everyone=True)
 
     async def finish(self, run: Mapping[str, Any]) -> None:
-        """The head's summary, once the run's record is final (``Store.run``)."""
+        """The head's summary, once the run's record is final (``Store.run``);
+        tried even after Redis went away under ``local``."""
+        self.broken = False
+        fields = [value for pair in summary_of(run).items() for value in pair]
+        epoch = "" if self.epoch is None else str(self.epoch)
 
         async def write() -> None:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hset(self.head, mapping=summary_of(run))  # type: ignore[arg-type]
-                pipe.expire(self.head, self.ttl)
-                pipe.expire(self.journal, self.ttl)
-                await pipe.execute()
+            await self._summarize(keys=[self.head, self.journal], args=[epoch, self.ttl, *fields])
 
         await self._retrying(write)
 
@@ -176,28 +248,30 @@ class RecordMirror:
     async def _until_sent(self) -> None:
         while self._chunks and self._failure is None and not self.broken:
             self._wake.set()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.005)  # (at the end of a run only)
 
     async def _send(self) -> None:
-        """Each journal write, in order, one entry each; a pipeline per wake."""
+        """The journal's writes, in order; all that waits, in one script call."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             if not self._chunks:
                 continue
             chunks = list(self._chunks)
+            args: list[Any] = [self.epoch, self.ttl, self.session]
+            for data, offset in chunks:
+                args += [offset, data]
 
-            async def write(chunks: list[tuple[bytes, int]] = chunks) -> None:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for data, offset in chunks:
-                        entry = {"s": self.session, "o": offset, "d": data}
-                        pipe.xadd(self.journal, entry)  # type: ignore[arg-type]
-                    pipe.expire(self.journal, self.ttl)
-                    await pipe.execute()
+            async def write(args: list[Any] = args) -> None:
+                written = await self._append(keys=[self.head, self.journal], args=args)
+                if written == -1:  # the record is gone: written again, with these
+                    await self._write_again()
+                elif written == 0:
+                    raise Superseded
 
             try:
                 sent = await self._retrying(write)
-            except Exception as e:  # Redis refused it (out of memory, say): stop the calls
+            except Exception as e:  # taken over, or refused (out of memory): no more calls
                 self._failure = e
                 self._release(self._failed(), everyone=True)
                 return
@@ -219,7 +293,7 @@ class RecordMirror:
                 keep.append((offset, waiter))
         self._waiters = keep
 
-    async def _retrying(self, write: Any) -> bool:
+    async def _retrying(self, write: Callable[[], Awaitable[object]]) -> bool:
         """Run ``write``; while Redis is unreachable, retry (fail_closed) or give
         up on Redis for this run (local). True if it was written."""
         from aoe.shared_limits import unreachable
@@ -254,6 +328,11 @@ class RecordMirror:
         return False
 
     def _failed(self) -> StateWriteFailed:
+        if isinstance(self._failure, Superseded):
+            return StateWriteFailed(
+                f"run {self.run_id} was taken over by another worker; it stopped here "
+                "before its next call"
+            )
         return StateWriteFailed(
             f"the record of run {self.run_id} could not be written to Redis "
             f"({self._failure}); the run stopped before its next call. Once Redis "
@@ -261,12 +340,34 @@ class RecordMirror:
         )
 
 
-def _export(path: Any, run_id: str) -> str:
-    """The run's export as JSON, read through a connection of this thread."""
+async def mark(client: Redis, prefix: str, run_id: str, fields: Mapping[str, Any]) -> None:
+    """Set summary fields of a run's head, if Redis has one (a run that ended
+    without a session of its own: cancelled in the queue, dead-lettered)."""
+    head, journal = record_keys(prefix, run_id)
+    values = [str(value) for pair in fields.items() for value in pair]
+    await client.eval(SUMMARIZE, 2, head, journal, "", RECORD_TTL, *values)
+
+
+def _export(path: Path, run_id: str) -> dict[str, Any]:
+    """The run's export, read in one transaction (its rows and the journal
+    offset they reach agree) through a connection of this thread."""
     from aoe.state.store import Store
 
     with Store(path) as store:
-        return json.dumps(store.export(run_id), ensure_ascii=False, default=str)
+        store.connection.execute("BEGIN")
+        try:
+            return store.export(run_id)
+        finally:
+            store.connection.execute("COMMIT")
+
+
+def _read_from(file: Path, offset: int) -> bytes:
+    try:
+        with open(file, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:  # the run's end removed it: the store has it all
+        return b""
 
 
 async def head_of(client: Redis, prefix: str, run_id: str) -> dict[str, str] | None:
@@ -337,11 +438,12 @@ class SharedRecord:
     def restore(self, store: Store) -> bool:
         """Bring ``store``'s record of the run up to this one; True if it changed.
         A local record of a later session is newer and left alone."""
+        from aoe.errors import RunNotFound
         from aoe.recorder import apply_journal
 
         try:
-            local = store.run(self.run_id)
-        except Exception:  # not here (RunNotFound)
+            local: dict[str, Any] | None = store.run(self.run_id)
+        except RunNotFound:
             local = None
         changed = False
         if local is None or local["sessions"] < self.session:
@@ -383,6 +485,7 @@ _SUMMARY = (
     "input_tokens",
     "output_tokens",
     "host",
+    "error",
 )
 _NUMBERS = {"created_at": float, "updated_at": float, "finished_at": float, "cost": float}
 _COUNTS = {"input_tokens", "output_tokens"}
@@ -413,7 +516,7 @@ async def list_runs(
     """The newest runs Redis has records of (their summaries), newest first."""
     found: list[dict[str, Any]] = []
     start, page = 0, max(limit, 100)
-    while len(found) < limit:
+    while len(found) < limit and start < SCAN:
         newest: Any = await client.zrevrange(index_key(prefix), start, start + page - 1)
         ids = [_text(i) for i in newest]
         if not ids:

@@ -21,7 +21,9 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, persistent: bool = False) -> None:
+        """``persistent``: an append-only file, so a restart keeps the data (as
+        the deployments here run it)."""
         binary = shutil.which("redis-server")
         if binary is None:
             if os.environ.get("AOE_REQUIRE_REDIS"):
@@ -29,6 +31,7 @@ class RedisServer:
             pytest.skip("redis-server is not installed (apt-get install redis-server)")
         self.binary = binary
         self.folder = folder
+        self.persistent = persistent
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
@@ -41,7 +44,8 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.folder), "--protected-mode", "yes",
+                "--appendonly", "yes" if self.persistent else "no", "--dir", str(self.folder),
+                "--protected-mode", "yes",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

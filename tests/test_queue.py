@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,7 +41,7 @@ def called(fake: FakeProvider) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
+    server = RedisServer(tmp_path, persistent=True)
     yield server
     server.stop()
 
@@ -204,6 +205,11 @@ def test_poison_messages_go_to_the_dead_letters(
         assert "delivered 2 times" in letters[run_id]
         wait_for(lambda: pending(redis_server) == 0)  # both acknowledged
         assert len(fake.received) == 1  # the poison run was not run again
+        # its record in Redis says so (those never queued by `aoe submit` have none)
+        assert shared_status(redis_server, run_id) == "failed"
+        head = client.hgetall(f"aoe:{{run:{run_id}}}:head")
+        assert "delivered 2 times" in head["error"]
+        assert shared_status(redis_server, "r-bad") is None
     finally:
         client.close()
 
@@ -235,10 +241,10 @@ def test_submit_checks_first_and_needs_redis(
 
 def shared_status(server: RedisServer, run_id: str) -> str | None:
     """The run's status as the record in Redis has it."""
-    client = redis.Redis(port=server.port)
+    client = redis.Redis(port=server.port, decode_responses=True)
     try:
         status = client.hget(f"aoe:{{run:{run_id}}}:head", "status")
-        return None if status is None else status.decode()
+        return None if status is None else str(status)
     finally:
         client.close()
 
@@ -316,3 +322,57 @@ def test_a_drained_worker_hands_its_run_back_at_once(
         assert client.xlen("aoe:{queue}:dead") == 0  # a drain is not a delivery
     finally:
         client.close()
+
+
+def test_redis_stopped_mid_run_holds_a_workers_run_and_loses_nothing(
+    env: dict[str, str],
+    workers: Callable[..., subprocess.Popen[str]],
+    write: WriteFile,
+    fake: FakeProvider,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """fail_closed: the run's next call waits until Redis has its record; once
+    Redis is back the run finishes, each agent called once, and the record in
+    Redis is whole (another host could take it over from there)."""
+    import asyncio
+
+    from aoe.shared_limits import connect
+    from aoe.shared_records import fetch
+
+    stopped = threading.Event()
+
+    def respond(request: Received) -> Reply:
+        if request.prompt.startswith("a ") and not stopped.is_set():
+            redis_server.stop()  # Redis goes away while the run is under way
+            stopped.set()
+        return Reply()
+
+    fake.respond = respond
+    worker = workers(state="host-1")
+    run_id = submit(env, write(CHAIN), "--no-cache")
+    assert stopped.wait(60)
+    time.sleep(3)  # the run waits: nothing more reaches the provider
+    assert [agent for agent, _ in called(fake)] == ["a"]
+    redis_server.start()
+    wait_for(lambda: shared_status(redis_server, run_id) == "completed")
+    assert [agent for agent, _ in called(fake)] == ["a", "b", "c"]  # each once
+    worker.send_signal(signal.SIGTERM)
+    _, stderr = worker.communicate(timeout=30)
+    assert "Redis is unreachable" in stderr
+    assert "answers again" in stderr
+    assert "Traceback" not in stderr
+
+    async def record() -> Any:
+        client = connect(redis_server.url)
+        try:
+            return await fetch(client, "aoe", run_id)
+        finally:
+            await client.aclose()
+
+    shared = asyncio.run(record())
+    assert shared is not None
+    with Store(tmp_path / "elsewhere.db") as store:
+        shared.restore(store)
+        agents = {a["agent_id"]: a["state"] for a in store.agents(run_id)}
+        assert agents == {"a": "completed", "b": "completed", "c": "completed"}

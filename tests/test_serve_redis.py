@@ -113,7 +113,8 @@ def test_live_events_and_a_cancel_go_through_any_replica(
     assert states == {"a": "completed", "b": "cancelled", "c": "cancelled"}
     reader.join(timeout=30)
     kinds = [kind for kind, _ in streamed]
-    assert kinds[0] == "RunStarted" and kinds[-1] == "end"
+    assert kinds[0] == "RunStarted"
+    assert kinds[-1] == "end"
     finished = next(data for kind, data in streamed if kind == "RunFinished")
     assert finished["status"] == "cancelled"
     wait_for(lambda: pending(redis_server) == 0)  # final: no other worker resumes it
@@ -136,9 +137,10 @@ def test_a_queued_run_can_be_cancelled_and_a_full_queue_refuses(
     response = front.http.post(f"/api/v1/runs/{first}/cancel")
     assert (response.status_code, response.json()["status"]) == (200, "cancelled")
     assert front.run(first)["status"] == "cancelled"
-    # two wait in the queue: the service says it is full, and refuses more
-    wait_for(lambda: front.health().status_code == 503)
-    assert "the queue is full" in front.health().json()["reason"]
+    # two wait in the queue: the service says it is full (degraded, not out of
+    # service: the queue is every replica's), and refuses more
+    wait_for(lambda: "the work queue is full" in front.health().json()["reason"])
+    assert front.health().status_code == 200
     assert front.http.post("/api/v1/runs", json={"workflow": CHAIN}).status_code == 429
     worker = subprocess.Popen(
         [sys.executable, "-m", "aoe", "worker"],
@@ -156,5 +158,54 @@ def test_a_queued_run_can_be_cancelled_and_a_full_queue_refuses(
     assert f"run {first} cancelled on request" in stderr
     assert sorted(agent_of(r) for r in fake.received) == ["a", "b", "c"]  # the second only
     assert front.run(first)["status"] == "cancelled"
-    wait_for(lambda: front.health().status_code == 200)
+    wait_for(lambda: front.health().json()["status"] == "healthy")
     assert front.stop() == 0
+
+
+def test_events_follow_a_run_across_a_drain_and_a_takeover(
+    start: Callable[..., Service], fake: FakeProvider, redis_server: RedisServer
+) -> None:
+    seen: list[str] = []
+
+    def respond(request: Any) -> Reply:
+        seen.append(agent_of(request))
+        return Reply(delay=30) if seen == ["a", "b"] else Reply()
+
+    fake.respond = respond
+    leaving = start("leaving")
+    front = start("front", "--no-worker")
+    run_id = front.submit(CHAIN)
+    wait_for(lambda: seen == ["a", "b"])
+    streamed: list[tuple[str, dict[str, Any]]] = []
+    reader = threading.Thread(target=lambda: streamed.extend(events_of(front, run_id)))
+    reader.start()
+    time.sleep(0.5)
+    assert leaving.stop() == 0  # a rolling restart: its run goes back to the queue
+    start("arriving")  # and is resumed here
+    reader.join(timeout=60)
+    assert not reader.is_alive()
+    finished = [data["status"] for kind, data in streamed if kind == "RunFinished"]
+    assert finished == ["cancelled", "completed"]  # the stream went on past the first
+    assert streamed[-1][0] == "end"
+    assert seen == ["a", "b", "b", "c"]  # a: once
+    assert front.run(run_id)["status"] == "completed"
+    wait_for(lambda: pending(redis_server) == 0)
+
+
+def test_without_redis_the_api_answers_503_and_health_says_why(
+    start: Callable[..., Service], redis_server: RedisServer
+) -> None:
+    front = start("front", "--no-worker")
+    assert front.http.get("/api/v1/runs").status_code == 200
+    redis_server.stop()
+    response = front.http.get("/api/v1/runs")
+    assert response.status_code == 503
+    assert "Redis" in response.json()["error"]
+    assert front.http.post("/api/v1/runs", json={"workflow": CHAIN}).status_code == 503
+    wait_for(lambda: front.health().status_code == 503)
+    assert "Redis is unreachable" in front.health().json()["reason"]
+    redis_server.start()
+    wait_for(lambda: front.health().json()["status"] == "healthy")
+    assert front.http.get("/api/v1/runs").status_code == 200
+    assert front.stop() == 0
+    assert not any("Traceback" in line for line in front.lines)

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,9 @@ def test_each_agent_is_recorded_before_its_dependent_is_called(
 ) -> None:
     seen: dict[str, set[str]] = {}
     state = tmp_path / ".aoe"
+    # calls arrive at once (a and side); mock.patch is not thread-safe: one
+    # thread's patch would end under the other's recover
+    one_at_a_time = threading.Lock()
 
     def respond(request: Received) -> Reply:
         # what a crash at the moment each call arrives would leave: the store's
@@ -112,7 +116,11 @@ def test_each_agent_is_recorded_before_its_dependent_is_called(
         name = request.prompt.split(" ")[0]
         copy = tmp_path / f"crash-{name}"
         shutil.copytree(state, copy, ignore=shutil.ignore_patterns("*-shm"))
-        with Store(copy / "state.db") as db, mock.patch("aoe.state.store.RUNNING_HERE", set()):
+        with (
+            one_at_a_time,
+            Store(copy / "state.db") as db,
+            mock.patch("aoe.state.store.RUNNING_HERE", set()),
+        ):
             db.connection.execute("UPDATE runs SET pid = NULL")  # its process: gone
             recover(db)
             seen[name] = {

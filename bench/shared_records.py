@@ -1,0 +1,151 @@
+"""What recording a run in Redis as well costs: the work queue's runs.
+
+A worker records each run in its run store and, before every call, sends the
+run's journal to Redis too (aoe/shared_records.py), so a worker on another host
+can take the run over. This runs the same workflows on the mock provider at
+latency 0 — the worst case, where nothing hides the recording — in turn:
+
+- recorded as ``aoe run`` records them (the store, the journal);
+- the same, plus the record in Redis (a private redis-server on 127.0.0.1, a
+  free port, no persistence), as ``aoe worker`` runs them.
+
+Reported per agent: wall time and CPU time of this process (the best of
+``--repeats``), the difference, and the ratio; and how much memory Redis
+holds per agent for the record (``MEMORY USAGE`` of its keys). A chain is the
+worst shape: every hop waits for a round trip to Redis before its call.
+
+Run with ``make bench`` or ``python bench/shared_records.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from aoe.api import load, run_workflow  # noqa: E402
+from aoe.config import load_settings  # noqa: E402
+from aoe.engine.events import RunStatus  # noqa: E402
+from aoe.shared_limits import connect  # noqa: E402
+from aoe.shared_records import RecordMirror, record_keys  # noqa: E402
+from aoe.state.store import Store  # noqa: E402
+
+
+def workflow_text(name: str, deps: dict[str, list[str]]) -> str:
+    lines = ["version: 1", f"name: {name}", f"max_parallel_agents: {len(deps)}", "agents:"]
+    for node, needs in deps.items():
+        lines.append(f"  {node}:")
+        if needs:
+            lines.append(f"    depends_on: [{', '.join(needs)}]")
+        lines.append(f'    prompt: "Step {node}"')
+        lines.append("    llm: {provider: mock, model: gpt-4o-mini, max_tokens: 64}")
+    return "\n".join(lines) + "\n"
+
+
+def shapes(size: int) -> dict[str, dict[str, list[str]]]:
+    chain = {f"a{i}": ([f"a{i - 1}"] if i else []) for i in range(size)}
+    fan = {"root": [], **{f"a{i}": ["root"] for i in range(size - 2)}}
+    fan["end"] = [f"a{i}" for i in range(size - 2)]
+    return {f"chain of {size}": chain, f"fan-out of {size}": fan}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def one_run(path: Path, state: Path, url: str | None, number: int) -> float:
+    """One recorded run; with ``url``, mirrored to Redis. Redis's bytes for it."""
+    settings = load_settings(None)
+    workflow = load(path, settings)
+    client = mirror = None
+    run_id = f"bench-{number}"
+    if url is not None:
+        client = connect(url)
+        mirror = RecordMirror(client, run_id, prefix="bench")
+    with Store(state / f"{number}.db") as store:
+        status = await run_workflow(
+            workflow, {}, settings, store=store, run_id=run_id, cache=False, mirror=mirror
+        )
+    assert status is RunStatus.COMPLETED, status
+    used = 0.0
+    if client is not None:
+        for key in record_keys("bench", run_id):
+            used += float(await client.memory_usage(key) or 0)
+        await client.aclose()
+    return used
+
+
+def measure(path: Path, state: Path, url: str | None, repeats: int, counter: list[int]) -> Any:
+    walls, cpus, used = [], [], 0.0
+    for _ in range(repeats):
+        gc.collect()
+        counter[0] += 1
+        wall, cpu = time.perf_counter(), time.process_time()
+        used = asyncio.run(one_run(path, state, url, counter[0]))
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus), used
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=300, help="agents per workflow")
+    parser.add_argument("--repeats", type=int, default=3)
+    options = parser.parse_args()
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        redis = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", folder],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            time.sleep(0.5)
+            url = f"redis://127.0.0.1:{port}/0"
+            print("run records in Redis: redis-server on 127.0.0.1, mock provider, latency 0\n")
+            counter = [0]
+            for name, deps in shapes(options.size).items():
+                path = Path(folder) / f"{name.replace(' ', '-')}.yaml"
+                path.write_text(workflow_text("bench", deps))
+                state = Path(folder) / "state"
+                state.mkdir(exist_ok=True)
+                measure(path, state, None, 1, counter)  # warm up both
+                measure(path, state, url, 1, counter)
+                wall0, cpu0, _ = measure(path, state, None, options.repeats, counter)
+                wall1, cpu1, used = measure(path, state, url, options.repeats, counter)
+                n = len(deps)
+                print(f"{name}:")
+                print(
+                    f"  wall per agent: {wall0 / n * 1e3:.3f} ms recorded here, "
+                    f"{wall1 / n * 1e3:.3f} ms with Redis too "
+                    f"(+{(wall1 - wall0) / n * 1e3:.3f} ms, {wall1 / wall0:.2f}x)"
+                )
+                print(
+                    f"  CPU per agent (this process): {cpu0 / n * 1e3:.3f} ms, "
+                    f"{cpu1 / n * 1e3:.3f} ms (+{(cpu1 - cpu0) / n * 1e3:.3f} ms)"
+                )
+                print(f"  Redis memory for the record: {used / n:,.0f} bytes per agent\n")
+        finally:
+            redis.terminate()
+            redis.wait(timeout=20)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Run records in Redis (aoe/shared_records.py) on a real redis-server: a later
+session fences off the earlier writer, the journal is joined without gaps,
+and an unreachable Redis is met by the configured policy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aoe.errors import StateWriteFailed
+from aoe.shared_limits import connect
+from aoe.shared_records import RecordMirror, SharedRecord, fetch, head_of
+from aoe.state.store import Store
+from tests.redisserver import RedisServer
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    shared = os.environ.get("AOE_TEST_REDIS_URL")
+    if shared:
+        yield shared
+        return
+    server = RedisServer(tmp_path)
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "state.db") as store:
+        store.create_run(
+            "run-1",
+            workflow_name="w",
+            workflow_path="/w.yaml",
+            workflow_sha256="0" * 64,
+            workflow_text="version: 1\n",
+            workflow_files={},
+            inputs={},
+            settings={},
+            budget=None,
+            agents={"a": "d"},
+        )
+        yield store
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of this test's own (the Redis may be shared)."""
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+async def test_a_later_session_fences_off_the_earlier_writer(
+    redis_url: str, prefix: str, store: Store
+) -> None:
+    client = connect(redis_url)
+    first = RecordMirror(client, "run-1", prefix=prefix)
+    second = RecordMirror(client, "run-1", prefix=prefix)
+    try:
+        await first.begin(store, 1)
+        first.append(b"one\n", 4)
+        waiter = first.synced(4)
+        assert waiter is not None
+        await asyncio.wait_for(waiter, 5)
+        await second.begin(store, 2)  # another worker took the run over
+        assert (first.epoch, second.epoch) == (1, 2)
+        first.append(b"two\n", 8)  # the old worker, not yet told, goes on
+        late = first.synced(8)
+        assert late is not None
+        with pytest.raises(StateWriteFailed, match="taken over by another worker"):
+            await asyncio.wait_for(late, 5)
+        await first.finish({"status": "completed"})  # refused: not its session
+        head = await head_of(client, prefix, "run-1")
+        assert head is not None
+        assert (head["status"], head["session"], head["epoch"]) == ("running", "2", "2")
+        record = await fetch(client, prefix, "run-1")
+        assert record is not None
+        assert record.chunks == []  # the new session's journal: nothing of the old one
+        await second.finish({"status": "completed"})
+        head = await head_of(client, prefix, "run-1")
+        assert head is not None
+        assert head["status"] == "completed"
+    finally:
+        await first.close()
+        await second.close()
+        await client.aclose()
+
+
+def test_the_journal_is_joined_in_order_and_stops_at_a_gap() -> None:
+    record = SharedRecord("r", 1, {}, [(b"cd", 4), (b"ab", 2), (b"gh", 8)])
+    assert record.journal_from(0) == b"abcd"  # ef never reached Redis: gh waits
+    assert record.journal_from(1) == b"bcd"
+    assert record.journal_from(4) == b""
+
+
+async def test_fail_closed_holds_the_next_call_until_redis_returns(
+    redis_server: RedisServer, store: Store, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """And a Redis that comes back without its data (no persistence) gets the
+    run's record again: the store's rows, then the journal file beyond them."""
+    client = connect(redis_server.url)
+    mirror = RecordMirror(client, "run-1")
+    journal = tmp_path / "run-1.journal"
+    try:
+        await mirror.begin(store, 1, journal)
+        redis_server.stop()
+        journal.write_bytes(b"one\n")  # as the recorder does, before the mirror
+        mirror.append(b"one\n", 4)
+        waiter = mirror.synced(4)
+        assert waiter is not None
+        with caplog.at_level(logging.WARNING, "aoe.records"):
+            await asyncio.sleep(1.5)
+            assert not waiter.done()  # the call waits
+            assert "waits to record its progress there" in caplog.text
+            redis_server.start()  # empty
+            await asyncio.wait_for(waiter, 10)
+        assert "writing it there again" in caplog.text
+        record = await fetch(client, "aoe", "run-1")
+        assert record is not None
+        assert record.journal_from(0) == b"one\n"  # nothing lost
+    finally:
+        await mirror.close(timeout=5)
+        await client.aclose()
+
+
+async def test_local_goes_on_without_redis_and_says_so(
+    redis_server: RedisServer, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = connect(redis_server.url)
+    mirror = RecordMirror(client, "run-1", on_unavailable="local")
+    try:
+        await mirror.begin(store, 1)
+        redis_server.stop()
+        mirror.append(b"one\n", 4)
+        waiter = mirror.synced(4)
+        assert waiter is not None
+        with caplog.at_level(logging.WARNING, "aoe.records"):
+            await asyncio.wait_for(waiter, 10)  # released: the run goes on
+            assert mirror.synced(8) is None  # and no longer waits for Redis
+            await asyncio.wait_for(mirror.finish({"status": "completed"}), 10)
+        assert "is recorded on this host only" in caplog.text
+    finally:
+        await mirror.close(timeout=5)
+        await client.aclose()
