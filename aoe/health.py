@@ -99,10 +99,11 @@ class HealthMonitor:
         queued: int,
         queue_limit: int,
         draining: bool,
-        redis: str | None = None,
+        problem: str | None = None,
         shared_queue: bool = False,
     ) -> Health:
-        """``redis``: why the Redis this service depends on is unreachable.
+        """``problem``: what keeps this service from working at all (Redis
+        unreachable, its worker stopped), if anything.
         ``shared_queue``: the queue is Redis's, the same for every replica, so a
         full one is no reason to take this one out of service (submissions get
         429 wherever they go)."""
@@ -119,12 +120,8 @@ class HealthMonitor:
         }
         if draining:
             return Health("unhealthy", "draining: no new runs (shutting down)", figures)
-        if redis is not None:
-            return Health(
-                "unhealthy",
-                f"Redis is unreachable ({redis}): runs can be neither queued nor reported",
-                figures,
-            )
+        if problem is not None:
+            return Health("unhealthy", problem, figures)
         if queued >= queue_limit and shared_queue:
             return Health(
                 "degraded",

@@ -53,6 +53,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("aoe.worker")
 
 GROUP = "workers"
+# acknowledge a message only while this consumer holds it (one another worker
+# took over is that worker's to acknowledge)
+ACK = """
+local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
+if #held == 0 then return 0 end
+return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+"""
+# a drained worker's message, queued again as a new one (a drain is not a
+# delivery) and acknowledged, both only while this consumer holds it
+HAND_BACK = """
+local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
+if #held == 0 then return 0 end
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[1], '*', unpack(fields))
+return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+"""
 CANCEL_POLL = 0.5  # seconds between checks for runs cancelled on request
 LEASE = 30.0
 MAX_DELIVERIES = 3
@@ -350,14 +367,16 @@ class Worker:
         log.info("run %s ended %s", run_id, status, extra={"run_id": run_id})
 
     async def _ack(self, message_id: str) -> None:
-        """Acknowledge a message whose run is final; while Redis is unreachable,
+        """Acknowledge a message whose run is final, if this worker still holds
+        it (not one another took over meanwhile); while Redis is unreachable,
         keep trying (else the lease hands the finished run to another worker,
         which finds it done)."""
         from aoe.shared_limits import unreachable
 
+        self.run_ids.pop(message_id, None)  # no cancel for it now: it is over
         while True:
             try:
-                await self.client.xack(self.queue, GROUP, message_id)
+                await self.client.eval(ACK, 1, self.queue, GROUP, message_id, self.name)
                 return
             except Exception as e:
                 if not unreachable(e) or self.stopping:
@@ -404,8 +423,9 @@ class Worker:
             "mirror": mirror,
             "subscribers": self.subscribers,
         }
-        # what another worker, maybe on another host, recorded of it
-        await restore(self.client, self.prefix, self.store, run_id)
+        # what another worker, maybe on another host, recorded of it; its
+        # session begins only if no other began one since
+        mirror.expected = await restore(self.client, self.prefix, self.store, run_id)
         try:
             # the queue decides who owns the run (its lease), not the record's pid,
             # which may be of another host
@@ -519,7 +539,10 @@ class Worker:
                         task.cancel()
                 ids: list[Any] = [m for m in self.running if m in still]
                 if ids:
-                    await self.client.xclaim(self.queue, GROUP, self.name, 0, ids, justid=True)
+                    # only if idle a while (ours, renewed every lease/3 s): one another
+                    # worker took just now is not taken back
+                    idle = int(self.lease * 1000 / 6)
+                    await self.client.xclaim(self.queue, GROUP, self.name, idle, ids, justid=True)
 
     async def drain(self) -> None:
         """Cancel the runs in progress (recorded, resumable) and hand their messages
@@ -536,11 +559,12 @@ class Worker:
             if fields is None:
                 continue
             with contextlib.suppress(Exception):  # unreachable: the lease hands it over
-                async with self.client.pipeline(transaction=True) as pipe:
-                    pipe.xadd(self.queue, dict(fields))  # type: ignore[arg-type]
-                    pipe.xack(self.queue, GROUP, message_id)
-                    await pipe.execute()
-                log.info("run %s handed back to the queue", fields.get("run_id"))
+                values = [value for pair in fields.items() for value in pair]
+                handed: Any = await self.client.eval(
+                    HAND_BACK, 1, self.queue, GROUP, message_id, self.name, *values
+                )
+                if handed:
+                    log.info("run %s handed back to the queue", fields.get("run_id"))
         if self.own_engine:
             await self.engine.aclose()
         await self.client.aclose()

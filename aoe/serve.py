@@ -191,7 +191,7 @@ class Service:
             queued=queued,
             queue_limit=self.options.queue_limit,
             draining=self.draining,
-            redis=None if self.shared is None else self.shared.outage,
+            problem=None if self.shared is None else self.shared.problem(),
             shared_queue=self.shared is not None,
         )
         if self.metrics is not None:
@@ -350,6 +350,7 @@ class Shared:
         )
         self.backlog = 0  # queued runs no worker has taken, as last seen
         self.outage: str | None = None  # why Redis is unreachable, if it is
+        self.worker_failure: str | None = None
         self._restoring = asyncio.Lock()  # one restore into shared.db at a time
         self._watcher: asyncio.Task[None] | None = None
         self._working: asyncio.Task[None] | None = None
@@ -360,9 +361,24 @@ class Shared:
         self._watcher = loop.create_task(self._watch_backlog())
         if self.worker is not None:
             self._working = loop.create_task(self.worker.serve(self._stop))
+            self._working.add_done_callback(self._worker_ended)
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        """A worker that stopped before the service did is a fault to report."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        log.error("the worker of this service stopped: %r; it runs no more queued runs", error)
+        self.worker_failure = f"its worker stopped ({error!r}): it runs no queued runs"
 
     def counts(self) -> tuple[int, int]:
         return (0 if self.worker is None else len(self.worker.running)), self.backlog
+
+    def problem(self) -> str | None:
+        """What keeps this service from working, for ``/health``."""
+        if self.outage is not None:
+            return f"Redis is unreachable ({self.outage}): runs can be neither queued nor reported"
+        return self.worker_failure
 
     async def _watch_backlog(self) -> None:
         from aoe.queue import GROUP
@@ -531,7 +547,11 @@ class Shared:
                         if ended:
                             break
                         await asyncio.sleep(0.2)
-            await response.write(_sse(None, "end", {"run_id": run_id}))
+            if ended:
+                await response.write(_sse(None, "end", {"run_id": run_id}))
+            else:  # this service is stopping; the run goes on elsewhere
+                reconnect = {"error": "this service is shutting down: reconnect to follow the run"}
+                await response.write(_sse(None, "error", reconnect))
         except (ConnectionResetError, asyncio.CancelledError):
             pass  # the client went away
         return response

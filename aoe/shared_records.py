@@ -79,6 +79,28 @@ def summary_of(run: Mapping[str, Any]) -> dict[str, str]:
 # Each session of a run that begins takes the next epoch of its head; a writer
 # whose epoch is no longer the head's (its run was taken over meanwhile) is
 # refused, so one session's record is never written by two processes.
+BEGIN = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch') or ''
+if epoch ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[2])
+local new = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return new
+"""
+# marks a head that no session of this process owns (a run cancelled in the
+# queue, a dead letter), unless the run is over already
+MARK = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+if status == 'completed' or status == 'partial' or status == 'failed'
+    or status == 'cancelled' or status == 'budget_exceeded' then
+  return 0
+end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 APPEND = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then return -1 end
@@ -140,6 +162,9 @@ class RecordMirror:
         self._outage = False
         self._store_path: Path | None = None
         self._journal_file: Path | None = None
+        self._rewriting = False  # writing the record again (Redis lost it)
+        self.expected: int | None = None  # the head's epoch when this process looked
+        self._begin = client.register_script(BEGIN)
         self._append = client.register_script(APPEND)
         self._summarize = client.register_script(SUMMARIZE)
 
@@ -151,7 +176,12 @@ class RecordMirror:
         self.session = session
         self._store_path = store.path
         self._journal_file = journal
-        if await self._retrying(self._write_head):
+        try:
+            began = await self._retrying(self._write_head)
+        except Superseded as e:  # another process began a session since it looked
+            self._failure = e
+            raise self._failed() from None
+        if began:
             self._sender = asyncio.get_running_loop().create_task(
                 self._send(), name=f"aoe-mirror-{self.run_id}"
             )
@@ -171,13 +201,16 @@ class RecordMirror:
             "session": str(self.session),
             "export": json.dumps(document, ensure_ascii=False, default=str),
         }
-        async with self.client.pipeline(transaction=True) as pipe:  # one slot
-            pipe.delete(self.journal)
-            pipe.hincrby(self.head, "epoch", 1)
-            pipe.hset(self.head, mapping=fields)  # type: ignore[arg-type]
-            pipe.expire(self.head, self.ttl)
-            done = await pipe.execute()
-        self.epoch = int(done[1])
+        # the epoch this process saw (at restore; its own, when writing again):
+        # if another began a session since, this one has no business here
+        expected = "" if self.expected is None else str(self.expected)
+        values = [value for pair in fields.items() for value in pair]
+        epoch = await self._begin(
+            keys=[self.head, self.journal], args=[expected, self.ttl, *values]
+        )
+        if int(epoch) < 0:
+            raise Superseded
+        self.epoch = self.expected = int(epoch)
         await self.client.zadd(index_key(self.prefix), {self.run_id: float(run["created_at"])})
         return reached
 
@@ -188,6 +221,8 @@ class RecordMirror:
             "Redis lost the record of run %s (did it restart without its data?): "
             "writing it there again", self.run_id, extra={"run_id": self.run_id},
         )  # fmt: skip
+        self._rewriting = True
+        self.expected = None  # the head is gone: a new one, epochs from 1
         reached = await self._write_head()
         data = b""
         if self._journal_file is not None:
@@ -198,6 +233,7 @@ class RecordMirror:
             await self._append(keys=[self.head, self.journal], args=args)
         self._chunks = [chunk for chunk in self._chunks if chunk[1] > end]
         self.sent = max(self.sent, end)
+        self._rewriting = False
 
     async def close(self, timeout: float | None = None) -> None:
         """Send what was appended (waiting at most ``timeout`` seconds, if given,
@@ -210,10 +246,11 @@ class RecordMirror:
                 await asyncio.wait_for(self._until_sent(), timeout)
         finally:
             self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
+            await asyncio.wait([self._sender])  # (a cancel of the caller still propagates)
             self._sender = None
             self._release(self._failed() if self._failure else None, everyone=True)
+        if isinstance(self._failure, Superseded):  # its end is the new owner's to record
+            raise self._failed()
 
     async def finish(self, run: Mapping[str, Any]) -> None:
         """The head's summary, once the run's record is final (``Store.run``);
@@ -223,9 +260,15 @@ class RecordMirror:
         epoch = "" if self.epoch is None else str(self.epoch)
 
         async def write() -> None:
-            await self._summarize(keys=[self.head, self.journal], args=[epoch, self.ttl, *fields])
+            args: list[str | int] = [epoch, self.ttl, *fields]
+            if not await self._summarize(keys=[self.head, self.journal], args=args) and epoch:
+                raise Superseded
 
-        await self._retrying(write)
+        try:
+            await self._retrying(write)
+        except Superseded as e:
+            self._failure = e
+            raise self._failed() from None
 
     # -- the journal, from the recorder (on the event loop) --------------------------
     def append(self, data: bytes, offset: int) -> None:
@@ -257,28 +300,38 @@ class RecordMirror:
             self._wake.clear()
             if not self._chunks:
                 continue
-            chunks = list(self._chunks)
-            args: list[Any] = [self.epoch, self.ttl, self.session]
-            for data, offset in chunks:
-                args += [offset, data]
-
-            async def write(args: list[Any] = args) -> None:
-                written = await self._append(keys=[self.head, self.journal], args=args)
-                if written == -1:  # the record is gone: written again, with these
-                    await self._write_again()
-                elif written == 0:
-                    raise Superseded
-
             try:
-                sent = await self._retrying(write)
+                sent = await self._retrying(self._send_waiting)
             except Exception as e:  # taken over, or refused (out of memory): no more calls
                 self._failure = e
                 self._release(self._failed(), everyone=True)
                 return
-            del self._chunks[: len(chunks)]
-            if sent:
-                self.sent = chunks[-1][1]
+            if not sent:  # local: Redis is given up for this run
+                self._chunks.clear()
             self._release(None)
+            if self._chunks:
+                self._wake.set()
+
+    async def _send_waiting(self) -> None:
+        """One try at sending the writes waiting now (under the current epoch:
+        a retry after :meth:`_write_again` uses the new one)."""
+        if self._rewriting:  # a rewrite that Redis cut short: all of it again
+            await self._write_again()
+            return
+        chunks = list(self._chunks)
+        if not chunks:
+            return
+        args: list[Any] = [self.epoch, self.ttl, self.session]
+        for data, offset in chunks:
+            args += [offset, data]
+        written = await self._append(keys=[self.head, self.journal], args=args)
+        if written == -1:  # the record is gone: written again, these included
+            await self._write_again()
+        elif written == 0:
+            raise Superseded
+        else:  # (append only adds at the end meanwhile)
+            del self._chunks[: len(chunks)]
+            self.sent = max(self.sent, chunks[-1][1])
 
     def _release(self, failure: BaseException | None, *, everyone: bool = False) -> None:
         keep = []
@@ -341,11 +394,12 @@ class RecordMirror:
 
 
 async def mark(client: Redis, prefix: str, run_id: str, fields: Mapping[str, Any]) -> None:
-    """Set summary fields of a run's head, if Redis has one (a run that ended
-    without a session of its own: cancelled in the queue, dead-lettered)."""
-    head, journal = record_keys(prefix, run_id)
+    """Set summary fields of a run's head, if Redis has one and the run is not
+    over (a run that ended without a session of its own: cancelled in the
+    queue, dead-lettered)."""
+    head, _ = record_keys(prefix, run_id)
     values = [str(value) for pair in fields.items() for value in pair]
-    await client.eval(SUMMARIZE, 2, head, journal, "", RECORD_TTL, *values)
+    await client.eval(MARK, 1, head, RECORD_TTL, *values)
 
 
 def _export(path: Path, run_id: str) -> dict[str, Any]:
@@ -454,14 +508,16 @@ class SharedRecord:
         return apply_journal(store, self.run_id, self.session, self.journal_from) or changed
 
 
-async def restore(client: Redis, prefix: str, store: Store, run_id: str) -> bool:
+async def restore(client: Redis, prefix: str, store: Store, run_id: str) -> int | None:
     """Bring the local record of ``run_id`` up to what Redis holds (another
-    worker's progress); False if Redis holds nothing of it."""
-    record = await fetch(client, prefix, run_id)
-    if record is None:
-        return False
-    await asyncio.to_thread(_restore_in_thread, record, store.path)
-    return True
+    worker's progress); the head's epoch then (None: no session began yet),
+    which the next session's :meth:`RecordMirror.begin` must still find."""
+    head = await head_of(client, prefix, run_id)
+    record = await fetch(client, prefix, run_id, head)
+    if record is not None:
+        await asyncio.to_thread(_restore_in_thread, record, store.path)
+    epoch = (head or {}).get("epoch")
+    return int(epoch) if epoch else None
 
 
 def _restore_in_thread(record: SharedRecord, path: Any) -> None:

@@ -5,6 +5,7 @@ and an unreachable Redis is met by the configured policy."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import uuid
@@ -74,14 +75,22 @@ async def test_a_later_session_fences_off_the_earlier_writer(
         waiter = first.synced(4)
         assert waiter is not None
         await asyncio.wait_for(waiter, 5)
-        await second.begin(store, 2)  # another worker took the run over
+        stale = RecordMirror(client, "run-1", prefix=prefix)
+        stale.expected = None  # it looked before the first began: refused
+        with pytest.raises(StateWriteFailed, match="taken over"):
+            await stale.begin(store, 1)
+        second.expected = 1  # another worker took the run over, as restore saw it
+        await second.begin(store, 2)
         assert (first.epoch, second.epoch) == (1, 2)
         first.append(b"two\n", 8)  # the old worker, not yet told, goes on
         late = first.synced(8)
         assert late is not None
         with pytest.raises(StateWriteFailed, match="taken over by another worker"):
             await asyncio.wait_for(late, 5)
-        await first.finish({"status": "completed"})  # refused: not its session
+        with pytest.raises(StateWriteFailed, match="taken over"):  # not its session
+            await first.finish({"status": "completed"})
+        with pytest.raises(StateWriteFailed, match="taken over"):  # its run must not end
+            await first.close()  # as if done: the new owner records the end
         head = await head_of(client, prefix, "run-1")
         assert head is not None
         assert (head["status"], head["session"], head["epoch"]) == ("running", "2", "2")
@@ -93,7 +102,8 @@ async def test_a_later_session_fences_off_the_earlier_writer(
         assert head is not None
         assert head["status"] == "completed"
     finally:
-        await first.close()
+        with contextlib.suppress(StateWriteFailed):
+            await first.close()
         await second.close()
         await client.aclose()
 
