@@ -512,8 +512,12 @@ class Worker:
 
         log.error("message %s to the dead letters: %s", message_id, reason)
         letter: dict[Any, Any] = {**fields, "reason": reason, "message": message_id}
-        await self.client.xadd(self.dead, letter)
-        await self.client.xack(self.queue, GROUP, message_id)
+        try:
+            await self.client.xadd(self.dead, letter)
+        except Exception as e:  # Redis away: the message stays; its next delivery tries again
+            log.warning("message %s not moved to the dead letters yet (%s)", message_id, e)
+            return
+        await self._ack(message_id)
         run_id = fields.get("run_id")
         if run_id:  # its record says so, rather than "running" until it expires
             with contextlib.suppress(Exception):

@@ -643,6 +643,10 @@ def make_app(service: Service) -> web.Application:
             return _error(413, f"the body is over {service.options.max_body:,} bytes")
         except web.HTTPException as e:  # no such route, method not allowed: JSON too
             return _error(e.status, e.reason)
+        except UserError as e:  # a record from Redis this instance cannot use
+            if service.shared is None:
+                raise
+            return _error(503, str(e))
         except Exception as e:
             if service.shared is None or not type(e).__module__.startswith("redis"):
                 raise
