@@ -37,7 +37,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aoe.errors import OptionInvalid, ResumeRefused, StateWriteFailed
-from aoe.shared_records import RECORD_TTL, record_keys
+from aoe.shared_limits import redis_failed, text
+from aoe.shared_records import RECORD_TTL, cancel_key, record_keys
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -154,11 +155,6 @@ async def submit(
     return run_id
 
 
-def cancel_key(prefix: str, run_id: str) -> str:
-    """Set (by ``aoe serve``'s cancel) to stop a queued or running run."""
-    return f"{prefix}:{{run:{run_id}}}:cancel"
-
-
 class Worker:
     """One ``aoe worker``: reads runs from the queue and runs them, ``concurrency``
     at a time, on one engine."""
@@ -268,14 +264,14 @@ class Worker:
             self.queue, GROUP, self.name, int(self.lease * 1000), self._cursor, count=count
         )
         cursor, claimed = answer[0], answer[1]
-        self._cursor = _text(cursor)  # the next call goes on from here (0-0: from the start)
+        self._cursor = text(cursor)  # the next call goes on from here (0-0: from the start)
         found = []
         for message_id, fields in claimed:
             pending = await self.client.xpending_range(
                 self.queue, GROUP, min=message_id, max=message_id, count=1
             )
             deliveries = int(pending[0]["times_delivered"]) if pending else 1
-            found.append((_text(message_id), _fields(fields), deliveries))
+            found.append((text(message_id), _fields(fields), deliveries))
         return found
 
     async def _new(self, count: int) -> list[tuple[str, dict[str, str], int]]:
@@ -283,7 +279,7 @@ class Worker:
             GROUP, self.name, {self.queue: ">"}, count=count, block=1000
         )
         return [
-            (_text(message_id), _fields(fields), 1)
+            (text(message_id), _fields(fields), 1)
             for _, messages in answer or []
             for message_id, fields in messages
         ]
@@ -307,7 +303,6 @@ class Worker:
                 self._fields.pop(message_id, None)
 
     async def _process(self, message_id: str, fields: dict[str, str], deliveries: int) -> None:
-        from aoe.shared_limits import unreachable
 
         run_id = fields.get("run_id", "?")
         if deliveries > self.max_deliveries:
@@ -352,7 +347,7 @@ class Worker:
             log.warning("run %s left in the queue: %s", run_id, e, extra={"run_id": run_id})
             return
         except Exception as e:
-            if unreachable(e) or type(e).__module__.startswith("redis"):
+            if redis_failed(e):
                 # Redis away or refusing (out of memory, a failover): not the
                 # run's fault; its lease hands it on
                 log.warning(
@@ -536,7 +531,7 @@ class Worker:
                 mine: Any = await self.client.xpending_range(
                     self.queue, GROUP, min="-", max="+", count=10_000, consumername=self.name
                 )
-                still = {_text(entry["message_id"]) for entry in mine}
+                still = {text(entry["message_id"]) for entry in mine}
                 for message_id, task in list(self.running.items()):
                     if message_id not in still:
                         log.warning("message %s was taken over: its run stops here", message_id)
@@ -583,12 +578,8 @@ async def _first(stop: asyncio.Event, *tasks: asyncio.Task[Any], timeout: float 
         waiter.cancel()
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _fields(fields: dict[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in fields.items()}
+    return {text(k): text(v) for k, v in fields.items()}
 
 
 async def work(settings: Settings, store: Store, **options: Any) -> int:

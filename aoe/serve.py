@@ -57,6 +57,8 @@ from aoe.engine.executor import Engine, new_run_id
 from aoe.errors import DiagnosticsError, OptionInvalid, UserError
 from aoe.health import Health, HealthMonitor
 from aoe.metrics import Metrics, health_value
+from aoe.shared_limits import redis_failed
+from aoe.shared_limits import text as reply_text
 
 if TYPE_CHECKING:
     from aoe.config import Settings
@@ -299,26 +301,6 @@ class Service:
         await self.engine.aclose()
 
 
-# Cancel a run of the queue, unless it is over: one script, so a run that ends
-# meanwhile is never marked cancelled. Returns its final status, "cancelled-now"
-# (it was queued: no worker has it), "cancelling" (its worker will stop it), or
-# nil (no such run).
-CANCEL = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return nil end
-if status == 'completed' or status == 'partial' or status == 'failed'
-    or status == 'cancelled' or status == 'budget_exceeded' then
-  return status
-end
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
-if status == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
-  return 'cancelled-now'
-end
-return 'cancelling'
-"""
-
-
 class Shared:
     """What an ``aoe serve`` does with Redis: submissions go on the work queue,
     a worker in this process (unless ``--no-worker``) runs queued runs on the
@@ -410,7 +392,7 @@ class Shared:
                 return 0
             raise
         for group in groups:
-            if _text(group.get("name", b"")) == group_name:
+            if reply_text(group.get("name", b"")) == group_name:
                 lag = group.get("lag")
                 if lag is not None:
                     return int(lag)
@@ -457,14 +439,10 @@ class Shared:
         return run
 
     async def _restore(self, record: SharedRecord) -> None:
+        from aoe.shared_records import restore_into
+
         async with self._restoring:
-            await asyncio.to_thread(self._restore_here, record)
-
-    def _restore_here(self, record: SharedRecord) -> None:
-        from aoe.state.store import Store
-
-        with Store(self.records.path) as store:
-            record.restore(store)
+            await asyncio.to_thread(restore_into, record, self.records.path)
 
     async def runs(
         self, status: str | None, workflow: str | None, limit: int
@@ -477,16 +455,11 @@ class Shared:
 
     async def cancel(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
         """Ask the worker running it (or the next to take it) to stop it."""
-        from aoe.queue import cancel_key
-        from aoe.shared_records import RECORD_TTL, record_keys
+        from aoe.shared_records import cancel
 
-        head, _ = record_keys(self.prefix, run_id)
-        answer: Any = await self.client.eval(
-            CANCEL, 2, head, cancel_key(self.prefix, run_id), RECORD_TTL, time.time()
-        )
-        if answer is None:
+        status = await cancel(self.client, self.prefix, run_id)
+        if status is None:
             return None
-        status = _text(answer)
         if status == "cancelled-now":  # no worker had it; one that takes it acks it
             return 200, {"run_id": run_id, "status": "cancelled"}
         if status != "cancelling":
@@ -518,7 +491,7 @@ class Shared:
 
         async def over() -> bool:  # its head's word: final, or gone (expired)
             status = await self.client.hget(head_key, "status")
-            return status is None or _text(status) in FINAL
+            return status is None or reply_text(status) in FINAL
 
         # a RunFinished of an earlier session (a drained worker's) is not the end:
         # the head says whether the run is over
@@ -535,7 +508,7 @@ class Shared:
                     continue
                 finished = False
                 for entry_id, fields in answer[0][1]:
-                    last = _text(entry_id)
+                    last = reply_text(entry_id)
                     for event, _ in read_journal(bytes(fields[b"d"]), run_id):
                         number += 1
                         kind = type(event).__name__
@@ -569,10 +542,6 @@ class Shared:
         """Once the HTTP server has stopped: the connection and the records' copy."""
         await self.client.aclose()
         self.records.close()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 async def _event_stream(request: web.Request) -> web.StreamResponse:
@@ -648,7 +617,7 @@ def make_app(service: Service) -> web.Application:
                 raise
             return _error(503, str(e))
         except Exception as e:
-            if service.shared is None or not type(e).__module__.startswith("redis"):
+            if service.shared is None or not redis_failed(e):
                 raise
             # Redis unreachable, or refusing: the caller may try again (elsewhere)
             log.error("%s %s: Redis failed: %s", request.method, request.path, e)

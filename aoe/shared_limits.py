@@ -364,6 +364,17 @@ def unreachable(error: BaseException) -> bool:
     )
 
 
+def redis_failed(error: BaseException) -> bool:
+    """Is this Redis failing (unreachable, or refusing: out of memory, a
+    failover), rather than the caller's mistake?"""
+    return unreachable(error) or type(error).__module__.startswith("redis")
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply's bytes as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def redis_url(host: str | None, port: int, db: int, url: str | None) -> str | None:
     """The Redis to use, or None: ``url`` first, else ``host`` (and port, db)."""
     if url:

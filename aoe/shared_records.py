@@ -34,7 +34,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aoe.engine.events import RunStatus
 from aoe.errors import StateWriteFailed
+from aoe.shared_limits import text
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -53,6 +55,20 @@ def record_keys(prefix: str, run_id: str) -> tuple[str, str]:
     """The run's head and journal, hash-tagged into one cluster slot."""
     tag = f"{prefix}:{{run:{run_id}}}"
     return f"{tag}:head", f"{tag}:journal"
+
+
+def cancel_key(prefix: str, run_id: str) -> str:
+    """Set (by ``aoe serve``'s cancel) to stop a queued or running run."""
+    return f"{prefix}:{{run:{run_id}}}:cancel"
+
+
+async def cancel(client: Redis, prefix: str, run_id: str) -> str | None:
+    """Cancel a run of the queue in one step (a run that ends meanwhile is never
+    marked cancelled): see ``CANCEL``."""
+    head, _ = record_keys(prefix, run_id)
+    key = cancel_key(prefix, run_id)
+    answer: Any = await client.eval(CANCEL, 2, head, key, RECORD_TTL, time.time())
+    return None if answer is None else text(answer)
 
 
 def index_key(prefix: str) -> str:
@@ -79,6 +95,9 @@ def summary_of(run: Mapping[str, Any]) -> dict[str, str]:
 # Each session of a run that begins takes the next epoch of its head; a writer
 # whose epoch is no longer the head's (its run was taken over meanwhile) is
 # refused, so one session's record is never written by two processes.
+FINAL = frozenset(str(status) for status in RunStatus)  # a run's statuses once it is over
+_OVER = " or ".join(f"status == '{status}'" for status in sorted(FINAL))  # (in Lua)
+
 BEGIN = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch') or ''
 if epoch ~= ARGV[1] then return -1 end
@@ -90,16 +109,26 @@ return new
 """
 # marks a head that no session of this process owns (a run cancelled in the
 # queue, a dead letter), unless the run is over already
-MARK = """
+MARK = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 0 end
-if status == 'completed' or status == 'partial' or status == 'failed'
-    or status == 'cancelled' or status == 'budget_exceeded' then
-  return 0
-end
+if {_OVER} then return 0 end
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
+"""
+# cancel a run, unless it is over: its final status; "cancelled-now" (it was
+# queued: no worker has it); "cancelling" (its worker stops it); nil (no run)
+CANCEL = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return nil end
+if {_OVER} then return status end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
+  return 'cancelled-now'
+end
+return 'cancelling'
 """
 APPEND = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -427,7 +456,7 @@ def _read_from(file: Path, offset: int) -> bytes:
 async def head_of(client: Redis, prefix: str, run_id: str) -> dict[str, str] | None:
     """The run's head (summary, session and export); None if Redis has no record."""
     head_key, _ = record_keys(prefix, run_id)
-    head = {_text(k): _text(v) for k, v in (await client.hgetall(head_key)).items()}
+    head = {text(k): text(v) for k, v in (await client.hgetall(head_key)).items()}
     return head or None
 
 
@@ -450,7 +479,7 @@ async def fetch(
             if int(fields[b"s"]) == session:  # a stray write of a session taken over
                 chunks.append((bytes(fields[b"d"]), int(fields[b"o"])))
         if entries:
-            last = _text(entries[-1][0])
+            last = text(entries[-1][0])
         if len(entries) < _CHUNK:
             break
         start = "(" + last
@@ -515,20 +544,17 @@ async def restore(client: Redis, prefix: str, store: Store, run_id: str) -> int 
     head = await head_of(client, prefix, run_id)
     record = await fetch(client, prefix, run_id, head)
     if record is not None:
-        await asyncio.to_thread(_restore_in_thread, record, store.path)
+        await asyncio.to_thread(restore_into, record, store.path)
     epoch = (head or {}).get("epoch")
     return int(epoch) if epoch else None
 
 
-def _restore_in_thread(record: SharedRecord, path: Any) -> None:
+def restore_into(record: SharedRecord, path: Path) -> None:
+    """``record`` into the store at ``path``, through a connection of this thread."""
     from aoe.state.store import Store
 
     with Store(path) as store:
         record.restore(store)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 _SUMMARY = (
@@ -545,7 +571,6 @@ _SUMMARY = (
 )
 _NUMBERS = {"created_at": float, "updated_at": float, "finished_at": float, "cost": float}
 _COUNTS = {"input_tokens", "output_tokens"}
-FINAL = frozenset({"completed", "partial", "failed", "cancelled", "budget_exceeded"})
 
 
 def summary_from(run_id: str, values: Mapping[str, str | None]) -> dict[str, Any]:
@@ -574,7 +599,7 @@ async def list_runs(
     start, page = 0, max(limit, 100)
     while len(found) < limit and start < SCAN:
         newest: Any = await client.zrevrange(index_key(prefix), start, start + page - 1)
-        ids = [_text(i) for i in newest]
+        ids = [text(i) for i in newest]
         if not ids:
             break
         async with client.pipeline(transaction=False) as pipe:
@@ -583,9 +608,7 @@ async def list_runs(
             rows: list[Any] = await pipe.execute()
         gone = []
         for run_id, row in zip(ids, rows, strict=True):
-            values = dict(
-                zip(_SUMMARY, [None if v is None else _text(v) for v in row], strict=True)
-            )
+            values = dict(zip(_SUMMARY, [None if v is None else text(v) for v in row], strict=True))
             if values["status"] is None:  # its record expired
                 gone.append(run_id)
                 continue

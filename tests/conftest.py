@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import textwrap
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from aoe.cli import app
 from tests.fakeserver import FakeProvider
+from tests.redisserver import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / "workflows"
@@ -141,3 +143,33 @@ def provider_env(fake: FakeProvider) -> dict[str, str]:
         "RETRY_BASE_DELAY": "0.01",
         "RETRY_MAX_DELAY": "0.05",
     }
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Until ``condition()`` holds (polled); fails the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, which it may stop and start."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """The Redis that .ci/run started (AOE_TEST_REDIS_URL), else one of our own;
+    a test on it keeps to keys of its own."""
+    shared = os.environ.get("AOE_TEST_REDIS_URL")
+    if shared:
+        yield shared
+        return
+    server = RedisServer(tmp_path)
+    yield server.url
+    server.stop()

@@ -63,6 +63,17 @@ class RedisServer:
                 raise AssertionError("redis-server did not start")
             time.sleep(0.02)
 
+    def pending(self, stream: str = "aoe:{queue}:runs", group: str = "workers") -> int:
+        """Messages of the work queue delivered and not yet acknowledged."""
+        import redis
+
+        client = redis.Redis(port=self.port)
+        try:
+            count: int = client.xpending(stream, group)["pending"]
+            return count
+        finally:
+            client.close()
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from aoe.cli import app
 from aoe.recorder import recover
 from aoe.state.store import Store
-from tests.conftest import WriteFile, child_env, fake_key
+from tests.conftest import WriteFile, child_env, fake_key, wait_for
 from tests.fakeserver import FakeProvider, Received, Reply
 
 LAYERS, WIDTH = 6, 5
@@ -83,14 +83,6 @@ def aoe(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen[str]:
 
 def agent_of(request: Received) -> str:
     return request.prompt.split(" ")[0]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.005)
 
 
 class Crash:

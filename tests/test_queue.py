@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from aoe.state.store import Store
-from tests.conftest import WriteFile, child_env
+from tests.conftest import WriteFile, child_env, wait_for
 from tests.fakeserver import FakeProvider, Received, Reply
 from tests.redisserver import RedisServer
 
@@ -92,28 +92,25 @@ def submit(env: dict[str, str], path: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
+def stall_first_call_of(agent: str, fake: FakeProvider) -> list[str]:
+    """The fake provider holds the first call of ``agent`` for 30 s (a worker
+    dies or drains meanwhile); the agents called, in order, fill the list."""
+    seen: list[str] = []
+
+    def respond(request: Received) -> Reply:
+        seen.append(request.prompt.split(" ")[0])
+        return Reply(delay=30) if seen.count(agent) == 1 and seen[-1] == agent else Reply()
+
+    fake.respond = respond
+    return seen
+
+
 def statuses(env: dict[str, str]) -> dict[str, str]:
     path = Path(env["AOE_STATE_DIR"]) / "state.db"
     if not path.exists():
         return {}
     with Store(path) as store:
         return {r["run_id"]: r["status"] for r in store.runs(limit=None)}
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def pending(server: RedisServer) -> int:
-    client = redis.Redis(port=server.port)
-    try:
-        count: int = client.xpending("aoe:{queue}:runs", "workers")["pending"]
-        return count
-    finally:
-        client.close()
 
 
 def test_queued_runs_are_run_once_and_acknowledged(
@@ -127,7 +124,7 @@ def test_queued_runs_are_run_once_and_acknowledged(
     ids = [submit(env, path, "-i", f"topic=t{n}", "--no-cache") for n in range(4)]
     first, second = workers("--concurrency", "2"), workers("--concurrency", "2")
     wait_for(lambda: [statuses(env).get(i) for i in ids] == ["completed"] * 4)
-    wait_for(lambda: pending(redis_server) == 0)
+    wait_for(lambda: redis_server.pending() == 0)
     assert sorted(called(fake)) == sorted((a, f"t{n}") for a in "abc" for n in range(4))
     for process in (first, second):
         process.send_signal(signal.SIGTERM)
@@ -143,16 +140,7 @@ def test_a_killed_workers_run_is_taken_over_and_resumed(
     fake: FakeProvider,
     redis_server: RedisServer,
 ) -> None:
-    seen: list[str] = []
-
-    def respond(request: Received) -> Reply:
-        agent = request.prompt.split(" ")[0]
-        seen.append(agent)
-        if agent == "b" and seen.count("b") == 1:
-            return Reply(delay=30)  # the first worker dies while b is in flight
-        return Reply()
-
-    fake.respond = respond
+    seen = stall_first_call_of("b", fake)  # the first worker dies while b is in flight
     doomed = workers("--lease", "2")
     run_id = submit(env, write(CHAIN), "--no-cache")
     wait_for(lambda: "b" in seen)
@@ -167,7 +155,7 @@ def test_a_killed_workers_run_is_taken_over_and_resumed(
     wait_for(lambda: statuses(env).get(run_id) == "completed")
     assert time.monotonic() - began >= 1.5  # taken over once the lease ran out
     assert [agent for agent, _ in called(fake)] == ["a", "b", "b", "c"]  # a: once
-    wait_for(lambda: pending(redis_server) == 0)
+    wait_for(lambda: redis_server.pending() == 0)
     heir.send_signal(signal.SIGTERM)
     _, stderr = heir.communicate(timeout=30)
     assert "resuming after another worker" in stderr
@@ -203,7 +191,7 @@ def test_poison_messages_go_to_the_dead_letters(
         assert "plain relative file name" in letters["r-path"]
         assert not target.exists()  # nothing written outside its folder
         assert "delivered 2 times" in letters[run_id]
-        wait_for(lambda: pending(redis_server) == 0)  # both acknowledged
+        wait_for(lambda: redis_server.pending() == 0)  # both acknowledged
         assert len(fake.received) == 1  # the poison run was not run again
         # its record in Redis says so (those never queued by `aoe submit` have none)
         assert shared_status(redis_server, run_id) == "failed"
@@ -257,16 +245,7 @@ def test_a_run_is_taken_over_on_another_host_from_its_record_in_redis(
     redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
-    seen: list[str] = []
-
-    def respond(request: Received) -> Reply:
-        agent = request.prompt.split(" ")[0]
-        seen.append(agent)
-        if agent == "c" and seen.count("c") == 1:
-            return Reply(delay=30)  # the first worker dies while c is in flight
-        return Reply()
-
-    fake.respond = respond
+    seen = stall_first_call_of("c", fake)  # the first worker dies while c is in flight
     doomed = workers("--lease", "2", state="host-1")
     run_id = submit(env, write(CHAIN), "--no-cache")
     wait_for(lambda: "c" in seen)
@@ -276,7 +255,7 @@ def test_a_run_is_taken_over_on_another_host_from_its_record_in_redis(
     heir = workers("--lease", "2", state="host-2")
     wait_for(lambda: shared_status(redis_server, run_id) == "completed")
     assert [agent for agent, _ in called(fake)] == ["a", "b", "c", "c"]  # a, b: once
-    wait_for(lambda: pending(redis_server) == 0)
+    wait_for(lambda: redis_server.pending() == 0)
     heir.send_signal(signal.SIGTERM)
     _, stderr = heir.communicate(timeout=30)
     assert "resuming after another worker (2 agents kept)" in stderr
@@ -296,14 +275,7 @@ def test_a_drained_worker_hands_its_run_back_at_once(
     fake: FakeProvider,
     redis_server: RedisServer,
 ) -> None:
-    seen: list[str] = []
-
-    def respond(request: Received) -> Reply:
-        agent = request.prompt.split(" ")[0]
-        seen.append(agent)
-        return Reply(delay=30) if agent == "b" and seen.count("b") == 1 else Reply()
-
-    fake.respond = respond
+    seen = stall_first_call_of("b", fake)
     leaving = workers("--lease", "30")
     run_id = submit(env, write(CHAIN), "--no-cache")
     wait_for(lambda: "b" in seen)
@@ -316,7 +288,7 @@ def test_a_drained_worker_hands_its_run_back_at_once(
     wait_for(lambda: statuses(env).get(run_id) == "completed")
     assert time.monotonic() - began < 20  # no lease to wait out
     assert [agent for agent, _ in called(fake)] == ["a", "b", "b", "c"]
-    wait_for(lambda: pending(redis_server) == 0)
+    wait_for(lambda: redis_server.pending() == 0)
     client = redis.Redis(port=redis_server.port)
     try:
         assert client.xlen("aoe:{queue}:dead") == 0  # a drain is not a delivery

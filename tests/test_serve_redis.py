@@ -13,19 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from tests.conftest import child_env
+from tests.conftest import child_env, wait_for
 from tests.fakeserver import FakeProvider, Reply
 from tests.redisserver import RedisServer
 from tests.test_serve import CHAIN, Service, agent_of, events_of
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -52,22 +44,6 @@ def start(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Service
         service.close()
 
 
-def pending(server: RedisServer) -> int:
-    client = redis.Redis(port=server.port)
-    try:
-        count: int = client.xpending("aoe:{queue}:runs", "workers")["pending"]
-        return count
-    finally:
-        client.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_a_run_submitted_to_one_replica_runs_on_another_and_both_report_it(
     start: Callable[..., Service], fake: FakeProvider, redis_server: RedisServer
 ) -> None:
@@ -86,7 +62,7 @@ def test_a_run_submitted_to_one_replica_runs_on_another_and_both_report_it(
     assert kinds[0] == "RunStarted"
     assert kinds[-2:] == ["RunFinished", "end"]
     assert kinds.count("AgentFinished") == 3
-    wait_for(lambda: pending(redis_server) == 0)  # acknowledged
+    wait_for(lambda: redis_server.pending() == 0)  # acknowledged
     assert front.http.get("/api/v1/runs/nope").status_code == 404
     for service in (front, runner):
         assert service.stop() == 0
@@ -117,7 +93,7 @@ def test_live_events_and_a_cancel_go_through_any_replica(
     assert kinds[-1] == "end"
     finished = next(data for kind, data in streamed if kind == "RunFinished")
     assert finished["status"] == "cancelled"
-    wait_for(lambda: pending(redis_server) == 0)  # final: no other worker resumes it
+    wait_for(lambda: redis_server.pending() == 0)  # final: no other worker resumes it
     assert front.http.post(f"/api/v1/runs/{run_id}/cancel").status_code == 409
     assert [agent_of(r) for r in fake.received] == ["a", "b"]
     for service in (front, runner):
@@ -151,7 +127,7 @@ def test_a_queued_run_can_be_cancelled_and_a_full_queue_refuses(
     )
     try:
         wait_for(lambda: front.run(second)["status"] == "completed")
-        wait_for(lambda: pending(redis_server) == 0)
+        wait_for(lambda: redis_server.pending() == 0)
     finally:
         worker.terminate()
         _, stderr = worker.communicate(timeout=30)
@@ -189,7 +165,7 @@ def test_events_follow_a_run_across_a_drain_and_a_takeover(
     assert streamed[-1][0] == "end"
     assert seen == ["a", "b", "b", "c"]  # a: once
     assert front.run(run_id)["status"] == "completed"
-    wait_for(lambda: pending(redis_server) == 0)
+    wait_for(lambda: redis_server.pending() == 0)
 
 
 def test_without_redis_the_api_answers_503_and_health_says_why(

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +32,6 @@ PREFIX = uuid.uuid4().hex[:12]
 def _fresh_prefix() -> None:
     global PREFIX
     PREFIX = uuid.uuid4().hex[:12]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own, which it may stop and start."""
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """The Redis that .ci/run started (AOE_TEST_REDIS_URL), else one of our own."""
-    shared = os.environ.get("AOE_TEST_REDIS_URL")
-    if shared:
-        yield shared
-        return
-    server = RedisServer(tmp_path)
-    yield server.url
-    server.stop()
 
 
 def limiter(

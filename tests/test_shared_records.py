@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,24 +18,6 @@ from aoe.shared_limits import connect
 from aoe.shared_records import RecordMirror, SharedRecord, fetch, head_of
 from aoe.state.store import Store
 from tests.redisserver import RedisServer
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    shared = os.environ.get("AOE_TEST_REDIS_URL")
-    if shared:
-        yield shared
-        return
-    server = RedisServer(tmp_path)
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture
