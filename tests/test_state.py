@@ -610,6 +610,35 @@ def test_concurrent_runs_share_one_store(write: WriteFile, tmp_path: Path) -> No
     ) == [f"t{i}" for i in range(6)]
 
 
+def _open_at(path: str, barrier: Any, errors: Any) -> None:
+    barrier.wait()
+    try:
+        Store(path).close()
+    except Exception as e:  # reported to the test
+        errors.put(str(e))
+
+
+def test_processes_creating_one_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """Workers started together on a fresh folder: SQLite answers "locked" at
+    once, without waiting, to all but one of those switching a new file to WAL."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    for round_ in range(15):
+        path = str(tmp_path / f"s{round_}" / "state.db")
+        barrier = context.Barrier(4)
+        processes = [
+            context.Process(target=_open_at, args=(path, barrier, errors)) for _ in range(4)
+        ]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(30)
+            assert process.exitcode == 0
+    assert errors.empty(), errors.get()
+
+
 # -- what resume keeps -----------------------------------------------------------------
 
 

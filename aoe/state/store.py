@@ -180,6 +180,29 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     return connection
 
 
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Put the store in WAL mode. Switching a new file is the one step SQLite
+    does not wait on a busy store for: when several processes create it at once
+    (workers started together on a fresh folder) the losers are told "locked"
+    at once, so they wait here, as for any other write, and look again."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    pause = 0.005
+    while True:
+        try:
+            mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if not ("locked" in str(e) or "busy" in str(e)) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+            continue
+        if mode != "wal":
+            raise sqlite3.OperationalError(f"journal mode is {mode}, not wal")
+        return
+
+
 @contextmanager
 def writing(path: Path) -> Iterator[None]:
     """A write to the store that fails (a full disk, an I/O error) is the user's
@@ -243,9 +266,7 @@ class Store:
             ) from None
         try:
             connection = connect(path)
-            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise sqlite3.OperationalError(f"journal mode is {mode}, not wal")
+            _use_wal(connection)
             self._migrate(connection)
         except sqlite3.DatabaseError as e:
             raise StateUnusable(self._unusable(e)) from None
