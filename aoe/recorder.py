@@ -382,8 +382,11 @@ def _line(event: Event) -> str:
     return _JOURNAL.encode(values) + "\n"
 
 
+@functools.cache
 def _event_types() -> dict[str, tuple[type[Event], list[Callable[[Any], Any] | None]]]:
-    """Each event type by name, with how to rebuild each field from its JSON."""
+    """Each event type by name, with how to rebuild each field from its JSON.
+    Worked out once: ``get_type_hints`` costs ~5 ms, and every journal read
+    (a resume, each GET and SSE entry of a served run) needs the table."""
     types: dict[str, tuple[type[Event], list[Callable[[Any], Any] | None]]] = {}
     for value in vars(_events).values():
         if isinstance(value, type) and issubclass(value, Event) and value is not Event:
