@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -71,6 +72,7 @@ API = "/api/v1"
 MAX_BODY = 1 << 20  # bytes of a request body: a workflow and its inputs
 KEEP_EVENTS = 10_000  # events of a live run kept for listeners who come late
 HEARTBEAT = 15.0  # seconds between SSE comments on a quiet stream
+SEEN_RUNS = 10_000  # runs whose journal position in Redis a service remembers
 _LAGGED = object()  # a listener too slow to keep up
 _END = object()
 
@@ -308,6 +310,7 @@ class Shared:
     copy of which it keeps in ``shared.db`` beside the run store."""
 
     BACKLOG_EVERY = 2.0  # seconds between looks at the queue's length
+    PRUNE_EVERY = 3600.0  # seconds between prunings of shared.db
 
     def __init__(self, service: Service, subscribers: list[Callable[[Event], None]]) -> None:
         from aoe.queue import Worker, client_for, stream_keys
@@ -334,6 +337,8 @@ class Shared:
         self.outage: str | None = None  # why Redis is unreachable, if it is
         self.worker_failure: str | None = None
         self._restoring = asyncio.Lock()  # one restore into shared.db at a time
+        # per run: the head's epoch and the journal entry shared.db's copy is read to
+        self._seen: dict[str, tuple[str, str]] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._working: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -366,7 +371,11 @@ class Shared:
         from aoe.queue import GROUP
         from aoe.shared_limits import unreachable
 
-        while True:
+        prune_at = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() >= prune_at:
+                prune_at = time.monotonic() + self.PRUNE_EVERY
+                await self._prune()
             try:
                 self.backlog = await self._backlog(GROUP)
                 if self.outage is not None:
@@ -379,7 +388,28 @@ class Shared:
                     self.outage = f"{e}"
                 else:  # not fatal to the service: seen again in 2 s
                     log.error("cannot read the work queue's length: %s", e)
-            await asyncio.sleep(self.BACKLOG_EVERY)
+            # stopped by the event, not cancelled: a Redis command cancelled in
+            # flight has been seen to leave its task hanging (redis-py 8.1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.BACKLOG_EVERY)
+
+    async def _prune(self) -> None:
+        """Drop the copies in ``shared.db`` of runs that began (or last resumed
+        or ended) ``RECORD_TTL`` ago, as their records in Redis expire; a copy
+        asked about again is read anew. A failure is logged, not fatal."""
+        from aoe.errors import StateUnusable, StateWriteFailed
+        from aoe.shared_records import RECORD_TTL, prune_copies
+
+        try:
+            async with self._restoring:
+                dropped = await asyncio.to_thread(prune_copies, self.records.path, RECORD_TTL)
+                for run_id in dropped:
+                    self._seen.pop(run_id, None)
+        except (StateWriteFailed, StateUnusable, sqlite3.Error) as e:
+            log.error("cannot prune %s: %s", self.records.path, e)
+            return
+        if dropped:
+            log.info("dropped %d old run records from %s", len(dropped), self.records.path)
 
     async def _backlog(self, group_name: str) -> int:
         """Runs in the queue no worker has read yet (Redis 7's ``lag``)."""
@@ -422,26 +452,53 @@ class Shared:
 
     async def run(self, run_id: str) -> dict[str, Any] | None:
         """The run with its agents, from its record in Redis; None if none there."""
-        from aoe.shared_records import fetch, head_of, summary_from
+        from aoe.shared_records import head_of, summary_from
 
-        head = await head_of(self.client, self.prefix, run_id)
+        head = await head_of(self.client, self.prefix, run_id, export=False)
         if head is None:
             return None
-        record = await fetch(self.client, self.prefix, run_id, head)
         summary = summary_from(run_id, head)
-        if record is None:  # queued, or cancelled before it started
+        if await self._bring_up(run_id, head) is None:  # queued, or cancelled before it started
             return {**summary, "agents": []}
-        await self._restore(record)
         run = self.records.run(run_id)
         run.pop("workflow_text", None)
         run.update({k: v for k, v in summary.items() if v is not None})  # its worker's word
         run["agents"] = self.records.agents(run_id)
         return run
 
+    async def _bring_up(self, run_id: str, head: dict[str, str]) -> SharedRecord | None:
+        """Bring ``shared.db``'s copy of the run up to its record in Redis (None
+        if there is none yet), reading only the journal's entries this service
+        has not read before, unless its copy turns out not to reach them."""
+        from aoe.shared_records import Partial, fetch
+
+        if not head.get("session"):  # queued: no session began, nothing to read
+            return None
+        seen = self._seen.get(run_id)
+        # the same epoch: the same session's journal (a rewrite after Redis lost
+        # the record starts a new stream; a copy it does not continue is Partial)
+        after = seen[1] if seen is not None and seen[0] == head.get("epoch") else None
+        record = await fetch(self.client, self.prefix, run_id, head, after=after)
+        if record is None:
+            return None
+        try:
+            await self._restore(record)
+        except Partial:  # this copy is not where it was (shared.db lost it)
+            record = await fetch(self.client, self.prefix, run_id)
+            if record is None:  # expired meanwhile
+                return None
+            await self._restore(record)
+        # (concurrent GETs may leave an earlier entry here: that costs a re-read)
+        self._seen.pop(run_id, None)
+        self._seen[run_id] = (record.head["epoch"], record.last)
+        while len(self._seen) > SEEN_RUNS:  # the runs asked about least recently go
+            del self._seen[next(iter(self._seen))]
+        return record
+
     async def _restore(self, record: SharedRecord) -> None:
         from aoe.shared_records import restore_into
 
-        async with self._restoring:
+        async with self._restoring:  # one writer of shared.db at a time
             await asyncio.to_thread(restore_into, record, self.records.path)
 
     async def runs(
@@ -470,16 +527,15 @@ class Shared:
         """The run's events over SSE: those recorded, then live from its journal in
         Redis until the run ends."""
         from aoe.recorder import read_journal
-        from aoe.shared_records import FINAL, fetch, head_of, record_keys
+        from aoe.shared_records import FINAL, head_of, record_keys
 
-        head = await head_of(self.client, self.prefix, run_id)
+        head = await head_of(self.client, self.prefix, run_id, export=False)
         if head is None:
             return None
-        record = await fetch(self.client, self.prefix, run_id, head)
+        record = await self._bring_up(run_id, head)
         recorded: list[dict[str, Any]] = []
         last = "0-0"
         if record is not None:
-            await self._restore(record)
             recorded = self.records.events(run_id)
             last = record.last
         response = await _event_stream(request)
@@ -533,10 +589,11 @@ class Shared:
         """The worker hands its runs back to the queue (another worker resumes
         them), then the connections close."""
         self._stop.set()
-        if self._watcher is not None:
+        if self._working is not None:
+            await asyncio.gather(self._working, return_exceptions=True)
+        if self._watcher is not None:  # ends within its Redis timeout; else cut short
+            await asyncio.wait({self._watcher}, timeout=10)
             self._watcher.cancel()
-        tasks = [task for task in (self._watcher, self._working) if task is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
         """Once the HTTP server has stopped: the connection and the records' copy."""

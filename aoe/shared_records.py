@@ -453,41 +453,68 @@ def _read_from(file: Path, offset: int) -> bytes:
         return b""
 
 
-async def head_of(client: Redis, prefix: str, run_id: str) -> dict[str, str] | None:
-    """The run's head (summary, session and export); None if Redis has no record."""
+async def head_of(
+    client: Redis, prefix: str, run_id: str, *, export: bool = True
+) -> dict[str, str] | None:
+    """The run's head (summary, session, epoch and, unless not ``export``, the
+    run's export, its largest part); None if Redis has no record."""
     head_key, _ = record_keys(prefix, run_id)
-    head = {text(k): text(v) for k, v in (await client.hgetall(head_key)).items()}
+    if export:
+        head = {text(k): text(v) for k, v in (await client.hgetall(head_key)).items()}
+    else:
+        values = await client.hmget(head_key, _HEAD)
+        head = {k: text(v) for k, v in zip(_HEAD, values, strict=True) if v is not None}
     return head or None
 
 
 async def fetch(
-    client: Redis, prefix: str, run_id: str, head: dict[str, str] | None = None
+    client: Redis,
+    prefix: str,
+    run_id: str,
+    head: dict[str, str] | None = None,
+    *,
+    after: str | None = None,
 ) -> SharedRecord | None:
     """What Redis holds of ``run_id`` (its ``head``, if read already); None if
-    nothing, or if no worker has started it yet."""
-    if head is None:
+    nothing, or if no worker has started it yet. With ``after`` (the ``last`` of
+    an earlier fetch of the same session), only the journal's entries since."""
+    if head is None or (after is None and "export" not in head):
         head = await head_of(client, prefix, run_id)
-    if head is None or not head.get("export"):
+    if head is None or not head.get("session"):  # set with the export as a session begins
         return None
     _, journal_key = record_keys(prefix, run_id)
     session = int(head["session"])
     chunks: list[tuple[bytes, int]] = []
-    start, last = "-", "0-0"
+    start, last = ("-", "0-0") if after is None else ("(" + after, after)
     while True:
         entries: Any = await client.xrange(journal_key, min=start, max="+", count=_CHUNK)
-        for _, fields in entries:
-            if int(fields[b"s"]) == session:  # a stray write of a session taken over
-                chunks.append((bytes(fields[b"d"]), int(fields[b"o"])))
-        if entries:
-            last = text(entries[-1][0])
+        for entry_id, fields in entries:
+            # a session's begin empties the journal and fences off earlier
+            # writers: another session's entry is of one that began since the
+            # head was read. Not read past, so a reader going on from ``last``
+            # (an SSE stream) gets that session from its start
+            if int(fields[b"s"]) != session:
+                return SharedRecord(run_id, session, head, chunks, last, whole=after is None)
+            chunks.append((bytes(fields[b"d"]), int(fields[b"o"])))
+            last = text(entry_id)
         if len(entries) < _CHUNK:
             break
         start = "(" + last
-    return SharedRecord(run_id, session, head, chunks, last)
+    return SharedRecord(run_id, session, head, chunks, last, whole=after is None)
+
+
+class Partial(Exception):
+    """The journal read begins past where the store's copy of the run is
+    (``offset``)."""
+
+    def __init__(self, run_id: str, offset: int) -> None:
+        super().__init__(run_id, offset)
+        self.offset = offset
 
 
 class SharedRecord:
-    """A run's record as Redis holds it: the head and its session's journal."""
+    """A run's record as Redis holds it: the head and its session's journal
+    (``whole``), or the journal's entries after an earlier read."""
 
     def __init__(
         self,
@@ -496,16 +523,20 @@ class SharedRecord:
         head: dict[str, str],
         chunks: list[tuple[bytes, int]],
         last: str = "0-0",
+        *,
+        whole: bool = True,
     ) -> None:
         self.run_id = run_id
         self.session = session
         self.head = head
         self.chunks = chunks
         self.last = last  # the id of the journal's last entry read
+        self.whole = whole
 
     def journal_from(self, offset: int) -> bytes:
         """The session's journal from ``offset`` on, as far as Redis has it
-        without a gap."""
+        without a gap. :class:`Partial` if the chunks read start after ``offset``
+        (and so do not hold all of it)."""
         data = bytearray()
         reached = offset
         for chunk, end in sorted(self.chunks, key=lambda c: c[1]):
@@ -513,6 +544,8 @@ class SharedRecord:
             if end <= reached:
                 continue
             if start > reached:  # a gap: nothing after it can be applied
+                if reached == offset:  # what was read begins past the store's copy
+                    raise Partial(self.run_id, offset)
                 break
             data += chunk[reached - start :]
             reached = end
@@ -520,7 +553,8 @@ class SharedRecord:
 
     def restore(self, store: Store) -> bool:
         """Bring ``store``'s record of the run up to this one; True if it changed.
-        A local record of a later session is newer and left alone."""
+        A local record of a later session is newer and left alone. A record not
+        ``whole`` that does not continue the store's raises :class:`Partial`."""
         from aoe.errors import RunNotFound
         from aoe.recorder import apply_journal
 
@@ -528,13 +562,30 @@ class SharedRecord:
             local: dict[str, Any] | None = store.run(self.run_id)
         except RunNotFound:
             local = None
-        changed = False
-        if local is None or local["sessions"] < self.session:
-            store.import_(json.loads(self.head["export"]), replace=True)
-            changed = True
-        elif local["sessions"] > self.session:
+        if local is not None and local["sessions"] > self.session:
             return False
-        return apply_journal(store, self.run_id, self.session, self.journal_from) or changed
+        export = None
+        if local is not None and local["sessions"] == self.session:
+            try:
+                return bool(apply_journal(store, self.run_id, self.session, self.journal_from))
+            except Partial as e:
+                # the journal read begins past this copy: read on from an
+                # earlier read (not whole), or written again from its worker's
+                # store (Redis had lost it), whose export then reaches further
+                if not self.whole:
+                    raise
+                export = json.loads(self.head["export"])
+                run = export["runs"][0]
+                if run.get("journal_session") != self.session or (
+                    int(run.get("journal_offset") or 0) <= e.offset
+                ):
+                    return False  # a part Redis lost: nothing after it applies
+        elif not self.whole:
+            raise Partial(self.run_id, 0)
+        store.import_(export or json.loads(self.head["export"]), replace=True)
+        with contextlib.suppress(Partial):  # Redis lost the journal's start: the export is all
+            apply_journal(store, self.run_id, self.session, self.journal_from)
+        return True
 
 
 async def restore(client: Redis, prefix: str, store: Store, run_id: str) -> int | None:
@@ -557,6 +608,15 @@ def restore_into(record: SharedRecord, path: Path) -> None:
         record.restore(store)
 
 
+def prune_copies(path: Path, older_than: float) -> list[str]:
+    """Drop from the store of copies at ``path`` the runs not updated for
+    ``older_than`` seconds; their ids. Through a connection of this thread."""
+    from aoe.state.store import Store
+
+    with Store(path) as store:
+        return store.prune(older_than, copies=True)
+
+
 _SUMMARY = (
     "status",
     "workflow_name",
@@ -569,6 +629,7 @@ _SUMMARY = (
     "host",
     "error",
 )
+_HEAD = (*_SUMMARY, "session", "epoch")  # a head without its export
 _NUMBERS = {"created_at": float, "updated_at": float, "finished_at": float, "cost": float}
 _COUNTS = {"input_tokens", "output_tokens"}
 

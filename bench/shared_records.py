@@ -14,6 +14,12 @@ Reported per agent: wall time and CPU time of this process (the best of
 holds per agent for the record (``MEMORY USAGE`` of its keys). A chain is the
 worst shape: every hop waits for a round trip to Redis before its call.
 
+Then what ``aoe serve`` does for a GET of such a run from another replica: read
+its record from Redis and bring a local copy up to it. Reported: the first GET
+(the whole record into an empty copy), and a repeated GET (the median of
+twenty) reading the whole record again — the baseline — against reading on
+from where the copy was, the head without its export, as the service does.
+
 Run with ``make bench`` or ``python bench/shared_records.py``.
 """
 
@@ -24,6 +30,7 @@ import asyncio
 import gc
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +45,13 @@ from aoe.api import load, run_workflow  # noqa: E402
 from aoe.config import load_settings  # noqa: E402
 from aoe.engine.events import RunStatus  # noqa: E402
 from aoe.shared_limits import connect  # noqa: E402
-from aoe.shared_records import RecordMirror, record_keys  # noqa: E402
+from aoe.shared_records import (  # noqa: E402
+    RecordMirror,
+    fetch,
+    head_of,
+    record_keys,
+    restore_into,
+)
 from aoe.state.store import Store  # noqa: E402
 
 
@@ -87,6 +100,34 @@ async def one_run(path: Path, state: Path, url: str | None, number: int) -> floa
             used += float(await client.memory_usage(key) or 0)
         await client.aclose()
     return used
+
+
+async def reads(url: str, run_id: str, copy: Path) -> tuple[float, float, float]:
+    """A GET's reading of the run: the first, then repeated ones whole and on."""
+    client = connect(url)
+
+    async def get(after: str | None) -> str:
+        head = await head_of(client, "bench", run_id, export=after is None)
+        record = await fetch(client, "bench", run_id, head, after=after)
+        assert record is not None
+        restore_into(record, copy)
+        return record.last
+
+    try:
+        start = time.perf_counter()
+        last = await get(None)
+        first = time.perf_counter() - start
+        whole, on = [], []
+        for _ in range(20):
+            start = time.perf_counter()
+            await get(None)
+            whole.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            await get(last)
+            on.append(time.perf_counter() - start)
+    finally:
+        await client.aclose()
+    return first, statistics.median(whole), statistics.median(on)
 
 
 def measure(path: Path, state: Path, url: str | None, repeats: int, counter: list[int]) -> Any:
@@ -141,7 +182,15 @@ def main() -> None:
                     f"  CPU per agent (this process): {cpu0 / n * 1e3:.3f} ms, "
                     f"{cpu1 / n * 1e3:.3f} ms (+{(cpu1 - cpu0) / n * 1e3:.3f} ms)"
                 )
-                print(f"  Redis memory for the record: {used / n:,.0f} bytes per agent\n")
+                print(f"  Redis memory for the record: {used / n:,.0f} bytes per agent")
+                first, whole, on = asyncio.run(
+                    reads(url, f"bench-{counter[0]}", state / f"copy-{counter[0]}.db")
+                )
+                print(
+                    f"  a GET from another replica: first {first * 1e3:.1f} ms; again "
+                    f"{whole * 1e3:.2f} ms reading the whole record, {on * 1e3:.2f} ms "
+                    f"reading on ({whole / on:.1f}x less)\n"
+                )
         finally:
             redis.terminate()
             redis.wait(timeout=20)

@@ -4,6 +4,8 @@ record in Redis. Real processes, a real redis-server, the fake provider."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -45,7 +47,7 @@ def start(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Service
 
 
 def test_a_run_submitted_to_one_replica_runs_on_another_and_both_report_it(
-    start: Callable[..., Service], fake: FakeProvider, redis_server: RedisServer
+    start: Callable[..., Service], fake: FakeProvider, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     runner = start("runner")
     front = start("front", "--no-worker")  # takes runs, runs none
@@ -62,6 +64,13 @@ def test_a_run_submitted_to_one_replica_runs_on_another_and_both_report_it(
     assert kinds[0] == "RunStarted"
     assert kinds[-2:] == ["RunFinished", "end"]
     assert kinds.count("AgentFinished") == 3
+    # each GET reads on from where the replica's copy was; a copy that lost the
+    # run is brought up from the whole record
+    with contextlib.closing(sqlite3.connect(tmp_path / "front" / "shared.db")) as copy:
+        copy.execute("PRAGMA foreign_keys = ON")
+        copy.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+        copy.commit()
+    assert front.run(run_id)["agents"] == run["agents"]
     wait_for(lambda: redis_server.pending() == 0)  # acknowledged
     assert front.http.get("/api/v1/runs/nope").status_code == 404
     for service in (front, runner):
@@ -185,3 +194,33 @@ def test_without_redis_the_api_answers_503_and_health_says_why(
     assert front.http.get("/api/v1/runs").status_code == 200
     assert front.stop() == 0
     assert not any("Traceback" in line for line in front.lines)
+
+
+def test_old_copies_in_shared_db_are_dropped(start: Callable[..., Service], tmp_path: Path) -> None:
+    """A replica's copies of records (shared.db) go as their records in Redis
+    expire, whatever they say: a copy's status names no process of this host."""
+    from aoe.shared_records import RECORD_TTL
+    from aoe.state.store import Store
+
+    (tmp_path / "front").mkdir()
+    with Store(tmp_path / "front" / "shared.db") as copies:
+        for run_id in ("old", "recent"):
+            copies.create_run(
+                run_id, workflow_name="w", workflow_path="/w.yaml", workflow_sha256="0" * 64,
+                workflow_text="version: 1\n", workflow_files={}, inputs={}, settings={},
+                budget=None, agents={"a": "d"},
+            )  # fmt: skip
+        copies.connection.execute("UPDATE runs SET host = 'a-worker-elsewhere'")
+        copies.connection.execute(
+            "UPDATE runs SET updated_at = ? WHERE run_id = 'old'", (time.time() - RECORD_TTL - 60,)
+        )
+        # a store of its own would keep it: running, for all it can tell
+        assert copies.prune(RECORD_TTL, dry_run=True) == []
+    front = start("front", "--no-worker")
+
+    def kept() -> list[str]:
+        with contextlib.closing(sqlite3.connect(tmp_path / "front" / "shared.db")) as db:
+            return [row[0] for row in db.execute("SELECT run_id FROM runs")]
+
+    wait_for(lambda: kept() == ["recent"])
+    assert front.stop() == 0

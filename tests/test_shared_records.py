@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 
 from aoe.errors import StateWriteFailed
 from aoe.shared_limits import connect
-from aoe.shared_records import RecordMirror, SharedRecord, fetch, head_of
+from aoe.shared_records import Partial, RecordMirror, SharedRecord, fetch, head_of
 from aoe.state.store import Store
 from tests.redisserver import RedisServer
 
@@ -93,7 +94,77 @@ def test_the_journal_is_joined_in_order_and_stops_at_a_gap() -> None:
     record = SharedRecord("r", 1, {}, [(b"cd", 4), (b"ab", 2), (b"gh", 8)])
     assert record.journal_from(0) == b"abcd"  # ef never reached Redis: gh waits
     assert record.journal_from(1) == b"bcd"
-    assert record.journal_from(4) == b""
+    with pytest.raises(Partial):  # what it holds begins past 4: Redis lost ef
+        record.journal_from(4)
+    assert record.journal_from(8) == b""
+
+
+async def test_a_record_is_read_on_from_where_a_copy_was_brought_up_to(
+    redis_url: str, prefix: str, store: Store, tmp_path: Path
+) -> None:
+    """What ``aoe serve`` does on each GET: only the journal's new entries are
+    read; a copy they do not continue is told so (and then reads it whole)."""
+    from aoe.engine.events import AgentFinished, AgentStarted, AgentState, AttemptStarted
+    from aoe.providers.base import Usage
+    from aoe.recorder import _line
+
+    client = connect(redis_url)
+    mirror = RecordMirror(client, "run-1", prefix=prefix)
+
+    async def send(*events: object) -> None:
+        data = "".join(_line(e) for e in events).encode()  # type: ignore[arg-type]
+        mirror.append(data, sent[0] + len(data))
+        sent[0] += len(data)
+        waiter = mirror.synced(sent[0])
+        assert waiter is not None
+        await asyncio.wait_for(waiter, 5)
+
+    sent = [0]
+    try:
+        await mirror.begin(store, 1)
+        await send(
+            AgentStarted("run-1", 1.0, "a"),
+            AttemptStarted("run-1", 1.1, "a", None, 1, "openai", "m", 0.0, 0.02, "f"),
+        )
+        whole = await fetch(client, prefix, "run-1")
+        assert whole is not None
+        assert whole.whole
+        with Store(tmp_path / "copy.db") as copy:
+            assert whole.restore(copy)
+            assert [a["state"] for a in copy.agents("run-1")] == ["running"]
+            midway = copy.export("run-1")  # as a worker writes its head again
+            done = AgentFinished(
+                "run-1", 1.6, "a", AgentState.COMPLETED, 0.6, Usage(5, 7), 0.003, 1, "A!"
+            )
+            await send(done)
+            newer = await fetch(client, prefix, "run-1", after=whole.last)
+            assert newer is not None
+            assert not newer.whole
+            assert len(newer.chunks) == 1  # the new entry alone
+            assert newer.restore(copy)
+            agents = copy.agents("run-1")
+            assert [(a["state"], a["output"]) for a in agents] == [("completed", "A!")]
+            again = await fetch(client, prefix, "run-1", after=newer.last)
+            assert again is not None
+            assert (again.chunks, again.last) == ([], newer.last)
+            assert not again.restore(copy)
+        with Store(tmp_path / "fresh.db") as fresh, pytest.raises(Partial):
+            newer.restore(fresh)  # no copy at all
+        with Store(tmp_path / "behind.db") as behind:
+            SharedRecord("run-1", 1, whole.head, []).restore(behind)  # the head alone
+            with pytest.raises(Partial):
+                newer.restore(behind)
+            assert [a["state"] for a in behind.agents("run-1")] == ["pending"]
+            # Redis lost the record and its worker wrote it again from its store:
+            # the journal there begins past this copy, the export holds the rest
+            again_head = {**whole.head, "export": json.dumps(midway)}
+            rewritten = SharedRecord("run-1", 1, again_head, newer.chunks)
+            assert rewritten.restore(behind)
+            agents = behind.agents("run-1")
+            assert [(a["state"], a["output"]) for a in agents] == [("completed", "A!")]
+    finally:
+        await mirror.close()
+        await client.aclose()
 
 
 async def test_fail_closed_holds_the_next_call_until_redis_returns(

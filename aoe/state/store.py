@@ -687,9 +687,11 @@ class Store:
             for table in ("runs", "agents", "attempts", "events")
         }
 
-    def prune(self, older_than: float, *, dry_run: bool = False) -> list[str]:
+    def prune(self, older_than: float, *, dry_run: bool = False, copies: bool = False) -> list[str]:
         """Remove finished runs last touched more than ``older_than`` seconds ago;
-        a run still running is kept whatever its age. Returns their ids."""
+        a run still running is kept whatever its age, unless the store holds
+        ``copies`` of records kept elsewhere (an ``aoe serve``'s ``shared.db``),
+        which say nothing of a process here. Returns their ids."""
         cutoff = time.time() - older_than
         candidates = self.connection.execute(
             "SELECT run_id, status, host, pid, process FROM runs WHERE updated_at < ?",
@@ -698,7 +700,7 @@ class Store:
         doomed = [
             run_id
             for run_id, status, host, pid, process in candidates
-            if status != "running" or not run_alive(run_id, host, pid, process)
+            if copies or status != "running" or not run_alive(run_id, host, pid, process)
         ]
         if doomed and not dry_run:
             with writing(self.path), transaction(self.connection) as db:
