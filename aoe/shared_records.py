@@ -609,8 +609,9 @@ def restore_into(record: SharedRecord, path: Path) -> None:
 
 
 def prune_copies(path: Path, older_than: float) -> list[str]:
-    """Drop from the store of copies at ``path`` the runs not updated for
-    ``older_than`` seconds; their ids. Through a connection of this thread."""
+    """Drop from the store of copies at ``path`` the runs that began (or last
+    resumed or ended) ``older_than`` seconds ago; their ids. Through a
+    connection of this thread."""
     from aoe.state.store import Store
 
     with Store(path) as store:
