@@ -24,7 +24,6 @@ import asyncio
 import bisect
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from aoe.limits import Limits, LocalRateLimiter  # noqa: E402
 from aoe.shared_limits import RedisRateLimiter, connect  # noqa: E402
+from tests.redisserver import RedisServer  # noqa: E402
 
 PROCESSES = 4
 HIGH = Limits(10**9, 10**9, 10**9, 10**12, 10**6)
@@ -110,13 +110,6 @@ def busiest(times: list[float], length: float) -> int:
     return max((bisect.bisect_left(times, t + length) - i for i, t in enumerate(times)), default=0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def workers(mode: str, url: str, seconds: float, prefix: str) -> list[object]:
     start = time.time() + 1.0  # every process starts its clock together
     command = [sys.executable, __file__, "--worker", mode, "--url", url]
@@ -150,19 +143,12 @@ def main() -> None:
         print(json.dumps(admitted))
         return
 
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
     with tempfile.TemporaryDirectory() as folder:
-        server = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-             "no", "--dir", folder],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        server = RedisServer(Path(folder))
         try:
-            time.sleep(0.5)
-            url = f"redis://127.0.0.1:{port}/0"
+            url = server.url
             local = asyncio.run(local_throughput(args.throughput_seconds))
             found = workers("throughput", url, args.throughput_seconds, "tp")
             total = sum(r["count"] for r in found)  # type: ignore[index]
@@ -176,8 +162,7 @@ def main() -> None:
             )
             admitted = [t for times in workers("accuracy", url, args.seconds, "acc") for t in times]  # type: ignore[attr-defined]
         finally:
-            server.terminate()
-            server.wait(timeout=20)
+            server.stop()
     demand = int(2 * 600 * args.seconds / 60 / PROCESSES) * PROCESSES
     expected = min(600, demand)  # what the limit lets through in the run
     start = min(admitted) if admitted else 0.0

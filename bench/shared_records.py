@@ -29,9 +29,7 @@ import argparse
 import asyncio
 import gc
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +51,7 @@ from aoe.shared_records import (  # noqa: E402
     restore_into,
 )
 from aoe.state.store import Store  # noqa: E402
+from tests.redisserver import RedisServer  # noqa: E402
 
 
 def workflow_text(name: str, deps: dict[str, list[str]]) -> str:
@@ -71,13 +70,6 @@ def shapes(size: int) -> dict[str, dict[str, list[str]]]:
     fan = {"root": [], **{f"a{i}": ["root"] for i in range(size - 2)}}
     fan["end"] = [f"a{i}" for i in range(size - 2)]
     return {f"chain of {size}": chain, f"fan-out of {size}": fan}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def one_run(path: Path, state: Path, url: str | None, number: int) -> float:
@@ -147,19 +139,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=300, help="agents per workflow")
     parser.add_argument("--repeats", type=int, default=3)
     options = parser.parse_args()
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
     with tempfile.TemporaryDirectory() as folder:
-        redis = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", folder],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        server = RedisServer(Path(folder))
         try:
-            time.sleep(0.5)
-            url = f"redis://127.0.0.1:{port}/0"
+            url = server.url
             print("run records in Redis: redis-server on 127.0.0.1, mock provider, latency 0\n")
             counter = [0]
             for name, deps in shapes(options.size).items():
@@ -192,8 +177,7 @@ def main() -> None:
                     f"reading on ({whole / on:.1f}x less)\n"
                 )
         finally:
-            redis.terminate()
-            redis.wait(timeout=20)
+            server.stop()
 
 
 if __name__ == "__main__":
