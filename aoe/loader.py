@@ -544,13 +544,15 @@ class _Loader:
         try:
             return analyse_expression(source.text) if expression else analyse_template(source.text)
         except TemplateProblem as e:
+            kind = "expression" if expression else "template"
             self.template_error(
                 source,
                 path,
                 e.line,
-                "template-syntax",
-                f"{owner}: the {field} {'expression' if expression else 'template'}"
-                f" does not parse: {e.message}",
+                "template-limit" if e.costly else "template-syntax",
+                f"{owner}: the {field} {kind} "
+                + ("would take too much time or memory" if e.costly else "does not parse")
+                + f": {e.message}",
             )
             return None
 

@@ -11,9 +11,14 @@ reference against ``depends_on`` and the declared inputs.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
-from functools import cache, lru_cache
+import sys
+from functools import cache
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+from aoe.bounded import ByteLRU, memoize
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -42,25 +47,119 @@ def _defined_by_jinja(name: str) -> bool:
 
 @cache
 def environment() -> ImmutableSandboxedEnvironment:
-    """The one Jinja environment: sandboxed, immutable, strict about undefined names."""
+    """The one Jinja environment: sandboxed, immutable, strict about undefined names,
+    and refusing arithmetic and repetition whose result would be too large to make
+    (``'x' * 3000000000``, ``2 ** 2 ** 33``) before making it."""
     from jinja2 import StrictUndefined
+    from jinja2.exceptions import SecurityError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.utils import generate_lorem_ipsum
 
-    return ImmutableSandboxedEnvironment(
-        undefined=StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        loader=None,
-    )
+    class Bounded(ImmutableSandboxedEnvironment):
+        # intercepted operators are also never folded into constants when compiling
+        intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            problem = binop_problem(operator, left, right)
+            if problem is not None:
+                raise SecurityError(problem)
+            return super().call_binop(context, operator, left, right)
+
+    def lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+        if not 0 <= n <= MAX_LIPSUM or not 0 < max <= 1000:
+            raise SecurityError(f"lipsum() may make {MAX_LIPSUM} paragraphs of 1,000 words at most")
+        return str(generate_lorem_ipsum(n, html, min, max))
+
+    env = Bounded(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env.globals["lipsum"] = lipsum
+    return env
+
+
+def _number(value: int) -> str:
+    return f"{value:,}" if value.bit_length() < 64 else "a large number"
+
+
+_FORMAT_WIDTHS = re.compile(r"%[-#0 +]*(\d*)(?:\.(\d+))?")
+
+
+def binop_problem(operator: str, left: Any, right: Any) -> str | None:
+    """Why ``left operator right`` must not be computed in a template, or None:
+    its result would be larger than a template may make."""
+    if operator == "**":
+        if (
+            type(left) is int
+            and type(right) is int
+            and abs(left) > 1
+            and right > 0
+            and right * math.log2(abs(left)) > MAX_INT_BITS
+        ):
+            return (
+                f"{_number(left)} ** {_number(right)} is too large a number to compute "
+                f"(templates may compute integers of {MAX_INT_BITS:,} bits)"
+            )
+    elif operator == "*":
+        for times, seq in ((left, right), (right, left)):
+            if (
+                type(times) is int
+                and isinstance(seq, str | list | tuple)
+                and times * len(seq) > MAX_RENDERED
+            ):
+                return (
+                    f"repeating {type(seq).__name__} of {len(seq):,} items {times:,} "
+                    f"times would be too large (at most {MAX_RENDERED:,})"
+                )
+        if (
+            type(left) is int
+            and type(right) is int
+            and left.bit_length() + right.bit_length() > MAX_INT_BITS
+        ):
+            return (
+                "this product is too large a number to compute "
+                f"(templates may compute integers of {MAX_INT_BITS:,} bits)"
+            )
+    elif operator == "+":
+        if (
+            isinstance(left, str | list | tuple)
+            and isinstance(right, str | list | tuple)
+            and len(left) + len(right) > MAX_RENDERED
+        ):
+            return f"joining these would make more than {MAX_RENDERED:,} items"
+    elif operator == "%" and isinstance(left, str) and "%" in left:
+        for width, precision in _FORMAT_WIDTHS.findall(left):
+            if (
+                max(len(width), len(precision)) > 7
+                or max(int(width or 0), int(precision or 0)) > MAX_RENDERED
+            ):
+                return f"a %-format width or precision over {MAX_RENDERED:,}"
+    return None
 
 
 class TemplateProblem(Exception):
-    """A template that does not parse or uses what templates may not use."""
+    """A template that does not parse, uses what templates may not use, or would
+    cost more than a template may (``costly``: its loops or constants are too big)."""
 
-    def __init__(self, message: str, line: int) -> None:
+    def __init__(self, message: str, line: int, *, costly: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.line = line
+        self.costly = costly
+
+
+# What one template may cost, checked where it can be seen in the text (here, at
+# validation) and again while it renders (in the sandbox process, aoe.sandbox).
+MAX_RENDERED = 4 << 20
+"""Characters a rendered prompt, system message or output may have."""
+MAX_LOOP_STEPS = 1_000_000
+"""Iterations nested ``range`` loops of constant size may make together."""
+MAX_INT_BITS = 13_000
+"""Bits of an integer a template may compute: about 3,900 digits, so that any of
+them can still be printed (Python refuses to print integers of over 4,300)."""
+MAX_NESTING = 100
+"""Levels of a template's syntax tree (Jinja's compiler recurses through them)."""
+MAX_LIPSUM = 100
+"""Paragraphs ``lipsum()`` may make."""
+# Caches are bounded by bytes: a service sees templates of every size (aoe.bounded).
+CACHE_BYTES = 16 << 20
 
 
 class Reference(NamedTuple):
@@ -149,7 +248,11 @@ def _analyse_simple(text: str) -> Analysis | None:
     return Analysis(tuple(sorted(references, key=_order)))
 
 
-@lru_cache(maxsize=4096)
+def _weigh_analysis(text: str, analysis: Analysis) -> int:
+    return sys.getsizeof(text) + 160 * len(analysis.references) + 120
+
+
+@memoize(CACHE_BYTES, _weigh_analysis)
 def _analyse_template_cached(text: str) -> Analysis:
     from jinja2 import TemplateSyntaxError
 
@@ -157,10 +260,18 @@ def _analyse_template_cached(text: str) -> Analysis:
         tree = environment().parse(text)
     except TemplateSyntaxError as e:
         raise TemplateProblem(_syntax_message(e), e.lineno) from None
+    except RecursionError:
+        raise TemplateProblem(_TOO_DEEP, 1) from None
     return _collect(tree)
 
 
-@lru_cache(maxsize=4096)
+_TOO_DEEP = (
+    "it is nested too deeply (brackets, operators, filters or blocks inside one "
+    "another): split it into simpler parts"
+)
+
+
+@memoize(CACHE_BYTES, _weigh_analysis)
 def analyse_expression(text: str) -> Analysis:
     """What a ``when`` or ``foreach`` expression reads; raises :class:`TemplateProblem`."""
     stripped = text.strip()
@@ -186,6 +297,8 @@ def analyse_expression(text: str) -> Analysis:
             )
     except TemplateSyntaxError as e:
         raise TemplateProblem(_syntax_message(e), e.lineno) from None
+    except RecursionError:
+        raise TemplateProblem(_TOO_DEEP, 1) from None
     return _collect(expression)
 
 
@@ -237,9 +350,15 @@ def _collect(root: nodes.Node) -> Analysis:
     loads: list[tuple[str, int]] = []
     stored: set[str] = set()
     whole: Reference | None = None
-    stack: list[nodes.Node] = [root]
+    ranges = _constants(root)
+    # each node with how many times, at least, it runs per rendering (nested range
+    # loops), and how deep it is (Jinja's compiler recurses as deep as the tree)
+    stack: list[tuple[nodes.Node, int, int]] = [(root, 1, 0)]
     while stack:
-        node = stack.pop()
+        node, runs, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise TemplateProblem(_TOO_DEEP, node.lineno)
+        depth += 1
         if isinstance(node, nodes.Getattr | nodes.Getitem):
             chain = _static_chain(node)
             if chain is not None and chain[0] in ROOTS:
@@ -261,7 +380,22 @@ def _collect(root: nodes.Node) -> Analysis:
                 "use prompt_file or system_file for a template kept in a file",
                 node.lineno,
             )
-        stack.extend(node.iter_child_nodes())
+        elif isinstance(node, nodes.For) and id(node.iter) in ranges:
+            inner = runs * max(ranges[id(node.iter)], 1)
+            if inner > MAX_LOOP_STEPS:
+                raise TemplateProblem(
+                    f"its loops would run {inner:,} times in all (nested range() loops may "
+                    f"run {MAX_LOOP_STEPS:,} times together): loop over the data instead, "
+                    "or use smaller ranges",
+                    node.lineno,
+                    costly=True,
+                )
+            stack.extend((child, runs, depth) for child in (node.target, node.iter, *node.else_))
+            stack.extend((child, inner, depth) for child in node.body)
+            if node.test is not None:
+                stack.append((node.test, inner, depth))
+            continue
+        stack.extend((child, runs, depth) for child in node.iter_child_nodes())
     for name, line in loads:
         if name in stored or _defined_by_jinja(name):
             continue
@@ -269,6 +403,83 @@ def _collect(root: nodes.Node) -> Analysis:
         references.append(Reference("dynamic" if name in ROOTS else "name", name, None, line))
     references.sort(key=_order)
     return Analysis(tuple(references), whole)
+
+
+_UNKNOWN = object()
+
+
+def _constants(root: nodes.Node) -> dict[int, int]:
+    """Work out the constant parts of a template (``'x' * 3``, ``2 ** 10``,
+    ``range(100)``) as Jinja's own optimiser would, refusing any whose value
+    would be too large to make; return the sizes of its constant ``range()``
+    calls, by node id. Bottom-up without recursion: a chain of ten thousand
+    ``+`` is one deep tree."""
+    from jinja2 import nodes
+
+    values: dict[int, Any] = {}
+    ranges: dict[int, int] = {}
+    stack: list[tuple[nodes.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if not done:
+            stack.append((node, True))
+            stack.extend((child, False) for child in node.iter_child_nodes())
+            continue
+        if isinstance(node, nodes.Const):
+            if isinstance(node.value, int | float | str):
+                values[id(node)] = node.value
+        elif isinstance(node, nodes.List | nodes.Tuple):
+            items = [values.get(id(item), _UNKNOWN) for item in node.items]
+            values[id(node)] = items  # its length is what matters: `[0] * 10**9`
+        elif isinstance(node, nodes.Neg | nodes.Pos):
+            operand = values.get(id(node.node), _UNKNOWN)
+            if isinstance(operand, int | float) and not isinstance(operand, bool):
+                values[id(node)] = -operand if isinstance(node, nodes.Neg) else operand
+        elif isinstance(node, nodes.BinExpr):
+            left = values.get(id(node.left), _UNKNOWN)
+            right = values.get(id(node.right), _UNKNOWN)
+            if left is not _UNKNOWN and right is not _UNKNOWN:
+                value = _operate(node.operator, left, right, node.lineno)
+                if value is not _UNKNOWN:
+                    values[id(node)] = value
+        elif isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name):
+            args = [values.get(id(a), _UNKNOWN) for a in node.args]
+            kwargs = {k.key: values.get(id(k.value), _UNKNOWN) for k in node.kwargs}
+            if node.node.name == "range" and args and not kwargs:
+                if all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+                    # range(1, 2, 0) and the like fail when rendered, clearly
+                    with contextlib.suppress(ValueError, TypeError, OverflowError):
+                        ranges[id(node)] = len(range(*args))
+            elif node.node.name == "lipsum":
+                count = kwargs.get("n", args[0] if args else _UNKNOWN)
+                if isinstance(count, int) and count > MAX_LIPSUM:
+                    raise TemplateProblem(
+                        f"lipsum() may make {MAX_LIPSUM} paragraphs at most, not {count:,}",
+                        node.lineno,
+                        costly=True,
+                    )
+    return ranges
+
+
+def _operate(operator: str, left: Any, right: Any, line: int) -> Any:
+    """``left operator right`` for constants, refused when it would be too large."""
+    problem = binop_problem(operator, left, right)
+    if problem is not None:
+        raise TemplateProblem(problem, line, costly=True)
+    if isinstance(left, list) or isinstance(right, list):
+        return _UNKNOWN  # checked; its value does not matter here
+    try:
+        if operator == "+":
+            return left + right
+        if operator == "-":
+            return left - right
+        if operator == "*":
+            return left * right
+        if operator == "**":
+            return left**right
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+        pass
+    return _UNKNOWN  # nothing else that matters here grows beyond its operands
 
 
 def _order(reference: Reference) -> tuple[int, str, str, str, str]:
@@ -313,27 +524,58 @@ def _reference(chain: Sequence[str | int], line: int) -> Reference:
 # -- rendering ---------------------------------------------------------------------------
 
 _NEWLINES = re.compile(r"\r\n|\r")
-_compiled: dict[str, Any] = {}
 Pieces = tuple[tuple[str, tuple[str, ...] | None], ...]
 
 
+class TooLarge(ValueError):
+    """A rendered text over :data:`MAX_RENDERED` characters."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"the rendered text would be over {MAX_RENDERED:,} characters; "
+            "pass less text to it, or summarise first"
+        )
+
+
+def inline(text: str) -> bool:
+    """Whether a template renders without Jinja's compiler: text and ``{{ dotted.name }}``
+    only. Its cost is the size of the values it reads, so it may render anywhere;
+    any other template renders in the sandbox process (:mod:`aoe.sandbox`)."""
+    return _pieces(text) is not None
+
+
+def inline_expression(text: str) -> bool:
+    """Whether a ``when``/``foreach`` expression is a name, or a name compared with
+    a literal: cheap to evaluate anywhere, whatever its values."""
+    return _analyse_simple_expression(text) is not None
+
+
 def render(text: str, context: Mapping[str, Any]) -> str:
-    """A template rendered in the sandbox with ``context``.
+    """A template rendered in the sandbox with ``context``; raises :class:`TooLarge`
+    once the text passes :data:`MAX_RENDERED` characters.
 
     Placeholder-only templates (text and ``{{ dotted.name }}``) are rendered
     without compiling them: the same attribute lookups (the sandbox's own
     ``getattr``), the same ``str()`` of each value, the same whitespace control
     and newline handling as Jinja's compiled code, which costs a millisecond
-    per distinct template. Anything else is compiled once and cached.
+    per distinct template. Anything else is compiled once and cached: that is
+    for the sandbox process, where time and memory are bounded; the engine
+    renders through :class:`aoe.sandbox.Sandbox`, never with this directly.
     """
     pieces = _pieces(text)
-    if pieces is None:
-        rendered: str = _compiled_template(text).render(context)
-        return rendered
-    env = environment()
     out: list[str] = []
+    size = 0
+    if pieces is None:
+        for chunk in _compiled_template(text).generate(context):
+            size += len(chunk)
+            if size > MAX_RENDERED:
+                raise TooLarge()
+            out.append(chunk)
+        return "".join(out)
+    env = environment()
     for literal, path in pieces:
         out.append(literal)
+        size += len(literal)
         if path is not None:
             value = context.get(path[0], _MISSING)
             if value is _MISSING:
@@ -345,38 +587,44 @@ def render(text: str, context: Mapping[str, Any]) -> str:
                     value = value[attribute]  # what the sandbox's getattr gives, sooner
                 else:
                     value = env.getattr(value, attribute)
-            out.append(str(value))
+            shown = str(value)
+            size += len(shown)
+            out.append(shown)
+        if size > MAX_RENDERED:
+            raise TooLarge()
     return "".join(out)
 
 
 def evaluate(text: str, context: Mapping[str, Any]) -> Any:
-    """A ``when`` or ``foreach`` expression's value in the sandbox."""
+    """A ``when`` or ``foreach`` expression's value in the sandbox (the engine
+    evaluates only :func:`inline_expression` ones in its own process)."""
     key = "\0expression\0" + text
     expression = _compiled.get(key)
     if expression is None:
-        expression = _remember(key, environment().compile_expression(text, undefined_to_none=False))
+        expression = _compiled.put(
+            key, environment().compile_expression(text, undefined_to_none=False)
+        )
     return expression(**context)
 
 
 _MISSING = object()
 _DICT_ATTRIBUTES = frozenset(dir(dict))  # a dict's attributes win over its keys in Jinja
+# Compiled templates and expressions: Python code, roughly ten times their text.
+_compiled: ByteLRU[str, Any] = ByteLRU(CACHE_BYTES, lambda text, _: 10 * sys.getsizeof(text))
 
 
 def _compiled_template(text: str) -> Any:
     template = _compiled.get(text)
     if template is None:
-        template = _remember(text, environment().from_string(text))
+        template = _compiled.put(text, environment().from_string(text))
     return template
 
 
-def _remember(key: str, value: Any) -> Any:
-    if len(_compiled) > 4096:  # a long-lived engine sees many workflows
-        _compiled.clear()
-    _compiled[key] = value
-    return value
+def _weigh_pieces(text: str, pieces: Pieces | None) -> int:
+    return 2 * sys.getsizeof(text) + (0 if pieces is None else 100 * len(pieces))
 
 
-@lru_cache(maxsize=4096)
+@memoize(CACHE_BYTES, _weigh_pieces)
 def _pieces(text: str) -> Pieces | None:
     """Literal text and the dotted names between it, as Jinja would output them;
     None if the template is anything more than that."""

@@ -289,3 +289,78 @@ def test_fast_rendering_is_used_for_placeholders() -> None:
 
     assert _pieces("Hi {{ inputs.name }}!\r\n") == (("Hi ", ("inputs", "name")), ("!\n", None))
     assert _pieces("{% if x %}{% endif %}") is None
+
+
+# -- what a template may cost -------------------------------------------------------------
+
+_DEEP = "(" * 80 + "1" + ")" * 80
+
+
+@pytest.mark.parametrize(
+    ("text", "expression", "problem"),
+    [
+        pytest.param(
+            "{% for i in range(100000) %}{% for j in range(5000) %}{% endfor %}{% endfor %}",
+            False,
+            "its loops would run 500,000,000 times",
+            id="nested-range-loops",
+        ),
+        pytest.param(
+            "{% for i in range(1000) %}{% for j in range(10 ** 4) %}{% endfor %}{% endfor %}",
+            False,
+            "its loops would run 10,000,000 times",
+            id="nested-loops-with-a-constant-power",
+        ),
+        pytest.param("{{ 2**(2**33) }}", False, "2 ** 8,589,934,592", id="power-tower"),
+        pytest.param("{{ 10 ** 100000 }}", False, "10 ** 100,000", id="big-power"),
+        pytest.param("{{ lipsum(n=10**7) }}", False, "lipsum() may make 100", id="lipsum"),
+        pytest.param(
+            "{{ ('x' * 3000000000)|length }}", False, "3,000,000,000 times", id="repetition"
+        ),
+        pytest.param(
+            "{{ 'x' * 4000000 + 'x' * 4000000 }}", False, "joining these", id="concatenation"
+        ),
+        pytest.param("{{ " + _DEEP + " }}", False, "nested too deeply", id="deep-parentheses"),
+        pytest.param(_DEEP + " == 1", True, "nested too deeply", id="deep-expression"),
+        pytest.param("{{ " + "1+" * 5000 + "1 }}", False, "nested too deeply", id="long-chain"),
+        pytest.param("[0] * 10**9", True, "would be too large", id="expression-repetition"),
+    ],
+)
+def test_a_template_too_costly_to_run_is_refused_when_read(
+    text: str, expression: bool, problem: str
+) -> None:
+    with pytest.raises(TemplateProblem) as caught:
+        (analyse_expression if expression else analyse_template)(text)
+    assert problem in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("{% for i in range(1000) %}{{ i }}{% endfor %}", id="one-loop"),
+        pytest.param(
+            "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}",
+            id="a-million-steps",
+        ),
+        pytest.param("{{ 'ab' * 1000 }} {{ 2 ** 64 }} {{ lipsum(3) }}", id="small-constants"),
+        pytest.param("{% for x in agents.a.output %}{{ x }}{% endfor %}", id="loop-over-data"),
+    ],
+)
+def test_templates_within_the_limits_are_accepted(text: str) -> None:
+    analyse_template(text)
+
+
+def test_caches_are_bounded_by_bytes() -> None:
+    """300 distinct prompts of ~0.9 MB each kept aoe serve at 619 MB: each cache
+    now keeps at most its budget of bytes, whatever the number of entries."""
+    from aoe.templates import CACHE_BYTES, _analyse_template_cached, _pieces
+
+    caches = [_analyse_template_cached.cache, _pieces.cache, analyse_expression.cache]  # type: ignore[attr-defined]
+    for i in range(40):
+        big = f"{i} {{{{ inputs.a }}}} {{% if x %}}{{% endif %}}" + "x" * 900_000
+        analyse_template(big)
+        _pieces(big.replace("{%", "").replace("%}", ""))
+        analyse_expression(f"inputs.a == '{i}{'y' * 900_000}'")
+    for cache in caches:
+        assert 0 < cache.weight <= CACHE_BYTES
+        assert len(cache) < 40
