@@ -72,18 +72,20 @@ from aoe.limits import (
     SystemClock,
     limits_for_config,
 )
-from aoe.outputs import parse_output
 from aoe.pricing import Price
 from aoe.providers import ProviderPool
 from aoe.providers.base import Message, Request, Response, Usage
 from aoe.retry import RetryPolicy, delay, policy_for, retryable
+from aoe.sandbox.pool import Sandbox, SandboxFailed, checks_here
 from aoe.state.cache import ResponseCache, fingerprint
-from aoe.templates import evaluate, render
-from aoe.workflow import Agent, LLMConfig, RetryOverrides, Workflow
+from aoe.templates import evaluate, inline_expression
+from aoe.workflow import Agent, LLMConfig, RetryOverrides, SourceText, Workflow
 
 if TYPE_CHECKING:
     from aoe.shared_spend import SharedSpend
 
+MAX_FOREACH_ITEMS = 10_000
+"""Items one ``foreach`` agent may run over: each is a call with its own record."""
 _JSON_INSTRUCTION = "Answer with one JSON value and nothing else: no prose, no code fences."
 
 
@@ -137,6 +139,7 @@ class Engine:
             limits_for_config(settings.config.rate_limiting), self.clock
         )
         self.rng = rng or random.Random()
+        self.sandbox = Sandbox()  # its processes start when a template first needs one
         self._slots: asyncio.Semaphore | None = None
 
     async def run(
@@ -168,6 +171,7 @@ class Engine:
             return await run.execute()
 
     async def aclose(self) -> None:
+        await self.sandbox.aclose()
         await self.providers.aclose()
         close = getattr(self.limiter, "aclose", None)
         if close is not None:  # a shared limiter's connection
@@ -301,6 +305,8 @@ class _Run:
         self.cache: ResponseCache | None = None
         self.session = 1
         self.restored: list[_AgentRun] = []
+        self.lane = engine.sandbox.lane()  # templates that need the sandbox, one at a time
+        self.checks_here: dict[str, bool] = {}  # by agent: its replies checked in-process
 
     def resume(self, resumption: Resumption) -> None:
         """Start from a run's record: completed agents keep their outputs, and what
@@ -366,7 +372,7 @@ class _Run:
             await self.cancel()
             raise
         finally:
-            status = self.finish()
+            status = await self.finish()
         return status
 
     async def cancel(self) -> None:
@@ -381,7 +387,7 @@ class _Run:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def finish(self) -> RunStatus:
+    async def finish(self) -> RunStatus:
         """Final states for what never ran, the run's status, outputs; RunFinished."""
         now = time.time()
         for record in self.agents.values():
@@ -401,7 +407,7 @@ class _Run:
             state = AgentState.CANCELLED if started or self.cancelled else AgentState.SKIPPED
             self.end(record, state, reason, at=now, keep_output=True)
         status = self.status()
-        outputs, errors = self.render_outputs()
+        outputs, errors = await self.render_outputs()
         self.bus.emit(
             RunFinished(
                 self.run_id,
@@ -477,8 +483,13 @@ class _Run:
     def start(self, record: _AgentRun) -> bool:
         """Evaluate ``when`` and ``foreach`` and queue the agent's units. False when it
         ended without a call (skipped by its condition, failed to evaluate, nothing to
-        do): the caller then releases its dependents."""
+        do): the caller then releases its dependents. An expression that is more than
+        a name (compared with a literal) is evaluated in the sandbox, by a task of its
+        own (:meth:`prepare`), and the agent counts as started meanwhile."""
         agent = record.agent
+        if not (_inline(agent.when) and _inline(agent.foreach)):
+            self.in_flight.add(asyncio.ensure_future(self.prepare(record)))
+            return True
         context = self.context(agent) if agent.when or agent.foreach else {}
         if agent.when is not None:
             try:
@@ -489,10 +500,8 @@ class _Run:
             if not go:
                 self.end(record, AgentState.SKIPPED, "its when condition is false")
                 return False
-        entry = (-record.priority, self.order[agent.id])
         if agent.foreach is None:
-            heapq.heappush(self.ready, (*entry, -1, record))
-            return True
+            return self.queue(record, None)
         try:
             items = evaluate(agent.foreach.text, context)
         except Exception as e:
@@ -501,7 +510,64 @@ class _Run:
         if not isinstance(items, list | tuple):
             self.fail(record, f"its foreach expression gave {_kind(items)}, not a list")
             return False
-        record.foreach = list(items)
+        return self.queue(record, list(items))
+
+    async def prepare(self, record: _AgentRun) -> None:
+        """:meth:`start` for an agent whose ``when`` or ``foreach`` needs the sandbox."""
+        task = asyncio.current_task()
+        agent = record.agent
+        try:
+            context = self.context(agent)
+            started = False
+            try:
+                go = agent.when is None or await self.lane.when(agent.when.text, context)
+            except Exception as e:
+                self.fail(record, f"its when condition could not be evaluated: {_reason(e)}")
+            else:
+                if not go:
+                    self.end(record, AgentState.SKIPPED, "its when condition is false")
+                elif agent.foreach is None:
+                    started = self.queue(record, None)
+                else:
+                    try:
+                        items = await self.lane.foreach(agent.foreach.text, context)
+                    except Exception as e:
+                        self.fail(
+                            record, f"its foreach expression could not be evaluated: {_reason(e)}"
+                        )
+                    else:
+                        started = self.queue(record, items)
+            if not started:
+                self.decide(self.release(record))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug, not a run error: the run ends with it
+            self.stopping = True
+            if self.done is not None and not self.done.done():
+                self.done.set_exception(e)
+            return
+        finally:
+            self.in_flight.discard(task)
+        self.dispatch()
+
+    def queue(self, record: _AgentRun, items: list[Any] | None) -> bool:
+        """Queue the agent's units: one, or one per ``foreach`` item not yet done.
+        False when nothing is left to do (every item finished in an earlier session),
+        or when there are too many items (the agent fails)."""
+        if record.state.final or self.stopping:
+            return True  # it ended meanwhile, or nothing new starts: finish() decides
+        entry = (-record.priority, self.order[record.agent.id])
+        if items is None:
+            heapq.heappush(self.ready, (*entry, -1, record))
+            return True
+        if len(items) > MAX_FOREACH_ITEMS:
+            self.fail(
+                record,
+                f"its foreach expression gave {len(items):,} items; an agent may run "
+                f"over {MAX_FOREACH_ITEMS:,} at most (split the list, or batch the items)",
+            )
+            return False
+        record.foreach = items
         record.items = [None] * len(items)
         record.items_left = len(items)
         for index, output in record.restored_items.items():  # paid for in an earlier session
@@ -572,9 +638,9 @@ class _Run:
     async def run_unit(self, record: _AgentRun, item: int | None) -> None:
         agent = record.agent
         try:
-            messages = self.messages(agent, self.context(agent, item))
+            messages = await self.messages(agent, self.context(agent, item))
         except Exception as e:
-            self.fail(record, f"its prompt could not be rendered: {e}", decide=True)
+            self.fail(record, f"its prompt could not be rendered: {_reason(e)}", decide=True)
             return
         ledger = record.ledger
         if item is not None:  # each item has a cost_limit of its own
@@ -704,7 +770,7 @@ class _Run:
             hit = cache.get(key)
             if hit is not None:
                 try:
-                    output = parse_output(hit.text, agent.output)
+                    output = await self.check(agent, hit.text)
                 except RunError:
                     pass  # an entry that no longer fits: ask the model
                 else:
@@ -744,7 +810,7 @@ class _Run:
         try:
             async with asyncio.timeout(agent.timeout):
                 response = await provider.complete(request)
-            output = parse_output(response.text, agent.output)
+            output = await self.check(agent, response.text)
             if cache is not None:
                 assert key is not None
                 cache.put(key, request, response)
@@ -1036,15 +1102,27 @@ class _Run:
             context["index"] = item
         return context
 
-    def messages(self, agent: Agent, context: Mapping[str, Any]) -> list[Message]:
+    async def messages(self, agent: Agent, context: Mapping[str, Any]) -> list[Message]:
         messages: list[Message] = []
-        system = render(agent.system.text, context) if agent.system is not None else None
+        system = None
+        if agent.system is not None:
+            system = await self.lane.render(agent.system.text, context)
         if agent.output.format == "json":
             system = f"{system}\n\n{_JSON_INSTRUCTION}" if system else _JSON_INSTRUCTION
         if system:
             messages.append(Message("system", system))
-        messages.append(Message("user", render(agent.prompt.text, context)))
+        messages.append(Message("user", await self.lane.render(agent.prompt.text, context)))
         return messages
+
+    async def check(self, agent: Agent, text: str) -> Any:
+        """The agent's output from a reply (:class:`OutputInvalid` if it does not fit),
+        checked in this process when that is cheap, else in the sandbox."""
+        if agent.output.format != "json":
+            return text
+        here = self.checks_here.get(agent.id)
+        if here is None:
+            here = self.checks_here[agent.id] = checks_here(agent.output.schema)
+        return await self.lane.check(text, agent.output.schema, here=here)
 
     def request(self, agent: Agent, llm: LLMConfig, messages: list[Message]) -> Request:
         return Request(
@@ -1062,7 +1140,7 @@ class _Run:
             timeout=agent.timeout,
         )
 
-    def render_outputs(self) -> tuple[dict[str, Any], dict[str, str]]:
+    async def render_outputs(self) -> tuple[dict[str, Any], dict[str, str]]:
         outputs: dict[str, Any] = {}
         errors: dict[str, str] = {}
         if not self.workflow.outputs:
@@ -1070,10 +1148,10 @@ class _Run:
         context = self.context(None)
         for name, source in self.workflow.outputs.items():
             try:
-                outputs[name] = render(source.text, context)
+                outputs[name] = await self.lane.render(source.text, context)
             except Exception as e:
                 outputs[name] = None
-                errors[name] = f"cannot render: {e}"
+                errors[name] = f"cannot render: {_reason(e)}"
         return outputs, errors
 
 
@@ -1082,6 +1160,14 @@ class _Counter:
 
     def __init__(self) -> None:
         self.value = 0
+
+
+def _inline(source: SourceText | None) -> bool:
+    return source is None or inline_expression(source.text)
+
+
+def _reason(error: Exception) -> str:
+    return error.message if isinstance(error, SandboxFailed) else str(error)
 
 
 def _kind(value: Any) -> str:

@@ -1,0 +1,322 @@
+"""The engine's side of the sandbox: template work that could take too long or too
+much memory goes to a child process, with a deadline.
+
+A workflow is code from whoever wrote it, and ``aoe serve`` takes workflows
+from other people. Jinja's sandbox keeps a template from reaching files or
+Python internals, but not from looping for a minute or building a
+three-gigabyte string, and a C-level operation holds the GIL, so a thread
+would not help: on the engine's event loop, one such template freezes every
+run and the health probes. So the engine does only work whose cost is the
+size of the values it reads itself:
+
+- placeholder-only templates (text and ``{{ dotted.name }}``,
+  :func:`aoe.templates.inline`) and ``when``/``foreach`` expressions that are
+  a name, or a name compared with a literal;
+- JSON replies of up to :data:`INLINE_REPLY` characters checked against a
+  schema of only plain keywords (no ``$ref``, ``pattern`` or
+  ``uniqueItems``) with at most :data:`INLINE_SCHEMA` values.
+
+Everything else goes to a :mod:`aoe.sandbox.child` process, which caps its
+own memory and is killed when it does not answer in time. Each run reaches
+the sandbox through its own :class:`Lane`, one request at a time, so one run
+can hold at most one of the processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from aoe.errors import OutputInvalid
+from aoe.providers.base import plain
+from aoe.sandbox.child import HEADER, MAX_MESSAGE, frame
+from aoe.schemas import plainly_valid
+from aoe.templates import evaluate, inline, inline_expression, render
+
+INLINE_REPLY = 8192
+"""Characters of a JSON reply the engine checks in its own process."""
+INLINE_SCHEMA = 200
+"""Values of a plain schema (keywords, properties, enum entries) checked there."""
+DEADLINE = 2.0
+"""Seconds a template or an expression may take in the sandbox."""
+CHECK_DEADLINE = 10.0
+"""Seconds checking one reply against its schema may take there."""
+MEMORY = 100 << 20
+"""Bytes a sandbox process may grow by beyond what it uses after start-up."""
+PROCESSES = 2
+"""Sandbox processes at most; started when first needed."""
+_BOOT = "import sys; sys.path.insert(0, sys.argv.pop()); from aoe.sandbox.child import main; main()"
+_START_TIMEOUT = 60.0  # seconds a new process may take to be ready (slow CI machines)
+
+
+class SandboxFailed(Exception):
+    """What the sandbox could not do, in aoe's words (never a traceback)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class _Child:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        assert process.stdin is not None
+        assert process.stdout is not None
+        self.stdin = process.stdin
+        self.stdout = process.stdout
+
+    async def ask(self, payload: bytes) -> bytes:
+        self.stdin.write(frame(payload))
+        await self.stdin.drain()
+        (size,) = HEADER.unpack(await self.stdout.readexactly(HEADER.size))
+        if size > MAX_MESSAGE:
+            raise ConnectionError("an answer over the size limit")
+        return await self.stdout.readexactly(size)
+
+    def kill(self) -> None:
+        """Kill the process now; :meth:`reap` then collects it."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        self.stdin.close()
+
+    async def reap(self) -> None:
+        """Wait for the killed process, so its pipes and transport close."""
+        await self.process.wait()
+
+
+class Sandbox:
+    """Child processes for template work, started when first needed; :meth:`lane`
+    gives each run its way in."""
+
+    def __init__(
+        self,
+        *,
+        processes: int = PROCESSES,
+        deadline: float = DEADLINE,
+        check_deadline: float = CHECK_DEADLINE,
+        memory: int = MEMORY,
+    ) -> None:
+        self.processes = processes
+        self.deadline = deadline
+        self.check_deadline = check_deadline
+        self.memory = memory
+        self._idle: list[_Child] = []
+        self._busy: set[_Child] = set()
+        self._reaping: set[asyncio.Future[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self.started = 0  # processes started so far (tests and the health of a service)
+
+    def lane(self) -> Lane:
+        return Lane(self)
+
+    async def call(self, request: Mapping[str, Any], deadline: float) -> dict[str, Any]:
+        """Send ``request`` to a sandbox process and return its answer; a process
+        that is late or dies is killed, and the next request starts a new one."""
+        try:
+            payload = json.dumps(request, ensure_ascii=False, default=_jsonable).encode("utf-8")
+        except (TypeError, ValueError) as e:
+            raise SandboxFailed(
+                f"the values it reads cannot be passed to the sandbox: {e}"
+            ) from None
+        if len(payload) > MAX_MESSAGE:
+            raise SandboxFailed(f"the values it reads are over {MAX_MESSAGE >> 20} MB together")
+        slots = self._slots_here()
+        async with slots:
+            child = self._idle.pop() if self._idle else await self._start()
+            self._busy.add(child)
+            try:
+                answer = await asyncio.wait_for(child.ask(payload), deadline)
+            except BaseException as e:
+                # late, dead, or cancelled mid-request (its answer would come to no one)
+                self._discard(child)
+                if isinstance(e, TimeoutError):
+                    raise SandboxFailed(
+                        f"it took longer than {deadline:g} s, the most a template may take; "
+                        "make it do less (smaller loops, less data)"
+                    ) from None
+                if isinstance(e, asyncio.IncompleteReadError | ConnectionError | OSError):
+                    raise SandboxFailed(
+                        "the sandbox process ended while working on it (too much memory?)"
+                    ) from None
+                raise
+            self._busy.discard(child)
+            self._idle.append(child)
+        decoded: dict[str, Any] = json.loads(answer)
+        return decoded
+
+    def _discard(self, child: _Child) -> None:
+        """Kill a process that cannot be trusted to answer the next request; it is
+        collected in the background (and by :meth:`aclose`)."""
+        self._busy.discard(child)
+        child.kill()
+        reaping = asyncio.ensure_future(child.reap())
+        self._reaping.add(reaping)
+        reaping.add_done_callback(self._reaping.discard)
+
+    def _slots_here(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # processes talk to one loop: a new loop starts anew
+            for child in [*self._idle, *self._busy]:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+            self._idle.clear()
+            self._busy.clear()
+            self._reaping.clear()
+            self._loop = loop
+            self._slots = asyncio.Semaphore(self.processes)
+        assert self._slots is not None
+        return self._slots
+
+    async def _start(self) -> _Child:
+        root = str(Path(__file__).resolve().parent.parent.parent)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-I",
+                "-c",
+                _BOOT,
+                str(self.memory),
+                str(os.getpid()),
+                root,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,  # the terminal's Ctrl-C is the engine's to handle
+            )
+        except OSError as e:
+            raise SandboxFailed(f"cannot start the sandbox process: {e.strerror}") from None
+        child = _Child(process)
+        try:
+            await asyncio.wait_for(child.stdout.readexactly(1), _START_TIMEOUT)
+        except BaseException as e:
+            self._discard(child)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            raise SandboxFailed("the sandbox process did not start") from None
+        self.started += 1
+        return child
+
+    async def aclose(self) -> None:
+        """Stop the processes (each ends at the end of its input)."""
+        children = [*self._idle, *self._busy]
+        self._idle.clear()
+        self._busy.clear()
+        if self._loop is not asyncio.get_running_loop():
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+            return
+        for child in children:
+            child.stdin.close()
+        for child in children:
+            try:
+                await asyncio.wait_for(child.process.wait(), 2.0)
+            except TimeoutError:
+                child.kill()
+                await child.reap()
+        if self._reaping:
+            await asyncio.gather(*self._reaping, return_exceptions=True)
+
+
+class Lane:
+    """One run's way into the sandbox: its requests go one at a time, so that one
+    run (a hostile one, say) can hold at most one sandbox process."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        self._lock = asyncio.Lock()
+
+    async def _ask(self, op: str, text: str, context: Mapping[str, Any]) -> Any:
+        async with self._lock:
+            answer = await self.sandbox.call(
+                {"op": op, "text": text, "context": context}, self.sandbox.deadline
+            )
+        if "ok" not in answer:
+            raise SandboxFailed(str(answer.get("error", "no answer")))
+        return answer["ok"]
+
+    async def render(self, text: str, context: Mapping[str, Any]) -> str:
+        """A template rendered with ``context``."""
+        if inline(text):
+            return render(text, context)
+        return str(await self._ask("render", text, context))
+
+    async def when(self, text: str, context: Mapping[str, Any]) -> bool:
+        """Whether a ``when`` expression holds."""
+        if inline_expression(text):
+            return bool(evaluate(text, context))
+        return bool(await self._ask("when", text, context))
+
+    async def foreach(self, text: str, context: Mapping[str, Any]) -> list[Any]:
+        """The items of a ``foreach`` expression; raises :class:`SandboxFailed` when
+        it is not a list."""
+        if inline_expression(text):
+            value = evaluate(text, context)
+            if not isinstance(value, list | tuple):
+                kind = "nothing (undefined)" if value is None else type(value).__name__
+                raise SandboxFailed(f"it gave {kind}, not a list")
+            return list(value)
+        items: list[Any] = await self._ask("foreach", text, context)
+        return items
+
+    async def check(self, text: str, schema: Mapping[str, Any] | None, *, here: bool) -> Any:
+        """The JSON value of a reply checked against ``schema``; raises
+        :class:`OutputInvalid`. ``here``: the schema may be checked in this
+        process (:func:`checks_here`) when the reply is short."""
+        from aoe.outputs import parse_output
+        from aoe.workflow import OutputConfig
+
+        if here and len(text) <= INLINE_REPLY:
+            return parse_output(text, OutputConfig("json", schema))
+        async with self._lock:
+            try:
+                answer = await self.sandbox.call(
+                    {"op": "check", "text": text, "schema": schema}, self.sandbox.check_deadline
+                )
+            except SandboxFailed as e:
+                raise OutputInvalid(f"the reply could not be checked: {e.message}") from None
+        if "invalid" in answer:
+            raise OutputInvalid(str(answer["invalid"]))
+        if "ok" not in answer:
+            raise OutputInvalid(f"the reply could not be checked: {answer.get('error')}")
+        return answer["ok"]
+
+
+def _jsonable(value: object) -> object:
+    """What JSON cannot hold as it is: the workflow's read-only mappings and sets as
+    objects and lists, anything else (a date from YAML) as its text."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, set | frozenset):
+        return list(value)
+    return str(value)
+
+
+def checks_here(schema: Mapping[str, Any] | None) -> bool:
+    """Whether replies may be checked against ``schema`` in the engine's process:
+    plain keywords only (no ``$ref``: references can multiply the work; no
+    ``pattern``: a regular expression can take exponential time; no
+    ``uniqueItems``: quadratic) and at most :data:`INLINE_SCHEMA` values."""
+    if schema is None:
+        return True
+    if not plainly_valid(plain(schema)):
+        return False
+    count = 0
+    stack: list[Any] = [schema]
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > INLINE_SCHEMA:
+            return False
+        if isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return True
