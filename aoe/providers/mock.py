@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from aoe.errors import RequestRejected
 from aoe.providers.base import Request, Response, Usage
 
 _WORDS = (
@@ -67,13 +69,15 @@ class MockProvider:
         if delay is None:
             delay = self._latency(request) if callable(self._latency) else self._latency
         if delay:
-            await asyncio.sleep(float(delay))
+            await asyncio.sleep(_seconds(delay))
         digest = _digest(request)
         fixed = request.params.get("reply") if request.provider == "mock" else None
         if fixed is not None:
             text = str(fixed)
         elif request.output_format == "json":
-            value = example(request.json_schema or {"type": "object"}, digest)
+            value = example(
+                request.json_schema or {"type": "object"}, digest, request.max_tokens * 4
+            )
             text = json.dumps(value, ensure_ascii=False)
         else:
             text = _prose(digest, request.max_tokens)
@@ -86,6 +90,20 @@ class MockProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+def _seconds(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise RequestRejected(
+            f"mock: the latency {str(value)[:40]!r} is not a number of seconds, 0 or more "
+            "(llm.params.latency or AOE_MOCK_LATENCY)",
+            provider="mock",
+        )
+    return seconds
 
 
 def _digest(request: Request) -> bytes:
@@ -108,60 +126,109 @@ def _prose(digest: bytes, max_tokens: int) -> str:
     return text[: max(max_tokens * 4, 1)]
 
 
-def example(schema: Mapping[str, Any], digest: bytes, depth: int = 0) -> Any:
-    """A value valid for ``schema`` (the common keywords), chosen by ``digest``."""
+MAX_REPLY = 1 << 20
+"""Characters a mock reply may have, whatever ``max_tokens`` says."""
+
+
+def example(schema: Mapping[str, Any], digest: bytes, budget: int = 4096) -> Any:
+    """A value valid for ``schema`` (the common keywords), chosen by ``digest``, whose
+    JSON text stays within about ``budget`` characters: a model's reply is bounded
+    by ``max_tokens``, and so is the mock's. A schema that asks for more (a
+    ``minLength`` of two billion) gets less, and fails its check as it would
+    with a model."""
+    return _example(schema, digest, 0, 0, [min(budget, MAX_REPLY)])
+
+
+def _example(schema: Any, digest: bytes, depth: int, salt: int, left: list[int]) -> Any:
+    if not isinstance(schema, Mapping):
+        return None  # true, false or a broken schema: anything, or nothing, fits
     if "const" in schema:
         return schema["const"]
-    if schema.get("enum"):
+    if schema.get("enum") and isinstance(schema["enum"], list):
         options = schema["enum"]
-        return options[digest[depth % len(digest)] % len(options)]
+        return options[digest[salt % len(digest)] % len(options)]
     for key in ("anyOf", "oneOf"):
-        if schema.get(key):
-            return example(schema[key][0], digest, depth + 1)
-    if schema.get("allOf"):
+        if schema.get(key) and isinstance(schema[key], list):
+            return _example(schema[key][0], digest, depth + 1, salt, left)
+    if schema.get("allOf") and isinstance(schema["allOf"], list):
         merged: dict[str, Any] = {}
         for part in schema["allOf"]:
-            merged.update(part)
-        return example(merged, digest, depth + 1)
+            if isinstance(part, Mapping):
+                merged.update(part)
+        return _example(merged, digest, depth + 1, salt, left)
     kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
-    tag = digest[depth % len(digest)]
+    tag = digest[salt % len(digest)]
+    left[0] -= 8  # brackets, quotes, commas and small numbers, roughly
     if kind == "object":
-        properties: Mapping[str, Any] = schema.get("properties", {})
-        names = list(dict.fromkeys([*schema.get("required", []), *properties]))
-        return {
-            name: example(properties.get(name, {"type": "string"}), digest, depth + 1 + i)
-            for i, name in enumerate(names)
-            if depth < 8
-        }
+        properties = schema.get("properties", {})
+        properties = properties if isinstance(properties, Mapping) else {}
+        required = schema.get("required", [])
+        required = required if isinstance(required, list) else []
+        value: dict[str, Any] = {}
+        for i, name in enumerate(dict.fromkeys([*required, *properties])):
+            if depth >= 8 or left[0] <= 0:
+                break
+            left[0] -= len(str(name))
+            value[str(name)] = _example(
+                properties.get(name, {"type": "string"}), digest, depth + 1, salt + 1 + i, left
+            )
+        return value
     if kind == "array":
-        count = max(int(schema.get("minItems", 1)), 1)
-        count = min(count, int(schema.get("maxItems", count)))
+        count = max(_count(schema.get("minItems"), 1), 1)
+        count = min(count, _count(schema.get("maxItems"), count))
         items = schema.get("items", {"type": "string"})
         items = items if isinstance(items, Mapping) else {"type": "string"}
-        return [example(items, digest, depth + 1 + i) for i in range(count)] if depth < 8 else []
+        values: list[Any] = []
+        for i in range(count):
+            if depth >= 8 or left[0] <= 0:
+                break
+            values.append(_example(items, digest, depth + 1, salt + 1 + i, left))
+        return values
     if kind in ("integer", "number"):
-        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
-        high = schema.get("maximum", schema.get("exclusiveMaximum", low + 100))
-        value = low + (tag % max(int(high - low), 1)) if high > low else low
-        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
-            value = schema["exclusiveMinimum"] + 1
-        return int(value) if kind == "integer" else float(value)
+        return _number(schema, tag, kind == "integer")
     if kind == "boolean":
         return tag % 2 == 0
     if kind == "null":
         return None
     if schema.get("format") == "uri":
-        return f"https://example.com/mock/{digest[:4].hex()}"
-    if schema.get("format") == "date":
-        return "2026-01-01"
-    if schema.get("format") == "date-time":
-        return "2026-01-01T00:00:00Z"
-    text = f"mock {_WORDS[tag % len(_WORDS)]} {digest[:3].hex()}"
-    low = int(schema.get("minLength", 0))
+        text = f"https://example.com/mock/{digest[:4].hex()}"
+    elif schema.get("format") == "date":
+        text = "2026-01-01"
+    elif schema.get("format") == "date-time":
+        text = "2026-01-01T00:00:00Z"
+    else:
+        text = f"mock {_WORDS[tag % len(_WORDS)]} {digest[:3].hex()}"
+    low = min(_count(schema.get("minLength"), 0), max(left[0], 0))
     if len(text) < low:
         text = text + "x" * (low - len(text))
     if "maxLength" in schema:
-        text = text[: int(schema["maxLength"])]
+        text = text[: _count(schema["maxLength"], len(text))]
+    left[0] -= len(text)
     return text
+
+
+def _count(value: Any, default: int) -> int:
+    """A schema's count keyword (``minItems`` ...), or ``default`` if it is not one."""
+    return (
+        value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+    )
+
+
+def _number(schema: Mapping[str, Any], tag: int, integer: bool) -> int | float:
+    """A number within the schema's bounds, when they are plain numbers."""
+    bounds = [schema.get(k) for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")]
+    if not all(
+        b is None or (isinstance(b, int | float) and not isinstance(b, bool)) for b in bounds
+    ):
+        return 0
+    low = bounds[0] if bounds[0] is not None else bounds[1] if bounds[1] is not None else 0
+    high = bounds[2] if bounds[2] is not None else bounds[3] if bounds[3] is not None else low + 100
+    try:
+        value = low + (tag % max(int(high - low), 1)) if high > low else low
+        if bounds[1] is not None and value <= bounds[1]:
+            value = bounds[1] + 1
+        return int(value) if integer else float(value)
+    except (OverflowError, ValueError):  # bounds too large to step between
+        return low if not integer or isinstance(low, int) else 0
