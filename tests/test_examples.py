@@ -57,3 +57,44 @@ def test_examples_use_what_the_format_offers() -> None:
     assert brief.agents["brief"].llm.max_tokens == 1500
     assert brief.agents["research"].llm.temperature == 0.2  # from defaults
     assert brief.cost_budget == 5.0
+
+
+# Inputs the examples require, as a user would give them.
+_GIVEN = {
+    "code-review": {
+        "title": "Retry with jitter",
+        "files": [
+            {"path": "aoe/retry.py", "diff": "+ jitter = True"},
+            {"path": "tests/test_retry.py", "diff": "+ def test_jitter(): ..."},
+        ],
+    },
+    "support-triage": {"ticket": "The export button does nothing since Monday."},
+    "translation": {"notes": "# 1.2\n- Faster start-up."},
+}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+async def test_example_runs_offline_with_mock(path: Path, tmp_path: Path) -> None:
+    """Every template of every example renders (their loops, filters and conditions
+    in the sandbox process), and every agent completes or is skipped by its
+    condition."""
+    from aoe.api import run_workflow
+    from aoe.engine.events import AgentFinished, Event, RunFinished, RunStatus
+    from aoe.inputs import GivenInput, bind_inputs
+
+    workflow = load(path)
+    given = _GIVEN.get(path.stem, {})
+    inputs = bind_inputs(workflow.inputs, {k: GivenInput(v, "the test") for k, v in given.items()})
+    events: list[Event] = []
+    status = await run_workflow(
+        workflow,
+        inputs,
+        load_settings(environ={}, cwd=tmp_path),
+        subscribers=[events.append],
+        mock=True,
+    )
+    states = {e.agent_id: str(e.state) for e in events if isinstance(e, AgentFinished)}
+    assert status is RunStatus.COMPLETED, states
+    assert set(states.values()) <= {"completed", "skipped"}
+    [finished] = [e for e in events if isinstance(e, RunFinished)]
+    assert not finished.output_errors
