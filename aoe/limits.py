@@ -299,6 +299,10 @@ def limits_for_config(config: RateLimitingSection) -> Callable[[str, str], tuple
     cache: dict[tuple[str, str], tuple[str, Limits]] = {}
 
     def limits_for(provider: str, model: str) -> tuple[str, Limits]:
+        # by provider, unless the model has limits of its own: workflows name any
+        # models they like, and a service must not keep an entry for each
+        if model not in config.per_model:
+            model = ""
         found = cache.get((provider, model))
         if found is None:
             if provider in config.per_provider:

@@ -207,3 +207,15 @@ def test_limits_from_the_config(tmp_path: object) -> None:
     assert key == "openai/gpt-4o"
     assert (model.requests_per_minute, model.tokens_per_minute) == (100, 300)
     assert limits_for("mock", "gpt-4o")[1].unlimited
+
+
+async def test_models_without_limits_of_their_own_share_one_scope(tmp_path: object) -> None:
+    """Workflows name any model they like: a service keeps one scope per provider
+    for them, not one per name it was ever sent."""
+    environ = {"RATE_LIMIT_RPM": "1000000", "RATE_LIMIT_CONCURRENT": "5"}
+    settings = load_settings(environ=environ, cwd=tmp_path)  # type: ignore[arg-type]
+    limiter = LocalRateLimiter(limits_for_config(settings.config.rate_limiting))
+    for i in range(2000):
+        permit = await limiter.acquire("openai", f"model-{i}", 10)
+        limiter.release(permit, 10)
+    assert len(limiter._scopes) == 1
