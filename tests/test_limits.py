@@ -209,13 +209,20 @@ def test_limits_from_the_config(tmp_path: object) -> None:
     assert limits_for("mock", "gpt-4o")[1].unlimited
 
 
-async def test_models_without_limits_of_their_own_share_one_scope(tmp_path: object) -> None:
-    """Workflows name any model they like: a service keeps one scope per provider
-    for them, not one per name it was ever sent."""
-    environ = {"RATE_LIMIT_RPM": "1000000", "RATE_LIMIT_CONCURRENT": "5"}
+def test_models_without_limits_of_their_own_cost_nothing_to_remember(tmp_path: object) -> None:
+    """Workflows name any model they like: a service must not keep an entry for
+    every model name it was ever sent."""
+    import tracemalloc
+
+    environ = {"RATE_LIMIT_RPM": "100"}
     settings = load_settings(environ=environ, cwd=tmp_path)  # type: ignore[arg-type]
-    limiter = LocalRateLimiter(limits_for_config(settings.config.rate_limiting))
-    for i in range(2000):
-        permit = await limiter.acquire("openai", f"model-{i}", 10)
-        limiter.release(permit, 10)
-    assert len(limiter._scopes) == 1
+    limits_for = limits_for_config(settings.config.rate_limiting)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        keys = {limits_for("openai", f"model-{i}")[0] for i in range(50_000)}
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert keys == {"openai"}
+    assert grown < 1_000_000, f"{grown:,} bytes kept for 50,000 model names"
