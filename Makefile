@@ -48,6 +48,7 @@ bench: $(STAMP) ## Speed and memory benchmarks (prints figures and ratios)
 	$(BIN)/python bench/serve_load.py
 	$(BIN)/python bench/shared_limiter.py
 	$(BIN)/python bench/shared_records.py
+	$(BIN)/python bench/hostile.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,7 +61,7 @@ def test_examples_use_what_the_format_offers() -> None:
 
 
 # Inputs the examples require, as a user would give them.
-_GIVEN = {
+_GIVEN: dict[str, dict[str, Any]] = {
     "code-review": {
         "title": "Retry with jitter",
         "files": [

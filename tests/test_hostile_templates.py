@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, RunCli, WriteFile, child_env
+from tests.conftest import RunCli, WriteFile, child_env
 
 _NESTED = "(" * 80 + "1" + ")" * 80
 

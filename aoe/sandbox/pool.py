@@ -116,7 +116,9 @@ class Sandbox:
     def lane(self) -> Lane:
         return Lane(self)
 
-    async def call(self, request: Mapping[str, Any], deadline: float) -> dict[str, Any]:
+    async def call(
+        self, request: Mapping[str, Any], deadline: float, what: str = "a template"
+    ) -> dict[str, Any]:
         """Send ``request`` to a sandbox process and return its answer; a process
         that is late or dies is killed, and the next request starts a new one."""
         try:
@@ -138,8 +140,12 @@ class Sandbox:
                 self._discard(child)
                 if isinstance(e, TimeoutError):
                     raise SandboxFailed(
-                        f"it took longer than {deadline:g} s, the most a template may take; "
-                        "make it do less (smaller loops, less data)"
+                        f"it took longer than {deadline:g} s, the most {what} may take; "
+                        + (
+                            "make it do less (smaller loops, less data)"
+                            if what == "a template"
+                            else "simplify the output schema (patterns, references)"
+                        )
                     ) from None
                 if isinstance(e, asyncio.IncompleteReadError | ConnectionError | OSError):
                     raise SandboxFailed(
@@ -278,7 +284,9 @@ class Lane:
         async with self._lock:
             try:
                 answer = await self.sandbox.call(
-                    {"op": "check", "text": text, "schema": schema}, self.sandbox.check_deadline
+                    {"op": "check", "text": text, "schema": schema},
+                    self.sandbox.check_deadline,
+                    "checking a reply",
                 )
             except SandboxFailed as e:
                 raise OutputInvalid(f"the reply could not be checked: {e.message}") from None
