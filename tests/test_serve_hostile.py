@@ -495,9 +495,11 @@ def test_a_client_that_reads_nothing_of_its_answers_is_cut_off(
 @pytest.mark.parametrize(
     ("option", "value", "said"),
     [
-        pytest.param("--max-connections", "1000", "--max-connections 1000", id="beyond-open-files"),
-        pytest.param("--header-timeout", "nan", "--header-timeout", id="nan-header-timeout"),
-        pytest.param("--body-timeout", "inf", "--body-timeout", id="endless-body-timeout"),
+        pytest.param(
+            "--max-connections", "1000", "--max-connections 1000 needs more open files", id="cap"
+        ),
+        pytest.param("--header-timeout", "nan", "--header-timeout must be a number", id="nan"),
+        pytest.param("--body-timeout", "inf", "--body-timeout must be a number", id="endless"),
     ],
 )
 def test_limits_that_cannot_hold_are_refused(
