@@ -12,7 +12,8 @@ across them), each recorded in the run store like ``aoe run``'s. Routes:
 - ``POST /api/v1/runs`` — submit ``{"workflow": YAML, "inputs": {...}}``
   (optionally ``name``, ``budget``, ``max_parallel``, ``mock``, ``cache``):
   202 with the run id; 400 with the diagnostics of ``aoe validate`` for a
-  workflow or inputs that are wrong; 413 for a body over the limit; 429 when
+  workflow or inputs that are wrong, or naming the field that is; 408 for a
+  body slower than ``--body-timeout``; 413 for a body over the limit; 429 when
   the queue is full; 503 while draining.
 - ``GET /api/v1/runs`` (``?status=&workflow=&limit=``), ``GET
   /api/v1/runs/{id}`` (with its agents), ``GET /api/v1/runs/{id}/events``

@@ -10,6 +10,8 @@ answering its probes.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import io
 import json
 import logging
@@ -433,6 +435,65 @@ def _closed(sock: socket.socket) -> bool:
         return False
     except OSError:  # reset, or the pipe broken
         return True
+
+
+class Kept(logging.Handler):
+    """The records logged, kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_accept_failing_for_want_of_files_is_one_log_line_a_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """accept() out of descriptors (used up elsewhere): tried again each second
+    (here: at once), one line in the log however often it fails, and the
+    service accepts again once it can."""
+    from aiohttp import web
+
+    from aoe import serve_connections
+
+    monkeypatch.setattr(serve_connections, "ACCEPT_RETRY", 0.001)
+    handler = Kept()
+    logger = logging.getLogger("aoe.serve")
+    logger.addHandler(handler)
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    assert runner.server is not None
+    site = serve_connections.Site(
+        runner, "127.0.0.1", 0, serve_connections.Gate(runner.server, serve_connections.Limits(8))
+    )
+    loop = asyncio.get_running_loop()
+    failed = asyncio.Event()
+    tries = 0
+
+    async def out_of_files(sock: socket.socket) -> tuple[socket.socket, Any]:
+        nonlocal tries
+        tries += 1
+        if tries == 200:
+            failed.set()
+            monkeypatch.undo()  # files again
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(loop, "sock_accept", out_of_files)
+    try:
+        await site.start()
+        await asyncio.wait_for(failed.wait(), 10)
+        reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        writer.write(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 404")
+        writer.close()
+    finally:
+        logger.removeHandler(handler)
+        await runner.cleanup()
+    lines = [r.getMessage() for r in handler.records if "cannot accept" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("cannot accept connections: Too many open files, with 0 open (once)")
 
 
 def test_a_body_that_comes_too_slowly_is_a_408(start: Callable[..., Service]) -> None:
