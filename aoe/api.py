@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from aoe.config import Settings, load_settings
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from aoe.resume import ResumePlan
     from aoe.shared_records import RecordMirror
     from aoe.state.store import Store
+
+SUBMITTED = "<submitted>"  # the folder of a workflow sent as text: never one on disk
 
 __all__ = [
     "LoadResult",
@@ -90,7 +93,13 @@ def load_text(
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content, encoding="utf-8")
         workflow = load_workflow(path, settings=settings, display=name).require()
-    return workflow._replace(path=f"<submitted>/{name}")
+    return workflow._replace(path=f"{SUBMITTED}/{name}")
+
+
+def is_submitted(path: str) -> bool:
+    """A workflow sent as text (:func:`load_text`): its record's copy is the
+    only one, whatever lies at that path on this machine."""
+    return SUBMITTED in PurePath(path).parts
 
 
 def providers_used(workflow: Workflow) -> list[str]:
@@ -221,7 +230,10 @@ def _record(
         store.create_run(
             run_id,
             workflow_name=workflow.name,
-            workflow_path=os.path.abspath(workflow.path),
+            # a submitted workflow has no path here: not this process's folder
+            workflow_path=(
+                workflow.path if is_submitted(workflow.path) else os.path.abspath(workflow.path)
+            ),
             workflow_sha256=workflow.digest,
             workflow_text=workflow.text,
             workflow_files=workflow.files,

@@ -76,6 +76,44 @@ def serve(
             help="With Redis: also run queued runs here (--no-worker: only take them).",
         ),
     ] = True,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            "--max-connections",
+            min=1,
+            help="Client connections open at once (default: 1000, or fewer if the limit on "
+            "open files is low: that limit less a quarter). Beyond it, the connection idle "
+            "the longest is closed to let a new one in.",
+        ),
+    ] = None,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            "--header-timeout",
+            min=0.1,
+            help="Seconds a client has to send a request's line and headers; else it is "
+            "disconnected.",
+            metavar="SECONDS",
+        ),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            "--body-timeout",
+            min=0.1,
+            help="Seconds a client has to send a request's body; else 408.",
+            metavar="SECONDS",
+        ),
+    ] = 30.0,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(
+            "--idle-timeout",
+            min=0.1,
+            help="Seconds a kept-alive connection may wait for its next request.",
+            metavar="SECONDS",
+        ),
+    ] = 75.0,
     config: ConfigOption = None,
     log_format: LogFormatOption = None,
 ) -> None:
@@ -114,6 +152,10 @@ def serve(
             queue_limit=queue_limit,
             metrics=monitoring.enable_metrics,
             worker=worker,
+            max_connections=max_connections,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            idle_timeout=idle_timeout,
         )
         store = _store(settings)
         try:

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
+from aoe.api import is_submitted
 from aoe.config import Settings
 from aoe.engine.executor import Restored, Resumption
 from aoe.errors import ResumeRefused
@@ -195,7 +196,7 @@ def plan_resume(
 def _workflow(run: Mapping[str, Any], settings: Settings) -> Workflow:
     """The file at the recorded path; when it is gone, the record's own copy."""
     path = run["workflow_path"]
-    if os.path.exists(path):
+    if not is_submitted(path) and os.path.exists(path):
         return load_workflow(path, settings=settings).require()
     files: Mapping[str, str] = run["workflow_files"] or {}
     unsafe = [

@@ -12,7 +12,8 @@ across them), each recorded in the run store like ``aoe run``'s. Routes:
 - ``POST /api/v1/runs`` — submit ``{"workflow": YAML, "inputs": {...}}``
   (optionally ``name``, ``budget``, ``max_parallel``, ``mock``, ``cache``):
   202 with the run id; 400 with the diagnostics of ``aoe validate`` for a
-  workflow or inputs that are wrong; 413 for a body over the limit; 429 when
+  workflow or inputs that are wrong, or naming the field that is; 408 for a
+  body slower than ``--body-timeout``; 413 for a body over the limit; 429 when
   the queue is full; 503 while draining.
 - ``GET /api/v1/runs`` (``?status=&workflow=&limit=``), ``GET
   /api/v1/runs/{id}`` (with its agents), ``GET /api/v1/runs/{id}/events``
@@ -26,6 +27,10 @@ every run from its record in Redis (:mod:`aoe.shared_records`): get, list,
 events (recorded, then live from its journal) and cancel (a key its worker
 polls). A full queue makes ``/health`` degraded and submissions 429; Redis
 unreachable makes it unhealthy and the API 503.
+
+Bodies and answers are strict JSON, bodies checked by pydantic models
+(:mod:`aoe.serve_models`); connections are capped and held to deadlines so
+that slow clients cannot take the service down (:mod:`aoe.serve_connections`).
 
 It binds 127.0.0.1 unless told otherwise; binding any other address needs a
 bearer token (``AOE_API_TOKEN``), which every ``/api/`` request must then carry
@@ -41,7 +46,6 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
-import json
 import logging
 import os
 import signal
@@ -55,9 +59,19 @@ from aiohttp import web
 
 from aoe.engine.events import Event, RunFinished, RunStarted, event_dict
 from aoe.engine.executor import Engine, new_run_id
-from aoe.errors import DiagnosticsError, OptionInvalid, UserError
+from aoe.errors import DiagnosticsError, OptionInvalid, RunNotFound, UserError
 from aoe.health import Health, HealthMonitor
 from aoe.metrics import Metrics, health_value
+from aoe.serve_connections import (
+    Connection,
+    Gate,
+    Limits,
+    Site,
+    default_max_connections,
+    descriptor_limit,
+    most_connections,
+)
+from aoe.serve_models import BodyInvalid, Submission, dumps, parse_body, runs_query, submission
 from aoe.shared_limits import redis_failed
 from aoe.shared_limits import text as reply_text
 
@@ -73,6 +87,7 @@ MAX_BODY = 1 << 20  # bytes of a request body: a workflow and its inputs
 KEEP_EVENTS = 10_000  # events of a live run kept for listeners who come late
 HEARTBEAT = 15.0  # seconds between SSE comments on a quiet stream
 SEEN_RUNS = 10_000  # runs whose journal position in Redis a service remembers
+MOST_SECONDS = 86_400.0  # the longest a client may be given for anything
 _LAGGED = object()  # a listener too slow to keep up
 _END = object()
 
@@ -85,6 +100,10 @@ class ServeOptions(NamedTuple):
     queue_limit: int = 1000  # runs waiting for a slot before new ones are refused
     metrics: bool = True
     worker: bool = True  # with Redis: run queued runs here too, not only take them
+    max_connections: int | None = None  # None: derived from the descriptor limit
+    header_timeout: float = 10.0  # seconds for a request's line and headers
+    body_timeout: float = 30.0  # seconds for a request's body
+    idle_timeout: float = 75.0  # seconds a keep-alive connection may wait between requests
 
 
 def is_loopback(host: str) -> bool:
@@ -204,7 +223,7 @@ class Service:
         return health
 
     # -- runs ------------------------------------------------------------------------
-    async def submit(self, body: Any) -> dict[str, Any]:
+    async def submit(self, body: Submission) -> dict[str, Any]:
         """Check a submission and start it (with Redis: queue it); raises
         :class:`Refused` or a UserError."""
         from aoe.api import load_text, providers_used
@@ -216,18 +235,16 @@ class Service:
             raise Refused(503, "the service is shutting down: submit to another instance")
         if self.counts()[1] >= self.options.queue_limit:
             raise Refused(429, f"{self.options.queue_limit} runs are waiting already: retry later")
-        if not isinstance(body, dict):
-            raise Refused(400, 'the body must be a JSON object: {"workflow": YAML, "inputs": {}}')
-        text, inputs = body.get("workflow"), body.get("inputs", {})
-        name = body.get("name", "submitted.yaml")
-        if not isinstance(text, str) or not text.strip():
-            raise Refused(400, '"workflow" must be the workflow file\'s YAML text')
-        if not isinstance(inputs, dict):
-            raise Refused(400, '"inputs" must be an object of input names to values')
-        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-            raise Refused(400, '"name" must be a plain file name, such as "brief.yaml"')
-        options = _run_options(body)
-        workflow = load_text(text, name, self.settings)
+        text, inputs, name = body.workflow, body.inputs, body.name
+        options = {
+            "budget": body.budget,
+            "max_parallel": body.max_parallel,
+            "mock": body.mock,
+            "cache": body.cache,
+        }
+        # parsing and checking a workflow of up to --max-body bytes takes a while:
+        # not on the event loop, which answers the probes and the other clients
+        workflow = await asyncio.to_thread(load_text, text, name, self.settings)
         values = bind_inputs(
             workflow.inputs,
             {key: GivenInput(value, "the submitted inputs") for key, value in inputs.items()},
@@ -620,45 +637,44 @@ class Refused(Exception):
         self.message = message
 
 
-def _run_options(body: dict[str, Any]) -> dict[str, Any]:
-    budget, max_parallel = body.get("budget"), body.get("max_parallel")
-    mock, cache = body.get("mock", False), body.get("cache", True)
-    if budget is not None and (
-        isinstance(budget, bool) or not isinstance(budget, int | float) or budget < 0
-    ):
-        raise Refused(400, '"budget" must be a number of USD, 0 or more')
-    if max_parallel is not None and (
-        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
-    ):
-        raise Refused(400, '"max_parallel" must be a whole number, 1 or more')
-    if not isinstance(mock, bool) or not isinstance(cache, bool):
-        raise Refused(400, '"mock" and "cache" must be true or false')
-    unknown = set(body) - {"workflow", "inputs", "name", "budget", "max_parallel", "mock", "cache"}
-    if unknown:
-        raise Refused(400, f"unknown field(s): {', '.join(sorted(unknown))}")
-    return {"budget": budget, "max_parallel": max_parallel, "mock": mock, "cache": cache}
-
-
 # -- HTTP ------------------------------------------------------------------------------
+def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """Every answer: strict JSON (no NaN or Infinity, whatever a record holds)."""
+    return web.json_response(value, status=status, headers=headers, dumps=dumps)
+
+
 def _error(status: int, message: str, **more: Any) -> web.Response:
-    return web.json_response({"error": message, **more}, status=status)
+    return _json({"error": message, **more}, status=status)
 
 
 def make_app(service: Service) -> web.Application:
     """The aiohttp application of a service."""
     token = service.options.token
+    options = service.options
+
+    def find(run_id: str) -> dict[str, Any]:
+        """A run's record; :class:`Refused` 404 without the store's path, which
+        is the server's business."""
+        try:
+            return service.store.run(run_id)
+        except RunNotFound as e:
+            where = str(service.store.path)
+            message = str(e).replace(f" in {where}", "").replace(where, "the run store")
+            raise Refused(404, message) from None
 
     @web.middleware
     async def guard(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        if isinstance(request.protocol, Connection):  # no deadline while it is answered
+            request.protocol.busy_with()
         if token is not None and request.path.startswith("/api/"):
             given = request.headers.get("Authorization", "")
             scheme, _, value = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                 value.strip().encode(), token.encode()
             ):
-                return web.json_response(
+                return _json(
                     {"error": "a bearer token is required: Authorization: Bearer $AOE_API_TOKEN"},
                     status=401,
                     headers={"WWW-Authenticate": 'Bearer realm="aoe"'},
@@ -666,26 +682,33 @@ def make_app(service: Service) -> web.Application:
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"the body is over {service.options.max_body:,} bytes")
+            return _error(413, f"the body is over {options.max_body:,} bytes")
         except web.HTTPException as e:  # no such route, method not allowed: JSON too
-            return _error(e.status, e.reason)
+            response = _error(e.status, e.reason)
+            if "Allow" in e.headers:
+                response.headers["Allow"] = e.headers["Allow"]
+            return response
+        except Refused as e:
+            return _error(e.status, e.message)
         except UserError as e:  # a record from Redis this instance cannot use
             if service.shared is None:
-                raise
+                return _internal(request, e)
             return _error(503, str(e))
+        except asyncio.CancelledError:
+            raise
         except Exception as e:
             if service.shared is None or not redis_failed(e):
-                raise
+                return _internal(request, e)
             # Redis unreachable, or refusing: the caller may try again (elsewhere)
             log.error("%s %s: Redis failed: %s", request.method, request.path, e)
             return _error(503, f"Redis, where runs are queued and recorded, failed: {e}")
 
     async def health(request: web.Request) -> web.Response:
         result = service.health()
-        return web.json_response(result.to_json(), status=result.http_status)
+        return _json(result.to_json(), status=result.http_status)
 
     async def live(request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
+        return _json({"status": "alive"})
 
     async def metrics(request: web.Request) -> web.Response:
         if service.metrics is None:
@@ -700,74 +723,66 @@ def make_app(service: Service) -> web.Application:
 
     async def submit(request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-        except json.JSONDecodeError as e:
-            return _error(400, f"the body is not JSON: {e}")
-        except UnicodeDecodeError:
-            return _error(400, "the body is not UTF-8 JSON")
-        except RecursionError:
-            return _error(400, "the body is nested too deeply")
+            async with asyncio.timeout(options.body_timeout):
+                raw = await request.read()
+        except TimeoutError:
+            response = _error(
+                408, f"the body did not arrive within {options.body_timeout:g} s (--body-timeout)"
+            )
+            response.force_close()
+            return response
+        try:
+            body = submission(parse_body(raw))
+        except BodyInvalid as e:
+            return _error(400, str(e))
         try:
             accepted = await service.submit(body)
-        except Refused as e:
-            return _error(e.status, e.message)
         except DiagnosticsError as e:
             return _error(400, _first_line(e), diagnostics=[d.to_json() for d in e.diagnostics])
         except UserError as e:
             return _error(400, str(e))
         except (ValueError, RecursionError) as e:  # a name with a NUL, a deep input
             return _error(400, f"the submission cannot be used: {e}")
-        return web.json_response(accepted, status=202, headers={"Location": accepted["url"]})
+        return _json(accepted, status=202, headers={"Location": accepted["url"]})
 
     async def runs(request: web.Request) -> web.Response:
-        query = request.query
         try:
-            limit = int(query.get("limit", "50"))
-        except ValueError:
-            return _error(400, "limit must be a whole number")
+            query = runs_query(dict(request.query))
+        except BodyInvalid as e:
+            return _error(400, str(e))
         if service.shared is not None:
-            shared = await service.shared.runs(
-                query.get("status"), query.get("workflow"), max(1, limit)
-            )
-            return web.json_response({"runs": shared}, dumps=_dumps)
-        found = service.store.runs(
-            status=query.get("status"), workflow=query.get("workflow"), limit=max(1, limit)
-        )
+            shared = await service.shared.runs(query.status, query.workflow, query.limit)
+            return _json({"runs": shared})
+        found = service.store.runs(status=query.status, workflow=query.workflow, limit=query.limit)
         for run in found:
             live_run = service.live.get(run["run_id"])
             if live_run is not None and live_run.state == "queued":
                 run["status"] = "queued"
-        return web.json_response({"runs": found}, dumps=_dumps)
+        return _json({"runs": found})
 
     async def one_run(request: web.Request) -> web.Response:
         run_id = request.match_info["run_id"]
         if service.shared is not None:
             shared = await service.shared.run(run_id)
             if shared is not None:
-                return web.json_response(shared, dumps=_dumps)
-        try:
-            run = service.store.run(run_id)
-        except UserError as e:
-            return _error(404, str(e))
+                return _json(shared)
+        run = find(run_id)
         live_run = service.live.get(run["run_id"])
         if live_run is not None and live_run.state == "queued":
             run["status"] = "queued"
         run.pop("workflow_text", None)
         run["agents"] = service.store.agents(run["run_id"])
-        return web.json_response(run, dumps=_dumps)
+        return _json(run)
 
     async def cancel(request: web.Request) -> web.Response:
         run_id = request.match_info["run_id"]
         if service.shared is not None:
             answer = await service.shared.cancel(run_id)
             if answer is not None:
-                return web.json_response(answer[1], status=answer[0])
+                return _json(answer[1], status=answer[0])
         if service.cancel(run_id):
-            return web.json_response({"run_id": run_id, "status": "cancelling"}, status=202)
-        try:
-            run = service.store.run(run_id)
-        except UserError as e:
-            return _error(404, str(e))
+            return _json({"run_id": run_id, "status": "cancelling"}, status=202)
+        run = find(run_id)
         return _error(409, f"run {run['run_id']} is not running here (it is {run['status']})")
 
     async def events(request: web.Request) -> web.StreamResponse:
@@ -779,10 +794,7 @@ def make_app(service: Service) -> web.Application:
         live_run = service.live.get(run_id)
         recorded: list[dict[str, Any]] = []
         if live_run is None:
-            try:
-                run_id = service.store.run(run_id)["run_id"]
-            except UserError as e:
-                return _error(404, str(e))
+            run_id = find(run_id)["run_id"]
             live_run = service.live.get(run_id)
             if live_run is None:
                 recorded = service.store.events(run_id)
@@ -841,13 +853,39 @@ def _first_line(error: Exception) -> str:
     return f"the workflow or its inputs are invalid ({count} problem{'s' if count != 1 else ''})"
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=str)
+def _internal(request: web.Request, error: BaseException) -> web.Response:
+    """A bug: logged (one line in JSON, its traceback in its ``exception``), and
+    a JSON 500 that says no more."""
+    log.error("%s %s failed: %r", request.method, request.path, error, exc_info=error)
+    return _error(500, "internal error: the service's log has the details")
 
 
 def _sse(number: int | None, kind: str, data: Any) -> bytes:
     head = f"id: {number}\n" if number is not None else ""
-    return f"{head}event: {kind}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+    return f"{head}event: {kind}\ndata: {dumps(data)}\n\n".encode()
+
+
+def connection_limits(options: ServeOptions) -> Limits:
+    """The limits on clients; raises OptionInvalid for a ``--max-connections``
+    that the limit on open files cannot hold."""
+    for flag, seconds in (
+        ("--header-timeout", options.header_timeout),
+        ("--body-timeout", options.body_timeout),
+        ("--idle-timeout", options.idle_timeout),
+    ):
+        if not 0 < seconds <= MOST_SECONDS:  # (NaN too)
+            raise OptionInvalid(f"{flag} must be a number of seconds, up to {MOST_SECONDS:g}")
+    descriptors = descriptor_limit()
+    cap = options.max_connections
+    if cap is None:
+        cap = default_max_connections(descriptors)
+    elif cap > most_connections(descriptors):
+        raise OptionInvalid(
+            f"--max-connections {cap} needs more open files than this process may have "
+            f"({descriptors}, with some for the run store and providers): give at most "
+            f"{most_connections(descriptors)}, or raise the limit (LimitNOFILE, ulimit -n)"
+        )
+    return Limits(cap, options.header_timeout, options.body_timeout, options.idle_timeout)
 
 
 async def serve(settings: Settings, store: Store, options: ServeOptions) -> None:
@@ -857,14 +895,17 @@ async def serve(settings: Settings, store: Store, options: ServeOptions) -> None
             f"binding {options.host} (beyond this machine) needs a bearer token: set "
             "AOE_API_TOKEN to a long random secret, or bind 127.0.0.1"
         )
+    limits = connection_limits(options)
     service = Service(settings, store, options)
     service.warm_up()
     if service.shared is not None:
         service.shared.start()
     app = make_app(service)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port)
+    assert runner.server is not None
+    gate = Gate(runner.server, limits)
+    site = Site(runner, options.host, options.port, gate)
     try:
         await site.start()
     except OSError as e:
@@ -877,10 +918,9 @@ async def serve(settings: Settings, store: Store, options: ServeOptions) -> None
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    port = runner.addresses[0][1] if runner.addresses else options.port
     log.info(
-        "listening on http://%s:%s (pid %s, %s runs at once)",
-        options.host, port, os.getpid(), service.limit,
+        "listening on http://%s:%s (pid %s, %s runs at once, %s connections)",
+        options.host, site.port, os.getpid(), service.limit, limits.max_connections,
     )  # fmt: skip
     try:
         await stop.wait()

@@ -506,6 +506,17 @@ def test_systemd_unit_runs_aoe_serve_hardened() -> None:
     assert dict(sections["Install"])["WantedBy"] == "multi-user.target"
 
 
+def test_systemd_unit_gives_aoe_serve_the_files_its_connections_need() -> None:
+    """Under the unit's limit on open files, aoe serve takes its full default of
+    connections, with the spare it keeps for the rest."""
+    from aoe.serve_connections import MOST_CONNECTIONS, default_max_connections
+
+    one = dict(unit_settings(UNIT.read_text(encoding="utf-8"))["Service"])
+    assert "LimitNOFILE" in one, "the unit must set LimitNOFILE"
+    soft = int(one["LimitNOFILE"].split(":")[0])  # SOFT[:HARD]
+    assert default_max_connections(soft) == MOST_CONNECTIONS
+
+
 def verifiable_copy(tmp_path: Path, text: str) -> Path:
     """The unit as `systemd-analyze verify` can judge it on this machine.
 
