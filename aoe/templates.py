@@ -159,7 +159,7 @@ MAX_NESTING = 100
 MAX_LIPSUM = 100
 """Paragraphs ``lipsum()`` may make."""
 # Caches are bounded by bytes: a service sees templates of every size (aoe.bounded).
-CACHE_BYTES = 16 << 20
+CACHE_BYTES = 8 << 20
 
 
 class Reference(NamedTuple):

@@ -1,0 +1,169 @@
+"""Hostile workflows sent to a running `aoe serve`: it keeps answering its probes,
+stays small, and says why each workflow was refused or failed.
+
+Issue 13: one small request held `/health/live` for 13.5 s, another took 7.6 GB.
+Here a prober asks `/health/live` every 50 ms on a fresh connection while the
+payloads go in, and the service's memory (its own process: the sandbox
+processes are bounded on their own) is read from /proc as they run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import child_env
+from tests.servehelp import Service, services
+from tests.test_hostile_templates import HOSTILE
+
+_NESTED = "(" * 80 + "1" + ")" * 80
+
+STATIC = [
+    pytest.param(
+        "{% for i in range(100000) %}{% for j in range(5000) %}{% endfor %}{% endfor %}",
+        "its loops would run 500,000,000 times",
+        id="nested-loops",
+    ),
+    pytest.param("{{ 2**(2**33) }}", "too large a number", id="power"),
+    pytest.param("{{ lipsum(n=10**7) }}", "lipsum() may make 100", id="lipsum"),
+    pytest.param("{{ ('x' * 3000000000)|length }}", "3,000,000,000 times", id="repetition"),
+    pytest.param("{{ " + _NESTED + " }}", "nested too deeply", id="parentheses"),
+]
+
+
+def workflow(prompt: str) -> str:
+    quoted = prompt.replace("\\", "\\\\").replace('"', '\\"')
+    return (
+        "version: 1\nname: probe\nagents:\n"
+        f'  a:\n    llm: {{provider: mock, model: m}}\n    prompt: "{quoted}"\n'
+    )
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+class Prober:
+    """Asks /health/live every 50 ms on a fresh connection; notes the slowest answer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url + "/health/live"
+        self.slowest = 0.0
+        self.failures: list[str] = []
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe, daemon=True)
+
+    def _probe(self) -> None:
+        while not self._stop.wait(0.05):
+            began = time.perf_counter()
+            try:
+                with urllib.request.urlopen(self.url, timeout=1.0) as answer:
+                    answer.read()
+            except Exception as e:
+                self.failures.append(f"{type(e).__name__}: {e}")
+            self.slowest = max(self.slowest, time.perf_counter() - began)
+            self.count += 1
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    folder = tmp_path_factory.mktemp("workloads")
+    with services(child_env(AOE_STATE_DIR=str(folder / "state")), folder) as start:
+        service = start()
+        # warm up: the sandbox process started, jsonschema imported, the store open
+        warm = service.submit(HOSTILE.split("agents:")[0] + "agents:\n" + _FINE, mock=True)
+        service.wait(warm, "completed", timeout=60)
+        yield service
+
+
+_FINE = """\
+  fine:
+    llm: {provider: mock, model: m}
+    prompt: "{% if inputs.n > 1 %}n is {{ inputs.n + 1 }}{% endif %}"
+    output: {format: json, schema: {type: object, properties: {a: {type: string}}}}
+"""
+
+
+@pytest.mark.parametrize(("prompt", "reason"), STATIC)
+def test_what_can_be_seen_in_the_text_is_a_400_with_the_reason(
+    served: Service, prompt: str, reason: str
+) -> None:
+    with Prober(served.url) as prober:
+        answer = served.http.post("/api/v1/runs", json={"workflow": workflow(prompt)})
+    assert answer.status_code == 400, answer.text
+    [diagnostic] = answer.json()["diagnostics"]
+    assert reason in diagnostic["message"]
+    assert (diagnostic["file"], diagnostic["line"]) == ("submitted.yaml", 6)
+    assert not prober.failures
+    assert prober.slowest < 1.0
+
+
+def test_hostile_values_fail_their_agents_while_the_service_answers_and_stays_small(
+    served: Service,
+) -> None:
+    pid = served.process.pid
+    before = rss_kb(pid)
+    peak = before
+    with Prober(served.url) as prober:
+        runs = [served.submit(HOSTILE, mock=True) for _ in range(3)]
+        finished = []
+        for run_id in runs:
+            deadline = time.monotonic() + 120
+            while True:
+                peak = max(peak, rss_kb(pid))
+                run = served.run(run_id)
+                if run["status"] not in ("queued", "running"):
+                    finished.append(run)
+                    break
+                assert time.monotonic() < deadline, run
+                time.sleep(0.05)
+    assert prober.count > 20
+    assert not prober.failures, prober.failures[:3]
+    assert prober.slowest < 1.0, f"/health/live took {prober.slowest:.2f} s"
+    grown = (max(peak, rss_kb(pid, "VmHWM")) - before) / 1024
+    assert grown < 100, f"aoe serve grew by {grown:.0f} MB"
+    for run in finished:
+        assert run["status"] == "partial"
+        agents = {a["agent_id"]: a for a in run["agents"]}
+        assert agents["fine"]["state"] == "completed"
+        assert "took longer than 2 s" in agents["loops"]["error"]
+        assert "of memory it may use" in agents["doubling"]["error"]
+        assert "foreach expression gave 100,000 items" in agents["items"]["error"]
+        assert "is too short" in agents["many_items"]["error"]
+
+
+def test_many_distinct_large_prompts_do_not_grow_the_service(served: Service) -> None:
+    """Issue 13: 300 submissions of distinct ~0.9 MB prompts grew aoe serve from
+    57 MB to 619 MB, kept for good in its template caches; they are bounded by
+    bytes now (16 MiB each)."""
+    pid = served.process.pid
+    filler = "word " * 180_000  # 0.9 MB
+    served.submit(workflow("{% if true %}x{% endif %} {{ workflow.name }} " + filler), mock=True)
+    before = rss_kb(pid)
+    with Prober(served.url) as prober:
+        for i in range(100):
+            text = f"{{% if true %}}{i}{{% endif %}} {{{{ workflow.name }}}} {filler}"
+            run_id = served.submit(workflow(text), mock=True)
+        served.wait(run_id, "completed", timeout=120)
+    grown = (rss_kb(pid) - before) / 1024
+    print(f"grown {grown:.1f} MB")
+    assert grown < 60, f"aoe serve kept {grown:.0f} MB after 100 prompts of 0.9 MB"
+    assert not prober.failures
+    assert prober.slowest < 1.0
