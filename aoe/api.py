@@ -124,6 +124,7 @@ async def run_workflow(
     resume: ResumePlan | None = None,
     engine: Engine | None = None,
     mirror: RecordMirror | None = None,
+    max_units: int | None = None,
 ) -> RunStatus:
     """Run a workflow on a fresh engine and close it after (or on ``engine``,
     shared with other runs: its rate limits and its limit on runs hold across
@@ -135,7 +136,8 @@ async def run_workflow(
     unless ``cache`` is false, answers come from the response cache where they
     can. ``resume`` (from :func:`aoe.resume.plan_resume`) continues a recorded
     run instead of starting one. ``mirror`` sends the record to Redis as well
-    (the work queue's runs; see :mod:`aoe.shared_records`)."""
+    (the work queue's runs; see :mod:`aoe.shared_records`). ``max_units`` bounds the
+    run's agents and ``foreach`` items together (a service's limit per run)."""
     import asyncio
 
     from aoe.engine.events import EventBus
@@ -192,6 +194,7 @@ async def run_workflow(
             mock=mock,
             cache=response_cache,
             resumption=resumption,
+            max_units=max_units,
         )
     finally:
         try:

@@ -68,7 +68,17 @@ def serve(
     max_body: Annotated[
         int,
         typer.Option("--max-body", min=1024, help="Largest request body, in bytes; beyond, 413."),
-    ] = 1 << 20,
+    ] = 512 << 10,
+    max_agents: Annotated[
+        int,
+        typer.Option(
+            "--max-agents",
+            min=1,
+            help="Agents and foreach items one submitted run may have (each costs ~6 KB "
+            "while it runs); a workflow with more is refused, a foreach that goes beyond "
+            "fails its agent.",
+        ),
+    ] = 5000,
     worker: Annotated[
         bool,
         typer.Option(
@@ -149,6 +159,7 @@ def serve(
             port=monitoring.prometheus_port if port is None else port,
             token=os.environ.get("AOE_API_TOKEN") or None,
             max_body=max_body,
+            max_agents=max_agents,
             queue_limit=queue_limit,
             metrics=monitoring.enable_metrics,
             worker=worker,

@@ -415,6 +415,7 @@ class Worker:
             "budget": options.get("budget"),
             "max_parallel": options.get("max_parallel"),
             "cache": bool(options.get("cache", True)),
+            "max_units": options.get("max_units"),  # a service's limit travels with its run
             "mirror": mirror,
             "subscribers": self.subscribers,
         }

@@ -84,7 +84,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("aoe.serve")
 
 API = "/api/v1"
-MAX_BODY = 1 << 20  # bytes of a request body: a workflow and its inputs
+MAX_BODY = 512 << 10  # bytes of a request body: a workflow, its files and inputs
+MAX_AGENTS = 5_000  # agents and foreach items of one submitted run: ~6 KB each as it runs
 KEEP_EVENTS = 10_000  # events of a live run kept for listeners who come late
 HEARTBEAT = 15.0  # seconds between SSE comments on a quiet stream
 SEEN_RUNS = 10_000  # runs whose journal position in Redis a service remembers
@@ -98,6 +99,7 @@ class ServeOptions(NamedTuple):
     port: int = 8000
     token: str | None = None
     max_body: int = MAX_BODY
+    max_agents: int = MAX_AGENTS
     queue_limit: int = 1000  # runs waiting for a slot before new ones are refused
     metrics: bool = True
     worker: bool = True  # with Redis: run queued runs here too, not only take them
@@ -176,6 +178,7 @@ class Service:
         self.monitor = HealthMonitor()
         self.metrics = Metrics() if options.metrics else None
         self.live: dict[str, _Live] = {}
+        self.loading = asyncio.Semaphore(1)  # submitted workflows parsed one at a time
         self.draining = False
         self.stopped = asyncio.Event()
         # with Redis: runs go on its queue, and are reported from its records
@@ -242,10 +245,19 @@ class Service:
             "max_parallel": body.max_parallel,
             "mock": body.mock,
             "cache": body.cache,
+            "max_units": self.options.max_agents,
         }
         # parsing and checking a workflow of up to --max-body bytes takes a while:
-        # not on the event loop, which answers the probes and the other clients
-        workflow = await asyncio.to_thread(load_text, text, name, self.settings)
+        # not on the event loop, which answers the probes and the other clients;
+        # and one at a time (a dense file of 512 KiB peaks at ~60 MB as it is parsed)
+        async with self.loading:
+            workflow = await asyncio.to_thread(load_text, text, name, self.settings)
+        if len(workflow.agents) > self.options.max_agents:
+            raise Refused(
+                400,
+                f"the workflow has {len(workflow.agents):,} agents; this service runs at most "
+                f"{self.options.max_agents:,} agents and foreach items in one run (--max-agents)",
+            )
         values = bind_inputs(
             workflow.inputs,
             {key: GivenInput(value, "the submitted inputs") for key, value in inputs.items()},
@@ -286,6 +298,7 @@ class Service:
                 budget=options["budget"],
                 max_parallel=options["max_parallel"],
                 cache=options["cache"],
+                max_units=options["max_units"],
             )
         except asyncio.CancelledError:
             if not live.started:  # cancelled in the queue: its record says so

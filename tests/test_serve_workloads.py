@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -86,7 +87,7 @@ class Prober:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     folder = tmp_path_factory.mktemp("workloads")
     with services(child_env(AOE_STATE_DIR=str(folder / "state")), folder) as start:
-        service = start()
+        service = start("--max-body", str(2 << 20))  # the 0.9 MB prompts of the issue
         # warm up: the sandbox process started, jsonschema imported, the store open
         warm = service.submit(HOSTILE.split("agents:")[0] + "agents:\n" + _FINE, mock=True)
         service.wait(warm, "completed", timeout=60)
@@ -167,3 +168,29 @@ def test_many_distinct_large_prompts_do_not_grow_the_service(served: Service) ->
     assert grown < 60, f"aoe serve kept {grown:.0f} MB after 100 prompts of 0.9 MB"
     assert not prober.failures
     assert prober.slowest < 1.0
+
+
+def test_a_run_larger_than_the_service_allows_is_refused(tmp_path: Path) -> None:
+    """Each agent and foreach item costs memory while it runs: a service bounds
+    them per run (--max-agents), before the run (its agents) and as it goes (its
+    items)."""
+    six = "version: 1\nname: six\nagents:\n" + "".join(
+        f"  a{i}: {{llm: {{provider: mock, model: m}}, prompt: hi}}\n" for i in range(6)
+    )
+    fan = (
+        "version: 1\nname: fan\ninputs:\n  n: {type: integer, default: 10}\nagents:\n"
+        "  one: {llm: {provider: mock, model: m}, prompt: hi}\n"
+        "  many:\n    llm: {provider: mock, model: m}\n    prompt: '{{ item }}'\n"
+        "    foreach: range(inputs.n) | list\n"
+    )
+    with services(child_env(AOE_STATE_DIR=str(tmp_path / "state")), tmp_path) as start:
+        service = start("--max-agents", "5")
+        answer = service.http.post("/api/v1/runs", json={"workflow": six, "mock": True})
+        assert answer.status_code == 400
+        assert "has 6 agents; this service runs at most 5" in answer.json()["error"]
+        run = service.wait(service.submit(fan, mock=True), "failed", timeout=60)
+        agents = {a["agent_id"]: a for a in run["agents"]}
+        assert "gave 10 items" in agents["many"]["error"]
+        assert "over the 5 this service runs in one run" in agents["many"]["error"]
+        small = service.submit(fan, mock=True, inputs={"n": 4})
+        assert service.wait(small, "completed", timeout=60)["status"] == "completed"

@@ -154,14 +154,18 @@ class Engine:
         mock: bool = False,
         cache: ResponseCache | None = None,
         resumption: Resumption | None = None,
+        max_units: int | None = None,
     ) -> RunStatus:
         """Run a workflow to its end; the events on ``bus`` tell how it went.
         ``budget`` (USD) replaces the workflow's ``cost_budget``; ``cache`` answers
-        repeated requests; ``resumption`` continues a run from its record."""
+        repeated requests; ``resumption`` continues a run from its record;
+        ``max_units`` bounds its agents and ``foreach`` items together (a service
+        running other people's workflows: each costs memory)."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.settings.config.engine.max_concurrent_workflows)
         run = _Run(self, workflow, inputs, bus, run_id or new_run_id(), max_parallel, budget, mock)
         run.cache = cache
+        run.max_units = max_units
         if resumption is not None:
             run.resume(resumption)
         # SDKs are imported here, before any call is out: an import blocks the loop
@@ -306,6 +310,8 @@ class _Run:
         self.session = 1
         self.restored: list[_AgentRun] = []
         self.lane = engine.sandbox.lane()  # templates that need the sandbox, one at a time
+        self.units = len(workflow.agents)  # agents, and foreach items beyond one each
+        self.max_units: int | None = None
         self.checks_here: dict[str, bool] = {}  # by agent: its replies checked in-process
 
     def resume(self, resumption: Resumption) -> None:
@@ -567,6 +573,15 @@ class _Run:
                 f"over {MAX_FOREACH_ITEMS:,} at most (split the list, or batch the items)",
             )
             return False
+        if self.max_units is not None and self.units + len(items) - 1 > self.max_units:
+            self.fail(
+                record,
+                f"its foreach expression gave {len(items):,} items: with the run's other "
+                f"agents and items that is over the {self.max_units:,} this service runs "
+                "in one run (batch the items)",
+            )
+            return False
+        self.units += max(len(items) - 1, 0)
         record.foreach = items
         record.items = [None] * len(items)
         record.items_left = len(items)
