@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aoe.providers.base import Request, Response, Usage
+from aoe.schemas import pointer_target
 
 _WORDS = (
     "analysis",
@@ -108,8 +109,25 @@ def _prose(digest: bytes, max_tokens: int) -> str:
     return text[: max(max_tokens * 4, 1)]
 
 
-def example(schema: Mapping[str, Any], digest: bytes, depth: int = 0) -> Any:
-    """A value valid for ``schema`` (the common keywords), chosen by ``digest``."""
+def example(
+    schema: Mapping[str, Any],
+    digest: bytes,
+    depth: int = 0,
+    root: Mapping[str, Any] | None = None,
+) -> Any:
+    """A value valid for ``schema`` (the common keywords), chosen by ``digest``.
+
+    ``root`` is the whole schema, which its ``#/...`` ``$ref``s point into (the
+    loader makes every ``$ref`` one of those).
+    """
+    root = schema if root is None else root
+    for _ in range(32):  # a $ref to a $ref ...: followed a bounded number of times
+        ref = schema.get("$ref")
+        if not isinstance(ref, str):
+            break
+        target = pointer_target(root, ref)
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        schema = {**target, **rest} if isinstance(target, Mapping) else rest
     if "const" in schema:
         return schema["const"]
     if schema.get("enum"):
@@ -117,12 +135,12 @@ def example(schema: Mapping[str, Any], digest: bytes, depth: int = 0) -> Any:
         return options[digest[depth % len(digest)] % len(options)]
     for key in ("anyOf", "oneOf"):
         if schema.get(key):
-            return example(schema[key][0], digest, depth + 1)
+            return example(schema[key][0], digest, depth + 1, root)
     if schema.get("allOf"):
         merged: dict[str, Any] = {}
         for part in schema["allOf"]:
             merged.update(part)
-        return example(merged, digest, depth + 1)
+        return example(merged, digest, depth + 1, root)
     kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
@@ -131,7 +149,7 @@ def example(schema: Mapping[str, Any], digest: bytes, depth: int = 0) -> Any:
         properties: Mapping[str, Any] = schema.get("properties", {})
         names = list(dict.fromkeys([*schema.get("required", []), *properties]))
         return {
-            name: example(properties.get(name, {"type": "string"}), digest, depth + 1 + i)
+            name: example(properties.get(name, {"type": "string"}), digest, depth + 1 + i, root)
             for i, name in enumerate(names)
             if depth < 8
         }
@@ -140,7 +158,9 @@ def example(schema: Mapping[str, Any], digest: bytes, depth: int = 0) -> Any:
         count = min(count, int(schema.get("maxItems", count)))
         items = schema.get("items", {"type": "string"})
         items = items if isinstance(items, Mapping) else {"type": "string"}
-        return [example(items, digest, depth + 1 + i) for i in range(count)] if depth < 8 else []
+        return (
+            [example(items, digest, depth + 1 + i, root) for i in range(count)] if depth < 8 else []
+        )
     if kind in ("integer", "number"):
         low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
         high = schema.get("maximum", schema.get("exclusiveMaximum", low + 100))
