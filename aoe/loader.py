@@ -34,7 +34,7 @@ from aoe.diagnostics import Diagnostic, Severity, has_errors, sort_key
 from aoe.errors import WorkflowInvalid
 from aoe.modelerrors import closest, diagnostics_from_error, did_you_mean
 from aoe.schemarefs import Folder, Refusal, bundle, has_refs
-from aoe.schemas import schema_problem
+from aoe.schemas import schema_problem, shortened
 from aoe.spec import (
     AGENT_ID_MAX,
     AGENT_ID_RE,
@@ -479,7 +479,9 @@ class _Loader:
         del self.diagnostics[before:]
         if text is None:
             first = refused[0] if refused else None
-            return Refusal(first.code, first.message) if first else Refusal("io", "unreadable")
+            if first is None:
+                return Refusal("io", "it cannot be read")
+            return Refusal(first.code, shortened(first.message, 300))
         return text
 
     def check_schema(self, where: Path, schema: dict[str, Any]) -> bool:
