@@ -20,7 +20,8 @@
         │   ├── ProviderUnavailable  5xx, 529, 408, 409, connection: retryable
         │   └── RequestRejected    other 4xx (bad request, auth, not found): final
         ├── AttemptTimeout         the per-attempt timeout: retryable
-        └── OutputInvalid          a reply that is not the JSON its schema asks: retryable
+        ├── OutputInvalid          a reply that is not the JSON its schema asks: retryable
+        └── SchemaUnusable         the output schema cannot be applied (not the reply's fault)
 
 Every error carries a message that says what is wrong and how to fix it. The
 command line prints ``str(error)`` (or its diagnostics) and exits with
@@ -142,6 +143,16 @@ class OutputInvalid(RunError):
     """The reply is not JSON, or does not match the output schema."""
 
     retryable = True
+
+
+class SchemaUnusable(RunError):
+    """The output schema cannot be applied to a reply: a ``$ref`` the loader did not
+    resolve, a type the validator does not know. Another attempt would fail alike.
+
+    The message is aoe's own: never the text of the exception behind it, which
+    may quote the schema (or a file it names) whole."""
+
+    retryable = False
 
 
 class StateUnusable(UserError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path as FsPath
@@ -32,7 +33,8 @@ from aoe import graph as graphs
 from aoe.diagnostics import Diagnostic, Severity, has_errors, sort_key
 from aoe.errors import WorkflowInvalid
 from aoe.modelerrors import closest, diagnostics_from_error, did_you_mean
-from aoe.schemas import schema_problem
+from aoe.schemarefs import Folder, Refusal, bundle, has_refs
+from aoe.schemas import schema_problem, shortened
 from aoe.spec import (
     AGENT_ID_MAX,
     AGENT_ID_RE,
@@ -146,6 +148,7 @@ class _Loader:
         self.text = ""
         self._lines: list[str] | None = None
         self.files: dict[str, str] = {}
+        self.schema_files: dict[Any, Any] = {}  # the files output schemas refer to, parsed
         # where each agent's merged llm fields were written, for price and provider errors
         self.llm_origins: dict[tuple[str, int], dict[str, Path]] = {}
         # what the checks look at, set as the passes reach them
@@ -428,6 +431,9 @@ class _Loader:
             return OutputConfig()
         at: Path = ("agents", agent_id, "output")
         schema = output.json_schema
+        # where the schema was written: this file under agents.X.output.schema, or
+        # a schema file of its own (its path in the folder as its key)
+        source, prefix, key = self.source, (*at, "schema"), None
         if output.schema_file is not None:
             where = (*at, "schema_file")
             text = self.read_included(where, output.schema_file)
@@ -448,11 +454,35 @@ class _Loader:
                     f"{output.schema_file} must hold a JSON Schema object (a mapping)",
                 )
                 return None
+            source, prefix = parsed.source, ()
+            key = os.path.normpath(output.schema_file).replace(os.sep, "/")
         if schema is not None and not self.check_schema(
             (*at, "schema") if output.schema_file is None else (*at, "schema_file"), schema
         ):
             return None
+        if schema is not None and has_refs(schema):
+            # resolved here, once, and bundled: nothing is fetched at run time
+            folder = Folder(self.read_referenced, self.display_path, self.schema_files)
+            bundled, found = bundle(schema, source, prefix, key, folder)
+            self.diagnostics.extend(found)
+            if bundled is None:
+                return None
+            schema = bundled
         return OutputConfig(output.format, MappingProxyType(schema) if schema else None)
+
+    def read_referenced(self, relative: str) -> str | Refusal:
+        """A file an output schema's ``$ref`` names, read as ``prompt_file`` is; a
+        refusal is reported by the bundler at the ``$ref``, not here."""
+        before = len(self.diagnostics)
+        text = self.read_included((), relative)
+        refused = self.diagnostics[before:]
+        del self.diagnostics[before:]
+        if text is None:
+            first = refused[0] if refused else None
+            if first is None:
+                return Refusal("io", "it cannot be read")
+            return Refusal(first.code, shortened(first.message, 300))
+        return text
 
     def check_schema(self, where: Path, schema: dict[str, Any]) -> bool:
         problem = schema_problem(schema)
@@ -511,7 +541,7 @@ class _Loader:
             )
             return None
         try:
-            raw = target.read_bytes()
+            raw = _read_regular_file(target, MAX_INCLUDED_FILE_BYTES + 1)
         except FileNotFoundError:
             hint = ""
             if target.parent.is_dir():
@@ -522,6 +552,9 @@ class _Loader:
                 f"file '{relative}' not found (looked in "
                 f"{self.display_path(os.path.dirname(relative)) or '.'}){hint}",
             )
+            return None
+        except _NotARegularFile as e:
+            self.error(where, "io", f"'{relative}' is {e.kind}; name a regular file")
             return None
         except OSError as e:
             self.error(where, "io", f"cannot read '{relative}': {e.strerror or e}")
@@ -924,6 +957,29 @@ class _Loader:
 
 
 # -- helpers -------------------------------------------------------------------
+
+
+class _NotARegularFile(OSError):
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+def _read_regular_file(path: FsPath, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file.
+
+    Opened without blocking and checked before it is read: a FIFO would wait for
+    a writer for ever, and a device never ends.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _NotARegularFile("a folder" if stat.S_ISDIR(mode) else "a FIFO or a device")
+        with open(fd, "rb", closefd=False) as file:
+            return file.read(limit)
+    finally:
+        os.close(fd)
 
 
 def _root_causes(diagnostics: list[Diagnostic]) -> list[Diagnostic]:

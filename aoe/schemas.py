@@ -5,12 +5,16 @@
 with plainly valid values (``type: object``, ``required: [a, b]`` ...); for
 those, :func:`plainly_valid` gives the same answer without it. Everything
 else goes to ``jsonschema``'s own check against the meta-schema.
+
+The ``$ref``s of a schema are resolved by :mod:`aoe.schemarefs`; what a
+reference names inside one bundled schema is found by :func:`pointer_target`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+from urllib.parse import unquote
 
 _TYPES = frozenset({"string", "number", "integer", "boolean", "object", "array", "null"})
 
@@ -89,6 +93,15 @@ def plainly_valid(schema: Any) -> bool:
     return True
 
 
+MAX_SHOWN = 200
+"""The most characters of a message that quotes a schema or a reply."""
+
+
+def shortened(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` cut to ``limit`` characters (a schema or a reply may be huge)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def schema_problem(schema: dict[str, Any]) -> str | None:
     """Why ``schema`` is not a valid JSON Schema, or None if it is."""
     if plainly_valid(schema):
@@ -101,5 +114,92 @@ def schema_problem(schema: dict[str, Any]) -> str | None:
         cls.check_schema(schema)
     except SchemaError as e:
         inside = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in e.path)
-        return e.message + (f" (at schema{inside})" if inside else "")
+        return shortened(e.message) + (f" (at schema{shortened(inside)})" if inside else "")
     return None
+
+
+class SchemaFault(NamedTuple):
+    """Where a schema breaks the meta-schema, and why in words that quote none of it."""
+
+    path: tuple[str | int, ...]
+    message: str
+
+
+_KINDS = {
+    "string": "a string",
+    "number": "a number",
+    "integer": "an integer",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "null",
+}
+
+
+def schema_fault(schema: Any, dialect: Mapping[str, Any]) -> SchemaFault | None:
+    """Why ``schema`` is not a valid JSON Schema of ``dialect``'s draft, or None.
+
+    For a file an output schema refers to: the message names the keyword and what
+    the meta-schema wants there, never the value found (the file may be anything,
+    a credentials file among them).
+    """
+    if isinstance(schema, bool) or (plainly_valid(schema) and "$schema" not in dialect):
+        return None
+    from jsonschema import validators
+    from jsonschema.exceptions import best_match
+
+    cls = validators.validator_for(dict(dialect))
+    meta = validators.validator_for(cls.META_SCHEMA, default=cls)  # as check_schema does
+    error = best_match(meta(cls.META_SCHEMA, format_checker=cls.FORMAT_CHECKER).iter_errors(schema))
+    if error is None:
+        return None
+    path = tuple(error.absolute_path)
+    keyword = next((p for p in reversed(path) if isinstance(p, str)), None)
+    what = f"the value of '{shortened(keyword, 60)}'" if keyword else "the schema"
+    if keyword == "type":
+        wanted = "one of " + ", ".join(sorted(_TYPES)) + ", or a list of them"
+    elif error.validator == "type":
+        names = error.validator_value
+        names = [names] if isinstance(names, str) else list(names)
+        wanted = " or ".join(_KINDS.get(str(n), str(n)) for n in names)
+    elif error.validator == "enum":
+        wanted = "one of " + ", ".join(repr(v) for v in error.validator_value)
+    elif error.validator in ("minimum", "minItems", "minLength"):
+        wanted = f"at least {error.validator_value}"
+    elif error.validator == "uniqueItems":
+        wanted = "a list without repeats"
+    else:
+        wanted = f"what the meta-schema's '{error.validator}' asks"
+    return SchemaFault(path, f"{what} must be {shortened(wanted)}")
+
+
+def same_dialect(one: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """Whether two schemas are of one draft of JSON Schema (by their ``$schema``)."""
+    from jsonschema import validators
+
+    def draft(schema: Mapping[str, Any]) -> Any:
+        return validators.validator_for({k: v for k, v in schema.items() if k == "$schema"})
+
+    return bool(draft(one) is draft(other))
+
+
+def pointer_target(root: Mapping[str, Any], ref: str) -> Any:
+    """What a ``$ref`` of the form ``#`` or ``#/a/b`` names in ``root``, or None.
+
+    The bundled schemas of :mod:`aoe.schemarefs` refer to their parts this way only
+    (where no nested ``$id`` changes the base), so this is all a reader of one needs.
+    """
+    if ref == "#":
+        return root
+    if not ref.startswith("#/"):
+        return None
+    node: Any = root
+    for raw in unquote(ref[2:]).split("/"):
+        segment = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, Mapping) and segment in node:
+            node = node[segment]
+        elif isinstance(node, list) and segment.isdigit() and int(segment) < len(node):
+            node = node[int(segment)]
+        else:
+            return None
+    return node

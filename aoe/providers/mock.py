@@ -22,6 +22,7 @@ from typing import Any
 
 from aoe.errors import RequestRejected
 from aoe.providers.base import Request, Response, Usage
+from aoe.schemas import pointer_target
 
 _WORDS = (
     "analysis",
@@ -136,10 +137,23 @@ def example(schema: Mapping[str, Any], digest: bytes, budget: int = 4096) -> Any
     by ``max_tokens``, and so is the mock's. A schema that asks for more (a
     ``minLength`` of two billion) gets less, and fails its check as it would
     with a model."""
-    return _example(schema, digest, 0, 0, [min(budget, MAX_REPLY)])
+    return _example(schema, digest, 0, 0, [min(budget, MAX_REPLY)], schema)
 
 
-def _example(schema: Any, digest: bytes, depth: int, salt: int, left: list[int]) -> Any:
+def _example(
+    schema: Any, digest: bytes, depth: int, salt: int, left: list[int], root: Mapping[str, Any]
+) -> Any:
+    """``root`` is the whole schema, which its ``#/...`` ``$ref``s point into (the
+    loader makes every ``$ref`` one of those)."""
+    for _ in range(32):  # a $ref to a $ref ...: followed a bounded number of times
+        if not isinstance(schema, Mapping):
+            break
+        ref = schema.get("$ref")
+        if not isinstance(ref, str):
+            break
+        target = pointer_target(root, ref)
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        schema = {**target, **rest} if isinstance(target, Mapping) else rest
     if not isinstance(schema, Mapping):
         return None  # true, false or a broken schema: anything, or nothing, fits
     if "const" in schema:
@@ -149,13 +163,13 @@ def _example(schema: Any, digest: bytes, depth: int, salt: int, left: list[int])
         return options[digest[salt % len(digest)] % len(options)]
     for key in ("anyOf", "oneOf"):
         if schema.get(key) and isinstance(schema[key], list):
-            return _example(schema[key][0], digest, depth + 1, salt, left)
+            return _example(schema[key][0], digest, depth + 1, salt, left, root)
     if schema.get("allOf") and isinstance(schema["allOf"], list):
         merged: dict[str, Any] = {}
         for part in schema["allOf"]:
             if isinstance(part, Mapping):
                 merged.update(part)
-        return _example(merged, digest, depth + 1, salt, left)
+        return _example(merged, digest, depth + 1, salt, left, root)
     kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
@@ -172,7 +186,12 @@ def _example(schema: Any, digest: bytes, depth: int, salt: int, left: list[int])
                 break
             left[0] -= len(str(name))
             value[str(name)] = _example(
-                properties.get(name, {"type": "string"}), digest, depth + 1, salt + 1 + i, left
+                properties.get(name, {"type": "string"}),
+                digest,
+                depth + 1,
+                salt + 1 + i,
+                left,
+                root,
             )
         return value
     if kind == "array":
@@ -184,7 +203,7 @@ def _example(schema: Any, digest: bytes, depth: int, salt: int, left: list[int])
         for i in range(count):
             if depth >= 8 or left[0] <= 0:
                 break
-            values.append(_example(items, digest, depth + 1, salt + 1 + i, left))
+            values.append(_example(items, digest, depth + 1, salt + 1 + i, left, root))
         return values
     if kind in ("integer", "number"):
         return _number(schema, tag, kind == "integer")

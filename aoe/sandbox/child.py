@@ -13,7 +13,8 @@ engine's to handle.
 Requests: ``{"op": "render" | "when" | "foreach", "text": ..., "context": {...}}``
 and ``{"op": "check", "text": reply, "schema": {...} | null}``. Answers:
 ``{"ok": value}``, ``{"invalid": message}`` (a reply that does not fit its
-schema) or ``{"error": message}``; messages are short, and never a traceback.
+schema), ``{"unusable": message}`` (a schema that cannot be applied) or
+``{"error": message}``; messages are short, and never a traceback.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def main() -> None:
 
 
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
-    from aoe.errors import OutputInvalid
+    from aoe.errors import OutputInvalid, SchemaUnusable
     from aoe.templates import evaluate, render
 
     op = request["op"]
@@ -94,6 +95,8 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
             return {"ok": _check(request["text"], request["schema"])}
     except OutputInvalid as e:
         return {"invalid": e.message}
+    except SchemaUnusable as e:
+        return {"unusable": e.message}
     except (MemoryError, RecursionError):
         raise
     except Exception as e:

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from aoe.errors import OutputInvalid
+from aoe.errors import OutputInvalid, SchemaUnusable
 from aoe.providers.base import plain
 from aoe.sandbox.child import HEADER, MAX_MESSAGE, frame
 from aoe.schemas import plainly_valid
@@ -292,6 +292,8 @@ class Lane:
                 raise OutputInvalid(f"the reply could not be checked: {e.message}") from None
         if "invalid" in answer:
             raise OutputInvalid(str(answer["invalid"]))
+        if "unusable" in answer:
+            raise SchemaUnusable(str(answer["unusable"]))
         if "ok" not in answer:
             raise OutputInvalid(f"the reply could not be checked: {answer.get('error')}")
         return answer["ok"]
