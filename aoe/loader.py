@@ -34,7 +34,7 @@ from aoe.diagnostics import Diagnostic, Severity, has_errors, sort_key
 from aoe.errors import WorkflowInvalid
 from aoe.modelerrors import closest, diagnostics_from_error, did_you_mean
 from aoe.schemarefs import Folder, Refusal, bundle, has_refs
-from aoe.schemas import schema_problem, shortened
+from aoe.schemas import CHARS_PER_TOKEN, least_reply_chars, schema_problem, shortened
 from aoe.spec import (
     AGENT_ID_MAX,
     AGENT_ID_RE,
@@ -407,6 +407,8 @@ class _Loader:
         prompt = texts["prompt"]
         if prompt is None or output is None:
             return None
+        if output.schema is not None and output.format == "json":
+            self.check_reply_fits(agent_id, spec, output.schema, (primary, *fallbacks))
         return Agent(
             id=agent_id,
             prompt=prompt,
@@ -469,6 +471,25 @@ class _Loader:
                 return None
             schema = bundled
         return OutputConfig(output.format, MappingProxyType(schema) if schema else None)
+
+    def check_reply_fits(
+        self, agent_id: str, spec: AgentSpec, schema: Any, models: tuple[LLMConfig, ...]
+    ) -> None:
+        """An output schema no reply within ``max_tokens`` can meet is an error here,
+        not minutes of retries (and a mock building gigabytes) later."""
+        tokens = max(llm.max_tokens for llm in models)
+        room = tokens * CHARS_PER_TOKEN
+        least = least_reply_chars(schema, 10**15)
+        if least > room:
+            assert spec.output is not None
+            field = "schema" if spec.output.schema_file is None else "schema_file"
+            self.error(
+                ("agents", agent_id, "output", field),
+                "schema-too-large",
+                f"agent '{agent_id}': its output schema asks for replies of at least "
+                f"{least:,} characters, more than max_tokens {tokens:,} allows "
+                f"(at most {room:,}); lower minLength/minItems, or raise llm.max_tokens",
+            )
 
     def read_referenced(self, relative: str) -> str | Refusal:
         """A file an output schema's ``$ref`` names, read as ``prompt_file`` is; a

@@ -101,6 +101,8 @@ def schema_problem_of(value: Any, schema: Mapping[str, Any]) -> str | None:
         from jsonschema.exceptions import best_match
 
         error = best_match(validator_for(schema).iter_errors(value))
+    except MemoryError:
+        raise  # the reply's size, not the schema's fault (the sandbox says so)
     except Exception as e:  # jsonschema's and referencing's, translated
         raise _unusable(e) from None
     if error is None:

@@ -203,3 +203,44 @@ def pointer_target(root: Mapping[str, Any], ref: str) -> Any:
         else:
             return None
     return node
+
+
+CHARS_PER_TOKEN = 100
+"""More characters than any model's token decodes to: a bound, not an estimate."""
+
+
+def least_reply_chars(schema: Any, limit: int) -> int:
+    """The fewest characters of JSON any value valid for ``schema`` can take, as
+    far as its plain keywords tell (``minLength``, ``minItems``, ``required``...;
+    anything else counts as one character), and at most ``limit``: enough to say
+    that ``minLength: 2000000000`` cannot fit in a reply of 800 tokens."""
+    return min(_least(schema, limit, 0), limit)
+
+
+def _least(schema: Any, limit: int, depth: int) -> int:
+    if not isinstance(schema, Mapping) or depth > 32:
+        return 1
+    kind = schema.get("type")
+    if kind == "string":
+        return 2 + _count(schema.get("minLength"))
+    if kind == "array":
+        items = schema.get("items")
+        each = _least(items, limit, depth + 1) + 1 if isinstance(items, Mapping) else 2
+        return min(2 + _count(schema.get("minItems")) * each, limit)
+    if kind == "object":
+        properties = schema.get("properties")
+        properties = properties if isinstance(properties, Mapping) else {}
+        required = schema.get("required")
+        total = 2
+        for name in required if isinstance(required, list) else []:
+            if not isinstance(name, str):
+                continue
+            total += len(name) + 4 + _least(properties.get(name), limit, depth + 1)
+            if total >= limit:
+                return limit
+        return max(total, 2 + 5 * _count(schema.get("minProperties")))
+    return 1
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

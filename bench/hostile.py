@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,11 @@ HOSTILE = {
     "power by an input": '"{{ 7 ** inputs.n }}"',
     "lipsum by an input": '"{{ lipsum(n=inputs.n) }}"',
     "sorting 4 million items": '"{{ ((range(inputs.n) | list) * 40) | sort | unique | list }}"',
-    "placeholders making 5 MB": '"' + "{{ agents.big.output }}" * 5 + '"',
+    "placeholders making 5 MB": '"' + "{{ agents.big.output }}" * 50 + '"',
 }
 
 SCHEMAS = {
-    "schema minLength 2,000,000,000": "{type: string, minLength: 2000000000}",
+    "schema minLength 50,000,000": "{type: string, minLength: 50000000}",
     "schema minItems 20,000,000": "{type: array, minItems: 20000000}",
     "schema pattern (a+)+$ (ReDoS)": "{type: string, pattern: '^(a+)+$'}",
 }
@@ -84,11 +85,11 @@ def hostile_workflow(name: str, prompt: str | None, schema: str | None) -> str:
         "  big:",
         "    llm: {provider: mock, model: m, max_tokens: 1000000}",
         "    prompt: hi",
-        "    output: {format: json, schema: {type: string, minLength: 1000000}}",
+        "    output: {format: json, schema: {type: string, minLength: 100000}}",
         "  bad:",
         "    depends_on: [big]",
         "    trigger_rule: all_done",
-        "    llm: {provider: mock, model: m, params: {reply: "
+        "    llm: {provider: mock, model: m, max_tokens: 1000000, params: {reply: "
         + (
             "'\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!\"'"
             if schema and "pattern" in schema
@@ -111,10 +112,16 @@ def rss_mb() -> float:
 
 
 class Watch:
-    """The loop's longest hold (a 1 ms ticker) and the process's peak RSS."""
+    """The loop's longest hold and the process's peak RSS.
+
+    A 1 ms ticker on the loop notes the longest gap between its ticks, in CPU
+    time of the loop's thread (what aoe's code ran meanwhile: on a busy machine
+    the wall-clock gap also counts the time the process waited for a core),
+    and in wall time, reported beside it."""
 
     def __init__(self) -> None:
         self.hold = 0.0
+        self.wall = 0.0
         self.peak = 0.0
         self._stop = threading.Event()
 
@@ -123,14 +130,15 @@ class Watch:
             self.peak = max(self.peak, rss_mb())
 
     async def _tick(self) -> None:
-        last = time.perf_counter()
+        last, last_cpu = time.perf_counter(), time.thread_time()
         while True:
             await asyncio.sleep(0.001)
-            now = time.perf_counter()
-            self.hold = max(self.hold, now - last - 0.001)
-            last = now
+            now, cpu = time.perf_counter(), time.thread_time()
+            self.wall = max(self.wall, now - last - 0.001)
+            self.hold = max(self.hold, cpu - last_cpu)
+            last, last_cpu = now, cpu
 
-    async def run(self, coroutine: Any) -> Any:
+    async def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         self.peak = rss_mb()
         sampler = threading.Thread(target=self._sample, daemon=True)
         sampler.start()
@@ -143,7 +151,7 @@ class Watch:
             sampler.join()
 
 
-async def measure(engine: Engine, path: Path) -> tuple[float, float, float, dict[str, str]]:
+async def measure(engine: Engine, path: Path) -> tuple[float, float, float, float, dict[str, str]]:
     settings = engine.settings
     workflow = load(path)
     inputs = {name: spec.default for name, spec in workflow.inputs.items()}
@@ -163,7 +171,7 @@ async def measure(engine: Engine, path: Path) -> tuple[float, float, float, dict
         for e in events
         if isinstance(e, AgentFinished) and e.agent_id == "bad"
     }
-    return watch.hold * 1000, watch.peak - before, took, errors
+    return watch.hold * 1000, watch.wall * 1000, watch.peak - before, took, errors
 
 
 async def main_async(repeats: int) -> None:
@@ -176,10 +184,10 @@ async def main_async(repeats: int) -> None:
         await measure(engine, benign)  # the sandbox process started, jsonschema imported
         base = [await measure(engine, benign) for _ in range(repeats)]
         hold = max(b[0] for b in base)
-        grow = max(b[1] for b in base)
+        grow = max(b[2] for b in base)
         print(
-            f"baseline (benign loop, condition, JSON reply): longest hold {hold:6.1f} ms, "
-            f"RSS +{grow:5.1f} MB"
+            f"baseline (benign loop, condition, JSON reply): longest hold {hold:.1f} ms of CPU "
+            f"({max(b[1] for b in base):.1f} wall), RSS +{grow:.1f} MB"
         )
         worst_hold, worst_grow = 0.0, 0.0
         cases: list[tuple[str, str | None, str | None]]
@@ -188,12 +196,12 @@ async def main_async(repeats: int) -> None:
         for name, prompt, schema in cases:
             path = folder / "hostile.yaml"
             path.write_text(hostile_workflow(name, prompt, schema))
-            hold_ms, grown, took, errors = await measure(engine, path)
+            hold_ms, wall_ms, grown, took, errors = await measure(engine, path)
             worst_hold, worst_grow = max(worst_hold, hold_ms), max(worst_grow, grown)
             reason = errors.get("bad", "?")
             print(
-                f"  {name:34s} hold {hold_ms:6.1f} ms ({hold_ms / max(hold, 0.1):4.1f}x), "
-                f"RSS +{grown:5.1f} MB, {took:5.2f} s: {reason[:70]}"
+                f"  {name:30s} hold {hold_ms:5.1f} ms ({hold_ms / max(hold, 0.1):4.1f}x; "
+                f"{wall_ms:5.1f} wall), RSS +{grown:4.1f} MB, {took:5.2f} s: {reason[:60]}"
             )
     await engine.aclose()
     print(

@@ -40,6 +40,16 @@ _NESTED = "(" * 80 + "1" + ")" * 80
         pytest.param(f'prompt: "{{{{ {_NESTED} }}}}"', "nested too deeply", id="parentheses"),
         pytest.param(f'when: "{_NESTED} == 1"', "nested too deeply", id="when-parentheses"),
         pytest.param('foreach: "[1] * 10**9"', "would be too large", id="foreach-repetition"),
+        pytest.param(
+            "output: {format: json, schema: {type: string, minLength: 2000000000}}",
+            "at least 2,000,000,002 characters, more than max_tokens",
+            id="schema-min-length",
+        ),
+        pytest.param(
+            "output: {format: json, schema: {type: array, minItems: 20000000}}",
+            "at least 40,000,002 characters, more than max_tokens",
+            id="schema-min-items",
+        ),
     ],
 )
 def test_what_the_text_shows_is_refused_at_validation(
@@ -88,11 +98,11 @@ agents:
     prompt: "{{ item }}"
     foreach: "range(inputs.n) | list"
   long_text:
-    llm: {provider: mock, model: m, max_tokens: 50}
+    llm: {provider: mock, model: m, max_tokens: 1000000}
     prompt: hi
-    output: {format: json, schema: {type: string, minLength: 2000000000}}
+    output: {format: json, schema: {type: string, minLength: 50000000}}
   many_items:
-    llm: {provider: mock, model: m}
+    llm: {provider: mock, model: m, max_tokens: 1000000}
     prompt: hi
     output: {format: json, schema: {type: array, minItems: 20000000}}
   fine:

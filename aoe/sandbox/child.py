@@ -14,7 +14,8 @@ Requests: ``{"op": "render" | "when" | "foreach", "text": ..., "context": {...}}
 and ``{"op": "check", "text": reply, "schema": {...} | null}``. Answers:
 ``{"ok": value}``, ``{"invalid": message}`` (a reply that does not fit its
 schema), ``{"unusable": message}`` (a schema that cannot be applied) or
-``{"error": message}``; messages are short, and never a traceback.
+``{"error": message}``; messages are short, and never a traceback. An answer with
+``"retire": true`` is this process's last (it ran out of memory or stack).
 """
 
 from __future__ import annotations
@@ -62,17 +63,22 @@ def main() -> None:
         body = read_message(stdin)
         if body is None:
             return
+        retire = False  # after running out of memory or stack, a fresh process is safer
         try:
             answer = _answer(json.loads(body))
             data = json.dumps(answer, ensure_ascii=False).encode("utf-8")
         except MemoryError:
-            data = _error(f"it needed more than the {memory >> 20} MiB of memory it may use")
+            data = _error(f"it needed more than the {memory >> 20} MiB of memory it may use", True)
+            retire = True
         except RecursionError:
-            data = _error("it is nested too deeply (macros or loops calling themselves?)")
+            data = _error("it is nested too deeply (macros or loops calling themselves?)", True)
+            retire = True
         except (TypeError, ValueError) as e:  # an answer that is not JSON (a foreach item)
             data = _error(f"its value cannot be passed on as JSON: {_short(e)}")
         stdout.write(frame(data))
         stdout.flush()
+        if retire:
+            return  # the engine reads the answer, then sees this process end
 
 
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
@@ -116,8 +122,9 @@ def _short(error: BaseException) -> str:
     return message if len(message) <= _SHORT else message[: _SHORT - 3] + "..."
 
 
-def _error(message: str) -> bytes:
-    return json.dumps({"error": message}).encode("utf-8")
+def _error(message: str, retire: bool = False) -> bytes:
+    """An error answer; ``retire``: this process ends after sending it."""
+    return json.dumps({"error": message, "retire": retire}).encode("utf-8")
 
 
 def _cap_memory(budget: int) -> None:

@@ -152,9 +152,12 @@ class Sandbox:
                         "the sandbox process ended while working on it (too much memory?)"
                     ) from None
                 raise
-            self._busy.discard(child)
-            self._idle.append(child)
-        decoded: dict[str, Any] = json.loads(answer)
+            decoded: dict[str, Any] = json.loads(answer)
+            if decoded.get("retire"):  # its last answer (it ran out of memory or stack)
+                self._discard(child)
+            else:
+                self._busy.discard(child)
+                self._idle.append(child)
         return decoded
 
     def _discard(self, child: _Child) -> None:
