@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -260,6 +261,46 @@ def test_a_store_replaced_by_a_file_that_is_no_store_stops_the_run_and_keeps_its
         assert sessions == {1, 2}  # what the first session paid for was kept
     assert not journal.exists()
     assert not record.exists()
+
+
+def test_a_resumed_run_gets_back_what_its_earlier_session_recorded(tmp_path: Path) -> None:
+    """The record written anew holds every session: what the first one paid for
+    is not called again, and counts in the run's totals."""
+    state = tmp_path / "state"
+    db = state / "state.db"
+    path = tmp_path / "chain.yaml"
+    path.write_text(chain())
+    process = aoe(state, tmp_path, "run", str(path), "-q")
+    wait_for(lambda: journaled(state, 3))
+    process.send_signal(signal.SIGINT)
+    code, stderr = finished(state, process)
+    assert code == 130, stderr
+    with closing(Store(db)) as store:
+        [run] = store.runs()
+        first = {a["agent_id"] for a in store.agents(run["run_id"]) if a["state"] == "completed"}
+    assert 3 <= len(first) < AGENTS
+    resumed = aoe(state, tmp_path, "resume", run["run_id"], "-q")
+    wait_for(lambda: journaled(state, len(first) + 1))  # restored, then one called anew
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink()
+    code, stderr = finished(state, resumed)
+
+    assert code == 0, stderr
+    assert "was deleted while run" in stderr
+    with closing(Store(db)) as store:
+        record = store.run(run["run_id"])
+        assert (record["status"], record["sessions"]) == ("completed", 2)
+        agents = {a["agent_id"]: a for a in store.agents(run["run_id"])}
+        assert {a["state"] for a in agents.values()} == {"completed"}
+        assert {a for a, agent in agents.items() if agent["session"] == 1} == first
+        attempts = store.attempts(run["run_id"])
+        answered = sorted(a["agent_id"] for a in attempts if a["status"] == "ok")
+        assert answered == sorted(agents)  # each once, over both sessions
+        assert record["cost"] == pytest.approx(sum(a["cost"] for a in attempts))
+        assert {e["session"] for e in store.events(run["run_id"], types=["RunStarted"])} == {
+            1,
+            2,
+        }
 
 
 def test_a_store_deleted_between_runs_is_made_anew(tmp_path: Path) -> None:
