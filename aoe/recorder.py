@@ -252,10 +252,10 @@ class Recorder:
             reason = f"{error.strerror or error}"
         else:
             reason = repr(error)
-        if isinstance(error, StateWriteFailed):
-            return error
         if self.lost is not None and not self.lost.rebuilt:
             return StateWriteFailed(self._not_rebuilt(self.lost, reason))
+        if isinstance(error, StateWriteFailed):  # says all itself
+            return error
         return StateWriteFailed(
             f"the run store {self.path} could not be written ({reason}); the run stopped "
             f"before its next call. Free disk space, then `aoe resume {self.run_id}`"
