@@ -334,7 +334,7 @@ class Recorder:
             # the end: everything is in the store; once the store is on disk,
             # the journal is not needed
             journal.now()
-            self._look(target, handed)
+            self._last_look(target, handed)
             target.finish()
             if self._failure is None:
                 with contextlib.suppress(OSError):
@@ -363,6 +363,16 @@ class Recorder:
             self.lost = lost
         log.warning("%s", self._telling(lost), extra={"run_id": self.run_id})
         return True
+
+    def _last_look(self, target: _Target, handed: int) -> None:
+        """The look before the last checkpoint, which would copy the log into a
+        file cut short: a file short of its pages is waited on until it is whole
+        again (a checkpoint that was under way) or known to be cut."""
+        deadline = time.monotonic() + 2 * StoreFile.SHORT
+        while not self._look(target, handed) and target.file.suspect is not None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
 
     def _journaled(self, end: int) -> bytes:
         """The session's journal up to ``end``, read through the run's own

@@ -127,6 +127,13 @@ def cut_short(db: Path, tmp_path: Path) -> None:
     os.truncate(db, 8192)
 
 
+def cut_short_as_it_ends(db: Path, tmp_path: Path) -> None:
+    """Cut while the last agent is called: only the look before the last
+    checkpoint can see it (and must wait to be sure it is not a checkpoint)."""
+    wait_for(lambda: journaled(db.parent, AGENTS - 1))
+    cut_short(db, tmp_path)
+
+
 def overwrite(db: Path, tmp_path: Path) -> None:
     with open(db, "r+b") as f:
         f.write(b"\0" * 100)
@@ -152,6 +159,13 @@ Damage = Callable[[Path, Path], None]
         pytest.param(delete_all, "was deleted", False, False, id="deleted-with-wal-and-shm"),
         pytest.param(truncate, "was truncated or overwritten", False, True, id="truncated"),
         pytest.param(cut_short, "was truncated or overwritten", False, True, id="cut-short"),
+        pytest.param(
+            cut_short_as_it_ends,
+            "was truncated or overwritten",
+            False,
+            True,
+            id="cut-short-as-the-run-ends",
+        ),
         pytest.param(overwrite, "was truncated or overwritten", False, True, id="overwritten"),
         pytest.param(
             delete_log, "was left without its -wal or -shm file", True, True, id="wal-deleted"
