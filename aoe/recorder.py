@@ -420,10 +420,9 @@ class _Target:
             self.writer = _Writer(self.connection, run_id, session)
             self.snapshot = run_rows(self.connection, run_id)
             if not self.snapshot["runs"][1]:
-                raise StateWriteFailed(
-                    f"run {run_id} is no longer in the run store {path} (was it deleted or "
-                    f"replaced as the run began?); the run stopped before its first call. "
-                    f"Run it again"
+                raise StateWriteFailed(  # (the store went between its record and this)
+                    f"run {run_id} is no longer in the run store {path}: it was deleted or "
+                    "replaced as the run began, and the run stopped. Run it again"
                 )
             self.file = StoreFile.of(path)  # once read: the log is open
         except BaseException:

@@ -380,6 +380,7 @@ def test_aoe_serve_keeps_recording_its_runs_when_its_store_is_lost(
     db = tmp_path / "state" / "state.db"
     before = serve.submit(chain("before", latency=0.0), mock=True)
     assert completed(serve, before)["status"] == "completed"
+    wait_for(lambda: not journaled(tmp_path / "state"))  # its journal gone: all in the store
     run_id = serve.submit(chain(), mock=True)
     wait_for(lambda: journaled(tmp_path / "state"))
     damage(db, tmp_path)
