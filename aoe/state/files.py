@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import fcntl
 import os
 import sqlite3
 import time
@@ -65,13 +64,15 @@ def _key(path: str) -> _Key | None:
     return stat.st_dev, stat.st_ino
 
 
-def _header(path: Path) -> tuple[bytes, int]:
-    """The first bytes of the file and its size; nothing if it is gone."""
+def _header(path: Path) -> tuple[bytes, int] | None:
+    """The first bytes of the file and its size; None if it cannot be read now
+    (gone since its ``stat``: the next look says so; or no longer readable by
+    this process, which still reads it through its connection)."""
     try:
         with open(path, "rb") as f:
             return f.read(_HEADER), os.fstat(f.fileno()).st_size
     except OSError:
-        return b"", 0
+        return None
 
 
 def _whole(header: bytes, size: int) -> bool:
@@ -138,7 +139,10 @@ class StoreFile:
         if seen == self.seen and self.suspect is None:
             return None
         changed, self.seen = seen != self.seen, seen
-        header, size = _header(self.path)
+        read = _header(self.path)
+        if read is None:
+            return None
+        header, size = read
         if len(header) < _HEADER or not header.startswith(_MAGIC):
             return Loss.DAMAGED
         if _whole(header, size):
@@ -207,6 +211,8 @@ def _copy(connection: sqlite3.Connection, path: Path) -> Path | None:
 
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
+    import fcntl  # (POSIX; only here, when a store was lost)
+
     fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -345,7 +345,7 @@ class Store:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._connection = open_store(self.path)
-        self._file = StoreFile.of(self.path)
+        self._file = self._opened()
         self._checked = time.monotonic()
 
     @classmethod
@@ -370,10 +370,19 @@ class Store:
             self._reopen(loss)
         return self._connection
 
+    def _opened(self) -> StoreFile:
+        try:
+            return StoreFile.of(self.path)
+        except OSError as e:  # gone again at once
+            raise StateUnusable(
+                f"the run store {self.path} went as it was opened ({e.strerror or e}); "
+                "is something else deleting it? Run again"
+            ) from None
+
     def _reopen(self, loss: Loss) -> None:
         cleared = self._file.clear(loss, self._connection)
         self._connection = open_store(self.path)  # the old one closes once unused
-        self._file = StoreFile.of(self.path)
+        self._file = self._opened()
         kept = "" if cleared.aside is None else f" (the file is kept as {cleared.aside})"
         log.warning(
             "the run store %s was %s while this process had it open%s; opened it again%s",
