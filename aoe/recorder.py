@@ -399,8 +399,8 @@ class Recorder:
         try:
             record.parent.mkdir(parents=True, exist_ok=True)
             if self._fd is not None and not self.journal.exists():
-                self.journal.write_bytes(self._journaled(os.fstat(self._fd).st_size))
-            record.write_text(dumps(document) + "\n", encoding="utf-8")
+                _write_file(self.journal, self._journaled(os.fstat(self._fd).st_size))
+            _write_file(record, (dumps(document) + "\n").encode())
         except OSError:
             return None
         return record
@@ -484,6 +484,15 @@ def _follow(waiter: asyncio.Future[None], done: asyncio.Future[None]) -> None:
         waiter.set_exception(done.exception())  # type: ignore[arg-type]
     else:
         waiter.set_result(None)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """A file of the run's record, readable by its owner only, like the journal."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

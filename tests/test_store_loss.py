@@ -249,6 +249,7 @@ def test_a_store_replaced_by_a_file_that_is_no_store_stops_the_run_and_keeps_its
     [record] = (state / "journal").glob("*.run.json")
     assert str(journal) in stderr
     assert f"aoe runs import {record}" in stderr
+    assert record.stat().st_mode & 0o777 == 0o600  # like the journal: the owner's only
     run_id = record.name.split("@")[0]
     assert f"aoe resume {run_id}" in stderr
     # the run stopped: fewer agents than the workflow's were called
