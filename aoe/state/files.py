@@ -13,8 +13,10 @@ two companions, by device and inode — and says, with a few ``stat`` calls,
 when the path no longer holds them (:meth:`StoreFile.lost`). It then makes
 the path safe to open again (:meth:`StoreFile.clear`): a database file that
 is still the one opened but damaged, or that lost its log, is moved aside
-with its companions (never deleted); the log of a database that is gone is
-removed, so that a new store at the path does not take it for its own. The
+with its companions (never deleted; one that only lost its log is replaced
+by a whole copy read through the connection, which still sees it all); the
+log of a database that is gone is removed, so that a new store at the path
+does not take it for its own. The
 recorder (:mod:`aoe.recorder`) writes its run's record again after that; a
 long-lived :class:`~aoe.state.store.Store` (``aoe serve``'s) opens the path
 again.
