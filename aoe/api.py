@@ -211,6 +211,11 @@ async def run_workflow(
                         await asyncio.to_thread(recorder.join)
                 finally:
                     RUNNING_HERE.discard(run_id)
+    told = None if recorder is None else recorder.told()
+    if told is not None:  # said when it happened; said again as the run ends
+        import logging
+
+        logging.getLogger("aoe.store").warning("%s", told, extra={"run_id": run_id})
     if mirror is not None and store is not None:
         await mirror.finish(store.run(run_id))
     if bus.failure is not None:  # a subscriber broke: a bug to report, after the run

@@ -21,6 +21,17 @@ end of the run, once everything is in the store and synced, the journal goes.
 If the journal or the store cannot be written (a full disk), the next
 ``flushed`` raises :class:`StateWriteFailed`: the run makes no call it could
 not record.
+
+Before each transaction the writer looks (a few ``stat`` calls) that the store
+is still the file it opened (:mod:`aoe.state.files`). If it was deleted,
+replaced, truncated, or lost its ``-wal`` file, the writer makes the path safe
+to open again and writes the run's record there anew: the record as the
+session began (read when the writer opened the store), then the session's
+journal, which holds every event of it. The run goes on, and says so loudly:
+the records of other runs that were in a deleted or truncated file are not
+this run's to rebuild. If the record cannot be written anew, the run stops
+as on a full disk, and its journal and starting record are kept for
+``aoe runs import`` and ``aoe resume``.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import math
 import operator
 import os
@@ -55,16 +67,21 @@ from aoe.engine.events import (
     RunStarted,
     RunStatus,
 )
-from aoe.errors import StateWriteFailed
+from aoe.errors import AoeError, StateWriteFailed
 from aoe.providers.base import Usage, scrub
 from aoe.state.cache import CacheHit, CachePut
+from aoe.state.files import Cleared, Loss, StoreFile
 from aoe.state.store import (
+    SCHEMA_VERSION,
+    Rows,
     Store,
-    connect,
     dumps,
     journal_of,
     journal_path,
+    open_store,
+    put_rows,
     run_alive,
+    run_rows,
     transaction,
     writing,
 )
@@ -78,6 +95,18 @@ if TYPE_CHECKING:
 
 # journals a Recorder of this process is writing: never recovered from under it
 _OPEN: set[Path] = set()
+
+log = logging.getLogger("aoe.store")
+
+
+@dataclasses.dataclass
+class Lost:
+    """The run store was lost while a recorder had it open, and what was done."""
+
+    loss: Loss
+    cleared: Cleared | None = None  # how the path was made safe again
+    rebuilt: bool = False  # the run's record is in the store at the path again
+    record: Path | None = None  # where the record as the session began was kept
 
 
 class Recorder:
@@ -103,6 +132,8 @@ class Recorder:
         self._pending: list[_Item] = []  # not yet journaled (event loop)
         self._stopping = threading.Event()
         self._failure: BaseException | None = None
+        # the store was lost under the writer (set by it, once; read on the loop)
+        self.lost: Lost | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         # calls waiting for the journal write at the end of this turn of the loop
@@ -115,8 +146,9 @@ class Recorder:
         self._loop = asyncio.get_running_loop()
         try:
             self.journal.parent.mkdir(parents=True, exist_ok=True)
+            # readable too: the writer reads it back to write the record anew
             self._fd = os.open(
-                self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+                self.journal, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
             )
             self._offset = os.fstat(self._fd).st_size
         except OSError as e:
@@ -214,34 +246,68 @@ class Recorder:
 
     def _failed(self) -> StateWriteFailed:
         error = self._failure
-        if isinstance(error, sqlite3.Error):
+        if isinstance(error, sqlite3.Error | AoeError):
             reason = str(error)
         elif isinstance(error, OSError):
             reason = f"{error.strerror or error}"
         else:
             reason = repr(error)
+        if self.lost is not None and not self.lost.rebuilt:
+            return StateWriteFailed(self._not_rebuilt(self.lost, reason))
+        if isinstance(error, StateWriteFailed):  # says all itself
+            return error
         return StateWriteFailed(
             f"the run store {self.path} could not be written ({reason}); the run stopped "
             f"before its next call. Free disk space, then `aoe resume {self.run_id}`"
         )
 
+    def told(self) -> str | None:
+        """What happened to the store, once the run's record was written anew;
+        None if nothing did."""
+        return None if self.lost is None or not self.lost.rebuilt else self._telling(self.lost)
+
+    def _telling(self, lost: Lost) -> str:
+        path, cleared = self.path, lost.cleared
+        aside = None if cleared is None else cleared.aside
+        what = f"the run store {path} was {lost.loss.value} while run {self.run_id} was going on"
+        if lost.loss is Loss.REPLACED:
+            return f"{what}: the run's record was written from its journal into the file now there"
+        if cleared is not None and cleared.copied:
+            return (
+                f"{what}: a whole copy of it as this process saw it took its place (the file "
+                f"left without it is kept as {aside}), and the run's record goes on there"
+            )
+        rebuilt = f"the run's record was written again from its journal into a new {path}"
+        if aside is not None:
+            return (
+                f"{what}: it is kept as {aside}, and {rebuilt}; the other runs' records are "
+                "not in the new store (what is left of them is in the file kept)"
+            )
+        return f"{what}: {rebuilt}; the other runs' records that were in it are lost"
+
+    def _not_rebuilt(self, lost: Lost, reason: str) -> str:
+        text = (
+            f"the run store {self.path} was {lost.loss.value} while run {self.run_id} was "
+            f"going on, and the run's record could not be written anew ({reason}): the run "
+            f"stopped before its next call. Its journal is kept as {self.journal}"
+        )
+        if lost.record is None:
+            return text
+        return (
+            f"{text}, and its record as this session began as {lost.record}: once "
+            f"{self.path} can be used (move aside what is there), `aoe runs import "
+            f"{lost.record}`, then `aoe resume {self.run_id}`"
+        )
+
     # -- on the writer thread ------------------------------------------------------
     def _write(self) -> None:
         try:
-            connection = connect(self.path, synchronous="NORMAL")
-            # no checkpoint in the middle of a run's commits (it copies the log
-            # into the database: tens of ms); they happen when the log is large
-            connection.execute("PRAGMA wal_autocheckpoint = 0")
+            target = _Target(self.path, self.run_id, self.session)
         except BaseException as e:
             self._failure = e
             return
-        try:
-            writer = _Writer(connection, self.run_id, self.session)
-        except BaseException as e:
-            connection.close()
-            self._failure = e
-            return
-        journal = _Syncer(self.journal)
+        journal = _Syncer(self.journal, self._fd)
+        handed = 0  # how far into the journal the writer was handed events
         try:
             stop = False
             while not stop:
@@ -262,16 +328,14 @@ class Recorder:
                 stop = None in batches
                 given = [batch for batch in batches if batch is not None]
                 if given:
-                    with transaction(connection):
-                        writer.write([item for items, _ in given for item in items])
-                        writer.reached(given[-1][1])
-                    if _large(self.path):
-                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    handed = given[-1][1]
+                    if not self._look(target, handed):  # (else written with the rest)
+                        target.write([item for items, _ in given for item in items], handed)
             # the end: everything is in the store; once the store is on disk,
             # the journal is not needed
             journal.now()
-            _fsync(Path(f"{self.path}-wal"))
-            connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._last_look(target, handed)
+            target.finish()
             if self._failure is None:
                 with contextlib.suppress(OSError):
                     self.journal.unlink()
@@ -279,7 +343,136 @@ class Recorder:
             self._failure = e
         finally:
             journal.close()
+            target.close()
+
+    def _look(self, target: _Target, handed: int) -> bool:
+        """Is the store still the file opened? If not, write the record anew
+        (the journal up to ``handed`` included) and say so; True then."""
+        loss = target.file.lost()
+        if loss is None:
+            return False
+        lost = Lost(loss)
+        try:
+            lost.cleared = target.rebuild(loss, self._journaled(handed), handed)
+        except BaseException:
+            lost.record = self._keep(target.snapshot)
+            self.lost = lost
+            raise
+        lost.rebuilt = True
+        if self.lost is None:  # the first loss is the one told at the end
+            self.lost = lost
+        log.warning("%s", self._telling(lost), extra={"run_id": self.run_id})
+        return True
+
+    def _last_look(self, target: _Target, handed: int) -> None:
+        """The look before the last checkpoint, which would copy the log into a
+        file cut short: a file short of its pages is waited on until it is whole
+        again (a checkpoint that was under way) or known to be cut."""
+        deadline = time.monotonic() + 2 * StoreFile.SHORT
+        while not self._look(target, handed) and target.file.suspect is not None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+
+    def _journaled(self, end: int) -> bytes:
+        """The session's journal up to ``end``, read through the run's own
+        descriptor (the file may have lost its name)."""
+        assert self._fd is not None
+        chunks = []
+        at = 0
+        while at < end:
+            chunk = os.pread(self._fd, min(end - at, 1 << 24), at)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            at += len(chunk)
+        return b"".join(chunks)
+
+    def _keep(self, snapshot: Rows) -> Path | None:
+        """The record as the session began, beside the journal, in the form of
+        ``aoe runs export`` (None if it cannot be written either); the journal
+        itself again if its name was deleted with the store's folder."""
+        record = record_beside(self.journal)
+        document: dict[str, Any] = {"format": "aoe-run", "schema": SCHEMA_VERSION}
+        for table, (names, rows) in snapshot.items():
+            document[table] = [dict(zip(names, row, strict=True)) for row in rows]
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            if self._fd is not None and not self.journal.exists():
+                _write_file(self.journal, self._journaled(os.fstat(self._fd).st_size))
+            _write_file(record, (dumps(document) + "\n").encode())
+        except OSError:
+            return None
+        return record
+
+
+class _Target:
+    """The store the writer puts the run's rows in: its connection, the files it
+    opened, and the run's record as the session began, to write it anew into
+    another store if this one is lost."""
+
+    def __init__(self, path: Path, run_id: str, session: int) -> None:
+        self.path = path
+        self.run_id = run_id
+        self.session = session
+        self.connection = self._open()
+        try:
+            self.writer = _Writer(self.connection, run_id, session)
+            self.snapshot = run_rows(self.connection, run_id)
+            if not self.snapshot["runs"][1]:
+                raise StateWriteFailed(  # (the store went between its record and this)
+                    f"run {run_id} is no longer in the run store {path}: it was deleted or "
+                    "replaced as the run began, and the run stopped. Run it again"
+                )
+            self.file = StoreFile.of(path)  # once read: the log is open
+        except BaseException:
+            self.connection.close()
+            raise
+
+    def _open(self) -> sqlite3.Connection:
+        connection = open_store(self.path, synchronous="NORMAL")
+        # no checkpoint in the middle of a run's commits (it copies the log
+        # into the database: tens of ms); they happen when the log is large
+        connection.execute("PRAGMA wal_autocheckpoint = 0")
+        return connection
+
+    def write(self, items: list[_Item], offset: int) -> None:
+        with transaction(self.connection):
+            self.writer.write(items)
+            self.writer.reached(offset)
+        if _large(self.path):
+            self.connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def rebuild(self, loss: Loss, journal: bytes, offset: int) -> Cleared:
+        """Make the path safe to open again, then write there the run's record as
+        the session began and every event of the session's ``journal``."""
+        cleared = self.file.clear(loss, self.connection)
+        self.connection.close()  # (on a file no longer at the path: no checkpoint)
+        connection = self._open()
+        try:
+            with transaction(connection):
+                put_rows(connection, self.run_id, self.snapshot)
+                writer = _Writer(connection, self.run_id, self.session)
+                writer.write([event for event, _ in read_journal(journal, self.run_id)])
+                writer.reached(offset)
+            self.file = StoreFile.of(self.path)
+        except BaseException:
             connection.close()
+            raise
+        self.connection, self.writer = connection, writer
+        return cleared
+
+    def finish(self) -> None:
+        _fsync(Path(f"{self.path}-wal"))
+        self.connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def record_beside(journal: Path) -> Path:
+    """Where a recorder that could not write its run's record anew keeps it."""
+    return journal.with_name(journal.name.removesuffix(".journal") + ".run.json")
 
 
 def _follow(waiter: asyncio.Future[None], done: asyncio.Future[None]) -> None:
@@ -291,6 +484,15 @@ def _follow(waiter: asyncio.Future[None], done: asyncio.Future[None]) -> None:
         waiter.set_exception(done.exception())  # type: ignore[arg-type]
     else:
         waiter.set_result(None)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """A file of the run's record, readable by its owner only, like the journal."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -327,9 +529,10 @@ class _Syncer:
 
     SYNC = 0.2
 
-    def __init__(self, journal: Path) -> None:
+    def __init__(self, journal: Path, fd: int | None = None) -> None:
         self.journal = journal
-        self.fd: int | None = None
+        self.fd = fd  # the journal's descriptor: the run's own (it may have lost its name)
+        self.own = fd is None
         self.since: float | None = None  # when the first unsynced write was seen
         self.named = False
 
@@ -352,14 +555,15 @@ class _Syncer:
             self.fd = os.open(self.journal, os.O_RDONLY | os.O_CLOEXEC)
         os.fsync(self.fd)
         if not self.named:
-            _fsync(self.journal.parent)
+            with contextlib.suppress(FileNotFoundError):  # a folder gone took the name
+                _fsync(self.journal.parent)
             self.named = True
         self.since = None
 
     def close(self) -> None:
-        if self.fd is not None:
+        if self.fd is not None and self.own:
             os.close(self.fd)
-            self.fd = None
+        self.fd = None
 
 
 # -- the journal's lines -----------------------------------------------------------
@@ -464,6 +668,8 @@ def _recover_one(
         return False
     with contextlib.suppress(OSError):
         file.unlink()
+    with contextlib.suppress(OSError):  # the record kept with it (Recorder._keep), imported
+        record_beside(file).unlink()
     return applied
 
 
@@ -478,15 +684,17 @@ def apply_journal(
     """Write into the store the events of the run's journal of ``session`` beyond
     what the store holds; ``journal_from(offset)`` gives the journal's bytes from
     an offset on. True if there were any; None if the run's own recorder is
-    writing it (its process is alive and not ``take_over``)."""
+    writing it (its process is alive and not ``take_over``), or if the store has
+    no record of the run (one that replaced a lost store): the journal is kept
+    then, for when the record is back (``aoe runs import``)."""
     with writing(store.path), transaction(store.connection) as db:
         row = db.execute(
             "SELECT status, host, pid, process, sessions, journal_session, journal_offset"
             " FROM runs WHERE run_id = ?",
             (run_id,),
         ).fetchone()
-        if row is None:
-            return False
+        if row is None:  # a store that lost the run: keep its journal for when it is back
+            return None
         status, host, pid, process, sessions, journal_session, offset = row
         if status == "running" and run_alive(run_id, host, pid, process) and not take_over:
             return None  # its own recorder is writing it

@@ -16,11 +16,17 @@ The schema has a version (``PRAGMA user_version``) and migrations; a store from
 a newer aoe is refused rather than guessed at. Any failure to open the store is
 a :class:`StateUnusable` naming the file and what to do; nothing here ever
 deletes or rewrites a store it cannot read.
+
+A store open for long (``aoe serve``'s) looks every quarter second that its
+file is still the one at the path (:mod:`aoe.state.files`): deleted, replaced
+or damaged under it, it opens the path again rather than go on with a file
+nobody else sees.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -33,9 +39,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from aoe.errors import ResumeRefused, RunNotFound, StateUnusable, StateWriteFailed
+from aoe.state.files import Loss, StoreFile
 
 if TYPE_CHECKING:
     from aoe.config import Settings
+
+log = logging.getLogger("aoe.store")
 
 SCHEMA_VERSION = 2
 FILE_NAME = "state.db"
@@ -243,72 +252,148 @@ def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+def open_store(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    """A connection to the store at ``path``, created (or brought to this aoe's
+    schema) if need be; :class:`StateUnusable` if it cannot be used."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StateUnusable(
+            f"cannot create the run store's folder {path.parent}: {e.strerror or e}; "
+            "set AOE_STATE_DIR to a folder you can write"
+        ) from None
+    try:
+        connection = connect(path, synchronous)
+        try:
+            _use_wal(connection)
+            _migrate(path, connection)
+        except BaseException:
+            connection.close()
+            raise
+    except sqlite3.DatabaseError as e:
+        raise StateUnusable(_unusable(path, e)) from None
+    return connection
+
+
+def _unusable(path: Path, error: sqlite3.Error) -> str:
+    text = str(error)
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return f"the run store {path} is damaged or not an aoe store ({text}): {_FIX}"
+    if "unable to open" in text or "readonly" in text or "disk I/O" in text:
+        return (
+            f"cannot open the run store {path} ({text}): check that the folder "
+            "and the file are readable and writable, or set AOE_STATE_DIR elsewhere"
+        )
+    return f"cannot use the run store {path} ({text}): {_FIX}"
+
+
+def _migrate(path: Path, connection: sqlite3.Connection) -> None:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        connection.execute("SELECT 1 FROM runs LIMIT 1")  # reads a page: finds damage
+        return
+    if version > SCHEMA_VERSION:
+        raise StateUnusable(
+            f"the run store {path} was written by a newer aoe (schema {version}; "
+            f"this aoe knows up to {SCHEMA_VERSION}): upgrade aoe, or set AOE_STATE_DIR "
+            "to another folder"
+        )
+    with transaction(connection):
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StateUnusable(f"{path} is an SQLite file but not an aoe store: {_FIX}")
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step].split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+_TABLES = ("runs", "agents", "attempts", "events")
+
+
+Rows = dict[str, tuple[list[str], list[tuple[Any, ...]]]]  # by table: the columns, the rows
+
+
+def run_rows(connection: sqlite3.Connection, run_id: str) -> Rows:
+    """Every row of one run, by table, as stored."""
+    rows: Rows = {}
+    for table in _TABLES:
+        cursor = connection.execute(f"SELECT * FROM {table} WHERE run_id = ?", (run_id,))
+        rows[table] = ([c[0] for c in cursor.description], cursor.fetchall())
+    return rows
+
+
+def put_rows(connection: sqlite3.Connection, run_id: str, rows: Rows) -> None:
+    """Replace the run's record by ``rows`` (from :func:`run_rows`), exactly as
+    they were, its process included; within the caller's transaction."""
+    connection.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+    for table in _TABLES:
+        names, values = rows[table]
+        connection.executemany(
+            f"INSERT INTO {table} ({','.join(names)}) VALUES ({','.join('?' * len(names))})",
+            values,
+        )
+
+
 class Store:
     """The run records and the response cache in one SQLite file."""
 
+    # seconds between two looks at whether the file is still the one opened
+    CHECK = 0.25
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.connection = self._open()
+        self._connection = open_store(self.path)
+        self._file = self._opened()
+        self._checked = time.monotonic()
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Store:
         return cls(store_path(settings))
 
-    # -- opening ---------------------------------------------------------------------
-    def _open(self) -> sqlite3.Connection:
-        path = self.path
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The connection to the file at the path: if it was deleted, replaced or
+        damaged since it was opened, the path is opened again (a new store, or
+        the file now there) and the old connection left to close."""
+        if time.monotonic() - self._checked >= self.CHECK:
+            return self._look()
+        return self._connection
+
+    def _look(self) -> sqlite3.Connection:
+        """The connection, after looking at the file now (before a run's record
+        is written: its recorder opens the path, and must find it there)."""
+        self._checked = time.monotonic()
+        loss = self._file.lost()
+        if loss is not None:
+            self._reopen(loss)
+        return self._connection
+
+    def _opened(self) -> StoreFile:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
+            return StoreFile.of(self.path)
+        except OSError as e:  # gone again at once
             raise StateUnusable(
-                f"cannot create the run store's folder {path.parent}: {e.strerror or e}; "
-                "set AOE_STATE_DIR to a folder you can write"
+                f"the run store {self.path} went as it was opened ({e.strerror or e}); "
+                "is something else deleting it? Run again"
             ) from None
-        try:
-            connection = connect(path)
-            _use_wal(connection)
-            self._migrate(connection)
-        except sqlite3.DatabaseError as e:
-            raise StateUnusable(self._unusable(e)) from None
-        return connection
 
-    def _unusable(self, error: sqlite3.Error) -> str:
-        text = str(error)
-        if "not a database" in text or "malformed" in text or "corrupt" in text:
-            return f"the run store {self.path} is damaged or not an aoe store ({text}): {_FIX}"
-        if "unable to open" in text or "readonly" in text or "disk I/O" in text:
-            return (
-                f"cannot open the run store {self.path} ({text}): check that the folder "
-                "and the file are readable and writable, or set AOE_STATE_DIR elsewhere"
-            )
-        return f"cannot use the run store {self.path} ({text}): {_FIX}"
-
-    def _migrate(self, connection: sqlite3.Connection) -> None:
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
-            connection.execute("SELECT 1 FROM runs LIMIT 1")  # reads a page: finds damage
-            return
-        if version > SCHEMA_VERSION:
-            raise StateUnusable(
-                f"the run store {self.path} was written by a newer aoe (schema {version}; "
-                f"this aoe knows up to {SCHEMA_VERSION}): upgrade aoe, or set AOE_STATE_DIR "
-                "to another folder"
-            )
-        with transaction(connection):
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if (
-                version == 0
-                and connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            ):
-                raise StateUnusable(f"{self.path} is an SQLite file but not an aoe store: {_FIX}")
-            for step in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    def _reopen(self, loss: Loss) -> None:
+        cleared = self._file.clear(loss, self._connection)
+        self._connection = open_store(self.path)  # the old one closes once unused
+        self._file = self._opened()
+        kept = "" if cleared.aside is None else f" (the file is kept as {cleared.aside})"
+        log.warning(
+            "the run store %s was %s while this process had it open%s; opened it again%s",
+            self.path,
+            loss.value,
+            kept,
+            ", from a whole copy" if cleared.copied else "",
+        )
 
     def close(self) -> None:
-        self.connection.close()
+        self._connection.close()
 
     def __enter__(self) -> Store:
         return self
@@ -333,7 +418,7 @@ class Store:
     ) -> None:
         """The run's record, before anything runs; ``agents``: id -> definition hash."""
         now = time.time()
-        with writing(self.path), transaction(self.connection) as db:
+        with writing(self.path), transaction(self._look()) as db:
             db.execute(
                 "INSERT INTO runs (run_id, workflow_name, workflow_path, workflow_sha256,"
                 " workflow_text, workflow_files, inputs, settings, status, created_at,"
@@ -385,7 +470,7 @@ class Store:
         the write lock, so two resumes started at once never both run.
         ``take_over``: the work queue decided its last process is gone (its lease
         ran out), whatever its pid says (it may be on another host)."""
-        with writing(self.path), transaction(self.connection) as db:
+        with writing(self.path), transaction(self._look()) as db:
             row = db.execute(
                 "SELECT sessions, status, host, pid, process FROM runs WHERE run_id = ?",
                 (run_id,),
@@ -618,10 +703,8 @@ class Store:
         """A self-contained JSON backup of one run: every row of every table."""
         run_id = self.run(run_id)["run_id"]
         document: dict[str, Any] = {"format": "aoe-run", "schema": SCHEMA_VERSION}
-        for table in ("runs", "agents", "attempts", "events"):
-            cursor = self.connection.execute(f"SELECT * FROM {table} WHERE run_id = ?", (run_id,))
-            names = [c[0] for c in cursor.description]
-            document[table] = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        for table, (names, rows) in run_rows(self.connection, run_id).items():
+            document[table] = [dict(zip(names, row, strict=True)) for row in rows]
         return document
 
     def import_(self, document: Mapping[str, Any], *, replace: bool = False) -> str:
