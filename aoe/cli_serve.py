@@ -26,6 +26,7 @@ from aoe.cli import (
     _given,
     _store,
     app,
+    finite,
 )
 
 LOCAL_WINDOW = 86_400.0  # seconds of history `aoe status` sums from the local store
@@ -240,7 +241,9 @@ def submit(
     inputs_file: InputsFileOption = None,
     budget: Annotated[
         float | None,
-        typer.Option("--budget", min=0, help="USD the run may spend.", metavar="USD"),
+        typer.Option(
+            "--budget", min=0, callback=finite, help="USD the run may spend.", metavar="USD"
+        ),
     ] = None,
     max_parallel: MaxParallelOption = None,
     mock: Annotated[
@@ -283,6 +286,7 @@ def worker(
         typer.Option(
             "--lease",
             min=1,
+            callback=finite,
             help="Seconds without a sign of life after which another worker takes a run over.",
         ),
     ] = 30.0,
