@@ -8,6 +8,7 @@ SIGINT and SIGTERM cancelling the run cleanly.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -135,9 +136,12 @@ async def run_workflow(
     from aoe.providers import missing_keys
 
     if not mock:
-        missing = missing_keys(providers_used(workflow), settings)
+        used = providers_used(workflow)
+        missing = missing_keys(used, settings)
         if missing:
             raise MissingApiKey(missing)
+        for warning in settings.dotenv_warnings(used):  # at every run: keys are about to go
+            logging.getLogger("aoe.config").warning(warning)
     own_engine = engine is None
     if engine is None:  # first: a config it refuses is refused before any record
         engine = Engine(settings)
