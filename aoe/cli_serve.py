@@ -7,7 +7,6 @@ the service itself is :mod:`aoe.serve` (aiohttp, imported only here).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Annotated, Any
@@ -94,7 +93,7 @@ def serve(
     with _errors():
         import asyncio
 
-        from aoe.config import load_settings
+        from aoe.config import env_value, load_settings
         from aoe.logs import setup
         from aoe.serve import ServeOptions
         from aoe.serve import serve as run_service
@@ -110,7 +109,7 @@ def serve(
         options = ServeOptions(
             host=host,
             port=monitoring.prometheus_port if port is None else port,
-            token=os.environ.get("AOE_API_TOKEN") or None,
+            token=env_value("AOE_API_TOKEN"),
             max_body=max_body,
             queue_limit=queue_limit,
             metrics=monitoring.enable_metrics,
@@ -144,7 +143,9 @@ def status(
     """Active runs, recent failures and spend: from `aoe serve` (with its
     health), or from the local run store (the last 24 hours)."""
     with _errors():
-        url = url or os.environ.get("AOE_SERVE_URL") or None
+        from aoe.config import env_value
+
+        url = url or env_value("AOE_SERVE_URL")
         report = _remote(url) if url else _local(config)
         if format is ReportFormat.json:
             sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
@@ -171,7 +172,9 @@ def _remote(url: str) -> dict[str, Any]:
     from aoe.providers.base import scrub
 
     base = url.rstrip("/")
-    token = os.environ.get("AOE_API_TOKEN")
+    from aoe.config import env_value
+
+    token = env_value("AOE_API_TOKEN")
 
     def get(path: str, *, ok: tuple[int, ...] = (200,)) -> Any:
         request = urllib.request.Request(base + path)

@@ -437,6 +437,13 @@ class Environment:
         return self._dotenv_path
 
 
+def env_value(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """A variable read from the process environment only (never ``.env``: a
+    ``.env`` must not choose ``AOE_API_TOKEN``), unset when empty or blank."""
+    value = (os.environ if environ is None else environ).get(name)
+    return value if value is not None and value.strip() else None
+
+
 _DOTENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from functools import cache
 from pathlib import Path as FsPath
 from types import MappingProxyType
@@ -134,8 +135,10 @@ def _stopped_by(name: str, error: Exception) -> Diagnostic:
             "keys inside one another, hundreds deep); flatten it"
         )
         return Diagnostic(name, 0, 0, Severity.ERROR, "too-deep", message)
+    what = str(error)
+    what = what if len(what) <= 200 else what[:197] + "..."
     message = (
-        f"aoe could not check this file ({type(error).__name__}: {error}); this is a bug "
+        f"aoe could not check this file ({type(error).__name__}: {what}); this is a bug "
         "in aoe: rerun with --debug for the traceback and report it"
     )
     return Diagnostic(name, 0, 0, Severity.ERROR, "internal", message)
@@ -564,7 +567,7 @@ class _Loader:
         except FileRefused as e:
             if e.kind == "not-found":
                 hint = ""
-                if target.parent.is_dir():
+                with suppress(OSError):  # a folder that cannot be listed gives no hint
                     hint = did_you_mean(target.name, os.listdir(target.parent))
                 self.error(
                     where,

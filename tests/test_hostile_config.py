@@ -297,6 +297,21 @@ def test_other_blank_variables_mean_unset(cli: RunCli, write: WriteFile, variabl
     assert result.exit_code == 0, result.stderr
 
 
+def test_blank_serve_url_means_the_local_store(cli: RunCli) -> None:
+    result = cli("status", "-f", "json", env={"AOE_SERVE_URL": "  "})
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["source"].endswith("state.db")
+
+
+def test_blank_api_token_is_no_token(tmp_path: Path) -> None:
+    """A blank AOE_API_TOKEN must not guard a service bound beyond this machine."""
+    code, output = aoe(
+        ["serve", "--host", "0.0.0.0", "--port", "0"], tmp_path, env={"AOE_API_TOKEN": "  "}
+    )
+    assert code == 2, output
+    assert "needs a bearer token" in output
+
+
 def test_blank_api_key_is_a_missing_key(cli: RunCli, write: WriteFile, fake: FakeProvider) -> None:
     env = {"OPENAI_API_KEY": "   ", "OPENAI_BASE_URL": fake.openai_url}
     result = cli("run", write(OPENAI_WORKFLOW), env=env)

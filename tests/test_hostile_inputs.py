@@ -94,6 +94,29 @@ def test_nul_in_a_path_option(cli: RunCli, write: WriteFile, option: str, messag
     no_internal_error(result)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["graph", "WF", "-o", "g\x00.txt"], "cannot write 'g\\x00.txt'", id="graph"),
+        pytest.param(["schema", "-o", "s\x00.json"], "cannot write 's\\x00.json'", id="schema"),
+        pytest.param(
+            ["runs", "import", "r\x00.json"],
+            "cannot read 'r\\x00.json': the file name",
+            id="import",
+        ),
+    ],
+)
+def test_nul_in_other_commands_paths(
+    cli: RunCli, write: WriteFile, args: list[str], message: str
+) -> None:
+    path = str(write(workflow("    prompt: hi\n")))
+    result = cli(*[path if a == "WF" else a for a in args])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "NUL character" in result.stderr
+    no_internal_error(result)
+
+
 def test_nul_in_a_file_of_a_multi_file_validate(cli: RunCli, write: WriteFile) -> None:
     good = write(workflow("    prompt: hi\n"), "good.yaml")
     result = cli("validate", "bad\x00.yaml", good)
