@@ -8,6 +8,7 @@ SIGINT and SIGTERM cancelling the run cleanly.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
@@ -146,9 +147,12 @@ async def run_workflow(
     from aoe.providers import missing_keys
 
     if not mock:
-        missing = missing_keys(providers_used(workflow), settings)
+        used = providers_used(workflow)
+        missing = missing_keys(used, settings)
         if missing:
             raise MissingApiKey(missing)
+        for warning in settings.dotenv_warnings(used):  # at every run: keys are about to go
+            logging.getLogger("aoe.config").warning(warning)
     own_engine = engine is None
     if engine is None:  # first: a config it refuses is refused before any record
         engine = Engine(settings)
@@ -213,8 +217,6 @@ async def run_workflow(
                     RUNNING_HERE.discard(run_id)
     told = None if recorder is None else recorder.told()
     if told is not None:  # said when it happened; said again as the run ends
-        import logging
-
         logging.getLogger("aoe.store").warning("%s", told, extra={"run_id": run_id})
     if mirror is not None and store is not None:
         await mirror.finish(store.run(run_id))

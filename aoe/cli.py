@@ -11,6 +11,7 @@ so ``aoe --help`` and ``aoe validate`` start fast.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import traceback
@@ -70,6 +71,14 @@ ConfigOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def finite(value: float | None) -> float | None:
+    """A number option's check: ``inf``, ``nan`` and ``1e400`` parse as floats, and a
+    budget of infinity is no budget at all."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number; give one such as 2.5")
+    return value
 
 
 def _version(value: bool) -> None:
@@ -228,6 +237,7 @@ def run(
         typer.Option(
             "--budget",
             min=0,
+            callback=finite,
             help="USD the run may spend (over the file's cost_budget).",
             metavar="USD",
         ),
@@ -266,6 +276,7 @@ def run(
         from aoe.config import load_settings
         from aoe.inputs import bind_inputs
 
+        _check_outputs(output, junit)
         settings = load_settings(config, flags=_log_flags(log_format))
         workflow = load(file, settings)
         given = _given(workflow, input, inputs_file)
@@ -290,6 +301,15 @@ def run(
         reports = Reports(output, junit, quiet, metrics_port, pushgateway)
         status = _execute(workflow, values, settings, options, store, not no_cache, None, reports)
         raise typer.Exit(status.exit_code)
+
+
+def _check_outputs(output: str | None, junit: str | None) -> None:
+    """Report files that cannot be named at all, before the run rather than after it."""
+    from aoe.errors import OptionInvalid
+
+    for option, path in (("--output", output), ("--junit", junit)):
+        if path is not None and "\x00" in path:
+            raise OptionInvalid(f"{option} {path!r}: the file name contains a NUL character")
 
 
 def _given(workflow: Workflow, assignments: list[str] | None, inputs_file: str | None) -> Any:
@@ -491,6 +511,7 @@ def resume(
         typer.Option(
             "--budget",
             min=0,
+            callback=finite,
             help="USD the whole run may spend, earlier sessions included.",
             metavar="USD",
         ),
@@ -514,6 +535,7 @@ def resume(
     with _errors():
         from aoe.config import load_settings
 
+        _check_outputs(output, junit)
         settings = load_settings(config, flags=_log_flags(log_format))
         store = _store(settings)
         _resume(
@@ -556,7 +578,9 @@ def plan(
     config: ConfigOption = None,
     budget: Annotated[
         float | None,
-        typer.Option("--budget", min=0, help="USD the run may spend.", metavar="USD"),
+        typer.Option(
+            "--budget", min=0, callback=finite, help="USD the run may spend.", metavar="USD"
+        ),
     ] = None,
     mock: Annotated[bool, typer.Option("--mock", help="Plan a --mock run.")] = False,
     format: Annotated[
@@ -618,6 +642,10 @@ def validate(
             typer.echo(json.dumps([d.to_json() for d in error.diagnostics], indent=2))
             raise typer.Exit(error.exit_code) from None
         results = validate_files(files, settings)
+        if _state["debug"]:
+            for result in results:
+                if result.error is not None:
+                    traceback.print_exception(result.error)
         failed = sum(1 for r in results if has_errors(r.diagnostics))
         if format is ReportFormat.json:
             report = [d.to_json() for r in results for d in r.diagnostics]
@@ -700,6 +728,8 @@ def _write(text: str, output: str | None) -> None:
     if output is None or output == "-":
         sys.stdout.write(text)
         return
+    if "\x00" in output:
+        raise UserError(f"cannot write {output!r}: the file name contains a NUL character")
     try:
         with open(output, "w", encoding="utf-8") as f:
             f.write(text)

@@ -30,6 +30,9 @@ cache_app = typer.Typer(
 
 FormatOption = Annotated[ReportFormat, typer.Option("--format", "-f", help="A table, or JSON.")]
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_EXPORT_BYTES = 256 * 1024 * 1024
+"""The largest run export `aoe runs import` reads (256 MiB): an export holds every
+output and event of a run, and parsing takes several times its size in memory."""
 
 
 def _age(text: str) -> float:
@@ -261,16 +264,22 @@ def runs_import(
     """Restore a run from its export, so it can be shown or resumed here."""
     with _errors():
         from aoe.errors import UserError
+        from aoe.files import FileRefused, read_limited
 
         try:
-            with open(file, encoding="utf-8") as f:
-                document = json.load(f)
-        except OSError as e:
-            raise UserError(f"cannot read {file}: {e.strerror or e}") from None
+            document = json.loads(read_limited(file, MAX_EXPORT_BYTES).decode("utf-8"))
+        except FileRefused as e:
+            raise UserError(f"cannot read {file!r}: {e.message}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(
                 f"{file} is not JSON ({e}): give a file made by `aoe runs export`"
             ) from None
+        except RecursionError:  # json nests by recursion: a hostile file goes past the stack
+            raise UserError(
+                f"{file} nests too deeply to be a run export: give a file made by `aoe runs export`"
+            ) from None
+        except ValueError as e:  # an integer of more than 4,300 digits
+            raise UserError(f"{file} cannot be read as a run export ({e})") from None
         if not isinstance(document, dict):
             raise UserError(f"{file} is not a run export (made by `aoe runs export`)")
         store = _store(_settings(config))

@@ -7,7 +7,6 @@ the service itself is :mod:`aoe.serve` (aiohttp, imported only here).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Annotated, Any
@@ -26,6 +25,7 @@ from aoe.cli import (
     _given,
     _store,
     app,
+    finite,
 )
 
 LOCAL_WINDOW = 86_400.0  # seconds of history `aoe status` sums from the local store
@@ -141,7 +141,7 @@ def serve(
     with _errors():
         import asyncio
 
-        from aoe.config import load_settings
+        from aoe.config import env_value, load_settings
         from aoe.logs import setup
         from aoe.serve import ServeOptions
         from aoe.serve import serve as run_service
@@ -157,7 +157,7 @@ def serve(
         options = ServeOptions(
             host=host,
             port=monitoring.prometheus_port if port is None else port,
-            token=os.environ.get("AOE_API_TOKEN") or None,
+            token=env_value("AOE_API_TOKEN"),
             max_body=max_body,
             max_agents=max_agents,
             queue_limit=queue_limit,
@@ -196,7 +196,9 @@ def status(
     """Active runs, recent failures and spend: from `aoe serve` (with its
     health), or from the local run store (the last 24 hours)."""
     with _errors():
-        url = url or os.environ.get("AOE_SERVE_URL") or None
+        from aoe.config import env_value
+
+        url = url or env_value("AOE_SERVE_URL")
         report = _remote(url) if url else _local(config)
         if format is ReportFormat.json:
             sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
@@ -223,7 +225,9 @@ def _remote(url: str) -> dict[str, Any]:
     from aoe.providers.base import scrub
 
     base = url.rstrip("/")
-    token = os.environ.get("AOE_API_TOKEN")
+    from aoe.config import env_value
+
+    token = env_value("AOE_API_TOKEN")
 
     def get(path: str, *, ok: tuple[int, ...] = (200,)) -> Any:
         request = urllib.request.Request(base + path)
@@ -293,7 +297,9 @@ def submit(
     inputs_file: InputsFileOption = None,
     budget: Annotated[
         float | None,
-        typer.Option("--budget", min=0, help="USD the run may spend.", metavar="USD"),
+        typer.Option(
+            "--budget", min=0, callback=finite, help="USD the run may spend.", metavar="USD"
+        ),
     ] = None,
     max_parallel: MaxParallelOption = None,
     mock: Annotated[
@@ -336,6 +342,7 @@ def worker(
         typer.Option(
             "--lease",
             min=1,
+            callback=finite,
             help="Seconds without a sign of life after which another worker takes a run over.",
         ),
     ] = 30.0,

@@ -13,25 +13,32 @@ workflow files, and remembers where every value came from for
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from aoe.diagnostics import Diagnostic, Severity
 from aoe.errors import ConfigInvalid
+from aoe.files import FileRefused, read_limited
 from aoe.modelerrors import diagnostic_for, unwrap
 from aoe.pricing import BUILTIN_PRICES, Price, PriceTable
 from aoe.spec import BUILTIN_PROVIDERS, check_delays
-from aoe.yamlsource import SourceMap, YamlError, parse_yaml, read_text
+from aoe.yamlsource import INT_MAX, INT_MIN, SourceMap, YamlError, parse_yaml, read_text
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
+    # allow_inf_nan=False: an infinite delay or budget is a run that waits forever or
+    # a limit lifted by accident ("inf", "1e400", "nan" all parse as floats).
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, defer_build=True, allow_inf_nan=False
+    )
 
 
 class EngineSection(_Section):
@@ -43,6 +50,15 @@ class EngineSection(_Section):
     state_dir: str = Field(
         default=".aoe", min_length=1, description="Where run records and the cache live."
     )
+
+    @field_validator("state_dir")
+    @classmethod
+    def _plain_path(cls, value: str) -> str:
+        if "\x00" in value:
+            raise PydanticCustomError(
+                "path", "must be a folder's path; it contains a NUL character", {}
+            )
+        return value
 
 
 class RateLimits(_Section):
@@ -176,23 +192,72 @@ class ProviderSection(_Section):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.match(r"https?://[^/\s]+", value):
-            raise PydanticCustomError(
-                "url", "must be an http:// or https:// URL, e.g. http://localhost:11434/v1", {}
-            )
+        problem = url_problem(value, "http://localhost:11434/v1")
+        if problem is not None:
+            raise PydanticCustomError("url", problem, {})
         return value
 
     @field_validator("api_key_env")
     @classmethod
     def _variable_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        if value is None:
+            return value
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
             raise PydanticCustomError(
                 "variable_name",
                 "must be the name of an environment variable (letters, digits and "
                 "underscores), not its value",
                 {},
             )
+        problem = key_variable_problem(value)
+        if problem is not None:
+            raise PydanticCustomError("key_variable", problem, {})
         return value
+
+
+def url_problem(value: str, example: str) -> str | None:
+    """Why ``value`` cannot be a provider's API root (None when it can): an
+    http:// or https:// URL with a host, nothing else (API keys are sent there)."""
+    expected = f"must be an http:// or https:// URL, e.g. {example}"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return f"{expected}; it contains a space or a control character"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsing the port is the check: "host:99999", "host:x"
+    except ValueError:
+        return f"{expected}; its host or port cannot be read"
+    if parts.scheme.lower() not in ("http", "https"):
+        return expected
+    if not parts.hostname:
+        return f"{expected}; it names no host"
+    return None
+
+
+_KEY_SUFFIXES = ("_KEY", "_TOKEN")
+_OWN_PREFIXES = ("AOE_", "REDIS_")
+
+
+def key_variable_problem(name: str) -> str | None:
+    """Why a provider's ``api_key_env`` may not name ``name`` (None when it may).
+
+    The value of that variable is sent to the provider's ``base_url`` as a
+    bearer token, so only variables meant as keys qualify: a name that ends in
+    ``_KEY`` or ``_TOKEN``, and none of aoe's own (``AOE_API_TOKEN`` guards the
+    API of ``aoe serve``) or Redis's.
+    """
+    upper = name.upper()
+    if upper.startswith(_OWN_PREFIXES) or name in ENVIRONMENT_VARIABLES:
+        return (
+            f"{name} is one of aoe's own settings, not a provider's API key; name the "
+            "variable that holds this provider's key, e.g. VLLM_API_KEY"
+        )
+    if not upper.endswith(_KEY_SUFFIXES):
+        return (
+            f"{name} does not look like an API key's variable: aoe sends a provider only "
+            "a variable whose name ends in _KEY or _TOKEN (e.g. VLLM_API_KEY); "
+            "put the key in one"
+        )
+    return None
 
 
 class RedisSection(_Section):
@@ -289,37 +354,59 @@ BUILTIN_URL_VARIABLES: Mapping[str, str] = {
     "openai": "OPENAI_BASE_URL",
     "anthropic": "ANTHROPIC_BASE_URL",
 }
+BUILTIN_BASE_URLS: Mapping[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+}
+"""Where the vendors' SDKs send requests (and keys) when no base URL is set."""
+MOCK_LATENCY_VARIABLE = "AOE_MOCK_LATENCY"
+"""Seconds every mock call takes (``--mock`` runs, demos)."""
+MAX_DOTENV_BYTES = 1024 * 1024
 
 
 class Environment:
     """Environment variables, with a ``.env`` file under them; never printed whole.
 
     Values set in the real environment win over the ``.env`` file, as with
-    every other tool that reads one.
+    every other tool that reads one. A variable set to nothing (or to blanks)
+    counts as unset, as pydantic-settings' ``env_ignore_empty`` has it: an
+    unset compose variable (``RATE_LIMIT_RPM=``) must not lift a limit, and
+    the value under it (``.env``, the config file, the default) applies.
     """
 
-    __slots__ = ("_dotenv_file", "_dotenv_lines", "_values")
+    __slots__ = ("_blank", "_dotenv_file", "_dotenv_lines", "_dotenv_path", "_values")
 
     def __init__(
         self,
         environ: Mapping[str, str],
         dotenv: Mapping[str, tuple[str, int]] | None = None,
         dotenv_file: str = ".env",
+        dotenv_path: str | None = None,
     ) -> None:
         self._values: dict[str, tuple[str, str]] = {}
         self._dotenv_lines: dict[str, int] = {}
+        self._blank: dict[str, str] = {}
         self._dotenv_file = dotenv_file
+        self._dotenv_path = dotenv_path or dotenv_file
         for name, (value, line) in (dotenv or {}).items():
-            self._values[name] = (value, dotenv_file)
-            self._dotenv_lines[name] = line
+            if value.strip():
+                self._values[name] = (value, dotenv_file)
+                self._dotenv_lines[name] = line
+            else:
+                self._blank[name] = f"{dotenv_file}:{line} {name}"
         for name, value in environ.items():
-            self._values[name] = (value, "env")
-            self._dotenv_lines.pop(name, None)
+            if value.strip():
+                self._values[name] = (value, "env")
+                self._dotenv_lines.pop(name, None)
+                self._blank.pop(name, None)
+            elif name not in self._values:
+                self._blank[name] = f"env {name}"
 
     def __repr__(self) -> str:
         return f"Environment({len(self._values)} variables)"
 
     def get(self, name: str) -> str | None:
+        """The variable's value; None when it is unset, empty or blank."""
         entry = self._values.get(name)
         return entry[0] if entry is not None else None
 
@@ -328,12 +415,33 @@ class Environment:
         line = self._dotenv_lines.get(name)
         return f"{self._dotenv_file}:{line} {name}" if line is not None else f"env {name}"
 
+    def blank(self, name: str) -> str | None:
+        """Where the variable was set to nothing (``env NAME``, ``.env:LINE NAME``), if
+        it was and no value is set for it elsewhere; None otherwise."""
+        return self._blank.get(name)
+
+    def from_dotenv(self, name: str) -> bool:
+        """Whether the value in use comes from the ``.env`` file."""
+        return name in self._dotenv_lines
+
     def __contains__(self, name: object) -> bool:
         return name in self._values
 
     @property
     def dotenv_file(self) -> str:
         return self._dotenv_file
+
+    @property
+    def dotenv_path(self) -> str:
+        """The ``.env`` file as a full path, for messages that must say which one."""
+        return self._dotenv_path
+
+
+def env_value(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """A variable read from the process environment only (never ``.env``: a
+    ``.env`` must not choose ``AOE_API_TOKEN``), unset when empty or blank."""
+    value = (os.environ if environ is None else environ).get(name)
+    return value if value is not None and value.strip() else None
 
 
 _DOTENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
@@ -382,6 +490,20 @@ class Setting(NamedTuple):
 ConfigPath = tuple[str, ...]
 
 
+class KeyRoute(NamedTuple):
+    """Where a provider's API key goes: the variable that holds it, the URL it is
+    sent to, and where that URL was set (for ``aoe config show`` and warnings)."""
+
+    provider: str
+    variable: str | None
+    """None: the provider is sent no key."""
+    url: str
+    origin: str
+    """``default``, ``env OPENAI_BASE_URL``, ``.env:3 OPENAI_BASE_URL``, ``FILE:LINE``."""
+    chosen_by_dotenv: str | None = None
+    """What in a ``.env`` file chose the URL (``.env:3 OPENAI_BASE_URL``), if it did."""
+
+
 class Settings(NamedTuple):
     """The effective engine configuration, and where each value came from."""
 
@@ -393,6 +515,8 @@ class Settings(NamedTuple):
     """The built-in price table with the config file's prices over it."""
     provider_names: tuple[str, ...]
     """The built-in providers and the declared ones."""
+    config_named_by: str | None = None
+    """Who named the config file: ``flag --config``, ``env AOE_CONFIG``, ``.env:2 AOE_CONFIG``."""
 
     def price_of(self, provider: str, model: str) -> Price | None:
         """The price of a model at a provider, or None if it has none.
@@ -418,6 +542,66 @@ class Settings(NamedTuple):
         declared = self.config.providers.get(provider)
         return declared.api_key_env if declared is not None else None
 
+    def base_url(self, provider: str) -> str | None:
+        """The API root a provider's requests (and key) go to; None for the mock.
+
+        The vendors' own default is given explicitly rather than left to the SDK,
+        which would read the process environment itself (and take a blank value)."""
+        route = self.key_route(provider)
+        return route.url if route is not None else None
+
+    def key_route(self, provider: str) -> KeyRoute | None:
+        """Where a provider's key goes and who chose that; None for the mock."""
+        variable = self.api_key_variable(provider)
+        if provider in BUILTIN_URL_VARIABLES:
+            url_variable = BUILTIN_URL_VARIABLES[provider]
+            url = self.environment.get(url_variable)
+            if url is None:
+                return KeyRoute(provider, variable, BUILTIN_BASE_URLS[provider], "default")
+            origin = self.environment.origin(url_variable)
+            dotenv = origin if self.environment.from_dotenv(url_variable) else None
+            return KeyRoute(provider, variable, url, origin, dotenv)
+        declared = self.config.providers.get(provider)
+        if declared is None:
+            return None
+        origin = self.sources.get(("providers", provider, "base_url"), "config file")
+        named_by = self.config_named_by or ""
+        dotenv = named_by if named_by.startswith(self.environment.dotenv_file + ":") else None
+        return KeyRoute(provider, variable, declared.base_url, origin, dotenv)
+
+    def dotenv_warnings(self, providers: Iterable[str]) -> list[str]:
+        """What to say before keys go where a ``.env`` file chose: a ``.env`` comes
+        with the folder aoe runs in (a checkout, a download), not from the user."""
+        warnings = []
+        for provider in dict.fromkeys(providers):
+            route = self.key_route(provider)
+            if route is None or route.chosen_by_dotenv is None:
+                continue
+            where, _, variable = route.chosen_by_dotenv.partition(" ")
+            line = where.rpartition(":")[2]
+            key = f"its key ({route.variable})" if route.variable else "its requests"
+            if variable == CONFIG_FILE_VARIABLE:
+                what = (
+                    f"the engine config {self.config_file} is named by {variable} in "
+                    f"{self.environment.dotenv_path} (line {line}), and provider "
+                    f"'{provider}' sends {key} to {_mask_url(route.url)}"
+                )
+            else:
+                what = (
+                    f"{variable} is set by {self.environment.dotenv_path} (line {line}): "
+                    f"provider '{provider}' sends {key} to {_mask_url(route.url)}"
+                )
+            warnings.append(
+                f"{what}; if that is not meant, remove the line (a .env file comes "
+                "with the folder aoe runs in)"
+            )
+        return warnings
+
+    @property
+    def mock_latency(self) -> float:
+        """Seconds each mock call takes (``AOE_MOCK_LATENCY``; checked when loaded)."""
+        return float(self.environment.get(MOCK_LATENCY_VARIABLE) or 0)
+
     def settings(self) -> list[Setting]:
         """Every effective value with its source, secrets masked, for ``aoe config show``."""
         rows: list[Setting] = []
@@ -439,29 +623,38 @@ class Settings(NamedTuple):
                             "built-in",
                         )
                     )
-        for provider in ("openai", "anthropic"):
-            url_var = BUILTIN_URL_VARIABLES[provider]
-            url = self.environment.get(url_var)
+        for provider in BUILTIN_URL_VARIABLES:
+            route = self.key_route(provider)
+            assert route is not None
             rows.append(
-                Setting(
-                    f"providers.{provider}.base_url",
-                    _mask_url(url) if url else "(SDK default)",
-                    self.environment.origin(url_var) if url else "default",
-                )
+                Setting(f"providers.{provider}.base_url", _mask_url(route.url), route.origin)
             )
         for provider in self.provider_names:
             variable = self.api_key_variable(provider)
-            if variable is None:
-                continue
-            value = self.environment.get(variable)
-            rows.append(
-                Setting(
-                    f"providers.{provider}.api_key",
-                    value,
-                    self.environment.origin(variable) if value else f"unset: {variable}",
-                    secret=True,
+            if variable is not None:
+                value = self.environment.get(variable)
+                rows.append(
+                    Setting(
+                        f"providers.{provider}.api_key",
+                        value,
+                        self.environment.origin(variable) if value else f"unset: {variable}",
+                        secret=True,
+                    )
                 )
-            )
+            route = self.key_route(provider)
+            if route is not None:
+                source = route.origin
+                if route.chosen_by_dotenv == route.origin:
+                    source += "; a .env file chose it, check it"
+                elif route.chosen_by_dotenv is not None:
+                    source += f"; the config file is named by {route.chosen_by_dotenv}, check it"
+                rows.append(
+                    Setting(
+                        f"providers.{provider}.key_sent_to",
+                        f"{route.variable or '(no key)'} -> {_mask_url(route.url)}",
+                        source,
+                    )
+                )
         order = {name: i for i, name in enumerate(EngineConfig.model_fields)}
         rows.sort(key=lambda r: (order.get(r.key.split(".")[0], len(order)), r.key))
         return rows
@@ -512,7 +705,9 @@ def load_settings(
     source_map: SourceMap | None = None
 
     path = config_file or environment.get(CONFIG_FILE_VARIABLE)
+    named_by = None
     if path:
+        named_by = "flag --config" if config_file else environment.origin(CONFIG_FILE_VARIABLE)
         try:
             document = parse_yaml(read_text(path), path)
         except YamlError as e:
@@ -526,6 +721,7 @@ def load_settings(
             raise ConfigInvalid([*diagnostics, *found]) from None
         source_map = document.source
         diagnostics.extend(document.diagnostics)
+        yaml_places = {(d.line, d.column) for d in document.diagnostics}
         if not isinstance(document.data, dict):
             raise ConfigInvalid(
                 [
@@ -542,9 +738,13 @@ def load_settings(
         for leaf, _ in _leaves(document.data):
             sources[leaf] = f"{path}:{document.source.value(leaf).line}"
 
+    ignored: dict[ConfigPath, str] = {}
     for variable, target in ENVIRONMENT_VARIABLES.items():
         raw = environment.get(variable)
         if raw is None:
+            blank = environment.blank(variable)
+            if blank is not None:
+                ignored[target] = f"{blank} is empty: ignored"
             continue
         value, problem = _coerce(raw, target)
         if problem:
@@ -557,6 +757,8 @@ def load_settings(
         target = tuple(key.split("."))
         _put(merged, target, value)
         sources[target] = f"flag {flag}"
+        ignored.pop(target, None)
+    diagnostics.extend(_check_environment(environment))
 
     try:
         # Every section is validated inside EngineConfig's own validator; left out,
@@ -565,9 +767,18 @@ def load_settings(
             merged.setdefault(section, {})
         config = EngineConfig.model_validate(merged)
     except ValidationError as e:
-        diagnostics.extend(_config_diagnostics(e, source_map, sources, environment))
+        found = _config_diagnostics(e, source_map, sources, environment)
+        if source_map is not None:  # not again where the YAML itself was refused
+            found = [
+                d
+                for d in found
+                if d.file != source_map.file or (d.line, d.column) not in yaml_places
+            ]
+        diagnostics.extend(found)
     if diagnostics:
         raise ConfigInvalid(diagnostics)
+    for target, note in ignored.items():
+        sources[target] = f"{sources.get(target, 'default')}; {note}"
     prices = dict(BUILTIN_PRICES)
     for model, price in config.cost_tracking.model_costs.items():
         prices[model] = Price(price.input, price.output)
@@ -578,7 +789,36 @@ def load_settings(
         sources,
         PriceTable(prices),
         (*BUILTIN_PROVIDERS, *config.providers),
+        named_by,
     )
+
+
+def _check_environment(environment: Environment) -> list[Diagnostic]:
+    """The variables read outside the config's sections, checked now rather than
+    at the first call: the built-in providers' URLs (their keys are sent there)
+    and the mock's latency (an infinite one is a run that never ends)."""
+    found = []
+    for provider, variable in BUILTIN_URL_VARIABLES.items():
+        url = environment.get(variable)
+        problem = url_problem(url, BUILTIN_BASE_URLS[provider]) if url is not None else None
+        if url is not None and problem is not None:
+            found.append(_env_diagnostic(environment, variable, str(_mask_url(url)), problem))
+    latency = environment.get(MOCK_LATENCY_VARIABLE)
+    if latency is not None:
+        try:
+            seconds = float(latency)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds >= 0):
+            found.append(
+                _env_diagnostic(
+                    environment,
+                    MOCK_LATENCY_VARIABLE,
+                    latency,
+                    "must be a number of seconds, 0 or more (e.g. 0.4)",
+                )
+            )
+    return found
 
 
 def _read_environment(
@@ -587,14 +827,21 @@ def _read_environment(
     dotenv_path = directory / ".env"
     dotenv: dict[str, tuple[str, int]] = {}
     diagnostics: list[Diagnostic] = []
-    if dotenv_path.is_file():
-        try:
-            dotenv = parse_dotenv(dotenv_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as e:
+    try:
+        dotenv = parse_dotenv(read_limited(dotenv_path, MAX_DOTENV_BYTES).decode("utf-8-sig"))
+    except FileRefused as e:
+        # none, or not a file (a virtualenv is often called .env): nothing to read
+        if e.kind not in ("not-found", "not-a-file"):
             diagnostics.append(
-                Diagnostic(".env", 0, 0, Severity.ERROR, "io", f"cannot read .env: {e}")
+                Diagnostic(".env", 0, 0, Severity.ERROR, "io", f"cannot read .env: {e.message}")
             )
-    return Environment(environ, dotenv), diagnostics
+    except UnicodeDecodeError:
+        diagnostics.append(
+            Diagnostic(
+                ".env", 0, 0, Severity.ERROR, "encoding", "cannot read .env: it is not UTF-8 text"
+            )
+        )
+    return Environment(environ, dotenv, dotenv_path=str(dotenv_path.absolute())), diagnostics
 
 
 def _field_type(target: tuple[str, ...]) -> Any:
@@ -626,9 +873,12 @@ def _coerce(raw: str, target: tuple[str, ...]) -> tuple[Any, str | None]:
         return None, "must be true or false"
     if kind is int:
         try:
-            return int(text), None
-        except ValueError:
+            number = int(text)
+        except ValueError:  # 4,300 digits and more are a ValueError too
+            number = None
+        if number is None or not INT_MIN <= number <= INT_MAX:
             return None, "must be a whole number" + (" or none" if nullable else "")
+        return number, None
     if kind is float:
         try:
             return float(text), None

@@ -70,6 +70,8 @@ def describe(value: Any) -> str:
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, int):
+        if value.bit_length() > 64:  # str() refuses past 4,300 digits, and no one reads them
+            return f"an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits"
         return f"an integer ({value})"
     if isinstance(value, float):
         return f"a number ({value:g})"

@@ -13,9 +13,16 @@ from typing import Any, NamedTuple
 from aoe.diagnostics import Diagnostic, Severity, describe
 from aoe.errors import InputsInvalid
 from aoe.modelerrors import closest
-from aoe.spec import value_has_type
+from aoe.spec import non_finite, value_has_type
 from aoe.workflow import Input
-from aoe.yamlsource import Mark, YamlError, parse_yaml, read_text, resolve_scalar
+from aoe.yamlsource import (
+    Mark,
+    NumberTooLarge,
+    YamlError,
+    parse_yaml,
+    read_text,
+    resolve_scalar,
+)
 
 _COMMAND_LINE = "command line"
 _TYPE_WORDS = {
@@ -65,7 +72,11 @@ def from_assignments(pairs: Sequence[str], declared: Mapping[str, Input]) -> dic
                 )
                 continue
         else:
-            value = resolve_scalar(text)
+            try:
+                value = resolve_scalar(text)
+            except NumberTooLarge as e:
+                problems.append(_problem(_COMMAND_LINE, 0, 0, f"{label}: {e.message}"))
+                continue
         given[name] = GivenInput(value, _COMMAND_LINE, label=label)
     if problems:
         raise InputsInvalid(problems)
@@ -119,6 +130,17 @@ def bind_inputs(declared: Mapping[str, Input], given: Mapping[str, GivenInput]) 
                     item,
                     f"{_lead(item)}input '{name}' must be "
                     f"{_TYPE_WORDS[spec.type]}, not {describe(item.value)}",
+                )
+            )
+            continue
+        where = non_finite(item.value)
+        if where is not None:  # JSON has neither: the run's record and results could not hold it
+            inside = f"{where} in " if where else ""
+            problems.append(
+                _at(
+                    item,
+                    f"{_lead(item)}{inside}input '{name}' must be a finite number, "
+                    "not infinity or NaN",
                 )
             )
             continue

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import gc
 import os
-import stat
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from functools import cache
 from pathlib import Path as FsPath
 from types import MappingProxyType
@@ -32,6 +32,7 @@ from pydantic_core import PydanticCustomError
 from aoe import graph as graphs
 from aoe.diagnostics import Diagnostic, Severity, has_errors, sort_key
 from aoe.errors import WorkflowInvalid
+from aoe.files import FileRefused, read_limited, size_text
 from aoe.modelerrors import closest, diagnostics_from_error, did_you_mean
 from aoe.schemarefs import Folder, Refusal, bundle, has_refs
 from aoe.schemas import CHARS_PER_TOKEN, least_reply_chars, schema_problem, shortened
@@ -76,11 +77,14 @@ MAX_INCLUDED_FILE_BYTES = 1024 * 1024
 
 class LoadResult(NamedTuple):
     """What loading one file found: the workflow if it is valid (no errors, maybe
-    warnings), and every diagnostic."""
+    warnings), and every diagnostic. ``error`` is the exception that stopped the
+    checks (a bug in aoe, or a file nested past Python's stack), already
+    reported as a diagnostic; ``--debug`` shows its traceback."""
 
     path: str
     workflow: Workflow | None
     diagnostics: tuple[Diagnostic, ...]
+    error: Exception | None = None
 
     @property
     def ok(self) -> bool:
@@ -89,7 +93,7 @@ class LoadResult(NamedTuple):
     def require(self) -> Workflow:
         """The workflow, or :class:`WorkflowInvalid` with the errors."""
         if self.workflow is None:
-            raise WorkflowInvalid([d for d in self.diagnostics if d.is_error])
+            raise WorkflowInvalid([d for d in self.diagnostics if d.is_error]) from self.error
         return self.workflow
 
 
@@ -111,13 +115,42 @@ def load_workflow(
     # collector would only rescan them, again and again (5% of a large file).
     collecting = gc.isenabled()
     gc.disable()
+    error: Exception | None = None
     try:
         workflow = loader.load()
+    except Exception as e:  # whatever stops one file is that file's error, not the caller's
+        error, workflow = e, None
+        loader.diagnostics.append(_stopped_by(name, e))
     finally:
         if collecting:
             gc.enable()
     diagnostics = tuple(sorted(_root_causes(loader.diagnostics), key=sort_key))
-    return LoadResult(name, workflow if not has_errors(diagnostics) else None, diagnostics)
+    return LoadResult(name, workflow if not has_errors(diagnostics) else None, diagnostics, error)
+
+
+def _stopped_by(name: str, error: Exception) -> Diagnostic:
+    """The diagnostic for an exception that stopped the checks of a file."""
+    if isinstance(error, RecursionError):
+        message = (
+            "the file nests too deeply for aoe to check it (brackets, blocks or merge "
+            "keys inside one another, hundreds deep); flatten it"
+        )
+        return Diagnostic(name, 0, 0, Severity.ERROR, "too-deep", message)
+    what = str(error)
+    what = what if len(what) <= 200 else what[:197] + "..."
+    message = (
+        f"aoe could not check this file ({type(error).__name__}: {what}); this is a bug "
+        "in aoe: rerun with --debug for the traceback and report it"
+    )
+    return Diagnostic(name, 0, 0, Severity.ERROR, "internal", message)
+
+
+def _folder_of(path: str) -> FsPath:
+    """The folder of the workflow file, symlinks resolved where they can be."""
+    try:
+        return FsPath(path).resolve().parent
+    except (OSError, ValueError, RuntimeError):  # a NUL in the name, a symlink loop
+        return FsPath(os.path.abspath(path.replace("\x00", ""))).parent
 
 
 @cache
@@ -140,7 +173,7 @@ class _Loader:
     def __init__(self, path: str, name: str, settings: Settings | None) -> None:
         self.path = path
         self.name = name
-        self.folder = FsPath(path).resolve().parent
+        self.folder = _folder_of(path)
         self.display_folder = os.path.dirname(name)
         self.settings = settings
         self.diagnostics: list[Diagnostic] = []
@@ -543,7 +576,21 @@ class _Loader:
         return os.path.join(self.display_folder, relative) if self.display_folder else relative
 
     def read_included(self, where: Path, relative: str) -> str | None:
-        """A file named in the workflow, read only from inside the workflow's folder."""
+        """A file named in the workflow, read only from inside the workflow's folder.
+
+        Only a regular file is read (a FIFO, a device or a folder is an error at
+        ``where``), and never more than :data:`MAX_INCLUDED_FILE_BYTES` of it.
+        The text is kept in ``files`` (the run record's copy); None when it
+        cannot be used, with the reason reported at ``where``.
+        """
+        if "\x00" in relative:
+            self.error(
+                where,
+                "path",
+                f"{relative!r} contains a NUL character; name the file "
+                "relative to the workflow file's folder",
+            )
+            return None
         if os.path.isabs(relative) or relative.startswith("~"):
             self.error(
                 where,
@@ -552,7 +599,11 @@ class _Loader:
                 "relative to the workflow file's folder",
             )
             return None
-        target = (self.folder / relative).resolve()
+        try:
+            target = (self.folder / relative).resolve()
+        except (OSError, RuntimeError) as e:  # a symlink loop, a name too long
+            self.error(where, "io", f"cannot read '{relative}': {getattr(e, 'strerror', e) or e}")
+            return None
         if not target.is_relative_to(self.folder):
             self.error(
                 where,
@@ -562,26 +613,28 @@ class _Loader:
             )
             return None
         try:
-            raw = _read_regular_file(target, MAX_INCLUDED_FILE_BYTES + 1)
-        except FileNotFoundError:
-            hint = ""
-            if target.parent.is_dir():
-                hint = did_you_mean(target.name, os.listdir(target.parent))
-            self.error(
-                where,
-                "file-not-found",
-                f"file '{relative}' not found (looked in "
-                f"{self.display_path(os.path.dirname(relative)) or '.'}){hint}",
-            )
-            return None
-        except _NotARegularFile as e:
-            self.error(where, "io", f"'{relative}' is {e.kind}; name a regular file")
-            return None
-        except OSError as e:
-            self.error(where, "io", f"cannot read '{relative}': {e.strerror or e}")
-            return None
-        if len(raw) > MAX_INCLUDED_FILE_BYTES:
-            self.error(where, "too-large", f"'{relative}' is larger than 1 MiB")
+            raw = read_limited(target, MAX_INCLUDED_FILE_BYTES)
+        except FileRefused as e:
+            if e.kind == "not-found":
+                hint = ""
+                with suppress(OSError):  # a folder that cannot be listed gives no hint
+                    hint = did_you_mean(target.name, os.listdir(target.parent))
+                self.error(
+                    where,
+                    "file-not-found",
+                    f"file '{relative}' not found (looked in "
+                    f"{self.display_path(os.path.dirname(relative)) or '.'}){hint}",
+                )
+            elif e.kind == "too-large":
+                self.error(
+                    where,
+                    "too-large",
+                    f"'{relative}' is larger than {size_text(MAX_INCLUDED_FILE_BYTES)}",
+                )
+            elif e.kind == "not-a-file":
+                self.error(where, "not-a-file", f"'{relative}' {e.message}; name a file")
+            else:
+                self.error(where, "io", f"'{relative}': {e.message}")
             return None
         try:
             text = raw.decode("utf-8-sig")
@@ -597,6 +650,17 @@ class _Loader:
     ) -> Analysis | None:
         try:
             return analyse_expression(source.text) if expression else analyse_template(source.text)
+        except RecursionError:
+            self.template_error(
+                source,
+                path,
+                1,
+                "too-deep",
+                f"{owner}: the {field} {'expression' if expression else 'template'} nests "
+                "too deeply for aoe to read it (brackets or blocks inside one another, "
+                "dozens deep); split it up",
+            )
+            return None
         except TemplateProblem as e:
             kind = "expression" if expression else "template"
             self.template_error(
@@ -978,29 +1042,6 @@ class _Loader:
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-class _NotARegularFile(OSError):
-    def __init__(self, kind: str) -> None:
-        super().__init__(kind)
-        self.kind = kind
-
-
-def _read_regular_file(path: FsPath, limit: int) -> bytes:
-    """At most ``limit`` bytes of a regular file.
-
-    Opened without blocking and checked before it is read: a FIFO would wait for
-    a writer for ever, and a device never ends.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise _NotARegularFile("a folder" if stat.S_ISDIR(mode) else "a FIFO or a device")
-        with open(fd, "rb", closefd=False) as file:
-            return file.read(limit)
-    finally:
-        os.close(fd)
 
 
 def _root_causes(diagnostics: list[Diagnostic]) -> list[Diagnostic]:

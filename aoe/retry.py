@@ -46,7 +46,9 @@ def delay(
     policy: RetryPolicy, retry_number: int, error: BaseException | None, rng: random.Random
 ) -> float:
     """Seconds before retry ``retry_number`` (1 for the first retry)."""
-    ceiling = min(policy.max_delay, policy.base_delay * 2 ** (retry_number - 1))
+    # 2.0 ** 1000 is finite, and any delay reaches max_delay long before it; past
+    # 1,024 retries the exact 2 ** n would no longer convert to a float at all.
+    ceiling = min(policy.max_delay, policy.base_delay * 2.0 ** min(retry_number - 1, 1000))
     wait = rng.uniform(0.0, ceiling) if policy.jitter else ceiling
     asked = getattr(error, "retry_after", None)
     if asked is not None:

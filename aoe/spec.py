@@ -9,8 +9,9 @@ file against them and then resolves it (defaults merged, files read) into the
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -125,11 +126,44 @@ class InputSpec(_Model):
                 "the default is {value}, not of the input's type '{kind}'",
                 {"value": describe(value), "kind": kind},
             )
-        return value
+        return check_finite(value)
 
     @property
     def required(self) -> bool:
         return "default" not in self.model_fields_set
+
+
+_V = TypeVar("_V")
+
+
+def non_finite(value: Any) -> str | None:
+    """Where in a JSON-like value a number is infinite or NaN (``a.b[2]``; ``""``
+    for the value itself), or None. YAML writes them ``.inf`` and ``.nan`` (and
+    ``1e400`` overflows to one); JSON has neither, so nothing aoe sends or
+    records may hold one."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:  # a loop: a value may nest as deep as its file allows
+        item, where = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return where
+        elif isinstance(item, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+    return None
+
+
+def check_finite(value: _V) -> _V:
+    """``value`` itself, or a validation error naming the number that is not finite."""
+    where = non_finite(value)
+    if where is not None:
+        raise PydanticCustomError(
+            "finite_number_inside",
+            "{what} must be finite: JSON has no infinity or NaN (.inf, .nan, 1e400)",
+            {"what": f"the number at {where}" if where else "the number"},
+        )
+    return value
 
 
 def value_has_type(value: Any, kind: str) -> bool:
@@ -183,6 +217,11 @@ class LLMSpec(_Model):
         description="Extra parameters passed to the provider unchanged.",
     )
 
+    @field_validator("params")
+    @classmethod
+    def _params_finite(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_finite(value)
+
 
 class RetrySpec(_Model):
     """How failed attempts are retried; unset keys come from the engine's retry_policy."""
@@ -232,6 +271,11 @@ class OutputSpec(_Model):
         min_length=1,
         description="A JSON or YAML file holding the JSON Schema, relative to the workflow file.",
     )
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_finite(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_finite(value)
 
     @model_validator(mode="after")
     def _schema_fits_format(self) -> OutputSpec:

@@ -29,6 +29,7 @@ from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
 
 from aoe.diagnostics import Diagnostic, Severity
+from aoe.files import FileRefused, read_limited
 
 try:  # libyaml's parser; PyYAML wheels ship it, source builds may not
     from yaml._yaml import CParser as _Parser
@@ -103,12 +104,17 @@ class SourceMap:
         self.aliases: dict[Path, Path] = {}
 
     def _canonical(self, path: Path) -> Path:
-        if not self.aliases:
-            return path
-        for cut in range(len(path), 0, -1):
-            target = self.aliases.get(path[:cut])
-            if target is not None:
-                return self._canonical(target + path[cut:])
+        # A loop, not recursion: a chain of merge keys (each mapping merging the
+        # one before) is as long as the file makes it, far past Python's stack.
+        # Each step goes to an anchor written earlier, so the chain ends.
+        for _ in range(len(self.aliases)):
+            for cut in range(len(path), 0, -1):
+                target = self.aliases.get(path[:cut])
+                if target is not None:
+                    path = target + path[cut:]
+                    break
+            else:
+                return path
         return path
 
     def value(self, path: Path) -> Mark:
@@ -160,27 +166,23 @@ class YamlError(Exception):
 
 
 def read_text(path: str, display: str | None = None) -> str:
-    """Read a UTF-8 file for parsing, refusing oversized and undecodable ones.
+    """Read a UTF-8 file for parsing, refusing oversized and undecodable ones, and
+    anything but a regular file (see :func:`aoe.files.read_limited`).
 
     Raises :class:`YamlError` with a diagnostic at line 0 when the file cannot be used.
     """
     name = display or path
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise _whole_file(name, "io", "file not found; check the path") from None
-    except IsADirectoryError:
-        raise _whole_file(name, "io", "is a directory, not a file") from None
-    except OSError as e:
-        raise _whole_file(name, "io", f"cannot read the file: {e.strerror or e}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise _whole_file(
-            name,
-            "too-large",
-            f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; "
-            "split it, or move long prompts into prompt_file",
-        )
+        raw = read_limited(path, MAX_FILE_BYTES)
+    except FileRefused as e:
+        if e.kind == "too-large":
+            raise _whole_file(
+                name,
+                "too-large",
+                f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; "
+                "split it, or move long prompts into prompt_file",
+            ) from None
+        raise _whole_file(name, "io", e.message) from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -299,6 +301,7 @@ _SYNTAX_HINTS = (
     ("expected ',' or ']'", "close the [ ... ] list, or separate its items with commas"),
     ("expected ',' or '}'", "close the { ... } mapping, or separate its entries with commas"),
     ("found unexpected end of stream", "a quote or bracket is not closed"),
+    ("exceeded maximum nesting depth", "brackets nest too deeply; flatten the value"),
 )
 
 
@@ -536,7 +539,11 @@ class _Builder:
             if not event.implicit[0] or tag == "!":
                 result: Any = value
             else:
-                result = resolve_scalar(value)
+                try:
+                    result = resolve_scalar(value)
+                except NumberTooLarge as e:
+                    self.error(event.start_mark, "yaml-number", e.message)
+                    result = value
         elif self.check_tag(event, _SCALAR_TAGS):
             result = _construct(tag, value, event, self)
         else:
@@ -678,7 +685,9 @@ _EXPONENT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")
 
 def resolve_scalar(value: str) -> Any:
     """Resolve an untagged plain scalar the way PyYAML's safe loader does,
-    except that ``1e3`` is a number, as JSON and YAML 1.2 have it."""
+    except that ``1e3`` is a number, as JSON and YAML 1.2 have it.
+
+    Raises :class:`NumberTooLarge` for an integer out of aoe's range."""
     if value == "":
         return None
     resolvers = _RESOLVERS.get(value[0])
@@ -697,10 +706,53 @@ def _construct_known(tag: str, value: str) -> Any:
     if tag == _BOOL:
         return _CONSTRUCTOR.bool_values[value.lower()]
     if tag == _INT:
-        return _CONSTRUCTOR.construct_yaml_int(ScalarNode(tag, value))
+        return _integer(value)
     if tag == _FLOAT:
         return _CONSTRUCTOR.construct_yaml_float(ScalarNode(tag, value))
     return value  # str, timestamp, merge and value: the text itself
+
+
+INT_MIN = -(2**63)
+INT_MAX = 2**63 - 1
+"""The whole numbers aoe reads: what SQLite, JSON parsers and floats all take
+(a budget's arithmetic turns a count into a float, and 10**400 is not one)."""
+_INT_TEXT_MAX = 80
+"""Characters of an integer's text past which it cannot be in range (64 binary
+digits are the most it takes), leading zeros, signs, prefixes and underscores
+aside. Checked before the text is converted, which for Python's decimal and
+YAML's base-60 integers (``1:2:3``) takes time that grows with the square of
+the length, and which Python refuses past 4,300 decimal digits."""
+
+
+def _significant_length(text: str) -> int:
+    """The length of an integer's digits that count (base-60 ones all count: their
+    first part starts with 1-9, and each further part multiplies by 60)."""
+    digits = text.replace("_", "").lstrip("+-")
+    if digits[:2] in ("0x", "0b"):
+        digits = digits[2:]
+    return len(digits) if ":" in digits else len(digits.lstrip("0"))
+
+
+class NumberTooLarge(ValueError):
+    """An integer outside :data:`INT_MIN` .. :data:`INT_MAX`."""
+
+    def __init__(self, text: str) -> None:
+        shown = text if len(text) <= 24 else text[:21] + "..."
+        self.message = (
+            f"the integer {shown} is too large: aoe reads whole numbers from "
+            f"{INT_MIN:,} to {INT_MAX:,}; write a smaller one"
+        )
+        super().__init__(self.message)
+
+
+def _integer(text: str) -> int:
+    """A YAML 1.1 integer (``12``, ``0x1f``, ``017``, ``1_000``, ``1:30``), in range."""
+    if len(text) > _INT_TEXT_MAX and _significant_length(text) > _INT_TEXT_MAX:
+        raise NumberTooLarge(text)
+    number: int = _CONSTRUCTOR.construct_yaml_int(ScalarNode(_INT, text))
+    if not INT_MIN <= number <= INT_MAX:
+        raise NumberTooLarge(text)
+    return number
 
 
 def _construct(tag: str, value: str, event: Any, builder: _Builder) -> Any:
@@ -715,8 +767,11 @@ def _construct(tag: str, value: str, event: Any, builder: _Builder) -> Any:
         if tag == _BOOL:
             return _CONSTRUCTOR.bool_values[value.lower()]
         if tag == _INT:
-            return _CONSTRUCTOR.construct_yaml_int(ScalarNode(tag, value))
+            return _integer(value)
         return _CONSTRUCTOR.construct_yaml_float(ScalarNode(tag, value))
+    except NumberTooLarge as e:
+        builder.error(event.start_mark, "yaml-number", e.message)
+        return value
     except (ValueError, KeyError):
         builder.error(
             event.start_mark,

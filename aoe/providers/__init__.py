@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aoe.config import BUILTIN_KEY_VARIABLES, BUILTIN_URL_VARIABLES, Settings
-from aoe.errors import UserError
+from aoe.config import BUILTIN_KEY_VARIABLES, MOCK_LATENCY_VARIABLE, Settings
 from aoe.providers.base import Message, Provider, Request, Response, Usage
 from aoe.providers.mock import MockProvider
 
 __all__ = [
+    "MOCK_LATENCY_VARIABLE",
     "Message",
     "Provider",
     "ProviderPool",
@@ -23,8 +23,6 @@ __all__ = [
     "Usage",
     "missing_keys",
 ]
-
-MOCK_LATENCY_VARIABLE = "AOE_MOCK_LATENCY"
 
 
 def missing_keys(providers: Iterable[str], settings: Settings) -> list[tuple[str, str]]:
@@ -54,22 +52,15 @@ class ProviderPool:
 
     def _make(self, name: str) -> Provider:
         environment = self._settings.environment
-        if name == "mock":
-            text = environment.get(MOCK_LATENCY_VARIABLE) or "0"
-            try:
-                latency = float(text)
-            except ValueError:
-                raise UserError(
-                    f"{MOCK_LATENCY_VARIABLE}={text!r}: must be a number of seconds"
-                ) from None
-            return MockProvider(latency=latency)
+        if name == "mock":  # AOE_MOCK_LATENCY was checked with the settings
+            return MockProvider(latency=self._settings.mock_latency)
         if name == "anthropic":
             from aoe.providers.anthropic import AnthropicProvider
 
             return AnthropicProvider(
                 name,
                 api_key=environment.get(BUILTIN_KEY_VARIABLES[name]),
-                base_url=environment.get(BUILTIN_URL_VARIABLES[name]),
+                base_url=self._settings.base_url(name),
             )
         from aoe.providers.openai import OpenAIProvider
 
@@ -77,7 +68,7 @@ class ProviderPool:
             return OpenAIProvider(
                 name,
                 api_key=environment.get(BUILTIN_KEY_VARIABLES[name]),
-                base_url=environment.get(BUILTIN_URL_VARIABLES[name]),
+                base_url=self._settings.base_url(name),
             )
         declared = self._settings.config.providers[name]
         key = environment.get(declared.api_key_env) if declared.api_key_env else None
