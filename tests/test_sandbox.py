@@ -202,3 +202,32 @@ async def test_a_reply_is_checked_in_the_sandbox_when_it_could_be_slow(sandbox: 
     with pytest.raises(OutputInvalid, match="is not of type"):
         await lane.check(long_reply, {"type": "object"}, here=True)
     assert sandbox.started == 2  # the long reply went there too, to a new process
+
+
+async def test_a_runs_large_inputs_go_to_a_process_once(sandbox: Sandbox) -> None:
+    """A foreach over many items renders each item with the same inputs: they are
+    sent once per process, not once per item."""
+    files = [{"path": f"f{i}.py", "diff": "+" * 10_000} for i in range(100)]  # 1 MB
+    context = {"inputs": {"files": files}, "agents": {}, "workflow": {"name": "w"}}
+    lane = sandbox.lane()
+    text = "{{ index + 1 }} of {{ inputs.files | length }}: {{ inputs.files[index].path }}"
+    for index in range(100):
+        rendered = await lane.render(text, {**context, "item": files[index], "index": index})
+        assert rendered == f"{index + 1} of 100: f{index}.py"
+    assert sandbox.sent < 3_500_000  # the inputs once, and each item (10 kB) with its request
+
+
+async def test_parts_a_process_let_go_are_sent_again(sandbox: Sandbox) -> None:
+    """A process keeps the parts of 32 MiB of runs at most: a run whose inputs it
+    let go gets them sent again, and renders the same."""
+    first = sandbox.lane()
+    big = {"inputs": {"text": "x" * 1_000_000, "n": 0}, "agents": {}}
+    text = "{{ inputs.n }} {{ inputs.text | length }}"
+    assert await first.render(text, big) == "0 1000000"
+    for n in range(1, 12):  # eleven other runs' inputs of 4 MB each push the first out
+        other = {"inputs": {"text": "y" * 1_000_000, "n": n}, "agents": {}}
+        assert await sandbox.lane().render(text, other) == f"{n} 1000000"
+    sent = sandbox.sent
+    assert await first.render(text, big) == "0 1000000"
+    assert sandbox.sent - sent > 1_000_000  # asked without them, told they were gone, sent
+    assert sandbox.started == 1

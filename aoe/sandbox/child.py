@@ -27,6 +27,8 @@ import struct
 import sys
 from typing import IO, Any
 
+from aoe.bounded import ByteLRU
+
 HEADER = struct.Struct(">I")
 MAX_MESSAGE = 200_000_000  # bytes of one request or answer: far above any legitimate one
 _SHORT = 400  # characters of an error message passed on
@@ -81,11 +83,40 @@ def main() -> None:
             return  # the engine reads the answer, then sees this process end
 
 
+# Parts of runs' contexts that stay the same (inputs, finished agents' entries),
+# kept by key; weighed at four times their JSON.
+_PARTS: ByteLRU[str, Any] = ByteLRU(32 << 20, lambda key, entry: entry[1])
+
+
+def _context(request: dict[str, Any]) -> dict[str, Any] | list[str]:
+    """The request's context with its shared parts put back; or the keys of those
+    this process no longer keeps (the engine then sends them again)."""
+    sizes = request.get("sizes", {})
+    for key, value in request.get("define", {}).items():
+        _PARTS.put(key, (value, 4 * int(sizes.get(key, 0)) + 64))
+    context: dict[str, Any] = request.get("context", {})
+    missing = []
+    for place, key in request.get("cached", {}).items():
+        entry = _PARTS.get(key)
+        if entry is None:
+            missing.append(key)
+        elif place == "inputs":
+            context["inputs"] = entry[0]
+        else:  # agents/NAME
+            context.setdefault("agents", {})[place.partition("/")[2]] = entry[0]
+    return missing or context
+
+
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
     from aoe.errors import OutputInvalid, SchemaUnusable
     from aoe.templates import evaluate, render
 
     op = request["op"]
+    if op != "check":
+        context = _context(request)
+        if isinstance(context, list):
+            return {"missing": context}
+        request["context"] = context
     try:
         if op == "render":
             return {"ok": render(request["text"], request["context"])}

@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import sys
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ PROCESSES = 2
 """Sandbox processes at most; started when first needed."""
 _BOOT = "import sys; sys.path.insert(0, sys.argv.pop()); from aoe.sandbox.child import main; main()"
 _START_TIMEOUT = 60.0  # seconds a new process may take to be ready (slow CI machines)
+_SHARED_PART = 2048  # bytes of JSON from which a part of the context is sent once
 
 
 class SandboxFailed(Exception):
@@ -66,6 +68,7 @@ class SandboxFailed(Exception):
 class _Child:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
+        self.known: set[str] = set()  # keys of the shared parts it keeps
         assert process.stdin is not None
         assert process.stdout is not None
         self.stdin = process.stdin
@@ -112,29 +115,50 @@ class Sandbox:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
         self.started = 0  # processes started so far (tests and the health of a service)
+        self.sent = 0  # bytes of requests sent to them
 
     def lane(self) -> Lane:
         return Lane(self)
 
     async def call(
-        self, request: Mapping[str, Any], deadline: float, what: str = "a template"
+        self,
+        request: Mapping[str, Any],
+        deadline: float,
+        what: str = "a template",
+        shared: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Send ``request`` to a sandbox process and return its answer; a process
-        that is late or dies is killed, and the next request starts a new one."""
+        that is late or dies is killed, and the next request starts a new one.
+
+        ``shared`` holds parts of the context by key, as JSON, that stay the same
+        for a run (its inputs, its finished agents' outputs): a process is sent
+        each once and keeps it (``request["cached"]`` says where each goes), so a
+        foreach over a thousand items does not send the inputs a thousand times."""
         try:
-            payload = json.dumps(request, ensure_ascii=False, default=_jsonable).encode("utf-8")
+            head = json.dumps(request, ensure_ascii=False, default=_jsonable)
         except (TypeError, ValueError) as e:
             raise SandboxFailed(
                 f"the values it reads cannot be passed to the sandbox: {e}"
             ) from None
-        if len(payload) > MAX_MESSAGE:
-            raise SandboxFailed(f"the values it reads are over {MAX_MESSAGE >> 20} MB together")
+        shared = shared or {}
         slots = self._slots_here()
         async with slots:
             child = self._idle.pop() if self._idle else await self._start()
             self._busy.add(child)
+            decoded: dict[str, Any] = {}
             try:
-                answer = await asyncio.wait_for(child.ask(payload), deadline)
+                for _ in range(2):  # again if the process had let a part go meanwhile
+                    payload = _with_parts(head, shared, child.known)
+                    if len(payload) > MAX_MESSAGE:
+                        decoded = {"error": f"the values it reads are over {MAX_MESSAGE >> 20} MB"}
+                        break
+                    self.sent += len(payload)
+                    decoded = json.loads(await asyncio.wait_for(child.ask(payload), deadline))
+                    missing = decoded.get("missing")
+                    if not missing:
+                        child.known.update(shared)
+                        break
+                    child.known.difference_update(missing)
             except BaseException as e:
                 # late, dead, or cancelled mid-request (its answer would come to no one)
                 self._discard(child)
@@ -152,7 +176,6 @@ class Sandbox:
                         "the sandbox process ended while working on it (too much memory?)"
                     ) from None
                 raise
-            decoded: dict[str, Any] = json.loads(answer)
             if decoded.get("retire"):  # its last answer (it ran out of memory or stack)
                 self._discard(child)
             else:
@@ -241,15 +264,46 @@ class Lane:
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
         self._lock = asyncio.Lock()
+        self._name = uuid.uuid4().hex
+        self._parts: dict[str, str] = {}  # this run's parts that do not change, as JSON
 
     async def _ask(self, op: str, text: str, context: Mapping[str, Any]) -> Any:
+        request, shared = self._split(context)
         async with self._lock:
             answer = await self.sandbox.call(
-                {"op": op, "text": text, "context": context}, self.sandbox.deadline
+                {"op": op, "text": text, **request}, self.sandbox.deadline, shared=shared
             )
         if "ok" not in answer:
             raise SandboxFailed(str(answer.get("error", "no answer")))
         return answer["ok"]
+
+    def _split(self, context: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """The context, without its large parts that stay the same for the run (the
+        inputs, each dependency's entry): those go by key, as JSON made once."""
+        rest = dict(context)
+        cached: dict[str, str] = {}
+        shared: dict[str, str] = {}
+
+        def part(place: str, value: Any) -> bool:
+            key = f"{self._name}/{place}"
+            text = self._parts.get(key)
+            if text is None:
+                try:
+                    text = json.dumps(value, ensure_ascii=False, default=_jsonable)
+                except (TypeError, ValueError):
+                    return False  # sent with the rest, which says what is wrong
+                self._parts[key] = text
+            if len(text) < _SHARED_PART:
+                return False
+            cached[place], shared[key] = key, text
+            return True
+
+        if "inputs" in rest and part("inputs", rest["inputs"]):
+            del rest["inputs"]
+        agents = rest.get("agents")
+        if isinstance(agents, Mapping):
+            rest["agents"] = {n: v for n, v in agents.items() if not part(f"agents/{n}", v)}
+        return {"context": rest, "cached": cached}, shared
 
     async def render(self, text: str, context: Mapping[str, Any]) -> str:
         """A template rendered with ``context``."""
@@ -300,6 +354,16 @@ class Lane:
         if "ok" not in answer:
             raise OutputInvalid(f"the reply could not be checked: {answer.get('error')}")
         return answer["ok"]
+
+
+def _with_parts(head: str, shared: Mapping[str, str], known: set[str]) -> bytes:
+    """The request's JSON with the shared parts the process does not keep yet."""
+    sending = [(key, part) for key, part in shared.items() if key not in known]
+    if not sending:
+        return head.encode("utf-8")
+    define = ", ".join(f"{json.dumps(key)}: {part}" for key, part in sending)
+    sizes = ", ".join(f"{json.dumps(key)}: {len(part)}" for key, part in sending)
+    return f'{head[:-1]}, "define": {{{define}}}, "sizes": {{{sizes}}}}}'.encode()
 
 
 def _jsonable(value: object) -> object:
