@@ -295,8 +295,8 @@ BAD = [
     pytest.param(
         "link.json", _symlink, [], ["outside the workflow file's folder"], id="symlink-out"
     ),
-    pytest.param("pipe.json", _fifo, [], ["is a FIFO or a device"], id="fifo"),
-    pytest.param("sub", _files(**{"sub/x.json": "{}"}), [], ["'sub' is a folder"], id="folder"),
+    pytest.param("pipe.json", _fifo, [], ["is a named pipe (FIFO), not a regular file"], id="fifo"),
+    pytest.param("sub", _files(**{"sub/x.json": "{}"}), [], ["'sub' is a directory, not a regular file"], id="folder"),
     pytest.param("missing.json", None, [], ["not found"], id="missing"),
     pytest.param(
         "huge.json",
