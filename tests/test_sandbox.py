@@ -231,3 +231,16 @@ async def test_parts_a_process_let_go_are_sent_again(sandbox: Sandbox) -> None:
     assert await first.render(text, big) == "0 1000000"
     assert sandbox.sent - sent > 1_000_000  # asked without them, told they were gone, sent
     assert sandbox.started == 1
+
+
+async def test_the_sandbox_process_holds_no_api_keys(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import fake_key
+
+    key = fake_key()
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    await sandbox.lane().render("{% if true %}x{% endif %}", CONTEXT)
+    [child] = sandbox._idle
+    with open(f"/proc/{child.process.pid}/environ", "rb") as environ:
+        assert key.encode() not in environ.read()

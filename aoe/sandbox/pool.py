@@ -220,6 +220,7 @@ class Sandbox:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL,
+                env={},  # no API keys, nor anything else, where hostile templates run
                 start_new_session=True,  # the terminal's Ctrl-C is the engine's to handle
             )
         except OSError as e:
