@@ -8,7 +8,6 @@ SIGINT and SIGTERM cancelling the run cleanly.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
@@ -140,6 +139,7 @@ async def run_workflow(
     (the work queue's runs; see :mod:`aoe.shared_records`). ``max_units`` bounds the
     run's agents and ``foreach`` items together (a service's limit per run)."""
     import asyncio
+    import logging
 
     from aoe.engine.events import EventBus
     from aoe.engine.executor import Engine, new_run_id

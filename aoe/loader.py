@@ -34,8 +34,13 @@ from aoe.diagnostics import Diagnostic, Severity, has_errors, sort_key
 from aoe.errors import WorkflowInvalid
 from aoe.files import FileRefused, read_limited, size_text
 from aoe.modelerrors import closest, diagnostics_from_error, did_you_mean
-from aoe.schemarefs import Folder, Refusal, bundle, has_refs
-from aoe.schemas import CHARS_PER_TOKEN, least_reply_chars, schema_problem, shortened
+from aoe.schemas import (
+    CHARS_PER_TOKEN,
+    has_refs,
+    least_reply_chars,
+    schema_problem,
+    shortened,
+)
 from aoe.spec import (
     AGENT_ID_MAX,
     AGENT_ID_RE,
@@ -71,6 +76,7 @@ from aoe.yamlsource import Path, SourceMap, YamlError, parse_yaml, read_text
 
 if TYPE_CHECKING:
     from aoe.config import Settings
+    from aoe.schemarefs import Refusal
 
 MAX_INCLUDED_FILE_BYTES = 1024 * 1024
 
@@ -496,6 +502,8 @@ class _Loader:
         ):
             return None
         if schema is not None and has_refs(schema):
+            from aoe.schemarefs import Folder, bundle  # only for schemas with references
+
             # resolved here, once, and bundled: nothing is fetched at run time
             folder = Folder(self.read_referenced, self.display_path, self.schema_files)
             bundled, found = bundle(schema, source, prefix, key, folder)
@@ -527,6 +535,8 @@ class _Loader:
     def read_referenced(self, relative: str) -> str | Refusal:
         """A file an output schema's ``$ref`` names, read as ``prompt_file`` is; a
         refusal is reported by the bundler at the ``$ref``, not here."""
+        from aoe.schemarefs import Refusal
+
         before = len(self.diagnostics)
         text = self.read_included((), relative)
         refused = self.diagnostics[before:]

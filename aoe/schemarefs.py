@@ -39,13 +39,12 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from aoe.diagnostics import Diagnostic, describe
 from aoe.modelerrors import did_you_mean
-from aoe.schemas import same_dialect, schema_fault, shortened
+from aoe.schemas import REF_KEYWORDS, same_dialect, schema_fault, shortened
 from aoe.yamlsource import SourceMap, YamlDocument, YamlError, parse_yaml
 
 Where = tuple[str | int, ...]
 """A place in a document, as :class:`aoe.yamlsource.SourceMap` takes it."""
 
-REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 # Keywords whose value is a schema, a list of schemas, or a mapping to schemas
 # (every draft's: in another draft the walk merely checks a little more).
@@ -102,21 +101,6 @@ class Folder(NamedTuple):
     read: Callable[[str], str | Refusal]
     display: Callable[[str], str]
     cache: dict[Any, Any]
-
-
-def has_refs(schema: Any) -> bool:
-    """Whether any mapping in ``schema`` has a reference keyword (a cheap scan: a
-    schema without one is used as written, and nothing here is done for it)."""
-    stack = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if any(keyword in node for keyword in REF_KEYWORDS):
-                return True
-            stack.extend(v for v in node.values() if isinstance(v, dict | list))
-        elif isinstance(node, list):
-            stack.extend(v for v in node if isinstance(v, dict | list))
-    return False
 
 
 def bundle(

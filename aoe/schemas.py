@@ -244,3 +244,22 @@ def _least(schema: Any, limit: int, depth: int) -> int:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+def has_refs(schema: Any) -> bool:
+    """Whether any mapping in ``schema`` has a reference keyword (a cheap scan: a
+    schema without one is used as written, and :mod:`aoe.schemarefs` is not even
+    imported for it)."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if any(keyword in node for keyword in REF_KEYWORDS):
+                return True
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, dict | list))
+    return False

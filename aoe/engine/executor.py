@@ -548,13 +548,17 @@ class _Run:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug, not a run error: the run ends with it
-            self.stopping = True
-            if self.done is not None and not self.done.done():
-                self.done.set_exception(e)
+            self.crash(e)
             return
         finally:
             self.in_flight.discard(task)
         self.dispatch()
+
+    def crash(self, error: Exception) -> None:
+        """A bug in a task of the run: nothing new starts, and the run ends with it."""
+        self.stopping = True
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(error)
 
     def queue(self, record: _AgentRun, items: list[Any] | None) -> bool:
         """Queue the agent's units: one, or one per ``foreach`` item not yet done.
@@ -640,9 +644,7 @@ class _Run:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug, not a run error: the run ends with it
-            self.stopping = True
-            if self.done is not None and not self.done.done():
-                self.done.set_exception(e)
+            self.crash(e)
             return
         finally:
             self.in_flight.discard(task)
