@@ -1,0 +1,120 @@
+"""Findings already known and being fixed on other branches of issue 13.
+
+Each names the test of tests/test_fuzz_cases.py that reproduces it (a strict
+xfail there). The bounded slice in ``make test`` fails on any finding that is
+not listed here; ``make fuzz`` marks the listed ones as known. When a fix is
+merged, its reproducer's xfail passes, which fails the suite: remove the mark
+there and the entry here together, and the slice holds aoe to the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tests.fuzz.cases import Case
+from tests.fuzz.worker import Outcome
+
+
+@dataclass(frozen=True)
+class Known:
+    """How to recognise one known finding."""
+
+    test: str
+    """The reproducer's id in tests/test_fuzz_cases.py."""
+    what: str
+    verdict: str
+    where: tuple[str, ...] = ()
+    """Prefixes of the outcome's place in aoe (any place when empty)."""
+    error: str = ""
+    """Text of the outcome's error."""
+    holds: bytes = b""
+    """Text one of the case's files holds."""
+    says: str = ""
+    """Text of what aoe printed (or of the traceback)."""
+
+    def matches(self, case: Case, outcome: Outcome) -> bool:
+        if outcome.verdict != self.verdict or self.error not in outcome.error:
+            return False
+        if self.where and not outcome.where.startswith(self.where):
+            return False
+        if self.says and self.says not in outcome.stdout + outcome.stderr + outcome.detail:
+            return False
+        return not self.holds or any(self.holds in data for data in case.files.values())
+
+
+KNOWN_OPEN: tuple[Known, ...] = (
+    # issue 13, finding 1: schemas reach the network
+    Known("(tests of the schema branch)", "a schema's $ref is fetched", "network", holds=b"$ref"),
+    # found by the harness, and not in the issue: before the integers of finding 5
+    Known(
+        "integer-of-4301-digits-in-a-template",
+        "an integer literal over 4,300 digits in a template or expression",
+        "internal",
+        ("aoe/templates.py",),
+        "ValueError",
+        says="4300 digits",
+    ),
+    # issue 13, finding 5
+    Known(
+        "decimal-of-4301-digits",
+        "an integer over 4,300 digits (decimal or hex; a workflow, config, schema or inputs)",
+        "internal",
+        error="ValueError",
+        says="4300 digits",
+    ),
+    Known(
+        "nul-as-system-file",
+        "a NUL in a file name",
+        "internal",
+        ("aoe/loader.py:read_included", "aoe/loader.py:_check_file"),
+        "ValueError",
+        says="null byte",
+    ),
+    # issue 13, finding 7
+    Known(
+        "fifo-as-prompt-file", "a FIFO as a prompt file", "hang", ("aoe/loader.py:read_included",)
+    ),
+    Known("fifo-as-aoe-config", "a FIFO as the config", "hang", ("aoe/yamlsource.py:read_text",)),
+    Known("prompt-file-of-3-gb", "a 3 GB prompt file", "memory", error="read system call"),
+    # found by the harness, and not in the issue
+    Known(
+        "empty-float-tag",
+        "an empty !!float or !!int",
+        "internal",
+        ("aoe/yamlsource.py:_construct", "aoe/yamlsource.py:_integer"),
+        "IndexError",
+    ),
+    Known(
+        "schema-dialect-not-a-string",
+        "a $schema that is not a string",
+        "internal",
+        ("aoe/schemas.py:schema_problem",),
+        "TypeError",
+    ),
+    Known(
+        "33000-undefined-placeholders",
+        "thousands of undefined placeholders",
+        "hang",
+        ("aoe/loader.py", "aoe/cli.py:validate", "aoe/ui.py"),
+        holds=b"{{ x }}{{ x }}{{ x }}",
+    ),
+    Known(
+        "input-that-is-not-utf-8",
+        "an input that is not UTF-8",
+        "internal",
+        ("aoe/state/store.py",),
+        "UnicodeEncodeError",
+    ),
+    Known(
+        "base-url-that-is-not-utf-8",
+        "an environment variable that is not UTF-8",
+        "internal",
+        ("aoe/cli.py:config_show", "aoe/ui.py"),
+        "UnicodeEncodeError",
+    ),
+)
+
+
+def known(case: Case, outcome: Outcome) -> Known | None:
+    """The known finding ``outcome`` is, if any."""
+    return next((k for k in KNOWN_OPEN if k.matches(case, outcome)), None)
