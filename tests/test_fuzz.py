@@ -11,9 +11,17 @@ tests/test_fuzz_cases.py).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
 
 from tests.fuzz.campaign import Campaign
+from tests.fuzz.cases import MOCK_WORKFLOW, Case, _loopback_only, make_case
 from tests.fuzz.known import known
+from tests.fuzz.minimise import Budget, ddmin
+from tests.fuzz.pool import Slot
 
 SEED = 13
 CASES = 400
@@ -38,3 +46,77 @@ def test_a_slice_of_the_fuzz_harness_finds_nothing_new() -> None:
     # what the cases saw: the checks really ran (refusals and clean runs both)
     assert report.verdicts["user-error"] > CASES // 4, report.summary()
     assert report.verdicts["ok"] + report.verdicts["run-failed"] > 0, report.summary()
+
+
+# -- the harness itself: what it calls a finding ------------------------------------------------
+
+_SLOW = b"""\
+version: 1
+name: slow
+agents:
+  a:
+    llm: {provider: mock, model: m, params: {latency: 30}}
+    prompt: hi
+"""
+
+
+@pytest.fixture(scope="module")
+def slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slot]:
+    """A worker with a 2 s limit, so that a hang costs this module little."""
+    slot = Slot(0, Path(tmp_path_factory.mktemp("fuzz-self")), hang_seconds=2.0)
+    yield slot
+    slot.close()
+
+
+def test_a_case_over_the_limit_is_a_hang_and_the_next_case_gets_a_new_worker(slot: Slot) -> None:
+    outcome = slot.run(Case("workflow", ("run", "wf.yaml", "--mock", "-q"), {"wf.yaml": _SLOW}))
+    assert outcome.verdict == "hang"
+    assert outcome.error == "no answer within 2 s (waiting)"
+    assert "run_until_done" in outcome.detail  # the stacks of the worker when it was killed
+    started = slot.started
+    after = slot.run(Case("workflow", ("validate", "wf.yaml"), {"wf.yaml": MOCK_WORKFLOW.encode()}))
+    assert after.verdict == "ok"
+    assert slot.started == started + 1
+
+
+def test_a_connection_to_the_listener_is_a_finding(slot: Slot) -> None:
+    command = ("run", "wf.yaml", "--mock", "-q", "--pushgateway", f"http://{slot.address}")
+    outcome = slot.run(Case("workflow", command, {"wf.yaml": MOCK_WORKFLOW.encode()}))
+    assert outcome.verdict == "network"
+    assert any("PUT /metrics" in event for event in outcome.events), outcome.events
+
+
+def test_a_file_opened_outside_the_case_folder_is_a_finding(slot: Slot) -> None:
+    command = ("run", "wf.yaml", "--mock", "--inputs-file", "../outside/credentials.json")
+    outcome = slot.run(Case("workflow", command, {"wf.yaml": MOCK_WORKFLOW.encode()}))
+    assert outcome.verdict == "file-read"
+    # the engine config and the environment are trusted: the same from a config case is not
+    trusted = slot.run(Case("config", command, {"wf.yaml": MOCK_WORKFLOW.encode()}))
+    assert trusted.verdict == "user-error"
+
+
+def test_a_process_over_the_memory_limit_is_a_finding(tmp_path: Path) -> None:
+    tiny = Slot(0, tmp_path, memory_mb=1.0)
+    try:
+        outcome = tiny.run(Case("workflow", ("validate", "wf.yaml"), {"wf.yaml": b"version: 1"}))
+    finally:
+        tiny.close()
+    assert outcome.verdict == "memory"
+
+
+def test_a_case_is_the_same_for_the_same_seed_and_index() -> None:
+    assert make_case(7, 123) == make_case(7, 123)
+    assert make_case(7, 123) != make_case(8, 123)
+
+
+def test_a_mutation_that_names_another_host_gets_the_listener_instead() -> None:
+    case = Case("workflow", ("validate", "wf.yaml"), {"wf.yaml": b"$ref: http://example.com:80/x"})
+    made = _loopback_only(case)
+    assert made.files["wf.yaml"] == b"$ref: http://@LISTENER@/x"
+    kept = {"wf.yaml": b"a: http://127.0.0.1:9/x\nb: file:///etc/passwd"}
+    assert _loopback_only(replace(case, files=kept)).files == kept
+
+
+def test_ddmin_keeps_only_what_the_failure_needs() -> None:
+    kept = ddmin(list(range(40)), lambda items: 3 in items and 37 in items, Budget(10.0))
+    assert kept == [3, 37]

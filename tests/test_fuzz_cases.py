@@ -70,6 +70,37 @@ def _folded_placeholders(lines: int) -> bytes:
 
 
 REPRODUCERS = [
+    # -- issue 13, finding 1: schemas that reach the disk and the network ----------------
+    pytest.param(
+        Reproducer(
+            ("run", "wf.yaml", "--mock"),
+            {
+                "wf.yaml": _HEADER
+                + b"agents:\n  a:\n"
+                + _MOCK
+                + b"    prompt: hi\n    output:\n      format: json\n"
+                + b"      schema: {$ref: 'file://@OUTSIDE@/credentials.json'}\n"
+            },
+            says="wf.yaml:9",
+        ),
+        id="schema-ref-to-a-file",
+        marks=_FIXED_ELSEWHERE,
+    ),
+    pytest.param(
+        Reproducer(
+            ("run", "wf.yaml", "--mock"),
+            {
+                "wf.yaml": _HEADER
+                + b"agents:\n  a:\n"
+                + _MOCK
+                + b"    prompt: hi\n    output:\n      format: json\n"
+                + b"      schema: {$ref: 'http://@LISTENER@/schema.json'}\n"
+            },
+            says="wf.yaml:9",
+        ),
+        id="schema-ref-to-a-url",
+        marks=_FIXED_ELSEWHERE,
+    ),
     # -- issue 13, finding 5: internal errors -------------------------------------------
     pytest.param(
         Reproducer(
@@ -255,6 +286,23 @@ REPRODUCERS = [
     ),
     pytest.param(
         Reproducer(
+            ("run", "wf.yaml", "--mock"),
+            {
+                "wf.yaml": _HEADER
+                + b"inputs:\n  items: {type: list, default: [a, b]}\nagents:\n  a:\n"
+                + _MOCK
+                + b"    foreach: inputs.items\n    prompt: '{{ item }}'\n"
+            },
+            verdicts=("ok", "user-error"),
+        ),
+        id="input-named-like-a-dict-method",
+        marks=_elsewhere(
+            "validate accepts inputs.items, but the run reads dict.items (the method) and fails: "
+            "aoe/templates.py (another branch's) should read inputs by key, or refuse the name"
+        ),
+    ),
+    pytest.param(
+        Reproducer(
             ("run", "wf.yaml", "--mock", "-i", "topic=\udcff"),
             {
                 "wf.yaml": _HEADER
@@ -290,9 +338,11 @@ def test_a_reproducer_of_the_fuzz_harness_is_refused_clearly(
     assert outcome.verdict in reproducer.verdicts, _explain(outcome)
     assert "Traceback" not in shown
     assert "internal error" not in shown
-    if "user-error" in reproducer.verdicts:
+    if outcome.verdict == "user-error":
         assert outcome.exit_code == 2
         assert "error" in shown, shown
+    if outcome.verdict == "ok":
+        assert outcome.exit_code == 0
     assert reproducer.says in shown, shown
 
 

@@ -32,7 +32,7 @@ name: fuzz
 inputs:
   topic: {type: string, default: bikes}
   n: {type: integer, default: 3}
-  items: {type: list, default: [a, b]}
+  things: {type: list, default: [a, b]}
 defaults:
   llm: {provider: mock, model: m, max_tokens: 200}
   retry: {max_retries: 1, base_delay: 0.01, max_delay: 0.02}
@@ -41,7 +41,7 @@ agents:
     prompt: "Say hello about {{ inputs.topic }}."
   second:
     depends_on: [first]
-    foreach: inputs.items
+    foreach: inputs.things
     when: "agents.first.status == 'completed'"
     system: You are terse.
     prompt: "Improve: {{ agents.first.output }} {{ item }} ({{ index }})"

@@ -43,8 +43,10 @@ class Known:
 
 
 KNOWN_OPEN: tuple[Known, ...] = (
-    # issue 13, finding 1: schemas reach the network
-    Known("(tests of the schema branch)", "a schema's $ref is fetched", "network", holds=b"$ref"),
+    # issue 13, finding 1: schemas reach the network and the disk
+    Known("schema-ref-to-a-url", "a schema's $ref is fetched", "network", holds=b"$ref"),
+    Known("schema-ref-to-a-file", "a schema's $ref reads a file", "leak", holds=b"$ref"),
+    Known("schema-ref-to-a-file", "a schema's $ref reads a file", "file-read", holds=b"$ref"),
     # found by the harness, and not in the issue: before the integers of finding 5
     Known(
         "integer-of-4301-digits-in-a-template",

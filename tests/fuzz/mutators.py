@@ -49,6 +49,7 @@ CONFIG_KEYS = [
 ODD_KEYS: list[Any] = [
     "", " ", "\x00", "a" * 10_000, "__class__", "__proto__", "agents.x", "-", "~", "é",
     "\u202e", 1, 0, -1, 1.5, True, None, payloads.BigInt("7" * 5000),
+    "items", "keys", "values", "get", "update", "pop", "__len__",  # a dict's own names
 ]  # fmt: skip
 
 _KEY_LINE = re.compile(r"^(\s*(?:- )?)([^\s#:][^:#]*?):(\s+|$)(.*)$")
