@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         "--minimise-seconds", type=float, default=60.0, help="per finding (60; 0: none)"
     )
     parser.add_argument(
+        "--minimise-known",
+        action="store_true",
+        help="minimise the findings of tests/fuzz/known.py too (they have reproducers)",
+    )
+    parser.add_argument(
         "--hang-seconds",
         type=float,
         default=HANG_SECONDS,
@@ -85,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     ) as campaign:
         report = campaign.fuzz(seconds=args.seconds, cases=args.cases, start=args.start)
         if args.minimise_seconds > 0 and report.findings:
-            most = f"at most {args.minimise_seconds:g} s each"
-            log(f"fuzz: minimising {len(report.findings)} findings ({most})")
-            campaign.minimise(args.minimise_seconds)
+            most = f"at most {args.minimise_seconds:g} s each, twice that for a hang"
+            which = "every finding" if args.minimise_known else "the new findings"
+            log(f"fuzz: minimising {which} ({most})")
+            campaign.minimise(args.minimise_seconds, known_too=args.minimise_known)
         campaign.write(args.out)
     print(report.summary())
     print(f"\nfindings written to {args.out}/")

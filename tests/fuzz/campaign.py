@@ -91,6 +91,10 @@ class Report:
             lines.append(
                 f"    first case: {finding.case.label}: {'; '.join(finding.case.notes)[:200]}"
             )
+            if finding.folder is not None:
+                lines.append(f"    files: {finding.folder}")
+            if seen and finding.reproducer is None:
+                continue  # its reproducer is the named case
             reproducer = finding.reproducer or finding.case
             lines.append(f"    reproducer: aoe {' '.join(reproducer.command)}")
             for name, data in sorted(reproducer.files.items()):
@@ -100,8 +104,6 @@ class Report:
                 lines.append(f"      {name}: {shown!r}")
             for name, value in sorted(reproducer.env.items()):
                 lines.append(f"      env {name}={_cut(value, 100)}")
-            if finding.folder is not None:
-                lines.append(f"    files: {finding.folder}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -236,12 +238,17 @@ class Campaign:
 
     # -- after -------------------------------------------------------------------------------
 
-    def minimise(self, seconds_each: float = 60.0) -> None:
-        """Shrink every finding's first case, the workers sharing the findings."""
+    def minimise(self, seconds_each: float = 60.0, *, known_too: bool = False) -> int:
+        """Shrink the first case of every new finding (of the known ones too with
+        ``known_too``: they have reproducers already), the workers sharing them;
+        how many there were."""
         todo: queue.Queue[Finding] = queue.Queue()
         for _, finding in sorted(self.report.findings.items()):
-            if finding.reproducer is None:
+            if finding.reproducer is None and (
+                known_too or not known(finding.case, finding.outcome)
+            ):
                 todo.put(finding)
+        count = todo.qsize()
 
         def work(slot: Slot) -> None:
             while True:
@@ -251,13 +258,14 @@ class Campaign:
                     return
                 # a hang costs its full wait at every try: give it more time
                 slow = finding.outcome.verdict in ("hang", "memory")
-                seconds = seconds_each * (3 if slow else 1)
+                seconds = seconds_each * (2 if slow else 1)
                 smaller = minimise(finding.case, finding.outcome, slot.run, seconds)
                 finding.reproducer = smaller
                 finding.reproducer_outcome = slot.run(smaller)
                 self.log(f"fuzz: minimised {_title(finding.outcome)}: {_size(smaller)}")
 
         self._parallel(work)
+        return count
 
     def write(self, out: Path) -> None:
         """Each finding in a folder of its own under ``out``, and the summary."""

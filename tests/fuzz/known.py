@@ -101,10 +101,16 @@ KNOWN_OPEN: tuple[Known, ...] = (
         holds=b"{{ x }}{{ x }}{{ x }}",
     ),
     Known(
+        "list-of-a-million-items-in-when",
+        "a list literal of a million items in a template or expression",
+        "hang",
+        holds=b"1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
+    ),
+    Known(
         "input-that-is-not-utf-8",
         "an input that is not UTF-8",
         "internal",
-        ("aoe/state/store.py",),
+        ("aoe/state/store.py", "aoe/yamlsource.py:parse_yaml", "aoe/inputs.py"),
         "UnicodeEncodeError",
     ),
     Known(

@@ -187,6 +187,7 @@ TEMPLATES: list[Maker] = [
     lambda rng: "{{ 10**400|float }}",
     lambda rng: "{{ 'nan'|float }} {{ 'inf'|float * 0 }}",
     lambda rng: "{{ 2**64|int|string * 2 }}",
+    lambda rng: "{{ [" + ",".join(["1"] * rng.choice((10_000, 200_000, 1_000_000))) + "] }}",
     lambda rng: "{{ " + _digits(rng) + " }}",
     lambda rng: "{{ 0x" + _digits(rng, "0123456789abcdef") + " + 1 }}",
     lambda rng: "{{ 1_" + "_".join(_digits(rng)[:2500]) + " }}",
@@ -257,7 +258,7 @@ EXPRESSIONS: list[Maker] = [
     lambda rng: "agents.triage.output.kind == 'bug'" + " and true" * rng.choice((100, 5000)),
     lambda rng: "1" + " + 1" * rng.choice((1000, 20_000)),
     lambda rng: "'%0999999999d'|format(1)",
-    lambda rng: "[" + ",".join(["1"] * rng.choice((10_000, 200_000))) + "]",
+    lambda rng: "[" + ",".join(["1"] * rng.choice((10_000, 200_000, 1_000_000))) + "]",
 ]
 
 

@@ -182,6 +182,8 @@ class Slot:
                     self.stop()
                 else:
                     outcome = Outcome.from_json(json.loads(body))
+                    if outcome.verdict == "crash":  # the worker said why it stops
+                        self.stop()
                 break
             checks += 1
             if checks % 10 == 1:

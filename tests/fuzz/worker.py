@@ -310,8 +310,9 @@ class Worker:
             state = yaml.safe_load(data)["engine"]["state_dir"]
         except Exception:
             return "/" in data.decode("utf-8", "replace")  # unreadable: play safe
-        path = str(state)
-        return path.startswith(("/", "~")) and not path.startswith(str(self.root))
+        if not isinstance(state, str):  # refused by aoe as it is
+            return False
+        return state.startswith(("/", "~")) and not state.startswith(str(self.root))
 
     # -- what the user saw ---------------------------------------------------------------
 
@@ -451,7 +452,18 @@ def main() -> None:
         case = Case.from_json(request["case"])
         stack.seek(0)
         stack.truncate()
-        outcome = worker.run(case, request["listener"])
+        try:
+            outcome = worker.run(case, request["listener"])
+        except BaseException as error:  # the worker would die: say why instead
+            text = "".join(traceback.format_exception(error))
+            outcome = Outcome(
+                verdict="crash",
+                error=f"the worker stopped on {type(error).__name__}",
+                where=innermost_aoe_frame(text),
+                detail=_tail(text, 8000),
+            )
+            write_frame(answers, json.dumps(outcome.to_json()).encode())
+            raise
         write_frame(answers, json.dumps(outcome.to_json()).encode())
 
 
