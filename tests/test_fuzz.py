@@ -19,9 +19,10 @@ import pytest
 
 from tests.fuzz.campaign import Campaign
 from tests.fuzz.cases import MOCK_WORKFLOW, Case, _loopback_only, make_case
-from tests.fuzz.known import known
+from tests.fuzz.known import KNOWN_OPEN, known
 from tests.fuzz.minimise import Budget, ddmin
 from tests.fuzz.pool import Slot
+from tests.test_fuzz_cases import REPRODUCERS
 
 SEED = 13
 CASES = 400
@@ -120,3 +121,8 @@ def test_a_mutation_that_names_another_host_gets_the_listener_instead() -> None:
 def test_ddmin_keeps_only_what_the_failure_needs() -> None:
     kept = ddmin(list(range(40)), lambda items: 3 in items and 37 in items, Budget(10.0))
     assert kept == [3, 37]
+
+
+def test_every_known_finding_has_a_named_reproducer() -> None:
+    named = {param.id for param in REPRODUCERS}
+    assert {k.test for k in KNOWN_OPEN} <= named

@@ -322,6 +322,19 @@ REPRODUCERS = [
     ),
     pytest.param(
         Reproducer(
+            ("run", "wf.yaml", "--mock"),
+            {"wf.yaml": _HEADER + _AGENT},
+            env={"AOE_STATE_DIR": "x/" * 2000},
+            says="AOE_STATE_DIR",
+        ),
+        id="state-dir-2000-folders-deep",
+        marks=_elsewhere(
+            "Path.mkdir(parents=True) recurses once per folder in aoe/state/store.py (another "
+            "branch's): a RecursionError"
+        ),
+    ),
+    pytest.param(
+        Reproducer(
             ("run", "wf.yaml", "--mock", "-i", "topic=\udcff"),
             {
                 "wf.yaml": _HEADER

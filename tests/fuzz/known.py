@@ -77,7 +77,7 @@ KNOWN_OPEN: tuple[Known, ...] = (
         "fifo-as-prompt-file", "a FIFO as a prompt file", "hang", ("aoe/loader.py:read_included",)
     ),
     Known("fifo-as-aoe-config", "a FIFO as the config", "hang", ("aoe/yamlsource.py:read_text",)),
-    Known("prompt-file-of-3-gb", "a 3 GB prompt file", "memory", error="read system call"),
+    Known("prompt-file-of-3-gb", "a 3 GB prompt or schema file", "memory", holds=b"big.md"),
     # found by the harness, and not in the issue
     Known(
         "empty-float-tag",
@@ -105,6 +105,13 @@ KNOWN_OPEN: tuple[Known, ...] = (
         "a list literal of a million items in a template or expression",
         "hang",
         holds=b"1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
+    ),
+    Known(
+        "state-dir-2000-folders-deep",
+        "a state_dir thousands of folders deep",
+        "internal",
+        ("aoe/state/store.py",),
+        "RecursionError",
     ),
     Known(
         "input-that-is-not-utf-8",

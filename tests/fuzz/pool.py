@@ -198,7 +198,12 @@ class Slot:
                 outcome = self._kill("hang", f"no answer within {self.hang_seconds:g} s")
                 break
         connections += self._accept()
+        if self.process is not None:  # a case quicker than one look: its worker after it
+            peak = max(peak, rss_mb(self.process.pid))
         outcome.rss_mb = max(outcome.rss_mb, peak)
+        if peak > self.memory_mb and outcome.verdict != "memory":
+            outcome.verdict = "memory"
+            outcome.error = f"a process grew past {self.memory_mb:.0f} MB"
         if connections:
             outcome.verdict = "network"
             outcome.error = "the harness's listener was connected to"

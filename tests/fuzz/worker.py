@@ -99,7 +99,8 @@ def innermost_aoe_frame(text: str, most_recent_first: bool = False) -> str:
     """``aoe/loader.py:function`` of the deepest aoe frame of a traceback (or of a
     faulthandler dump, whose frames come most recent first); "" without one."""
     if not most_recent_first:  # a chained traceback prints the root cause first
-        text = _CHAINED.split(text, 1)[0]
+        blocks = _CHAINED.split(text)
+        text = next((block for block in blocks if _AOE in block), blocks[0])
     frames: list[str] = []
     for line in text.splitlines():
         line = line.strip()
