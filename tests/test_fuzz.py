@@ -25,7 +25,7 @@ from tests.fuzz.pool import Slot
 from tests.test_fuzz_cases import REPRODUCERS
 
 SEED = 13
-CASES = 400
+CASES = 800
 """About 20 s on two cores; the same cases every time."""
 SECONDS = 55.0
 """The slice stops here on a slow machine, whatever it has run."""

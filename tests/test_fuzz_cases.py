@@ -7,9 +7,11 @@ process that grows past 500 MB, is killed there instead of taking the test
 session down. The right outcome is a clear refusal (exit 2, a message, no
 traceback) or a clean result, within those bounds.
 
-Cases marked ``xfail(strict=True)`` are findings whose fix belongs to a file
-another branch of issue 13 works on; they turn into plain tests when the fix
-is merged (a strict xfail that passes fails the run, so the mark must go).
+The first cases are issue 13's own findings, which the harness found too and
+which are fixed. Those marked ``xfail(strict=True)`` are findings not fixed
+yet, in files outside the fuzz harness's branch; when one is fixed, its strict
+xfail passes and so fails the run: remove the mark, and its entry in
+tests/fuzz/known.py, so that the slice in tests/test_fuzz.py holds aoe to it.
 """
 
 from __future__ import annotations
@@ -55,11 +57,8 @@ class Reproducer:
         )
 
 
-def _elsewhere(why: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"issue 13: {why}")
-
-
-_FIXED_ELSEWHERE = _elsewhere("fixed on another branch")
+def _open(why: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, reason=f"issue 13, found by the fuzz harness: {why}")
 
 
 def _folded_placeholders(lines: int) -> bytes:
@@ -84,7 +83,6 @@ REPRODUCERS = [
             says="wf.yaml:9",
         ),
         id="schema-ref-to-a-file",
-        marks=_FIXED_ELSEWHERE,
     ),
     pytest.param(
         Reproducer(
@@ -99,7 +97,6 @@ REPRODUCERS = [
             says="wf.yaml:9",
         ),
         id="schema-ref-to-a-url",
-        marks=_FIXED_ELSEWHERE,
     ),
     # -- issue 13, finding 5: internal errors -------------------------------------------
     pytest.param(
@@ -109,7 +106,6 @@ REPRODUCERS = [
             says="wf.yaml:3",
         ),
         id="decimal-of-4301-digits",
-        marks=_FIXED_ELSEWHERE,
     ),
     pytest.param(
         Reproducer(
@@ -121,7 +117,6 @@ REPRODUCERS = [
             says="config.yaml:2",
         ),
         id="decimal-of-4301-digits-in-config",
-        marks=_FIXED_ELSEWHERE,
     ),
     pytest.param(
         Reproducer(
@@ -130,7 +125,6 @@ REPRODUCERS = [
             says="wf.yaml:3",
         ),
         id="hex-of-3600-digits",
-        marks=_FIXED_ELSEWHERE,
     ),
     pytest.param(
         Reproducer(
@@ -147,7 +141,6 @@ REPRODUCERS = [
             says="wf.yaml:10",
         ),
         id="hex-of-3600-digits-in-a-schema",
-        marks=_FIXED_ELSEWHERE,
     ),
     pytest.param(
         Reproducer(
@@ -156,7 +149,6 @@ REPRODUCERS = [
             says="wf.yaml:6",
         ),
         id="nul-as-system-file",
-        marks=_FIXED_ELSEWHERE,
     ),
     pytest.param(
         Reproducer(
@@ -171,7 +163,6 @@ REPRODUCERS = [
             says="inputs.yaml",
         ),
         id="hex-of-3600-digits-in-inputs",
-        marks=_FIXED_ELSEWHERE,
     ),
     # -- issue 13, finding 7: files that hang or are read whole ------------------------------
     pytest.param(
@@ -182,12 +173,10 @@ REPRODUCERS = [
             says="wf.yaml:5",
         ),
         id="fifo-as-prompt-file",
-        marks=_FIXED_ELSEWHERE,
     ),
     pytest.param(
         Reproducer(("config", "show"), {}, env={"AOE_CONFIG": "fifo.yaml"}, fifos=("fifo.yaml",)),
         id="fifo-as-aoe-config",
-        marks=_FIXED_ELSEWHERE,
     ),
     pytest.param(
         Reproducer(
@@ -197,13 +186,12 @@ REPRODUCERS = [
             says="wf.yaml:5",
         ),
         id="prompt-file-of-3-gb",
-        marks=_FIXED_ELSEWHERE,
     ),
     # -- found by the harness, beyond the issue's list ---------------------------------------
     pytest.param(
         Reproducer(("validate", "wf.yaml"), {"wf.yaml": b"version: !!float\n"}, says="wf.yaml:1"),
         id="empty-float-tag",
-        marks=_elsewhere("an empty !!float/!!int crashes aoe/yamlsource.py (another branch's)"),
+        marks=_open("an empty !!float/!!int crashes aoe/yamlsource.py"),
     ),
     pytest.param(
         Reproducer(
@@ -212,7 +200,7 @@ REPRODUCERS = [
             says="config.yaml:1",
         ),
         id="empty-int-tag-as-config",
-        marks=_elsewhere("an empty !!float/!!int crashes aoe/yamlsource.py (another branch's)"),
+        marks=_open("an empty !!float/!!int crashes aoe/yamlsource.py"),
     ),
     pytest.param(
         Reproducer(
@@ -227,7 +215,7 @@ REPRODUCERS = [
             says="wf.yaml:9",
         ),
         id="schema-dialect-not-a-string",
-        marks=_elsewhere("a $schema that is a list crashes aoe/schemas.py (another branch's)"),
+        marks=_open("a $schema that is a list crashes aoe/schemas.py"),
     ),
     pytest.param(
         Reproducer(
@@ -236,9 +224,9 @@ REPRODUCERS = [
             says="'x' is not defined",
         ),
         id="33000-undefined-placeholders",
-        marks=_elsewhere(
-            "each diagnostic of aoe/loader.py (another branch's) scans every line of its "
-            "value: 33,000 undefined names take minutes to report"
+        marks=_open(
+            "each diagnostic of aoe/loader.py scans every line of its value: "
+            "33,000 undefined names take minutes to report"
         ),
     ),
     pytest.param(
@@ -255,9 +243,7 @@ REPRODUCERS = [
             says="wf.yaml:6",
         ),
         id="integer-of-4301-digits-in-a-template",
-        marks=_elsewhere(
-            "Jinja's int() of the literal fails in aoe/templates.py (another branch's)"
-        ),
+        marks=_open("Jinja's int() of the literal fails in aoe/templates.py"),
     ),
     pytest.param(
         Reproducer(
@@ -273,16 +259,13 @@ REPRODUCERS = [
             says="wf.yaml:7",
         ),
         id="integer-of-4301-digits-in-when",
-        marks=_elsewhere(
-            "Jinja's int() of the literal fails in aoe/templates.py (another branch's)"
-        ),
+        marks=_open("Jinja's int() of the literal fails in aoe/templates.py"),
     ),
     pytest.param(
         Reproducer(
             ("config", "show"), {}, env={"OPENAI_BASE_URL": "\udcff"}, says="OPENAI_BASE_URL"
         ),
         id="base-url-that-is-not-utf-8",
-        marks=_FIXED_ELSEWHERE,
     ),
     pytest.param(
         Reproducer(
@@ -298,9 +281,9 @@ REPRODUCERS = [
             verdicts=("ok", "user-error"),
         ),
         id="list-of-a-million-items-in-when",
-        marks=_elsewhere(
-            "a 2 MB expression takes 13 s and 290 MB to check in aoe/templates.py (another "
-            "branch's); the 16 MiB file limit allows about eight times that"
+        marks=_open(
+            "a 2 MB expression takes 13 s and 290 MB to check in aoe/templates.py; "
+            "the 16 MiB file limit allows about eight times that"
         ),
     ),
     pytest.param(
@@ -315,9 +298,9 @@ REPRODUCERS = [
             verdicts=("ok", "user-error"),
         ),
         id="input-named-like-a-dict-method",
-        marks=_elsewhere(
+        marks=_open(
             "validate accepts inputs.items, but the run reads dict.items (the method) and fails: "
-            "aoe/templates.py (another branch's) should read inputs by key, or refuse the name"
+            "aoe/templates.py should read inputs by key, or refuse the name"
         ),
     ),
     pytest.param(
@@ -328,9 +311,9 @@ REPRODUCERS = [
             says="AOE_STATE_DIR",
         ),
         id="state-dir-2000-folders-deep",
-        marks=_elsewhere(
-            "Path.mkdir(parents=True) recurses once per folder in aoe/state/store.py (another "
-            "branch's): a RecursionError"
+        marks=_open(
+            "Path.mkdir(parents=True) recurses once per folder in aoe/state/store.py: "
+            "a RecursionError"
         ),
     ),
     pytest.param(
@@ -345,9 +328,9 @@ REPRODUCERS = [
             says="topic",
         ),
         id="input-that-is-not-utf-8",
-        marks=_elsewhere(
+        marks=_open(
             "a -i value with bytes that are not UTF-8 (a surrogate in Python) fails in "
-            "aoe/state/store.py; aoe/inputs.py (another branch's) should refuse it"
+            "aoe/state/store.py; aoe/inputs.py should refuse it"
         ),
     ),
 ]

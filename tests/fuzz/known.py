@@ -1,9 +1,9 @@
-"""Findings already known and being fixed on other branches of issue 13.
+"""Findings of the harness that are known and not fixed yet.
 
 Each names the test of tests/test_fuzz_cases.py that reproduces it (a strict
 xfail there). The bounded slice in ``make test`` fails on any finding that is
-not listed here; ``make fuzz`` marks the listed ones as known. When a fix is
-merged, its reproducer's xfail passes, which fails the suite: remove the mark
+not listed here; ``make fuzz`` marks the listed ones as known. When one is
+fixed, its reproducer's xfail passes, which fails the suite: remove the mark
 there and the entry here together, and the slice holds aoe to the fix.
 """
 
@@ -43,11 +43,6 @@ class Known:
 
 
 KNOWN_OPEN: tuple[Known, ...] = (
-    # issue 13, finding 1: schemas reach the network and the disk
-    Known("schema-ref-to-a-url", "a schema's $ref is fetched", "network", holds=b"$ref"),
-    Known("schema-ref-to-a-file", "a schema's $ref reads a file", "leak", holds=b"$ref"),
-    Known("schema-ref-to-a-file", "a schema's $ref reads a file", "file-read", holds=b"$ref"),
-    # found by the harness, and not in the issue: before the integers of finding 5
     Known(
         "integer-of-4301-digits-in-a-template",
         "an integer literal over 4,300 digits in a template or expression",
@@ -56,29 +51,6 @@ KNOWN_OPEN: tuple[Known, ...] = (
         "ValueError",
         says="4300 digits",
     ),
-    # issue 13, finding 5
-    Known(
-        "decimal-of-4301-digits",
-        "an integer over 4,300 digits (decimal or hex; a workflow, config, schema or inputs)",
-        "internal",
-        error="ValueError",
-        says="4300 digits",
-    ),
-    Known(
-        "nul-as-system-file",
-        "a NUL in a file name",
-        "internal",
-        ("aoe/loader.py:read_included", "aoe/loader.py:_check_file"),
-        "ValueError",
-        says="null byte",
-    ),
-    # issue 13, finding 7
-    Known(
-        "fifo-as-prompt-file", "a FIFO as a prompt file", "hang", ("aoe/loader.py:read_included",)
-    ),
-    Known("fifo-as-aoe-config", "a FIFO as the config", "hang", ("aoe/yamlsource.py:read_text",)),
-    Known("prompt-file-of-3-gb", "a 3 GB prompt or schema file", "memory", holds=b"big.md"),
-    # found by the harness, and not in the issue
     Known(
         "empty-float-tag",
         "an empty !!float or !!int",
@@ -118,13 +90,6 @@ KNOWN_OPEN: tuple[Known, ...] = (
         "an input that is not UTF-8",
         "internal",
         ("aoe/state/store.py", "aoe/yamlsource.py:parse_yaml", "aoe/inputs.py"),
-        "UnicodeEncodeError",
-    ),
-    Known(
-        "base-url-that-is-not-utf-8",
-        "an environment variable that is not UTF-8",
-        "internal",
-        ("aoe/cli.py:config_show", "aoe/ui.py"),
         "UnicodeEncodeError",
     ),
 )
