@@ -205,6 +205,19 @@ REPRODUCERS = [
     pytest.param(
         Reproducer(
             ("validate", "wf.yaml"),
+            {"wf.yaml": _HEADER + b"x-commas: '" + b"," * 500_001 + b"'\n\x00\n" + _AGENT},
+            says="wf.yaml:4",
+        ),
+        id="nul-in-a-file-of-a-million-commas",
+        marks=_open(
+            "a file whose nodes are counted first (over 1,000,000 by the quick bound) and "
+            "holds a control character: aoe/yamlsource.py's _count_nodes_or_refuse lets "
+            "yaml's ReaderError through"
+        ),
+    ),
+    pytest.param(
+        Reproducer(
+            ("validate", "wf.yaml"),
             {
                 "wf.yaml": _HEADER
                 + b"agents:\n  a:\n"

@@ -59,6 +59,13 @@ KNOWN_OPEN: tuple[Known, ...] = (
         "IndexError",
     ),
     Known(
+        "nul-in-a-file-of-a-million-commas",
+        "a control character in a file of over 500,000 indicators",
+        "internal",
+        ("aoe/yamlsource.py:_count_nodes_or_refuse",),
+        "ReaderError",
+    ),
+    Known(
         "schema-dialect-not-a-string",
         "a $schema that is not a string",
         "internal",
