@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test check lint typecheck format bench clean
+.PHONY: help install run test check lint typecheck format bench fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,10 @@ bench: $(STAMP) ## Speed and memory benchmarks (prints figures and ratios)
 	$(BIN)/python bench/shared_records.py
 	$(BIN)/python bench/hostile.py
 
+SECONDS ?= 300
+fuzz: $(STAMP) ## Fuzz aoe with hostile files for SECONDS (300); findings in fuzz-findings/
+	$(BIN)/python -m tests.fuzz --seconds $(SECONDS) --out fuzz-findings
+
 clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis fuzz-findings
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -296,7 +296,13 @@ BAD = [
         "link.json", _symlink, [], ["outside the workflow file's folder"], id="symlink-out"
     ),
     pytest.param("pipe.json", _fifo, [], ["is a named pipe (FIFO), not a regular file"], id="fifo"),
-    pytest.param("sub", _files(**{"sub/x.json": "{}"}), [], ["'sub' is a directory, not a regular file"], id="folder"),
+    pytest.param(
+        "sub",
+        _files(**{"sub/x.json": "{}"}),
+        [],
+        ["'sub' is a directory, not a regular file"],
+        id="folder",
+    ),
     pytest.param("missing.json", None, [], ["not found"], id="missing"),
     pytest.param(
         "huge.json",
