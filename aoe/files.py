@@ -18,6 +18,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 _OPEN_FLAGS = (
     os.O_RDONLY
@@ -114,3 +118,22 @@ def _refused(error: OSError) -> FileRefused:
     if error.errno == errno.ENOTDIR:
         return FileRefused("not-found", "file not found (a part of the path is not a folder)")
     return FileRefused("io", f"cannot read the file: {error.strerror or error}")
+
+
+def make_folders(path: Path) -> None:
+    """``path`` and the folders above it that are missing, as ``mkdir -p`` makes
+    them, but without recursion: pathlib's ``mkdir(parents=True)`` recurses once
+    per missing folder, and a state folder 2,000 levels deep ran out of stack."""
+    missing = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            if not folder.is_dir():
+                raise

@@ -52,6 +52,17 @@ def from_assignments(pairs: Sequence[str], declared: Mapping[str, Input]) -> dic
     given: dict[str, GivenInput] = {}
     problems: list[Diagnostic] = []
     for pair in pairs:
+        if not _is_text(pair):  # bytes the shell passed that are not UTF-8 (surrogates here)
+            shown = pair.encode("utf-8", "backslashreplace").decode("ascii", "replace")[:60]
+            problems.append(
+                _problem(
+                    _COMMAND_LINE,
+                    0,
+                    0,
+                    f"-i {shown}: holds bytes that are not UTF-8 text; give the value as UTF-8",
+                )
+            )
+            continue
         name, sep, text = pair.partition("=")
         name = name.strip()
         if not sep or not name:
@@ -108,6 +119,9 @@ def bind_inputs(declared: Mapping[str, Input], given: Mapping[str, GivenInput]) 
     problems: list[Diagnostic] = []
     values: dict[str, Any] = {}
     for name, item in given.items():
+        if not _is_text(name):
+            problems.append(_at(item, "an input's name holds text that is not UTF-8"))
+            continue
         spec = declared.get(name)
         if spec is None:
             match = closest(name, list(declared))
@@ -130,6 +144,17 @@ def bind_inputs(declared: Mapping[str, Input], given: Mapping[str, GivenInput]) 
                     item,
                     f"{_lead(item)}input '{name}' must be "
                     f"{_TYPE_WORDS[spec.type]}, not {describe(item.value)}",
+                )
+            )
+            continue
+        where = not_text(item.value)
+        if where is not None:  # the run's record and results are UTF-8: they could not hold it
+            inside = f"{where} in " if where else ""
+            problems.append(
+                _at(
+                    item,
+                    f"{_lead(item)}{inside}input '{name}' holds text that is not UTF-8 "
+                    "(a lone surrogate); give it as UTF-8",
                 )
             )
             continue
@@ -163,6 +188,34 @@ def bind_inputs(declared: Mapping[str, Input], given: Mapping[str, GivenInput]) 
     if problems:
         raise InputsInvalid(problems)
     return values
+
+
+def _is_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def not_text(value: Any) -> str | None:
+    """Where in a JSON-like value a string is not UTF-8 text (``a.b[2]``; ``""`` for
+    the value itself), or None."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:  # a loop: a value may nest as deep as its file allows
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if not _is_text(item):
+                return where
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                label = f"{where}.{k}" if where else str(k)
+                if isinstance(k, str) and not _is_text(k):
+                    return where or "a key"
+                stack.append((v, label))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+    return None
 
 
 def _lead(item: GivenInput) -> str:

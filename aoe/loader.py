@@ -79,6 +79,9 @@ if TYPE_CHECKING:
     from aoe.schemarefs import Refusal
 
 MAX_INCLUDED_FILE_BYTES = 1024 * 1024
+MAX_TEMPLATE_PROBLEMS = 20  # reported of one template; the rest are counted
+# Jinja reads `x.name` as the attribute before the key: for these, a dict's method
+MAPPING_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 
 
 class LoadResult(NamedTuple):
@@ -296,6 +299,14 @@ class _Loader:
         for agent_id in raw_agents:
             if not AGENT_ID_RE.match(agent_id) or len(agent_id) > AGENT_ID_MAX:
                 self.error(("agents", agent_id), "agent-id", _bad_id_message(agent_id), at_key=True)
+            elif agent_id in MAPPING_METHODS:
+                self.error(
+                    ("agents", agent_id),
+                    "agent-id",
+                    f"agent id '{agent_id}' is the name of a method of mappings: templates "
+                    f"reading agents.{agent_id} would get the method; rename the agent",
+                    at_key=True,
+                )
         try:
             return _agents_adapter().validate_python(raw_agents)
         except ValidationError as e:
@@ -856,13 +867,24 @@ class _Loader:
         item_allowed: bool,
         foreach: bool,
     ) -> None:
-        """Every reference of one template against the graph, the inputs and Jinja."""
+        """Every reference of one template against the graph, the inputs and Jinja:
+        each mistake once (at its first line), and at most
+        :data:`MAX_TEMPLATE_PROBLEMS` of them (a file may hold thousands)."""
         inputs, raw_agents = self.inputs, self.raw_agents
+        reported = 0
 
         def report(line: int, code: str, message: str) -> None:
-            self.template_error(source, path, line, code, f"{owner}: {message}", needle)
+            nonlocal reported
+            reported += 1
+            if reported <= MAX_TEMPLATE_PROBLEMS:
+                self.template_error(source, path, line, code, f"{owner}: {message}", needle)
 
+        seen: set[tuple[str, str, object, tuple[object, ...]]] = set()
         for ref in analysis.references:
+            key = (ref.kind, ref.name, ref.attribute, ref.rest)
+            if key in seen:
+                continue  # the same reference again: the same mistake, if it is one
+            seen.add(key)
             needle = f"{_ROOT_OF[ref.kind]}.{ref.name}" if ref.kind in _ROOT_OF else ref.name
             if ref.kind == "agent":
                 if ref.name not in raw_agents:
@@ -939,6 +961,14 @@ class _Loader:
                     report(ref.line, "foreach-name", f"'{ref.name}' is only defined in {where_ok}")
             else:
                 report(ref.line, "undefined-name", _undefined_name(ref.name, inputs, raw_agents))
+        if reported > MAX_TEMPLATE_PROBLEMS:
+            self.template_error(
+                source,
+                path,
+                1,
+                "more-problems",
+                f"{owner}: and {reported - MAX_TEMPLATE_PROBLEMS:,} more problems like these",
+            )
 
     def output_shape_problem(self, ref: Reference) -> str | None:
         """Reading inside ``agents.X.output`` when X's output cannot have that inside."""
@@ -965,7 +995,15 @@ class _Loader:
         if self.inputs is _UNKNOWN:
             return
         for name in self.inputs:
-            if not AGENT_ID_RE.match(name):
+            if name in MAPPING_METHODS:
+                self.error(
+                    ("inputs", name),
+                    "input-name",
+                    f"input '{name}' is the name of a method of mappings: templates reading "
+                    f"inputs.{name} would get the method; rename the input",
+                    at_key=True,
+                )
+            elif not AGENT_ID_RE.match(name):
                 self.warn(
                     ("inputs", name),
                     "input-name",

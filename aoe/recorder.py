@@ -68,6 +68,7 @@ from aoe.engine.events import (
     RunStatus,
 )
 from aoe.errors import AoeError, StateWriteFailed
+from aoe.files import make_folders
 from aoe.providers.base import Usage, scrub
 from aoe.state.cache import CacheHit, CachePut
 from aoe.state.files import Cleared, Loss, StoreFile
@@ -145,7 +146,7 @@ class Recorder:
         """Open the journal and start the writer; call from the run's event loop."""
         self._loop = asyncio.get_running_loop()
         try:
-            self.journal.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(self.journal.parent)
             # readable too: the writer reads it back to write the record anew
             self._fd = os.open(
                 self.journal, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
@@ -397,7 +398,7 @@ class Recorder:
         for table, (names, rows) in snapshot.items():
             document[table] = [dict(zip(names, row, strict=True)) for row in rows]
         try:
-            record.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(record.parent)
             if self._fd is not None and not self.journal.exists():
                 _write_file(self.journal, self._journaled(os.fstat(self._fd).st_size))
             _write_file(record, (dumps(document) + "\n").encode())

@@ -109,6 +109,16 @@ def schema_problem(schema: dict[str, Any]) -> str | None:
     from jsonschema import validators
     from jsonschema.exceptions import SchemaError
 
+    dialect = schema.get("$schema")
+    if dialect is not None and (
+        not isinstance(dialect, str)
+        # an unknown draft gives the default back (None here) instead of a warning
+        or validators.validator_for(schema, default=None) is None  # type: ignore[arg-type]
+    ):
+        return (
+            "its $schema names no draft aoe knows: use "
+            "https://json-schema.org/draft/2020-12/schema (or 2019-09, draft-07, -06, -04, -03)"
+        )
     cls = validators.validator_for(schema)
     try:
         cls.check_schema(schema)
@@ -178,6 +188,9 @@ def same_dialect(one: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
     from jsonschema import validators
 
     def draft(schema: Mapping[str, Any]) -> Any:
+        dialect = schema.get("$schema")
+        if dialect is not None and not isinstance(dialect, str):
+            return None  # not a draft at all: the schema's check says so
         return validators.validator_for({k: v for k, v in schema.items() if k == "$schema"})
 
     return bool(draft(one) is draft(other))

@@ -154,6 +154,9 @@ MAX_LOOP_STEPS = 1_000_000
 MAX_INT_BITS = 13_000
 """Bits of an integer a template may compute: about 3,900 digits, so that any of
 them can still be printed (Python refuses to print integers of over 4,300)."""
+MAX_CODE = 64 << 10
+"""Characters of template code (inside ``{{ }}`` and ``{% %}``) one template may
+hold: Jinja's parser makes a few hundred bytes of syntax tree of each."""
 MAX_NESTING = 100
 """Levels of a template's syntax tree (Jinja's compiler recurses through them)."""
 MAX_LIPSUM = 100
@@ -198,7 +201,36 @@ def analyse_template(text: str) -> Analysis:
     simple = _analyse_simple(text)
     if simple is not None:
         return simple
+    _check_code_size(_code_size(text))
     return _analyse_template_cached(text)
+
+
+def _code_size(text: str) -> int:
+    """Characters of a template inside ``{{ }}`` and ``{% %}``: what Jinja's parser
+    turns into syntax nodes (the text between costs it nothing). One pass."""
+    size = position = 0
+    while True:
+        found = _OPENER.search(text, position)
+        if found is None:
+            return size
+        start = found.start()
+        end = text.find("}}" if text[start + 1] == "{" else "%}", start + 2)
+        end = len(text) if end < 0 else end
+        size += end - start
+        position = end + 2
+
+
+_OPENER = re.compile(r"\{[{%]")
+
+
+def _check_code_size(size: int) -> None:
+    if size > MAX_CODE:
+        raise TemplateProblem(
+            f"it holds {size:,} characters of template code ({{{{ }}}} and {{% %}}, or the "
+            f"whole of an expression); at most {MAX_CODE:,}: pass large data as an input",
+            1,
+            costly=True,
+        )
 
 
 # ``{{ a.b.c }}`` with optional whitespace control: the placeholders most prompts consist of.
@@ -262,9 +294,12 @@ def _analyse_template_cached(text: str) -> Analysis:
         raise TemplateProblem(_syntax_message(e), e.lineno) from None
     except RecursionError:
         raise TemplateProblem(_TOO_DEEP, 1) from None
+    except ValueError:  # Jinja's int() of a literal of thousands of digits
+        raise TemplateProblem(_LONG_NUMBER, 1) from None
     return _collect(tree)
 
 
+_LONG_NUMBER = "a number in it has over 4,300 digits, more than Python reads; shorten it"
 _TOO_DEEP = (
     "it is nested too deeply (brackets, operators, filters or blocks inside one "
     "another): split it into simpler parts"
@@ -276,14 +311,16 @@ def analyse_expression(text: str) -> Analysis:
     """What a ``when`` or ``foreach`` expression reads; raises :class:`TemplateProblem`."""
     stripped = text.strip()
     if stripped.startswith(("{{", "{%")):
+        inner = stripped.strip("{}% ").strip()
         raise TemplateProblem(
             "this is an expression, written without braces: "
-            f"use {stripped.strip('{}% ').strip()!r} rather than {stripped!r}",
+            + (f"use {inner!r} rather than {stripped!r}" if len(stripped) < 200 else "remove them"),
             1,
         )
     simple = _analyse_simple_expression(text)
     if simple is not None:
         return simple
+    _check_code_size(len(text))
     from jinja2 import TemplateSyntaxError
     from jinja2.parser import Parser
 
@@ -299,6 +336,8 @@ def analyse_expression(text: str) -> Analysis:
         raise TemplateProblem(_syntax_message(e), e.lineno) from None
     except RecursionError:
         raise TemplateProblem(_TOO_DEEP, 1) from None
+    except ValueError:  # Jinja's int() of a literal of thousands of digits
+        raise TemplateProblem(_LONG_NUMBER, 1) from None
     return _collect(expression)
 
 
@@ -307,7 +346,7 @@ _NAME_PATH = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _SIMPLE_EXPRESSION = re.compile(
     rf"[ \t]*(?P<not>not[ \t]+)?(?P<path>{_NAME_PATH})"
     r"(?:[ \t]*(?:==|!=|<=|>=|<|>)[ \t]*"
-    r"(?:'[^'\\\n]*'|\"[^\"\\\n]*\"|-?[0-9]+(?:\.[0-9]+)?|true|false|none|True|False|None))?"
+    r"(?:'[^'\\\n]*'|\"[^\"\\\n]*\"|-?[0-9]{1,100}(?:\.[0-9]+)?|true|false|none|True|False|None))?"
     r"[ \t]*"
 )
 

@@ -265,6 +265,8 @@ def _count_nodes_or_refuse(text: str, file: str, max_nodes: int) -> None:
                     raise YamlError([_too_big(file, event.start_mark, max_nodes)])
     except yaml.MarkedYAMLError as e:
         raise YamlError([_syntax_diagnostic(file, e, text)]) from None
+    except yaml.YAMLError as e:  # reader errors: control characters and the like
+        raise YamlError([_reader_diagnostic(file, e, text)]) from None
     finally:
         dispose = getattr(parser, "dispose", None)
         if dispose is not None:
@@ -772,7 +774,7 @@ def _construct(tag: str, value: str, event: Any, builder: _Builder) -> Any:
     except NumberTooLarge as e:
         builder.error(event.start_mark, "yaml-number", e.message)
         return value
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, IndexError):  # IndexError: PyYAML's, of an empty value
         builder.error(
             event.start_mark,
             "yaml-tag",

@@ -16,7 +16,7 @@ def layered_workflow(agents: int, *, width: int = 50, seed: int = 1) -> str:
         "description: A generated workflow for benchmarks.",
         "inputs:",
         "  topic: {type: string, default: batteries}",
-        "  items: {type: list, default: [a, b, c]}",
+        "  things: {type: list, default: [a, b, c]}",
         "defaults:",
         "  llm: {provider: openai, model: gpt-4o-mini, max_tokens: 400, temperature: 0.2}",
         "  timeout: 60",
@@ -54,7 +54,7 @@ def layered_workflow(agents: int, *, width: int = 50, seed: int = 1) -> str:
             lines.append(f"    when: \"agents.{deps[0]}.status == 'completed'\"")
             lines.append("    trigger_rule: all_done")
         elif kind == 7:
-            lines.append("    foreach: inputs.items")
+            lines.append("    foreach: inputs.things")
             lines.append("    system: You review one item at a time.")
             lines[-3] = "      Review {{ item }} ({{ index }}) for {{ inputs.topic }}."
         elif kind == 9:

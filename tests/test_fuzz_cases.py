@@ -7,11 +7,12 @@ process that grows past 500 MB, is killed there instead of taking the test
 session down. The right outcome is a clear refusal (exit 2, a message, no
 traceback) or a clean result, within those bounds.
 
-The first cases are issue 13's own findings, which the harness found too and
-which are fixed. Those marked ``xfail(strict=True)`` are findings not fixed
-yet, in files outside the fuzz harness's branch; when one is fixed, its strict
-xfail passes and so fails the run: remove the mark, and its entry in
-tests/fuzz/known.py, so that the slice in tests/test_fuzz.py holds aoe to it.
+The first cases are issue 13's own findings, which the harness found too; the
+rest are what it found beyond them. All are fixed. A new finding that cannot
+be fixed at once gets its case here marked ``_open(why)`` (a strict xfail) and
+an entry in tests/fuzz/known.py; when it is fixed, the xfail passes and so
+fails the run: remove both, so that the slice in tests/test_fuzz.py holds aoe
+to the fix.
 """
 
 from __future__ import annotations
@@ -191,7 +192,6 @@ REPRODUCERS = [
     pytest.param(
         Reproducer(("validate", "wf.yaml"), {"wf.yaml": b"version: !!float\n"}, says="wf.yaml:1"),
         id="empty-float-tag",
-        marks=_open("an empty !!float/!!int crashes aoe/yamlsource.py"),
     ),
     pytest.param(
         Reproducer(
@@ -200,7 +200,6 @@ REPRODUCERS = [
             says="config.yaml:1",
         ),
         id="empty-int-tag-as-config",
-        marks=_open("an empty !!float/!!int crashes aoe/yamlsource.py"),
     ),
     pytest.param(
         Reproducer(
@@ -209,11 +208,6 @@ REPRODUCERS = [
             says="wf.yaml:4",
         ),
         id="nul-in-a-file-of-a-million-commas",
-        marks=_open(
-            "a file whose nodes are counted first (over 1,000,000 by the quick bound) and "
-            "holds a control character: aoe/yamlsource.py's _count_nodes_or_refuse lets "
-            "yaml's ReaderError through"
-        ),
     ),
     pytest.param(
         Reproducer(
@@ -228,7 +222,6 @@ REPRODUCERS = [
             says="wf.yaml:9",
         ),
         id="schema-dialect-not-a-string",
-        marks=_open("a $schema that is a list crashes aoe/schemas.py"),
     ),
     pytest.param(
         Reproducer(
@@ -237,10 +230,6 @@ REPRODUCERS = [
             says="'x' is not defined",
         ),
         id="33000-undefined-placeholders",
-        marks=_open(
-            "each diagnostic of aoe/loader.py scans every line of its value: "
-            "33,000 undefined names take minutes to report"
-        ),
     ),
     pytest.param(
         Reproducer(
@@ -256,7 +245,6 @@ REPRODUCERS = [
             says="wf.yaml:6",
         ),
         id="integer-of-4301-digits-in-a-template",
-        marks=_open("Jinja's int() of the literal fails in aoe/templates.py"),
     ),
     pytest.param(
         Reproducer(
@@ -272,7 +260,6 @@ REPRODUCERS = [
             says="wf.yaml:7",
         ),
         id="integer-of-4301-digits-in-when",
-        marks=_open("Jinja's int() of the literal fails in aoe/templates.py"),
     ),
     pytest.param(
         Reproducer(
@@ -294,10 +281,6 @@ REPRODUCERS = [
             verdicts=("ok", "user-error"),
         ),
         id="list-of-a-million-items-in-when",
-        marks=_open(
-            "a 2 MB expression takes 13 s and 290 MB to check in aoe/templates.py; "
-            "the 16 MiB file limit allows about eight times that"
-        ),
     ),
     pytest.param(
         Reproducer(
@@ -311,10 +294,6 @@ REPRODUCERS = [
             verdicts=("ok", "user-error"),
         ),
         id="input-named-like-a-dict-method",
-        marks=_open(
-            "validate accepts inputs.items, but the run reads dict.items (the method) and fails: "
-            "aoe/templates.py should read inputs by key, or refuse the name"
-        ),
     ),
     pytest.param(
         Reproducer(
@@ -324,10 +303,6 @@ REPRODUCERS = [
             says="AOE_STATE_DIR",
         ),
         id="state-dir-2000-folders-deep",
-        marks=_open(
-            "Path.mkdir(parents=True) recurses once per folder in aoe/state/store.py: "
-            "a RecursionError"
-        ),
     ),
     pytest.param(
         Reproducer(
@@ -341,10 +316,6 @@ REPRODUCERS = [
             says="topic",
         ),
         id="input-that-is-not-utf-8",
-        marks=_open(
-            "a -i value with bytes that are not UTF-8 (a surrogate in Python) fails in "
-            "aoe/state/store.py; aoe/inputs.py should refuse it"
-        ),
     ),
 ]
 

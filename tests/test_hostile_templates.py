@@ -93,7 +93,7 @@ agents:
     llm: {provider: mock, model: m}
     prompt: hi
     when: "range(inputs.n) | map('string') | join | length > 0 and 9 ** inputs.n"
-  items:
+  fan:
     llm: {provider: mock, model: m}
     prompt: "{{ item }}"
     foreach: "range(inputs.n) | list"
@@ -150,7 +150,7 @@ def test_values_that_make_templates_costly_fail_their_agents_only(tmp_path: Path
     assert "more than the 100 MiB of memory" in errors["doubling"]
     assert "would be too large" in errors["repeat"]
     assert "when condition could not be evaluated" in errors["condition"]
-    assert "foreach expression gave 100,000 items" in errors["items"]
+    assert "foreach expression gave 100,000 items" in errors["fan"]
     assert "is too short" in errors["long_text"]
     assert "is too short" in errors["many_items"]
     assert results["outputs"]["fine"].startswith("MOCK ANSWER")
@@ -188,3 +188,49 @@ def test_a_hostile_when_does_not_delay_the_rest_of_the_run(write: WriteFile, cli
     assert results["agents"]["quick"]["finished_at"] < results["agents"]["slow"]["finished_at"]
     error = results["agents"]["slow"]["error"]
     assert "took longer than 2 s" in error or "of memory it may use" in error
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        pytest.param(
+            "inputs:\n  items: {type: list, default: [a]}\nagents:\n"
+            "  a: {llm: {provider: mock, model: m}, prompt: '{{ inputs.items }}'}\n",
+            "wf.yaml:4:",
+            "input 'items' is the name of a method of mappings",
+            id="input-items",
+        ),
+        pytest.param(
+            "agents:\n  keys: {llm: {provider: mock, model: m}, prompt: hi}\n",
+            "wf.yaml:4:",
+            "agent id 'keys' is the name of a method of mappings",
+            id="agent-keys",
+        ),
+    ],
+)
+def test_names_templates_would_read_as_methods_are_refused(
+    cli: RunCli, write: WriteFile, text: str, where: str, message: str
+) -> None:
+    """Jinja reads `inputs.items` as the dict's method before its key: the run would
+    fail on it, so validation says so at the name."""
+    path = write("version: 1\nname: methods\n" + text)
+    result = cli("validate", str(path))
+    assert result.exit_code == 2
+    assert where in result.stdout + result.stderr
+    assert message in result.stdout + result.stderr
+
+
+def test_a_thousand_undefined_names_are_told_once_each_and_briefly(
+    cli: RunCli, write: WriteFile
+) -> None:
+    prompt = " ".join(f"{{{{ x{i} }}}}" for i in range(1000)) + " {{ x0 }}" * 1000
+    path = write(
+        "version: 1\nname: many\nagents:\n"
+        f"  a:\n    llm: {{provider: mock, model: m}}\n    prompt: '{prompt}'\n"
+    )
+    result = cli("validate", str(path))
+    assert result.exit_code == 2
+    shown = result.stdout + result.stderr
+    assert shown.count("'x0' is not defined") == 1
+    assert shown.count("is not defined") == 20
+    assert "and 980 more problems like these" in shown

@@ -146,7 +146,7 @@ def test_hostile_values_fail_their_agents_while_the_service_answers_and_stays_sm
         assert agents["fine"]["state"] == "completed"
         assert "took longer than 2 s" in agents["loops"]["error"]
         assert "of memory it may use" in agents["doubling"]["error"]
-        assert "foreach expression gave 100,000 items" in agents["items"]["error"]
+        assert "foreach expression gave 100,000 items" in agents["fan"]["error"]
         assert "is too short" in agents["many_items"]["error"]
 
 

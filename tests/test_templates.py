@@ -324,6 +324,13 @@ _DEEP = "(" * 80 + "1" + ")" * 80
         pytest.param(_DEEP + " == 1", True, "nested too deeply", id="deep-expression"),
         pytest.param("{{ " + "1+" * 5000 + "1 }}", False, "nested too deeply", id="long-chain"),
         pytest.param("[0] * 10**9", True, "would be too large", id="expression-repetition"),
+        pytest.param(
+            "{% if " + " or ".join(["x"] * 20_000) + " %}{% endif %}",
+            False,
+            "100,012 characters of template code",
+            id="much-template-code",
+        ),
+        pytest.param("{{ " + "7" * 4301 + " }}", False, "over 4,300 digits", id="long-number"),
     ],
 )
 def test_a_template_too_costly_to_run_is_refused_when_read(

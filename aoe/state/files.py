@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from aoe.files import make_folders
+
 _MAGIC = b"SQLite format 3\x00"
 _HEADER = 100  # bytes of the database header
 
@@ -163,7 +165,7 @@ class StoreFile:
         place. Done under a lock on the folder: of several processes that
         noticed, the first acts, and the others find a new file there."""
         path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True)  # (a folder deleted whole)
+        make_folders(path.parent)  # (a folder deleted whole)
         with _locked(path.parent):
             if self.db in _CLEARED:
                 return _CLEARED[self.db][1]

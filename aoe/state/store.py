@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from aoe.errors import ResumeRefused, RunNotFound, StateUnusable, StateWriteFailed
+from aoe.files import make_folders
 from aoe.state.files import Loss, StoreFile
 
 if TYPE_CHECKING:
@@ -256,7 +257,7 @@ def open_store(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     """A connection to the store at ``path``, created (or brought to this aoe's
     schema) if need be; :class:`StateUnusable` if it cannot be used."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(path.parent)
     except OSError as e:
         raise StateUnusable(
             f"cannot create the run store's folder {path.parent}: {e.strerror or e}; "

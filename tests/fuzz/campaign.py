@@ -20,7 +20,7 @@ from tests.fuzz.cases import Case, make_case
 from tests.fuzz.known import known
 from tests.fuzz.minimise import minimise
 from tests.fuzz.pool import HANG_SECONDS, MEMORY_MB, Slot, scratch_root
-from tests.fuzz.worker import FINDINGS, Outcome
+from tests.fuzz.worker import FINDINGS, Outcome, remove_tree
 
 
 @dataclass
@@ -164,7 +164,7 @@ class Campaign:
     def close(self) -> None:
         for slot in self.slots:
             slot.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        remove_tree(self.root)
 
     def __enter__(self) -> Campaign:
         return self

@@ -42,64 +42,7 @@ class Known:
         return not self.holds or any(self.holds in data for data in case.files.values())
 
 
-KNOWN_OPEN: tuple[Known, ...] = (
-    Known(
-        "integer-of-4301-digits-in-a-template",
-        "an integer literal over 4,300 digits in a template or expression",
-        "internal",
-        ("aoe/templates.py",),
-        "ValueError",
-        says="4300 digits",
-    ),
-    Known(
-        "empty-float-tag",
-        "an empty !!float or !!int",
-        "internal",
-        ("aoe/yamlsource.py:_construct", "aoe/yamlsource.py:_integer"),
-        "IndexError",
-    ),
-    Known(
-        "nul-in-a-file-of-a-million-commas",
-        "a control character in a file of over 500,000 indicators",
-        "internal",
-        ("aoe/yamlsource.py:_count_nodes_or_refuse",),
-        "ReaderError",
-    ),
-    Known(
-        "schema-dialect-not-a-string",
-        "a $schema that is not a string",
-        "internal",
-        ("aoe/schemas.py:schema_problem",),
-        "TypeError",
-    ),
-    Known(
-        "33000-undefined-placeholders",
-        "thousands of undefined placeholders",
-        "hang",
-        ("aoe/loader.py", "aoe/cli.py:validate", "aoe/ui.py"),
-        holds=b"{{ x }}{{ x }}{{ x }}",
-    ),
-    Known(
-        "list-of-a-million-items-in-when",
-        "a list literal of a million items in a template or expression",
-        "hang",
-        holds=b"1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
-    ),
-    Known(
-        "state-dir-2000-folders-deep",
-        "a state_dir thousands of folders deep",
-        "internal",
-        ("aoe/state/store.py",),
-        "RecursionError",
-    ),
-    Known(
-        "input-that-is-not-utf-8",
-        "an input that is not UTF-8",
-        "internal",
-        ("aoe/state/store.py", "aoe/yamlsource.py:parse_yaml", "aoe/inputs.py"),
-        "UnicodeEncodeError",
-    ),
-)
+KNOWN_OPEN: tuple[Known, ...] = ()
 
 
 def known(case: Case, outcome: Outcome) -> Known | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from tests.fuzz.cases import REPO, Case
-from tests.fuzz.worker import HEADER, Outcome, innermost_aoe_frame
+from tests.fuzz.worker import HEADER, Outcome, innermost_aoe_frame, remove_tree
 
 HANG_SECONDS = 5.0
 MEMORY_MB = 500.0
@@ -146,6 +146,9 @@ class Slot:
     def close(self) -> None:
         self.stop()
         self.listener.close()
+        # what the last case left (a state folder thousands deep, say): pytest's own
+        # cleanup of its temporary folders recurses and could not remove it
+        remove_tree(self.root)
 
     # -- one case ----------------------------------------------------------------------------
 

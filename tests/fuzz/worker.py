@@ -19,13 +19,13 @@ the exit code and the text:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import json
 import logging
 import math
 import os
 import re
-import shutil
 import signal
 import struct
 import sys
@@ -36,6 +36,30 @@ from pathlib import Path
 from typing import IO, Any
 
 from tests.fuzz.cases import SENTINEL, Case
+
+
+def remove_tree(root: Path) -> None:
+    """``shutil.rmtree(root, ignore_errors=True)`` without recursion: a case may leave
+    folders thousands deep (an AOE_STATE_DIR of x/x/x/...), which rmtree cannot
+    descend in Python 3.11."""
+    stack, folders = [str(root)], []
+    while stack:
+        top = stack.pop()
+        folders.append(top)
+        try:
+            entries = list(os.scandir(top))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
 
 HEADER = struct.Struct(">I")
 CANARY = "aoe-fuzz-canary-5b1e7d"
@@ -269,8 +293,8 @@ class Worker:
 
     def _materialise(self, case: Case, listener: str) -> dict[str, str]:
         """The case's files under ``root/case`` (placeholders filled in); its environment."""
-        shutil.rmtree(self.folder, ignore_errors=True)
-        shutil.rmtree(self.root / "state", ignore_errors=True)  # each case on a new store
+        remove_tree(self.folder)
+        remove_tree(self.root / "state")  # each case on a new store
         self.folder.mkdir(parents=True)
         fill = {b"@LISTENER@": listener.encode(), b"@OUTSIDE@": str(self.outside).encode()}
 
