@@ -125,6 +125,7 @@ async def run_workflow(
     engine: Engine | None = None,
     mirror: RecordMirror | None = None,
     max_units: int | None = None,
+    max_reply_bytes: int | None = None,
 ) -> RunStatus:
     """Run a workflow on a fresh engine and close it after (or on ``engine``,
     shared with other runs: its rate limits and its limit on runs hold across
@@ -137,7 +138,8 @@ async def run_workflow(
     can. ``resume`` (from :func:`aoe.resume.plan_resume`) continues a recorded
     run instead of starting one. ``mirror`` sends the record to Redis as well
     (the work queue's runs; see :mod:`aoe.shared_records`). ``max_units`` bounds the
-    run's agents and ``foreach`` items together (a service's limit per run)."""
+    run's agents and ``foreach`` items together, ``max_reply_bytes`` the characters
+    of its replies (a service's limits per run)."""
     import asyncio
     import logging
 
@@ -199,6 +201,7 @@ async def run_workflow(
             cache=response_cache,
             resumption=resumption,
             max_units=max_units,
+            max_reply_bytes=max_reply_bytes,
         )
     finally:
         try:

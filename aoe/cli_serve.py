@@ -79,6 +79,16 @@ def serve(
             "fails its agent.",
         ),
     ] = 5000,
+    max_reply_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-reply-bytes",
+            min=1024,
+            help="Characters of one run's replies, all agents and attempts together; "
+            "beyond, the agent whose reply passes it fails (each is kept in the run's "
+            "events and record).",
+        ),
+    ] = 16 << 20,
     worker: Annotated[
         bool,
         typer.Option(
@@ -160,6 +170,7 @@ def serve(
             token=env_value("AOE_API_TOKEN"),
             max_body=max_body,
             max_agents=max_agents,
+            max_reply_bytes=max_reply_bytes,
             queue_limit=queue_limit,
             metrics=monitoring.enable_metrics,
             worker=worker,

@@ -21,7 +21,8 @@
         │   └── RequestRejected    other 4xx (bad request, auth, not found): final
         ├── AttemptTimeout         the per-attempt timeout: retryable
         ├── OutputInvalid          a reply that is not the JSON its schema asks: retryable
-        └── SchemaUnusable         the output schema cannot be applied (not the reply's fault)
+        ├── SchemaUnusable         the output schema cannot be applied (not the reply's fault)
+        └── RepliesTooLarge        a run's replies passed what a service keeps of one run
 
 Every error carries a message that says what is wrong and how to fix it. The
 command line prints ``str(error)`` (or its diagnostics) and exits with
@@ -143,6 +144,13 @@ class OutputInvalid(RunError):
     """The reply is not JSON, or does not match the output schema."""
 
     retryable = True
+
+
+class RepliesTooLarge(RunError):
+    """The replies of one run, together, passed what the service running it keeps of
+    a run (``aoe serve --max-reply-bytes``). Another attempt would only add more."""
+
+    retryable = False
 
 
 class SchemaUnusable(RunError):

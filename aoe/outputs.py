@@ -58,9 +58,35 @@ def parse_output(text: str, output: OutputConfig) -> Any:
     return value
 
 
+def clean_text(text: str) -> str:
+    """``text`` with each lone surrogate (half of a character, as a ``\\ud83d``
+    escape in a server's JSON gives) as U+FFFD: such text cannot be written as
+    UTF-8, not in the run's record, its journal or anything it is sent to."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _clean_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [_clean_value(v) for v in value]
+    if isinstance(value, dict):
+        return {clean_text(k): _clean_value(v) for k, v in value.items()}
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _loads(body: str) -> Any:
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except json.JSONDecodeError:
         raise
     except (ValueError, RecursionError):  # an integer of over 4,300 digits; deep nesting
@@ -68,6 +94,8 @@ def _loads(body: str) -> Any:
             "the reply is JSON that cannot be read: an integer of thousands of digits, "
             "or arrays and objects nested thousands deep"
         ) from None
+    # a \\ud83d escape makes half a character: cleaned where one may be (rarely)
+    return _clean_value(value) if _SURROGATE_ESCAPE.search(body) else value
 
 
 def _not_json(e: json.JSONDecodeError, body: str) -> OutputInvalid:

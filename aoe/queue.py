@@ -311,7 +311,8 @@ class Worker:
             )
             return
         try:
-            workflow, inputs, options = self._read(fields)
+            # parsing a workflow of up to --max-body bytes: off the event loop
+            workflow, inputs, options = await asyncio.to_thread(self._read, fields)
         except Exception as e:  # a message no worker can ever run
             await self._dead(message_id, fields, f"cannot be run: {e}")
             return
@@ -415,7 +416,8 @@ class Worker:
             "budget": options.get("budget"),
             "max_parallel": options.get("max_parallel"),
             "cache": bool(options.get("cache", True)),
-            "max_units": options.get("max_units"),  # a service's limit travels with its run
+            "max_units": options.get("max_units"),  # a service's limits travel with its run
+            "max_reply_bytes": options.get("max_reply_bytes"),
             "mirror": mirror,
             "subscribers": self.subscribers,
         }

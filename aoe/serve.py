@@ -86,6 +86,8 @@ log = logging.getLogger("aoe.serve")
 API = "/api/v1"
 MAX_BODY = 512 << 10  # bytes of a request body: a workflow, its files and inputs
 MAX_AGENTS = 5_000  # agents and foreach items of one submitted run: ~6 KB each as it runs
+LOADING_QUEUE = 8  # submissions waiting to be parsed; beyond, 429 (each holds its body)
+MAX_REPLY_BYTES = 16 << 20  # characters of one run's replies: kept in its events and record
 KEEP_EVENTS = 10_000  # events of a live run kept for listeners who come late
 HEARTBEAT = 15.0  # seconds between SSE comments on a quiet stream
 SEEN_RUNS = 10_000  # runs whose journal position in Redis a service remembers
@@ -100,6 +102,7 @@ class ServeOptions(NamedTuple):
     token: str | None = None
     max_body: int = MAX_BODY
     max_agents: int = MAX_AGENTS
+    max_reply_bytes: int = MAX_REPLY_BYTES
     queue_limit: int = 1000  # runs waiting for a slot before new ones are refused
     metrics: bool = True
     worker: bool = True  # with Redis: run queued runs here too, not only take them
@@ -179,6 +182,7 @@ class Service:
         self.metrics = Metrics() if options.metrics else None
         self.live: dict[str, _Live] = {}
         self.loading = asyncio.Semaphore(1)  # submitted workflows parsed one at a time
+        self.waiting = 0  # submissions waiting to be parsed (each holds its body)
         self.draining = False
         self.stopped = asyncio.Event()
         # with Redis: runs go on its queue, and are reported from its records
@@ -246,12 +250,19 @@ class Service:
             "mock": body.mock,
             "cache": body.cache,
             "max_units": self.options.max_agents,
+            "max_reply_bytes": self.options.max_reply_bytes,
         }
         # parsing and checking a workflow of up to --max-body bytes takes a while:
         # not on the event loop, which answers the probes and the other clients;
         # and one at a time (a dense file of 512 KiB peaks at ~60 MB as it is parsed)
-        async with self.loading:
-            workflow = await asyncio.to_thread(load_text, text, name, self.settings)
+        if self.waiting >= LOADING_QUEUE:
+            raise Refused(429, f"{LOADING_QUEUE} submissions are being read already: retry later")
+        self.waiting += 1
+        try:
+            async with self.loading:
+                workflow = await asyncio.to_thread(load_text, text, name, self.settings)
+        finally:
+            self.waiting -= 1
         if len(workflow.agents) > self.options.max_agents:
             raise Refused(
                 400,
@@ -299,6 +310,7 @@ class Service:
                 max_parallel=options["max_parallel"],
                 cache=options["cache"],
                 max_units=options["max_units"],
+                max_reply_bytes=options["max_reply_bytes"],
             )
         except asyncio.CancelledError:
             if not live.started:  # cancelled in the queue: its record says so

@@ -154,6 +154,8 @@ MAX_LOOP_STEPS = 1_000_000
 MAX_INT_BITS = 13_000
 """Bits of an integer a template may compute: about 3,900 digits, so that any of
 them can still be printed (Python refuses to print integers of over 4,300)."""
+MAX_FOREACH_ITEMS = 10_000
+"""Items one ``foreach`` agent may run over: each is a call with its own record."""
 MAX_CODE = 64 << 10
 """Characters of template code (inside ``{{ }}`` and ``{% %}``) one template may
 hold: Jinja's parser makes a few hundred bytes of syntax tree of each."""
@@ -389,7 +391,8 @@ def _collect(root: nodes.Node) -> Analysis:
     loads: list[tuple[str, int]] = []
     stored: set[str] = set()
     whole: Reference | None = None
-    ranges = _constants(root)
+    ranges, values = _constants(root)
+    rendered = 0  # characters the template writes at least: its text and constants
     # each node with how many times, at least, it runs per rendering (nested range
     # loops), and how deep it is (Jinja's compiler recurses as deep as the tree)
     stack: list[tuple[nodes.Node, int, int]] = [(root, 1, 0)]
@@ -413,6 +416,19 @@ def _collect(root: nodes.Node) -> Analysis:
         elif isinstance(node, nodes.Filter | nodes.Test) and node.name:
             kind: Literal["filter", "test"] = "filter" if isinstance(node, nodes.Filter) else "test"
             references.append(Reference(kind, node.name, None, node.lineno))
+        elif isinstance(node, nodes.Output):
+            for child in node.nodes:
+                if isinstance(child, nodes.TemplateData):
+                    rendered += len(child.data) * runs
+                else:
+                    rendered += (_text_length(values.get(id(child))) or 0) * runs
+            if rendered > MAX_RENDERED:
+                raise TemplateProblem(
+                    f"it would render over {MAX_RENDERED:,} characters "
+                    "(its text and constants, with its loops)",
+                    node.lineno,
+                    costly=True,
+                )
         elif isinstance(node, forbidden):
             raise TemplateProblem(
                 "templates cannot include, import or extend other files; "
@@ -447,12 +463,12 @@ def _collect(root: nodes.Node) -> Analysis:
 _UNKNOWN = object()
 
 
-def _constants(root: nodes.Node) -> dict[int, int]:
+def _constants(root: nodes.Node) -> tuple[dict[int, int], dict[int, Any]]:
     """Work out the constant parts of a template (``'x' * 3``, ``2 ** 10``,
     ``range(100)``) as Jinja's own optimiser would, refusing any whose value
     would be too large to make; return the sizes of its constant ``range()``
-    calls, by node id. Bottom-up without recursion: a chain of ten thousand
-    ``+`` is one deep tree."""
+    calls, and the constant values, by node id. Bottom-up without recursion: a
+    chain of ten thousand ``+`` is one deep tree."""
     from jinja2 import nodes
 
     values: dict[int, Any] = {}
@@ -465,7 +481,9 @@ def _constants(root: nodes.Node) -> dict[int, int]:
             stack.extend((child, False) for child in node.iter_child_nodes())
             continue
         if isinstance(node, nodes.Const):
-            if isinstance(node.value, int | float | str):
+            if isinstance(node.value, str) and len(node.value) > _SHORT_TEXT:
+                values[id(node)] = _Text(len(node.value))
+            elif isinstance(node.value, int | float | str):
                 values[id(node)] = node.value
         elif isinstance(node, nodes.List | nodes.Tuple):
             items = [values.get(id(item), _UNKNOWN) for item in node.items]
@@ -497,11 +515,53 @@ def _constants(root: nodes.Node) -> dict[int, int]:
                         node.lineno,
                         costly=True,
                     )
-    return ranges
+    return ranges, values
+
+
+class _Text(NamedTuple):
+    """A constant text known by its length only: working out `'x' * 4000000` five
+    thousand times must not make the texts."""
+
+    length: int
+
+
+_SHORT_TEXT = 256  # characters of a constant text kept as it is (for its % widths)
+
+
+def _text_length(value: Any) -> int | None:
+    if isinstance(value, _Text):
+        return value.length
+    return len(value) if isinstance(value, str) else None
 
 
 def _operate(operator: str, left: Any, right: Any, line: int) -> Any:
     """``left operator right`` for constants, refused when it would be too large."""
+    if operator in ("+", "*") and (
+        _text_length(left) is not None or _text_length(right) is not None
+    ):
+        if operator == "+":
+            a, b = _text_length(left), _text_length(right)
+            if a is None or b is None:
+                return _UNKNOWN
+            length = a + b
+            if length > MAX_RENDERED:
+                raise TemplateProblem(
+                    f"joining these would make more than {MAX_RENDERED:,} items", line, costly=True
+                )
+        else:
+            text, times = (left, right) if _text_length(left) is not None else (right, left)
+            if type(times) is not int:
+                return _UNKNOWN
+            size = _text_length(text) or 0
+            length = size * max(times, 0)
+            if length > MAX_RENDERED:
+                raise TemplateProblem(
+                    f"repeating a text of {size:,} characters {times:,} times would be too "
+                    f"large (at most {MAX_RENDERED:,})",
+                    line,
+                    costly=True,
+                )
+        return _Text(length)  # never the text itself
     problem = binop_problem(operator, left, right)
     if problem is not None:
         raise TemplateProblem(problem, line, costly=True)
@@ -574,6 +634,13 @@ class TooLarge(ValueError):
             f"the rendered text would be over {MAX_RENDERED:,} characters; "
             "pass less text to it, or summarise first"
         )
+
+
+def too_many_items(count: int) -> str:
+    return (
+        f"it gave {count:,} items; an agent may run over {MAX_FOREACH_ITEMS:,} at most "
+        "(split the list, or batch the items)"
+    )
 
 
 def inline(text: str) -> bool:

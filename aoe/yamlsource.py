@@ -41,7 +41,11 @@ Path = tuple[str | int, ...]
 MAX_FILE_BYTES = 16 * 1024 * 1024
 """Files larger than this are refused before they are parsed."""
 MAX_NODES = 1_000_000
-"""Values in the expanded document (every alias counted at its full size)."""
+"""Values in the expanded document (every alias counted at its full size, and
+every :data:`CHARS_PER_NODE` characters of a text as one more value)."""
+CHARS_PER_NODE = 16
+"""So that an alias of a long text counts at its length: a 100 KB text aliased
+3,000 times is 300 MB to whatever reads the document, not 3,000 values."""
 MAX_DEPTH = 100
 """Nesting depth of the expanded document."""
 
@@ -241,6 +245,10 @@ def parse_yaml(
 _INDICATORS = (",", "\n", ":", "-", "[", "{", "?", "*", "!", "&")
 
 
+def _scalar_size(value: str) -> int:
+    return 1 + len(value) // CHARS_PER_NODE
+
+
 def _node_upper_bound(text: str) -> int:
     """An upper bound on the nodes of ``text``, computed at C speed.
 
@@ -281,7 +289,8 @@ def _too_big(file: str, mark: Any, max_nodes: int) -> Diagnostic:
         Severity.ERROR,
         "too-large",
         f"the document expands to more than {max_nodes:,} values "
-        "(aliases count at their full size); refusing to read it",
+        f"(aliases count at their full size, and every {CHARS_PER_NODE} characters of "
+        "a text as a value); refusing to read it",
     )
 
 
@@ -434,7 +443,8 @@ class _Builder:
                 if stack and stack[-1].is_map and stack[-1].key is None:
                     self.add_key(stack[-1], event)
                 else:
-                    self.add_value(self.scalar(event), event.start_mark, size=1, height=1)
+                    size = _scalar_size(event.value)
+                    self.add_value(self.scalar(event, size), event.start_mark, size=size, height=1)
             elif kind is ev.MappingStartEvent or kind is ev.SequenceStartEvent:
                 self.open(event, kind is ev.MappingStartEvent)
             elif kind is ev.MappingEndEvent or kind is ev.SequenceEndEvent:
@@ -532,7 +542,7 @@ class _Builder:
         style = getattr(event, "style", None)
         self.source.values[path] = (mark.line + 1, mark.column + 1, style or "")
 
-    def scalar(self, event: Any) -> Any:
+    def scalar(self, event: Any, size: int) -> Any:
         path = self.path_for_value()
         self.record(event, path)
         value = event.value
@@ -551,7 +561,7 @@ class _Builder:
         else:
             result = value
         if event.anchor is not None:
-            self.anchors[event.anchor] = _Anchor(result, path, 1, 1)
+            self.anchors[event.anchor] = _Anchor(result, path, size, 1)
         return result
 
     def check_tag(self, event: Any, allowed: set[str]) -> bool:

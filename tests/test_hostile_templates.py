@@ -150,7 +150,7 @@ def test_values_that_make_templates_costly_fail_their_agents_only(tmp_path: Path
     assert "more than the 100 MiB of memory" in errors["doubling"]
     assert "would be too large" in errors["repeat"]
     assert "when condition could not be evaluated" in errors["condition"]
-    assert "foreach expression gave 100,000 items" in errors["fan"]
+    assert "gave 100,000 items" in errors["fan"]
     assert "is too short" in errors["long_text"]
     assert "is too short" in errors["many_items"]
     assert results["outputs"]["fine"].startswith("MOCK ANSWER")
@@ -234,3 +234,26 @@ def test_a_thousand_undefined_names_are_told_once_each_and_briefly(
     assert shown.count("'x0' is not defined") == 1
     assert shown.count("is not defined") == 20
     assert "and 980 more problems like these" in shown
+
+
+def test_half_characters_in_a_reply_are_replaced_and_the_run_is_recorded(
+    cli: RunCli, write: WriteFile
+) -> None:
+    r"""A `\ud83d` escape in a server's JSON is half a character, which no UTF-8
+    file can hold: the reply's text gets U+FFFD in its place, and the run's record
+    (and its dependents) are whole."""
+    path = write(
+        "version: 1\nname: halves\nagents:\n"
+        '  a:\n    llm: {provider: mock, model: m, params: {reply: \'{"t": "x\\ud83dy"}\'}}\n'
+        "    prompt: hi\n    output: {format: json}\n"
+        "  b:\n    depends_on: [a]\n    llm: {provider: mock, model: m}\n"
+        "    prompt: '{% if true %}{{ agents.a.output.t }}{% endif %}'\n"
+    )
+    result = cli("run", str(path), "--mock", "-q", "--output", "-")
+    assert result.exit_code == 0, result.stderr
+    results = json.loads(result.stdout)
+    assert results["agents"]["a"]["output"] == {"t": "x\ufffdy"}
+    assert results["agents"]["b"]["state"] == "completed"
+    shown = cli("runs", "show", results["run_id"])
+    assert shown.exit_code == 0
+    assert "completed" in shown.stdout

@@ -244,3 +244,43 @@ async def test_the_sandbox_process_holds_no_api_keys(
     [child] = sandbox._idle
     with open(f"/proc/{child.process.pid}/environ", "rb") as environ:
         assert key.encode() not in environ.read()
+
+
+async def test_a_huge_foreach_list_is_refused_in_the_sandbox(sandbox: Sandbox) -> None:
+    """`[[[[]]]] * 4000000` is a few bytes of JSON in the sandbox and four million
+    objects once decoded: it never reaches the engine's event loop."""
+    async with LoopWatch() as watch:
+        with pytest.raises(SandboxFailed, match="it gave 4,000,000 items"):
+            await sandbox.lane().foreach("[[[[]]]] * 4000000", CONTEXT)
+    assert watch.longest < 0.5
+
+
+async def test_half_characters_pass_through_the_sandbox(sandbox: Sandbox) -> None:
+    """A lone surrogate (a server's JSON can hold one) neither breaks the pipe nor
+    kills the process."""
+    context = {**CONTEXT, "inputs": {"t": "a\ud83db"}}
+    assert await sandbox.lane().render("{% if true %}{{ inputs.t }}{% endif %}", context) == (
+        "a\ud83db"
+    )
+    assert sandbox.started == 1
+
+
+async def test_a_run_that_used_its_sandbox_time_is_refused_at_once() -> None:
+    from aoe.sandbox.pool import Lane
+
+    box = Sandbox(deadline=0.5)
+    try:
+        lane = Lane(box, budget=0.8)
+        slow = (
+            "{% for i in range(inputs.n) %}{% for j in range(inputs.n) %}{% endfor %}{% endfor %}"
+        )
+        for _ in range(2):
+            with pytest.raises(SandboxFailed, match="took longer"):
+                await lane.render(slow, CONTEXT)
+        began = time.perf_counter()
+        with pytest.raises(SandboxFailed, match="has used its"):
+            await lane.render("{{ 1 + 1 }}", CONTEXT)
+        assert time.perf_counter() - began < 0.1
+        assert await box.lane().render("{{ 1 + 1 }}", CONTEXT) == "2"  # other runs go on
+    finally:
+        await box.aclose()

@@ -146,7 +146,7 @@ def test_hostile_values_fail_their_agents_while_the_service_answers_and_stays_sm
         assert agents["fine"]["state"] == "completed"
         assert "took longer than 2 s" in agents["loops"]["error"]
         assert "of memory it may use" in agents["doubling"]["error"]
-        assert "foreach expression gave 100,000 items" in agents["fan"]["error"]
+        assert "gave 100,000 items" in agents["fan"]["error"]
         assert "is too short" in agents["many_items"]["error"]
 
 
@@ -171,9 +171,9 @@ def test_many_distinct_large_prompts_do_not_grow_the_service(served: Service) ->
 
 
 def test_a_run_larger_than_the_service_allows_is_refused(tmp_path: Path) -> None:
-    """Each agent and foreach item costs memory while it runs: a service bounds
-    them per run (--max-agents), before the run (its agents) and as it goes (its
-    items)."""
+    """Each agent, foreach item and reply costs memory while it runs: a service
+    bounds them per run (--max-agents, --max-reply-bytes), before the run (its
+    agents) and as it goes (its items and replies)."""
     six = "version: 1\nname: six\nagents:\n" + "".join(
         f"  a{i}: {{llm: {{provider: mock, model: m}}, prompt: hi}}\n" for i in range(6)
     )
@@ -184,7 +184,7 @@ def test_a_run_larger_than_the_service_allows_is_refused(tmp_path: Path) -> None
         "    foreach: range(inputs.n) | list\n"
     )
     with services(child_env(AOE_STATE_DIR=str(tmp_path / "state")), tmp_path) as start:
-        service = start("--max-agents", "5")
+        service = start("--max-agents", "5", "--max-reply-bytes", "1024")
         answer = service.http.post("/api/v1/runs", json={"workflow": six, "mock": True})
         assert answer.status_code == 400
         assert "has 6 agents; this service runs at most 5" in answer.json()["error"]
@@ -194,3 +194,12 @@ def test_a_run_larger_than_the_service_allows_is_refused(tmp_path: Path) -> None
         assert "over the 5 this service runs in one run" in agents["many"]["error"]
         small = service.submit(fan, mock=True, inputs={"n": 4})
         assert service.wait(small, "completed", timeout=60)["status"] == "completed"
+        talkative = "version: 1\nname: talk\nagents:\n" + "".join(
+            f"  t{i}: {{llm: {{provider: mock, model: m, params: {{reply: {'x' * 600}}}}}, "
+            f"prompt: hi{', depends_on: [t' + str(i - 1) + ']' if i else ''}}}\n"
+            for i in range(3)
+        )
+        run = service.wait(service.submit(talkative, mock=True), "failed", timeout=60)
+        agents = {a["agent_id"]: a for a in run["agents"]}
+        assert agents["t0"]["state"] == "completed"
+        assert "replies came to over 1,024 characters" in agents["t1"]["error"]

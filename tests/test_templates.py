@@ -331,6 +331,9 @@ _DEEP = "(" * 80 + "1" + ")" * 80
             id="much-template-code",
         ),
         pytest.param("{{ " + "7" * 4301 + " }}", False, "over 4,300 digits", id="long-number"),
+        pytest.param(
+            "{{ 'x' * 4000000 }}" * 2, False, "render over 4,194,304", id="many-constants"
+        ),
     ],
 )
 def test_a_template_too_costly_to_run_is_refused_when_read(

@@ -258,3 +258,16 @@ def test_file_that_is_not_utf8(tmp_path: pytest.TempPathFactory) -> None:
         .format()
         .endswith(":2:1: error: the file is not valid UTF-8 text; save it as UTF-8")
     )
+
+
+def test_an_alias_of_a_long_text_counts_at_its_length() -> None:
+    """A 100 KB text aliased 3,000 times is 300 MB to whatever reads the document
+    (a template, the run store): refused like an alias bomb, and quickly."""
+    text = 'x: &s "' + "y" * 100_000 + '"\nall: [' + ", ".join(["*s"] * 3000) + "]\n"
+    tracemalloc.start()
+    with pytest.raises(YamlError) as caught:
+        parse_yaml(text, "long.yaml")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "expands to more than 1,000,000 values" in caught.value.diagnostics[0].message
+    assert peak < 20 * 1024 * 1024

@@ -59,6 +59,7 @@ from aoe.errors import (
     OutputInvalid,
     ProviderUnavailable,
     RateLimited,
+    RepliesTooLarge,
     RequestRejected,
     RunError,
     UserError,
@@ -72,20 +73,25 @@ from aoe.limits import (
     SystemClock,
     limits_for_config,
 )
+from aoe.outputs import clean_text
 from aoe.pricing import Price
 from aoe.providers import ProviderPool
 from aoe.providers.base import Message, Request, Response, Usage
 from aoe.retry import RetryPolicy, delay, policy_for, retryable
 from aoe.sandbox.pool import Sandbox, SandboxFailed, checks_here
 from aoe.state.cache import ResponseCache, fingerprint
-from aoe.templates import evaluate, inline_expression
+from aoe.templates import (
+    MAX_FOREACH_ITEMS,
+    evaluate,
+    inline,
+    inline_expression,
+    too_many_items,
+)
 from aoe.workflow import Agent, LLMConfig, RetryOverrides, SourceText, Workflow
 
 if TYPE_CHECKING:
     from aoe.shared_spend import SharedSpend
 
-MAX_FOREACH_ITEMS = 10_000
-"""Items one ``foreach`` agent may run over: each is a call with its own record."""
 _JSON_INSTRUCTION = "Answer with one JSON value and nothing else: no prose, no code fences."
 
 
@@ -155,17 +161,20 @@ class Engine:
         cache: ResponseCache | None = None,
         resumption: Resumption | None = None,
         max_units: int | None = None,
+        max_reply_bytes: int | None = None,
     ) -> RunStatus:
         """Run a workflow to its end; the events on ``bus`` tell how it went.
         ``budget`` (USD) replaces the workflow's ``cost_budget``; ``cache`` answers
         repeated requests; ``resumption`` continues a run from its record;
-        ``max_units`` bounds its agents and ``foreach`` items together (a service
-        running other people's workflows: each costs memory)."""
+        ``max_units`` bounds its agents and ``foreach`` items together, and
+        ``max_reply_bytes`` the characters of its replies (a service running other
+        people's workflows: each costs memory)."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.settings.config.engine.max_concurrent_workflows)
         run = _Run(self, workflow, inputs, bus, run_id or new_run_id(), max_parallel, budget, mock)
         run.cache = cache
         run.max_units = max_units
+        run.max_reply_bytes = max_reply_bytes
         if resumption is not None:
             run.resume(resumption)
         # SDKs are imported here, before any call is out: an import blocks the loop
@@ -312,6 +321,8 @@ class _Run:
         self.lane = engine.sandbox.lane()  # templates that need the sandbox, one at a time
         self.units = len(workflow.agents)  # agents, and foreach items beyond one each
         self.max_units: int | None = None
+        self.reply_bytes = 0  # characters of replies, all attempts together
+        self.max_reply_bytes: int | None = None
         self.checks_here: dict[str, bool] = {}  # by agent: its replies checked in-process
 
     def resume(self, resumption: Resumption) -> None:
@@ -379,6 +390,7 @@ class _Run:
             raise
         finally:
             status = await self.finish()
+            self.lane.close()
         return status
 
     async def cancel(self) -> None:
@@ -571,11 +583,7 @@ class _Run:
             heapq.heappush(self.ready, (*entry, -1, record))
             return True
         if len(items) > MAX_FOREACH_ITEMS:
-            self.fail(
-                record,
-                f"its foreach expression gave {len(items):,} items; an agent may run "
-                f"over {MAX_FOREACH_ITEMS:,} at most (split the list, or batch the items)",
-            )
+            self.fail(record, f"its foreach expression {too_many_items(len(items))}")
             return False
         if self.max_units is not None and self.units + len(items) - 1 > self.max_units:
             self.fail(
@@ -827,22 +835,30 @@ class _Run:
         try:
             async with asyncio.timeout(agent.timeout):
                 response = await provider.complete(request)
+            response = response._replace(text=clean_text(response.text))
+            self.reply_bytes += len(response.text)
+            if self.max_reply_bytes is not None and self.reply_bytes > self.max_reply_bytes:
+                raise RepliesTooLarge(
+                    f"the run's replies came to over {self.max_reply_bytes:,} characters "
+                    "together, the most this service keeps of a run; ask for shorter "
+                    "outputs (max_tokens) or fewer of them"
+                )
             output = await self.check(agent, response.text)
             if cache is not None:
                 assert key is not None
                 cache.put(key, request, response)
         except asyncio.CancelledError:
-            self.settle(
+            self.settle(  # with the reply's usage if it came (cancelled while checked)
                 record,
                 item,
                 number,
                 llm,
                 request,
                 admission,
-                None,
+                response,
                 time.perf_counter() - began,
                 None,
-                billed_unknown=True,
+                billed_unknown=response is None,
             )
             raise
         except Exception as e:
@@ -1164,6 +1180,10 @@ class _Run:
             return outputs, errors
         context = self.context(None)
         for name, source in self.workflow.outputs.items():
+            if self.cancelled and not inline(source.text):
+                outputs[name] = None  # not worth a sandbox process while stopping
+                errors[name] = "not rendered: the run was cancelled"
+                continue
             try:
                 outputs[name] = await self.lane.render(source.text, context)
             except Exception as e:

@@ -127,9 +127,9 @@ def _prose(digest: bytes, max_tokens: int) -> str:
     return text[: max(max_tokens * 4, 1)]
 
 
-MAX_REPLY = 128 << 10
-"""Characters a mock reply may have, whatever ``max_tokens`` says (~32,000 tokens:
-making it takes ~10 ms, on the event loop)."""
+MAX_REPLY = 64 << 10
+"""Characters a mock reply may have, whatever ``max_tokens`` says (~16,000 tokens:
+making it takes a few ms, on the event loop)."""
 
 
 def example(schema: Mapping[str, Any], digest: bytes, budget: int = 4096) -> Any:
@@ -138,14 +138,34 @@ def example(schema: Mapping[str, Any], digest: bytes, budget: int = 4096) -> Any
     by ``max_tokens``, and so is the mock's. A schema that asks for more (a
     ``minLength`` of two billion) gets less, and fails its check as it would
     with a model."""
-    return _example(schema, digest, 0, 0, [min(budget, MAX_REPLY)], schema)
+    return _example(schema, digest, 0, 0, _Budget(min(budget, MAX_REPLY)), schema)
+
+
+class _Budget:
+    """What a mock reply may still hold, in characters of JSON; and the sizes of the
+    schema's constants, worked out once each."""
+
+    __slots__ = ("chars", "sizes")
+
+    def __init__(self, chars: int) -> None:
+        self.chars = chars
+        self.sizes: dict[int, int] = {}
+
+    def spend(self, value: Any) -> Any:
+        """``value`` (a ``const`` or an ``enum`` choice), its size spent."""
+        size = self.sizes.get(id(value))
+        if size is None:
+            size = self.sizes[id(value)] = len(json.dumps(value, default=str))
+        self.chars -= size
+        return value
 
 
 def _example(
-    schema: Any, digest: bytes, depth: int, salt: int, left: list[int], root: Mapping[str, Any]
+    schema: Any, digest: bytes, depth: int, salt: int, left: _Budget, root: Mapping[str, Any]
 ) -> Any:
     """``root`` is the whole schema, which its ``#/...`` ``$ref``s point into (the
-    loader makes every ``$ref`` one of those)."""
+    loader makes every ``$ref`` one of those). Work on the schema itself (copies of
+    merged parts, constants) is spent from ``left`` as well: a schema can be large."""
     for _ in range(32):  # a $ref to a $ref ...: followed a bounded number of times
         if not isinstance(schema, Mapping):
             break
@@ -153,15 +173,19 @@ def _example(
         if not isinstance(ref, str):
             break
         target = pointer_target(root, ref)
+        if len(schema) == 1:  # the usual bundled `{"$ref": "#/$defs/x"}`: no copy
+            schema = target
+            continue
         rest = {k: v for k, v in schema.items() if k != "$ref"}
+        left.chars -= len(schema) + (len(target) if isinstance(target, Mapping) else 0)
         schema = {**target, **rest} if isinstance(target, Mapping) else rest
     if not isinstance(schema, Mapping):
         return None  # true, false or a broken schema: anything, or nothing, fits
     if "const" in schema:
-        return schema["const"]
+        return left.spend(schema["const"])
     if schema.get("enum") and isinstance(schema["enum"], list):
         options = schema["enum"]
-        return options[digest[salt % len(digest)] % len(options)]
+        return left.spend(options[digest[salt % len(digest)] % len(options)])
     for key in ("anyOf", "oneOf"):
         if schema.get(key) and isinstance(schema[key], list):
             return _example(schema[key][0], digest, depth + 1, salt, left, root)
@@ -169,13 +193,14 @@ def _example(
         merged: dict[str, Any] = {}
         for part in schema["allOf"]:
             if isinstance(part, Mapping):
+                left.chars -= len(part)
                 merged.update(part)
         return _example(merged, digest, depth + 1, salt, left, root)
     kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     tag = digest[salt % len(digest)]
-    left[0] -= 8  # brackets, quotes, commas and small numbers, roughly
+    left.chars -= 8  # brackets, quotes, commas and small numbers, roughly
     if kind == "object":
         properties = schema.get("properties", {})
         properties = properties if isinstance(properties, Mapping) else {}
@@ -183,9 +208,9 @@ def _example(
         required = required if isinstance(required, list) else []
         value: dict[str, Any] = {}
         for i, name in enumerate(dict.fromkeys([*required, *properties])):
-            if depth >= 8 or left[0] <= 0:
+            if depth >= 8 or left.chars <= 0:
                 break
-            left[0] -= len(str(name))
+            left.chars -= len(str(name))
             value[str(name)] = _example(
                 properties.get(name, {"type": "string"}),
                 digest,
@@ -202,7 +227,7 @@ def _example(
         items = items if isinstance(items, Mapping) else {"type": "string"}
         values: list[Any] = []
         for i in range(count):
-            if depth >= 8 or left[0] <= 0:
+            if depth >= 8 or left.chars <= 0:
                 break
             values.append(_example(items, digest, depth + 1, salt + 1 + i, left, root))
         return values
@@ -220,12 +245,12 @@ def _example(
         text = "2026-01-01T00:00:00Z"
     else:
         text = f"mock {_WORDS[tag % len(_WORDS)]} {digest[:3].hex()}"
-    low = min(_count(schema.get("minLength"), 0), max(left[0], 0))
+    low = min(_count(schema.get("minLength"), 0), max(left.chars, 0))
     if len(text) < low:
         text = text + "x" * (low - len(text))
     if "maxLength" in schema:
         text = text[: _count(schema["maxLength"], len(text))]
-    left[0] -= len(text)
+    left.chars -= len(text)
     return text
 
 

@@ -31,6 +31,7 @@ from aoe.bounded import ByteLRU
 
 HEADER = struct.Struct(">I")
 MAX_MESSAGE = 200_000_000  # bytes of one request or answer: far above any legitimate one
+MAX_ANSWER = 4 << 20  # bytes of a value sent back (the engine decodes it on its event loop)
 _SHORT = 400  # characters of an error message passed on
 
 
@@ -67,8 +68,14 @@ def main() -> None:
             return
         retire = False  # after running out of memory or stack, a fresh process is safer
         try:
-            answer = _answer(json.loads(body))
-            data = json.dumps(answer, ensure_ascii=False).encode("utf-8")
+            request = json.loads(body.decode("utf-8", "surrogatepass"))
+            answer = _answer(request)
+            data = json.dumps(answer, ensure_ascii=False).encode("utf-8", "surrogatepass")
+            if len(data) > MAX_ANSWER and request.get("op") != "render":
+                data = _error(
+                    f"its value is {len(data):,} bytes of JSON; at most {MAX_ANSWER:,} "
+                    "(a foreach list, or a reply's JSON)"
+                )
         except MemoryError:
             data = _error(f"it needed more than the {memory >> 20} MiB of memory it may use", True)
             retire = True
@@ -109,7 +116,7 @@ def _context(request: dict[str, Any]) -> dict[str, Any] | list[str]:
 
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
     from aoe.errors import OutputInvalid, SchemaUnusable
-    from aoe.templates import evaluate, render
+    from aoe.templates import MAX_FOREACH_ITEMS, evaluate, render, too_many_items
 
     op = request["op"]
     if op != "check":
@@ -127,6 +134,8 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, list | tuple):
                 kind = "nothing (undefined)" if value is None else type(value).__name__
                 return {"error": f"it gave {kind}, not a list"}
+            if len(value) > MAX_FOREACH_ITEMS:
+                return {"error": too_many_items(len(value))}
             return {"ok": list(value)}
         if op == "check":
             return {"ok": _check(request["text"], request["schema"])}

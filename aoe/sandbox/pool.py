@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,6 +56,11 @@ PROCESSES = 2
 _BOOT = "import sys; sys.path.insert(0, sys.argv.pop()); from aoe.sandbox.child import main; main()"
 _START_TIMEOUT = 60.0  # seconds a new process may take to be ready (slow CI machines)
 _SHARED_PART = 2048  # bytes of JSON from which a part of the context is sent once
+_UTF8 = ("utf-8", "surrogatepass")  # half characters pass both ways, as JSON does
+_LARGEST_PART = 4 << 20  # bytes of JSON of a part a process keeps (its cache: 32 MiB at 4x)
+LANE_BUDGET = 60.0
+"""Seconds of sandbox time one run may use in all: a run of hostile templates
+cannot hold a process for longer (there are two for every run of the engine)."""
 
 
 class SandboxFailed(Exception):
@@ -143,7 +149,12 @@ class Sandbox:
         shared = shared or {}
         slots = self._slots_here()
         async with slots:
-            child = self._idle.pop() if self._idle else await self._start()
+            child = self._idle.pop() if self._idle else None
+            while child is not None and child.process.returncode is not None:
+                self._discard(child)  # died while idle (the OOM killer, a signal)
+                child = self._idle.pop() if self._idle else None
+            if child is None:
+                child = await self._start()
             self._busy.add(child)
             decoded: dict[str, Any] = {}
             try:
@@ -153,12 +164,15 @@ class Sandbox:
                         decoded = {"error": f"the values it reads are over {MAX_MESSAGE >> 20} MB"}
                         break
                     self.sent += len(payload)
-                    decoded = json.loads(await asyncio.wait_for(child.ask(payload), deadline))
+                    answer = await asyncio.wait_for(child.ask(payload), deadline)
+                    decoded = json.loads(answer.decode(*_UTF8))
                     missing = decoded.get("missing")
                     if not missing:
                         child.known.update(shared)
                         break
                     child.known.difference_update(missing)
+                else:  # sent again, and let go again: more than it can keep at once
+                    decoded = {"error": "the values it reads are more than the sandbox keeps"}
             except BaseException as e:
                 # late, dead, or cancelled mid-request (its answer would come to no one)
                 self._discard(child)
@@ -182,6 +196,11 @@ class Sandbox:
                 self._busy.discard(child)
                 self._idle.append(child)
         return decoded
+
+    def forget(self, prefix: str) -> None:
+        """A finished run's parts: no process need be told it lacks them."""
+        for child in (*self._idle, *self._busy):
+            child.known = {key for key in child.known if not key.startswith(prefix)}
 
     def _discard(self, child: _Child) -> None:
         """Kill a process that cannot be trusted to answer the next request; it is
@@ -262,18 +281,42 @@ class Lane:
     """One run's way into the sandbox: its requests go one at a time, so that one
     run (a hostile one, say) can hold at most one sandbox process."""
 
-    def __init__(self, sandbox: Sandbox) -> None:
+    def __init__(self, sandbox: Sandbox, budget: float = LANE_BUDGET) -> None:
         self.sandbox = sandbox
+        self.allowed = budget
+        self.budget = budget  # seconds of the sandbox's time this run may still use
         self._lock = asyncio.Lock()
         self._name = uuid.uuid4().hex
         self._parts: dict[str, str] = {}  # this run's parts that do not change, as JSON
 
+    def close(self) -> None:
+        """The run is over: its parts go."""
+        self._parts.clear()
+        self.sandbox.forget(self._name)
+
+    async def _call(
+        self, request: dict[str, Any], deadline: float, what: str, shared: dict[str, str]
+    ) -> dict[str, Any]:
+        """One request in this run's turn, within what is left of its budget of time."""
+        async with self._lock:
+            if self.budget <= 0:
+                raise SandboxFailed(
+                    f"the run has used its {self.allowed:g} s of template and check time "
+                    "in the sandbox; make its templates and schemas do less"
+                )
+            began = time.monotonic()
+            try:
+                return await self.sandbox.call(
+                    request, min(deadline, self.budget), what, shared=shared
+                )
+            finally:
+                self.budget -= time.monotonic() - began
+
     async def _ask(self, op: str, text: str, context: Mapping[str, Any]) -> Any:
         request, shared = self._split(context)
-        async with self._lock:
-            answer = await self.sandbox.call(
-                {"op": op, "text": text, **request}, self.sandbox.deadline, shared=shared
-            )
+        answer = await self._call(
+            {"op": op, "text": text, **request}, self.sandbox.deadline, "a template", shared
+        )
         if "ok" not in answer:
             raise SandboxFailed(str(answer.get("error", "no answer")))
         return answer["ok"]
@@ -294,8 +337,8 @@ class Lane:
                 except (TypeError, ValueError):
                     return False  # sent with the rest, which says what is wrong
                 self._parts[key] = text
-            if len(text) < _SHARED_PART:
-                return False
+            if not _SHARED_PART <= len(text) <= _LARGEST_PART:
+                return False  # small: sent with the request; huge: no process could keep it
             cached[place], shared[key] = key, text
             return True
 
@@ -339,15 +382,15 @@ class Lane:
 
         if here and len(text) <= INLINE_REPLY:
             return parse_output(text, OutputConfig("json", schema))
-        async with self._lock:
-            try:
-                answer = await self.sandbox.call(
-                    {"op": "check", "text": text, "schema": schema},
-                    self.sandbox.check_deadline,
-                    "checking a reply",
-                )
-            except SandboxFailed as e:
-                raise OutputInvalid(f"the reply could not be checked: {e.message}") from None
+        try:
+            answer = await self._call(
+                {"op": "check", "text": text, "schema": schema},
+                self.sandbox.check_deadline,
+                "checking a reply",
+                {},
+            )
+        except SandboxFailed as e:
+            raise OutputInvalid(f"the reply could not be checked: {e.message}") from None
         if "invalid" in answer:
             raise OutputInvalid(str(answer["invalid"]))
         if "unusable" in answer:
@@ -361,10 +404,10 @@ def _with_parts(head: str, shared: Mapping[str, str], known: set[str]) -> bytes:
     """The request's JSON with the shared parts the process does not keep yet."""
     sending = [(key, part) for key, part in shared.items() if key not in known]
     if not sending:
-        return head.encode("utf-8")
+        return head.encode(*_UTF8)
     define = ", ".join(f"{json.dumps(key)}: {part}" for key, part in sending)
     sizes = ", ".join(f"{json.dumps(key)}: {len(part)}" for key, part in sending)
-    return f'{head[:-1]}, "define": {{{define}}}, "sizes": {{{sizes}}}}}'.encode()
+    return f'{head[:-1]}, "define": {{{define}}}, "sizes": {{{sizes}}}}}'.encode(*_UTF8)
 
 
 def _jsonable(value: object) -> object:
