@@ -1,3 +1,3 @@
-from aoe.cli import main
+from aoe.cli.main import main
 
 main()

@@ -32,11 +32,12 @@ Run errors end an attempt; whether the attempt is retried is ``retryable``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from aoe.diagnostics import Diagnostic
+    from aoe.types import Diagnostic
 
 
 class AoeError(Exception):
@@ -186,3 +187,18 @@ class StateWriteFailed(AoeError):
     twice. What was committed before stays, and the run can be resumed."""
 
     exit_code = 1
+
+
+_KEYS = re.compile(r"(sk-[A-Za-z0-9_\-*]{3})[A-Za-z0-9_\-*]{5,}")
+_URL_PASSWORD = re.compile(r"(//[^@/:\s]*):[^@/\s]*@")
+
+
+def scrub(message: str, secrets: tuple[str, ...] = ()) -> str:
+    """A provider's message without API keys: the key itself, anything shaped
+    like one (the vendors echo part of a wrong key back), and the password of a
+    URL (``https://user:password@proxy``)."""
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    message = _URL_PASSWORD.sub(r"\1:***@", message)  # a proxy's credentials
+    return _KEYS.sub(r"\1***", message)

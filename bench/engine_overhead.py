@@ -52,14 +52,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from aoe.api import load, run_workflow
-from aoe.config import Settings, load_settings
-from aoe.engine.events import EventBus, RunStatus
+from aoe.cli.ui import PlainProgress
+from aoe.config.settings import Settings, load_settings
 from aoe.engine.executor import Engine
-from aoe.results import Results
+from aoe.events import EventBus, RunStatus
+from aoe.format.workflow import Workflow
+from aoe.observe.results import Results
+from aoe.service.runner import load, run_workflow
 from aoe.state.store import Store
-from aoe.ui import PlainProgress
-from aoe.workflow import Workflow
 
 Graph = dict[str, list[str]]
 

@@ -28,10 +28,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from aoe.api import load, run_workflow
-from aoe.config import load_settings
-from aoe.engine.events import AgentFinished, Event
+from aoe.config.settings import load_settings
 from aoe.engine.executor import Engine
+from aoe.events import AgentFinished, Event
+from aoe.service.runner import load, run_workflow
 
 BENIGN = """\
 version: 1

@@ -19,7 +19,7 @@ import asyncio
 import bisect
 import time
 
-from aoe.limits import Limits, LocalRateLimiter
+from aoe.policy.limits import Limits, LocalRateLimiter
 
 
 async def accuracy(seconds: float) -> None:

@@ -12,7 +12,7 @@ run. Reported:
 - none lost (every run completed) and none run twice (each run's agents were
   each called exactly once);
 - the baseline, measured in the same run: the same runs in one process through
-  the Python API (`aoe.api.run_workflow` on one shared engine), no HTTP; the
+  the Python API (`aoe.service.runner.run_workflow` on one shared engine), no HTTP; the
   ratio says what the service adds.
 
 Loopback only, bounded in count (--runs) and time (--timeout).
@@ -177,9 +177,9 @@ def through_service(
 def in_process(fake: FakeProvider, folder: Path, runs: int, concurrency: int) -> dict[str, Any]:
     """The baseline: the same runs through the Python API, one engine, no HTTP."""
     os.environ.update(environment(fake, folder / "api-state", concurrency))
-    from aoe.api import load, run_workflow
-    from aoe.config import load_settings
+    from aoe.config.settings import load_settings
     from aoe.engine.executor import Engine
+    from aoe.service.runner import load, run_workflow
     from aoe.state.store import Store
 
     path = folder / "load.yaml"

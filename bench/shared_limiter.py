@@ -33,8 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from aoe.limits import Limits, LocalRateLimiter  # noqa: E402
-from aoe.shared_limits import RedisRateLimiter, connect  # noqa: E402
+from aoe.policy.limits import Limits, LocalRateLimiter  # noqa: E402
+from aoe.redis.limits import RedisRateLimiter, connect  # noqa: E402
 from tests.redisserver import RedisServer  # noqa: E402
 
 PROCESSES = 4

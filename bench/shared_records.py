@@ -39,17 +39,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from aoe.api import load, run_workflow  # noqa: E402
-from aoe.config import load_settings  # noqa: E402
-from aoe.engine.events import RunStatus  # noqa: E402
-from aoe.shared_limits import connect  # noqa: E402
-from aoe.shared_records import (  # noqa: E402
-    RecordMirror,
-    fetch,
-    head_of,
-    record_keys,
-    restore_into,
-)
+from aoe.config.settings import load_settings  # noqa: E402
+from aoe.events import RunStatus  # noqa: E402
+from aoe.redis.limits import connect  # noqa: E402
+from aoe.redis.records import RecordMirror, fetch, head_of, record_keys, restore_into  # noqa: E402
+from aoe.service.runner import load, run_workflow  # noqa: E402
 from aoe.state.store import Store  # noqa: E402
 from tests.redisserver import RedisServer  # noqa: E402
 

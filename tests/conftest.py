@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from aoe.cli import app
+from aoe.cli.main import app
 from tests.fakeserver import FakeProvider
 from tests.redisserver import RedisServer
 
@@ -62,7 +62,11 @@ def write(tmp_path: Path) -> WriteFile:
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No aoe-related environment variables, and a working directory without .env."""
-    from aoe.config import BUILTIN_KEY_VARIABLES, BUILTIN_URL_VARIABLES, ENVIRONMENT_VARIABLES
+    from aoe.config.settings import (
+        BUILTIN_KEY_VARIABLES,
+        BUILTIN_URL_VARIABLES,
+        ENVIRONMENT_VARIABLES,
+    )
 
     for name in [
         *ENVIRONMENT_VARIABLES,
@@ -94,7 +98,11 @@ def child_env(*layers: Mapping[str, str], **extra: str) -> dict[str, str]:
     """The environment of an ``aoe`` child process: this one's without anything
     aoe reads (the machine's settings never leak into a test), then ``layers``
     and ``extra``, with this checkout on PYTHONPATH."""
-    from aoe.config import BUILTIN_KEY_VARIABLES, BUILTIN_URL_VARIABLES, ENVIRONMENT_VARIABLES
+    from aoe.config.settings import (
+        BUILTIN_KEY_VARIABLES,
+        BUILTIN_URL_VARIABLES,
+        ENVIRONMENT_VARIABLES,
+    )
 
     ours = {
         *ENVIRONMENT_VARIABLES,

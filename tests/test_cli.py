@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from aoe import __version__
-from aoe.diagnostics import Diagnostic, Severity
-from aoe.ui import format_diagnostic, use_colour
+from aoe.cli.ui import format_diagnostic, use_colour
+from aoe.types import Diagnostic, Severity
 from tests.conftest import REPO, VALID, WORKFLOWS, RunCli, WriteFile
 
 
@@ -53,12 +53,12 @@ def test_debug_shows_the_traceback_of_a_user_error(cli: RunCli, write: WriteFile
 def test_an_internal_error_is_short_unless_debug(
     cli: RunCli, write: WriteFile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import aoe.api
+    import aoe.service.runner
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(aoe.api, "validate", broken)
+    monkeypatch.setattr(aoe.service.runner, "validate", broken)
     result = cli("validate", write(VALID))
     assert result.exit_code == 1
     assert "internal error: RuntimeError: boom" in result.stderr

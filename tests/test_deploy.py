@@ -509,7 +509,7 @@ def test_systemd_unit_runs_aoe_serve_hardened() -> None:
 def test_systemd_unit_gives_aoe_serve_the_files_its_connections_need() -> None:
     """Under the unit's limit on open files, aoe serve takes its full default of
     connections, with the spare it keeps for the rest."""
-    from aoe.serve_connections import MOST_CONNECTIONS, default_max_connections
+    from aoe.service.connections import MOST_CONNECTIONS, default_max_connections
 
     one = dict(unit_settings(UNIT.read_text(encoding="utf-8"))["Service"])
     assert "LimitNOFILE" in one, "the unit must set LimitNOFILE"
@@ -576,8 +576,12 @@ def test_systemd_verify_does_report_a_mistake_here(tmp_path: Path) -> None:
 
 
 def test_the_guide_names_every_setting_and_metric() -> None:
-    from aoe.config import BUILTIN_KEY_VARIABLES, CONFIG_FILE_VARIABLE, ENVIRONMENT_VARIABLES
-    from aoe.metrics import Metrics
+    from aoe.config.settings import (
+        BUILTIN_KEY_VARIABLES,
+        CONFIG_FILE_VARIABLE,
+        ENVIRONMENT_VARIABLES,
+    )
+    from aoe.observe.metrics import Metrics
 
     guide = GUIDE.read_text(encoding="utf-8")
     variables = [*ENVIRONMENT_VARIABLES, *BUILTIN_KEY_VARIABLES.values(), CONFIG_FILE_VARIABLE]

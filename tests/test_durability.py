@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from aoe.cli import app
-from aoe.recorder import recover
+from aoe.cli.main import app
+from aoe.state.recorder import recover
 from aoe.state.store import Store
 from tests.conftest import WriteFile, child_env, fake_key, wait_for
 from tests.fakeserver import FakeProvider, Received, Reply

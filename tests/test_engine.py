@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from aoe.api import load, run_workflow
-from aoe.config import Settings, load_settings
-from aoe.engine.events import AgentFinished, Event, EventBus, RunFinished, RunStatus
+from aoe.config.settings import Settings, load_settings
 from aoe.engine.executor import Engine
-from aoe.workflow import Workflow
+from aoe.events import AgentFinished, Event, EventBus, RunFinished, RunStatus
+from aoe.format.workflow import Workflow
+from aoe.service.runner import load, run_workflow
 from tests.conftest import WriteFile
 from tests.fakeserver import Fail, FakeProvider, Received, Reply
 

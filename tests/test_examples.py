@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from aoe.api import load, validate
-from aoe.config import load_settings
+from aoe.config.settings import load_settings
+from aoe.service.runner import load, validate
 from tests.conftest import WORKFLOWS
 
 EXAMPLES = sorted(WORKFLOWS.glob("*.yaml"))
@@ -79,9 +79,9 @@ async def test_example_runs_offline_with_mock(path: Path, tmp_path: Path) -> Non
     """Every template of every example renders (their loops, filters and conditions
     in the sandbox process), and every agent completes or is skipped by its
     condition."""
-    from aoe.api import run_workflow
-    from aoe.engine.events import AgentFinished, Event, RunFinished, RunStatus
-    from aoe.inputs import GivenInput, bind_inputs
+    from aoe.events import AgentFinished, Event, RunFinished, RunStatus
+    from aoe.format.inputs import GivenInput, bind_inputs
+    from aoe.service.runner import run_workflow
 
     workflow = load(path)
     given = _GIVEN.get(path.stem, {})

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aoe.graph import Graph, GraphError, find_cycles, format_cycle
+from aoe.format.graph import Graph, GraphError, find_cycles, format_cycle
 from tests.conftest import WORKFLOWS, RunCli, WriteFile
 
 DIAMOND = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"], "e": ["d"], "lone": []}
@@ -223,8 +223,8 @@ def test_deep_graphs_are_drawn_whole_on_a_pipe(cli: RunCli, write: WriteFile) ->
 def test_rich_tree_and_plain_text_agree() -> None:
     from io import StringIO
 
-    from aoe.api import load
-    from aoe.ui import console, graph_text, graph_tree
+    from aoe.cli.ui import console, graph_text, graph_tree
+    from aoe.service.runner import load
 
     workflow = load(WORKFLOWS / "support-triage.yaml")
     buffer = StringIO()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aoe.diagnostics import describe
+from aoe.format.diagnostics import describe
 from tests.conftest import RunCli, WriteFile
 
 
@@ -334,7 +334,7 @@ def test_unexpected_exception_is_an_error_of_one_file(
 ) -> None:
     """A bug met while checking one file (here: planted) is that file's error; the
     other files are still checked and reported, and --debug shows the traceback."""
-    from aoe.loader import _Loader
+    from aoe.format.loader import _Loader
 
     checked = _Loader.check_outputs
 

@@ -122,7 +122,7 @@ def peak():
                 sys.stderr.write("PEAK " + line.split()[1] + "\\n")
 atexit.register(peak)
 sys.argv = ["aoe", *sys.argv[1:]]
-from aoe.cli import main
+from aoe.cli.main import main
 main()
 """
 

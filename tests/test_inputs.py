@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from aoe.api import load
 from aoe.errors import InputsInvalid
-from aoe.inputs import bind_inputs, from_assignments, from_file
-from aoe.workflow import Workflow
+from aoe.format.inputs import bind_inputs, from_assignments, from_file
+from aoe.format.workflow import Workflow
+from aoe.service.runner import load
 from tests.conftest import WriteFile
 
 WORKFLOW = """\

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aoe.config import load_settings
-from aoe.limits import (
+from aoe.config.settings import load_settings
+from aoe.policy.limits import (
     DAY,
     HOUR,
     MINUTE,

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aoe.api import load, validate
-from aoe.config import load_settings
+from aoe.config.settings import load_settings
 from aoe.errors import WorkflowInvalid
-from aoe.schemas import plainly_valid, schema_problem
-from aoe.spec import DEFAULT_MAX_TOKENS, DEFAULT_TIMEOUT
+from aoe.format.schemas import plainly_valid, schema_problem
+from aoe.format.spec import DEFAULT_MAX_TOKENS, DEFAULT_TIMEOUT
+from aoe.service.runner import load, validate
 from tests.conftest import VALID, WriteFile
 
 

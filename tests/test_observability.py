@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from aoe.engine.events import AttemptFinished, AttemptStarted, RunFinished, RunStarted, RunStatus
-from aoe.health import HealthMonitor
-from aoe.metrics import MAX_SERIES, Metrics
-from aoe.providers.base import Usage
+from aoe.events import AttemptFinished, AttemptStarted, RunFinished, RunStarted, RunStatus
+from aoe.observe.health import HealthMonitor
+from aoe.observe.metrics import MAX_SERIES, Metrics
+from aoe.types import Usage
 from tests.conftest import REPO, RunCli, WriteFile, child_env
 from tests.fakeserver import Fail, FakeProvider, Reply
 from tests.test_serve import CHAIN, agent_of, samples, total
@@ -390,7 +390,7 @@ def test_the_dashboard_and_the_prometheus_files_name_real_metrics() -> None:
 
 def test_metrics_are_not_imported_unless_asked_for(tmp_path: Path) -> None:
     code = (
-        "import sys, aoe.cli, aoe.api, aoe.recorder; "
+        "import sys, aoe.cli.main, aoe.service.runner, aoe.state.recorder; "
         "print(sorted(m for m in ('prometheus_client', 'aiohttp', 'redis') if m in sys.modules))"
     )
     out = subprocess.run(

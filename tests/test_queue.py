@@ -309,8 +309,8 @@ def test_redis_stopped_mid_run_holds_a_workers_run_and_loses_nothing(
     Redis is whole (another host could take it over from there)."""
     import asyncio
 
-    from aoe.shared_limits import connect
-    from aoe.shared_records import fetch
+    from aoe.redis.limits import connect
+    from aoe.redis.records import fetch
 
     stopped = threading.Event()
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from aoe.api import load
-from aoe.config import Settings, load_settings
-from aoe.engine.events import (
+from aoe.config.prices import BUILTIN_PRICES
+from aoe.config.settings import Settings, load_settings
+from aoe.engine.executor import Engine
+from aoe.events import (
     AgentFallback,
     AgentFinished,
     AgentRetrying,
@@ -24,9 +25,8 @@ from aoe.engine.events import (
     RunFinished,
     RunStatus,
 )
-from aoe.engine.executor import Engine
-from aoe.pricing import BUILTIN_PRICES
-from aoe.workflow import Workflow
+from aoe.format.workflow import Workflow
+from aoe.service.runner import load
 from tests.conftest import RunCli, WriteFile
 from tests.fakeserver import Drop, Fail, FakeProvider, Received, Reply
 

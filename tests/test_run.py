@@ -434,10 +434,10 @@ def test_mock_runs_import_no_vendor_sdk(write: WriteFile, tmp_path: Path) -> Non
 def test_live_view_renders_rows_progress_and_spend() -> None:
     from io import StringIO
 
-    from aoe.api import load
-    from aoe.engine.events import AgentFinished, AgentStarted, AgentState, AttemptFinished
-    from aoe.providers.base import Usage
-    from aoe.ui import LiveView, console
+    from aoe.cli.ui import LiveView, console
+    from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptFinished
+    from aoe.service.runner import load
+    from aoe.types import Usage
 
     workflow = load(WORKFLOWS / "competitor-brief.yaml")
     buffer = StringIO()
@@ -490,10 +490,10 @@ def test_live_view_honours_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
 
     from rich.console import Console
 
-    from aoe.api import load
-    from aoe.engine.events import AgentFinished, AgentState
-    from aoe.providers.base import Usage
-    from aoe.ui import LiveView
+    from aoe.cli.ui import LiveView
+    from aoe.events import AgentFinished, AgentState
+    from aoe.service.runner import load
+    from aoe.types import Usage
 
     workflow = load(WORKFLOWS / "competitor-brief.yaml")
     for no_color, coloured in (("1", False), (None, True)):

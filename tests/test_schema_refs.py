@@ -26,12 +26,12 @@ from xml.etree import ElementTree
 
 import pytest
 
-from aoe.api import load
 from aoe.errors import OutputInvalid, SchemaUnusable
-from aoe.outputs import parse_output
-from aoe.providers.base import plain
+from aoe.format.workflow import OutputConfig
+from aoe.policy.outputs import parse_output
+from aoe.service.runner import load
 from aoe.state.definitions import definitions
-from aoe.workflow import OutputConfig
+from aoe.types import plain
 from tests.conftest import REPO, RunCli, WriteFile, child_env
 from tests.fakeserver import FakeProvider, Reply
 from tests.test_rules import assert_reported

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from aoe.logs import Every, OneLine, setup
+from aoe.observe.logs import Every, OneLine, setup
 from tests.conftest import child_env
 from tests.fakeserver import FakeProvider, Reply
 from tests.servehelp import Service, services
@@ -456,7 +456,7 @@ async def test_accept_failing_for_want_of_files_is_one_log_line_a_minute(
     service accepts again once it can."""
     from aiohttp import web
 
-    from aoe import serve_connections
+    from aoe.service import connections as serve_connections
 
     monkeypatch.setattr(serve_connections, "ACCEPT_RETRY", 0.001)
     handler = Kept()

@@ -199,7 +199,7 @@ def test_without_redis_the_api_answers_503_and_health_says_why(
 def test_old_copies_in_shared_db_are_dropped(start: Callable[..., Service], tmp_path: Path) -> None:
     """A replica's copies of records (shared.db) go as their records in Redis
     expire, whatever they say: a copy's status names no process of this host."""
-    from aoe.shared_records import RECORD_TTL
+    from aoe.redis.records import RECORD_TTL
     from aoe.state.store import Store
 
     (tmp_path / "front").mkdir()

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import redis
 
-from aoe.config import load_settings
-from aoe.costs import BudgetExceeded
-from aoe.limits import Limits, RequestTooLarge
-from aoe.shared_limits import RedisRateLimiter, connect
-from aoe.shared_spend import SharedSpend
+from aoe.config.settings import load_settings
+from aoe.policy.costs import BudgetExceeded
+from aoe.policy.limits import Limits, RequestTooLarge
+from aoe.redis.limits import RedisRateLimiter, connect
+from aoe.redis.spend import SharedSpend
 from tests.conftest import RunCli, WriteFile, child_env
 from tests.fakeserver import FakeProvider, Received, Reply
 from tests.redisserver import RedisServer

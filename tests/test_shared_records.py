@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from aoe.errors import StateWriteFailed
-from aoe.shared_limits import connect
-from aoe.shared_records import Partial, RecordMirror, SharedRecord, fetch, head_of
+from aoe.redis.limits import connect
+from aoe.redis.records import Partial, RecordMirror, SharedRecord, fetch, head_of
 from aoe.state.store import Store
 from tests.redisserver import RedisServer
 
@@ -104,9 +104,9 @@ async def test_a_record_is_read_on_from_where_a_copy_was_brought_up_to(
 ) -> None:
     """What ``aoe serve`` does on each GET: only the journal's new entries are
     read; a copy they do not continue is told so (and then reads it whole)."""
-    from aoe.engine.events import AgentFinished, AgentStarted, AgentState, AttemptStarted
-    from aoe.providers.base import Usage
-    from aoe.recorder import _line
+    from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptStarted
+    from aoe.state.recorder import _line
+    from aoe.types import Usage
 
     client = connect(redis_url)
     mirror = RecordMirror(client, "run-1", prefix=prefix)

@@ -17,7 +17,7 @@ from unittest import mock
 import pytest
 
 from aoe.errors import ResumeRefused
-from aoe.recorder import recover
+from aoe.state.recorder import recover
 from aoe.state.store import SCHEMA_VERSION, Store
 from tests.conftest import RunCli, WriteFile, child_env, fake_key
 from tests.fakeserver import Fail, FakeProvider, Received, Reply
@@ -315,8 +315,8 @@ def test_two_resumes_of_one_run_never_both_run(
     fake.respond = fail_agent("c")
     _, first, _ = run(cli, provider_env, "run", write(CHAIN))
     fake.reset()
-    from aoe.config import load_settings
-    from aoe.resume import plan_resume
+    from aoe.config.settings import load_settings
+    from aoe.service.resume import plan_resume
 
     db = store(tmp_path)
     settings = load_settings(environ=provider_env, cwd=tmp_path)
@@ -730,8 +730,8 @@ def test_a_real_run_is_never_finished_by_the_mock(
     assert code == 0
     assert mocked["run_id"] != first["run_id"]  # a run of its own
     assert store(tmp_path).run(first["run_id"])["status"] == "failed"
-    from aoe.config import load_settings
-    from aoe.resume import plan_resume
+    from aoe.config.settings import load_settings
+    from aoe.service.resume import plan_resume
 
     settings = load_settings(environ=provider_env, cwd=tmp_path)
     with pytest.raises(ResumeRefused, match="was a real run"):
@@ -772,7 +772,7 @@ def test_a_damaged_export_is_refused_cleanly(cli: RunCli, tmp_path: Path, docume
 
 
 def test_the_journal_is_synced_soon_after_a_write(tmp_path: Path) -> None:
-    from aoe.recorder import _Syncer
+    from aoe.state.recorder import _Syncer
 
     journal = tmp_path / "run@1.journal"
     journal.write_bytes(b"lines")
@@ -791,9 +791,9 @@ def test_the_journal_is_synced_soon_after_a_write(tmp_path: Path) -> None:
 
 
 def test_journal_lines_read_back_as_the_events_they_were(tmp_path: Path) -> None:
-    from aoe.engine.events import AgentFinished, AgentState, AttemptFinished, RunFinished, RunStatus
-    from aoe.providers.base import Usage
-    from aoe.recorder import _line, read_journal
+    from aoe.events import AgentFinished, AgentState, AttemptFinished, RunFinished, RunStatus
+    from aoe.state.recorder import _line, read_journal
+    from aoe.types import Usage
 
     key = fake_key("sk-proj-")
     events = [
@@ -874,7 +874,7 @@ def test_foreach_items_of_older_inputs_are_not_reused(
 
 
 def test_definition_hashes_do_not_collide_by_how_parts_join(write: WriteFile) -> None:
-    from aoe.api import load
+    from aoe.service.runner import load
     from aoe.state.definitions import definitions
 
     def agent(extra: str) -> str:
@@ -915,10 +915,10 @@ def test_agent_totals_are_the_exact_sums_of_their_attempts(
 def test_the_live_view_and_the_lines_say_cached_and_resumed() -> None:
     from io import StringIO
 
-    from aoe.api import load
-    from aoe.engine.events import AgentFinished, AgentStarted, AgentState, AttemptFinished
-    from aoe.providers.base import Usage
-    from aoe.ui import LiveView, console, describe_event
+    from aoe.cli.ui import LiveView, console, describe_event
+    from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptFinished
+    from aoe.service.runner import load
+    from aoe.types import Usage
     from tests.conftest import WORKFLOWS
 
     workflow = load(WORKFLOWS / "competitor-brief.yaml")
@@ -964,16 +964,10 @@ def test_attempt_events_are_read_from_the_attempts(
 
 
 def test_recover_writes_a_dead_runs_journal_into_the_store_once(tmp_path: Path) -> None:
-    from aoe.engine.events import (
-        AgentFinished,
-        AgentStarted,
-        AgentState,
-        AttemptFinished,
-        AttemptStarted,
-    )
-    from aoe.providers.base import Usage
-    from aoe.recorder import _line
+    from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptFinished, AttemptStarted
+    from aoe.state.recorder import _line
     from aoe.state.store import journal_path
+    from aoe.types import Usage
 
     with Store(tmp_path / "state.db") as db:
         db.create_run(

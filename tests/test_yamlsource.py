@@ -11,7 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aoe.yamlsource import INT_MAX, INT_MIN, Mark, YamlError, parse_yaml
+from aoe.format.yamlsource import INT_MAX, INT_MIN, Mark, YamlError, parse_yaml
 
 
 def parse(text: str) -> object:
@@ -238,7 +238,7 @@ def test_deep_nesting_is_refused() -> None:
 
 
 def test_oversized_file_is_refused(tmp_path: pytest.TempPathFactory) -> None:
-    from aoe import yamlsource
+    from aoe.format import yamlsource
 
     path = tmp_path / "big.yaml"  # type: ignore[operator]
     path.write_bytes(b"a: b\n" * (yamlsource.MAX_FILE_BYTES // 5 + 10))
@@ -247,7 +247,7 @@ def test_oversized_file_is_refused(tmp_path: pytest.TempPathFactory) -> None:
 
 
 def test_file_that_is_not_utf8(tmp_path: pytest.TempPathFactory) -> None:
-    from aoe.yamlsource import read_text
+    from aoe.format.yamlsource import read_text
 
     path = tmp_path / "latin1.yaml"  # type: ignore[operator]
     path.write_bytes("a: ok\nb: caf\xe9\n".encode("latin-1"))

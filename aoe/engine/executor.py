@@ -25,21 +25,23 @@ import random
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from aoe.config import Settings
-from aoe.costs import (
-    BudgetExceeded,
-    Ledger,
-    Reservation,
-    prompt_tokens_estimate,
-    reserve,
-    settle,
-    worst_case,
+from aoe.config.prices import Price
+from aoe.config.settings import Settings
+from aoe.errors import (
+    AttemptTimeout,
+    OutputInvalid,
+    ProviderUnavailable,
+    RateLimited,
+    RepliesTooLarge,
+    RequestRejected,
+    RunError,
+    UserError,
 )
-from aoe.engine.events import (
+from aoe.events import (
     NOT_ANSWERED,
     AgentFallback,
     AgentFinished,
@@ -54,17 +56,25 @@ from aoe.engine.events import (
     RunStarted,
     RunStatus,
 )
-from aoe.errors import (
-    AttemptTimeout,
-    OutputInvalid,
-    ProviderUnavailable,
-    RateLimited,
-    RepliesTooLarge,
-    RequestRejected,
-    RunError,
-    UserError,
+from aoe.format.templates import (
+    MAX_FOREACH_ITEMS,
+    evaluate,
+    inline,
+    inline_expression,
+    too_many_items,
 )
-from aoe.limits import (
+from aoe.format.workflow import Agent, LLMConfig, RetryOverrides, SourceText, Workflow
+from aoe.policy.costs import (
+    BudgetExceeded,
+    DailySpend,
+    Ledger,
+    Reservation,
+    prompt_tokens_estimate,
+    reserve,
+    settle,
+    worst_case,
+)
+from aoe.policy.limits import (
     Clock,
     LocalRateLimiter,
     Permit,
@@ -73,24 +83,12 @@ from aoe.limits import (
     SystemClock,
     limits_for_config,
 )
-from aoe.outputs import clean_text
-from aoe.pricing import Price
+from aoe.policy.outputs import clean_text
+from aoe.policy.retry import RetryPolicy, delay, policy_for, retryable
 from aoe.providers import ProviderPool
-from aoe.providers.base import Message, Request, Response, Usage
-from aoe.retry import RetryPolicy, delay, policy_for, retryable
 from aoe.sandbox.pool import Sandbox, SandboxFailed, checks_here
 from aoe.state.cache import ResponseCache, fingerprint
-from aoe.templates import (
-    MAX_FOREACH_ITEMS,
-    evaluate,
-    inline,
-    inline_expression,
-    too_many_items,
-)
-from aoe.workflow import Agent, LLMConfig, RetryOverrides, SourceText, Workflow
-
-if TYPE_CHECKING:
-    from aoe.shared_spend import SharedSpend
+from aoe.types import Message, Request, Response, Usage
 
 _JSON_INSTRUCTION = "Answer with one JSON value and nothing else: no prose, no code fences."
 
@@ -109,37 +107,23 @@ class Engine:
         providers: ProviderPool | None = None,
         *,
         limiter: RateLimiter | None = None,
+        spend: DailySpend | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """An engine for ``settings``. It is handed what it shares with other
+        processes: ``limiter`` (else limits held in this process) and ``spend``
+        (the daily budgets, required when the config sets them);
+        :func:`aoe.service.wiring.engine_for` picks them from the config."""
         self.settings = settings
         self.providers = providers or ProviderPool(settings)
         self.clock: Clock = clock or SystemClock()
-        redis = settings.config.redis
-        shared = redis.host is not None or redis.url is not None
-        if limiter is None and shared:  # limits shared with every process on this Redis
-            from aoe.shared_limits import shared_limiter
-
-            limiter = shared_limiter(settings)
-        self.spend: SharedSpend | None = None
+        self.spend = spend
         costs = settings.config.cost_tracking
-        if costs.daily_budget is not None or costs.workflow_daily_budgets:
-            if not shared:
-                raise UserError(
-                    "cost_tracking.daily_budget and workflow_daily_budgets are shared through "
-                    "Redis: set REDIS_HOST (or redis.url), or remove them"
-                )
-            from aoe.shared_limits import connect, redis_url
-            from aoe.shared_spend import SharedSpend
-
-            url = redis_url(redis.host, redis.port, redis.db, redis.url)
-            assert url is not None
-            self.spend = SharedSpend(
-                connect(url),
-                daily=costs.daily_budget,
-                per_workflow=dict(costs.workflow_daily_budgets),
-                prefix=redis.key_prefix,
-                on_unavailable=redis.on_unavailable,
+        if spend is None and (costs.daily_budget is not None or costs.workflow_daily_budgets):
+            raise UserError(
+                "cost_tracking.daily_budget and workflow_daily_budgets are shared through "
+                "Redis: set REDIS_HOST (or redis.url), or remove them"
             )
         self.limiter: RateLimiter = limiter or LocalRateLimiter(
             limits_for_config(settings.config.rate_limiting), self.clock

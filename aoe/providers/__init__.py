@@ -9,20 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aoe.config import BUILTIN_KEY_VARIABLES, MOCK_LATENCY_VARIABLE, Settings
-from aoe.providers.base import Message, Provider, Request, Response, Usage
+from aoe.config.settings import BUILTIN_KEY_VARIABLES, MOCK_LATENCY_VARIABLE, Settings
+from aoe.providers.base import Provider
 from aoe.providers.mock import MockProvider
 
-__all__ = [
-    "MOCK_LATENCY_VARIABLE",
-    "Message",
-    "Provider",
-    "ProviderPool",
-    "Request",
-    "Response",
-    "Usage",
-    "missing_keys",
-]
+__all__ = ["MOCK_LATENCY_VARIABLE", "Provider", "ProviderPool", "missing_keys"]
 
 
 def missing_keys(providers: Iterable[str], settings: Settings) -> list[tuple[str, str]]:

@@ -12,8 +12,9 @@ from typing import Any
 
 import anthropic
 
-from aoe.errors import ProviderError, ProviderUnavailable
-from aoe.providers.base import Request, Response, Usage, error_for_status, plain, scrub
+from aoe.errors import ProviderError, ProviderUnavailable, scrub
+from aoe.providers.base import error_for_status
+from aoe.types import Request, Response, Usage, plain
 
 
 class AnthropicProvider:

@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aoe.errors import RequestRejected
-from aoe.providers.base import Request, Response, Usage
-from aoe.schemas import pointer_target
+from aoe.format.schemas import pointer_target
+from aoe.types import Request, Response, Usage
 
 _WORDS = (
     "analysis",

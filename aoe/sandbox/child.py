@@ -27,7 +27,7 @@ import struct
 import sys
 from typing import IO, Any
 
-from aoe.bounded import ByteLRU
+from aoe.format.bounded import ByteLRU
 
 HEADER = struct.Struct(">I")
 MAX_MESSAGE = 200_000_000  # bytes of one request or answer: far above any legitimate one
@@ -55,7 +55,7 @@ def main() -> None:
     memory, parent = int(sys.argv[1]), int(sys.argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
-    from aoe.templates import environment
+    from aoe.format.templates import environment
 
     environment()  # Jinja imported and the environment built before the cap is set
     _cap_memory(memory)
@@ -116,7 +116,7 @@ def _context(request: dict[str, Any]) -> dict[str, Any] | list[str]:
 
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
     from aoe.errors import OutputInvalid, SchemaUnusable
-    from aoe.templates import MAX_FOREACH_ITEMS, evaluate, render, too_many_items
+    from aoe.format.templates import MAX_FOREACH_ITEMS, evaluate, render, too_many_items
 
     op = request["op"]
     if op != "check":
@@ -151,8 +151,8 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check(text: str, schema: dict[str, Any] | None) -> Any:
-    from aoe.outputs import parse_output
-    from aoe.workflow import OutputConfig
+    from aoe.format.workflow import OutputConfig
+    from aoe.policy.outputs import parse_output
 
     return parse_output(text, OutputConfig("json", schema))
 

@@ -10,7 +10,7 @@ run and the health probes. So the engine does only work whose cost is the
 size of the values it reads itself:
 
 - placeholder-only templates (text and ``{{ dotted.name }}``,
-  :func:`aoe.templates.inline`) and ``when``/``foreach`` expressions that are
+  :func:`aoe.format.templates.inline`) and ``when``/``foreach`` expressions that are
   a name, or a name compared with a literal;
 - JSON replies of up to :data:`INLINE_REPLY` characters checked against a
   schema of only plain keywords (no ``$ref``, ``pattern`` or
@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from aoe.errors import OutputInvalid, SchemaUnusable
-from aoe.providers.base import plain
+from aoe.format.schemas import plainly_valid
+from aoe.format.templates import evaluate, inline, inline_expression, render
 from aoe.sandbox.child import HEADER, MAX_MESSAGE, frame
-from aoe.schemas import plainly_valid
-from aoe.templates import evaluate, inline, inline_expression, render
+from aoe.types import plain
 
 INLINE_REPLY = 8192
 """Characters of a JSON reply the engine checks in its own process."""
@@ -377,8 +377,8 @@ class Lane:
         """The JSON value of a reply checked against ``schema``; raises
         :class:`OutputInvalid`. ``here``: the schema may be checked in this
         process (:func:`checks_here`) when the reply is short."""
-        from aoe.outputs import parse_output
-        from aoe.workflow import OutputConfig
+        from aoe.format.workflow import OutputConfig
+        from aoe.policy.outputs import parse_output
 
         if here and len(text) <= INLINE_REPLY:
             return parse_output(text, OutputConfig("json", schema))

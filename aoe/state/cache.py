@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from aoe.providers.base import Request, Response, Usage, plain
+from aoe.types import Request, Response, Usage, plain
 
 if TYPE_CHECKING:
     from aoe.state.store import Store

@@ -21,9 +21,9 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from aoe.providers.base import plain
-from aoe.templates import analyse_expression, analyse_template
-from aoe.workflow import Agent, SourceText, Workflow
+from aoe.format.templates import analyse_expression, analyse_template
+from aoe.format.workflow import Agent, SourceText, Workflow
+from aoe.types import plain
 
 
 def definitions(workflow: Workflow) -> dict[str, str]:

@@ -17,7 +17,7 @@ with its companions (never deleted; one that only lost its log is replaced
 by a whole copy read through the connection, which still sees it all); the
 log of a database that is gone is removed, so that a new store at the path
 does not take it for its own. The
-recorder (:mod:`aoe.recorder`) writes its run's record again after that; a
+recorder (:mod:`aoe.state.recorder`) writes its run's record again after that; a
 long-lived :class:`~aoe.state.store.Store` (``aoe serve``'s) opens the path
 again.
 """
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from aoe.files import make_folders
+from aoe.format.files import make_folders
 
 _MAGIC = b"SQLite format 3\x00"
 _HEADER = 100  # bytes of the database header

@@ -10,7 +10,7 @@ Several ``aoe`` processes may share a store: WAL lets readers and one writer
 work at once, every write is a short ``BEGIN IMMEDIATE`` transaction, and a
 busy store is waited for rather than failed. A running run's events reach
 its journal before any call that depends on them and its tables in batches
-(:mod:`aoe.recorder`); everything else is ``synchronous=FULL``.
+(:mod:`aoe.state.recorder`); everything else is ``synchronous=FULL``.
 
 The schema has a version (``PRAGMA user_version``) and migrations; a store from
 a newer aoe is refused rather than guessed at. Any failure to open the store is
@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from aoe.errors import ResumeRefused, RunNotFound, StateUnusable, StateWriteFailed
-from aoe.files import make_folders
+from aoe.format.files import make_folders
 from aoe.state.files import Loss, StoreFile
 
 if TYPE_CHECKING:
-    from aoe.config import Settings
+    from aoe.config.settings import Settings
 
 log = logging.getLogger("aoe.store")
 

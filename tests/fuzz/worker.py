@@ -194,7 +194,7 @@ class _VirtualTime:
         self.watch = watch
 
     def install(self) -> None:
-        from aoe import limits
+        from aoe.policy import limits
 
         virtual = self
 
@@ -268,7 +268,7 @@ class Worker:
     def _invoke(
         self, command: tuple[str, ...], env: dict[str, str]
     ) -> tuple[int | None, str, str, str]:
-        from aoe.cli import app
+        from aoe.cli.main import app
 
         try:
             result = self.runner.invoke(app, list(command), env=env, catch_exceptions=False)
@@ -408,7 +408,11 @@ def _debug(case: Case) -> bool:
 
 def _clean_environment(root: Path) -> dict[str, str]:
     """The environment every case starts from: nothing aoe reads, a home of its own."""
-    from aoe.config import BUILTIN_KEY_VARIABLES, BUILTIN_URL_VARIABLES, ENVIRONMENT_VARIABLES
+    from aoe.config.settings import (
+        BUILTIN_KEY_VARIABLES,
+        BUILTIN_URL_VARIABLES,
+        ENVIRONMENT_VARIABLES,
+    )
 
     ours = {
         *ENVIRONMENT_VARIABLES,

@@ -1,0 +1,351 @@
+"""``aoe runs ...`` and ``aoe cache ...``: the run store from the command line.
+
+Commands over :mod:`aoe.state.store`; like :mod:`aoe.cli.main`, they parse, call,
+print, and turn errors into exit codes. Tables for people, ``--format json``
+for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from aoe.cli.main import ConfigOption, ReportFormat, _errors, _settings, _store, _write
+
+runs_app = typer.Typer(
+    help="The run records: list, show, export, import, prune, events.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+cache_app = typer.Typer(
+    help="The response cache.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+FormatOption = Annotated[ReportFormat, typer.Option("--format", "-f", help="A table, or JSON.")]
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_EXPORT_BYTES = 256 * 1024 * 1024
+"""The largest run export `aoe runs import` reads (256 MiB): an export holds every
+output and event of a run, and parsing takes several times its size in memory."""
+
+
+def _age(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``2w`` or plain seconds, as seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if match is None:
+        from aoe.errors import UserError
+
+        raise UserError(f"age {text!r}: write an age such as 30d, 12h, 90m or 2w")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def _when(at: float | None) -> str:
+    return "" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def _money(usd: float | None) -> str:
+    from aoe.cli.ui import _money as money
+
+    return "" if usd is None else money(usd)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    """Aligned columns on stdout; plain text, so it pipes and greps well."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        sys.stdout.write("  ".join(cells).rstrip() + "\n")
+
+
+def _json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@runs_app.command(
+    "list", epilog="Examples: aoe runs list  |  aoe runs list --status failed -f json"
+)
+def runs_list(
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            help="Only runs with this status: running, interrupted, completed, partial, "
+            "failed, budget_exceeded, cancelled.",
+        ),
+    ] = None,
+    workflow: Annotated[
+        str | None, typer.Option("--workflow", "-w", help="Only runs of this workflow name.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many.")] = 20,
+    format: FormatOption = ReportFormat.text,
+    config: ConfigOption = None,
+) -> None:
+    """Recent runs, newest first."""
+    with _errors():
+        store = _store(_settings(config))
+        # "interrupted" is "running" with its process gone: filter after reading
+        stored_status = "running" if status == "interrupted" else status
+        runs = store.runs(status=stored_status, workflow=workflow, limit=None if status else limit)
+        if status is not None:
+            runs = [r for r in runs if r["status"] == status][:limit]
+        if format is ReportFormat.json:
+            _json(runs)
+            return
+        if not runs:
+            typer.echo(
+                "no runs recorded yet" if status is None and workflow is None else "no runs match",
+                err=True,
+            )
+            return
+        _table(
+            ["run", "workflow", "status", "started", "cost", "budget", "tokens", "sessions"],
+            [
+                [
+                    r["run_id"],
+                    r["workflow_name"],
+                    r["status"],
+                    _when(r["created_at"]),
+                    _money(r["cost"]),
+                    _money(r["budget"]),
+                    f"{r['input_tokens'] + r['output_tokens']:,}",
+                    str(r["sessions"]),
+                ]
+                for r in runs
+            ],
+        )
+
+
+@runs_app.command("show", epilog="Example: aoe runs show 20261127-101500-3fa2c1")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    format: FormatOption = ReportFormat.text,
+    events: Annotated[
+        int, typer.Option("--events", min=0, help="Show this many of its last events.")
+    ] = 10,
+    config: ConfigOption = None,
+) -> None:
+    """A run: its status and totals, the agents table, and its last events."""
+    with _errors():
+        store = _store(_settings(config))
+        run = store.run(run_id)
+        agents = store.agents(run["run_id"])
+        last = store.events(run["run_id"], last=events) if events else []
+        if format is ReportFormat.json:
+            run = {k: v for k, v in run.items() if k not in ("workflow_text", "workflow_files")}
+            _json({"run": run, "agents": agents, "events": last})
+            return
+        budget = f" of {_money(run['budget'])}" if run["budget"] is not None else ""
+        lines = [
+            f"run       {run['run_id']}",
+            f"workflow  {run['workflow_name']} ({run['workflow_path']})",
+            f"status    {run['status']}",
+            f"started   {_when(run['created_at'])}, {run['sessions']} session(s)",
+            f"spent     {_money(run['cost'])}{budget}, "
+            f"{run['input_tokens']:,} tokens in, {run['output_tokens']:,} out",
+        ]
+        sys.stdout.write("\n".join(lines) + "\n\n")
+        _table(
+            ["agent", "state", "answered by", "attempts", "tokens", "cost", "error"],
+            [
+                [
+                    a["agent_id"],
+                    a["state"],
+                    f"{a['provider']}/{a['model']}" if a["model"] else "",
+                    str(a["attempts"]),
+                    f"{a['input_tokens'] + a['output_tokens']:,}",
+                    _money(a["cost"]),
+                    (a["error"] or "")[:80],
+                ]
+                for a in agents
+            ],
+        )
+        if last:
+            sys.stdout.write("\nlast events:\n")
+            for event in last:
+                agent = f" {event['agent_id']}" if event["agent_id"] else ""
+                sys.stdout.write(f"  {_when(event['at'])} {event['type']}{agent}\n")
+        if run["status"] not in ("completed", "running"):
+            sys.stdout.write(f"\nresume it with: aoe resume {run['run_id']}\n")
+
+
+@runs_app.command(
+    "events",
+    epilog="Examples: aoe runs events RUN_ID --type agent_failed --last 50  |  "
+    "aoe runs events RUN_ID -t AttemptFinished | jq .cost",
+)
+def runs_events(
+    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    type: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--type",
+            "-t",
+            help="Only events of this type (repeatable): agent_finished or AgentFinished, "
+            "attempt_finished, ...; also agent_failed, attempt_failed and run_failed.",
+        ),
+    ] = None,
+    last: Annotated[int | None, typer.Option("--last", min=1, help="Only the last N.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """A run's recorded events, one JSON object per line."""
+    with _errors():
+        store = _store(_settings(config))
+        run = store.run(run_id)
+        wanted = [_event_type(t) for t in type or []]
+        types = sorted({kind for kind, _ in wanted})
+        found = store.events(run["run_id"], types=types)
+        if wanted:
+            found = [e for e in found if any(_matches(e, kind, failed) for kind, failed in wanted)]
+        for event in found[-last:] if last is not None else found:
+            sys.stdout.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+
+
+# the failures of each kind of event, asked for as agent_failed and the like
+_FAILED = {
+    "agent_failed": "AgentFinished",
+    "attempt_failed": "AttemptFinished",
+    "run_failed": "RunFinished",
+}
+_FAILED_AGENT = {"failed", "rate_limited", "budget_exceeded"}
+
+
+def _event_type(name: str) -> tuple[str, bool]:
+    """``agent_finished`` or ``AgentFinished``: the class name either way; and
+    whether only its failures are wanted (``agent_failed``)."""
+    if name.lower() in _FAILED:
+        return _FAILED[name.lower()], True
+    if "_" in name or name.islower():
+        return "".join(part.capitalize() for part in name.split("_")), False
+    return name, False
+
+
+def _matches(event: dict[str, Any], kind: str, failed: bool) -> bool:
+    if event["type"] != kind:
+        return False
+    if not failed:
+        return True
+    if kind == "AgentFinished":
+        return event.get("state") in _FAILED_AGENT
+    if kind == "AttemptFinished":
+        return bool(event.get("error"))
+    return event.get("status") not in ("completed", "cancelled")
+
+
+@runs_app.command("export", epilog="Example: aoe runs export RUN_ID -o run.json")
+def runs_export(
+    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Write here (default: stdout).", metavar="FILE"),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """A self-contained JSON backup of a run: its workflow, inputs, agents, attempts
+    and events. `aoe runs import` restores it, here or on another machine."""
+    with _errors():
+        store = _store(_settings(config))
+        _write(json.dumps(store.export(run_id), ensure_ascii=False, default=str) + "\n", output)
+
+
+@runs_app.command("import", epilog="Example: aoe runs import run.json && aoe resume RUN_ID")
+def runs_import(
+    file: Annotated[str, typer.Argument(help="A file made by `aoe runs export`.", metavar="FILE")],
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Overwrite a run with the same id.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Restore a run from its export, so it can be shown or resumed here."""
+    with _errors():
+        from aoe.errors import UserError
+        from aoe.format.files import FileRefused, read_limited
+
+        try:
+            document = json.loads(read_limited(file, MAX_EXPORT_BYTES).decode("utf-8"))
+        except FileRefused as e:
+            raise UserError(f"cannot read {file!r}: {e.message}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(
+                f"{file} is not JSON ({e}): give a file made by `aoe runs export`"
+            ) from None
+        except RecursionError:  # json nests by recursion: a hostile file goes past the stack
+            raise UserError(
+                f"{file} nests too deeply to be a run export: give a file made by `aoe runs export`"
+            ) from None
+        except ValueError as e:  # an integer of more than 4,300 digits
+            raise UserError(f"{file} cannot be read as a run export ({e})") from None
+        if not isinstance(document, dict):
+            raise UserError(f"{file} is not a run export (made by `aoe runs export`)")
+        store = _store(_settings(config))
+        run_id = store.import_(document, replace=replace)
+        typer.echo(f"imported run {run_id}", err=True)
+
+
+@runs_app.command(
+    "prune",
+    epilog="Examples: aoe runs prune --older-than 30d  |  "
+    "aoe runs prune --older-than 12h --dry-run",
+)
+def runs_prune(
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Age: 30d, 12h, 90m, 2w.", metavar="AGE")
+    ],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Delete runs last active longer ago than AGE (never one still running)."""
+    with _errors():
+        seconds = _age(older_than)
+        store = _store(_settings(config))
+        removed = store.prune(seconds, dry_run=dry_run)
+        for run_id in removed:
+            sys.stdout.write(run_id + "\n")
+        verb = "would remove" if dry_run else "removed"
+        typer.echo(f"{verb} {len(removed)} run(s) older than {older_than}", err=True)
+
+
+@cache_app.command("stats", epilog="Example: aoe cache stats -f json")
+def cache_stats(format: FormatOption = ReportFormat.text, config: ConfigOption = None) -> None:
+    """Entries, size and hits of the response cache, by model."""
+    with _errors():
+        stats = _store(_settings(config)).cache_stats()
+        if format is ReportFormat.json:
+            _json(stats)
+            return
+        sys.stdout.write(
+            f"cache     {stats['path']}\n"
+            f"entries   {stats['entries']:,} ({stats['bytes']:,} bytes)\n"
+            f"hits      {stats['hits']:,}\n"
+        )
+        if stats["models"]:
+            sys.stdout.write("\n")
+            _table(
+                ["provider", "model", "entries", "hits"],
+                [
+                    [m["provider"], m["model"], str(m["entries"]), str(m["hits"])]
+                    for m in stats["models"]
+                ],
+            )
+
+
+@cache_app.command("clear", epilog="Examples: aoe cache clear  |  aoe cache clear --older-than 7d")
+def cache_clear(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than", help="Only entries unused for this long: 7d, 12h.", metavar="AGE"
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Empty the response cache (or drop its stale entries). Run records stay."""
+    with _errors():
+        seconds = _age(older_than) if older_than is not None else None
+        removed = _store(_settings(config)).cache_clear(seconds)
+        typer.echo(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'}", err=True)
