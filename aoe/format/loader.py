@@ -11,8 +11,8 @@ mistakes gets five diagnostics, each with its line:
    output schemas that are valid JSON Schema;
 5. templates and expressions: syntax, and every reference against
    ``depends_on`` and the declared inputs;
-6. with the engine settings: providers that exist and prices where a budget
-   applies.
+6. the caller's further checks (:class:`Check`): the engine config's
+   providers and prices, from :mod:`aoe.config.checks`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from contextlib import suppress
 from functools import cache
 from pathlib import Path as FsPath
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, Protocol
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
-from pydantic_core import PydanticCustomError
 
 from aoe.errors import WorkflowInvalid
 from aoe.format import graph as graphs
@@ -49,7 +48,6 @@ from aoe.format.spec import (
     AgentSpec,
     InputSpec,
     WorkflowHeader,
-    check_delays,
 )
 from aoe.format.templates import (
     AGENT_ATTRIBUTES,
@@ -76,7 +74,6 @@ from aoe.format.yamlsource import Path, SourceMap, YamlError, parse_yaml, read_t
 from aoe.types import Diagnostic, Severity
 
 if TYPE_CHECKING:
-    from aoe.config.settings import Settings
     from aoe.format.schemarefs import Refusal
 
 MAX_INCLUDED_FILE_BYTES = 1024 * 1024
@@ -110,17 +107,17 @@ class LoadResult(NamedTuple):
 def load_workflow(
     path: str | os.PathLike[str],
     *,
-    settings: Settings | None = None,
+    checks: Sequence[Check] = (),
     display: str | None = None,
 ) -> LoadResult:
     """Load and check a workflow file.
 
-    With ``settings``, also check what depends on the engine config: that each
-    provider exists and that each model has a price where a budget applies.
+    ``checks`` are further checks by layers that know more than the file
+    (:func:`aoe.config.checks.against_settings`: providers and prices).
     ``display`` is the name used in diagnostics (default: ``path`` as given).
     """
     name = display or os.fspath(path)
-    loader = _Loader(os.fspath(path), name, settings)
+    loader = _Loader(os.fspath(path), name, checks)
     # Loading makes a great many objects and no garbage cycles: the cyclic
     # collector would only rescan them, again and again (5% of a large file).
     collecting = gc.isenabled()
@@ -176,16 +173,38 @@ def _field_adapter(name: str) -> TypeAdapter[Any]:
     return TypeAdapter(annotated, config=ConfigDict(strict=True))
 
 
+class Report(Protocol):
+    """Where a check tells what it found, at a place in the file (a path of keys)."""
+
+    def error(self, path: Path, code: str, message: str, *, at_key: bool = False) -> None: ...
+
+    def warn(self, path: Path, code: str, message: str, *, at_key: bool = False) -> None: ...
+
+
+class Check(Protocol):
+    """A further check of a file that loaded, by a layer that knows more than the
+    file: its ``agents``, the workflow's ``cost_budget`` and where each agent's
+    ``llm`` fields were written (``origins[(agent, model index)][field]``)."""
+
+    def __call__(
+        self,
+        agents: Mapping[str, Agent],
+        cost_budget: float | None,
+        origins: Mapping[tuple[str, int], Mapping[str, Path]],
+        report: Report,
+    ) -> None: ...
+
+
 _UNKNOWN: Any = object()  # a section whose errors are reported; checks that need it are skipped
 
 
 class _Loader:
-    def __init__(self, path: str, name: str, settings: Settings | None) -> None:
+    def __init__(self, path: str, name: str, checks: Sequence[Check]) -> None:
         self.path = path
         self.name = name
         self.folder = _folder_of(path)
         self.display_folder = os.path.dirname(name)
-        self.settings = settings
+        self.checks = checks
         self.diagnostics: list[Diagnostic] = []
         self.source = SourceMap(name)
         self.text = ""
@@ -252,8 +271,9 @@ class _Loader:
         outputs = self.check_outputs(header["outputs"])
         if not has_errors(self.diagnostics):
             self.check_unused_inputs()
-        if self.settings is not None:
-            self.check_against_settings(agents, header)
+        budget = header["cost_budget"]
+        for check in self.checks:
+            check(agents, None if budget is _UNKNOWN else budget, self.llm_origins, self)
 
         if has_errors(self.diagnostics) or dependencies is None:
             return None
@@ -1026,69 +1046,6 @@ class _Loader:
                     at_key=True,
                 )
 
-    # -- engine settings ---------------------------------------------------------
-    def check_against_settings(
-        self, agents: Mapping[str, Agent], header: Mapping[str, Any]
-    ) -> None:
-        settings = self.settings
-        assert settings is not None
-        costs = settings.config.cost_tracking
-        budget = header["cost_budget"]
-        run_budget = budget if budget not in (None, _UNKNOWN) else costs.default_workflow_budget
-        policy = settings.config.retry_policy
-        for agent in agents.values():
-            limit = agent.cost_limit if agent.cost_limit is not None else costs.default_agent_budget
-            for i, llm in enumerate(agent.models):
-                origins = self.llm_origins.get((agent.id, i), {})
-                provider_at = origins.get("provider", ("agents", agent.id))
-                model_at = origins.get("model", ("agents", agent.id))
-                which = f"agent '{agent.id}'" + (f", fallback {i}" if i else "")
-                if llm.provider not in settings.provider_names:
-                    self.error(
-                        provider_at,
-                        "unknown-provider",
-                        f"{which}: unknown provider '{llm.provider}'"
-                        f"{did_you_mean(llm.provider, settings.provider_names)}; "
-                        "use openai, anthropic or mock, or declare it under providers: "
-                        "in the engine config",
-                    )
-                    continue
-                if settings.price_of(llm.provider, llm.model) is not None:
-                    continue
-                applies = [
-                    f"cost_budget {run_budget:g} USD" if run_budget is not None else "",
-                    f"cost_limit {limit:g} USD" if limit is not None else "",
-                ]
-                applies = [a for a in applies if a]
-                example = f"{llm.model}: {{input: 0.001, output: 0.002}}"
-                if applies:
-                    self.error(
-                        model_at,
-                        "unpriced-model",
-                        f"{which}: model '{llm.model}' has no price, and a budget applies "
-                        f"({' and '.join(applies)}); add it to the engine config under "
-                        f"cost_tracking.model_costs (USD per 1,000 tokens), e.g. "
-                        f"'{example}'" + _price_hint(llm.model, settings),
-                    )
-                else:
-                    self.warn(
-                        model_at,
-                        "unpriced-model",
-                        f"{which}: model '{llm.model}' has no price, so its cost is not "
-                        "tracked; add it under cost_tracking.model_costs in the engine "
-                        "config",
-                    )
-            base = _first(agent.retry.base_delay, policy.base_delay)
-            top = _first(agent.retry.max_delay, policy.max_delay)
-            try:
-                check_delays(base, top)
-            except PydanticCustomError as e:
-                self.error(
-                    ("agents", agent.id, "retry"),
-                    "retry-delays",
-                    f"agent '{agent.id}': with the engine's retry_policy under it, {e}",
-                )
-
 
 # -- helpers -------------------------------------------------------------------
 
@@ -1212,8 +1169,3 @@ def _undefined_name(name: str, inputs: Any, raw_agents: Mapping[str, Any]) -> st
         f"'{name}' is not defined; templates can read inputs.<name>, "
         "agents.<id>.output, agents.<id>.status and workflow.name"
     )
-
-
-def _price_hint(model: str, settings: Settings) -> str:
-    match = closest(model, settings.prices.names())
-    return f" (or did you mean '{match}'?)" if match else ""

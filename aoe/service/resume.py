@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
+from aoe.config.checks import checks_for
 from aoe.config.settings import Settings
 from aoe.engine.executor import Restored, Resumption
 from aoe.errors import ResumeRefused
@@ -197,7 +198,7 @@ def _workflow(run: Mapping[str, Any], settings: Settings) -> Workflow:
     """The file at the recorded path; when it is gone, the record's own copy."""
     path = run["workflow_path"]
     if not is_submitted(path) and os.path.exists(path):
-        return load_workflow(path, settings=settings).require()
+        return load_workflow(path, checks=checks_for(settings)).require()
     files: Mapping[str, str] = run["workflow_files"] or {}
     unsafe = [
         name
@@ -216,7 +217,9 @@ def _workflow(run: Mapping[str, Any], settings: Settings) -> Workflow:
             target = Path(folder) / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
-        loaded = load_workflow(copy, settings=settings, display=f"{path} (from the run record)")
+        loaded = load_workflow(
+            copy, checks=checks_for(settings), display=f"{path} (from the run record)"
+        )
         return loaded.require()._replace(path=path)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
+from aoe.config.checks import checks_for
 from aoe.config.settings import Settings, load_settings
 from aoe.format.loader import LoadResult, load_workflow
 from aoe.format.workflow import Workflow
@@ -46,12 +47,12 @@ def validate(
     With ``settings`` (the engine configuration), providers and prices are
     checked too; :func:`aoe.config.settings.load_settings` gives the effective one.
     """
-    return [load_workflow(path, settings=settings) for path in paths]
+    return [load_workflow(path, checks=checks_for(settings)) for path in paths]
 
 
 def load(path: str | os.PathLike[str], settings: Settings | None = None) -> Workflow:
     """A valid workflow, or :class:`aoe.errors.WorkflowInvalid` listing every error."""
-    return load_workflow(path, settings=settings).require()
+    return load_workflow(path, checks=checks_for(settings)).require()
 
 
 def load_text(
@@ -92,7 +93,7 @@ def load_text(
             target = Path(folder).joinpath(*plain(relative, "the file").parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content, encoding="utf-8")
-        workflow = load_workflow(path, settings=settings, display=name).require()
+        workflow = load_workflow(path, checks=checks_for(settings), display=name).require()
     return workflow._replace(path=f"{SUBMITTED}/{name}")
 
 

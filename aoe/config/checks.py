@@ -1,0 +1,94 @@
+"""What a workflow needs of the engine config: providers that exist, a price for
+each model a budget applies to, and retry delays that still make sense with the
+config's ``retry_policy`` under the workflow's own."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic_core import PydanticCustomError
+
+from aoe.config.settings import Settings
+from aoe.format.loader import Check, Report
+from aoe.format.modelerrors import closest, did_you_mean
+from aoe.format.spec import check_delays
+from aoe.format.workflow import Agent
+from aoe.format.yamlsource import Path
+
+
+def against_settings(settings: Settings) -> Check:
+    """A :class:`~aoe.format.loader.Check` of a workflow against ``settings``."""
+
+    def check(
+        agents: Mapping[str, Agent],
+        cost_budget: float | None,
+        origins: Mapping[tuple[str, int], Mapping[str, Path]],
+        report: Report,
+    ) -> None:
+        costs = settings.config.cost_tracking
+        run_budget = cost_budget if cost_budget is not None else costs.default_workflow_budget
+        policy = settings.config.retry_policy
+        for agent in agents.values():
+            limit = agent.cost_limit if agent.cost_limit is not None else costs.default_agent_budget
+            for i, llm in enumerate(agent.models):
+                where = origins.get((agent.id, i), {})
+                provider_at = where.get("provider", ("agents", agent.id))
+                model_at = where.get("model", ("agents", agent.id))
+                which = f"agent '{agent.id}'" + (f", fallback {i}" if i else "")
+                if llm.provider not in settings.provider_names:
+                    report.error(
+                        provider_at,
+                        "unknown-provider",
+                        f"{which}: unknown provider '{llm.provider}'"
+                        f"{did_you_mean(llm.provider, settings.provider_names)}; "
+                        "use openai, anthropic or mock, or declare it under providers: "
+                        "in the engine config",
+                    )
+                    continue
+                if settings.price_of(llm.provider, llm.model) is not None:
+                    continue
+                applies = [
+                    f"cost_budget {run_budget:g} USD" if run_budget is not None else "",
+                    f"cost_limit {limit:g} USD" if limit is not None else "",
+                ]
+                applies = [a for a in applies if a]
+                example = f"{llm.model}: {{input: 0.001, output: 0.002}}"
+                if applies:
+                    report.error(
+                        model_at,
+                        "unpriced-model",
+                        f"{which}: model '{llm.model}' has no price, and a budget applies "
+                        f"({' and '.join(applies)}); add it to the engine config under "
+                        f"cost_tracking.model_costs (USD per 1,000 tokens), e.g. "
+                        f"'{example}'" + _price_hint(llm.model, settings),
+                    )
+                else:
+                    report.warn(
+                        model_at,
+                        "unpriced-model",
+                        f"{which}: model '{llm.model}' has no price, so its cost is not "
+                        "tracked; add it under cost_tracking.model_costs in the engine "
+                        "config",
+                    )
+            base = policy.base_delay if agent.retry.base_delay is None else agent.retry.base_delay
+            top = policy.max_delay if agent.retry.max_delay is None else agent.retry.max_delay
+            try:
+                check_delays(base, top)
+            except PydanticCustomError as e:
+                report.error(
+                    ("agents", agent.id, "retry"),
+                    "retry-delays",
+                    f"agent '{agent.id}': with the engine's retry_policy under it, {e}",
+                )
+
+    return check
+
+
+def checks_for(settings: Settings | None) -> list[Check]:
+    """The checks of a workflow against ``settings``; none without settings."""
+    return [] if settings is None else [against_settings(settings)]
+
+
+def _price_hint(model: str, settings: Settings) -> str:
+    match = closest(model, settings.prices.names())
+    return f" (or did you mean '{match}'?)" if match else ""
