@@ -28,9 +28,10 @@ run: $(STAMP) ## Run the example workflow offline (--mock), with its live view
 test: $(STAMP) ## Run the whole test suite
 	$(BIN)/python -m pytest
 
-lint: $(STAMP) ## ruff: style and common mistakes
+lint: $(STAMP) ## ruff (style, common mistakes) and the layers contract (lint-imports)
 	$(BIN)/ruff check aoe tests bench
 	$(BIN)/ruff format --check aoe tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP) ## mypy --strict
 	$(BIN)/mypy
