@@ -354,7 +354,7 @@ async def test_engine_runs_at_most_max_concurrent_workflows(
 def test_event_log_is_bounded() -> None:
     bus = EventBus(keep=5)
     for i in range(50):
-        bus.emit(Event(str(i), 0.0))
+        bus.emit(Event(run_id=str(i), at=0.0))
     assert [e.run_id for e in bus.log] == ["45", "46", "47", "48", "49"]
 
 

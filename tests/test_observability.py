@@ -212,9 +212,23 @@ def attempt_finished(
 ) -> AttemptFinished:
     usage = Usage(10, 5)
     return AttemptFinished(
-        run_id, 0.0, "a", None, 1, "openai", model, 0.1, usage, 0.001, usage, 0.001, usage,
-        0.001, error, kind,
-    )  # fmt: skip
+        run_id=run_id,
+        at=0.0,
+        agent_id="a",
+        item=None,
+        attempt=1,
+        provider="openai",
+        model=model,
+        duration=0.1,
+        usage=usage,
+        cost=0.001,
+        agent_usage=usage,
+        agent_cost=0.001,
+        run_usage=usage,
+        run_cost=0.001,
+        error=error,
+        error_kind=kind,
+    )
 
 
 def test_label_values_stay_bounded() -> None:
@@ -233,8 +247,22 @@ def test_run_outcomes_are_counted_by_status() -> None:
     usage = Usage(0, 0)
     for i, status in enumerate([RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED]):
         run_id = f"r{i}"
-        metrics(RunStarted(run_id, 0.0, "wf", 1, 1, None))
-        metrics(RunFinished(run_id, 1.0, status, 1.0, usage, 0.0, None, {}, {}))
+        metrics(
+            RunStarted(run_id=run_id, at=0.0, workflow="wf", agents=1, max_parallel=1, budget=None)
+        )
+        metrics(
+            RunFinished(
+                run_id=run_id,
+                at=1.0,
+                status=status,
+                duration=1.0,
+                usage=usage,
+                cost=0.0,
+                budget=None,
+                outputs={},
+                output_errors={},
+            )
+        )
     found = samples(metrics.exposition()[0].decode())
     assert total(found, "aoe_workflows_total", workflow="wf") == 3
     assert total(found, "aoe_workflows_failed_total", workflow="wf") == 1
@@ -250,7 +278,17 @@ class Clock:
 
 
 def started(waited: float) -> AttemptStarted:
-    return AttemptStarted("r", 0.0, "a", None, 1, "openai", "gpt-4o-mini", waited, 0.01)
+    return AttemptStarted(
+        run_id="r",
+        at=0.0,
+        agent_id="a",
+        item=None,
+        attempt=1,
+        provider="openai",
+        model="gpt-4o-mini",
+        waited=waited,
+        reserved=0.01,
+    )
 
 
 def test_health_degrades_on_waits_and_errors_and_recovers_in_virtual_time() -> None:

@@ -442,29 +442,38 @@ def test_live_view_renders_rows_progress_and_spend() -> None:
     workflow = load(WORKFLOWS / "competitor-brief.yaml")
     buffer = StringIO()
     view = LiveView(workflow, console(buffer, width=120), budget=5.0)
-    view(AgentStarted("r", 0.0, "research"))
+    view(AgentStarted(run_id="r", at=0.0, agent_id="research"))
     view(
         AttemptFinished(
-            "r",
-            0.0,
-            "research",
-            None,
-            1,
-            "openai",
-            "gpt-4o-mini",
-            1.5,
-            Usage(1200, 300),
-            0.00036,
-            Usage(1200, 300),
-            0.00036,
-            Usage(1200, 300),
-            0.00036,
+            run_id="r",
+            at=0.0,
+            agent_id="research",
+            item=None,
+            attempt=1,
+            provider="openai",
+            model="gpt-4o-mini",
+            duration=1.5,
+            usage=Usage(1200, 300),
+            cost=0.00036,
+            agent_usage=Usage(1200, 300),
+            agent_cost=0.00036,
+            run_usage=Usage(1200, 300),
+            run_cost=0.00036,
         )
     )
     view(
-        AgentFinished("r", 0.0, "research", AgentState.COMPLETED, 1.5, Usage(1200, 300), 0.00036, 1)
+        AgentFinished(
+            run_id="r",
+            at=0.0,
+            agent_id="research",
+            state=AgentState.COMPLETED,
+            duration=1.5,
+            usage=Usage(1200, 300),
+            cost=0.00036,
+            attempts=1,
+        )
     )
-    view(AgentStarted("r", 0.0, "competitors"))
+    view(AgentStarted(run_id="r", at=0.0, agent_id="competitors"))
     view.summary()
     text = buffer.getvalue()
     research = next(line for line in text.splitlines() if line.startswith("research"))
@@ -503,6 +512,17 @@ def test_live_view_honours_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv("NO_COLOR", raising=False)
         buffer = StringIO()
         view = LiveView(workflow, Console(file=buffer, force_terminal=True, width=120))
-        view(AgentFinished("r", 0.0, "research", AgentState.FAILED, 1.0, Usage(), 0.0, 1))
+        view(
+            AgentFinished(
+                run_id="r",
+                at=0.0,
+                agent_id="research",
+                state=AgentState.FAILED,
+                duration=1.0,
+                usage=Usage(),
+                cost=0.0,
+                attempts=1,
+            )
+        )
         view.summary()
         assert ("\x1b[31m" in buffer.getvalue() or "\x1b[1;31m" in buffer.getvalue()) == coloured

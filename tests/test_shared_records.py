@@ -123,8 +123,19 @@ async def test_a_record_is_read_on_from_where_a_copy_was_brought_up_to(
     try:
         await mirror.begin(store, 1)
         await send(
-            AgentStarted("run-1", 1.0, "a"),
-            AttemptStarted("run-1", 1.1, "a", None, 1, "openai", "m", 0.0, 0.02, "f"),
+            AgentStarted(run_id="run-1", at=1.0, agent_id="a"),
+            AttemptStarted(
+                run_id="run-1",
+                at=1.1,
+                agent_id="a",
+                item=None,
+                attempt=1,
+                provider="openai",
+                model="m",
+                waited=0.0,
+                reserved=0.02,
+                fingerprint="f",
+            ),
         )
         whole = await fetch(client, prefix, "run-1")
         assert whole is not None
@@ -134,7 +145,15 @@ async def test_a_record_is_read_on_from_where_a_copy_was_brought_up_to(
             assert [a["state"] for a in copy.agents("run-1")] == ["running"]
             midway = copy.export("run-1")  # as a worker writes its head again
             done = AgentFinished(
-                "run-1", 1.6, "a", AgentState.COMPLETED, 0.6, Usage(5, 7), 0.003, 1, "A!"
+                run_id="run-1",
+                at=1.6,
+                agent_id="a",
+                state=AgentState.COMPLETED,
+                duration=0.6,
+                usage=Usage(5, 7),
+                cost=0.003,
+                attempts=1,
+                output="A!",
             )
             await send(done)
             newer = await fetch(client, prefix, "run-1", after=whole.last)

@@ -798,13 +798,47 @@ def test_journal_lines_read_back_as_the_events_they_were(tmp_path: Path) -> None
     key = fake_key("sk-proj-")
     events = [
         AttemptFinished(
-            "r1", 1.5, "a", 2, 1, "openai", "gpt-4o-mini", 0.25, Usage(3, 4), 0.01,
-            Usage(3, 4), 0.01, Usage(30, 40), 0.1, f"401: bad key {key}", "auth",
+            run_id="r1",
+            at=1.5,
+            agent_id="a",
+            item=2,
+            attempt=1,
+            provider="openai",
+            model="gpt-4o-mini",
+            duration=0.25,
+            usage=Usage(3, 4),
+            cost=0.01,
+            agent_usage=Usage(3, 4),
+            agent_cost=0.01,
+            run_usage=Usage(30, 40),
+            run_cost=0.1,
+            error=f"401: bad key {key}",
+            error_kind="auth",
             output={"x": [1, "é"]},
         ),
-        AgentFinished("r1", 2.0, "a", AgentState.COMPLETED, 1.0, Usage(3, 4), 0.01, 1, "out"),
-        RunFinished("r1", 3.0, RunStatus.PARTIAL, 2.0, Usage(3, 4), 0.01, None, {"o": 1}, {}),
-    ]  # fmt: skip
+        AgentFinished(
+            run_id="r1",
+            at=2.0,
+            agent_id="a",
+            state=AgentState.COMPLETED,
+            duration=1.0,
+            usage=Usage(3, 4),
+            cost=0.01,
+            attempts=1,
+            output="out",
+        ),
+        RunFinished(
+            run_id="r1",
+            at=3.0,
+            status=RunStatus.PARTIAL,
+            duration=2.0,
+            usage=Usage(3, 4),
+            cost=0.01,
+            budget=None,
+            outputs={"o": 1},
+            output_errors={},
+        ),
+    ]
     data = "".join(_line(event) for event in events).encode()
     assert key.encode() not in data  # a secret in an error never reaches the disk
     back = [event for event, _ in read_journal(data, "r1")]
@@ -925,15 +959,47 @@ def test_the_live_view_and_the_lines_say_cached_and_resumed() -> None:
     buffer = StringIO()
     view = LiveView(workflow, console(buffer, width=120), budget=5.0)
     hit = AttemptFinished(
-        "r", 0.0, "research", None, 1, "openai", "gpt-4o-mini", 0.0, Usage(), 0.0,
-        Usage(), 0.0, Usage(), 0.0, cached=True,
-    )  # fmt: skip
-    view(AgentStarted("r", 0.0, "research"))
+        run_id="r",
+        at=0.0,
+        agent_id="research",
+        item=None,
+        attempt=1,
+        provider="openai",
+        model="gpt-4o-mini",
+        duration=0.0,
+        usage=Usage(),
+        cost=0.0,
+        agent_usage=Usage(),
+        agent_cost=0.0,
+        run_usage=Usage(),
+        run_cost=0.0,
+        cached=True,
+    )
+    view(AgentStarted(run_id="r", at=0.0, agent_id="research"))
     view(hit)
-    view(AgentFinished("r", 0.0, "research", AgentState.COMPLETED, 0.0, Usage(), 0.0, 1))
     view(
         AgentFinished(
-            "r", 0.0, "competitors", AgentState.COMPLETED, 0.0, Usage(), 0.0, 1, resumed=True
+            run_id="r",
+            at=0.0,
+            agent_id="research",
+            state=AgentState.COMPLETED,
+            duration=0.0,
+            usage=Usage(),
+            cost=0.0,
+            attempts=1,
+        )
+    )
+    view(
+        AgentFinished(
+            run_id="r",
+            at=0.0,
+            agent_id="competitors",
+            state=AgentState.COMPLETED,
+            duration=0.0,
+            usage=Usage(),
+            cost=0.0,
+            attempts=1,
+            resumed=True,
         )
     )
     view.summary()
@@ -977,16 +1043,60 @@ def test_recover_writes_a_dead_runs_journal_into_the_store_once(tmp_path: Path) 
         )  # fmt: skip
         db.connection.execute("UPDATE runs SET pid = NULL")  # its process is gone
         events = [
-            AgentStarted("r1", 1.0, "a"),
-            AttemptStarted("r1", 1.1, "a", None, 1, "openai", "gpt-4o-mini", 0.0, 0.02, "f"),
-            AttemptFinished(
-                "r1", 1.5, "a", None, 1, "openai", "gpt-4o-mini", 0.4, Usage(5, 7), 0.003,
-                Usage(5, 7), 0.003, Usage(5, 7), 0.003,
+            AgentStarted(run_id="r1", at=1.0, agent_id="a"),
+            AttemptStarted(
+                run_id="r1",
+                at=1.1,
+                agent_id="a",
+                item=None,
+                attempt=1,
+                provider="openai",
+                model="gpt-4o-mini",
+                waited=0.0,
+                reserved=0.02,
+                fingerprint="f",
             ),
-            AgentFinished("r1", 1.6, "a", AgentState.COMPLETED, 0.6, Usage(5, 7), 0.003, 1, "A!"),
-            AgentStarted("r1", 1.7, "b"),
-            AttemptStarted("r1", 1.8, "b", None, 1, "openai", "gpt-4o-mini", 0.0, 0.02, "g"),
-        ]  # fmt: skip
+            AttemptFinished(
+                run_id="r1",
+                at=1.5,
+                agent_id="a",
+                item=None,
+                attempt=1,
+                provider="openai",
+                model="gpt-4o-mini",
+                duration=0.4,
+                usage=Usage(5, 7),
+                cost=0.003,
+                agent_usage=Usage(5, 7),
+                agent_cost=0.003,
+                run_usage=Usage(5, 7),
+                run_cost=0.003,
+            ),
+            AgentFinished(
+                run_id="r1",
+                at=1.6,
+                agent_id="a",
+                state=AgentState.COMPLETED,
+                duration=0.6,
+                usage=Usage(5, 7),
+                cost=0.003,
+                attempts=1,
+                output="A!",
+            ),
+            AgentStarted(run_id="r1", at=1.7, agent_id="b"),
+            AttemptStarted(
+                run_id="r1",
+                at=1.8,
+                agent_id="b",
+                item=None,
+                attempt=1,
+                provider="openai",
+                model="gpt-4o-mini",
+                waited=0.0,
+                reserved=0.02,
+                fingerprint="g",
+            ),
+        ]
         journal = journal_path(db.path, "r1", 1)
         journal.parent.mkdir()
         # the process died in the middle of writing a line

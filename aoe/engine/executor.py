@@ -342,14 +342,14 @@ class _Run:
         self.started = time.perf_counter()
         self.bus.emit(
             RunStarted(
-                self.run_id,
-                time.time(),
-                self.workflow.name,
-                len(self.agents),
-                self.max_parallel,
-                self.ledger.limit,
-                self.session,
-                self.ledger.spent,
+                run_id=self.run_id,
+                at=time.time(),
+                workflow=self.workflow.name,
+                agents=len(self.agents),
+                max_parallel=self.max_parallel,
+                budget=self.ledger.limit,
+                session=self.session,
+                spent=self.ledger.spent,
             )
         )
         try:
@@ -412,15 +412,15 @@ class _Run:
         outputs, errors = await self.render_outputs()
         self.bus.emit(
             RunFinished(
-                self.run_id,
-                now,
-                status,
-                time.perf_counter() - self.started,
-                self.usage,
-                self.cost,
-                self.ledger.limit,
-                outputs,
-                errors,
+                run_id=self.run_id,
+                at=now,
+                status=status,
+                duration=time.perf_counter() - self.started,
+                usage=self.usage,
+                cost=self.cost,
+                budget=self.ledger.limit,
+                outputs=outputs,
+                output_errors=errors,
             )
         )
         return status
@@ -617,10 +617,10 @@ class _Run:
                 record.state = AgentState.RUNNING
                 self.bus.emit(
                     AgentStarted(
-                        self.run_id,
-                        time.time(),
-                        record.agent.id,
-                        len(record.items) if record.items is not None else None,
+                        run_id=self.run_id,
+                        at=time.time(),
+                        agent_id=record.agent.id,
+                        items=len(record.items) if record.items is not None else None,
                     )
                 )
             self.in_flight.add(asyncio.ensure_future(self.unit(record, item)))
@@ -662,13 +662,13 @@ class _Run:
                 assert error is not None
                 self.bus.emit(
                     AgentFallback(
-                        self.run_id,
-                        time.time(),
-                        agent.id,
-                        item,
-                        llm.provider,
-                        llm.model,
-                        error.message,
+                        run_id=self.run_id,
+                        at=time.time(),
+                        agent_id=agent.id,
+                        item=item,
+                        provider=llm.provider,
+                        model=llm.model,
+                        error=error.message,
                     )
                 )
             try:
@@ -720,13 +720,13 @@ class _Run:
             record.state = AgentState.RETRYING
             self.bus.emit(
                 AgentRetrying(
-                    self.run_id,
-                    time.time(),
-                    record.agent.id,
-                    item,
-                    attempts.value,
-                    state.upcoming_sleep,
-                    str(getattr(error, "message", error)),
+                    run_id=self.run_id,
+                    at=time.time(),
+                    agent_id=record.agent.id,
+                    item=item,
+                    attempt=attempts.value,
+                    delay=state.upcoming_sleep,
+                    error=str(getattr(error, "message", error)),
                 )
             )
 
@@ -792,16 +792,16 @@ class _Run:
         record.state = AgentState.RUNNING
         self.bus.emit(
             AttemptStarted(
-                self.run_id,
-                time.time(),
-                agent.id,
-                item,
-                number,
-                request.provider,
-                request.model,
-                admission.permit.waited,
-                admission.reservation.amount,
-                key,
+                run_id=self.run_id,
+                at=time.time(),
+                agent_id=agent.id,
+                item=item,
+                attempt=number,
+                provider=request.provider,
+                model=request.model,
+                waited=admission.permit.waited,
+                reserved=admission.reservation.amount,
+                fingerprint=key,
             )
         )
         if checkpoint is not None:
@@ -912,7 +912,12 @@ class _Run:
             record.state = AgentState.WAITING
             self.bus.emit(
                 AgentWaiting(
-                    self.run_id, time.time(), record.agent.id, item, request.provider, request.model
+                    run_id=self.run_id,
+                    at=time.time(),
+                    agent_id=record.agent.id,
+                    item=item,
+                    provider=request.provider,
+                    model=request.model,
                 )
             )
 
@@ -961,25 +966,25 @@ class _Run:
         self.cost += cost
         self.bus.emit(
             AttemptFinished(
-                self.run_id,
-                time.time(),
-                record.agent.id,
-                item,
-                number,
-                request.provider,
-                response.model if response is not None else request.model,
-                duration,
-                usage,
-                cost,
-                record.usage,
-                record.cost,
-                self.usage,
-                self.cost,
-                error.message if error else None,
-                type(error).__name__ if error else (None if response else NOT_ANSWERED),
-                response.finish_reason if response else None,
-                False,
-                output,
+                run_id=self.run_id,
+                at=time.time(),
+                agent_id=record.agent.id,
+                item=item,
+                attempt=number,
+                provider=request.provider,
+                model=response.model if response is not None else request.model,
+                duration=duration,
+                usage=usage,
+                cost=cost,
+                agent_usage=record.usage,
+                agent_cost=record.cost,
+                run_usage=self.usage,
+                run_cost=self.cost,
+                error=error.message if error else None,
+                error_kind=type(error).__name__ if error else (None if response else NOT_ANSWERED),
+                finish_reason=response.finish_reason if response else None,
+                cached=False,
+                output=output,
             )
         )
 
@@ -997,25 +1002,25 @@ class _Run:
         record.attempts += 1
         self.bus.emit(
             AttemptFinished(
-                self.run_id,
-                time.time(),
-                record.agent.id,
-                item,
-                attempts.value,
-                request.provider,
-                response.model,
-                0.0,
-                Usage(),
-                0.0,
-                record.usage,
-                record.cost,
-                self.usage,
-                self.cost,
-                None,
-                None,
-                response.finish_reason,
-                True,
-                output,
+                run_id=self.run_id,
+                at=time.time(),
+                agent_id=record.agent.id,
+                item=item,
+                attempt=attempts.value,
+                provider=request.provider,
+                model=response.model,
+                duration=0.0,
+                usage=Usage(),
+                cost=0.0,
+                agent_usage=record.usage,
+                agent_cost=record.cost,
+                run_usage=self.usage,
+                run_cost=self.cost,
+                error=None,
+                error_kind=None,
+                finish_reason=response.finish_reason,
+                cached=True,
+                output=output,
             )
         )
 
@@ -1083,17 +1088,17 @@ class _Run:
         output = record.output if state is AgentState.COMPLETED or keep_output else None
         self.bus.emit(
             AgentFinished(
-                self.run_id,
-                at or time.time(),
-                record.agent.id,
-                state,
-                duration,
-                record.usage,
-                record.cost,
-                record.attempts,
-                output,
-                error,
-                resumed,
+                run_id=self.run_id,
+                at=at or time.time(),
+                agent_id=record.agent.id,
+                state=state,
+                duration=duration,
+                usage=record.usage,
+                cost=record.cost,
+                attempts=record.attempts,
+                output=output,
+                error=error,
+                resumed=resumed,
             )
         )
 

@@ -596,27 +596,41 @@ def _line(event: Event) -> str:
 
 
 @functools.cache
-def _event_types() -> dict[str, tuple[type[Event], list[Callable[[Any], Any] | None]]]:
-    """Each event type by name, with how to rebuild each field from its JSON.
+def _event_types() -> dict[str, tuple[type[Event], list[tuple[str, Callable[[Any], Any] | None]]]]:
+    """Each event type by name, with its fields after ``run_id`` (a journal line's
+    values, in order; events are built with keywords) and how to rebuild each
+    from its JSON.
     Worked out once: ``get_type_hints`` costs ~5 ms, and every journal read
     (a resume, each GET and SSE entry of a served run) needs the table."""
-    types: dict[str, tuple[type[Event], list[Callable[[Any], Any] | None]]] = {}
+    types: dict[str, tuple[type[Event], list[tuple[str, Callable[[Any], Any] | None]]]] = {}
     for value in vars(_events).values():
         if isinstance(value, type) and issubclass(value, Event) and value is not Event:
             hints = typing.get_type_hints(value, vars(_events))
-            converters: list[Callable[[Any], Any] | None] = []
+            fields: list[tuple[str, Callable[[Any], Any] | None]] = []
             for field in dataclasses.fields(value)[1:]:
                 kinds = set(typing.get_args(hints[field.name])) or {hints[field.name]}
+                convert: Callable[[Any], Any] | None = None
                 if Usage in kinds:
-                    converters.append(lambda v: None if v is None else Usage(*v))
+                    convert = _as_usage
                 elif AgentState in kinds:
-                    converters.append(lambda v: None if v is None else AgentState(v))
+                    convert = _as_state
                 elif RunStatus in kinds:
-                    converters.append(lambda v: None if v is None else RunStatus(v))
-                else:
-                    converters.append(None)
-            types[value.__name__] = (value, converters)
+                    convert = _as_status
+                fields.append((field.name, convert))
+            types[value.__name__] = (value, fields)
     return types
+
+
+def _as_usage(value: Any) -> Usage | None:
+    return None if value is None else Usage(*value)
+
+
+def _as_state(value: Any) -> AgentState | None:
+    return None if value is None else AgentState(value)
+
+
+def _as_status(value: Any) -> RunStatus | None:
+    return None if value is None else RunStatus(value)
 
 
 def read_journal(data: bytes, run_id: str) -> Iterator[tuple[Event, int]]:
@@ -630,11 +644,13 @@ def read_journal(data: bytes, run_id: str) -> Iterator[tuple[Event, int]]:
             return
         try:
             name, *values = json.loads(data[start:end])
-            cls, converters = types[name]
-            for i, convert in enumerate(converters):
-                if convert is not None and i < len(values):
-                    values[i] = convert(values[i])
-            event = cls(run_id, *values)
+            cls, fields = types[name]
+            if len(values) > len(fields):
+                raise TypeError(f"{name} has {len(fields)} fields")
+            given = {}
+            for (field, convert), value in zip(fields, values, strict=False):
+                given[field] = value if convert is None else convert(value)
+            event = cls(run_id=run_id, **given)
         except (ValueError, KeyError, TypeError):
             return
         start = end + 1
