@@ -54,7 +54,7 @@ from typing import Any
 
 from aoe.cli.ui import PlainProgress
 from aoe.config.settings import Settings, load_settings
-from aoe.engine.executor import Engine
+from aoe.engine.engine import Engine
 from aoe.events import EventBus, RunStatus
 from aoe.format.workflow import Workflow
 from aoe.observe.results import Results

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from aoe.config.settings import load_settings
-from aoe.engine.executor import Engine
+from aoe.engine.engine import Engine
 from aoe.events import AgentFinished, Event
 from aoe.service.runner import load, run_workflow
 

@@ -178,7 +178,7 @@ def in_process(fake: FakeProvider, folder: Path, runs: int, concurrency: int) ->
     """The baseline: the same runs through the Python API, one engine, no HTTP."""
     os.environ.update(environment(fake, folder / "api-state", concurrency))
     from aoe.config.settings import load_settings
-    from aoe.engine.executor import Engine
+    from aoe.engine.engine import Engine
     from aoe.service.runner import load, run_workflow
     from aoe.state.store import Store
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from aoe.config.settings import Settings, load_settings
-from aoe.engine.executor import Engine
+from aoe.engine.engine import Engine
 from aoe.events import AgentFinished, Event, EventBus, RunFinished, RunStatus
 from aoe.format.workflow import Workflow
 from aoe.service.runner import load, run_workflow

@@ -13,7 +13,7 @@ import pytest
 
 from aoe.config.prices import BUILTIN_PRICES
 from aoe.config.settings import Settings, load_settings
-from aoe.engine.executor import Engine
+from aoe.engine.engine import Engine
 from aoe.events import (
     AgentFallback,
     AgentFinished,

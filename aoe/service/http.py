@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import web
 
-from aoe.engine.executor import new_run_id
+from aoe.engine.engine import new_run_id
 from aoe.errors import DiagnosticsError, OptionInvalid, RunNotFound, UserError
 from aoe.events import Event, RunFinished, RunStarted, event_dict
 from aoe.observe.health import Health, HealthMonitor

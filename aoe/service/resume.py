@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from aoe.config.checks import checks_for
 from aoe.config.settings import Settings
-from aoe.engine.executor import Restored, Resumption
+from aoe.engine.resumption import Restored, Resumption
 from aoe.errors import ResumeRefused
 from aoe.format.inputs import GivenInput, bind_inputs, from_assignments
 from aoe.format.loader import load_workflow

@@ -19,7 +19,7 @@ from aoe.format.loader import LoadResult, load_workflow
 from aoe.format.workflow import Workflow
 
 if TYPE_CHECKING:
-    from aoe.engine.executor import Engine
+    from aoe.engine.engine import Engine
     from aoe.events import RunStatus, Subscriber
     from aoe.redis.records import RecordMirror
     from aoe.service.resume import ResumePlan
@@ -105,7 +105,7 @@ def is_submitted(path: str) -> bool:
 
 def providers_used(workflow: Workflow) -> list[str]:
     """Every provider the workflow may call, fallbacks included, in order of use."""
-    from aoe.engine.executor import providers_of
+    from aoe.engine.engine import providers_of
 
     return providers_of(workflow, mock=False)
 
@@ -144,7 +144,7 @@ async def run_workflow(
     import asyncio
     import logging
 
-    from aoe.engine.executor import new_run_id
+    from aoe.engine.engine import new_run_id
     from aoe.errors import MissingApiKey
     from aoe.events import EventBus
     from aoe.providers import missing_keys

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 from aoe.config.settings import Settings
-from aoe.engine.executor import Engine
+from aoe.engine.engine import Engine
 from aoe.policy.costs import DailySpend
 from aoe.policy.limits import Clock, RateLimiter
 from aoe.providers import ProviderPool

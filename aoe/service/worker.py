@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from aoe.config.settings import Settings
-    from aoe.engine.executor import Engine
+    from aoe.engine.engine import Engine
     from aoe.events import Subscriber
     from aoe.redis.records import RecordMirror
     from aoe.state.store import Store
@@ -106,7 +106,7 @@ async def submit(
 ) -> str:
     """Append a run to the queue; its id. The caller checked the workflow.
     Its record in Redis says ``queued`` until a worker starts it."""
-    from aoe.engine.executor import new_run_id
+    from aoe.engine.engine import new_run_id
     from aoe.redis.records import index_key
 
     own = client is None

@@ -1,0 +1,250 @@
+"""One attempt: a unit's model called once, from its request to its settlement.
+
+The response cache answers first when it can (no admission, no cost). Else
+the attempt is admitted (:mod:`aoe.engine.admission`), told, recorded first
+when a run store is on, and made within the agent's timeout; its reply is
+cleaned, counted against the run's reply bytes and checked against the
+agent's output format; then it is settled, whatever happened. It raises the
+:class:`RunError` that ended it, which the unit's retry policy reads; a reply
+that failed its check leaves feedback for the model's next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aoe.engine.admission import Admission, Call, Outcome
+from aoe.engine.agents import Unit
+from aoe.errors import (
+    AttemptTimeout,
+    OutputInvalid,
+    ProviderUnavailable,
+    RepliesTooLarge,
+    RequestRejected,
+    RunError,
+)
+from aoe.events import AgentState, AttemptFinished, AttemptStarted, Checkpoint, EventBus
+from aoe.format.workflow import Agent, LLMConfig
+from aoe.policy.outputs import clean_text
+from aoe.providers import ProviderPool
+from aoe.sandbox.pool import Lane, checks_here
+from aoe.state.cache import ResponseCache, fingerprint
+from aoe.types import Message, Request, Response, Usage
+
+
+class Attempts:
+    """The attempts of one run's units. The providers are the engine's; the cache,
+    the reply bytes and where each agent's replies are checked are the run's."""
+
+    def __init__(
+        self,
+        admission: Admission,
+        providers: ProviderPool,
+        lane: Lane,
+        *,
+        mock: bool,
+        cache: ResponseCache | None,
+        max_reply_bytes: int | None,
+    ) -> None:
+        self.admission = admission
+        self.run_id = admission.run_id
+        self.bus: EventBus = admission.bus
+        self.providers = providers
+        self.lane = lane  # templates and checks that need the sandbox, one at a time
+        self.mock = mock
+        self.cache = cache
+        self.reply_bytes = 0  # characters of replies, all attempts together
+        self.max_reply_bytes = max_reply_bytes
+        self.checks_here: dict[str, bool] = {}  # by agent: its replies checked in-process
+
+    async def attempt(self, unit: Unit, llm: LLMConfig, messages: list[Message]) -> Any:
+        """One call: admitted, made, settled; its output. Raises the error that ended
+        it. A cached answer takes the call's place: no admission, no cost."""
+        record = unit.record
+        agent = record.agent
+        request = self.request(agent, llm, messages)
+        key = None
+        checkpoint = self.bus.checkpoint
+        cache = self.cache if agent.cache and request.provider != "mock" else None
+        if checkpoint is not None or cache is not None:
+            key = fingerprint(request)
+        if cache is not None:
+            assert key is not None
+            hit = cache.get(key)
+            if hit is not None:
+                try:
+                    output = await self.check(agent, hit.text)
+                except RunError:
+                    pass  # an entry that no longer fits: ask the model
+                else:
+                    self.cached(unit, request, hit, output)
+                    return output
+        ticket = await self.admission.admit(unit, request, llm)
+        unit.attempts += 1
+        record.attempts += 1
+        call = Call(unit, unit.attempts, llm, request, ticket)
+        record.state = AgentState.RUNNING
+        self.bus.emit(
+            AttemptStarted(
+                run_id=self.run_id,
+                at=time.time(),
+                agent_id=agent.id,
+                item=unit.item,
+                attempt=call.number,
+                provider=request.provider,
+                model=request.model,
+                waited=ticket.permit.waited,
+                reserved=ticket.reservation.amount,
+                fingerprint=key,
+            )
+        )
+        if checkpoint is not None:
+            await self.recorded_first(call, checkpoint)
+        return await self.call(call, key if cache is not None else None)
+
+    async def recorded_first(self, call: Call, checkpoint: Checkpoint) -> None:
+        """Wait until the attempt and every agent this one depends on are recorded:
+        a run resumed from its record then knows of every call it may have paid."""
+        try:
+            waiter = checkpoint.flushed()
+            if waiter is not None:
+                await waiter
+        except BaseException:
+            self.admission.settle(call, Outcome(None, 0.0))
+            raise
+
+    async def call(self, call: Call, key: str | None) -> Any:
+        """The provider called within the agent's timeout, its reply checked (and
+        kept in the cache under ``key``), the attempt settled."""
+        unit = call.unit
+        agent = unit.record.agent
+        request = call.request
+        provider = self.providers.get(request.provider)
+        began = time.perf_counter()
+        response: Response | None = None
+        try:
+            async with asyncio.timeout(agent.timeout):
+                response = await provider.complete(request)
+            response = response._replace(text=clean_text(response.text))
+            self.count(response.text)
+            output = await self.check(agent, response.text)
+            if key is not None:
+                assert self.cache is not None
+                self.cache.put(key, request, response)
+        except asyncio.CancelledError:
+            # with the reply's usage if it came (cancelled while checked)
+            outcome = Outcome(
+                response, time.perf_counter() - began, billed_unknown=response is None
+            )
+            self.admission.settle(call, outcome)
+            raise
+        except Exception as e:
+            error = _as_run_error(e, agent.timeout, request.provider, response)
+            if isinstance(error, OutputInvalid) and response is not None:
+                unit.feedback[:] = [
+                    Message("assistant", response.text),
+                    Message(
+                        "user",
+                        f"That reply cannot be used: {error.message}. Answer "
+                        "again with only the JSON, matching the schema.",
+                    ),
+                ]
+            unknown = response is None and _outcome_unknown(error)
+            duration = time.perf_counter() - began
+            self.admission.settle(call, Outcome(response, duration, error, billed_unknown=unknown))
+            raise error from None
+        self.admission.settle(call, Outcome(response, time.perf_counter() - began, output=output))
+        return output
+
+    def count(self, reply: str) -> None:
+        """A reply's characters against what the run may keep of them all."""
+        self.reply_bytes += len(reply)
+        if self.max_reply_bytes is not None and self.reply_bytes > self.max_reply_bytes:
+            raise RepliesTooLarge(
+                f"the run's replies came to over {self.max_reply_bytes:,} characters "
+                "together, the most this service keeps of a run; ask for shorter "
+                "outputs (max_tokens) or fewer of them"
+            )
+
+    def cached(self, unit: Unit, request: Request, response: Response, output: Any) -> None:
+        """An attempt answered from the cache: told like a call that cost nothing."""
+        unit.attempts += 1
+        record = unit.record
+        record.attempts += 1
+        self.bus.emit(
+            AttemptFinished(
+                run_id=self.run_id,
+                at=time.time(),
+                agent_id=record.agent.id,
+                item=unit.item,
+                attempt=unit.attempts,
+                provider=request.provider,
+                model=response.model,
+                duration=0.0,
+                usage=Usage(),
+                cost=0.0,
+                agent_usage=record.usage,
+                agent_cost=record.cost,
+                run_usage=self.admission.usage,
+                run_cost=self.admission.cost,
+                finish_reason=response.finish_reason,
+                cached=True,
+                output=output,
+            )
+        )
+
+    async def check(self, agent: Agent, text: str) -> Any:
+        """The agent's output from a reply (:class:`OutputInvalid` if it does not fit),
+        checked in this process when that is cheap, else in the sandbox."""
+        if agent.output.format != "json":
+            return text
+        here = self.checks_here.get(agent.id)
+        if here is None:
+            here = self.checks_here[agent.id] = checks_here(agent.output.schema)
+        return await self.lane.check(text, agent.output.schema, here=here)
+
+    def request(self, agent: Agent, llm: LLMConfig, messages: list[Message]) -> Request:
+        return Request(
+            provider="mock" if self.mock else llm.provider,
+            model=llm.model,
+            messages=tuple(messages),
+            max_tokens=llm.max_tokens,
+            temperature=llm.temperature,
+            top_p=llm.top_p,
+            stop=llm.stop,
+            seed=llm.seed,
+            params=llm.params,
+            output_format=agent.output.format,
+            json_schema=agent.output.schema,
+            timeout=agent.timeout,
+        )
+
+
+def _outcome_unknown(error: RunError) -> bool:
+    """No answer came back: the request may have been processed (and billed)."""
+    if isinstance(error, AttemptTimeout):
+        return True
+    return isinstance(error, ProviderUnavailable) and error.status is None
+
+
+def _as_run_error(
+    error: Exception, timeout: float, provider: str, response: Response | None
+) -> RunError:
+    if isinstance(error, RunError):
+        if (
+            isinstance(error, OutputInvalid)
+            and response is not None
+            and response.finish_reason in ("length", "max_tokens")
+        ):
+            return OutputInvalid(
+                f"{error.message} (the reply was cut off at max_tokens: raise llm.max_tokens)"
+            )
+        return error
+    if isinstance(error, TimeoutError):
+        return AttemptTimeout(f"no answer within the timeout of {timeout:g} s")
+    # a provider that broke its contract: this attempt fails, the run goes on
+    return RequestRejected(
+        f"{provider}: unexpected {type(error).__name__}: {error}", provider=provider
+    )

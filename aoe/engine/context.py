@@ -1,0 +1,67 @@
+"""What a run's templates see, and the workflow's outputs rendered at its end.
+
+A prompt, a ``when`` or a ``foreach`` sees the run's inputs, the output and
+status of each agent it depends on, the workflow's name and, in a
+``foreach`` unit, its item and index; the workflow's ``outputs`` see every
+agent. An agent that did not complete shows no output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aoe.engine.agents import AgentRun
+from aoe.engine.unit import reason
+from aoe.events import AgentState
+from aoe.format.templates import inline
+from aoe.format.workflow import Agent, Workflow
+from aoe.sandbox.pool import Lane
+
+
+def context_of(
+    agents: Mapping[str, AgentRun],
+    inputs: Mapping[str, Any],
+    workflow: Workflow,
+    agent: Agent | None,
+    item: int | None = None,
+) -> dict[str, Any]:
+    """What ``agent``'s templates see (``item``: a foreach unit's); with no agent,
+    what the workflow's outputs see."""
+    names = agent.depends_on if agent is not None else tuple(agents)
+    seen = {}
+    for name in names:
+        dep = agents[name]
+        seen[name] = {
+            "output": dep.output if dep.state is AgentState.COMPLETED else None,
+            "status": str(dep.state),
+        }
+    found: dict[str, Any] = {
+        "inputs": inputs,
+        "agents": seen,
+        "workflow": {"name": workflow.name},
+    }
+    if agent is not None and item is not None:
+        found["item"] = agents[agent.id].foreach[item]
+        found["index"] = item
+    return found
+
+
+async def render_outputs(
+    workflow: Workflow, seen: Mapping[str, Any], lane: Lane, *, cancelled: bool
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The workflow's outputs rendered with ``seen``, and why any could not be.
+    A cancelled run renders only what needs no sandbox process."""
+    outputs: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, source in workflow.outputs.items():
+        if cancelled and not inline(source.text):
+            outputs[name] = None  # not worth a sandbox process while stopping
+            errors[name] = "not rendered: the run was cancelled"
+            continue
+        try:
+            outputs[name] = await lane.render(source.text, seen)
+        except Exception as e:
+            outputs[name] = None
+            errors[name] = f"cannot render: {reason(e)}"
+    return outputs, errors
