@@ -54,11 +54,11 @@ from typing import Any
 
 from aoe.cli.ui import PlainProgress
 from aoe.config.settings import Settings, load_settings
-from aoe.engine.engine import Engine
 from aoe.events import EventBus, RunStatus
 from aoe.format.workflow import Workflow
 from aoe.observe.results import Results
 from aoe.service.runner import load, run_workflow
+from aoe.service.wiring import engine_for
 from aoe.state.store import Store
 
 Graph = dict[str, list[str]]
@@ -145,7 +145,7 @@ async def engine_run(workflow: Workflow, settings: Settings, subscribed: bool = 
         sink = open(os.devnull, "w")  # noqa: SIM115
         bus.subscribe(Results(workflow, {"topic": "tides"}))
         bus.subscribe(PlainProgress(sink))
-    engine = Engine(settings)
+    engine = engine_for(settings)
     try:
         status = await engine.run(workflow, {"topic": "tides"}, bus)
     finally:

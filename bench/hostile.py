@@ -32,6 +32,7 @@ from aoe.config.settings import load_settings
 from aoe.engine.engine import Engine
 from aoe.events import AgentFinished, Event
 from aoe.service.runner import load, run_workflow
+from aoe.service.wiring import engine_for
 
 BENIGN = """\
 version: 1
@@ -176,7 +177,7 @@ async def measure(engine: Engine, path: Path) -> tuple[float, float, float, floa
 
 async def main_async(repeats: int) -> None:
     settings = load_settings(environ={})
-    engine = Engine(settings)
+    engine = engine_for(settings)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         benign = folder / "benign.yaml"

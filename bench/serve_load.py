@@ -178,8 +178,8 @@ def in_process(fake: FakeProvider, folder: Path, runs: int, concurrency: int) ->
     """The baseline: the same runs through the Python API, one engine, no HTTP."""
     os.environ.update(environment(fake, folder / "api-state", concurrency))
     from aoe.config.settings import load_settings
-    from aoe.engine.engine import Engine
     from aoe.service.runner import load, run_workflow
+    from aoe.service.wiring import engine_for
     from aoe.state.store import Store
 
     path = folder / "load.yaml"
@@ -190,7 +190,7 @@ def in_process(fake: FakeProvider, folder: Path, runs: int, concurrency: int) ->
     jobs = [f"base{i:04d}" for i in range(runs)]
 
     async def main() -> list[Any]:
-        engine = Engine(settings)
+        engine = engine_for(settings)
         engine.providers.get("openai")  # as aoe serve does before it listens
         try:
             return await asyncio.gather(

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from aoe.config.settings import Settings, load_settings
-from aoe.engine.engine import Engine
 from aoe.events import AgentFinished, Event, EventBus, RunFinished, RunStatus
 from aoe.format.workflow import Workflow
 from aoe.service.runner import load, run_workflow
+from aoe.service.wiring import engine_for
 from tests.conftest import WriteFile
 from tests.fakeserver import Fail, FakeProvider, Received, Reply
 
@@ -338,7 +338,7 @@ async def test_engine_runs_at_most_max_concurrent_workflows(
     )
     wf = workflow(write, "  a: {prompt: a}\n")
     fake.respond = lambda r: Reply(delay=0.1)
-    engine = Engine(settings)
+    engine = engine_for(settings)
     try:
         statuses = await asyncio.gather(*(engine.run(wf, {}, EventBus()) for _ in range(3)))
     finally:
@@ -392,3 +392,42 @@ async def test_mock_is_deterministic_and_schema_valid(write: WriteFile, tmp_path
     jsonschema.validate(first.outputs()["a"], schema)
     assert first.outputs()["b"].startswith("Mock answer")
     assert first.finished().cost > 0  # priced like gpt-4o
+
+
+async def test_the_engine_uses_the_limiter_and_providers_it_is_handed(
+    write: WriteFile, tmp_path: Path
+) -> None:
+    from aoe.engine.engine import Engine
+    from aoe.policy.limits import Permit
+    from aoe.providers import ProviderPool
+
+    class Limiter:
+        """Admits everything; counts what it is asked."""
+
+        def __init__(self) -> None:
+            self.acquired: list[tuple[str, str]] = []
+            self.released: list[int | None] = []
+
+        async def acquire(
+            self, provider: str, model: str, tokens: int, on_wait: Any = None
+        ) -> Permit:
+            self.acquired.append((provider, model))
+            return Permit(provider, len(self.acquired), 0.0, tokens, 0.0)
+
+        def release(self, permit: Permit, used_tokens: int | None) -> None:
+            self.released.append(used_tokens)
+
+    settings = load_settings(environ={}, cwd=tmp_path)
+    providers = ProviderPool(settings)
+    limiter = Limiter()
+    wf = workflow(write, "  a: {prompt: a}\n  b: {prompt: b, depends_on: [a]}\n")
+    engine = Engine(settings, providers, limiter)
+    try:
+        status = await engine.run(wf, {}, EventBus(), mock=True)
+    finally:
+        await engine.aclose()
+    assert status is RunStatus.COMPLETED
+    assert engine.providers is providers
+    assert limiter.acquired == [("mock", "gpt-4o-mini")] * 2
+    assert len(limiter.released) == 2
+    assert all(used for used in limiter.released)

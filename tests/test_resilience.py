@@ -13,7 +13,6 @@ import pytest
 
 from aoe.config.prices import BUILTIN_PRICES
 from aoe.config.settings import Settings, load_settings
-from aoe.engine.engine import Engine
 from aoe.events import (
     AgentFallback,
     AgentFinished,
@@ -27,6 +26,7 @@ from aoe.events import (
 )
 from aoe.format.workflow import Workflow
 from aoe.service.runner import load
+from aoe.service.wiring import engine_for
 from tests.conftest import RunCli, WriteFile
 from tests.fakeserver import Drop, Fail, FakeProvider, Received, Reply
 
@@ -70,7 +70,7 @@ async def run(
     recorder = Recorder()
     bus = EventBus()
     bus.subscribe(recorder)
-    engine = Engine(settings, clock=clock)
+    engine = engine_for(settings, clock=clock)
     try:
         status = await engine.run(workflow, {}, bus, budget=budget)
     finally:

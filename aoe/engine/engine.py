@@ -1,8 +1,9 @@
-"""The engine: runs workflows, many runs at a time.
+"""The engine: runs workflows with what it is handed, many runs at a time.
 
-It is handed what its runs share with other processes, the rate limiter and
-the daily spend (:func:`aoe.service.wiring.engine_for` picks them from the
-settings: Redis-backed when the config names a Redis). Each run is a
+It is handed what its runs share: the providers, the rate limiter and the
+daily spend (:func:`aoe.service.wiring.engine_for` picks them from the
+settings: Redis-backed when the config names a Redis, this process's
+otherwise); it never picks them itself. Each run is a
 :class:`~aoe.engine.scheduler.Run`; at most ``max_concurrent_workflows`` of
 them run at once.
 """
@@ -23,13 +24,7 @@ from aoe.errors import UserError
 from aoe.events import EventBus, RunStatus
 from aoe.format.workflow import Workflow
 from aoe.policy.costs import DailySpend
-from aoe.policy.limits import (
-    Clock,
-    LocalRateLimiter,
-    RateLimiter,
-    SystemClock,
-    limits_for_config,
-)
+from aoe.policy.limits import Clock, RateLimiter, SystemClock
 from aoe.providers import ProviderPool
 from aoe.sandbox.pool import Sandbox
 from aoe.state.cache import ResponseCache
@@ -46,19 +41,19 @@ class Engine:
     def __init__(
         self,
         settings: Settings,
-        providers: ProviderPool | None = None,
+        providers: ProviderPool,
+        limiter: RateLimiter,
         *,
-        limiter: RateLimiter | None = None,
         spend: DailySpend | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        """An engine for ``settings``. It is handed what it shares with other
-        processes: ``limiter`` (else limits held in this process) and ``spend``
-        (the daily budgets, required when the config sets them);
-        :func:`aoe.service.wiring.engine_for` picks them from the config."""
+        """An engine for ``settings`` with the ``providers`` and the rate ``limiter``
+        its runs share, and ``spend``, the daily budgets (required when the config
+        sets them). ``clock`` sleeps between retries; ``rng`` draws their jitter."""
         self.settings = settings
-        self.providers = providers or ProviderPool(settings)
+        self.providers = providers
+        self.limiter = limiter
         self.clock: Clock = clock or SystemClock()
         self.spend = spend
         costs = settings.config.cost_tracking
@@ -67,9 +62,6 @@ class Engine:
                 "cost_tracking.daily_budget and workflow_daily_budgets are shared through "
                 "Redis: set REDIS_HOST (or redis.url), or remove them"
             )
-        self.limiter: RateLimiter = limiter or LocalRateLimiter(
-            limits_for_config(settings.config.rate_limiting), self.clock
-        )
         self.rng = rng or random.Random()
         self.sandbox = Sandbox()  # its processes start when a template first needs one
         self._slots: asyncio.Semaphore | None = None

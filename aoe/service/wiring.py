@@ -1,6 +1,6 @@
-"""Building an engine from the settings: the one place that picks what a run
-shares with other processes (rate limits, daily spend) — Redis when the config
-names one, this process otherwise."""
+"""Building an engine from the settings: the one place that picks what its runs
+share — the providers, and the rate limits and daily spend they share with
+other processes: Redis when the config names one, this process otherwise."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import random
 from aoe.config.settings import Settings
 from aoe.engine.engine import Engine
 from aoe.policy.costs import DailySpend
-from aoe.policy.limits import Clock, RateLimiter
+from aoe.policy.limits import Clock, LocalRateLimiter, RateLimiter, SystemClock, limits_for_config
 from aoe.providers import ProviderPool
 
 
@@ -20,9 +20,12 @@ def engine_for(
     clock: Clock | None = None,
     rng: random.Random | None = None,
 ) -> Engine:
-    """An :class:`Engine` whose limits and daily budgets are shared through Redis
-    when ``settings`` name one (``redis.host`` or ``redis.url``)."""
+    """An :class:`Engine` with ``providers`` (else a pool of its own, made from
+    ``settings``), whose limits and daily budgets are shared through Redis when
+    ``settings`` name one (``redis.host`` or ``redis.url``), and are this
+    process's otherwise (``clock`` times them and the retries)."""
     redis = settings.config.redis
+    clock = clock or SystemClock()
     limiter: RateLimiter | None = None
     spend: DailySpend | None = None
     if redis.host is not None or redis.url is not None:
@@ -42,4 +45,8 @@ def engine_for(
                 prefix=redis.key_prefix,
                 on_unavailable=redis.on_unavailable,
             )
-    return Engine(settings, providers, limiter=limiter, spend=spend, clock=clock, rng=rng)
+    if limiter is None:
+        limiter = LocalRateLimiter(limits_for_config(settings.config.rate_limiting), clock)
+    if providers is None:
+        providers = ProviderPool(settings)
+    return Engine(settings, providers, limiter, spend=spend, clock=clock, rng=rng)
