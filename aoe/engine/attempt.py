@@ -155,7 +155,8 @@ class Attempts:
             duration = time.perf_counter() - began
             self.admission.settle(call, Outcome(response, duration, error, billed_unknown=unknown))
             raise error from None
-        self.admission.settle(call, Outcome(response, time.perf_counter() - began, output=output))
+        # positional: built with a keyword, a NamedTuple costs a dict, on every call
+        self.admission.settle(call, Outcome(response, time.perf_counter() - began, None, output))
         return output
 
     def count(self, reply: str) -> None:
