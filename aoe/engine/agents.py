@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from aoe.events import AgentState
-from aoe.format.workflow import Agent
+from aoe.format.workflow import Agent, Workflow
 from aoe.policy.costs import Ledger
 from aoe.types import Message, Usage
 
@@ -58,6 +58,22 @@ class AgentRun:
         self.started_at: float | None = None
         self.restored_items: dict[int, Any] = {}  # foreach items finished in an earlier session
         self.item_spent: dict[int, float] = {}  # and what items spent then
+
+
+def agents_of(workflow: Workflow, default_limit: float | None) -> dict[str, AgentRun]:
+    """A record for each agent, each knowing its dependents, each with its ledger
+    (its cost_limit, else the engine's default) and its priority (the longest
+    path from it to the end)."""
+    remaining = workflow.graph.remaining_path()
+    agents: dict[str, AgentRun] = {}
+    for agent_id, agent in workflow.agents.items():
+        limit = agent.cost_limit if agent.cost_limit is not None else default_limit
+        ledger = Ledger(limit, f"agent {agent_id}'s cost_limit")
+        agents[agent_id] = AgentRun(agent, remaining[agent_id], ledger)
+    for record in agents.values():
+        for dep in record.agent.depends_on:
+            agents[dep].dependents.append(record)
+    return agents
 
 
 class Unit:

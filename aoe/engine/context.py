@@ -3,7 +3,8 @@
 A prompt, a ``when`` or a ``foreach`` sees the run's inputs, the output and
 status of each agent it depends on, the workflow's name and, in a
 ``foreach`` unit, its item and index; the workflow's ``outputs`` see every
-agent. An agent that did not complete shows no output.
+agent. An agent that did not complete shows no output. What a template
+that failed says is :func:`reason`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from aoe.engine.agents import AgentRun
-from aoe.engine.unit import reason
 from aoe.events import AgentState
 from aoe.format.templates import inline
 from aoe.format.workflow import Agent, Workflow
-from aoe.sandbox.pool import Lane
+from aoe.sandbox.pool import Lane, SandboxFailed
 
 
 def context_of(
@@ -65,3 +65,8 @@ async def render_outputs(
             outputs[name] = None
             errors[name] = f"cannot render: {reason(e)}"
     return outputs, errors
+
+
+def reason(error: Exception) -> str:
+    """What a template or expression that failed says (the sandbox's own words)."""
+    return error.message if isinstance(error, SandboxFailed) else str(error)

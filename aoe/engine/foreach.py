@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from aoe.engine.unit import reason
+from aoe.engine.context import reason
 from aoe.format.templates import MAX_FOREACH_ITEMS, evaluate, inline_expression, too_many_items
 from aoe.format.workflow import Agent
 from aoe.sandbox.pool import Lane

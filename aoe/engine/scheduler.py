@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import random
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from aoe.config.settings import Settings
 from aoe.engine.admission import Admission, Prices
-from aoe.engine.agents import AgentRun
+from aoe.engine.agents import AgentRun, agents_of
 from aoe.engine.attempt import Attempts
 from aoe.engine.context import context_of, render_outputs
 from aoe.engine.foreach import Start, inline, refusal, start_here, start_in_sandbox
@@ -41,11 +43,24 @@ from aoe.events import (
     RunStatus,
 )
 from aoe.format.workflow import Agent, Workflow
-from aoe.policy.costs import Ledger
+from aoe.policy.costs import DailySpend, Ledger
+from aoe.policy.limits import Clock, RateLimiter
+from aoe.providers import ProviderPool
+from aoe.sandbox.pool import Sandbox
 from aoe.state.cache import ResponseCache
 
-if TYPE_CHECKING:
-    from aoe.engine.engine import Engine
+
+class Shared(Protocol):
+    """What a run is handed by its engine (:class:`aoe.engine.engine.Engine`),
+    shared with the engine's other runs."""
+
+    settings: Settings
+    providers: ProviderPool
+    limiter: RateLimiter
+    spend: DailySpend | None
+    clock: Clock
+    rng: random.Random
+    sandbox: Sandbox
 
 
 class Run:
@@ -53,7 +68,7 @@ class Run:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Shared,
         workflow: Workflow,
         inputs: Mapping[str, Any],
         bus: EventBus,
@@ -78,7 +93,7 @@ class Run:
         if run_limit is None:
             run_limit = costs.default_workflow_budget
         self.ledger = Ledger(run_limit, "the run's cost_budget")
-        self.agents = _agents(workflow, costs.default_agent_budget)
+        self.agents = agents_of(workflow, costs.default_agent_budget)
         self.order = {agent_id: i for i, agent_id in enumerate(workflow.graph.topological_order())}
         # ready units: (-priority, order, item or -1, agent) — longest remaining path first
         self.ready: list[tuple[float, int, int, AgentRun]] = []
@@ -482,19 +497,3 @@ class Run:
     def context(self, agent: Agent | None, item: int | None = None) -> dict[str, Any]:
         """What the templates of ``agent`` (a unit's, with ``item``) see now."""
         return context_of(self.agents, self.inputs, self.workflow, agent, item)
-
-
-def _agents(workflow: Workflow, default_limit: float | None) -> dict[str, AgentRun]:
-    """A record for each agent, each knowing its dependents, each with its ledger
-    (its cost_limit, else the engine's default) and its priority (the longest
-    path from it to the end)."""
-    remaining = workflow.graph.remaining_path()
-    agents: dict[str, AgentRun] = {}
-    for agent_id, agent in workflow.agents.items():
-        limit = agent.cost_limit if agent.cost_limit is not None else default_limit
-        ledger = Ledger(limit, f"agent {agent_id}'s cost_limit")
-        agents[agent_id] = AgentRun(agent, remaining[agent_id], ledger)
-    for record in agents.values():
-        for dep in record.agent.depends_on:
-            agents[dep].dependents.append(record)
-    return agents

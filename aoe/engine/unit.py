@@ -21,13 +21,13 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from aoe.config.settings import RetryPolicySection
 from aoe.engine.agents import AgentRun, Unit
 from aoe.engine.attempt import Attempts
+from aoe.engine.context import reason
 from aoe.errors import AttemptTimeout, ProviderUnavailable, RateLimited, RunError
 from aoe.events import AgentFallback, AgentRetrying, AgentState
 from aoe.format.workflow import Agent, LLMConfig, RetryOverrides
 from aoe.policy.costs import BudgetExceeded, Ledger
 from aoe.policy.limits import RequestTooLarge
 from aoe.policy.retry import RetryPolicy, delay, policy_for, retryable
-from aoe.sandbox.pool import SandboxFailed
 from aoe.types import Message
 
 _JSON_INSTRUCTION = "Answer with one JSON value and nothing else: no prose, no code fences."
@@ -174,11 +174,6 @@ class Units:
             messages.append(Message("system", system))
         messages.append(Message("user", await self.lane.render(agent.prompt.text, context)))
         return messages
-
-
-def reason(error: Exception) -> str:
-    """What a template or expression that failed says (the sandbox's own words)."""
-    return error.message if isinstance(error, SandboxFailed) else str(error)
 
 
 def _falls_back(error: RunError) -> bool:
