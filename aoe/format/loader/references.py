@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from aoe.format.environment import environment
 from aoe.format.loader.context import UNKNOWN, Context
 from aoe.format.modelerrors import closest, did_you_mean
 from aoe.format.templates import (
@@ -21,7 +22,6 @@ from aoe.format.templates import (
     WORKFLOW_ATTRIBUTES,
     Analysis,
     Reference,
-    environment,
 )
 from aoe.format.workflow import SourceText
 from aoe.format.yamlsource import Path
