@@ -22,7 +22,7 @@ from aoe.format.workflow import SourceText
 from aoe.format.yamlsource import Path
 
 if TYPE_CHECKING:
-    from aoe.format.schemarefs import Refusal
+    from aoe.format.schemadocs import Refusal
 
 MAX_INCLUDED_FILE_BYTES = 1024 * 1024
 
@@ -117,7 +117,7 @@ def _refused(ctx: Context, where: Path, relative: str, target: FsPath, e: FileRe
 def read_referenced(ctx: Context, relative: str) -> str | Refusal:
     """A file an output schema's ``$ref`` names, read as ``prompt_file`` is; a
     refusal is reported by the bundler at the ``$ref``, not here."""
-    from aoe.format.schemarefs import Refusal
+    from aoe.format.schemadocs import Refusal
 
     before = len(ctx.diagnostics)
     text = read_included(ctx, (), relative)

@@ -156,7 +156,8 @@ def resolve_output(ctx: Context, agent_id: str, spec: AgentSpec) -> OutputConfig
     ):
         return None
     if schema is not None and has_refs(schema):
-        from aoe.format.schemarefs import Folder, bundle  # only for schemas with references
+        from aoe.format.schemadocs import Folder
+        from aoe.format.schemarefs import bundle  # only for schemas with references
 
         # resolved here, once, and bundled: nothing is fetched at run time
         folder = Folder(
