@@ -8,10 +8,9 @@ from hypothesis import strategies as st
 from jinja2 import TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError
 
-from aoe.format.environment import environment
+from aoe.format.environment import TemplateProblem, environment
 from aoe.format.templates import (
     Reference,
-    TemplateProblem,
     _analyse_simple,
     _collect,
     analyse_expression,

@@ -7,7 +7,9 @@ reachable, and where arithmetic and repetition whose result would be too large
 are refused before they are made. The limits here are checked twice: where
 they can be seen in the text, at validation (:mod:`aoe.format.templates`), and
 again while a template renders (:mod:`aoe.format.rendering`, in the sandbox
-process of :mod:`aoe.sandbox`).
+process of :mod:`aoe.sandbox`). :class:`TemplateProblem` is what the checks
+before rendering raise, for a template that does not parse or would cost too
+much.
 """
 
 from __future__ import annotations
@@ -51,6 +53,17 @@ JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "names
 def defined_by_jinja(name: str) -> bool:
     """Whether Jinja defines ``name`` itself (``loop``, ``range``, ...)."""
     return name in _JINJA_IMPLICIT or name in JINJA_GLOBALS
+
+
+class TemplateProblem(Exception):
+    """A template that does not parse, uses what templates may not use, or would
+    cost more than a template may (``costly``: its loops or constants are too big)."""
+
+    def __init__(self, message: str, line: int, *, costly: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.costly = costly
 
 
 @cache

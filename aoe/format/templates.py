@@ -5,33 +5,31 @@ template or expression reads (``agents.X.output``, ``inputs.Y``,
 ``workflow.name``, bare names), so the loader can check every reference
 against ``depends_on`` and the declared inputs; on the way they refuse what
 would cost more than a template may (:mod:`aoe.format.environment`: loops,
-constants, nesting, code size). Rendering is :mod:`aoe.format.rendering`.
+constants (:mod:`aoe.format.templatecosts`), nesting, code size). Rendering is
+:mod:`aoe.format.rendering`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sys
-from operator import add, mul, sub
-from operator import pow as power
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from aoe.format.bounded import memoize
 from aoe.format.environment import (
     CACHE_BYTES,
     MAX_CODE,
-    MAX_LIPSUM,
     MAX_LOOP_STEPS,
     MAX_NESTING,
     MAX_RENDERED,
-    binop_problem,
+    TemplateProblem,
     defined_by_jinja,
     environment,
 )
+from aoe.format.templatecosts import constants, text_length
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from jinja2 import TemplateSyntaxError, nodes
 
@@ -44,17 +42,6 @@ FOREACH_NAMES = ("item", "index")
 """Names a ``foreach`` agent's templates may read as well."""
 AGENT_ATTRIBUTES = ("output", "status")
 WORKFLOW_ATTRIBUTES = ("name",)
-
-
-class TemplateProblem(Exception):
-    """A template that does not parse, uses what templates may not use, or would
-    cost more than a template may (``costly``: its loops or constants are too big)."""
-
-    def __init__(self, message: str, line: int, *, costly: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.line = line
-        self.costly = costly
 
 
 class Reference(NamedTuple):
@@ -281,7 +268,7 @@ def _collect(root: nodes.Node) -> Analysis:
 class _Collector:
     """One walk over a syntax tree, top-down without recursion (a chain of ten
     thousand ``+`` is one deep tree): the references it makes, and how much it
-    would write and loop, at least, from its constants (:func:`_constants`)."""
+    would write and loop, at least, from its constants (:func:`constants`)."""
 
     def __init__(self, root: nodes.Node) -> None:
         from jinja2 import nodes
@@ -293,7 +280,7 @@ class _Collector:
         self.loads: list[tuple[str, int]] = []
         self.stored: set[str] = set()
         self.whole: Reference | None = None
-        self.ranges, self.values = _constants(root)
+        self.ranges, self.values = constants(root)
         self.rendered = 0  # characters the template writes at least: its text and constants
         # each node with how many times, at least, it runs per rendering (nested range
         # loops), and how deep it is (Jinja's compiler recurses as deep as the tree)
@@ -349,7 +336,7 @@ class _Collector:
             if isinstance(child, self.nodes.TemplateData):
                 self.rendered += len(child.data) * runs
             else:
-                self.rendered += (_text_length(self.values.get(id(child))) or 0) * runs
+                self.rendered += (text_length(self.values.get(id(child))) or 0) * runs
         if self.rendered > MAX_RENDERED:
             raise TemplateProblem(
                 f"it would render over {MAX_RENDERED:,} characters "
@@ -384,152 +371,6 @@ class _Collector:
             references.append(Reference("dynamic" if name in ROOTS else "name", name, None, line))
         references.sort(key=_order)
         return Analysis(tuple(references), self.whole)
-
-
-_UNKNOWN = object()
-
-
-def _constants(root: nodes.Node) -> tuple[dict[int, int], dict[int, Any]]:
-    """Work out the constant parts of a template (``'x' * 3``, ``2 ** 10``,
-    ``range(100)``) as Jinja's own optimiser would, refusing any whose value
-    would be too large to make; return the sizes of its constant ``range()``
-    calls, and the constant values, by node id. Bottom-up without recursion: a
-    chain of ten thousand ``+`` is one deep tree."""
-    from jinja2 import nodes
-
-    values: dict[int, Any] = {}
-    ranges: dict[int, int] = {}
-    stack: list[tuple[nodes.Node, bool]] = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        if not done:
-            stack.append((node, True))
-            stack.extend((child, False) for child in node.iter_child_nodes())
-            continue
-        value: Any = _UNKNOWN
-        if isinstance(node, nodes.Const):
-            value = _constant(node.value)
-        elif isinstance(node, nodes.List | nodes.Tuple):
-            # its length is what matters: `[0] * 10**9`
-            value = [values.get(id(item), _UNKNOWN) for item in node.items]
-        elif isinstance(node, nodes.Neg | nodes.Pos):
-            value = _sign(values.get(id(node.node), _UNKNOWN), isinstance(node, nodes.Neg))
-        elif isinstance(node, nodes.BinExpr):
-            left = values.get(id(node.left), _UNKNOWN)
-            right = values.get(id(node.right), _UNKNOWN)
-            if left is not _UNKNOWN and right is not _UNKNOWN:
-                value = _operate(node.operator, left, right, node.lineno)
-        elif isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name):
-            _call(node, values, ranges)
-        if value is not _UNKNOWN:
-            values[id(node)] = value
-    return ranges, values
-
-
-def _constant(value: Any) -> Any:
-    """A literal as :func:`_constants` keeps it: long texts by their length."""
-    if isinstance(value, str) and len(value) > _SHORT_TEXT:
-        return _Text(len(value))
-    if isinstance(value, int | float | str):
-        return value
-    return _UNKNOWN
-
-
-def _sign(operand: Any, negative: bool) -> Any:
-    if isinstance(operand, int | float) and not isinstance(operand, bool):
-        return -operand if negative else operand
-    return _UNKNOWN
-
-
-def _call(node: nodes.Call, values: dict[int, Any], ranges: dict[int, int]) -> None:
-    """``range()`` of constants, by its length; ``lipsum()`` refused past its limit."""
-    name = getattr(node.node, "name", None)
-    args = [values.get(id(a), _UNKNOWN) for a in node.args]
-    kwargs = {k.key: values.get(id(k.value), _UNKNOWN) for k in node.kwargs}
-    if name == "range" and args and not kwargs:
-        if all(isinstance(a, int) and not isinstance(a, bool) for a in args):
-            # range(1, 2, 0) and the like fail when rendered, clearly
-            with contextlib.suppress(ValueError, TypeError, OverflowError):
-                ranges[id(node)] = len(range(*args))
-    elif name == "lipsum":
-        count = kwargs.get("n", args[0] if args else _UNKNOWN)
-        if isinstance(count, int) and count > MAX_LIPSUM:
-            raise TemplateProblem(
-                f"lipsum() may make {MAX_LIPSUM} paragraphs at most, not {count:,}",
-                node.lineno,
-                costly=True,
-            )
-
-
-class _Text(NamedTuple):
-    """A constant text known by its length only: working out `'x' * 4000000` five
-    thousand times must not make the texts."""
-
-    length: int
-
-
-_SHORT_TEXT = 256  # characters of a constant text kept as it is (for its % widths)
-
-
-def _text_length(value: Any) -> int | None:
-    if isinstance(value, _Text):
-        return value.length
-    return len(value) if isinstance(value, str) else None
-
-
-def _operate(operator: str, left: Any, right: Any, line: int) -> Any:
-    """``left operator right`` for constants, refused when it would be too large."""
-    if operator in ("+", "*") and (
-        _text_length(left) is not None or _text_length(right) is not None
-    ):
-        return _text_operation(operator, left, right, line)
-    problem = binop_problem(operator, left, right)
-    if problem is not None:
-        raise TemplateProblem(problem, line, costly=True)
-    if isinstance(left, list) or isinstance(right, list):
-        return _UNKNOWN  # checked; its value does not matter here
-    operation = _ARITHMETIC.get(operator)
-    if operation is None:
-        return _UNKNOWN  # nothing else that matters here grows beyond its operands
-    try:
-        return operation(left, right)
-    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
-        return _UNKNOWN
-
-
-_ARITHMETIC: dict[str, Callable[[Any, Any], Any]] = {
-    "+": add,
-    "-": sub,
-    "*": mul,
-    "**": power,
-}
-
-
-def _text_operation(operation: str, left: Any, right: Any, line: int) -> Any:
-    """A text joined or repeated, as its length: never the text itself."""
-    if operation == "+":
-        a, b = _text_length(left), _text_length(right)
-        if a is None or b is None:
-            return _UNKNOWN
-        length = a + b
-        if length > MAX_RENDERED:
-            raise TemplateProblem(
-                f"joining these would make more than {MAX_RENDERED:,} items", line, costly=True
-            )
-        return _Text(length)
-    text, times = (left, right) if _text_length(left) is not None else (right, left)
-    if type(times) is not int:
-        return _UNKNOWN
-    size = _text_length(text) or 0
-    length = size * max(times, 0)
-    if length > MAX_RENDERED:
-        raise TemplateProblem(
-            f"repeating a text of {size:,} characters {times:,} times would be too "
-            f"large (at most {MAX_RENDERED:,})",
-            line,
-            costly=True,
-        )
-    return _Text(length)
 
 
 def _order(reference: Reference) -> tuple[int, str, str, str, str]:

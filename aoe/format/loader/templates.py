@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from aoe.format.environment import TemplateProblem
 from aoe.format.loader.context import EXPRESSION_FIELDS, TEXT_FIELDS, UNKNOWN, Context
 from aoe.format.loader.references import ROOT_OF, check_references
 from aoe.format.spec import AgentSpec, InputSpec
 from aoe.format.templates import (
     Analysis,
     Reference,
-    TemplateProblem,
     analyse_expression,
     analyse_template,
 )
