@@ -26,7 +26,6 @@ from aoe.format.environment import (
     defined_by_jinja,
     environment,
 )
-from aoe.format.templatecosts import constants, text_length
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -280,6 +279,10 @@ class _Collector:
         self.loads: list[tuple[str, int]] = []
         self.stored: set[str] = set()
         self.whole: Reference | None = None
+        # like Jinja, only for templates beyond placeholders: the most are not
+        from aoe.format.templatecosts import constants, text_length
+
+        self.text_length = text_length
         self.ranges, self.values = constants(root)
         self.rendered = 0  # characters the template writes at least: its text and constants
         # each node with how many times, at least, it runs per rendering (nested range
@@ -336,7 +339,7 @@ class _Collector:
             if isinstance(child, self.nodes.TemplateData):
                 self.rendered += len(child.data) * runs
             else:
-                self.rendered += (text_length(self.values.get(id(child))) or 0) * runs
+                self.rendered += (self.text_length(self.values.get(id(child))) or 0) * runs
         if self.rendered > MAX_RENDERED:
             raise TemplateProblem(
                 f"it would render over {MAX_RENDERED:,} characters "

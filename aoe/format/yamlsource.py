@@ -15,7 +15,8 @@ The builder works on libyaml's event stream rather than on composed nodes:
 that is about three times faster on large files, and lets the size limits act
 while parsing. Scalars resolve as PyYAML's safe loader resolves them (YAML 1.1),
 except that timestamps stay strings (workflow values are JSON-like). What a
-syntax error says to the user is :mod:`aoe.format.yamlsyntax`.
+syntax error says to the user is :mod:`aoe.format.yamlsyntax`, imported only
+for a file that has one.
 
 Why one module of over 500 lines: the source map, the builder that fills it
 while it parses, and the scalar rules the builder applies (YAML 1.1, integers
@@ -38,7 +39,6 @@ from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
 
 from aoe.format.files import FileRefused, read_limited
-from aoe.format.yamlsyntax import reader_diagnostic, syntax_diagnostic
 from aoe.types import Diagnostic, Severity
 
 try:  # libyaml's parser; PyYAML wheels ship it, source builds may not
@@ -240,8 +240,12 @@ def parse_yaml(
     try:
         builder.run(parser)
     except yaml.MarkedYAMLError as e:
+        from aoe.format.yamlsyntax import syntax_diagnostic  # only a file with a mistake
+
         raise YamlError([*builder.diagnostics, syntax_diagnostic(file, e, text)]) from None
     except yaml.YAMLError as e:  # reader errors: control characters and the like
+        from aoe.format.yamlsyntax import reader_diagnostic
+
         raise YamlError([*builder.diagnostics, reader_diagnostic(file, e, text)]) from None
     finally:
         dispose = getattr(parser, "dispose", None)
@@ -282,8 +286,12 @@ def _count_nodes_or_refuse(text: str, file: str, max_nodes: int) -> None:
                 if count > max_nodes:
                     raise YamlError([_too_big(file, event.start_mark, max_nodes)])
     except yaml.MarkedYAMLError as e:
+        from aoe.format.yamlsyntax import syntax_diagnostic
+
         raise YamlError([syntax_diagnostic(file, e, text)]) from None
     except yaml.YAMLError as e:  # reader errors: control characters and the like
+        from aoe.format.yamlsyntax import reader_diagnostic
+
         raise YamlError([reader_diagnostic(file, e, text)]) from None
     finally:
         dispose = getattr(parser, "dispose", None)
