@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aoe import __version__
-from aoe.cli.ui import format_diagnostic, use_colour
+from aoe.cli.ui.text import format_diagnostic, use_colour
 from aoe.types import Diagnostic, Severity
 from tests.conftest import REPO, VALID, WORKFLOWS, RunCli, WriteFile
 

@@ -134,7 +134,7 @@ def _errors() -> Iterator[None]:
 
 
 def _fail(error: AoeError) -> NoReturn:
-    from aoe.cli.ui import format_diagnostic, use_colour
+    from aoe.cli.ui.text import format_diagnostic, use_colour
     from aoe.errors import DiagnosticsError
 
     if _state["debug"]:
@@ -350,7 +350,7 @@ def _execute(
     report: Reports,
 ) -> RunStatus:
     """Run (or resume) with the progress view, then write the reports; the status."""
-    from aoe.cli.ui import LiveView
+    from aoe.cli.ui.live import LiveView
     from aoe.observe.logs import setup
     from aoe.observe.results import Results
     from aoe.service.runner import run_until_done
@@ -554,7 +554,9 @@ def _progress(workflow: Any, settings: Settings, quiet: bool, budget: float | No
     """Who tells the user how the run goes: nobody (--quiet), JSON lines, a live
     view on a terminal, or a plain line per event on a pipe; always on stderr.
     ``LOG_LEVEL`` above INFO leaves the lines of what went well out."""
-    from aoe.cli.ui import JsonLines, LiveView, PlainProgress, console
+    from aoe.cli.ui.live import LiveView
+    from aoe.cli.ui.progress import JsonLines, PlainProgress
+    from aoe.cli.ui.text import console
 
     monitoring = settings.config.monitoring
     if quiet:
@@ -592,7 +594,7 @@ def plan(
     A worst case over the budget is a warning (exit 0): real costs are usually lower.
     """
     with _errors():
-        from aoe.cli.ui import plan_text
+        from aoe.cli.ui.tables import plan_text
         from aoe.config.settings import load_settings
         from aoe.policy.plan import plan as make_plan
         from aoe.service.runner import load
@@ -627,7 +629,7 @@ def validate(
     FILE:LINE:COL: error: MESSAGE. Exit 0 when all are valid, 2 otherwise.
     """
     with _errors():
-        from aoe.cli.ui import format_diagnostic, plural, use_colour
+        from aoe.cli.ui.text import format_diagnostic, plural, use_colour
         from aoe.errors import ConfigInvalid
         from aoe.format.diagnostics import has_errors
         from aoe.service.runner import validate as validate_files
@@ -688,7 +690,7 @@ def graph(
 ) -> None:
     """Draw the dependency graph of a workflow, its critical path highlighted."""
     with _errors():
-        from aoe.cli.ui import critical_path_line
+        from aoe.cli.ui.graph import critical_path_line
         from aoe.service.runner import load
 
         workflow = load(file)
@@ -711,7 +713,8 @@ def graph(
 def _render_tree(workflow: Any, *, to_file: bool) -> str:
     """A Rich tree on a terminal wide enough for it; plain text otherwise, so
     that nothing is ever wrapped away or cut off."""
-    from aoe.cli.ui import console, graph_text, graph_tree, tree_depth, use_colour
+    from aoe.cli.ui.graph import graph_text, graph_tree, tree_depth
+    from aoe.cli.ui.text import console, use_colour
 
     if not to_file and use_colour(sys.stdout):
         out = console()
@@ -769,7 +772,8 @@ def config_show(
     then the config file, then built-in defaults. API keys are never shown.
     """
     with _errors():
-        from aoe.cli.ui import config_lines, config_rows, config_table, console, use_colour
+        from aoe.cli.ui.tables import config_lines, config_rows, config_table
+        from aoe.cli.ui.text import console, use_colour
 
         settings = _settings(config)
         if format is ReportFormat.json:

@@ -50,7 +50,7 @@ def _when(at: float | None) -> str:
 
 
 def _money(usd: float | None) -> str:
-    from aoe.cli.ui import _money as money
+    from aoe.cli.ui.text import money
 
     return "" if usd is None else money(usd)
 

@@ -275,7 +275,7 @@ _FAILURES = ("failed", "budget_exceeded", "partial", "interrupted")
 
 
 def _print(report: dict[str, Any]) -> None:
-    from aoe.cli.ui import _money
+    from aoe.cli.ui.text import money as _money
 
     out = sys.stdout
     health = report.get("health")
