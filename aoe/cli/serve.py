@@ -2,8 +2,8 @@
 at how it goes, and the Redis work queue.
 
 Like every command of :mod:`aoe.cli`, these parse, call, print, and turn errors
-into exit codes; the service itself is :mod:`aoe.service.http` (aiohttp) and the
-queue :mod:`aoe.service.worker`, imported only inside the commands.
+into exit codes; the service itself is :mod:`aoe.service.server` (aiohttp) and
+the queue :mod:`aoe.service.worker`, imported only inside the commands.
 """
 
 from __future__ import annotations
@@ -159,8 +159,8 @@ def serve(
 
         from aoe.config.settings import env_value, load_settings
         from aoe.observe.logs import setup
-        from aoe.service.http import ServeOptions
-        from aoe.service.http import serve as run_service
+        from aoe.service.options import ServeOptions
+        from aoe.service.server import serve as run_service
 
         flags: dict[str, tuple[Any, str]] = {}
         if log_format is not None:
