@@ -14,7 +14,7 @@ from typing import Any
 
 from aoe.engine.agents import AgentRun
 from aoe.events import AgentState
-from aoe.format.templates import inline
+from aoe.format.rendering import inline
 from aoe.format.workflow import Agent, Workflow
 from aoe.sandbox.pool import Lane, SandboxFailed
 

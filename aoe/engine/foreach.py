@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from aoe.engine.context import reason
-from aoe.format.templates import MAX_FOREACH_ITEMS, evaluate, inline_expression, too_many_items
+from aoe.format.rendering import MAX_FOREACH_ITEMS, evaluate, inline_expression, too_many_items
 from aoe.format.workflow import Agent
 from aoe.sandbox.pool import Lane
 
