@@ -381,8 +381,7 @@ class Worker:
                 await asyncio.sleep(1.0)
 
     def _read(self, fields: dict[str, str]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-        from aoe.format.inputs import GivenInput, bind_inputs
-        from aoe.service.runner import load_text
+        from aoe.service.runner import bind, load_text
 
         files = json.loads(fields.get("files") or "{}")
         workflow = load_text(
@@ -390,10 +389,7 @@ class Worker:
         )
         given = json.loads(fields.get("inputs") or "{}")
         options = json.loads(fields.get("options") or "{}")
-        values = bind_inputs(
-            workflow.inputs,
-            {key: GivenInput(value, "the queued inputs") for key, value in given.items()},
-        )
+        values = bind(workflow, given, "the queued inputs")
         return workflow, values, options
 
     async def _run(
@@ -409,18 +405,11 @@ class Worker:
         from aoe.errors import RunNotFound
         from aoe.redis.records import restore
         from aoe.service.resume import plan_resume
-        from aoe.service.runner import run_workflow
+        from aoe.service.runner import RunOptions, run_workflow
 
-        arguments: dict[str, Any] = {
-            "mock": bool(options.get("mock")),
-            "budget": options.get("budget"),
-            "max_parallel": options.get("max_parallel"),
-            "cache": bool(options.get("cache", True)),
-            "max_units": options.get("max_units"),  # a service's limits travel with its run
-            "max_reply_bytes": options.get("max_reply_bytes"),
-            "mirror": mirror,
-            "subscribers": self.subscribers,
-        }
+        # a service's limits (max_units, max_reply_bytes) travel with its run
+        chosen = RunOptions.from_record(options)
+        arguments: dict[str, Any] = {"mirror": mirror, "subscribers": self.subscribers}
         # what another worker, maybe on another host, recorded of it; its
         # session begins only if no other began one since
         mirror.expected = await restore(self.client, self.prefix, self.store, run_id)
@@ -433,7 +422,7 @@ class Worker:
                 workflow,
                 inputs,
                 self.settings,
-                run_id=run_id,
+                chosen.but(run_id=run_id),
                 store=self.store,
                 engine=self.engine,
                 **arguments,
@@ -450,6 +439,7 @@ class Worker:
             plan.workflow,
             plan.inputs,
             self.settings,
+            chosen,
             store=self.store,
             engine=self.engine,
             resume=plan,
