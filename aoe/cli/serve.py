@@ -151,7 +151,8 @@ def serve(
     with _errors():
         import asyncio
 
-        from aoe.config.settings import env_value, load_settings
+        from aoe.config.environment import env_value
+        from aoe.config.settings import load_settings
         from aoe.observe.logs import setup
         from aoe.service.http import ServeOptions
         from aoe.service.http import serve as run_service
@@ -207,7 +208,7 @@ def status(
     """Active runs, recent failures and spend: from `aoe serve` (with its
     health), or from the local run store (the last 24 hours)."""
     with _errors():
-        from aoe.config.settings import env_value
+        from aoe.config.environment import env_value
 
         url = url or env_value("AOE_SERVE_URL")
         report = _remote(url) if url else _local(config)
@@ -235,7 +236,7 @@ def _remote(url: str) -> dict[str, Any]:
     from aoe.errors import OptionInvalid, scrub
 
     base = url.rstrip("/")
-    from aoe.config.settings import env_value
+    from aoe.config.environment import env_value
 
     token = env_value("AOE_API_TOKEN")
 
@@ -325,17 +326,16 @@ def submit(
         from pathlib import Path
 
         from aoe.config.settings import load_settings
-        from aoe.format.inputs import bind_inputs
-        from aoe.service.runner import load
+        from aoe.service.runner import RunOptions, bind, load
         from aoe.service.worker import submit as enqueue
 
         settings = load_settings(config)
         workflow = load(file, settings)
         given = _given(workflow, input, inputs_file)
-        bind_inputs(workflow.inputs, given)  # refused here, not in a worker
+        bind(workflow, given)  # refused here, not in a worker
         inputs = {name: value.value for name, value in given.items()}
-        options = {"budget": budget, "max_parallel": max_parallel, "mock": mock}
-        options["cache"] = not no_cache
+        chosen = RunOptions(budget=budget, max_parallel=max_parallel, mock=mock, cache=not no_cache)
+        options = chosen.recorded()
         run_id = asyncio.run(
             enqueue(settings, workflow.text, Path(file).name, inputs, options, dict(workflow.files))
         )
