@@ -1,7 +1,7 @@
 """``aoe serve`` and ``aoe status``: aoe as a service, and a look at how it goes.
 
 Like :mod:`aoe.cli.main`, these parse, call, print, and turn errors into exit codes;
-the service itself is :mod:`aoe.service.http` (aiohttp, imported only here).
+the service itself is :mod:`aoe.service.server` (aiohttp, imported only here).
 """
 
 from __future__ import annotations
@@ -154,8 +154,8 @@ def serve(
         from aoe.config.environment import env_value
         from aoe.config.settings import load_settings
         from aoe.observe.logs import setup
-        from aoe.service.http import ServeOptions
-        from aoe.service.http import serve as run_service
+        from aoe.service.options import ServeOptions
+        from aoe.service.server import serve as run_service
 
         flags: dict[str, tuple[Any, str]] = {}
         if log_format is not None:
