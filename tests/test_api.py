@@ -103,8 +103,7 @@ def test_the_result_is_the_cli_results_document(write: WriteFile, tmp_path: Path
 
     from typer.testing import CliRunner
 
-    from aoe.cli.main import app
-    from tests.conftest import CliResult  # noqa: F401  (the CLI's side of the same run)
+    from aoe.cli.app import app
 
     path = write(MOCK_WORKFLOW)
     out = tmp_path / "results.json"

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from aoe.cli.main import app
+from aoe.cli.app import app
 from aoe.state.recorder import recover
 from aoe.state.store import Store
 from tests.conftest import WriteFile, child_env, fake_key, wait_for
