@@ -711,7 +711,7 @@ def load_settings(
         try:
             document = parse_yaml(read_text(path), path)
         except YamlError as e:
-            found = e.diagnostics
+            found = list(e.diagnostics)
             if not config_file:  # say where the name came from
                 origin = environment.origin(CONFIG_FILE_VARIABLE)
                 found = [

@@ -18,6 +18,7 @@ import sys
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from aoe.errors import RunError, UserError
 from aoe.format.bounded import ByteLRU, memoize
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def binop_problem(operator: str, left: Any, right: Any) -> str | None:
     return None
 
 
-class TemplateProblem(Exception):
+class TemplateProblem(UserError):
     """A template that does not parse, uses what templates may not use, or would
     cost more than a template may (``costly``: its loops or constants are too big)."""
 
@@ -626,8 +627,9 @@ _NEWLINES = re.compile(r"\r\n|\r")
 Pieces = tuple[tuple[str, tuple[str, ...] | None], ...]
 
 
-class TooLarge(ValueError):
-    """A rendered text over :data:`MAX_RENDERED` characters."""
+class TooLarge(RunError, ValueError):
+    """A rendered text over :data:`MAX_RENDERED` characters (a ``ValueError`` too:
+    it is raised inside Jinja's rendering, whose callers catch that)."""
 
     def __init__(self) -> None:
         super().__init__(

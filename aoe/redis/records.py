@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aoe.errors import StateWriteFailed
+from aoe.errors import Signal, StateWriteFailed
 from aoe.events import RunStatus
 from aoe.redis.limits import text
 
@@ -151,8 +151,9 @@ return 1
 """
 
 
-class Superseded(Exception):
-    """Another process began a later session of the run (it took the run over)."""
+class Superseded(Signal):
+    """Another process began a later session of the run (it took the run over):
+    the mirror stops writing, and says so in the log."""
 
 
 class RecordMirror:
@@ -503,9 +504,9 @@ async def fetch(
     return SharedRecord(run_id, session, head, chunks, last, whole=after is None)
 
 
-class Partial(Exception):
+class Partial(Signal):
     """The journal read begins past where the store's copy of the run is
-    (``offset``)."""
+    (``offset``): the reader reads the run whole instead."""
 
     def __init__(self, run_id: str, offset: int) -> None:
         super().__init__(run_id, offset)

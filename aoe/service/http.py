@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from aiohttp import web
 
 from aoe.engine.executor import new_run_id
-from aoe.errors import DiagnosticsError, OptionInvalid, RunNotFound, UserError
+from aoe.errors import DiagnosticsError, OptionInvalid, RunNotFound, Signal, UserError
 from aoe.events import Event, RunFinished, RunStarted, event_dict
 from aoe.observe.health import Health, HealthMonitor
 from aoe.observe.metrics import Metrics, health_value
@@ -657,7 +657,10 @@ async def _event_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-class Refused(Exception):
+class Refused(Signal):
+    """A request the service answers with ``status`` and ``message`` (busy, shutting
+    down, not found): raised in the service, turned into the answer by the handler."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
