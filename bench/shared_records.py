@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from aoe.config.settings import load_settings  # noqa: E402
 from aoe.events import RunStatus  # noqa: E402
-from aoe.redis.limits import connect  # noqa: E402
+from aoe.redis.client import connect  # noqa: E402
 from aoe.redis.records import RecordMirror, fetch, head_of, record_keys, restore_into  # noqa: E402
 from aoe.service.runner import load, run_workflow  # noqa: E402
 from aoe.state.store import Store  # noqa: E402

@@ -24,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from aoe.cli.main import app
-from aoe.state.recorder import recover
+from aoe.state.journal import recover
 from aoe.state.store import Store
 from tests.conftest import WriteFile, child_env, fake_key, wait_for
 from tests.fakeserver import FakeProvider, Received, Reply

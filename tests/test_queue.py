@@ -309,7 +309,7 @@ def test_redis_stopped_mid_run_holds_a_workers_run_and_loses_nothing(
     Redis is whole (another host could take it over from there)."""
     import asyncio
 
-    from aoe.redis.limits import connect
+    from aoe.redis.client import connect
     from aoe.redis.records import fetch
 
     stopped = threading.Event()

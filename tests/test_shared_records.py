@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from aoe.errors import StateWriteFailed
-from aoe.redis.limits import connect
+from aoe.redis.client import connect
 from aoe.redis.records import Partial, RecordMirror, SharedRecord, fetch, head_of
 from aoe.state.store import Store
 from tests.redisserver import RedisServer
@@ -105,14 +105,14 @@ async def test_a_record_is_read_on_from_where_a_copy_was_brought_up_to(
     """What ``aoe serve`` does on each GET: only the journal's new entries are
     read; a copy they do not continue is told so (and then reads it whole)."""
     from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptStarted
-    from aoe.state.recorder import _line
+    from aoe.state.journal import journal_line
     from aoe.types import Usage
 
     client = connect(redis_url)
     mirror = RecordMirror(client, "run-1", prefix=prefix)
 
     async def send(*events: object) -> None:
-        data = "".join(_line(e) for e in events).encode()  # type: ignore[arg-type]
+        data = "".join(journal_line(e) for e in events).encode()  # type: ignore[arg-type]
         mirror.append(data, sent[0] + len(data))
         sent[0] += len(data)
         waiter = mirror.synced(sent[0])

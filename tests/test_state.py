@@ -17,7 +17,7 @@ from unittest import mock
 import pytest
 
 from aoe.errors import ResumeRefused
-from aoe.state.recorder import recover
+from aoe.state.journal import recover
 from aoe.state.store import SCHEMA_VERSION, Store
 from tests.conftest import RunCli, WriteFile, child_env, fake_key
 from tests.fakeserver import Fail, FakeProvider, Received, Reply
@@ -772,17 +772,17 @@ def test_a_damaged_export_is_refused_cleanly(cli: RunCli, tmp_path: Path, docume
 
 
 def test_the_journal_is_synced_soon_after_a_write(tmp_path: Path) -> None:
-    from aoe.state.recorder import _Syncer
+    from aoe.state.journal import Syncer
 
     journal = tmp_path / "run@1.journal"
     journal.write_bytes(b"lines")
-    syncer = _Syncer(journal)
+    syncer = Syncer(journal)
     assert syncer.due() is None  # nothing written: nothing to wait for
     syncer.written()  # a write: not synced yet ...
     due = syncer.due()
     assert due is not None
-    assert 0 < due <= _Syncer.SYNC  # ... but within SYNC seconds
-    syncer.since = time.monotonic() - _Syncer.SYNC
+    assert 0 < due <= Syncer.SYNC  # ... but within SYNC seconds
+    syncer.since = time.monotonic() - Syncer.SYNC
     assert syncer.due() == 0
     syncer.written()  # another write, once it is due: synced at once
     assert syncer.due() is None
@@ -792,7 +792,7 @@ def test_the_journal_is_synced_soon_after_a_write(tmp_path: Path) -> None:
 
 def test_journal_lines_read_back_as_the_events_they_were(tmp_path: Path) -> None:
     from aoe.events import AgentFinished, AgentState, AttemptFinished, RunFinished, RunStatus
-    from aoe.state.recorder import _line, read_journal
+    from aoe.state.journal import journal_line, read_journal
     from aoe.types import Usage
 
     key = fake_key("sk-proj-")
@@ -805,7 +805,7 @@ def test_journal_lines_read_back_as_the_events_they_were(tmp_path: Path) -> None
         AgentFinished("r1", 2.0, "a", AgentState.COMPLETED, 1.0, Usage(3, 4), 0.01, 1, "out"),
         RunFinished("r1", 3.0, RunStatus.PARTIAL, 2.0, Usage(3, 4), 0.01, None, {"o": 1}, {}),
     ]  # fmt: skip
-    data = "".join(_line(event) for event in events).encode()
+    data = "".join(journal_line(event) for event in events).encode()
     assert key.encode() not in data  # a secret in an error never reaches the disk
     back = [event for event, _ in read_journal(data, "r1")]
     assert back[1:] == events[1:]
@@ -965,7 +965,7 @@ def test_attempt_events_are_read_from_the_attempts(
 
 def test_recover_writes_a_dead_runs_journal_into_the_store_once(tmp_path: Path) -> None:
     from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptFinished, AttemptStarted
-    from aoe.state.recorder import _line
+    from aoe.state.journal import journal_line
     from aoe.state.store import journal_path
     from aoe.types import Usage
 
@@ -990,7 +990,7 @@ def test_recover_writes_a_dead_runs_journal_into_the_store_once(tmp_path: Path) 
         journal = journal_path(db.path, "r1", 1)
         journal.parent.mkdir()
         # the process died in the middle of writing a line
-        journal.write_text("".join(_line(e) for e in events) + '["AgentFinished",2.0,"b"')
+        journal.write_text("".join(journal_line(e) for e in events) + '["AgentFinished",2.0,"b"')
         assert recover(db) == ["r1"]
         assert not journal.exists()
         agents = {a["agent_id"]: a for a in db.agents("r1")}
@@ -1005,7 +1005,7 @@ def test_recover_writes_a_dead_runs_journal_into_the_store_once(tmp_path: Path) 
         assert db.spent("r1") == pytest.approx(0.023)
         assert db.run("r1")["status"] == "interrupted"
         # a second recover (another process) finds nothing more to write
-        journal.write_text("".join(_line(e) for e in events))
+        journal.write_text("".join(journal_line(e) for e in events))
         db.connection.execute(
             "UPDATE runs SET journal_session = 1, journal_offset = ? WHERE run_id = 'r1'",
             (journal.stat().st_size,),

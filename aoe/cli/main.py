@@ -330,7 +330,7 @@ def _store(settings: Settings) -> Store:
     The journals of runs whose process died are written into it first, where
     the store can be written (a reader of a read-only store sees it as it is)."""
     from aoe.errors import StateWriteFailed
-    from aoe.state.recorder import recover
+    from aoe.state.journal import recover
     from aoe.state.store import Store
 
     store = Store.for_settings(settings)

@@ -326,8 +326,8 @@ def submit(
 
         from aoe.config.settings import load_settings
         from aoe.format.inputs import bind_inputs
+        from aoe.redis.queue import enqueue
         from aoe.service.runner import load
-        from aoe.service.worker import submit as enqueue
 
         settings = load_settings(config)
         workflow = load(file, settings)

@@ -34,9 +34,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aoe.errors import Signal, StateWriteFailed
+from aoe.errors import RedisUnreachable, Signal, StateWriteFailed
 from aoe.events import RunStatus
-from aoe.redis.limits import text
+from aoe.redis.client import text
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -379,14 +379,10 @@ class RecordMirror:
     async def _retrying(self, write: Callable[[], Awaitable[object]]) -> bool:
         """Run ``write``; while Redis is unreachable, retry (fail_closed) or give
         up on Redis for this run (local). True if it was written."""
-        from aoe.redis.limits import unreachable
-
         while not self.broken:
             try:
                 await write()
-            except Exception as e:
-                if not unreachable(e):
-                    raise
+            except RedisUnreachable as e:
                 if self.on_unavailable == "local":
                     log.warning(
                         "Redis is unreachable (%s): run %s is recorded on this host only; a "
@@ -557,7 +553,7 @@ class SharedRecord:
         A local record of a later session is newer and left alone. A record not
         ``whole`` that does not continue the store's raises :class:`Partial`."""
         from aoe.errors import RunNotFound
-        from aoe.state.recorder import apply_journal
+        from aoe.state.journal import apply_journal
 
         try:
             local: dict[str, Any] | None = store.run(self.run_id)

@@ -59,12 +59,19 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from aiohttp import web
 
 from aoe.engine.executor import new_run_id
-from aoe.errors import DiagnosticsError, OptionInvalid, RunNotFound, Signal, UserError
+from aoe.errors import (
+    DiagnosticsError,
+    OptionInvalid,
+    RedisFailed,
+    RedisUnreachable,
+    RunNotFound,
+    Signal,
+    UserError,
+)
 from aoe.events import Event, RunFinished, RunStarted, event_dict
 from aoe.observe.health import Health, HealthMonitor
 from aoe.observe.metrics import Metrics, health_value
-from aoe.redis.limits import redis_failed
-from aoe.redis.limits import text as reply_text
+from aoe.redis.client import text as reply_text
 from aoe.service.connections import (
     Connection,
     Gate,
@@ -357,7 +364,8 @@ class Shared:
     PRUNE_EVERY = 3600.0  # seconds between prunings of shared.db
 
     def __init__(self, service: Service, subscribers: list[Callable[[Event], None]]) -> None:
-        from aoe.service.worker import Worker, client_for, stream_keys
+        from aoe.redis.queue import client_for, stream_keys
+        from aoe.service.worker import Worker
         from aoe.state.store import Store
 
         self.service = service
@@ -412,8 +420,7 @@ class Shared:
         return self.worker_failure
 
     async def _watch_backlog(self) -> None:
-        from aoe.redis.limits import unreachable
-        from aoe.service.worker import GROUP
+        from aoe.redis.queue import backlog
 
         prune_at = 0.0
         while not self._stop.is_set():
@@ -421,12 +428,12 @@ class Shared:
                 prune_at = time.monotonic() + self.PRUNE_EVERY
                 await self._prune()
             try:
-                self.backlog = await self._backlog(GROUP)
+                self.backlog = await backlog(self.client, self.queue)
                 if self.outage is not None:
                     log.warning("Redis answers again")
                 self.outage = None
             except Exception as e:
-                if unreachable(e):
+                if isinstance(e, RedisUnreachable):
                     if self.outage is None:
                         log.error("Redis is unreachable (%s)", e)
                     self.outage = f"{e}"
@@ -455,27 +462,10 @@ class Shared:
         if dropped:
             log.info("dropped %d old run records from %s", len(dropped), self.records.path)
 
-    async def _backlog(self, group_name: str) -> int:
-        """Runs in the queue no worker has read yet (Redis 7's ``lag``)."""
-        from redis.exceptions import ResponseError
-
-        try:
-            groups: Any = await self.client.xinfo_groups(self.queue)
-        except ResponseError as e:
-            if "no such key" in str(e).lower():
-                return 0
-            raise
-        for group in groups:
-            if reply_text(group.get("name", b"")) == group_name:
-                lag = group.get("lag")
-                if lag is not None:
-                    return int(lag)
-        return int(await self.client.xlen(self.queue)) if not groups else 0
-
     async def submit(
         self, text: str, name: str, workflow: Any, inputs: dict[str, Any], options: dict[str, Any]
     ) -> dict[str, Any]:
-        from aoe.service.worker import submit as enqueue
+        from aoe.redis.queue import enqueue
 
         if self.backlog >= self.service.options.queue_limit:
             raise Refused(429, f"{self.backlog} runs are waiting in the queue already: retry later")
@@ -571,7 +561,7 @@ class Shared:
         """The run's events over SSE: those recorded, then live from its journal in
         Redis until the run ends."""
         from aoe.redis.records import FINAL, head_of, record_keys
-        from aoe.state.recorder import read_journal
+        from aoe.state.journal import read_journal
 
         head = await head_of(self.client, self.prefix, run_id, export=False)
         if head is None:
@@ -727,7 +717,7 @@ def make_app(service: Service) -> web.Application:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            if service.shared is None or not redis_failed(e):
+            if service.shared is None or not isinstance(e, RedisFailed):
                 return _internal(request, e)
             # Redis unreachable, or refusing: the caller may try again (elsewhere)
             log.error("%s %s: Redis failed: %s", request.method, request.path, e)

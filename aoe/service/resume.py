@@ -30,7 +30,7 @@ from aoe.format.loader import load_workflow
 from aoe.format.workflow import Workflow
 from aoe.service.runner import is_submitted
 from aoe.state.definitions import changed_inputs, definitions, reading
-from aoe.state.recorder import recover
+from aoe.state.journal import recover
 from aoe.state.store import Store
 from aoe.types import Usage
 
