@@ -18,7 +18,9 @@ import pytest
 
 from aoe.errors import ResumeRefused
 from aoe.state.journal import recover
-from aoe.state.store import SCHEMA_VERSION, Store
+from aoe.state.liveness import HERE
+from aoe.state.schema import SCHEMA_VERSION
+from aoe.state.store import Store
 from tests.conftest import RunCli, WriteFile, child_env, fake_key
 from tests.fakeserver import Fail, FakeProvider, Received, Reply
 
@@ -119,7 +121,7 @@ def test_each_agent_is_recorded_before_its_dependent_is_called(
         with (
             one_at_a_time,
             Store(copy / "state.db") as db,
-            mock.patch("aoe.state.store.RUNNING_HERE", set()),
+            mock.patch.object(HERE, "runs", set()),
         ):
             db.connection.execute("UPDATE runs SET pid = NULL")  # its process: gone
             recover(db)
@@ -966,7 +968,7 @@ def test_attempt_events_are_read_from_the_attempts(
 def test_recover_writes_a_dead_runs_journal_into_the_store_once(tmp_path: Path) -> None:
     from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptFinished, AttemptStarted
     from aoe.state.journal import journal_line
-    from aoe.state.store import journal_path
+    from aoe.state.schema import journal_path
     from aoe.types import Usage
 
     with Store(tmp_path / "state.db") as db:

@@ -118,13 +118,6 @@ def _errors() -> Iterator[None]:
     except Exception as error:
         if _state["debug"]:
             traceback.print_exc()
-        if type(error).__module__ == "sqlite3":  # the store broke after it was opened
-            typer.echo(
-                f"aoe: error: the run store could not be read or written ({error}): move it "
-                "aside (or set AOE_STATE_DIR to another folder) and run again",
-                err=True,
-            )
-            raise typer.Exit(2) from None
         typer.echo(
             f"aoe: internal error: {type(error).__name__}: {error}\n"
             "This is a bug in aoe; rerun with --debug for the traceback and report it.",

@@ -169,8 +169,8 @@ async def run_workflow(
     resumption = None
     if store is not None:
         from aoe.state.cache import ResponseCache
+        from aoe.state.liveness import HERE
         from aoe.state.recorder import Recorder
-        from aoe.state.store import RUNNING_HERE
 
         settings_used = {
             "budget": budget,
@@ -179,7 +179,7 @@ async def run_workflow(
             "cache": cache,
         }
         session = _record(store, run_id, workflow, inputs, settings_used, resume)
-        RUNNING_HERE.add(run_id)
+        HERE.runs.add(run_id)
         if resume is not None:
             resumption = resume.resumption._replace(session=session)
         recorder = Recorder(store.path, run_id, session, mirror)
@@ -219,7 +219,7 @@ async def run_workflow(
                     finally:  # even if that wait was cancelled
                         await asyncio.to_thread(recorder.join)
                 finally:
-                    RUNNING_HERE.discard(run_id)
+                    HERE.runs.discard(run_id)
     told = None if recorder is None else recorder.told()
     if told is not None:  # said when it happened; said again as the run ends
         logging.getLogger("aoe.store").warning("%s", told, extra={"run_id": run_id})

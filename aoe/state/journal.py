@@ -8,11 +8,9 @@ appends the lines before any call that depends on them and fsyncs them within
 line ends it), and :func:`recover` writes what a journal holds beyond the store
 into it once the run's process is gone.
 
-Which journals this process is writing is per process by design
-(:func:`open_here`): ``recover`` run by this process must not take a journal
-from under one of its own recorders, and the store cannot tell those apart by
-pid (every run of an ``aoe serve`` has the pid of this process). Other
-processes' recorders are told apart by their record's pid, not by this set.
+``recover`` never takes a journal from under a recorder of this process
+(:data:`aoe.state.liveness.HERE` knows them); other processes' recorders are
+told apart by their record's pid.
 """
 
 from __future__ import annotations
@@ -27,28 +25,18 @@ import time
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aoe import events as _events
 from aoe.errors import scrub
 from aoe.events import AgentState, Event, RunStatus
-from aoe.state.rows import RowWriter
-from aoe.state.store import Store, journal_of, journal_path, run_alive, transaction, writing
+from aoe.state.liveness import HERE, run_alive
+from aoe.state.schema import journal_of, journal_path, transaction, translated, writing
+from aoe.state.writer import RowWriter
 from aoe.types import Usage
 
-# journals a Recorder of this process is writing: never recovered from under it
-_OPEN: set[Path] = set()
-
-
-def open_here(journal: Path) -> None:
-    """A recorder of this process writes ``journal`` from now on."""
-    _OPEN.add(journal)
-
-
-def closed_here(journal: Path) -> None:
-    """The recorder of this process that wrote ``journal`` closed it."""
-    _OPEN.discard(journal)
-
+if TYPE_CHECKING:
+    from aoe.state.store import Store
 
 # -- the journal's lines -----------------------------------------------------------
 # One JSON array per event: its type's name, then its fields in order (the run id
@@ -132,10 +120,11 @@ def recover(store: Store, run_id: str | None = None, *, take_over: bool = False)
     recovered = []
     for file in files:
         named = journal_of(file)
-        if named is None or file in _OPEN or (run_id is not None and named[0] != run_id):
+        if named is None or file in HERE.journals or (run_id is not None and named[0] != run_id):
             continue
-        if _recover_one(store, file, *named, take_over=take_over):
-            recovered.append(named[0])
+        with translated(store.path):
+            if _recover_one(store, file, *named, take_over=take_over):
+                recovered.append(named[0])
     return recovered
 
 

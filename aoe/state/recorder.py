@@ -57,17 +57,15 @@ from aoe.state.cache import CacheHit, CachePut
 from aoe.state.files import Cleared, Loss, StoreFile
 from aoe.state.journal import (
     Syncer,
-    closed_here,
     fsync,
     journal_line,
-    open_here,
     read_journal,
     record_beside,
     write_all,
     write_file,
 )
-from aoe.state.rows import Item, RowWriter
-from aoe.state.store import (
+from aoe.state.liveness import HERE
+from aoe.state.schema import (
     SCHEMA_VERSION,
     Rows,
     dumps,
@@ -77,6 +75,7 @@ from aoe.state.store import (
     run_rows,
     transaction,
 )
+from aoe.state.writer import Item, RowWriter
 
 
 class Mirror(Protocol):
@@ -147,7 +146,7 @@ class Recorder:
         except OSError as e:
             self._failure = e
             raise self._failed() from None
-        open_here(self.journal)
+        HERE.journals.add(self.journal)
         self._thread = threading.Thread(
             target=self._write, name=f"aoe-record-{self.run_id}", daemon=True
         )
@@ -240,7 +239,7 @@ class Recorder:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            closed_here(self.journal)
+            HERE.journals.discard(self.journal)
         if self._failure is not None:
             raise self._failed()
 

@@ -1,4 +1,4 @@
-"""The store's rows of a run, written from its events.
+"""The store's rows of a run, written from its events (the recorder's writer).
 
 :class:`RowWriter` turns a batch of events (and response-cache items) into the
 rows of ``runs``, ``agents``, ``attempts``, ``events`` and ``cache``: one
@@ -27,7 +27,7 @@ from aoe.events import (
     RunStarted,
 )
 from aoe.state.cache import CacheHit, CachePut
-from aoe.state.store import dumps
+from aoe.state.schema import dumps
 from aoe.types import Usage
 
 _LEFT_OUT = frozenset({"run_id", "at", "agent_id", "output", "outputs"})
