@@ -93,9 +93,9 @@ def runs_list(
         stored_status = "running" if status == "interrupted" else status
         runs = store.runs(status=stored_status, workflow=workflow, limit=None if status else limit)
         if status is not None:
-            runs = [r for r in runs if r["status"] == status][:limit]
+            runs = [r for r in runs if r.status == status][:limit]
         if format is ReportFormat.json:
-            _json(runs)
+            _json([r.to_dict() for r in runs])
             return
         if not runs:
             typer.echo(
@@ -107,14 +107,14 @@ def runs_list(
             ["run", "workflow", "status", "started", "cost", "budget", "tokens", "sessions"],
             [
                 [
-                    r["run_id"],
-                    r["workflow_name"],
-                    r["status"],
-                    _when(r["created_at"]),
-                    _money(r["cost"]),
-                    _money(r["budget"]),
-                    f"{r['input_tokens'] + r['output_tokens']:,}",
-                    str(r["sessions"]),
+                    r.run_id,
+                    r.workflow_name,
+                    r.status,
+                    _when(r.created_at),
+                    _money(r.cost),
+                    _money(r.budget),
+                    f"{r.input_tokens + r.output_tokens:,}",
+                    str(r.sessions),
                 ]
                 for r in runs
             ],
@@ -131,36 +131,42 @@ def runs_show(
     config: ConfigOption = None,
 ) -> None:
     """A run: its status and totals, the agents table, and its last events."""
+    from aoe.state.rows import RecordStatus
+
     with _errors():
         store = _store(_settings(config))
         run = store.run(run_id)
-        agents = store.agents(run["run_id"])
-        last = store.events(run["run_id"], last=events) if events else []
+        agents = store.agents(run.run_id)
+        last = store.events(run.run_id, last=events) if events else []
         if format is ReportFormat.json:
-            run = {k: v for k, v in run.items() if k not in ("workflow_text", "workflow_files")}
-            _json({"run": run, "agents": agents, "events": last})
+            shown = {
+                k: v
+                for k, v in run.to_dict().items()
+                if k not in ("workflow_text", "workflow_files")
+            }
+            _json({"run": shown, "agents": [a.to_dict() for a in agents], "events": last})
             return
-        budget = f" of {_money(run['budget'])}" if run["budget"] is not None else ""
+        budget = f" of {_money(run.budget)}" if run.budget is not None else ""
         lines = [
-            f"run       {run['run_id']}",
-            f"workflow  {run['workflow_name']} ({run['workflow_path']})",
-            f"status    {run['status']}",
-            f"started   {_when(run['created_at'])}, {run['sessions']} session(s)",
-            f"spent     {_money(run['cost'])}{budget}, "
-            f"{run['input_tokens']:,} tokens in, {run['output_tokens']:,} out",
+            f"run       {run.run_id}",
+            f"workflow  {run.workflow_name} ({run.workflow_path})",
+            f"status    {run.status}",
+            f"started   {_when(run.created_at)}, {run.sessions} session(s)",
+            f"spent     {_money(run.cost)}{budget}, "
+            f"{run.input_tokens:,} tokens in, {run.output_tokens:,} out",
         ]
         sys.stdout.write("\n".join(lines) + "\n\n")
         _table(
             ["agent", "state", "answered by", "attempts", "tokens", "cost", "error"],
             [
                 [
-                    a["agent_id"],
-                    a["state"],
-                    f"{a['provider']}/{a['model']}" if a["model"] else "",
-                    str(a["attempts"]),
-                    f"{a['input_tokens'] + a['output_tokens']:,}",
-                    _money(a["cost"]),
-                    (a["error"] or "")[:80],
+                    a.agent_id,
+                    a.state,
+                    f"{a.provider}/{a.model}" if a.model else "",
+                    str(a.attempts),
+                    f"{a.input_tokens + a.output_tokens:,}",
+                    _money(a.cost),
+                    (a.error or "")[:80],
                 ]
                 for a in agents
             ],
@@ -170,8 +176,8 @@ def runs_show(
             for event in last:
                 agent = f" {event['agent_id']}" if event["agent_id"] else ""
                 sys.stdout.write(f"  {_when(event['at'])} {event['type']}{agent}\n")
-        if run["status"] not in ("completed", "running"):
-            sys.stdout.write(f"\nresume it with: aoe resume {run['run_id']}\n")
+        if run.status not in (RecordStatus.COMPLETED, RecordStatus.RUNNING):
+            sys.stdout.write(f"\nresume it with: aoe resume {run.run_id}\n")
 
 
 @runs_app.command(
@@ -199,7 +205,7 @@ def runs_events(
         run = store.run(run_id)
         wanted = [_event_type(t) for t in type or []]
         types = sorted({kind for kind, _ in wanted})
-        found = store.events(run["run_id"], types=types)
+        found = store.events(run.run_id, types=types)
         if wanted:
             found = [e for e in found if any(_matches(e, kind, failed) for kind, failed in wanted)]
         for event in found[-last:] if last is not None else found:
@@ -316,21 +322,18 @@ def cache_stats(format: FormatOption = ReportFormat.text, config: ConfigOption =
     with _errors():
         stats = _store(_settings(config)).cache_stats()
         if format is ReportFormat.json:
-            _json(stats)
+            _json(stats.to_dict())
             return
         sys.stdout.write(
-            f"cache     {stats['path']}\n"
-            f"entries   {stats['entries']:,} ({stats['bytes']:,} bytes)\n"
-            f"hits      {stats['hits']:,}\n"
+            f"cache     {stats.path}\n"
+            f"entries   {stats.entries:,} ({stats.bytes:,} bytes)\n"
+            f"hits      {stats.hits:,}\n"
         )
-        if stats["models"]:
+        if stats.models:
             sys.stdout.write("\n")
             _table(
                 ["provider", "model", "entries", "hits"],
-                [
-                    [m["provider"], m["model"], str(m["entries"]), str(m["hits"])]
-                    for m in stats["models"]
-                ],
+                [[m.provider, m.model, str(m.entries), str(m.hits)] for m in stats.models],
             )
 
 

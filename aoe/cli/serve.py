@@ -222,7 +222,7 @@ def _local(config: str | None) -> dict[str, Any]:
 
     store = _store(_settings(config))
     try:
-        return store.summary(time.time() - LOCAL_WINDOW) | {"source": str(store.path)}
+        return store.summary(time.time() - LOCAL_WINDOW).to_dict() | {"source": str(store.path)}
     finally:
         store.close()
 
@@ -259,7 +259,7 @@ def _remote(url: str) -> dict[str, Any]:
             ) from None
 
     health = get("/health", ok=(200, 503))
-    runs = get("/api/v1/runs?limit=200")["runs"]
+    runs = get("/api/v1/runs?limit=200").runs
     since = time.time() - LOCAL_WINDOW
     recent = [r for r in runs if (r.get("created_at") or 0) >= since]
     return {

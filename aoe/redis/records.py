@@ -41,6 +41,7 @@ from aoe.redis.client import text
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from aoe.state.rows import RunRow
     from aoe.state.store import Store
 
 log = logging.getLogger("aoe.records")
@@ -282,11 +283,11 @@ class RecordMirror:
         if isinstance(self._failure, Superseded):  # its end is the new owner's to record
             raise self._failed()
 
-    async def finish(self, run: Mapping[str, Any]) -> None:
+    async def finish(self, run: RunRow) -> None:
         """The head's summary, once the run's record is final (``Store.run``);
         tried even after Redis went away under ``local``."""
         self.broken = False
-        fields = [value for pair in summary_of(run).items() for value in pair]
+        fields = [value for pair in summary_of(run.to_dict()).items() for value in pair]
         epoch = "" if self.epoch is None else str(self.epoch)
 
         async def write() -> None:
@@ -556,13 +557,13 @@ class SharedRecord:
         from aoe.state.journal import apply_journal
 
         try:
-            local: dict[str, Any] | None = store.run(self.run_id)
+            local: RunRow | None = store.run(self.run_id)
         except RunNotFound:
             local = None
-        if local is not None and local["sessions"] > self.session:
+        if local is not None and local.sessions > self.session:
             return False
         export = None
-        if local is not None and local["sessions"] == self.session:
+        if local is not None and local.sessions == self.session:
             try:
                 return bool(apply_journal(store, self.run_id, self.session, self.journal_from))
             except Partial as e:

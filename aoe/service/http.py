@@ -87,6 +87,7 @@ from aoe.service.wiring import engine_for
 if TYPE_CHECKING:
     from aoe.config.settings import Settings
     from aoe.redis.records import SharedRecord
+    from aoe.state.rows import RunRow
     from aoe.state.store import Store
 
 log = logging.getLogger("aoe.serve")
@@ -494,10 +495,10 @@ class Shared:
         summary = summary_from(run_id, head)
         if await self._bring_up(run_id, head) is None:  # queued, or cancelled before it started
             return {**summary, "agents": []}
-        run = self.records.run(run_id)
+        run = self.records.run(run_id).to_dict()
         run.pop("workflow_text", None)
         run.update({k: v for k, v in summary.items() if v is not None})  # its worker's word
-        run["agents"] = self.records.agents(run_id)
+        run["agents"] = [agent.to_dict() for agent in self.records.agents(run_id)]
         return run
 
     async def _bring_up(self, run_id: str, head: dict[str, str]) -> SharedRecord | None:
@@ -672,7 +673,7 @@ def make_app(service: Service) -> web.Application:
     token = service.options.token
     options = service.options
 
-    def find(run_id: str) -> dict[str, Any]:
+    def find(run_id: str) -> RunRow:
         """A run's record; :class:`Refused` 404 without the store's path, which
         is the server's business."""
         try:
@@ -773,7 +774,8 @@ def make_app(service: Service) -> web.Application:
         if service.shared is not None:
             shared = await service.shared.runs(query.status, query.workflow, query.limit)
             return _json({"runs": shared})
-        found = service.store.runs(status=query.status, workflow=query.workflow, limit=query.limit)
+        listed = service.store.runs(status=query.status, workflow=query.workflow, limit=query.limit)
+        found = [run.to_dict() for run in listed]
         for run in found:
             live_run = service.live.get(run["run_id"])
             if live_run is not None and live_run.state == "queued":
@@ -786,12 +788,13 @@ def make_app(service: Service) -> web.Application:
             shared = await service.shared.run(run_id)
             if shared is not None:
                 return _json(shared)
-        run = find(run_id)
-        live_run = service.live.get(run["run_id"])
+        row = find(run_id)
+        run = row.to_dict()
+        live_run = service.live.get(row.run_id)
         if live_run is not None and live_run.state == "queued":
             run["status"] = "queued"
         run.pop("workflow_text", None)
-        run["agents"] = service.store.agents(run["run_id"])
+        run["agents"] = [agent.to_dict() for agent in service.store.agents(row.run_id)]
         return _json(run)
 
     async def cancel(request: web.Request) -> web.Response:
@@ -803,7 +806,7 @@ def make_app(service: Service) -> web.Application:
         if service.cancel(run_id):
             return _json({"run_id": run_id, "status": "cancelling"}, status=202)
         run = find(run_id)
-        return _error(409, f"run {run['run_id']} is not running here (it is {run['status']})")
+        return _error(409, f"run {run.run_id} is not running here (it is {run.status})")
 
     async def events(request: web.Request) -> web.StreamResponse:
         run_id = request.match_info["run_id"]
@@ -814,7 +817,7 @@ def make_app(service: Service) -> web.Application:
         live_run = service.live.get(run_id)
         recorded: list[dict[str, Any]] = []
         if live_run is None:
-            run_id = find(run_id)["run_id"]
+            run_id = find(run_id).run_id
             live_run = service.live.get(run_id)
             if live_run is None:
                 recorded = service.store.events(run_id)

@@ -25,12 +25,14 @@ from aoe.config.checks import checks_for
 from aoe.config.settings import Settings
 from aoe.engine.executor import Restored, Resumption
 from aoe.errors import ResumeRefused
+from aoe.events import AgentState
 from aoe.format.inputs import GivenInput, bind_inputs, from_assignments
 from aoe.format.loader import load_workflow
 from aoe.format.workflow import Workflow
 from aoe.service.runner import is_submitted
 from aoe.state.definitions import changed_inputs, definitions, reading
 from aoe.state.journal import recover
+from aoe.state.rows import AttemptStatus, RecordStatus, RunRow
 from aoe.state.store import Store
 from aoe.types import Usage
 
@@ -38,7 +40,7 @@ from aoe.types import Usage
 class ResumePlan(NamedTuple):
     run_id: str
     sessions: int  # as read: a resume that started meanwhile makes this one stale
-    status: str  # the record's status before this session
+    status: RecordStatus  # the record's status before this session
     workflow: Workflow
     inputs: dict[str, Any]
     options: dict[str, Any]  # budget, max_parallel, mock, cache
@@ -54,7 +56,7 @@ class ResumePlan(NamedTuple):
     @property
     def done(self) -> bool:
         """The run completed: there is nothing to resume."""
-        return self.status == "completed"
+        return self.status is RecordStatus.COMPLETED
 
 
 def plan_resume(
@@ -71,12 +73,12 @@ def plan_resume(
     """What resuming ``run_id`` will do; raises :class:`ResumeRefused` when it
     may not (still running, or its file changed without ``force``). ``inputs``
     and ``assignments`` (``NAME=VALUE``) override the stored inputs."""
-    run_id = store.run(run_id)["run_id"]
+    run_id = store.run(run_id).run_id
     recover(store, run_id, take_over=take_over)  # its journal beyond the store, first
     run = store.run(run_id)
-    if run["status"] == "running" and not take_over:
+    if run.status is RecordStatus.RUNNING and not take_over:
         raise ResumeRefused(
-            f"run {run_id} is still running (process {run['pid']} on {run['host']}): "
+            f"run {run_id} is still running (process {run.pid} on {run.host}): "
             "wait for it to end, or stop it first"
         )
     workflow = _workflow(run, settings)
@@ -84,13 +86,13 @@ def plan_resume(
     # again, since the file (under --force) may declare other inputs now
     given = {
         name: GivenInput(value, f"the inputs of run {run_id}")
-        for name, value in run["inputs"].items()
+        for name, value in run.inputs.items()
         if name in workflow.inputs
     }
     given.update(inputs or {})
     given.update(from_assignments(assignments, workflow.inputs))
     values = bind_inputs(workflow.inputs, given)
-    chosen = dict(run["settings"])
+    chosen = dict(run.settings)
     mock = (options or {}).get("mock")
     if mock is not None and bool(mock) != bool(chosen.get("mock")):
         raise ResumeRefused(
@@ -100,21 +102,21 @@ def plan_resume(
     chosen.update({k: v for k, v in (options or {}).items() if v is not None})
 
     defined = definitions(workflow)
-    records = {agent["agent_id"]: agent for agent in store.agents(run_id)}
+    records = {agent.agent_id: agent for agent in store.agents(run_id)}
     # the agents whose definition changed, and those reading an input (or the
     # workflow's name) whose value is not what it was
-    moved = changed_inputs(run["inputs"], values)
-    renamed = workflow.name != run["workflow_name"]
+    moved = changed_inputs(run.inputs, values)
+    renamed = workflow.name != run.workflow_name
     reads = reading(workflow, moved, renamed) if moved or renamed else set()
     changed = tuple(
         agent_id
         for agent_id in workflow.agents
         if agent_id not in records
-        or records[agent_id]["definition"] != defined[agent_id]
+        or records[agent_id].definition != defined[agent_id]
         or agent_id in reads
     )
-    file_changed = workflow.digest != run["workflow_sha256"]
-    if file_changed and not force and run["status"] != "completed":
+    file_changed = workflow.digest != run.workflow_sha256
+    if file_changed and not force and run.status is not RecordStatus.COMPLETED:
         if changed:
             what = f"the definition of {_listing(changed)} changed"
         else:
@@ -136,39 +138,37 @@ def plan_resume(
     kept = [
         agent_id
         for agent_id in workflow.agents
-        if agent_id not in stale and records[agent_id]["state"] == "completed"
+        if agent_id not in stale and records[agent_id].state is AgentState.COMPLETED
     ]
     rerun = tuple(a for a in workflow.agents if a not in kept)
 
     attempts = store.attempts(run_id)
-    usage = Usage(
-        sum(a["input_tokens"] for a in attempts), sum(a["output_tokens"] for a in attempts)
-    )
+    usage = Usage(sum(a.input_tokens for a in attempts), sum(a.output_tokens for a in attempts))
     agent_spent: dict[str, float] = {}
     item_spent: dict[str, dict[int, float]] = {}
     items: dict[str, dict[int, Any]] = {}
     for attempt in attempts:
-        agent_id, item = attempt["agent_id"], attempt["item"]
-        spent = attempt["reserved"] if attempt["status"] == "started" else attempt["cost"]
+        agent_id, item = attempt.agent_id, attempt.item
+        spent = attempt.reserved if attempt.status is AttemptStatus.STARTED else attempt.cost
         agent_spent[agent_id] = agent_spent.get(agent_id, 0.0) + spent
         record = records.get(agent_id)
-        current = record is not None and attempt["session"] >= record["since"]
+        current = record is not None and attempt.session >= record.since
         if item >= 0 and agent_id not in stale and current:  # a foreach item of today's agent
             by_item = item_spent.setdefault(agent_id, {})
             by_item[item] = by_item.get(item, 0.0) + spent
-            if attempt["status"] in ("ok", "cached") and attempt["output"] is not None:
-                items.setdefault(agent_id, {})[item] = json.loads(attempt["output"])
+            if attempt.status.answered and attempt.output is not None:
+                items.setdefault(agent_id, {})[item] = json.loads(attempt.output)
     completed = {
         agent_id: Restored(
-            records[agent_id]["output"],
-            Usage(records[agent_id]["input_tokens"], records[agent_id]["output_tokens"]),
-            records[agent_id]["cost"],
-            records[agent_id]["attempts"],
+            records[agent_id].output,
+            Usage(records[agent_id].input_tokens, records[agent_id].output_tokens),
+            records[agent_id].cost,
+            records[agent_id].attempts,
         )
         for agent_id in kept
     }
     resumption = Resumption(
-        session=int(run["sessions"]) + 1,
+        session=int(run.sessions) + 1,
         completed=completed,
         spent=store.spent(run_id),
         usage=usage,
@@ -178,8 +178,8 @@ def plan_resume(
     )
     return ResumePlan(
         run_id,
-        int(run["sessions"]),
-        run["status"],
+        int(run.sessions),
+        run.status,
         workflow,
         values,
         chosen,
@@ -194,12 +194,12 @@ def plan_resume(
     )
 
 
-def _workflow(run: Mapping[str, Any], settings: Settings) -> Workflow:
+def _workflow(run: RunRow, settings: Settings) -> Workflow:
     """The file at the recorded path; when it is gone, the record's own copy."""
-    path = run["workflow_path"]
+    path = run.workflow_path
     if not is_submitted(path) and os.path.exists(path):
         return load_workflow(path, checks=checks_for(settings)).require()
-    files: Mapping[str, str] = run["workflow_files"] or {}
+    files: Mapping[str, str] = run.workflow_files or {}
     unsafe = [
         name
         for name in files
@@ -212,7 +212,7 @@ def _workflow(run: Mapping[str, Any], settings: Settings) -> Workflow:
         )
     with tempfile.TemporaryDirectory(prefix="aoe-resume-") as folder:
         copy = Path(folder) / Path(path).name
-        copy.write_text(run["workflow_text"], encoding="utf-8")
+        copy.write_text(run.workflow_text, encoding="utf-8")
         for name, text in files.items():
             target = Path(folder) / name
             target.parent.mkdir(parents=True, exist_ok=True)

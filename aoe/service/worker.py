@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from aoe.engine.executor import Engine
     from aoe.events import Subscriber
     from aoe.redis.records import RecordMirror
+    from aoe.state.rows import RunRow
     from aoe.state.store import Store
 
 log = logging.getLogger("aoe.worker")
@@ -304,7 +305,7 @@ class Worker:
         if plan.done:  # its worker died after recording its end
             run = self.store.run(run_id)
             await mirror.finish(run)
-            return run["status"]
+            return run.status
         log.info(
             "run %s: resuming after another worker (%d agents kept)",
             run_id, len(plan.kept), extra={"run_id": run_id},
@@ -325,10 +326,10 @@ class Worker:
         from aoe.redis.records import mark
 
         try:
-            run: dict[str, Any] | None = self.store.run(run_id)
+            run: RunRow | None = self.store.run(run_id)
         except RunNotFound:  # not started here
             run = None
-        if run is not None and run["status"] in ("running", "interrupted"):
+        if run is not None and not run.status.final:
             self.store.mark_cancelled(run_id)  # stopped before its session began
             run = self.store.run(run_id)
         if run is not None and mirror.epoch is not None:  # its session, its record

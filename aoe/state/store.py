@@ -37,8 +37,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from aoe.errors import ResumeRefused, RunNotFound, StateUnusable
+from aoe.events import AgentState
 from aoe.state.files import Loss, StoreFile
 from aoe.state.liveness import identity, run_alive
+from aoe.state.rows import (
+    AgentRow,
+    AttemptRow,
+    AttemptStatus,
+    CacheStats,
+    ModelEntries,
+    RecordStatus,
+    RunListed,
+    RunRow,
+    Summary,
+    enum_of,
+)
 from aoe.state.schema import (
     SCHEMA_VERSION,
     dumps,
@@ -278,20 +291,20 @@ class Store:
         return session
 
     @_translated
-    def run(self, run_id: str) -> dict[str, Any]:
+    def run(self, run_id: str) -> RunRow:
         """One run's record; a unique prefix of its id is enough."""
         rows = self.connection.execute(
             "SELECT * FROM runs WHERE run_id = ? UNION ALL "
             "SELECT * FROM runs WHERE run_id LIKE ? || '%' ESCAPE '\\' AND run_id != ? LIMIT 3",
             (run_id, run_id.replace("\\", "").replace("%", "").replace("_", "\\_"), run_id),
         )
-        found = [self._run_row(rows, row) for row in rows.fetchall()]
+        found = [RunRow.of(_run_columns(rows, row)) for row in rows.fetchall()]
         if not found:
             raise RunNotFound(f"no run {run_id} in {self.path}: `aoe runs list` shows the runs")
-        if found[0]["run_id"] == run_id or len(found) == 1:
+        if found[0].run_id == run_id or len(found) == 1:
             return found[0]
         raise RunNotFound(
-            f"{run_id} could be more than one run ({', '.join(r['run_id'] for r in found)}"
+            f"{run_id} could be more than one run ({', '.join(r.run_id for r in found)}"
             "...): give more of the id"
         )
 
@@ -303,7 +316,7 @@ class Store:
         workflow: str | None = None,
         limit: int | None = 20,
         since: float | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[RunListed]:
         """Recent runs, newest first; ``workflow`` matches the name or the file;
         ``since``: started at or after that time."""
         where: list[str] = []
@@ -328,10 +341,10 @@ class Store:
         if limit is not None:
             query += f" LIMIT {int(limit)}"
         cursor = self.connection.execute(query, args)
-        return [self._run_row(cursor, row) for row in cursor.fetchall()]
+        return [RunListed.of(_run_columns(cursor, row)) for row in cursor.fetchall()]
 
     @_translated
-    def latest_unfinished(self, workflow_path: str) -> dict[str, Any] | None:
+    def latest_unfinished(self, workflow_path: str) -> RunRow | None:
         """The newest run of this file that did not complete (for --resume-latest)."""
         cursor = self.connection.execute(
             "SELECT * FROM runs WHERE workflow_path = ? ORDER BY created_at DESC,"
@@ -341,38 +354,21 @@ class Store:
         row = cursor.fetchone()
         if row is None:
             return None
-        run = self._run_row(cursor, row)
-        return None if run["status"] in ("completed", "partial") else run
-
-    def _run_row(self, cursor: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:
-        run = dict(zip([c[0] for c in cursor.description], row, strict=True))
-        for key in ("workflow_files", "inputs", "settings", "outputs", "output_errors"):
-            if key in run:
-                run[key] = loads(run[key])
-        if run["status"] == "running" and not run_alive(
-            run["run_id"], run.get("host"), run.get("pid"), run.get("process")
-        ):
-            run["status"] = "interrupted"  # its process is gone: resumable
-        return run
+        run = RunRow.of(_run_columns(cursor, row))
+        return None if run.status.done else run
 
     @_translated
-    def summary(self, since: float) -> dict[str, Any]:
+    def summary(self, since: float) -> Summary:
         """For ``aoe status``: runs in progress, the failures and the spend of the
         runs started since ``since`` (a time.time())."""
         recent = self.runs(limit=None, since=since)
         running = self.runs(status="running", limit=None)
-        return {
-            "active": [r for r in running if r["status"] == "running"],
-            "failures": [
-                r
-                for r in recent
-                if r["status"] in ("failed", "budget_exceeded", "partial", "interrupted")
-            ][:20],
-            "spend": {
-                "last_24h": math.fsum(r["cost"] or 0.0 for r in recent),
-                "runs": len(recent),
-            },
-        }
+        return Summary(
+            active=[r for r in running if r.status is RecordStatus.RUNNING],
+            failures=[r for r in recent if r.status in _FAILURES][:20],
+            last_24h=math.fsum(r.cost or 0.0 for r in recent),
+            runs=len(recent),
+        )
 
     @_translated
     def mark_cancelled(self, run_id: str) -> None:
@@ -387,7 +383,7 @@ class Store:
             )
 
     @_translated
-    def agents(self, run_id: str) -> list[dict[str, Any]]:
+    def agents(self, run_id: str) -> list[AgentRow]:
         cursor = self.connection.execute(
             "SELECT * FROM agents WHERE run_id = ? ORDER BY coalesce(started_at, 9e18), agent_id",
             (run_id,),
@@ -397,17 +393,23 @@ class Store:
         for row in cursor.fetchall():
             agent = dict(zip(names, row, strict=True))
             agent["output"] = loads(agent["output"])
-            agents.append(agent)
+            agent["state"] = enum_of(AgentState, agent["state"], "the agent state")
+            agents.append(AgentRow.of(agent))
         return agents
 
     @_translated
-    def attempts(self, run_id: str) -> list[dict[str, Any]]:
+    def attempts(self, run_id: str) -> list[AttemptRow]:
         cursor = self.connection.execute(
             "SELECT * FROM attempts WHERE run_id = ? ORDER BY started_at, agent_id, item, attempt",
             (run_id,),
         )
         names = [c[0] for c in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        attempts = []
+        for row in cursor.fetchall():
+            attempt = dict(zip(names, row, strict=True))
+            attempt["status"] = enum_of(AttemptStatus, attempt["status"], "the attempt status")
+            attempts.append(AttemptRow.of(attempt))
+        return attempts
 
     @_translated
     def spent(self, run_id: str) -> float:
@@ -452,7 +454,7 @@ class Store:
     @_translated
     def export(self, run_id: str) -> dict[str, Any]:
         """A self-contained JSON backup of one run: every row of every table."""
-        run_id = self.run(run_id)["run_id"]
+        run_id = self.run(run_id).run_id
         document: dict[str, Any] = {"format": "aoe-run", "schema": SCHEMA_VERSION}
         for table, (names, rows) in run_rows(self.connection, run_id).items():
             document[table] = [dict(zip(names, row, strict=True)) for row in rows]
@@ -552,27 +554,19 @@ class Store:
         return None if row is None else dict(loads(row[0]))
 
     @_translated
-    def cache_stats(self) -> dict[str, Any]:
+    def cache_stats(self) -> CacheStats:
         entries, size, hits, oldest, newest = self.connection.execute(
             "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(hits), 0),"
             " min(created_at), max(created_at) FROM cache"
         ).fetchone()
         by_model = [
-            {"provider": p, "model": m, "entries": n, "hits": h}
+            ModelEntries(p, m, n, h)
             for p, m, n, h in self.connection.execute(
                 "SELECT provider, model, count(*), sum(hits) FROM cache"
                 " GROUP BY provider, model ORDER BY count(*) DESC"
             )
         ]
-        return {
-            "path": str(self.path),
-            "entries": entries,
-            "bytes": size,
-            "hits": hits,
-            "oldest": oldest,
-            "newest": newest,
-            "models": by_model,
-        }
+        return CacheStats(str(self.path), entries, size, hits, oldest, newest, by_model)
 
     @_translated
     def cache_clear(self, older_than: float | None = None) -> int:
@@ -589,45 +583,69 @@ class Store:
         return int(removed)
 
 
-def _attempt_events(attempts: list[dict[str, Any]], wanted: set[str]) -> list[dict[str, Any]]:
+def _attempt_events(attempts: list[AttemptRow], wanted: set[str]) -> list[dict[str, Any]]:
     """AttemptStarted and AttemptFinished, as the engine emitted them, from the rows."""
     events = []
     for row in attempts:
-        common = {
-            "session": row["session"],
+        common: dict[str, Any] = {
+            "session": row.session,
             "seq": None,
-            "agent_id": row["agent_id"],
-            "item": None if row["item"] < 0 else row["item"],
-            "attempt": row["attempt"],
-            "provider": row["provider"],
-            "model": row["model"],
+            "agent_id": row.agent_id,
+            "item": None if row.item < 0 else row.item,
+            "attempt": row.attempt,
+            "provider": row.provider,
+            "model": row.model,
         }
-        if "AttemptStarted" in wanted and row["status"] != "cached":
+        if "AttemptStarted" in wanted and row.status is not AttemptStatus.CACHED:
             events.append(
                 {
                     **common,
-                    "at": row["started_at"],
+                    "at": row.started_at,
                     "type": "AttemptStarted",
-                    "waited": row["waited"],
-                    "reserved": row["reserved"],
-                    "fingerprint": row["fingerprint"],
+                    "waited": row.waited,
+                    "reserved": row.reserved,
+                    "fingerprint": row.fingerprint,
                 }
             )
-        if "AttemptFinished" in wanted and row["finished_at"] is not None:
+        if "AttemptFinished" in wanted and row.finished_at is not None:
             events.append(
                 {
                     **common,
-                    "at": row["finished_at"],
+                    "at": row.finished_at,
                     "type": "AttemptFinished",
-                    "duration": row["duration"],
+                    "duration": row.duration,
                     "usage": {
-                        "input_tokens": row["input_tokens"],
-                        "output_tokens": row["output_tokens"],
+                        "input_tokens": row.input_tokens,
+                        "output_tokens": row.output_tokens,
                     },
-                    "cost": row["cost"],
-                    "error": row["error"],
-                    "error_kind": row["error_kind"],
-                    "cached": row["status"] == "cached",
+                    "cost": row.cost,
+                    "error": row.error,
+                    "error_kind": row.error_kind,
+                    "cached": row.status is AttemptStatus.CACHED,
                 }
             )
     return events
+
+
+_FAILURES = (
+    RecordStatus.FAILED,
+    RecordStatus.BUDGET_EXCEEDED,
+    RecordStatus.PARTIAL,
+    RecordStatus.INTERRUPTED,
+)
+
+
+def _run_columns(cursor: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:
+    """A ``runs`` row's columns by name, decoded: its JSON, and its status (a
+    running run whose process is gone is ``interrupted``: resumable)."""
+    run = dict(zip([c[0] for c in cursor.description], row, strict=True))
+    for key in ("workflow_files", "inputs", "settings", "outputs", "output_errors"):
+        if key in run:
+            run[key] = loads(run[key])
+    status = enum_of(RecordStatus, run["status"], "the run status")
+    if status is RecordStatus.RUNNING and not run_alive(
+        run["run_id"], run.get("host"), run.get("pid"), run.get("process")
+    ):
+        status = RecordStatus.INTERRUPTED  # its process is gone: resumable
+    run["status"] = status
+    return run
