@@ -310,7 +310,7 @@ def test_redis_stopped_mid_run_holds_a_workers_run_and_loses_nothing(
     import asyncio
 
     from aoe.redis.client import connect
-    from aoe.redis.records import fetch
+    from aoe.redis.copies import fetch
 
     stopped = threading.Event()
 

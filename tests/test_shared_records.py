@@ -17,9 +17,11 @@ import pytest
 
 from aoe.errors import StateWriteFailed
 from aoe.redis.client import connect
-from aoe.redis.records import Partial, RecordMirror, SharedRecord, fetch, head_of
+from aoe.redis.copies import Partial, SharedRecord, fetch, head_of
+from aoe.redis.records import RecordMirror
 from aoe.state.rows import RecordStatus, RunRow
 from aoe.state.store import Store
+from aoe.state.transfer import export_run
 from tests.redisserver import RedisServer
 
 
@@ -134,7 +136,7 @@ async def test_a_record_is_read_on_from_where_a_copy_was_brought_up_to(
         with Store(tmp_path / "copy.db") as copy:
             assert whole.restore(copy)
             assert [a.state for a in copy.agents("run-1")] == ["running"]
-            midway = copy.export("run-1")  # as a worker writes its head again
+            midway = export_run(copy, "run-1")  # as a worker writes its head again
             done = AgentFinished(
                 "run-1", 1.6, "a", AgentState.COMPLETED, 0.6, Usage(5, 7), 0.003, 1, "A!"
             )

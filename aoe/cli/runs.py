@@ -255,8 +255,12 @@ def runs_export(
     """A self-contained JSON backup of a run: its workflow, inputs, agents, attempts
     and events. `aoe runs import` restores it, here or on another machine."""
     with _errors():
+        from aoe.state.transfer import export_run
+
         store = _store(_settings(config))
-        _write(json.dumps(store.export(run_id), ensure_ascii=False, default=str) + "\n", output)
+        _write(
+            json.dumps(export_run(store, run_id), ensure_ascii=False, default=str) + "\n", output
+        )
 
 
 @runs_app.command("import", epilog="Example: aoe runs import run.json && aoe resume RUN_ID")
@@ -271,6 +275,7 @@ def runs_import(
     with _errors():
         from aoe.errors import UserError
         from aoe.format.files import FileRefused, read_limited
+        from aoe.state.transfer import import_run
 
         try:
             document = json.loads(read_limited(file, MAX_EXPORT_BYTES).decode("utf-8"))
@@ -289,7 +294,7 @@ def runs_import(
         if not isinstance(document, dict):
             raise UserError(f"{file} is not a run export (made by `aoe runs export`)")
         store = _store(_settings(config))
-        run_id = store.import_(document, replace=replace)
+        run_id = import_run(store, document, replace=replace)
         typer.echo(f"imported run {run_id}", err=True)
 
 

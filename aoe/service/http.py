@@ -86,7 +86,7 @@ from aoe.service.wiring import engine_for
 
 if TYPE_CHECKING:
     from aoe.config.settings import Settings
-    from aoe.redis.records import SharedRecord
+    from aoe.redis.copies import SharedRecord
     from aoe.state.rows import RunRow
     from aoe.state.store import Store
 
@@ -450,7 +450,8 @@ class Shared:
         or ended) ``RECORD_TTL`` ago, as their records in Redis expire; a copy
         asked about again is read anew. A failure is logged, not fatal."""
         from aoe.errors import StateUnusable, StateWriteFailed
-        from aoe.redis.records import RECORD_TTL, prune_copies
+        from aoe.redis.copies import prune_copies
+        from aoe.redis.records import RECORD_TTL
 
         try:
             async with self._restoring:
@@ -487,7 +488,7 @@ class Shared:
 
     async def run(self, run_id: str) -> dict[str, Any] | None:
         """The run with its agents, from its record in Redis; None if none there."""
-        from aoe.redis.records import head_of, summary_from
+        from aoe.redis.copies import head_of, summary_from
 
         head = await head_of(self.client, self.prefix, run_id, export=False)
         if head is None:
@@ -505,7 +506,7 @@ class Shared:
         """Bring ``shared.db``'s copy of the run up to its record in Redis (None
         if there is none yet), reading only the journal's entries this service
         has not read before, unless its copy turns out not to reach them."""
-        from aoe.redis.records import Partial, fetch
+        from aoe.redis.copies import Partial, fetch
 
         if not head.get("session"):  # queued: no session began, nothing to read
             return None
@@ -531,7 +532,7 @@ class Shared:
         return record
 
     async def _restore(self, record: SharedRecord) -> None:
-        from aoe.redis.records import restore_into
+        from aoe.redis.copies import restore_into
 
         async with self._restoring:  # one writer of shared.db at a time
             await asyncio.to_thread(restore_into, record, self.records.path)
@@ -539,7 +540,7 @@ class Shared:
     async def runs(
         self, status: str | None, workflow: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        from aoe.redis.records import list_runs
+        from aoe.redis.copies import list_runs
 
         return await list_runs(
             self.client, self.prefix, status=status, workflow=workflow, limit=min(limit, 1000)
@@ -561,7 +562,8 @@ class Shared:
     async def events(self, request: web.Request, run_id: str) -> web.StreamResponse | None:
         """The run's events over SSE: those recorded, then live from its journal in
         Redis until the run ends."""
-        from aoe.redis.records import FINAL, head_of, record_keys
+        from aoe.redis.copies import head_of
+        from aoe.redis.records import FINAL, record_keys
         from aoe.state.journal import read_journal
 
         head = await head_of(self.client, self.prefix, run_id, export=False)

@@ -271,7 +271,7 @@ class Worker:
         """A fresh run, or — when its record exists (another worker started it) —
         its resumption, which never calls a completed agent again."""
         from aoe.errors import RunNotFound
-        from aoe.redis.records import restore
+        from aoe.redis.copies import restore
         from aoe.service.resume import plan_resume
         from aoe.service.runner import run_workflow
 

@@ -232,3 +232,48 @@ def enum_of(kind: type[StrEnum], value: str, what: str) -> Any:
             f"the run store holds {what} {value!r}, which this aoe does not know: "
             "was the record imported from a newer aoe? Upgrade aoe"
         ) from None
+
+
+def attempt_events(attempts: list[AttemptRow], wanted: set[str]) -> list[dict[str, Any]]:
+    """AttemptStarted and AttemptFinished, as the engine emitted them, from the
+    rows (the store keeps no events of attempts: their rows say it all)."""
+    events = []
+    for row in attempts:
+        common: dict[str, Any] = {
+            "session": row.session,
+            "seq": None,
+            "agent_id": row.agent_id,
+            "item": None if row.item < 0 else row.item,
+            "attempt": row.attempt,
+            "provider": row.provider,
+            "model": row.model,
+        }
+        if "AttemptStarted" in wanted and row.status is not AttemptStatus.CACHED:
+            events.append(
+                {
+                    **common,
+                    "at": row.started_at,
+                    "type": "AttemptStarted",
+                    "waited": row.waited,
+                    "reserved": row.reserved,
+                    "fingerprint": row.fingerprint,
+                }
+            )
+        if "AttemptFinished" in wanted and row.finished_at is not None:
+            events.append(
+                {
+                    **common,
+                    "at": row.finished_at,
+                    "type": "AttemptFinished",
+                    "duration": row.duration,
+                    "usage": {
+                        "input_tokens": row.input_tokens,
+                        "output_tokens": row.output_tokens,
+                    },
+                    "cost": row.cost,
+                    "error": row.error,
+                    "error_kind": row.error_kind,
+                    "cached": row.status is AttemptStatus.CACHED,
+                }
+            )
+    return events

@@ -50,14 +50,13 @@ from aoe.state.rows import (
     RunListed,
     RunRow,
     Summary,
+    attempt_events,
     enum_of,
 )
 from aoe.state.schema import (
-    SCHEMA_VERSION,
     dumps,
     loads,
     open_store,
-    run_rows,
     store_path,
     transaction,
     translated,
@@ -446,84 +445,11 @@ class Store:
         ]
         wanted = set(types) if types else {"AttemptStarted", "AttemptFinished"}
         if wanted & {"AttemptStarted", "AttemptFinished"}:
-            found.extend(_attempt_events(self.attempts(run_id), wanted))
+            found.extend(attempt_events(self.attempts(run_id), wanted))
         found.sort(key=lambda e: (e["session"], e["at"], e["seq"] or 0))
         return found[-last:] if last is not None else found
 
-    # -- export, import, prune -------------------------------------------------------
-    @_translated
-    def export(self, run_id: str) -> dict[str, Any]:
-        """A self-contained JSON backup of one run: every row of every table."""
-        run_id = self.run(run_id).run_id
-        document: dict[str, Any] = {"format": "aoe-run", "schema": SCHEMA_VERSION}
-        for table, (names, rows) in run_rows(self.connection, run_id).items():
-            document[table] = [dict(zip(names, row, strict=True)) for row in rows]
-        return document
-
-    @_translated
-    def import_(self, document: Mapping[str, Any], *, replace: bool = False) -> str:
-        """Restore an export; refuses to overwrite a run already here unless ``replace``."""
-        tables = ("runs", "agents", "attempts", "events")
-        if (
-            document.get("format") != "aoe-run"
-            or not isinstance(document.get("schema"), int)
-            or not isinstance(document.get("runs"), list)
-            or len(document["runs"]) != 1
-            or not all(
-                isinstance(document.get(t, []), list)
-                and all(isinstance(row, dict) for row in document.get(t, []))
-                for t in tables
-            )
-        ):
-            raise StateUnusable("not an aoe run export (made by `aoe runs export RUN_ID`)")
-        if document["schema"] > SCHEMA_VERSION:
-            raise StateUnusable(
-                f"this export was made by a newer aoe (schema {document['schema']}): upgrade aoe"
-            )
-        run_id = str(document["runs"][0].get("run_id"))
-        columns = self._columns()
-        try:
-            self._insert(document, run_id, columns, replace)
-        except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, TypeError) as e:
-            raise StateUnusable(
-                f"the export of run {run_id} is incomplete or damaged ({e}); nothing was imported"
-            ) from None
-        return run_id
-
-    def _insert(
-        self,
-        document: Mapping[str, Any],
-        run_id: str,
-        columns: dict[str, set[str]],
-        replace: bool,
-    ) -> None:
-        with writing(self.path), transaction(self.connection) as db:
-            exists = db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if exists and not replace:
-                raise StateUnusable(
-                    f"run {run_id} is already in {self.path}: use --replace to overwrite it"
-                )
-            db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
-            for table in ("runs", "agents", "attempts", "events"):
-                for row in document.get(table, []):
-                    if row.get("run_id") != run_id:
-                        raise StateUnusable(f"the export mixes runs ({row.get('run_id')})")
-                    row = dict(row)
-                    if table == "runs" and row.get("status") == "running":
-                        row["pid"] = None  # its process was on another machine: resumable
-                    keys = [k for k in row if k in columns[table]]
-                    db.execute(
-                        f"INSERT INTO {table} ({','.join(keys)}) VALUES "
-                        f"({','.join('?' * len(keys))})",
-                        [row[k] for k in keys],
-                    )
-
-    def _columns(self) -> dict[str, set[str]]:
-        return {
-            table: {r[1] for r in self.connection.execute(f"PRAGMA table_info({table})")}
-            for table in ("runs", "agents", "attempts", "events")
-        }
-
+    # -- prune ----------------------------------------------------------------------
     @_translated
     def prune(self, older_than: float, *, dry_run: bool = False, copies: bool = False) -> list[str]:
         """Remove finished runs last touched more than ``older_than`` seconds ago;
@@ -581,50 +507,6 @@ class Store:
         with writing(self.path):
             self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(removed)
-
-
-def _attempt_events(attempts: list[AttemptRow], wanted: set[str]) -> list[dict[str, Any]]:
-    """AttemptStarted and AttemptFinished, as the engine emitted them, from the rows."""
-    events = []
-    for row in attempts:
-        common: dict[str, Any] = {
-            "session": row.session,
-            "seq": None,
-            "agent_id": row.agent_id,
-            "item": None if row.item < 0 else row.item,
-            "attempt": row.attempt,
-            "provider": row.provider,
-            "model": row.model,
-        }
-        if "AttemptStarted" in wanted and row.status is not AttemptStatus.CACHED:
-            events.append(
-                {
-                    **common,
-                    "at": row.started_at,
-                    "type": "AttemptStarted",
-                    "waited": row.waited,
-                    "reserved": row.reserved,
-                    "fingerprint": row.fingerprint,
-                }
-            )
-        if "AttemptFinished" in wanted and row.finished_at is not None:
-            events.append(
-                {
-                    **common,
-                    "at": row.finished_at,
-                    "type": "AttemptFinished",
-                    "duration": row.duration,
-                    "usage": {
-                        "input_tokens": row.input_tokens,
-                        "output_tokens": row.output_tokens,
-                    },
-                    "cost": row.cost,
-                    "error": row.error,
-                    "error_kind": row.error_kind,
-                    "cached": row.status is AttemptStatus.CACHED,
-                }
-            )
-    return events
 
 
 _FAILURES = (
