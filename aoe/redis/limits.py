@@ -203,16 +203,7 @@ class RedisRateLimiter:
             raise RequestTooLarge.of(key, tokens, limits.tokens_per_minute)
         member = f"{uuid.uuid4().hex}"
         keys = scope_keys(self.prefix, key)
-        args: list[str | int | float] = [
-            member,
-            tokens,
-            limits.requests_per_minute or 0,
-            limits.requests_per_hour or 0,
-            limits.requests_per_day or 0,
-            limits.tokens_per_minute or 0,
-            limits.concurrent_requests or 0,
-            self.lease,
-        ]
+        args = _arguments(member, tokens, limits, self.lease)
         told = False
         turn = self._turns.setdefault(key, asyncio.Lock())
         async with turn:  # this process's requests for the scope, in arrival order
@@ -331,6 +322,20 @@ class RedisRateLimiter:
         if self._renewer is not None:
             self._renewer.cancel()
         await self.client.aclose()
+
+
+def _arguments(member: str, tokens: int, limits: Limits, lease: float) -> list[str | int | float]:
+    """``ACQUIRE``'s ARGV (0: no limit)."""
+    return [
+        member,
+        tokens,
+        limits.requests_per_minute or 0,
+        limits.requests_per_hour or 0,
+        limits.requests_per_day or 0,
+        limits.tokens_per_minute or 0,
+        limits.concurrent_requests or 0,
+        lease,
+    ]
 
 
 def shared_limiter(settings: Any) -> RedisRateLimiter | None:

@@ -13,10 +13,11 @@ starts") on the event loop, waiting for no thread: the attempt, and the
 
 The same events go to a writer thread that turns them into the store's rows in
 large transactions (one at most every 50 ms), each noting how far into the
-journal it reaches. The store is what everyone reads; if aoe dies before the
-rows of its last events are written, :func:`recover` writes them from the
-journal (``aoe resume`` and the commands that read runs call it first). At the
-end of the run, once everything is in the store and synced, the journal goes.
+journal it reaches (the rows: :mod:`aoe.state.writer`). The store is what
+everyone reads; if aoe dies before the rows of its last events are written,
+:func:`aoe.state.journal.recover` writes them from the journal (``aoe resume``
+and the commands that read runs call it first). At the end of the run, once
+everything is in the store and synced, the journal goes.
 
 If the journal or the store cannot be written (a full disk), the next
 ``flushed`` raises :class:`StateWriteFailed`: the run makes no call it could
@@ -32,6 +33,9 @@ the records of other runs that were in a deleted or truncated file are not
 this run's to rebuild. If the record cannot be written anew, the run stops
 as on a full disk, and its journal and starting record are kept for
 ``aoe runs import`` and ``aoe resume``.
+
+The journal's format and files are :mod:`aoe.state.journal`'s; this module is
+the recorder on the event loop and its writer thread.
 """
 
 from __future__ import annotations
