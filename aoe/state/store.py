@@ -426,7 +426,12 @@ class Store:
         self, run_id: str, *, types: Sequence[str] = (), last: int | None = None
     ) -> list[dict[str, Any]]:
         """A run's events, oldest first. Attempts are not stored as events: their
-        rows in ``attempts`` hold every field, and the events are read from there."""
+        rows in ``attempts`` hold every field, and the events are read from there.
+
+        Each event is the JSON document ``aoe runs events`` and the HTTP API print
+        (its type, where it sits in the run, and the fields of its type), not a
+        typed row: the fields differ with the type, and nothing reads them but
+        to print them or to filter on a few."""
         query = "SELECT session, seq, at, type, agent_id, data FROM events WHERE run_id = ?"
         args: list[Any] = [run_id]
         if types:
