@@ -12,10 +12,13 @@ busy store is waited for rather than failed. A running run's events reach
 its journal before any call that depends on them and its tables in batches
 (:mod:`aoe.state.recorder`); everything else is ``synchronous=FULL``.
 
-The schema has a version (``PRAGMA user_version``) and migrations; a store from
-a newer aoe is refused rather than guessed at. Any failure to open the store is
-a :class:`StateUnusable` naming the file and what to do; nothing here ever
-deletes or rewrites a store it cannot read.
+The schema, its migrations and the connections are :mod:`aoe.state.schema`'s;
+what the queries answer are the typed rows of :mod:`aoe.state.rows`; whether a
+run's process is alive is :mod:`aoe.state.liveness`'s; exports and imports are
+:mod:`aoe.state.transfer`'s. Any failure to open or read the store is a
+:class:`StateUnusable` naming the file and what to do (sqlite3's errors are
+translated by each method); nothing here ever deletes or rewrites a store it
+cannot read.
 
 A store open for long (``aoe serve``'s) looks every quarter second that its
 file is still the one at the path (:mod:`aoe.state.files`): deleted, replaced
