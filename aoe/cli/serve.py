@@ -259,7 +259,7 @@ def _remote(url: str) -> dict[str, Any]:
             ) from None
 
     health = get("/health", ok=(200, 503))
-    runs = get("/api/v1/runs?limit=200").runs
+    runs = get("/api/v1/runs?limit=200")["runs"]
     since = time.time() - LOCAL_WINDOW
     recent = [r for r in runs if (r.get("created_at") or 0) >= since]
     return {

@@ -51,13 +51,13 @@ def import_run(store: Store, document: Mapping[str, Any], *, replace: bool = Fal
             f"this export was made by a newer aoe (schema {document['schema']}): upgrade aoe"
         )
     run_id = str(document["runs"][0].get("run_id"))
-    try:
-        with translated(store.path):
+    with translated(store.path):  # (the export's own faults first, in its words)
+        try:
             _insert(store, document, run_id, _columns(store), replace)
-    except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, TypeError) as e:
-        raise StateUnusable(
-            f"the export of run {run_id} is incomplete or damaged ({e}); nothing was imported"
-        ) from None
+        except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, TypeError) as e:
+            raise StateUnusable(
+                f"the export of run {run_id} is incomplete or damaged ({e}); nothing was imported"
+            ) from None
     return run_id
 
 
