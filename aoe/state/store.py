@@ -18,7 +18,9 @@ run's process is alive is :mod:`aoe.state.liveness`'s; exports and imports are
 :mod:`aoe.state.transfer`'s. Any failure to open or read the store is a
 :class:`StateUnusable` naming the file and what to do (sqlite3's errors are
 translated by each method); nothing here ever deletes or rewrites a store it
-cannot read.
+cannot read. (At some 540 lines the module is :class:`Store` alone: its
+writes and queries share one connection, one check that the file is still
+there, and one translation of sqlite3's errors.)
 
 A store open for long (``aoe serve``'s) looks every quarter second that its
 file is still the one at the path (:mod:`aoe.state.files`): deleted, replaced
