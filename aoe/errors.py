@@ -15,7 +15,7 @@
     │   ├── ResumeRefused          the run cannot be resumed as asked (file changed, running)
     │   ├── OptionInvalid          an option's value cannot be used (a port in use, no token)
     │   ├── FileRefused            a named file that cannot be read (format.files)
-    │   ├── TemplateProblem        a template unparsable or too costly (format.templates)
+    │   ├── TemplateProblem        a template unparsable or too costly (format.environment)
     │   ├── NumberTooLarge         an integer beyond what aoe reads (format.yamlsource)
     │   └── BodyInvalid            an HTTP body or query that cannot be used (service.models)
     ├── StateWriteFailed           the run store could not be written (disk full): exit 1
@@ -34,7 +34,7 @@
     │   ├── BudgetExceeded         the next attempt does not fit a cost limit (policy.costs)
     │   ├── RequestTooLarge        a request over tokens_per_minute by itself (policy.limits)
     │   ├── SandboxFailed          a template or check the sandbox could not finish (sandbox.pool)
-    │   └── TooLarge               a rendered text over the limit (format.templates)
+    │   └── TooLarge               a rendered text over the limit (format.rendering)
     └── Signal                     control flow between aoe's own modules; never reaches a user
         ├── Superseded             another process took the run's Redis record over (redis.records)
         ├── Partial                Redis holds a run's journal only from past the store's copy

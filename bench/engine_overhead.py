@@ -52,7 +52,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from aoe.cli.ui import PlainProgress
+from aoe.cli.ui.progress import PlainProgress
 from aoe.config.settings import Settings, load_settings
 from aoe.engine.executor import Engine
 from aoe.events import EventBus, RunStatus

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from aoe.cli.main import app
+from aoe.cli.app import app
 from tests.fakeserver import FakeProvider
 from tests.redisserver import RedisServer
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aoe import __version__
-from aoe.cli.ui import format_diagnostic, use_colour
+from aoe.cli.ui.text import format_diagnostic, use_colour
 from aoe.types import Diagnostic, Severity
 from tests.conftest import REPO, VALID, WORKFLOWS, RunCli, WriteFile
 
@@ -48,6 +48,14 @@ def test_debug_shows_the_traceback_of_a_user_error(cli: RunCli, write: WriteFile
     assert "Traceback" in loud.stderr
     assert "WorkflowInvalid" in loud.stderr
     assert "depends on itself" in loud.stderr
+
+
+def test_debug_holds_for_its_own_invocation_only(cli: RunCli, write: WriteFile) -> None:
+    # --debug travels in Typer's context, not a module global: in one process
+    # (as here, and in anything that embeds the app) it must not carry over
+    path = write("version: 1\nname: x\nagents:\n  a: {prompt: hi, depends_on: a}\n")
+    assert "Traceback" in cli("--debug", "graph", path).stderr
+    assert "Traceback" not in cli("graph", path).stderr
 
 
 def test_an_internal_error_is_short_unless_debug(

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from aoe.cli.main import app
+from aoe.cli.app import app
 from aoe.events import AgentState
 from aoe.state.journal import recover
 from aoe.state.rows import RecordStatus

@@ -223,7 +223,8 @@ def test_deep_graphs_are_drawn_whole_on_a_pipe(cli: RunCli, write: WriteFile) ->
 def test_rich_tree_and_plain_text_agree() -> None:
     from io import StringIO
 
-    from aoe.cli.ui import console, graph_text, graph_tree
+    from aoe.cli.ui.graph import graph_text, graph_tree
+    from aoe.cli.ui.text import console
     from aoe.service.runner import load
 
     workflow = load(WORKFLOWS / "support-triage.yaml")

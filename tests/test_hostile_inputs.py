@@ -334,16 +334,16 @@ def test_unexpected_exception_is_an_error_of_one_file(
 ) -> None:
     """A bug met while checking one file (here: planted) is that file's error; the
     other files are still checked and reported, and --debug shows the traceback."""
-    from aoe.format.loader import _Loader
+    from aoe.format import loader
+    from aoe.format.loader.context import Context
+    from aoe.format.loader.templates import check_outputs as checked
 
-    checked = _Loader.check_outputs
-
-    def check_outputs(self: _Loader, outputs: object) -> object:
-        if self.name.endswith("bad.yaml"):
+    def check_outputs(ctx: Context, outputs: object) -> object:
+        if ctx.name.endswith("bad.yaml"):
             raise KeyError("planted")
-        return checked(self, outputs)
+        return checked(ctx, outputs)
 
-    monkeypatch.setattr(_Loader, "check_outputs", check_outputs)
+    monkeypatch.setattr(loader, "check_outputs", check_outputs)
     first = write(workflow("    prompt: hi\n"), "first.yaml")
     bad = write(workflow("    prompt: hi\n"), "bad.yaml")
     last = write(workflow("    prompt: hi\n    timeout: 0\n"), "last.yaml")

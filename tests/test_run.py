@@ -434,7 +434,8 @@ def test_mock_runs_import_no_vendor_sdk(write: WriteFile, tmp_path: Path) -> Non
 def test_live_view_renders_rows_progress_and_spend() -> None:
     from io import StringIO
 
-    from aoe.cli.ui import LiveView, console
+    from aoe.cli.ui.live import LiveView
+    from aoe.cli.ui.text import console
     from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptFinished
     from aoe.service.runner import load
     from aoe.types import Usage
@@ -490,7 +491,7 @@ def test_live_view_honours_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
 
     from rich.console import Console
 
-    from aoe.cli.ui import LiveView
+    from aoe.cli.ui.live import LiveView
     from aoe.events import AgentFinished, AgentState
     from aoe.service.runner import load
     from aoe.types import Usage

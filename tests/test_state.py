@@ -917,7 +917,9 @@ def test_agent_totals_are_the_exact_sums_of_their_attempts(
 def test_the_live_view_and_the_lines_say_cached_and_resumed() -> None:
     from io import StringIO
 
-    from aoe.cli.ui import LiveView, console, describe_event
+    from aoe.cli.ui.live import LiveView
+    from aoe.cli.ui.progress import describe_event
+    from aoe.cli.ui.text import console
     from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptFinished
     from aoe.service.runner import load
     from aoe.types import Usage

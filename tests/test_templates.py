@@ -8,14 +8,13 @@ from hypothesis import strategies as st
 from jinja2 import TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError
 
+from aoe.format.environment import TemplateProblem, environment
 from aoe.format.templates import (
     Reference,
-    TemplateProblem,
     _analyse_simple,
     _collect,
     analyse_expression,
     analyse_template,
-    environment,
 )
 
 
@@ -47,7 +46,7 @@ def test_references_of_a_full_template() -> None:
 
 
 def test_jinja_globals_are_known_without_jinja() -> None:
-    from aoe.format.templates import JINJA_GLOBALS
+    from aoe.format.environment import JINJA_GLOBALS
 
     assert set(environment().globals) == JINJA_GLOBALS
 
@@ -187,12 +186,12 @@ def test_expression_fast_path_agrees_with_jinja(
 ) -> None:
     from jinja2.parser import Parser
 
-    from aoe.format.templates import _analyse_simple_expression
+    from aoe.format.templates import analyse_simple_expression
 
     text = pad + ("not " if negate else "") + ".".join([root, *parts])
     if operator:
         text += f" {operator} {literal}"
-    simple = _analyse_simple_expression(text)
+    simple = analyse_simple_expression(text)
     if simple is None:
         return
     parser = Parser(environment(), text, state="variable")
@@ -267,7 +266,7 @@ def simple_template(draw: st.DrawFn) -> str:
 def test_fast_rendering_agrees_with_jinja(text: str, a: object, b: object, c: object) -> None:
     from jinja2 import TemplateSyntaxError, UndefinedError
 
-    from aoe.format.templates import _pieces, render
+    from aoe.format.rendering import _pieces, render
 
     context = {"inputs": a, "agents": {"a": b, "output": c}, "x": c}
     try:
@@ -285,7 +284,7 @@ def test_fast_rendering_agrees_with_jinja(text: str, a: object, b: object, c: ob
 
 
 def test_fast_rendering_is_used_for_placeholders() -> None:
-    from aoe.format.templates import _pieces
+    from aoe.format.rendering import _pieces
 
     assert _pieces("Hi {{ inputs.name }}!\r\n") == (("Hi ", ("inputs", "name")), ("!\n", None))
     assert _pieces("{% if x %}{% endif %}") is None
@@ -363,7 +362,9 @@ def test_templates_within_the_limits_are_accepted(text: str) -> None:
 def test_caches_are_bounded_by_bytes() -> None:
     """300 distinct prompts of ~0.9 MB each kept aoe serve at 619 MB: each cache
     now keeps at most its budget of bytes, whatever the number of entries."""
-    from aoe.format.templates import CACHE_BYTES, _analyse_template_cached, _pieces
+    from aoe.format.environment import CACHE_BYTES
+    from aoe.format.rendering import _pieces
+    from aoe.format.templates import _analyse_template_cached
 
     caches = [_analyse_template_cached.cache, _pieces.cache, analyse_expression.cache]  # type: ignore[attr-defined]
     for i in range(40):

@@ -1,8 +1,8 @@
 """``aoe runs ...`` and ``aoe cache ...``: the run store from the command line.
 
-Commands over :mod:`aoe.state.store`; like :mod:`aoe.cli.main`, they parse, call,
-print, and turn errors into exit codes. Tables for people, ``--format json``
-for scripts.
+Commands over :mod:`aoe.state.store`; like every command of :mod:`aoe.cli`, they
+parse, call, print, and turn errors into exit codes. Tables for people,
+``--format json`` for scripts.
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ from typing import Annotated, Any
 
 import typer
 
-from aoe.cli.main import ConfigOption, ReportFormat, _errors, _settings, _store, _write
+from aoe.cli.common import (
+    ConfigOption,
+    ReportFormat,
+    handle_errors,
+    open_store,
+    read_settings,
+    write_output,
+)
 
 runs_app = typer.Typer(
     help="The run records: list, show, export, import, prune, events.",
@@ -50,7 +57,7 @@ def _when(at: float | None) -> str:
 
 
 def _money(usd: float | None) -> str:
-    from aoe.cli.ui import _money as money
+    from aoe.cli.ui.text import money
 
     return "" if usd is None else money(usd)
 
@@ -71,6 +78,7 @@ def _json(value: Any) -> None:
     "list", epilog="Examples: aoe runs list  |  aoe runs list --status failed -f json"
 )
 def runs_list(
+    ctx: typer.Context,
     status: Annotated[
         str | None,
         typer.Option(
@@ -87,8 +95,8 @@ def runs_list(
     config: ConfigOption = None,
 ) -> None:
     """Recent runs, newest first."""
-    with _errors():
-        store = _store(_settings(config))
+    with handle_errors(ctx):
+        store = open_store(read_settings(config))
         # "interrupted" is "running" with its process gone: filter after reading
         stored_status = "running" if status == "interrupted" else status
         runs = store.runs(status=stored_status, workflow=workflow, limit=None if status else limit)
@@ -123,6 +131,7 @@ def runs_list(
 
 @runs_app.command("show", epilog="Example: aoe runs show 20261127-101500-3fa2c1")
 def runs_show(
+    ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
     format: FormatOption = ReportFormat.text,
     events: Annotated[
@@ -133,8 +142,8 @@ def runs_show(
     """A run: its status and totals, the agents table, and its last events."""
     from aoe.state.rows import RecordStatus
 
-    with _errors():
-        store = _store(_settings(config))
+    with handle_errors(ctx):
+        store = open_store(read_settings(config))
         run = store.run(run_id)
         agents = store.agents(run.run_id)
         last = store.events(run.run_id, last=events) if events else []
@@ -186,6 +195,7 @@ def runs_show(
     "aoe runs events RUN_ID -t AttemptFinished | jq .cost",
 )
 def runs_events(
+    ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
     type: Annotated[
         list[str] | None,
@@ -200,8 +210,8 @@ def runs_events(
     config: ConfigOption = None,
 ) -> None:
     """A run's recorded events, one JSON object per line."""
-    with _errors():
-        store = _store(_settings(config))
+    with handle_errors(ctx):
+        store = open_store(read_settings(config))
         run = store.run(run_id)
         wanted = [_event_type(t) for t in type or []]
         types = sorted({kind for kind, _ in wanted})
@@ -245,6 +255,7 @@ def _matches(event: dict[str, Any], kind: str, failed: bool) -> bool:
 
 @runs_app.command("export", epilog="Example: aoe runs export RUN_ID -o run.json")
 def runs_export(
+    ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
     output: Annotated[
         str | None,
@@ -254,17 +265,18 @@ def runs_export(
 ) -> None:
     """A self-contained JSON backup of a run: its workflow, inputs, agents, attempts
     and events. `aoe runs import` restores it, here or on another machine."""
-    with _errors():
+    with handle_errors(ctx):
         from aoe.state.transfer import export_run
 
-        store = _store(_settings(config))
-        _write(
+        store = open_store(read_settings(config))
+        write_output(
             json.dumps(export_run(store, run_id), ensure_ascii=False, default=str) + "\n", output
         )
 
 
 @runs_app.command("import", epilog="Example: aoe runs import run.json && aoe resume RUN_ID")
 def runs_import(
+    ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="A file made by `aoe runs export`.", metavar="FILE")],
     replace: Annotated[
         bool, typer.Option("--replace", help="Overwrite a run with the same id.")
@@ -272,7 +284,7 @@ def runs_import(
     config: ConfigOption = None,
 ) -> None:
     """Restore a run from its export, so it can be shown or resumed here."""
-    with _errors():
+    with handle_errors(ctx):
         from aoe.errors import UserError
         from aoe.format.files import FileRefused, read_limited
         from aoe.state.transfer import import_run
@@ -293,7 +305,7 @@ def runs_import(
             raise UserError(f"{file} cannot be read as a run export ({e})") from None
         if not isinstance(document, dict):
             raise UserError(f"{file} is not a run export (made by `aoe runs export`)")
-        store = _store(_settings(config))
+        store = open_store(read_settings(config))
         run_id = import_run(store, document, replace=replace)
         typer.echo(f"imported run {run_id}", err=True)
 
@@ -304,6 +316,7 @@ def runs_import(
     "aoe runs prune --older-than 12h --dry-run",
 )
 def runs_prune(
+    ctx: typer.Context,
     older_than: Annotated[
         str, typer.Option("--older-than", help="Age: 30d, 12h, 90m, 2w.", metavar="AGE")
     ],
@@ -311,9 +324,9 @@ def runs_prune(
     config: ConfigOption = None,
 ) -> None:
     """Delete runs last active longer ago than AGE (never one still running)."""
-    with _errors():
+    with handle_errors(ctx):
         seconds = _age(older_than)
-        store = _store(_settings(config))
+        store = open_store(read_settings(config))
         removed = store.prune(seconds, dry_run=dry_run)
         for run_id in removed:
             sys.stdout.write(run_id + "\n")
@@ -322,10 +335,12 @@ def runs_prune(
 
 
 @cache_app.command("stats", epilog="Example: aoe cache stats -f json")
-def cache_stats(format: FormatOption = ReportFormat.text, config: ConfigOption = None) -> None:
+def cache_stats(
+    ctx: typer.Context, format: FormatOption = ReportFormat.text, config: ConfigOption = None
+) -> None:
     """Entries, size and hits of the response cache, by model."""
-    with _errors():
-        stats = _store(_settings(config)).cache_stats()
+    with handle_errors(ctx):
+        stats = open_store(read_settings(config)).cache_stats()
         if format is ReportFormat.json:
             _json(stats.to_dict())
             return
@@ -344,6 +359,7 @@ def cache_stats(format: FormatOption = ReportFormat.text, config: ConfigOption =
 
 @cache_app.command("clear", epilog="Examples: aoe cache clear  |  aoe cache clear --older-than 7d")
 def cache_clear(
+    ctx: typer.Context,
     older_than: Annotated[
         str | None,
         typer.Option(
@@ -353,7 +369,7 @@ def cache_clear(
     config: ConfigOption = None,
 ) -> None:
     """Empty the response cache (or drop its stale entries). Run records stay."""
-    with _errors():
+    with handle_errors(ctx):
         seconds = _age(older_than) if older_than is not None else None
-        removed = _store(_settings(config)).cache_clear(seconds)
+        removed = open_store(read_settings(config)).cache_clear(seconds)
         typer.echo(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'}", err=True)

@@ -1,7 +1,9 @@
-"""``aoe serve`` and ``aoe status``: aoe as a service, and a look at how it goes.
+"""``aoe serve``, ``status``, ``submit`` and ``worker``: aoe as a service, a look
+at how it goes, and the Redis work queue.
 
-Like :mod:`aoe.cli.main`, these parse, call, print, and turn errors into exit codes;
-the service itself is :mod:`aoe.service.http` (aiohttp, imported only here).
+Like every command of :mod:`aoe.cli`, these parse, call, print, and turn errors
+into exit codes; the service itself is :mod:`aoe.service.server` (aiohttp) and
+the queue :mod:`aoe.service.worker`, imported only inside the commands.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from aoe.cli.main import (
+from aoe.cli.common import (
     ConfigOption,
     InputOption,
     InputsFileOption,
@@ -21,21 +23,25 @@ from aoe.cli.main import (
     MaxParallelOption,
     NoCacheOption,
     ReportFormat,
-    _errors,
-    _given,
-    _store,
-    app,
     finite,
+    given_inputs,
+    handle_errors,
+    open_store,
+    read_settings,
 )
+
+commands = typer.Typer()
+"""serve, status, submit and worker; :mod:`aoe.cli.app` adds them to ``aoe`` itself."""
 
 LOCAL_WINDOW = 86_400.0  # seconds of history `aoe status` sums from the local store
 
 
-@app.command(
+@commands.command(
     epilog="Examples: aoe serve  |  AOE_API_TOKEN=... aoe serve --host 0.0.0.0 --port 8000  |  "
     "curl -s localhost:8000/health"
 )
 def serve(
+    ctx: typer.Context,
     host: Annotated[
         str,
         typer.Option(
@@ -148,13 +154,13 @@ def serve(
     where this service's worker and any `aoe worker` take them, and every
     replica reports any run from its record in Redis.
     """
-    with _errors():
+    with handle_errors(ctx):
         import asyncio
 
         from aoe.config.settings import env_value, load_settings
         from aoe.observe.logs import setup
-        from aoe.service.http import ServeOptions
-        from aoe.service.http import serve as run_service
+        from aoe.service.options import ServeOptions
+        from aoe.service.server import serve as run_service
 
         flags: dict[str, tuple[Any, str]] = {}
         if log_format is not None:
@@ -179,18 +185,19 @@ def serve(
             body_timeout=body_timeout,
             idle_timeout=idle_timeout,
         )
-        store = _store(settings)
+        store = open_store(settings)
         try:
             asyncio.run(run_service(settings, store, options))
         finally:
             store.close()
 
 
-@app.command(
+@commands.command(
     epilog="Examples: aoe status  |  aoe status --url http://127.0.0.1:8000  |  "
     "aoe status --format json | jq .spend"
 )
 def status(
+    ctx: typer.Context,
     url: Annotated[
         str | None,
         typer.Option(
@@ -206,7 +213,7 @@ def status(
 ) -> None:
     """Active runs, recent failures and spend: from `aoe serve` (with its
     health), or from the local run store (the last 24 hours)."""
-    with _errors():
+    with handle_errors(ctx):
         from aoe.config.settings import env_value
 
         url = url or env_value("AOE_SERVE_URL")
@@ -218,9 +225,7 @@ def status(
 
 
 def _local(config: str | None) -> dict[str, Any]:
-    from aoe.cli.main import _settings
-
-    store = _store(_settings(config))
+    store = open_store(read_settings(config))
     try:
         return store.summary(time.time() - LOCAL_WINDOW).to_dict() | {"source": str(store.path)}
     finally:
@@ -275,7 +280,7 @@ _FAILURES = ("failed", "budget_exceeded", "partial", "interrupted")
 
 
 def _print(report: dict[str, Any]) -> None:
-    from aoe.cli.ui import _money
+    from aoe.cli.ui.text import money
 
     out = sys.stdout
     health = report.get("health")
@@ -292,16 +297,17 @@ def _print(report: dict[str, Any]) -> None:
     for run in failures:
         out.write(
             f"  {run['run_id']}  {run['workflow_name']}  {run['status']}  "
-            f"{_money(run.get('cost') or 0.0)}\n"
+            f"{money(run.get('cost') or 0.0)}\n"
         )
     spend = report["spend"]
-    out.write(f"spend in the last 24 h: {_money(spend['last_24h'])} over {spend['runs']} runs\n")
+    out.write(f"spend in the last 24 h: {money(spend['last_24h'])} over {spend['runs']} runs\n")
 
 
-@app.command(
+@commands.command(
     epilog="Examples: aoe submit wf.yaml -i topic=solar  |  REDIS_HOST=redis aoe submit wf.yaml"
 )
 def submit(
+    ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="The workflow file.", metavar="WORKFLOW")],
     input: InputOption = None,
     inputs_file: InputsFileOption = None,
@@ -320,7 +326,7 @@ def submit(
 ) -> None:
     """Queue a run for `aoe worker` (Redis): checked here first, as `aoe run`
     would; prints the run's id."""
-    with _errors():
+    with handle_errors(ctx):
         import asyncio
         from pathlib import Path
 
@@ -331,7 +337,7 @@ def submit(
 
         settings = load_settings(config)
         workflow = load(file, settings)
-        given = _given(workflow, input, inputs_file)
+        given = given_inputs(workflow, input, inputs_file)
         bind_inputs(workflow.inputs, given)  # refused here, not in a worker
         inputs = {name: value.value for name, value in given.items()}
         options = {"budget": budget, "max_parallel": max_parallel, "mock": mock}
@@ -342,8 +348,9 @@ def submit(
         sys.stdout.write(run_id + "\n")
 
 
-@app.command(epilog="Examples: aoe worker  |  REDIS_HOST=redis aoe worker --concurrency 8")
+@commands.command(epilog="Examples: aoe worker  |  REDIS_HOST=redis aoe worker --concurrency 8")
 def worker(
+    ctx: typer.Context,
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, help="Runs this worker runs at once.")
     ] = 4,
@@ -368,7 +375,7 @@ def worker(
     """Run the queued runs (Redis Stream, one consumer group): each finished
     run is acknowledged once its record is final; a dead worker's runs are
     taken over and resumed. SIGTERM drains."""
-    with _errors():
+    with handle_errors(ctx):
         import asyncio
 
         from aoe.config.settings import load_settings
@@ -380,7 +387,7 @@ def worker(
             flags["monitoring.log_format"] = (log_format.value, "--log-format")
         settings = load_settings(config, flags=flags)
         setup(settings.config.monitoring.log_format, settings.config.monitoring.log_level)
-        store = _store(settings)
+        store = open_store(settings)
         try:
             asyncio.run(
                 work(

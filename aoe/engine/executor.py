@@ -56,7 +56,7 @@ from aoe.events import (
     RunStarted,
     RunStatus,
 )
-from aoe.format.templates import (
+from aoe.format.rendering import (
     MAX_FOREACH_ITEMS,
     evaluate,
     inline,

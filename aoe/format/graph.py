@@ -228,21 +228,32 @@ def find_cycles(dependencies: Mapping[str, Sequence[str]]) -> list[list[str]]:
             if recurse:
                 continue
             if low[node] == index[node]:
-                component: list[str] = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                if len(component) > 1 or node in dependencies[node]:
-                    cycles.append(_cycle_in(set(component), dependencies, node))
+                cycle = _close_component(node, stack, on_stack, dependencies)
+                if cycle is not None:
+                    cycles.append(cycle)
             if work:
                 parent = work[-1][0]
                 low[parent] = min(low[parent], low[node])
     order = {node: i for i, node in enumerate(dependencies)}
     cycles.sort(key=lambda c: order[c[0]])
     return cycles
+
+
+def _close_component(
+    node: str, stack: list[str], on_stack: set[str], dependencies: Mapping[str, Sequence[str]]
+) -> list[str] | None:
+    """Pop the strongly connected component ``node`` roots off Tarjan's stack; a
+    cycle in it, if it has one (more than one node, or a self-dependency)."""
+    component: list[str] = []
+    while True:
+        member = stack.pop()
+        on_stack.discard(member)
+        component.append(member)
+        if member == node:
+            break
+    if len(component) > 1 or node in dependencies[node]:
+        return _cycle_in(set(component), dependencies, node)
+    return None
 
 
 def _cycle_in(

@@ -120,57 +120,11 @@ def bind_inputs(declared: Mapping[str, Input], given: Mapping[str, GivenInput]) 
     problems: list[Diagnostic] = []
     values: dict[str, Any] = {}
     for name, item in given.items():
-        if not _is_text(name):
-            problems.append(_at(item, "an input's name holds text that is not UTF-8"))
-            continue
-        spec = declared.get(name)
-        if spec is None:
-            match = closest(name, list(declared))
-            hint = (
-                f"did you mean '{match}'?"
-                if match
-                else (
-                    "declared inputs: " + ", ".join(declared)
-                    if declared
-                    else "it declares no inputs"
-                )
-            )
-            problems.append(_at(item, f"{_lead(item)}the workflow has no input '{name}'; {hint}"))
-            continue
-        # null fits only an input whose default is null
-        null_allowed = item.value is None and not spec.required and spec.default is None
-        if not null_allowed and not value_has_type(item.value, spec.type):
-            problems.append(
-                _at(
-                    item,
-                    f"{_lead(item)}input '{name}' must be "
-                    f"{_TYPE_WORDS[spec.type]}, not {describe(item.value)}",
-                )
-            )
-            continue
-        where = not_text(item.value)
-        if where is not None:  # the run's record and results are UTF-8: they could not hold it
-            inside = f"{where} in " if where else ""
-            problems.append(
-                _at(
-                    item,
-                    f"{_lead(item)}{inside}input '{name}' holds text that is not UTF-8 "
-                    "(a lone surrogate); give it as UTF-8",
-                )
-            )
-            continue
-        where = non_finite(item.value)
-        if where is not None:  # JSON has neither: the run's record and results could not hold it
-            inside = f"{where} in " if where else ""
-            problems.append(
-                _at(
-                    item,
-                    f"{_lead(item)}{inside}input '{name}' must be a finite number, "
-                    "not infinity or NaN",
-                )
-            )
-            continue
-        values[name] = item.value
+        problem = _given_problem(name, item, declared)
+        if problem is None:
+            values[name] = item.value
+        else:
+            problems.append(_at(item, problem))
     for name, spec in declared.items():
         if name in values or name in given:
             continue
@@ -189,6 +143,39 @@ def bind_inputs(declared: Mapping[str, Input], given: Mapping[str, GivenInput]) 
     if problems:
         raise InputsInvalid(problems)
     return values
+
+
+def _given_problem(name: str, item: GivenInput, declared: Mapping[str, Input]) -> str | None:
+    """Why a given input cannot be bound (undeclared, mistyped, not text the run's
+    record can hold), or None."""
+    if not _is_text(name):
+        return "an input's name holds text that is not UTF-8"
+    spec = declared.get(name)
+    if spec is None:
+        match = closest(name, list(declared))
+        hint = f"did you mean '{match}'?" if match else "it declares no inputs"
+        if not match and declared:
+            hint = "declared inputs: " + ", ".join(declared)
+        return f"{_lead(item)}the workflow has no input '{name}'; {hint}"
+    # null fits only an input whose default is null
+    null_allowed = item.value is None and not spec.required and spec.default is None
+    if not null_allowed and not value_has_type(item.value, spec.type):
+        return (
+            f"{_lead(item)}input '{name}' must be "
+            f"{_TYPE_WORDS[spec.type]}, not {describe(item.value)}"
+        )
+    where = not_text(item.value)
+    if where is not None:  # the run's record and results are UTF-8: they could not hold it
+        inside = f"{where} in " if where else ""
+        return (
+            f"{_lead(item)}{inside}input '{name}' holds text that is not UTF-8 "
+            "(a lone surrogate); give it as UTF-8"
+        )
+    where = non_finite(item.value)
+    if where is not None:  # JSON has neither: the run's record and results could not hold it
+        inside = f"{where} in " if where else ""
+        return f"{_lead(item)}{inside}input '{name}' must be a finite number, not infinity or NaN"
+    return None
 
 
 def _is_text(text: str) -> bool:

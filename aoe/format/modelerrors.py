@@ -174,28 +174,13 @@ def diagnostic_for(
     """One pydantic error (an item of ``ValidationError.errors()``) as a diagnostic."""
     loc: Path = (*prefix, *item["loc"])
     kind: str = item["type"]
-    value = item.get("input")
-    ctx = item.get("ctx") or {}
-    where = dotted(loc)
-
     if loc and loc[-1] == "[key]":
         path = loc[:-1]
         return source.diagnostic(
             path, "key", f"the key '{path[-1]}' is not valid: {item['msg']}", at_key=True
         )
     if kind == "extra_forbidden":
-        parent = loc[:-1]
-        key = str(loc[-1])
-        model = model_at(root, parent[skip:])
-        choices = keys_of(model) if model else []
-        hint = did_you_mean(key, choices)
-        if not hint and model is not None:
-            hint = did_you_mean_nested(key, _nested_keys(model))
-        if not hint and choices:
-            hint = "; valid keys here: " + ", ".join(choices)
-        return source.diagnostic(
-            loc, "unknown-key", f"unknown key '{key}' in {dotted(parent)}{hint}", at_key=True
-        )
+        return _unknown_key(source, loc, root, skip)
     if kind == "missing":
         parent = loc[:-1]
         return source.diagnostic(
@@ -205,38 +190,11 @@ def diagnostic_for(
             at_key=bool(parent),
         )
     if kind in _EXPECTED:
-        message = f"{where} must be {_EXPECTED[kind]}, not {describe(value)}"
-        if kind == "string_type" and isinstance(value, bool | int | float):
-            message += "; put the value in quotes to keep it as text"
-        elif kind in ("int_type", "float_type", "bool_type") and isinstance(value, str):
-            message += "; remove the quotes" if source.value(loc).quoted else ""
-        return source.diagnostic(loc, "type", message)
+        return _wrong_type(item, source, loc)
     if kind == "literal_error":
-        allowed = [
-            a.strip().strip("'") for a in ctx.get("expected", "").replace(" or ", ", ").split(",")
-        ]
-        message = f"{where} must be one of {', '.join(allowed)}, not {describe(value)}"
-        if isinstance(value, str):
-            message += did_you_mean(value, allowed)
-        return source.diagnostic(loc, "value", message)
-    if kind in _BOUNDS:
-        ctx_key, words = _BOUNDS[kind]
-        bound = ctx.get(ctx_key)
-        shown = f"{bound:g}" if isinstance(bound, float) else str(bound)
-        return source.diagnostic(
-            loc, "range", f"{where} must be {words} {shown}, not {describe(value)}"
-        )
-    if kind == "string_too_short":
-        return source.diagnostic(loc, "range", f"{where} must not be empty")
-    if kind == "string_too_long":
-        limit = ctx.get("max_length")
-        return source.diagnostic(
-            loc, "range", f"{where} is longer than {limit} characters; shorten it"
-        )
-    if kind == "too_short":
-        return source.diagnostic(
-            loc, "range", f"{where} must have at least {ctx.get('min_length')} entry"
-        )
+        return _not_one_of(item, source, loc)
+    if kind in _BOUNDS or kind in _SIZES:
+        return source.diagnostic(loc, "range", _out_of_range(item, dotted(loc)))
     if kind in _POINT_AT:
         for key in _POINT_AT[kind]:
             if source.has((*loc, key)):
@@ -249,5 +207,65 @@ def diagnostic_for(
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     if not (loc and message.startswith(str(loc[-1]))):
-        message = f"{where}: {message}"
+        message = f"{dotted(loc)}: {message}"
     return source.diagnostic(loc, kind.replace("_", "-"), message)
+
+
+def _unknown_key(source: SourceMap, loc: Path, root: type[BaseModel], skip: int) -> Diagnostic:
+    """A key the model does not have, with the key meant if it is a misspelling."""
+    parent = loc[:-1]
+    key = str(loc[-1])
+    model = model_at(root, parent[skip:])
+    choices = keys_of(model) if model else []
+    hint = did_you_mean(key, choices)
+    if not hint and model is not None:
+        hint = did_you_mean_nested(key, _nested_keys(model))
+    if not hint and choices:
+        hint = "; valid keys here: " + ", ".join(choices)
+    return source.diagnostic(
+        loc, "unknown-key", f"unknown key '{key}' in {dotted(parent)}{hint}", at_key=True
+    )
+
+
+def _wrong_type(item: Any, source: SourceMap, loc: Path) -> Diagnostic:
+    """A value of the wrong type, with the quotes to add or remove where that is why."""
+    kind: str = item["type"]
+    value = item.get("input")
+    message = f"{dotted(loc)} must be {_EXPECTED[kind]}, not {describe(value)}"
+    if kind == "string_type" and isinstance(value, bool | int | float):
+        message += "; put the value in quotes to keep it as text"
+    elif kind in ("int_type", "float_type", "bool_type") and isinstance(value, str):
+        message += "; remove the quotes" if source.value(loc).quoted else ""
+    return source.diagnostic(loc, "type", message)
+
+
+def _not_one_of(item: Any, source: SourceMap, loc: Path) -> Diagnostic:
+    """A value outside a ``Literal``'s choices."""
+    value = item.get("input")
+    ctx = item.get("ctx") or {}
+    allowed = [
+        a.strip().strip("'") for a in ctx.get("expected", "").replace(" or ", ", ").split(",")
+    ]
+    message = f"{dotted(loc)} must be one of {', '.join(allowed)}, not {describe(value)}"
+    if isinstance(value, str):
+        message += did_you_mean(value, allowed)
+    return source.diagnostic(loc, "value", message)
+
+
+def _out_of_range(item: Any, where: str) -> str:
+    """A number past a bound, or a text or list too short or too long."""
+    kind: str = item["type"]
+    ctx = item.get("ctx") or {}
+    if kind in _BOUNDS:
+        ctx_key, words = _BOUNDS[kind]
+        bound = ctx.get(ctx_key)
+        shown = f"{bound:g}" if isinstance(bound, float) else str(bound)
+        return f"{where} must be {words} {shown}, not {describe(item.get('input'))}"
+    if kind == "string_too_short":
+        return f"{where} must not be empty"
+    if kind == "string_too_long":
+        return f"{where} is longer than {ctx.get('max_length')} characters; shorten it"
+    return f"{where} must have at least {ctx.get('min_length')} entry"  # too_short
+
+
+_SIZES = frozenset({"string_too_short", "string_too_long", "too_short"})

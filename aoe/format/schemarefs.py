@@ -24,6 +24,9 @@ provider is sent (OpenAI's structured outputs take nothing else). A loop of
 ``$ref``s that never goes into a property or an item, on which validation would
 recurse without end, is an error too.
 
+The documents and pointers these steps share are :mod:`aoe.format.schemadocs`;
+the search for loops is :mod:`aoe.format.schemaloops`.
+
 The engine still validates with a registry that refuses every retrieval
 (:func:`aoe.policy.outputs.validator_for`): a schema that did not come through here
 cannot fetch anything either.
@@ -33,75 +36,33 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit
 
-from aoe.format.diagnostics import describe
 from aoe.format.modelerrors import did_you_mean
-from aoe.format.schemas import REF_KEYWORDS, same_dialect, schema_fault, shortened
+from aoe.format.schemadocs import (
+    CODE,
+    SAME_VALUE,
+    Document,
+    Folder,
+    Ref,
+    Refusal,
+    Target,
+    Where,
+    children,
+    control,
+    dialect,
+    edited,
+    kind,
+    pointer,
+    pointer_index,
+    shown,
+    value_at,
+)
+from aoe.format.schemaloops import loops
+from aoe.format.schemas import REF_KEYWORDS, same_dialect, schema_fault
 from aoe.format.yamlsource import SourceMap, YamlDocument, YamlError, parse_yaml
 from aoe.types import Diagnostic
-
-Where = tuple[str | int, ...]
-"""A place in a document, as :class:`aoe.format.yamlsource.SourceMap` takes it."""
-
-
-# Keywords whose value is a schema, a list of schemas, or a mapping to schemas
-# (every draft's: in another draft the walk merely checks a little more).
-_ONE = frozenset(
-    {
-        "additionalItems",
-        "additionalProperties",
-        "contains",
-        "contentSchema",
-        "else",
-        "if",
-        "items",
-        "not",
-        "propertyNames",
-        "then",
-        "unevaluatedItems",
-        "unevaluatedProperties",
-    }
-)
-_MANY = frozenset({"allOf", "anyOf", "oneOf", "prefixItems", "items", "additionalItems"})
-_NAMED = frozenset(
-    {"$defs", "definitions", "dependentSchemas", "patternProperties", "properties", "dependencies"}
-)
-# Those that apply to the same value as the schema holding them: a loop of
-# $refs through these alone never gets to the end of the reply.
-_SAME_VALUE = frozenset(
-    {"allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas", "dependencies"}
-)
-_DROP = object()  # an edit that removes a key
-_Node = tuple[str | None, Where]  # a schema position: (document's key, place in it)
-# a step of the search for loops: the position, the $ref taken to it (None: a
-# keyword such as allOf), what comes after it
-_Frame = tuple[_Node, int | None, Iterator[tuple[_Node, int | None]]]
-_CODE = "schema-ref"
-
-
-class Refusal(NamedTuple):
-    """Why the loader would not read a file, as it would have reported it."""
-
-    code: str
-    message: str
-
-
-class Folder(NamedTuple):
-    """The workflow's folder, as the loader reads it.
-
-    ``read`` takes a path relative to the folder and applies ``prompt_file``'s
-    rules (inside the folder, a regular file, at most 1 MiB, UTF-8);
-    ``display`` names such a file in diagnostics. ``cache`` is the bundler's,
-    kept for one load of the workflow: a file many agents name is read, parsed
-    and checked once.
-    """
-
-    read: Callable[[str], str | Refusal]
-    display: Callable[[str], str]
-    cache: dict[Any, Any]
 
 
 def bundle(
@@ -118,74 +79,17 @@ def bundle(
     at ``agents.X.output.schema``, or a schema file at its top); ``key`` is that
     schema file's path relative to the folder, None for a schema written inline.
     """
-    bundler = _Bundler(_Document(key, schema, source, prefix, "the output schema"), folder)
+    bundler = _Bundler(Document(key, schema, source, prefix, "the output schema"), folder)
     return bundler.run(), bundler.diagnostics
 
 
-class _Ref(NamedTuple):
-    at: Where  # the schema holding the keyword
-    keyword: str
-    value: str
-
-
-class _Target(NamedTuple):
-    document: _Document
-    at: Where
-    through_file: bool  # named by a path: the written form means nothing once bundled
-
-
-class _Document:
-    """One schema document: the output schema, or a file it refers to."""
-
-    def __init__(
-        self, key: str | None, data: Any, source: SourceMap, prefix: Where, label: str
-    ) -> None:
-        self.key = key
-        self.data = data
-        self.source = source
-        self.prefix = prefix
-        self.label = label
-        self.folder = posixpath.dirname(key) if key else ""
-        # every schema position walked, with the base URI and resource it is in
-        self.scopes: dict[Where, tuple[str, Where]] = {}
-        self.anchors: dict[tuple[str, str], Where] = {}
-        self.refs: list[_Ref] = []
-        self.resolved = 0
-        self.targets: dict[int, _Target] = {}
-        self.same_value: dict[Where, list[Where]] = {}
-        self.edits: dict[Where, dict[str, Any]] = {}
-
-    def drop(self, at: Where, keyword: str) -> None:
-        self.edits.setdefault(at, {})[keyword] = _DROP
-
-    def place(self, at: Where) -> str:
-        pointer = "#" + _pointer(at)
-        return pointer if self.key is None else f"{self.key}{pointer}"
-
-
-class _Dialect(NamedTuple):
-    id_keyword: str  # "$id", or "id" before draft 6
-    legacy_anchors: bool  # an id "#name" is an anchor (before 2019-09)
-    defs: str  # where bundled files go
-
-
-def _dialect(root: dict[str, Any]) -> _Dialect:
-    uri = root.get("$schema")
-    if isinstance(uri, str):
-        if "draft-03" in uri or "draft-04" in uri:
-            return _Dialect("id", True, "definitions")
-        if "draft-06" in uri or "draft-07" in uri:
-            return _Dialect("$id", True, "definitions")
-    return _Dialect("$id", False, "$defs")
-
-
 class _Bundler:
-    def __init__(self, root: _Document, folder: Folder) -> None:
+    def __init__(self, root: Document, folder: Folder) -> None:
         self.root = root
         self.folder = folder
-        self.dialect = _dialect(root.data)
-        self.documents: dict[str | None, _Document | None] = {root.key: root}
-        self.files: list[_Document] = []  # in the order they were found
+        self.dialect = dialect(root.data)
+        self.documents: dict[str | None, Document | None] = {root.key: root}
+        self.files: list[Document] = []  # in the order they were found
         self.diagnostics: list[Diagnostic] = []
         ident = root.data.get(self.dialect.id_keyword)
         self.base = ""
@@ -194,7 +98,7 @@ class _Bundler:
         self.ids: dict[str, Where] = {self.base: ()}
 
     # -- reporting -----------------------------------------------------------------
-    def error(self, document: _Document, at: Where, message: str, code: str = _CODE) -> None:
+    def error(self, document: Document, at: Where, message: str, code: str = CODE) -> None:
         self.diagnostics.append(document.source.diagnostic(document.prefix + at, code, message))
 
     @property
@@ -217,7 +121,7 @@ class _Bundler:
             return None
         return self.assemble()
 
-    def walk(self, document: _Document, node: Any, at: Where, base: str, resource: Where) -> None:
+    def walk(self, document: Document, node: Any, at: Where, base: str, resource: Where) -> None:
         """Every schema position under ``node``: identifiers, anchors and references."""
         stack = [(node, at, base, resource)]
         while stack:
@@ -242,15 +146,15 @@ class _Bundler:
                         "schema itself (a file it names is bundled into it); use $ref",
                     )
                 else:
-                    document.refs.append(_Ref(at, keyword, value))
+                    document.refs.append(Ref(at, keyword, value))
             for key, value in node.items():
-                for tail, child in _children(key, value):
+                for tail, child in children(key, value):
                     stack.append((child, (*at, *tail), base, resource))
-                    if key in _SAME_VALUE:
+                    if key in SAME_VALUE:
                         document.same_value.setdefault(at, []).append((*at, *tail))
 
     def identify(
-        self, document: _Document, node: dict[str, Any], at: Where, base: str, resource: Where
+        self, document: Document, node: dict[str, Any], at: Where, base: str, resource: Where
     ) -> tuple[str, Where]:
         """The base URI and resource inside ``node``, which may declare an ``$id``."""
         keyword = self.dialect.id_keyword
@@ -269,7 +173,7 @@ class _Bundler:
                 self.error(
                     document,
                     (*at, keyword),
-                    f"{document.label} declares {keyword} '{_shown(ident)}' inside it; a file "
+                    f"{document.label} declares {keyword} '{shown(ident)}' inside it; a file "
                     "an output schema refers to is bundled into that schema, where it "
                     "would change what other $refs mean: remove it, and refer to that "
                     "part with a '#/...' pointer",
@@ -281,7 +185,7 @@ class _Bundler:
         self.ids.setdefault(uri, at)
         return uri, at
 
-    def declare(self, document: _Document, node: dict[str, Any], at: Where, base: str) -> None:
+    def declare(self, document: Document, node: dict[str, Any], at: Where, base: str) -> None:
         for keyword in ("$anchor", "$dynamicAnchor", "$recursiveAnchor"):
             name = node.get(keyword)
             if name is None:
@@ -298,13 +202,13 @@ class _Bundler:
                 if document is not self.root:
                     document.drop(at, keyword)  # its $refs become pointers
 
-    def resolve(self, document: _Document, index: int) -> None:
+    def resolve(self, document: Document, index: int) -> None:
         """Where one ``$ref`` points, or an error at its line."""
         ref = document.refs[index]
         where = (*ref.at, ref.keyword)
-        named = f"the output schema's {ref.keyword} '{_shown(ref.value)}'"
+        named = f"the output schema's {ref.keyword} '{shown(ref.value)}'"
         base, resource = document.scopes[ref.at]
-        bad = _control(ref.value)
+        bad = control(ref.value)
         if bad:
             self.error(
                 document,
@@ -322,6 +226,20 @@ class _Bundler:
             if absolute in self.ids:
                 self.locate(document, index, document, self.ids[absolute], absolute, fragment)
                 return
+        path = self.file_path(document, ref, address)
+        if path is None:
+            return
+        relative = posixpath.normpath(posixpath.join(document.folder, path))
+        target = self.document(relative, document, where, named)
+        if target is not None:
+            base = self.base if target is self.root else ""
+            self.locate(document, index, target, (), base, fragment, through_file=True)
+
+    def file_path(self, document: Document, ref: Ref, address: str) -> str | None:
+        """The file a ``$ref`` names by a plain relative path; None (and an error at
+        the ``$ref``) for a URL, an absolute path or anything else."""
+        where = (*ref.at, ref.keyword)
+        named = f"the output schema's {ref.keyword} '{shown(ref.value)}'"
         parts = urlsplit(address)
         if parts.scheme or parts.netloc or address.startswith("/"):
             declared = (
@@ -336,9 +254,9 @@ class _Bundler:
                 "aoe never fetches schemas: copy it into a file next to the workflow and "
                 f"name that by its relative path, or point inside this schema{declared}",
             )
-            return
+            return None
         path = unquote(parts.path)
-        bad = _control(path)
+        bad = control(path)
         if parts.query or "\\" in path or bad:
             self.error(
                 document,
@@ -347,7 +265,7 @@ class _Bundler:
                 + (f" (it holds a control character, {bad})" if bad else "")
                 + "; write it with '/' between folders, without '?' or '\\'",
             )
-            return
+            return None
         if ref.keyword != "$ref":
             self.error(
                 document,
@@ -355,16 +273,12 @@ class _Bundler:
                 f"{named} names a file; a {ref.keyword} can only point inside the output "
                 "schema: refer to files with $ref",
             )
-            return
-        relative = posixpath.normpath(posixpath.join(document.folder, path))
-        target = self.document(relative, document, where, named)
-        if target is not None:
-            base = self.base if target is self.root else ""
-            self.locate(document, index, target, (), base, fragment, through_file=True)
+            return None
+        return path
 
     def document(
-        self, relative: str, referrer: _Document, where: Where, named: str
-    ) -> _Document | None:
+        self, relative: str, referrer: Document, where: Where, named: str
+    ) -> Document | None:
         """The file at ``relative``, checked and walked (None if it cannot be used, said
         at the ``$ref``; what is wrong inside it is said there, once per load)."""
         if relative in self.documents:
@@ -372,16 +286,16 @@ class _Bundler:
         self.documents[relative] = None  # for good if it cannot be used
         loaded = self.load(relative)
         if not isinstance(loaded, Refusal):
-            dialect = self.root.data.get("$schema")
-            checked = self.folder.cache.get(("checked", relative, dialect))
+            draft = self.root.data.get("$schema")
+            checked = self.folder.cache.get(("checked", relative, draft))
             if checked is None:
                 checked = self.check(relative, loaded)
-                self.folder.cache[("checked", relative, dialect)] = checked
+                self.folder.cache[("checked", relative, draft)] = checked
             loaded = checked
         if isinstance(loaded, Refusal):
             self.error(referrer, where, f"{named} cannot be used: {loaded.message}", loaded.code)
             return None
-        document = _Document(relative, loaded.data, loaded.source, (), f"'{relative}'")
+        document = Document(relative, loaded.data, loaded.source, (), f"'{relative}'")
         if isinstance(loaded.data, dict) and "$schema" in loaded.data:
             document.drop((), "$schema")
         self.documents[relative] = document
@@ -404,15 +318,15 @@ class _Bundler:
             except YamlError as e:
                 self.diagnostics.extend(e.diagnostics)
                 loaded = Refusal(
-                    _CODE,
+                    CODE,
                     f"'{relative}' is not a JSON (or YAML) document (see the error in it)",
                 )
             else:
                 self.diagnostics.extend(loaded.diagnostics)
                 if not isinstance(loaded.data, dict | bool):
                     loaded = Refusal(
-                        _CODE,
-                        f"'{relative}' holds {_kind(loaded.data)}, not a JSON Schema "
+                        CODE,
+                        f"'{relative}' holds {kind(loaded.data)}, not a JSON Schema "
                         "(a mapping, or true or false)",
                     )
         self.folder.cache[("parsed", relative)] = loaded
@@ -431,25 +345,25 @@ class _Bundler:
                     f"Schema: {fault.message}",
                 )
             )
-            return Refusal(_CODE, f"'{relative}' is not a valid JSON Schema (see the error in it)")
+            return Refusal(CODE, f"'{relative}' is not a valid JSON Schema (see the error in it)")
         data = loaded.data
         if isinstance(data, dict) and "$schema" in data and not same_dialect(data, self.root.data):
             self.diagnostics.append(
                 loaded.source.diagnostic(
                     ("$schema",),
-                    _CODE,
+                    CODE,
                     f"'{relative}' is written for another draft of JSON Schema than the output "
                     "schema that refers to it; make their $schema the same",
                 )
             )
-            return Refusal(_CODE, f"'{relative}' is written for another draft of JSON Schema")
+            return Refusal(CODE, f"'{relative}' is written for another draft of JSON Schema")
         return loaded
 
     def locate(
         self,
-        document: _Document,
+        document: Document,
         index: int,
-        target: _Document,
+        target: Document,
         resource: Where,
         base: str,
         fragment: str,
@@ -460,49 +374,23 @@ class _Bundler:
         or an anchor), recorded as the ``$ref``'s target; or an error at the ``$ref``."""
         ref = document.refs[index]
         where = (*ref.at, ref.keyword)
-        named = f"the output schema's {ref.keyword} '{_shown(ref.value)}'"
-        node = _value_at(target.data, resource)
-        at = resource
+        named = f"the output schema's {ref.keyword} '{shown(ref.value)}'"
         if not fragment or fragment.startswith("/"):
-            written = ""
-            for raw in unquote(fragment[1:]).split("/") if fragment else []:
-                segment = raw.replace("~1", "/").replace("~0", "~")
-                written += "/" + raw
-                if isinstance(node, dict) and segment in node:
-                    node, at = node[segment], (*at, segment)
-                elif isinstance(node, list) and _index(segment, len(node)) is not None:
-                    number = _index(segment, len(node))
-                    assert number is not None
-                    node, at = node[number], (*at, number)
-                else:
-                    hint = did_you_mean(segment, node) if isinstance(node, dict) else ""
-                    self.error(
-                        document,
-                        where,
-                        f"{named} points at nothing: {target.label} has no "
-                        f"'{_shown(written)}'{hint}",
-                    )
-                    return
+            found = self.follow(target, resource, fragment)
         else:
-            name = unquote(fragment)
-            found = target.anchors.get((base, name))
-            if found is None:
-                self.error(
-                    document,
-                    where,
-                    f"{named} points at nothing: {target.label} declares no $anchor "
-                    f"'{_shown(name)}'{did_you_mean(name, [n for _, n in target.anchors])}",
-                )
-                return
-            node, at = _value_at(target.data, found), found
+            found = self.anchor(target, base, unquote(fragment))
+        if isinstance(found, str):
+            self.error(document, where, f"{named} points at nothing: {found}")
+            return
+        node, at = found
         if not isinstance(node, dict | bool):
             self.error(
                 document,
                 where,
-                f"{named} points at {_kind(node)}, not at a schema (a mapping, or true or false)",
+                f"{named} points at {kind(node)}, not at a schema (a mapping, or true or false)",
             )
             return
-        document.targets[index] = _Target(target, at, through_file)
+        document.targets[index] = Target(target, at, through_file)
         if at not in target.scopes:  # a place no keyword makes a schema: check it as one
             fault = schema_fault(node, self.root.data)
             if fault is not None:
@@ -515,79 +403,68 @@ class _Bundler:
                 return
             self.walk(target, node, at, base, resource)
 
+    def follow(self, target: Document, resource: Where, fragment: str) -> tuple[Any, Where] | str:
+        """The value a JSON pointer names from ``resource``, and its place; or what
+        is missing."""
+        node = value_at(target.data, resource)
+        at = resource
+        written = ""
+        for raw in unquote(fragment[1:]).split("/") if fragment else []:
+            segment = raw.replace("~1", "/").replace("~0", "~")
+            written += "/" + raw
+            number = pointer_index(segment, len(node)) if isinstance(node, list) else None
+            if isinstance(node, dict) and segment in node:
+                node, at = node[segment], (*at, segment)
+            elif number is not None:
+                node, at = node[number], (*at, number)
+            else:
+                hint = did_you_mean(segment, node) if isinstance(node, dict) else ""
+                return f"{target.label} has no '{shown(written)}'{hint}"
+        return node, at
+
+    def anchor(self, target: Document, base: str, name: str) -> tuple[Any, Where] | str:
+        """The schema an anchor names, and its place; or that there is none."""
+        found = target.anchors.get((base, name))
+        if found is None:
+            return (
+                f"{target.label} declares no $anchor "
+                f"'{shown(name)}'{did_you_mean(name, [n for _, n in target.anchors])}"
+            )
+        return value_at(target.data, found), found
+
     def check_loops(self) -> None:
         """An error at a ``$ref`` that leads back to where it started without going into
         a property or an item: validating any value against it would never end."""
         documents = {d.key: d for d in (self.root, *self.files)}
-        refs: dict[_Node, list[tuple[_Node, int]]] = {}
-        for document in documents.values():
-            for index, target in document.targets.items():
-                start = (document.key, document.refs[index].at)
-                refs.setdefault(start, []).append(((target.document.key, target.at), index))
-
-        def onward(node: _Node) -> Iterator[tuple[_Node, int | None]]:
-            document = documents[node[0]]
-            for child in document.same_value.get(node[1], ()):
-                yield (node[0], child), None
-            yield from refs.get(node, ())
-
-        state: dict[_Node, bool] = {}  # False while on the path, True when done
-        for start in refs:
-            if start in state:
-                continue
-            state[start] = False
-            stack: list[_Frame] = [(start, None, onward(start))]
-            while stack:
-                node, _, successors = stack[-1]
-                step = next(successors, None)
-                if step is None:
-                    state[node] = True
-                    stack.pop()
-                    continue
-                following, via = step
-                seen = state.get(following)
-                if seen is None:
-                    state[following] = False
-                    stack.append((following, via, onward(following)))
-                elif seen is False:
-                    self.report_loop(documents, stack, following, node, via)
-
-    def report_loop(
-        self,
-        documents: dict[str | None, _Document],
-        stack: list[_Frame],
-        back_to: _Node,
-        last: _Node,
-        via: int | None,
-    ) -> None:
-        first = next(i for i, frame in enumerate(stack) if frame[0] == back_to)
-        loop = [frame[0] for frame in stack[first:]] + [back_to]
-        # the $ref that closes the loop, else the first one in it
-        if via is not None:
-            at, index = last, via
-        else:
-            at, index = next(
-                (stack[i - 1][0], entered)
-                for i in range(first + 1, len(stack))
-                if (entered := stack[i][1]) is not None
-            )
-        document = documents[at[0]]
-        ref = document.refs[index]
-        places = [documents[key].place(where) for key, where in loop]
-        shown = " -> ".join(places if len(places) <= 6 else [*places[:3], "...", *places[-2:]])
-        self.error(
-            document,
-            (*ref.at, ref.keyword),
-            f"the output schema's {ref.keyword} '{_shown(ref.value)}' leads back to where "
-            f"it started without going into a property or an item ({shortened(shown)}), so "
-            "checking a reply against it would never end; break the loop",
-        )
+        for document, where, message in loops(documents):
+            self.error(document, where, message)
 
     def assemble(self) -> dict[str, Any] | None:
         """The output schema with each file under ``$defs`` and every ``$ref`` a pointer."""
         defs = self.dialect.defs
         existing = self.root.data.get(defs)
-        taken = set(existing) if isinstance(existing, dict) else set()
+        names = self.names(set(existing) if isinstance(existing, dict) else set())
+        for document in (self.root, *self.files):
+            for index, target in document.targets.items():
+                ref = document.refs[index]
+                if ref.keyword != "$ref":
+                    continue  # dynamic: kept as written, resolved by the validator
+                value = self.pointer_to(document, ref, target, names)
+                if value is not None and value != ref.value:
+                    document.edits.setdefault(ref.at, {})[ref.keyword] = value
+        if self.failed:
+            return None
+        if self.files:
+            bundled = {names[d.key]: edited(d.data, d.edits) for d in self.files}
+            if isinstance(existing, dict):
+                self.root.edits.setdefault((defs,), {}).update(bundled)
+            else:
+                self.root.edits.setdefault((), {})[defs] = bundled
+        result: dict[str, Any] = edited(self.root.data, self.root.edits)
+        return result
+
+    def names(self, taken: set[str]) -> dict[str | None, str]:
+        """The key under ``$defs`` of each file: its path, made a plain name, and unique."""
         names: dict[str | None, str] = {}
         for document in self.files:
             stem = re.sub(r"[^A-Za-z0-9_-]", "_", document.key or "")
@@ -596,123 +473,33 @@ class _Bundler:
                 name, number = f"{stem}_{number}", number + 1
             taken.add(name)
             names[document.key] = name
-        for document in (self.root, *self.files):
-            for index, target in document.targets.items():
-                ref = document.refs[index]
-                if ref.keyword != "$ref":
-                    continue  # dynamic: kept as written, resolved by the validator
-                where = (
-                    target.at
-                    if target.document is self.root
-                    else (defs, names[target.document.key], *target.at)
-                )
-                value = "#" + _pointer(where)
-                if document is self.root and document.scopes[ref.at][1] != ():
-                    # inside a subschema with an $id of its own, '#' means that subschema
-                    if target.document is self.root and not target.through_file:
-                        continue
-                    if not self.base:
-                        self.error(
-                            document,
-                            (*ref.at, ref.keyword),
-                            f"the output schema's $ref '{_shown(ref.value)}' names a file from "
-                            "inside a subschema that has an $id of its own, which the bundled "
-                            "schema cannot point out of; give the output schema an $id too, "
-                            "or move this $ref out of that subschema",
-                        )
-                        continue
-                    value = self.base + value
-                if value != ref.value:
-                    document.edits.setdefault(ref.at, {})[ref.keyword] = value
-        if self.failed:
+        return names
+
+    def pointer_to(
+        self, document: Document, ref: Ref, target: Target, names: dict[str | None, str]
+    ) -> str | None:
+        """What a ``$ref`` becomes in the bundled schema; None to keep it as written
+        (or, reported, where no pointer can reach its target)."""
+        defs = self.dialect.defs
+        where = (
+            target.at
+            if target.document is self.root
+            else (defs, names[target.document.key], *target.at)
+        )
+        value = "#" + pointer(where)
+        if document is not self.root or document.scopes[ref.at][1] == ():
+            return value
+        # inside a subschema with an $id of its own, '#' means that subschema
+        if target.document is self.root and not target.through_file:
             return None
-        if self.files:
-            bundled = {names[d.key]: _edited(d.data, d.edits) for d in self.files}
-            if isinstance(existing, dict):
-                self.root.edits.setdefault((defs,), {}).update(bundled)
-            else:
-                self.root.edits.setdefault((), {})[defs] = bundled
-        result: dict[str, Any] = _edited(self.root.data, self.root.edits)
-        return result
-
-
-def _children(key: str, value: Any) -> Iterator[tuple[Where, Any]]:
-    """The schemas a keyword's value holds, each with its place under the keyword."""
-    if key in _NAMED and isinstance(value, dict):
-        for name, child in value.items():
-            if isinstance(child, dict | bool):
-                yield (key, name), child
-    elif key in _MANY and isinstance(value, list):
-        for number, child in enumerate(value):
-            yield (key, number), child
-    elif key in _ONE and isinstance(value, dict | bool):
-        yield (key,), value
-
-
-def _edited(data: Any, edits: dict[Where, dict[str, Any]]) -> Any:
-    """``data`` with ``edits`` made: the mappings on the way to an edit are copied,
-    everything else is shared (a file named by every agent is held once)."""
-    if not edits:
-        return data
-    touched = {at[:cut] for at in edits for cut in range(len(at) + 1)}
-
-    def copy(node: Any, at: Where) -> Any:
-        if at not in touched:
-            return node
-        if isinstance(node, list):
-            return [copy(child, (*at, number)) for number, child in enumerate(node)]
-        if not isinstance(node, dict):
-            return node
-        new = {key: copy(child, (*at, key)) for key, child in node.items()}
-        for key, value in edits.get(at, {}).items():
-            if value is _DROP:
-                new.pop(key, None)
-            else:
-                new[key] = value
-        return new
-
-    return copy(data, ())
-
-
-def _value_at(data: Any, at: Where) -> Any:
-    for part in at:
-        data = data[part]
-    return data
-
-
-def _index(segment: str, length: int) -> int | None:
-    if segment.isdigit() and (segment == "0" or not segment.startswith("0")):
-        number = int(segment)
-        return number if number < length else None
-    return None
-
-
-def _pointer(at: Where) -> str:
-    """A JSON pointer as a URI fragment (``/$defs/a~1b``)."""
-    return "".join(
-        "/" + quote(str(part).replace("~", "~0").replace("/", "~1"), safe="$~!&'()*+,;=:@")
-        for part in at
-    )
-
-
-def _control(text: str) -> str:
-    """The first control character of ``text``, escaped, or ``""``."""
-    for char in text:
-        if ord(char) < 32 or ord(char) == 127:
-            return f"\\x{ord(char):02x}"
-    return ""
-
-
-def _shown(text: str) -> str:
-    """A reference as a message may show it: escaped, and not too long."""
-    escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:120])
-    return shortened(escaped, 100)
-
-
-def _kind(value: Any) -> str:
-    """A value's kind, without the value: the file may hold anything."""
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return describe(value).split(" (")[0]
+        if not self.base:
+            self.error(
+                document,
+                (*ref.at, ref.keyword),
+                f"the output schema's $ref '{shown(ref.value)}' names a file from "
+                "inside a subschema that has an $id of its own, which the bundled "
+                "schema cannot point out of; give the output schema an $id too, "
+                "or move this $ref out of that subschema",
+            )
+            return None
+        return self.base + value

@@ -166,21 +166,25 @@ def schema_fault(schema: Any, dialect: Mapping[str, Any]) -> SchemaFault | None:
     path = tuple(error.absolute_path)
     keyword = next((p for p in reversed(path) if isinstance(p, str)), None)
     what = f"the value of '{shortened(keyword, 60)}'" if keyword else "the schema"
+    return SchemaFault(path, f"{what} must be {shortened(_wanted(error, keyword))}")
+
+
+def _wanted(error: Any, keyword: str | None) -> str:
+    """What the meta-schema wants where a schema went wrong, in words (a
+    ``jsonschema`` ``ValidationError``, by its validator)."""
     if keyword == "type":
-        wanted = "one of " + ", ".join(sorted(_TYPES)) + ", or a list of them"
-    elif error.validator == "type":
+        return "one of " + ", ".join(sorted(_TYPES)) + ", or a list of them"
+    if error.validator == "type":
         names = error.validator_value
         names = [names] if isinstance(names, str) else list(names)
-        wanted = " or ".join(_KINDS.get(str(n), str(n)) for n in names)
-    elif error.validator == "enum":
-        wanted = "one of " + ", ".join(repr(v) for v in error.validator_value)
-    elif error.validator in ("minimum", "minItems", "minLength"):
-        wanted = f"at least {error.validator_value}"
-    elif error.validator == "uniqueItems":
-        wanted = "a list without repeats"
-    else:
-        wanted = f"what the meta-schema's '{error.validator}' asks"
-    return SchemaFault(path, f"{what} must be {shortened(wanted)}")
+        return " or ".join(_KINDS.get(str(n), str(n)) for n in names)
+    if error.validator == "enum":
+        return "one of " + ", ".join(repr(v) for v in error.validator_value)
+    if error.validator in ("minimum", "minItems", "minLength"):
+        return f"at least {error.validator_value}"
+    if error.validator == "uniqueItems":
+        return "a list without repeats"
+    return f"what the meta-schema's '{error.validator}' asks"
 
 
 def same_dialect(one: Mapping[str, Any], other: Mapping[str, Any]) -> bool:

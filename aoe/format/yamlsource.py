@@ -14,7 +14,17 @@ Workflow and config files are read here. What this adds to ``yaml.safe_load``:
 The builder works on libyaml's event stream rather than on composed nodes:
 that is about three times faster on large files, and lets the size limits act
 while parsing. Scalars resolve as PyYAML's safe loader resolves them (YAML 1.1),
-except that timestamps stay strings (workflow values are JSON-like).
+except that timestamps stay strings (workflow values are JSON-like). What a
+syntax error says to the user is :mod:`aoe.format.yamlsyntax`, imported only
+for a file that has one.
+
+Why one module of over 500 lines: the source map, the builder that fills it
+while it parses, and the scalar rules the builder applies (YAML 1.1, integers
+within :data:`INT_MIN`..:data:`INT_MAX`) are one job, text to values with
+their places; and what other modules import from here (:class:`SourceMap`,
+:class:`YamlError`, :func:`parse_yaml`, the integer range) is exactly what the
+builder uses, so a builder module of its own would import this one while
+:func:`parse_yaml` imports it: a cycle.
 """
 
 from __future__ import annotations
@@ -228,9 +238,13 @@ def parse_yaml(
     try:
         builder.run(parser)
     except yaml.MarkedYAMLError as e:
-        raise YamlError([*builder.diagnostics, _syntax_diagnostic(file, e, text)]) from None
+        from aoe.format.yamlsyntax import syntax_diagnostic  # only a file with a mistake
+
+        raise YamlError([*builder.diagnostics, syntax_diagnostic(file, e, text)]) from None
     except yaml.YAMLError as e:  # reader errors: control characters and the like
-        raise YamlError([*builder.diagnostics, _reader_diagnostic(file, e, text)]) from None
+        from aoe.format.yamlsyntax import reader_diagnostic
+
+        raise YamlError([*builder.diagnostics, reader_diagnostic(file, e, text)]) from None
     finally:
         dispose = getattr(parser, "dispose", None)
         if dispose is not None:
@@ -270,9 +284,13 @@ def _count_nodes_or_refuse(text: str, file: str, max_nodes: int) -> None:
                 if count > max_nodes:
                     raise YamlError([_too_big(file, event.start_mark, max_nodes)])
     except yaml.MarkedYAMLError as e:
-        raise YamlError([_syntax_diagnostic(file, e, text)]) from None
+        from aoe.format.yamlsyntax import syntax_diagnostic
+
+        raise YamlError([syntax_diagnostic(file, e, text)]) from None
     except yaml.YAMLError as e:  # reader errors: control characters and the like
-        raise YamlError([_reader_diagnostic(file, e, text)]) from None
+        from aoe.format.yamlsyntax import reader_diagnostic
+
+        raise YamlError([reader_diagnostic(file, e, text)]) from None
     finally:
         dispose = getattr(parser, "dispose", None)
         if dispose is not None:
@@ -290,72 +308,6 @@ def _too_big(file: str, mark: Any, max_nodes: int) -> Diagnostic:
         f"(aliases count at their full size, and every {CHARS_PER_NODE} characters of "
         "a text as a value); refusing to read it",
     )
-
-
-_SYNTAX_HINTS = (
-    (
-        "mapping values are not allowed",
-        "a value that contains ': ' must be quoted, or the indentation is off",
-    ),
-    (
-        "found undefined alias",
-        "define the anchor (&name) before the alias (*name) that uses it",
-    ),
-    (
-        "expected <block end>, but found",
-        "check the indentation: items of one mapping or list must line up",
-    ),
-    ("did not find expected key", "check the indentation: keys of one mapping must line up"),
-    ("did not find expected '-'", "check the indentation: items of one list must line up"),
-    ("expected ',' or ']'", "close the [ ... ] list, or separate its items with commas"),
-    ("expected ',' or '}'", "close the { ... } mapping, or separate its entries with commas"),
-    ("found unexpected end of stream", "a quote or bracket is not closed"),
-    ("exceeded maximum nesting depth", "brackets nest too deeply; flatten the value"),
-)
-
-
-def _reader_diagnostic(file: str, e: yaml.YAMLError, text: str) -> Diagnostic:
-    """A character YAML refuses (a NUL, a control character), at its line and column."""
-    position = getattr(e, "position", None)
-    line = column = 1
-    if isinstance(position, int):  # libyaml counts UTF-8 bytes
-        raw = text.encode("utf-8", "surrogatepass")[:position]
-        line = raw.count(b"\n") + 1
-        column = len(raw[raw.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
-    character = getattr(e, "character", None)
-    what = f"the character U+{character:04X}" if isinstance(character, int) else "a character"
-    reason = getattr(e, "reason", None) or "it is not allowed in YAML"
-    return Diagnostic(
-        file,
-        line,
-        column,
-        Severity.ERROR,
-        "yaml-syntax",
-        f"invalid YAML: {what} is not allowed here ({reason}); remove it",
-    )
-
-
-def _syntax_diagnostic(file: str, e: yaml.MarkedYAMLError, text: str) -> Diagnostic:
-    mark = e.problem_mark or e.context_mark
-    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-    parts = [p for p in (e.context, e.problem) if p]
-    message = "invalid YAML: " + (", ".join(parts) if parts else "syntax error")
-    lines = text.splitlines()
-    at = lines[line - 1][column - 1 : column] if 0 < line <= len(lines) else ""
-    if at == "\t":
-        message += "; YAML does not allow tabs for indentation, use spaces"
-    else:
-        for needle, hint in _SYNTAX_HINTS:
-            if needle in message:
-                message += f"; {hint}"
-                break
-    if (
-        e.context_mark is not None
-        and e.problem_mark is not None
-        and (e.context_mark.line != e.problem_mark.line)
-    ):
-        message += f" (the construct starts at line {e.context_mark.line + 1})"
-    return Diagnostic(file, line, column, Severity.ERROR, "yaml-syntax", message)
 
 
 class _Anchor(NamedTuple):
@@ -433,6 +385,8 @@ class _Builder:
 
     # -- the event loop --------------------------------------------------------
     def run(self, parser: Any) -> None:
+        """Build the document from the parser's events. The branches stay inline,
+        a scalar's most of all: this loop runs once per event of the file."""
         stack = self.stack
         while parser.check_event():
             event = parser.get_event()
@@ -449,17 +403,12 @@ class _Builder:
                 self.close(event)
             elif kind is ev.AliasEvent:
                 self.alias(event)
-            elif kind is ev.DocumentStartEvent:
-                self.documents += 1
-                if self.documents > 1:
-                    self.fatal = True
-                    self.error(
-                        event.start_mark,
-                        "yaml-documents",
-                        "the file holds more than one YAML document (a second '---'); "
-                        "keep one workflow per file",
-                    )
-                    return
+            elif kind is ev.DocumentStartEvent and not self.document(event):
+                return
+        self.finish()
+
+    def finish(self) -> None:
+        """The stream ended: a file with no document, or only null, holds no workflow."""
         if self.documents == 0 or (self.result is None and not self.diagnostics):
             self.fatal = True
             self.diagnostics.append(
@@ -473,6 +422,20 @@ class _Builder:
                     "a workflow starts with 'version: 1'",
                 )
             )
+
+    def document(self, event: Any) -> bool:
+        """A document starts: false (a fatal error) for a second one."""
+        self.documents += 1
+        if self.documents > 1:
+            self.fatal = True
+            self.error(
+                event.start_mark,
+                "yaml-documents",
+                "the file holds more than one YAML document (a second '---'); "
+                "keep one workflow per file",
+            )
+            return False
+        return True
 
     def path_for_value(self) -> Path:
         if not self.stack:

@@ -1,6 +1,6 @@
 """Log lines: text, or one JSON object per line (``--log-format json``).
 
-Everything aoe logs — a run's events (:class:`aoe.cli.ui.JsonLines`) and what a
+Everything aoe logs — a run's events (:class:`aoe.cli.ui.progress.JsonLines`) and what a
 service says (``aoe serve``) — carries ``timestamp`` (UTC, ISO 8601),
 ``level``, ``message``, ``module`` and ``function``, and ``run_id``,
 ``agent_id`` and ``attempt`` where they apply, so a log collector can index

@@ -55,7 +55,7 @@ def main() -> None:
     memory, parent = int(sys.argv[1]), int(sys.argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
-    from aoe.format.templates import environment
+    from aoe.format.environment import environment
 
     environment()  # Jinja imported and the environment built before the cap is set
     _cap_memory(memory)
@@ -116,7 +116,7 @@ def _context(request: dict[str, Any]) -> dict[str, Any] | list[str]:
 
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
     from aoe.errors import OutputInvalid, SchemaUnusable
-    from aoe.format.templates import MAX_FOREACH_ITEMS, evaluate, render, too_many_items
+    from aoe.format.rendering import MAX_FOREACH_ITEMS, evaluate, render, too_many_items
 
     op = request["op"]
     if op != "check":

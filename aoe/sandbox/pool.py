@@ -10,7 +10,7 @@ run and the health probes. So the engine does only work whose cost is the
 size of the values it reads itself:
 
 - placeholder-only templates (text and ``{{ dotted.name }}``,
-  :func:`aoe.format.templates.inline`) and ``when``/``foreach`` expressions that are
+  :func:`aoe.format.rendering.inline`) and ``when``/``foreach`` expressions that are
   a name, or a name compared with a literal;
 - JSON replies of up to :data:`INLINE_REPLY` characters checked against a
   schema of only plain keywords (no ``$ref``, ``pattern`` or
@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from aoe.errors import OutputInvalid, RunError, SchemaUnusable
+from aoe.format.rendering import evaluate, inline, inline_expression, render
 from aoe.format.schemas import plainly_valid
-from aoe.format.templates import evaluate, inline, inline_expression, render
 from aoe.sandbox.child import HEADER, MAX_MESSAGE, frame
 from aoe.types import plain
 

@@ -19,7 +19,7 @@ and every failed ``accept()`` logged a traceback. So:
   nothing for that long is closed (aiohttp's ``keepalive_timeout``).
 - **A stall deadline** (``--body-timeout``): a client that takes nothing of its
   response for that long is cut off. The body deadline itself is kept where a
-  body is read (:mod:`aoe.service.http`).
+  body is read (:mod:`aoe.service.app`).
 - ``accept()`` failing anyway (the descriptors used up elsewhere) is retried
   each second and logged once per interval, not once per try with a traceback.
 

@@ -6,6 +6,9 @@ number that overflows to one (``1e400``), no integer beyond 64 bits (a
 model with ``extra="forbid"``. Every problem is a 400 with a message that
 names the field and says what it must be.
 
+A request refused for what it asks (:class:`Refused`) carries the status and
+message of its answer.
+
 Every answer is strict JSON too (:func:`dumps`): a record that holds a
 non-finite number (written before these checks) shows it as ``null``.
 """
@@ -18,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from aoe.errors import UserError
+from aoe.errors import Signal, UserError
 
 MOST_PARALLEL = 1000  # "max_parallel" of a submission at most
 MOST_RUNS_LISTED = 1000  # "limit" of GET /api/v1/runs at most
@@ -29,6 +32,19 @@ FIELDS = ("workflow", "inputs", "name", "budget", "max_parallel", "mock", "cache
 class BodyInvalid(UserError, ValueError):
     """A request body, or query, that cannot be used; its message says why (answered
     with 400; a ``ValueError`` too, as the parsers it is raised from)."""
+
+
+class Refused(Signal):
+    """A request the service will not serve, and the answer to give: ``status``
+    and a JSON body of ``{"error": message, **more}``. Raised by the service
+    (a full queue: 429; draining: 503) and by the routes, and answered in one
+    place (:mod:`aoe.service.app`)."""
+
+    def __init__(self, status: int, message: str, **more: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.more = more
 
 
 def _integer(text: str) -> int:

@@ -32,7 +32,7 @@ from aoe.format.workflow import Workflow
 from aoe.service.runner import is_submitted
 from aoe.state.definitions import changed_inputs, definitions, reading
 from aoe.state.journal import recover
-from aoe.state.rows import AttemptStatus, RecordStatus, RunRow
+from aoe.state.rows import AgentRow, AttemptRow, AttemptStatus, RecordStatus, RunRow
 from aoe.state.store import Store
 from aoe.types import Usage
 
@@ -73,6 +73,45 @@ def plan_resume(
     """What resuming ``run_id`` will do; raises :class:`ResumeRefused` when it
     may not (still running, or its file changed without ``force``). ``inputs``
     and ``assignments`` (``NAME=VALUE``) override the stored inputs."""
+    run = _resumable(store, run_id, take_over)
+    run_id = run.run_id
+    workflow = _workflow(run, settings)
+    values = _inputs(run, workflow, inputs, assignments)
+    chosen = _options(run, options)
+    defined = definitions(workflow)
+    records = {agent.agent_id: agent for agent in store.agents(run_id)}
+    changed = _changed(run, workflow, values, defined, records)
+    file_changed = workflow.digest != run.workflow_sha256
+    if file_changed and not force and run.status is not RecordStatus.COMPLETED:
+        raise _file_changed(run_id, workflow, changed)
+    stale = _stale(workflow, changed)
+    kept = [
+        agent_id
+        for agent_id in workflow.agents
+        if agent_id not in stale and records[agent_id].state is AgentState.COMPLETED
+    ]
+    rerun = tuple(a for a in workflow.agents if a not in kept)
+    return ResumePlan(
+        run_id,
+        int(run.sessions),
+        run.status,
+        workflow,
+        values,
+        chosen,
+        tuple(kept),
+        rerun,
+        changed,
+        tuple(a for a in workflow.agents if a in stale),
+        file_changed,
+        defined,
+        _resumption(store, run, records, stale, kept),
+        take_over,
+    )
+
+
+def _resumable(store: Store, run_id: str, take_over: bool) -> RunRow:
+    """The run's record, its journal beyond the store recovered first; refused
+    while another process runs it (unless the work queue gave it to us)."""
     run_id = store.run(run_id).run_id
     recover(store, run_id, take_over=take_over)  # its journal beyond the store, first
     run = store.run(run_id)
@@ -81,69 +120,131 @@ def plan_resume(
             f"run {run_id} is still running (process {run.pid} on {run.host}): "
             "wait for it to end, or stop it first"
         )
-    workflow = _workflow(run, settings)
-    # the stored inputs the workflow still declares, then the overrides; checked
-    # again, since the file (under --force) may declare other inputs now
+    return run
+
+
+def _inputs(
+    run: RunRow,
+    workflow: Workflow,
+    inputs: Mapping[str, GivenInput] | None,
+    assignments: Sequence[str],
+) -> dict[str, Any]:
+    """The stored inputs the workflow still declares, then the overrides; checked
+    again, since the file (under --force) may declare other inputs now."""
     given = {
-        name: GivenInput(value, f"the inputs of run {run_id}")
+        name: GivenInput(value, f"the inputs of run {run.run_id}")
         for name, value in run.inputs.items()
         if name in workflow.inputs
     }
     given.update(inputs or {})
     given.update(from_assignments(assignments, workflow.inputs))
-    values = bind_inputs(workflow.inputs, given)
+    return bind_inputs(workflow.inputs, given)
+
+
+def _options(run: RunRow, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's recorded options, overridden by those given; a run is finished
+    as it began, mock or real."""
     chosen = dict(run.settings)
     mock = (options or {}).get("mock")
     if mock is not None and bool(mock) != bool(chosen.get("mock")):
         raise ResumeRefused(
-            f"run {run_id} was {'a --mock' if chosen.get('mock') else 'a real'} run: it "
+            f"run {run.run_id} was {'a --mock' if chosen.get('mock') else 'a real'} run: it "
             f"cannot be finished {'with --mock' if mock else 'for real'}; start a new run"
         )
     chosen.update({k: v for k, v in (options or {}).items() if v is not None})
+    return chosen
 
-    defined = definitions(workflow)
-    records = {agent.agent_id: agent for agent in store.agents(run_id)}
-    # the agents whose definition changed, and those reading an input (or the
-    # workflow's name) whose value is not what it was
+
+def _changed(
+    run: RunRow,
+    workflow: Workflow,
+    values: Mapping[str, Any],
+    defined: Mapping[str, str],
+    records: Mapping[str, AgentRow],
+) -> tuple[str, ...]:
+    """The agents whose definition changed (or that never ran), and those reading
+    an input (or the workflow's name) whose value is not what it was."""
     moved = changed_inputs(run.inputs, values)
     renamed = workflow.name != run.workflow_name
     reads = reading(workflow, moved, renamed) if moved or renamed else set()
-    changed = tuple(
+    return tuple(
         agent_id
         for agent_id in workflow.agents
         if agent_id not in records
         or records[agent_id].definition != defined[agent_id]
         or agent_id in reads
     )
-    file_changed = workflow.digest != run.workflow_sha256
-    if file_changed and not force and run.status is not RecordStatus.COMPLETED:
-        if changed:
-            what = f"the definition of {_listing(changed)} changed"
-        else:
-            what = "no agent's definition changed (only settings such as timeouts or limits)"
-        raise ResumeRefused(
-            f"the workflow file {workflow.path} changed since run {run_id} started: {what}. "
-            f"Use `aoe resume {run_id} --force` to rerun only the agents that changed and "
-            "those that depend on them, or `aoe run` to start afresh"
-        )
 
-    # an agent whose definition changed runs again, and so does everything after
-    # it (its input may change); every other completed agent is kept, whatever
-    # became of the agents before it: its output was paid for
+
+def _file_changed(run_id: str, workflow: Workflow, changed: tuple[str, ...]) -> ResumeRefused:
+    """The refusal of a run whose workflow file changed, saying what changed so
+    the user can decide whether to ``--force``."""
+    if changed:
+        what = f"the definition of {_listing(changed)} changed"
+    else:
+        what = "no agent's definition changed (only settings such as timeouts or limits)"
+    return ResumeRefused(
+        f"the workflow file {workflow.path} changed since run {run_id} started: {what}. "
+        f"Use `aoe resume {run_id} --force` to rerun only the agents that changed and "
+        "those that depend on them, or `aoe run` to start afresh"
+    )
+
+
+def _stale(workflow: Workflow, changed: tuple[str, ...]) -> set[str]:
+    """An agent whose definition changed runs again, and so does everything after
+    it (its input may change); every other completed agent is kept, whatever
+    became of the agents before it: its output was paid for."""
     stale: set[str] = set()
     for agent_id in workflow.graph.topological_order():
         deps = workflow.agents[agent_id].depends_on
         if agent_id in changed or any(dep in stale for dep in deps):
             stale.add(agent_id)
-    kept = [
-        agent_id
-        for agent_id in workflow.agents
-        if agent_id not in stale and records[agent_id].state is AgentState.COMPLETED
-    ]
-    rerun = tuple(a for a in workflow.agents if a not in kept)
+    return stale
 
+
+def _resumption(
+    store: Store,
+    run: RunRow,
+    records: Mapping[str, AgentRow],
+    stale: set[str],
+    kept: list[str],
+) -> Resumption:
+    """What the next session starts from: the kept agents' outputs, and what
+    earlier sessions spent (by the run, each agent and each foreach item)."""
+    run_id = run.run_id
     attempts = store.attempts(run_id)
-    usage = Usage(sum(a.input_tokens for a in attempts), sum(a.output_tokens for a in attempts))
+    usage = Usage(
+        sum(a.input_tokens for a in attempts), sum(a.output_tokens for a in attempts)
+    )
+    agent_spent, item_spent, items = _spent(attempts, records, stale)
+    completed = {
+        agent_id: Restored(
+            records[agent_id].output,
+            Usage(records[agent_id].input_tokens, records[agent_id].output_tokens),
+            records[agent_id].cost,
+            records[agent_id].attempts,
+        )
+        for agent_id in kept
+    }
+    return Resumption(
+        session=int(run.sessions) + 1,
+        completed=completed,
+        spent=store.spent(run_id),
+        usage=usage,
+        agent_spent={a: s for a, s in agent_spent.items() if a not in completed},
+        items={a: i for a, i in items.items() if a not in completed},
+        item_spent=item_spent,
+    )
+
+
+def _spent(
+    attempts: Sequence[AttemptRow],
+    records: Mapping[str, AgentRow],
+    stale: set[str],
+) -> tuple[dict[str, float], dict[str, dict[int, float]], dict[str, dict[int, Any]]]:
+    """What each agent spent, and each foreach item of an agent still current
+    (its spending and, once it succeeded, its output): an attempt whose outcome
+    was never recorded counts at its reservation."""
     agent_spent: dict[str, float] = {}
     item_spent: dict[str, dict[int, float]] = {}
     items: dict[str, dict[int, Any]] = {}
@@ -158,40 +259,7 @@ def plan_resume(
             by_item[item] = by_item.get(item, 0.0) + spent
             if attempt.status.answered and attempt.output is not None:
                 items.setdefault(agent_id, {})[item] = json.loads(attempt.output)
-    completed = {
-        agent_id: Restored(
-            records[agent_id].output,
-            Usage(records[agent_id].input_tokens, records[agent_id].output_tokens),
-            records[agent_id].cost,
-            records[agent_id].attempts,
-        )
-        for agent_id in kept
-    }
-    resumption = Resumption(
-        session=int(run.sessions) + 1,
-        completed=completed,
-        spent=store.spent(run_id),
-        usage=usage,
-        agent_spent={a: s for a, s in agent_spent.items() if a not in completed},
-        items={a: i for a, i in items.items() if a not in completed},
-        item_spent=item_spent,
-    )
-    return ResumePlan(
-        run_id,
-        int(run.sessions),
-        run.status,
-        workflow,
-        values,
-        chosen,
-        tuple(kept),
-        rerun,
-        changed,
-        tuple(a for a in workflow.agents if a in stale),
-        file_changed,
-        defined,
-        resumption,
-        take_over,
-    )
+    return agent_spent, item_spent, items
 
 
 def _workflow(run: RunRow, settings: Settings) -> Workflow:

@@ -268,7 +268,7 @@ class Worker:
     def _invoke(
         self, command: tuple[str, ...], env: dict[str, str]
     ) -> tuple[int | None, str, str, str]:
-        from aoe.cli.main import app
+        from aoe.cli.app import app
 
         try:
             result = self.runner.invoke(app, list(command), env=env, catch_exceptions=False)

@@ -1,0 +1,455 @@
+"""``aoe run``, ``aoe resume`` and ``aoe plan``: a workflow run from the command line.
+
+The commands parse options, hand the run to :mod:`aoe.service.runner` with the
+progress view that suits the terminal (:mod:`aoe.cli.ui`), then write the
+results and reports and exit with the run's code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, NoReturn
+
+import typer
+
+from aoe.cli.common import (
+    ConfigOption,
+    InputOption,
+    InputsFileOption,
+    LogFormat,
+    LogFormatOption,
+    MaxParallelOption,
+    NoCacheOption,
+    ReportFormat,
+    finite,
+    given_inputs,
+    handle_errors,
+    open_store,
+    write_output,
+)
+
+if TYPE_CHECKING:
+    from aoe.config.settings import Settings
+    from aoe.events import RunStatus
+    from aoe.format.workflow import Workflow
+    from aoe.service.resume import ResumePlan
+    from aoe.state.store import Store
+
+commands = typer.Typer()
+"""run, resume and plan; :mod:`aoe.cli.app` adds them to ``aoe`` itself."""
+
+# Options of `aoe run` and `aoe resume`: where the results, reports and metrics go.
+OutputOption = Annotated[
+    str | None,
+    typer.Option(
+        "--output", "-o", help="Write the results JSON here ('-': stdout).", metavar="FILE"
+    ),
+]
+JunitOption = Annotated[
+    str | None,
+    typer.Option(
+        "--junit", help="Write a JUnit XML report (one test case per agent).", metavar="FILE"
+    ),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress; only errors.")]
+MetricsPortOption = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics-port",
+        help="Serve Prometheus metrics at /metrics on PORT (or HOST:PORT; the host is "
+        "127.0.0.1 unless given) while the run lasts.",
+        metavar="PORT",
+    ),
+]
+PushgatewayOption = Annotated[
+    str | None,
+    typer.Option(
+        "--pushgateway",
+        help="Push the run's metrics to this Prometheus Pushgateway when it ends.",
+        metavar="URL",
+    ),
+]
+
+
+class Reports(NamedTuple):
+    """Where a run's results, reports and metrics go."""
+
+    output: str | None
+    junit: str | None
+    quiet: bool
+    metrics_port: str | None = None
+    pushgateway: str | None = None
+
+
+@commands.command(
+    epilog="Examples: aoe run workflows/competitor-brief.yaml --mock  |  "
+    "aoe run wf.yaml -i topic=solar --output results.json  |  "
+    "aoe run wf.yaml --output - --quiet | jq .outputs"
+)
+def run(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="The workflow file.", metavar="WORKFLOW")],
+    input: InputOption = None,
+    inputs_file: InputsFileOption = None,
+    config: ConfigOption = None,
+    max_parallel: MaxParallelOption = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget",
+            min=0,
+            callback=finite,
+            help="USD the run may spend (over the file's cost_budget).",
+            metavar="USD",
+        ),
+    ] = None,
+    mock: Annotated[
+        bool,
+        typer.Option(
+            "--mock",
+            help="Answer every call offline with the mock provider, priced like "
+            "the model each agent names.",
+        ),
+    ] = False,
+    output: OutputOption = None,
+    junit: JunitOption = None,
+    log_format: LogFormatOption = None,
+    quiet: QuietOption = False,
+    no_cache: NoCacheOption = False,
+    metrics_port: MetricsPortOption = None,
+    pushgateway: PushgatewayOption = None,
+    resume_latest: Annotated[
+        bool,
+        typer.Option(
+            "--resume-latest",
+            help="Resume this file's latest run if it did not complete; else start one (cron).",
+        ),
+    ] = False,
+) -> None:
+    """Run a workflow: live progress on a terminal, a line per event elsewhere.
+
+    Exit 0 when the run completed (or ended partial with partial completion
+    allowed), 1 when it failed, 2 for bad input, 3 when its budget stopped it,
+    130 when interrupted.
+    """
+    with handle_errors(ctx):
+        from aoe.config.settings import load_settings
+        from aoe.format.inputs import bind_inputs
+        from aoe.service.runner import load
+
+        _check_outputs(output, junit)
+        settings = load_settings(config, flags=_log_flags(log_format))
+        workflow = load(file, settings)
+        given = given_inputs(workflow, input, inputs_file)
+        store = open_store(settings)
+        if resume_latest:
+            import os.path
+
+            latest = store.latest_unfinished(os.path.abspath(file))
+            if latest is not None and bool(latest.settings.get("mock")) == mock:
+                _resume(
+                    store,
+                    settings,
+                    latest.run_id,
+                    given=given,
+                    options={"budget": budget, "max_parallel": max_parallel, "mock": mock},
+                    no_cache=no_cache,
+                    force=False,
+                    report=Reports(output, junit, quiet, metrics_port, pushgateway),
+                )
+        values = bind_inputs(workflow.inputs, given)
+        options = {"mock": mock, "max_parallel": max_parallel, "budget": budget}
+        reports = Reports(output, junit, quiet, metrics_port, pushgateway)
+        status = _execute(workflow, values, settings, options, store, not no_cache, None, reports)
+        raise typer.Exit(status.exit_code)
+
+
+def _check_outputs(output: str | None, junit: str | None) -> None:
+    """Report files that cannot be named at all, before the run rather than after it."""
+    from aoe.errors import OptionInvalid
+
+    for option, path in (("--output", output), ("--junit", junit)):
+        if path is not None and "\x00" in path:
+            raise OptionInvalid(f"{option} {path!r}: the file name contains a NUL character")
+
+
+def _log_flags(log_format: LogFormat | None) -> dict[str, tuple[str, str]]:
+    """--log-format as a flag of the settings, which then name it as the value's source."""
+    return {"monitoring.log_format": (log_format.value, "--log-format")} if log_format else {}
+
+
+def _execute(
+    workflow: Workflow,
+    values: dict[str, Any],
+    settings: Settings,
+    options: dict[str, Any],
+    store: Store,
+    cache: bool,
+    resume: ResumePlan | None,
+    report: Reports,
+) -> RunStatus:
+    """Run (or resume) with the progress view, then write the reports; the status."""
+    from aoe.cli.ui.live import LiveView
+    from aoe.observe.logs import setup
+    from aoe.observe.results import Results
+    from aoe.service.runner import run_until_done
+
+    # what the engine's parts say outside the events (a shared Redis that stops
+    # answering, say) goes to stderr in the run's log format
+    setup(settings.config.monitoring.log_format, settings.config.monitoring.log_level)
+    results = Results(workflow, values)
+    budget_shown = options.get("budget")
+    if budget_shown is None:
+        budget_shown = workflow.cost_budget
+    if budget_shown is None:
+        budget_shown = settings.config.cost_tracking.default_workflow_budget
+    view = _progress(workflow, settings, report.quiet, budget_shown)
+    with _metrics(report, workflow.name) as metrics:
+        subscribers = [s for s in (results, metrics, view) if s is not None]
+        arguments = {"subscribers": subscribers, "store": store, "cache": cache}
+        arguments |= {"resume": resume, **options}
+        if isinstance(view, LiveView):
+            with view:
+                status = run_until_done(workflow, values, settings, **arguments)
+            view.summary()
+        else:
+            status = run_until_done(workflow, values, settings, **arguments)
+    if report.output is not None:
+        write_output(results.to_json(), report.output)
+    if report.junit is not None:
+        write_output(results.to_junit(), report.junit)
+    if status.exit_code == 130:
+        typer.echo(
+            f"aoe: run {results.document['run_id']} interrupted; finish it with "
+            f"`aoe resume {results.document['run_id']}`",
+            err=True,
+        )
+    elif report.quiet and status.exit_code != 0:
+        typer.echo(f"aoe: run {results.document['run_id']} ended {status}", err=True)
+    return status
+
+
+@contextmanager
+def _metrics(report: Reports, workflow: str) -> Iterator[Any]:
+    """The run's metrics, when --metrics-port or --pushgateway asks for them:
+    served while the run lasts, pushed when it ends (a failed push is a warning:
+    the run's outcome stands)."""
+    if report.metrics_port is None and report.pushgateway is None:
+        yield None
+        return
+    from aoe.errors import OptionInvalid, scrub
+    from aoe.observe.metrics import Metrics, parse_address
+
+    metrics = Metrics()
+    server = None
+    if report.metrics_port is not None:
+        try:
+            host, port = parse_address(report.metrics_port)
+            server = metrics.serve(host, port)
+        except ValueError as e:
+            raise OptionInvalid(f"--metrics-port: {e}") from None
+        except OSError as e:
+            raise OptionInvalid(
+                f"cannot serve metrics on {report.metrics_port}: {e.strerror or e}; "
+                "choose another --metrics-port"
+            ) from None
+    try:
+        yield metrics
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if report.pushgateway is not None:
+            try:
+                metrics.push(report.pushgateway, workflow)
+            except Exception as e:  # the gateway's problem, not the run's
+                typer.echo(
+                    f"aoe: warning: could not push the metrics to "
+                    f"{scrub(report.pushgateway)}: {scrub(str(e))}",
+                    err=True,
+                )
+
+
+def _resume(
+    store: Store,
+    settings: Settings,
+    run_id: str,
+    *,
+    given: dict[str, Any],
+    options: dict[str, Any],
+    no_cache: bool,
+    force: bool,
+    report: Reports,
+    assignments: list[str] | None = None,
+) -> NoReturn:
+    from aoe.service.resume import plan_resume
+
+    plan = plan_resume(
+        store,
+        run_id,
+        settings,
+        force=force,
+        inputs=given,
+        assignments=assignments or [],
+        options=options,
+    )
+    if plan.done:
+        typer.echo(f"aoe: run {plan.run_id} already completed; nothing to resume", err=True)
+        raise typer.Exit(0)
+    chosen = plan.options
+    cache = bool(chosen.get("cache", True)) and not no_cache
+    if not report.quiet:
+        typer.echo(
+            f"aoe: resuming run {plan.run_id}: {len(plan.kept)} of "
+            f"{len(plan.workflow.agents)} agents completed before and are kept"
+            + (f"; rerunning changed {', '.join(plan.changed)}" if plan.changed and force else ""),
+            err=True,
+        )
+    status = _execute(
+        plan.workflow,
+        plan.inputs,
+        settings,
+        {
+            "mock": bool(chosen.get("mock")),
+            "max_parallel": chosen.get("max_parallel"),
+            "budget": chosen.get("budget"),
+        },
+        store,
+        cache,
+        plan,
+        report,
+    )
+    raise typer.Exit(status.exit_code)
+
+
+@commands.command(
+    epilog="Examples: aoe resume 20261127-101500-3fa2c1  |  aoe resume 20261127-1015 --budget 5"
+    "  |  aoe resume RUN_ID --force"
+)
+def resume(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Resume although the workflow file changed: rerun only the agents whose "
+            "definition changed and those after them.",
+        ),
+    ] = False,
+    input: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input", "-i", help="Override a stored input, NAME=VALUE.", metavar="NAME=VALUE"
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    max_parallel: MaxParallelOption = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget",
+            min=0,
+            callback=finite,
+            help="USD the whole run may spend, earlier sessions included.",
+            metavar="USD",
+        ),
+    ] = None,
+    no_cache: NoCacheOption = False,
+    output: OutputOption = None,
+    junit: JunitOption = None,
+    log_format: LogFormatOption = None,
+    quiet: QuietOption = False,
+    metrics_port: MetricsPortOption = None,
+    pushgateway: PushgatewayOption = None,
+) -> None:
+    """Finish a run that was interrupted, failed or stopped by its budget.
+
+    Only agents that did not complete run; completed ones are never called (or
+    paid for) again, and their recorded outputs feed their dependents. The
+    run's inputs and settings are the original ones unless given here; what it
+    spent before counts against its budget. A run that completed is left as
+    it is (exit 0). A changed workflow file is refused unless --force.
+    """
+    with handle_errors(ctx):
+        from aoe.config.settings import load_settings
+
+        _check_outputs(output, junit)
+        settings = load_settings(config, flags=_log_flags(log_format))
+        store = open_store(settings)
+        _resume(
+            store,
+            settings,
+            run_id,
+            given={},
+            assignments=input or [],
+            options={"budget": budget, "max_parallel": max_parallel},
+            no_cache=no_cache,
+            force=force,
+            report=Reports(output, junit, quiet, metrics_port, pushgateway),
+        )
+
+
+def _progress(workflow: Any, settings: Settings, quiet: bool, budget: float | None) -> Any:
+    """Who tells the user how the run goes: nobody (--quiet), JSON lines, a live
+    view on a terminal, or a plain line per event on a pipe; always on stderr.
+    ``LOG_LEVEL`` above INFO leaves the lines of what went well out."""
+    from aoe.cli.ui.live import LiveView
+    from aoe.cli.ui.progress import JsonLines, PlainProgress
+    from aoe.cli.ui.text import console
+
+    monitoring = settings.config.monitoring
+    if quiet:
+        return None
+    if monitoring.log_format == "json":
+        return JsonLines(sys.stderr, monitoring.log_level)
+    if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
+        return LiveView(workflow, console(sys.stderr), budget)
+    return PlainProgress(sys.stderr, monitoring.log_level)
+
+
+@commands.command(
+    epilog="Examples: aoe plan workflows/competitor-brief.yaml  |  "
+    "aoe plan wf.yaml -i topic=solar --format json | jq .worst_case"
+)
+def plan(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="The workflow file.", metavar="WORKFLOW")],
+    input: InputOption = None,
+    inputs_file: InputsFileOption = None,
+    config: ConfigOption = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget", min=0, callback=finite, help="USD the run may spend.", metavar="USD"
+        ),
+    ] = None,
+    mock: Annotated[bool, typer.Option("--mock", help="Plan a --mock run.")] = False,
+    format: Annotated[
+        ReportFormat, typer.Option("--format", "-f", help="text, or JSON.")
+    ] = ReportFormat.text,
+) -> None:
+    """What a run would do, without calling anything: order, critical path,
+    worst-case cost against the budget, and the rate limits' least wall time.
+
+    A worst case over the budget is a warning (exit 0): real costs are usually lower.
+    """
+    with handle_errors(ctx):
+        from aoe.cli.ui.tables import plan_text
+        from aoe.config.settings import load_settings
+        from aoe.policy.plan import plan as make_plan
+        from aoe.service.runner import load
+
+        settings = load_settings(config)
+        workflow = load(file, settings)
+        given = given_inputs(workflow, input, inputs_file)
+        values = {name: item.value for name, item in given.items() if name in workflow.inputs}
+        result = make_plan(workflow, settings, values, budget=budget, mock=mock)
+        if format is ReportFormat.json:
+            typer.echo(json.dumps(result.to_json(), indent=2))
+        else:
+            sys.stdout.write(plan_text(result))

@@ -1,0 +1,167 @@
+"""The live view of a run on a terminal: a row per agent, progress, tokens and spend.
+
+It redraws from the engine's events alone (the totals are the engine's, never
+re-added here), and prints a summary table once the run is over.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from aoe.cli.ui.text import duration, money
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.table import Table
+
+    from aoe.events import Event
+    from aoe.format.workflow import Workflow
+
+
+class _Row:
+    """What the view shows of one agent."""
+
+    __slots__ = ("attempts", "cached", "cost", "duration", "model", "started", "state", "tokens")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.state = "pending"
+        self.attempts = 0
+        self.tokens = 0
+        self.cost = 0.0
+        self.started: float | None = None
+        self.duration: float | None = None
+        self.cached = False
+
+
+class LiveView:
+    """The terminal view of a run: a row per agent (the running ones first when
+    they do not all fit), progress, tokens and spend; a summary table at the end."""
+
+    def __init__(self, workflow: Workflow, console: Console, budget: float | None = None) -> None:
+        from rich.live import Live
+
+        self.workflow = workflow
+        self.console = console
+        self.budget = budget
+        self.rows = {agent_id: _Row(agent.llm.label) for agent_id, agent in workflow.agents.items()}
+        self.finished = 0
+        self.cost = 0.0
+        self.tokens = 0
+        self.status: str | None = None
+        self.live = Live(
+            console=console, refresh_per_second=8, transient=True, get_renderable=self.render
+        )
+
+    def __enter__(self) -> LiveView:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(None, None, None)
+
+    def __call__(self, event: Event) -> None:
+        from aoe import events as ev
+
+        if isinstance(event, ev.AgentStarted):
+            row = self.rows[event.agent_id]
+            row.state = "running"
+            row.started = time.perf_counter()
+        elif isinstance(event, ev.AgentWaiting):
+            self.rows[event.agent_id].state = "waiting"
+        elif isinstance(event, ev.AttemptStarted):
+            self.rows[event.agent_id].state = "running"
+        elif isinstance(event, ev.AgentRetrying):
+            self.rows[event.agent_id].state = "retrying"
+        elif isinstance(event, ev.AttemptFinished):  # the engine's totals, not re-added here
+            row = self.rows[event.agent_id]
+            row.attempts += 1
+            row.cached = event.cached
+            row.tokens = event.agent_usage.total
+            row.cost = event.agent_cost
+            self.tokens = event.run_usage.total
+            self.cost = event.run_cost
+        elif isinstance(event, ev.AgentFinished):
+            row = self.rows[event.agent_id]
+            row.state = "resumed" if event.resumed else str(event.state)
+            if row.cached and event.state is ev.AgentState.COMPLETED:
+                row.state = "cached"
+            row.duration = event.duration
+            row.tokens = event.usage.total
+            row.cost = event.cost
+            self.finished += 1
+        elif isinstance(event, ev.RunStarted):
+            self.cost = event.spent
+        elif isinstance(event, ev.RunFinished):
+            self.status = str(event.status)
+            self.tokens = event.usage.total
+            self.cost = event.cost
+
+    def table(self, *, limit: int | None = None) -> Table:
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False, show_edge=False)
+        table.add_column("agent")
+        table.add_column("state")
+        table.add_column("model")
+        for column in ("attempts", "tokens", "cost", "time"):
+            table.add_column(column, justify="right")
+        order = {"running": 0, "retrying": 0, "pending": 2}
+        rows = sorted(self.rows.items(), key=lambda kv: order.get(kv[1].state, 1))
+        if limit is not None and len(rows) > limit:
+            rows = rows[:limit]
+        now = time.perf_counter()
+        for agent_id, row in rows:
+            took = row.duration
+            if took is None and row.started is not None:
+                took = now - row.started
+            style = _STATE_STYLE.get(row.state, "white")
+            table.add_row(
+                escape(agent_id),
+                f"[{style}]{row.state}[/]",
+                escape(row.model),
+                str(row.attempts),
+                f"{row.tokens:,}",
+                money(row.cost),
+                duration(took),
+            )
+        return table
+
+    def header(self) -> str:
+        from rich.markup import escape
+
+        spend = money(self.cost) + (f" of {money(self.budget)}" if self.budget else "")
+        return (
+            f"[bold]{escape(self.workflow.name)}[/]  {self.finished}/{len(self.rows)} agents done"
+            f"  ·  {self.tokens:,} tokens  ·  {spend}"
+        )
+
+    def render(self) -> RenderableType:
+        from rich.console import Group
+
+        height = max(self.console.size.height - 4, 5)
+        return Group(self.header(), self.table(limit=height))
+
+    def summary(self) -> None:
+        """The final table, printed for good once the live view is gone."""
+        self.console.print(self.table())
+        status = f"  ·  [bold]{self.status}[/]" if self.status else ""
+        self.console.print(self.header() + status)
+
+
+_STATE_STYLE = {
+    "completed": "green",
+    "cached": "green",
+    "resumed": "green",
+    "running": "cyan",
+    "waiting": "blue",
+    "retrying": "yellow",
+    "pending": "dim",
+    "failed": "bold red",
+    "rate_limited": "red",
+    "budget_exceeded": "red",
+    "skipped": "dim",
+    "cancelled": "magenta",
+}
