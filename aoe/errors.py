@@ -37,8 +37,8 @@
     │   └── TooLarge               a rendered text over the limit (format.rendering)
     └── Signal                     control flow between aoe's own modules; never reaches a user
         ├── Superseded             another process took the run's Redis record over (redis.records)
-        ├── Partial                Redis holds a run's journal only from past the store's copy
-        └── Refused                the HTTP service answers a request with a status (service.http)
+        ├── Partial                Redis holds a run's journal only past the copy (redis.copies)
+        └── Refused                the HTTP service answers a request with a status (service.models)
 
 Every error carries a message that says what is wrong and how to fix it. The
 command line prints ``str(error)`` (or its diagnostics) and exits with

@@ -213,9 +213,7 @@ def _resumption(
     earlier sessions spent (by the run, each agent and each foreach item)."""
     run_id = run.run_id
     attempts = store.attempts(run_id)
-    usage = Usage(
-        sum(a.input_tokens for a in attempts), sum(a.output_tokens for a in attempts)
-    )
+    usage = Usage(sum(a.input_tokens for a in attempts), sum(a.output_tokens for a in attempts))
     agent_spent, item_spent, items = _spent(attempts, records, stale)
     completed = {
         agent_id: Restored(
