@@ -41,8 +41,9 @@ sys.path.insert(0, str(REPO))
 
 from aoe.config.settings import load_settings  # noqa: E402
 from aoe.events import RunStatus  # noqa: E402
-from aoe.redis.limits import connect  # noqa: E402
-from aoe.redis.records import RecordMirror, fetch, head_of, record_keys, restore_into  # noqa: E402
+from aoe.redis.client import connect  # noqa: E402
+from aoe.redis.copies import fetch, head_of, restore_into  # noqa: E402
+from aoe.redis.records import RecordMirror, record_keys  # noqa: E402
 from aoe.service.runner import RunOptions, load, run_workflow  # noqa: E402
 from aoe.state.store import Store  # noqa: E402
 from tests.redisserver import RedisServer  # noqa: E402

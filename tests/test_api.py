@@ -169,14 +169,15 @@ async def test_failed_agents_are_found_by_kind(write: WriteFile, tmp_path: Path)
 
 
 async def test_with_a_state_dir_runs_are_recorded(write: WriteFile, tmp_path: Path) -> None:
-    from aoe.state.store import FILE_NAME, Store
+    from aoe.state.schema import FILE_NAME
+    from aoe.state.store import Store
 
     async with aoe.Engine(environ={}, cwd=tmp_path, state_dir=tmp_path / "state") as engine:
         result = await engine.run(write(MOCK_WORKFLOW), {"topic": "x"}, mock=True)
     assert result.run_id is not None
     store = Store(tmp_path / "state" / FILE_NAME)
     try:
-        assert store.run(result.run_id)["status"] == "completed"
+        assert store.run(result.run_id).status == "completed"
     finally:
         store.close()
 

@@ -126,8 +126,9 @@ class Engine:
             from aoe.service.wiring import engine_for
 
             if self.state_dir is not None and self._store is None:
-                from aoe.state.recorder import recover
-                from aoe.state.store import FILE_NAME, Store
+                from aoe.state.journal import recover
+                from aoe.state.schema import FILE_NAME
+                from aoe.state.store import Store
 
                 self._store = Store(self.state_dir / FILE_NAME)
                 recover(self._store)  # the journals of runs whose process died

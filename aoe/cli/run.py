@@ -150,11 +150,11 @@ def run(
             import os.path
 
             latest = store.latest_unfinished(os.path.abspath(file))
-            if latest is not None and bool(latest["settings"].get("mock")) == mock:
+            if latest is not None and bool(latest.settings.get("mock")) == mock:
                 _resume(
                     store,
                     settings,
-                    latest["run_id"],
+                    latest.run_id,
                     given=given,
                     options={"budget": budget, "max_parallel": max_parallel, "mock": mock},
                     no_cache=no_cache,

@@ -228,7 +228,7 @@ def status(
 def _local(config: str | None) -> dict[str, Any]:
     store = open_store(read_settings(config))
     try:
-        return store.summary(time.time() - LOCAL_WINDOW) | {"source": str(store.path)}
+        return store.summary(time.time() - LOCAL_WINDOW).to_dict() | {"source": str(store.path)}
     finally:
         store.close()
 
@@ -332,8 +332,8 @@ def submit(
         from pathlib import Path
 
         from aoe.config.settings import load_settings
+        from aoe.redis.queue import enqueue
         from aoe.service.runner import RunOptions, bind, load
-        from aoe.service.worker import submit as enqueue
 
         settings = load_settings(config)
         workflow = load(file, settings)

@@ -74,7 +74,7 @@ class Layers:
         try:
             document = parse_yaml(read_text(path), path)
         except YamlError as e:
-            found = e.diagnostics
+            found = list(e.diagnostics)
             if not named:  # say where the name came from
                 origin = self.environment.origin(CONFIG_FILE_VARIABLE)
                 found = [

@@ -305,12 +305,12 @@ class _Recording:
     ) -> None:
         from aoe.engine.executor import Resumption
         from aoe.state.cache import ResponseCache
+        from aoe.state.liveness import HERE
         from aoe.state.recorder import Recorder
-        from aoe.state.store import RUNNING_HERE
 
         self.store, self.run_id, self.mirror = store, run_id, mirror
         self.session = _record(store, run_id, workflow, values, options.recorded(), resume)
-        RUNNING_HERE.add(run_id)
+        HERE.runs.add(run_id)
         self.resumption: Resumption | None = None
         if resume is not None:
             self.resumption = resume.resumption._replace(session=self.session)
@@ -327,7 +327,7 @@ class _Recording:
         the run was stopped (then it has 5 s)."""
         import asyncio
 
-        from aoe.state.store import RUNNING_HERE
+        from aoe.state.liveness import HERE
 
         self.recorder.drain()
         try:
@@ -337,7 +337,7 @@ class _Recording:
             finally:  # even if that wait was cancelled
                 await asyncio.to_thread(self.recorder.join)
         finally:
-            RUNNING_HERE.discard(self.run_id)
+            HERE.runs.discard(self.run_id)
 
     async def finish(self) -> None:
         """What the store could not keep, said again as the run ends (it was said
