@@ -7,27 +7,51 @@
     │   ├── DiagnosticsError       ... described by located diagnostics
     │   │   ├── WorkflowInvalid    a workflow file with one or more diagnostics
     │   │   ├── ConfigInvalid      the engine config (file, environment, flags)
-    │   │   └── InputsInvalid      run-time inputs that do not fit the workflow
+    │   │   ├── InputsInvalid      run-time inputs that do not fit the workflow
+    │   │   └── YamlError          text that is not a usable YAML document (format.yamlsource)
     │   ├── MissingApiKey          a provider the workflow uses has no key
     │   ├── StateUnusable          the run store cannot be opened (corrupt, newer, unreadable)
     │   ├── RunNotFound            no run with that id in the store
     │   ├── ResumeRefused          the run cannot be resumed as asked (file changed, running)
-    │   └── OptionInvalid          an option's value cannot be used (a port in use, no token)
+    │   ├── OptionInvalid          an option's value cannot be used (a port in use, no token)
+    │   ├── FileRefused            a named file that cannot be read (format.files)
+    │   ├── TemplateProblem        a template unparsable or too costly (format.environment)
+    │   ├── NumberTooLarge         an integer beyond what aoe reads (format.yamlsource)
+    │   └── BodyInvalid            an HTTP body or query that cannot be used (service.models)
     ├── StateWriteFailed           the run store could not be written (disk full): exit 1
-    └── RunError                   an agent's attempt failed; exit code 1
-        ├── ProviderError          the provider refused or failed (SDK errors end here)
-        │   ├── RateLimited        429: retryable, with retry-after when given
-        │   ├── ProviderUnavailable  5xx, 529, 408, 409, connection: retryable
-        │   └── RequestRejected    other 4xx (bad request, auth, not found): final
-        ├── AttemptTimeout         the per-attempt timeout: retryable
-        ├── OutputInvalid          a reply that is not the JSON its schema asks: retryable
-        ├── SchemaUnusable         the output schema cannot be applied (not the reply's fault)
-        └── RepliesTooLarge        a run's replies passed what a service keeps of one run
+    ├── RedisFailed                the shared Redis refused a command (out of memory): exit 1
+    │   └── RedisUnreachable       ... or cannot be reached (down, restarting, failing over)
+    ├── GraphError                 a graph that is not a DAG of known nodes: a bug (format.graph)
+    ├── RunError                   an agent's attempt failed; exit code 1
+    │   ├── ProviderError          the provider refused or failed (SDK errors end here)
+    │   │   ├── RateLimited        429: retryable, with retry-after when given
+    │   │   ├── ProviderUnavailable  5xx, 529, 408, 409, connection: retryable
+    │   │   └── RequestRejected    other 4xx (bad request, auth, not found): final
+    │   ├── AttemptTimeout         the per-attempt timeout: retryable
+    │   ├── OutputInvalid          a reply that is not the JSON its schema asks: retryable
+    │   ├── SchemaUnusable         the output schema cannot be applied (not the reply's fault)
+    │   ├── RepliesTooLarge        a run's replies passed what a service keeps of one run
+    │   ├── BudgetExceeded         the next attempt does not fit a cost limit (policy.costs)
+    │   ├── RequestTooLarge        a request over tokens_per_minute by itself (policy.limits)
+    │   ├── SandboxFailed          a template or check the sandbox could not finish (sandbox.pool)
+    │   └── TooLarge               a rendered text over the limit (format.rendering)
+    └── Signal                     control flow between aoe's own modules; never reaches a user
+        ├── Superseded             another process took the run's Redis record over (redis.records)
+        ├── Partial                Redis holds a run's journal only past the copy (redis.copies)
+        └── Refused                the HTTP service answers a request with a status (service.models)
 
 Every error carries a message that says what is wrong and how to fix it. The
 command line prints ``str(error)`` (or its diagnostics) and exits with
 ``error.exit_code``; it never shows a traceback unless asked to with ``--debug``.
 Run errors end an attempt; whether the attempt is retried is ``retryable``.
+
+The classes named with a module are defined there, beside what raises them;
+``aoe.format.graph`` may import this module because it is pure. A few also
+derive from ``ValueError`` (``GraphError``, ``NumberTooLarge``, ``TooLarge``,
+``BodyInvalid``): they are raised inside code (Jinja, PyYAML, parsers) whose
+callers catch ``ValueError``, and stay catchable there. Third-party errors are
+translated where they enter: redis-py's in :mod:`aoe.redis.client`, sqlite3's in
+:mod:`aoe.state.store`, the vendor SDKs' in :mod:`aoe.providers`.
 """
 
 from __future__ import annotations
@@ -187,6 +211,25 @@ class StateWriteFailed(AoeError):
     twice. What was committed before stays, and the run can be resumed."""
 
     exit_code = 1
+
+
+class RedisFailed(AoeError):
+    """The shared Redis refused a command: out of memory, a script error, a
+    replica being promoted. Raised only by :func:`aoe.redis.client.translated`,
+    the one place redis-py's errors enter aoe; the message is Redis's own."""
+
+    exit_code = 1
+
+
+class RedisUnreachable(RedisFailed):
+    """The shared Redis cannot be reached (down, restarting, loading, a read-only
+    replica during a failover): what waiting, or falling back, is for."""
+
+
+class Signal(AoeError):
+    """Control flow between aoe's own modules: raised and caught inside aoe, so
+    it never reaches a user; it is in the tree so that no ``except AoeError``
+    mistakes it for a third party's error."""
 
 
 _KEYS = re.compile(r"(sk-[A-Za-z0-9_\-*]{3})[A-Za-z0-9_\-*]{5,}")

@@ -31,7 +31,7 @@ from typing import Any
 from aoe.config.settings import load_settings
 from aoe.engine.engine import Engine
 from aoe.events import AgentFinished, Event
-from aoe.service.runner import load, run_workflow
+from aoe.service.runner import RunOptions, load, run_workflow
 from aoe.service.wiring import engine_for
 
 BENIGN = """\
@@ -163,7 +163,12 @@ async def measure(engine: Engine, path: Path) -> tuple[float, float, float, floa
     began = time.perf_counter()
     await watch.run(
         run_workflow(
-            workflow, inputs, settings, subscribers=[events.append], mock=True, engine=engine
+            workflow,
+            inputs,
+            settings,
+            RunOptions(mock=True),
+            subscribers=[events.append],
+            engine=engine,
         )
     )
     took = time.perf_counter() - began

@@ -178,7 +178,7 @@ def in_process(fake: FakeProvider, folder: Path, runs: int, concurrency: int) ->
     """The baseline: the same runs through the Python API, one engine, no HTTP."""
     os.environ.update(environment(fake, folder / "api-state", concurrency))
     from aoe.config.settings import load_settings
-    from aoe.service.runner import load, run_workflow
+    from aoe.service.runner import RunOptions, load, run_workflow
     from aoe.service.wiring import engine_for
     from aoe.state.store import Store
 
@@ -196,7 +196,12 @@ def in_process(fake: FakeProvider, folder: Path, runs: int, concurrency: int) ->
             return await asyncio.gather(
                 *(
                     run_workflow(
-                        workflow, {"job": job}, settings, store=store, engine=engine, cache=False
+                        workflow,
+                        {"job": job},
+                        settings,
+                        RunOptions(cache=False),
+                        store=store,
+                        engine=engine,
                     )
                     for job in jobs
                 )

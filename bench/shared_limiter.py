@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from aoe.policy.limits import Limits, LocalRateLimiter  # noqa: E402
-from aoe.redis.limits import RedisRateLimiter, connect  # noqa: E402
+from aoe.redis.client import connect  # noqa: E402
+from aoe.redis.limits import RedisRateLimiter  # noqa: E402
 from tests.redisserver import RedisServer  # noqa: E402
 
 PROCESSES = 4

@@ -41,9 +41,10 @@ sys.path.insert(0, str(REPO))
 
 from aoe.config.settings import load_settings  # noqa: E402
 from aoe.events import RunStatus  # noqa: E402
-from aoe.redis.limits import connect  # noqa: E402
-from aoe.redis.records import RecordMirror, fetch, head_of, record_keys, restore_into  # noqa: E402
-from aoe.service.runner import load, run_workflow  # noqa: E402
+from aoe.redis.client import connect  # noqa: E402
+from aoe.redis.copies import fetch, head_of, restore_into  # noqa: E402
+from aoe.redis.records import RecordMirror, record_keys  # noqa: E402
+from aoe.service.runner import RunOptions, load, run_workflow  # noqa: E402
 from aoe.state.store import Store  # noqa: E402
 from tests.redisserver import RedisServer  # noqa: E402
 
@@ -77,7 +78,12 @@ async def one_run(path: Path, state: Path, url: str | None, number: int) -> floa
         mirror = RecordMirror(client, run_id, prefix="bench")
     with Store(state / f"{number}.db") as store:
         status = await run_workflow(
-            workflow, {}, settings, store=store, run_id=run_id, cache=False, mirror=mirror
+            workflow,
+            {},
+            settings,
+            RunOptions(run_id=run_id, cache=False),
+            store=store,
+            mirror=mirror,
         )
     assert status is RunStatus.COMPLETED, status
     used = 0.0

@@ -62,7 +62,7 @@ def write(tmp_path: Path) -> WriteFile:
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No aoe-related environment variables, and a working directory without .env."""
-    from aoe.config.settings import (
+    from aoe.config.environment import (
         BUILTIN_KEY_VARIABLES,
         BUILTIN_URL_VARIABLES,
         ENVIRONMENT_VARIABLES,
@@ -98,7 +98,7 @@ def child_env(*layers: Mapping[str, str], **extra: str) -> dict[str, str]:
     """The environment of an ``aoe`` child process: this one's without anything
     aoe reads (the machine's settings never leak into a test), then ``layers``
     and ``extra``, with this checkout on PYTHONPATH."""
-    from aoe.config.settings import (
+    from aoe.config.environment import (
         BUILTIN_KEY_VARIABLES,
         BUILTIN_URL_VARIABLES,
         ENVIRONMENT_VARIABLES,

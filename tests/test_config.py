@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from aoe.config.settings import load_settings, parse_dotenv
+from aoe.config.environment import parse_dotenv
+from aoe.config.settings import load_settings
 from aoe.errors import ConfigInvalid
 from tests.conftest import REPO, RunCli, WriteFile, fake_key
 

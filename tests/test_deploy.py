@@ -576,7 +576,7 @@ def test_systemd_verify_does_report_a_mistake_here(tmp_path: Path) -> None:
 
 
 def test_the_guide_names_every_setting_and_metric() -> None:
-    from aoe.config.settings import (
+    from aoe.config.environment import (
         BUILTIN_KEY_VARIABLES,
         CONFIG_FILE_VARIABLE,
         ENVIRONMENT_VARIABLES,

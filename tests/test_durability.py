@@ -24,7 +24,9 @@ import pytest
 from typer.testing import CliRunner
 
 from aoe.cli.app import app
-from aoe.state.recorder import recover
+from aoe.events import AgentState
+from aoe.state.journal import recover
+from aoe.state.rows import RecordStatus
 from aoe.state.store import Store
 from tests.conftest import WriteFile, child_env, fake_key, wait_for
 from tests.fakeserver import FakeProvider, Received, Reply
@@ -100,15 +102,15 @@ class Crash:
         self.fake.respond = delays
         return aoe(self.env, self.folder, "run", str(path), "--no-cache", *args)
 
-    def record(self) -> tuple[str, str, dict[str, str]]:
+    def record(self) -> tuple[str, RecordStatus, dict[str, AgentState]]:
         """The run as the next aoe command finds it: its journal written into the
         store (the process that wrote it is gone)."""
         store = Store(self.state / "state.db")
         recover(store)
         [run] = store.runs()
-        states = {a["agent_id"]: a["state"] for a in store.agents(run["run_id"])}
+        states = {a.agent_id: a.state for a in store.agents(run.run_id)}
         store.close()
-        return run["run_id"], run["status"], states
+        return run.run_id, run.status, states
 
     def resume(self, *args: str) -> tuple[dict[str, Any], list[str]]:
         """`aoe resume` in this process (the stopped run was another process)."""
@@ -147,7 +149,7 @@ def reference(
 
 
 def check_on_disk_before_dependents(
-    before: list[Received], states: dict[str, str], deps: dict[str, list[str]]
+    before: list[Received], states: dict[str, AgentState], deps: dict[str, list[str]]
 ) -> None:
     """Every call the server got before the stop had its dependencies recorded."""
     for request in before:
@@ -239,7 +241,7 @@ def test_budget_stop_then_resume_with_a_larger_budget(
     done = {a for a, s in states.items() if s == "completed"}
     assert 0 < len(done) < 30
     store = Store(crash.state / "state.db")
-    spent_before = store.run(run_id)["cost"]
+    spent_before = store.run(run_id).cost
     assert spent_before <= 0.0004
 
     results, called = crash.resume("--no-cache", "--budget", "0.01")
@@ -248,10 +250,10 @@ def test_budget_stop_then_resume_with_a_larger_budget(
     assert {a: agent["output"] for a, agent in results["agents"].items()} == reference
     # the budget covers the whole run, both sessions
     record = store.run(run_id)
-    assert record["cost"] == pytest.approx(sum(a["cost"] for a in store.attempts(run_id)))
-    assert record["cost"] > spent_before
-    assert record["cost"] <= 0.01
-    assert results["cost_usd"] == pytest.approx(record["cost"])
+    assert record.cost == pytest.approx(sum(a.cost for a in store.attempts(run_id)))
+    assert record.cost > spent_before
+    assert record.cost <= 0.01
+    assert results["cost_usd"] == pytest.approx(record.cost)
 
 
 # -- a full disk -----------------------------------------------------------------------
@@ -302,7 +304,7 @@ def fill_and_fail(
         preexec_fn=preexec,
     )
     assert failed.returncode == 1, failed.stderr
-    return run["run_id"], failed.stderr
+    return run.run_id, failed.stderr
 
 
 def env_for_mock(state: Path) -> dict[str, str]:
@@ -319,13 +321,13 @@ def check_nothing_lost(tmp_path: Path, state: Path, first: str, stderr: str) -> 
 
 
 def check_records(tmp_path: Path, state: Path, store: Store, first: str) -> None:
-    assert store.run(first)["status"] == "completed"  # the other run is intact
-    [big] = [r for r in store.runs() if r["run_id"] != first]
-    assert big["status"] == "interrupted"
-    done = [a["agent_id"] for a in store.agents(big["run_id"]) if a["state"] == "completed"]
+    assert store.run(first).status == "completed"  # the other run is intact
+    [big] = [r for r in store.runs() if r.run_id != first]
+    assert big.status == "interrupted"
+    done = [a.agent_id for a in store.agents(big.run_id) if a.state == "completed"]
     assert 0 < len(done) < 60
     resumed = subprocess.run(
-        [sys.executable, "-m", "aoe", "resume", big["run_id"], "-q"],
+        [sys.executable, "-m", "aoe", "resume", big.run_id, "-q"],
         cwd=tmp_path,
         env=env_for_mock(state),
         capture_output=True,
@@ -333,9 +335,9 @@ def check_records(tmp_path: Path, state: Path, store: Store, first: str) -> None
         timeout=120,
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert store.run(big["run_id"])["status"] == "completed"
-    attempts = store.attempts(big["run_id"])
-    assert all(sum(a["agent_id"] == d for a in attempts) == 1 for d in done)  # not again
+    assert store.run(big.run_id).status == "completed"
+    attempts = store.attempts(big.run_id)
+    assert all(sum(a.agent_id == d for a in attempts) == 1 for d in done)  # not again
 
 
 def test_a_store_that_cannot_grow_stops_the_run_and_loses_nothing(

@@ -11,7 +11,7 @@ import pytest
 from aoe.config.settings import Settings, load_settings
 from aoe.events import AgentFinished, Event, EventBus, RunFinished, RunStatus
 from aoe.format.workflow import Workflow
-from aoe.service.runner import load, run_workflow
+from aoe.service.runner import RunOptions, load, run_workflow
 from aoe.service.wiring import engine_for
 from tests.conftest import WriteFile
 from tests.fakeserver import Fail, FakeProvider, Received, Reply
@@ -53,7 +53,7 @@ class Recorder:
 async def run(wf: Workflow, settings: Settings, **options: Any) -> tuple[RunStatus, Recorder]:
     recorder = Recorder()
     inputs = {name: spec.default for name, spec in wf.inputs.items()}
-    status = await run_workflow(wf, inputs, settings, subscribers=[recorder], **options)
+    status = await run_workflow(wf, inputs, settings, RunOptions(**options), subscribers=[recorder])
     return status, recorder
 
 

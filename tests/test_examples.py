@@ -80,19 +80,16 @@ async def test_example_runs_offline_with_mock(path: Path, tmp_path: Path) -> Non
     in the sandbox process), and every agent completes or is skipped by its
     condition."""
     from aoe.events import AgentFinished, Event, RunFinished, RunStatus
-    from aoe.format.inputs import GivenInput, bind_inputs
-    from aoe.service.runner import run_workflow
+    from aoe.service.runner import RunOptions, run_workflow
 
     workflow = load(path)
-    given = _GIVEN.get(path.stem, {})
-    inputs = bind_inputs(workflow.inputs, {k: GivenInput(v, "the test") for k, v in given.items()})
     events: list[Event] = []
-    status = await run_workflow(
+    status = await run_workflow(  # the runner binds the inputs: defaults fill the rest
         workflow,
-        inputs,
+        _GIVEN.get(path.stem, {}),
         load_settings(environ={}, cwd=tmp_path),
+        RunOptions(mock=True),
         subscribers=[events.append],
-        mock=True,
     )
     states = {e.agent_id: str(e.state) for e in events if isinstance(e, AgentFinished)}
     assert status is RunStatus.COMPLETED, states

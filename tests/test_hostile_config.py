@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from aoe.config.settings import BUILTIN_URL_VARIABLES, CONFIG_FILE_VARIABLE, ENVIRONMENT_VARIABLES
+from aoe.config.environment import (
+    BUILTIN_URL_VARIABLES,
+    CONFIG_FILE_VARIABLE,
+    ENVIRONMENT_VARIABLES,
+)
 from tests.conftest import OPENAI_KEY, RunCli, WriteFile, child_env
 from tests.fakeserver import FakeProvider
 

@@ -110,7 +110,7 @@ def statuses(env: dict[str, str]) -> dict[str, str]:
     if not path.exists():
         return {}
     with Store(path) as store:
-        return {r["run_id"]: r["status"] for r in store.runs(limit=None)}
+        return {r.run_id: r.status for r in store.runs(limit=None)}
 
 
 def test_queued_runs_are_run_once_and_acknowledged(
@@ -261,11 +261,11 @@ def test_a_run_is_taken_over_on_another_host_from_its_record_in_redis(
     assert "resuming after another worker (2 agents kept)" in stderr
     with Store(tmp_path / "host-2" / "state.db") as store:  # the whole record, here
         run = store.run(run_id)
-        assert (run["status"], run["sessions"]) == ("completed", 2)
-        agents = {a["agent_id"]: a for a in store.agents(run_id)}
-        assert [agents[a]["state"] for a in "abc"] == ["completed"] * 3
-        assert [agents[a]["session"] for a in "abc"] == [1, 1, 2]
-        assert run["cost"] == pytest.approx(sum(a["cost"] for a in agents.values()))
+        assert (run.status, run.sessions) == ("completed", 2)
+        agents = {a.agent_id: a for a in store.agents(run_id)}
+        assert [agents[a].state for a in "abc"] == ["completed"] * 3
+        assert [agents[a].session for a in "abc"] == [1, 1, 2]
+        assert run.cost == pytest.approx(sum(a.cost for a in agents.values()))
 
 
 def test_a_drained_worker_hands_its_run_back_at_once(
@@ -309,8 +309,8 @@ def test_redis_stopped_mid_run_holds_a_workers_run_and_loses_nothing(
     Redis is whole (another host could take it over from there)."""
     import asyncio
 
-    from aoe.redis.limits import connect
-    from aoe.redis.records import fetch
+    from aoe.redis.client import connect
+    from aoe.redis.copies import fetch
 
     stopped = threading.Event()
 
@@ -346,5 +346,5 @@ def test_redis_stopped_mid_run_holds_a_workers_run_and_loses_nothing(
     assert shared is not None
     with Store(tmp_path / "elsewhere.db") as store:
         shared.restore(store)
-        agents = {a["agent_id"]: a["state"] for a in store.agents(run_id)}
+        agents = {a.agent_id: a.state for a in store.agents(run_id)}
         assert agents == {"a": "completed", "b": "completed", "c": "completed"}

@@ -18,7 +18,8 @@ import redis
 from aoe.config.settings import load_settings
 from aoe.policy.costs import BudgetExceeded
 from aoe.policy.limits import Limits, RequestTooLarge
-from aoe.redis.limits import RedisRateLimiter, connect
+from aoe.redis.client import connect
+from aoe.redis.limits import RedisRateLimiter
 from aoe.redis.spend import SharedSpend
 from tests.conftest import RunCli, WriteFile, child_env
 from tests.fakeserver import FakeProvider, Received, Reply

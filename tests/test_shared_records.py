@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import uuid
@@ -15,9 +16,12 @@ from pathlib import Path
 import pytest
 
 from aoe.errors import StateWriteFailed
-from aoe.redis.limits import connect
-from aoe.redis.records import Partial, RecordMirror, SharedRecord, fetch, head_of
+from aoe.redis.client import connect
+from aoe.redis.copies import Partial, SharedRecord, fetch, head_of
+from aoe.redis.records import RecordMirror
+from aoe.state.rows import RecordStatus, RunRow
 from aoe.state.store import Store
+from aoe.state.transfer import export_run
 from tests.redisserver import RedisServer
 
 
@@ -70,7 +74,7 @@ async def test_a_later_session_fences_off_the_earlier_writer(
         with pytest.raises(StateWriteFailed, match="taken over by another worker"):
             await asyncio.wait_for(late, 5)
         with pytest.raises(StateWriteFailed, match="taken over"):  # not its session
-            await first.finish({"status": "completed"})
+            await first.finish(_completed(store))
         with pytest.raises(StateWriteFailed, match="taken over"):  # its run must not end
             await first.close()  # as if done: the new owner records the end
         head = await head_of(client, prefix, "run-1")
@@ -79,7 +83,7 @@ async def test_a_later_session_fences_off_the_earlier_writer(
         record = await fetch(client, prefix, "run-1")
         assert record is not None
         assert record.chunks == []  # the new session's journal: nothing of the old one
-        await second.finish({"status": "completed"})
+        await second.finish(_completed(store))
         head = await head_of(client, prefix, "run-1")
         assert head is not None
         assert head["status"] == "completed"
@@ -105,14 +109,14 @@ async def test_a_record_is_read_on_from_where_a_copy_was_brought_up_to(
     """What ``aoe serve`` does on each GET: only the journal's new entries are
     read; a copy they do not continue is told so (and then reads it whole)."""
     from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptStarted
-    from aoe.state.recorder import _line
+    from aoe.state.journal import journal_line
     from aoe.types import Usage
 
     client = connect(redis_url)
     mirror = RecordMirror(client, "run-1", prefix=prefix)
 
     async def send(*events: object) -> None:
-        data = "".join(_line(e) for e in events).encode()  # type: ignore[arg-type]
+        data = "".join(journal_line(e) for e in events).encode()  # type: ignore[arg-type]
         mirror.append(data, sent[0] + len(data))
         sent[0] += len(data)
         waiter = mirror.synced(sent[0])
@@ -142,8 +146,8 @@ async def test_a_record_is_read_on_from_where_a_copy_was_brought_up_to(
         assert whole.whole
         with Store(tmp_path / "copy.db") as copy:
             assert whole.restore(copy)
-            assert [a["state"] for a in copy.agents("run-1")] == ["running"]
-            midway = copy.export("run-1")  # as a worker writes its head again
+            assert [a.state for a in copy.agents("run-1")] == ["running"]
+            midway = export_run(copy, "run-1")  # as a worker writes its head again
             done = AgentFinished(
                 run_id="run-1",
                 at=1.6,
@@ -162,7 +166,7 @@ async def test_a_record_is_read_on_from_where_a_copy_was_brought_up_to(
             assert len(newer.chunks) == 1  # the new entry alone
             assert newer.restore(copy)
             agents = copy.agents("run-1")
-            assert [(a["state"], a["output"]) for a in agents] == [("completed", "A!")]
+            assert [(a.state, a.output) for a in agents] == [("completed", "A!")]
             again = await fetch(client, prefix, "run-1", after=newer.last)
             assert again is not None
             assert (again.chunks, again.last) == ([], newer.last)
@@ -173,14 +177,14 @@ async def test_a_record_is_read_on_from_where_a_copy_was_brought_up_to(
             SharedRecord("run-1", 1, whole.head, []).restore(behind)  # the head alone
             with pytest.raises(Partial):
                 newer.restore(behind)
-            assert [a["state"] for a in behind.agents("run-1")] == ["pending"]
+            assert [a.state for a in behind.agents("run-1")] == ["pending"]
             # Redis lost the record and its worker wrote it again from its store:
             # the journal there begins past this copy, the export holds the rest
             again_head = {**whole.head, "export": json.dumps(midway)}
             rewritten = SharedRecord("run-1", 1, again_head, newer.chunks)
             assert rewritten.restore(behind)
             agents = behind.agents("run-1")
-            assert [(a["state"], a["output"]) for a in agents] == [("completed", "A!")]
+            assert [(a.state, a.output) for a in agents] == [("completed", "A!")]
     finally:
         await mirror.close()
         await client.aclose()
@@ -230,8 +234,13 @@ async def test_local_goes_on_without_redis_and_says_so(
         with caplog.at_level(logging.WARNING, "aoe.records"):
             await asyncio.wait_for(waiter, 10)  # released: the run goes on
             assert mirror.synced(8) is None  # and no longer waits for Redis
-            await asyncio.wait_for(mirror.finish({"status": "completed"}), 10)
+            await asyncio.wait_for(mirror.finish(_completed(store)), 10)
         assert "is recorded on this host only" in caplog.text
     finally:
         await mirror.close(timeout=5)
         await client.aclose()
+
+
+def _completed(store: Store) -> RunRow:
+    """The record of run-1 as it is once the run completed."""
+    return dataclasses.replace(store.run("run-1"), status=RecordStatus.COMPLETED)

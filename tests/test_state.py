@@ -17,8 +17,10 @@ from unittest import mock
 import pytest
 
 from aoe.errors import ResumeRefused
-from aoe.state.recorder import recover
-from aoe.state.store import SCHEMA_VERSION, Store
+from aoe.state.journal import recover
+from aoe.state.liveness import HERE
+from aoe.state.schema import SCHEMA_VERSION
+from aoe.state.store import Store
 from tests.conftest import RunCli, WriteFile, child_env, fake_key
 from tests.fakeserver import Fail, FakeProvider, Received, Reply
 
@@ -78,22 +80,22 @@ def test_a_run_is_recorded_with_agents_attempts_and_events(
     assert code == 0, stderr
     db = store(tmp_path)
     record = db.run(results["run_id"])
-    assert record["status"] == "completed"
-    assert record["workflow_name"] == "chain"
-    assert record["inputs"] == {"topic": "tides", "tone": "dry"}
-    assert record["cost"] == pytest.approx(results["cost_usd"])
-    assert record["outputs"] == results["outputs"]
-    agents = {a["agent_id"]: a for a in db.agents(record["run_id"])}
+    assert record.status == "completed"
+    assert record.workflow_name == "chain"
+    assert record.inputs == {"topic": "tides", "tone": "dry"}
+    assert record.cost == pytest.approx(results["cost_usd"])
+    assert record.outputs == results["outputs"]
+    agents = {a.agent_id: a for a in db.agents(record.run_id)}
     assert set(agents) == {"a", "b", "c", "side"}
     for agent_id, agent in agents.items():
-        assert agent["state"] == "completed"
-        assert agent["output"] == results["agents"][agent_id]["output"]
-        assert agent["cost"] == pytest.approx(results["agents"][agent_id]["cost_usd"])
-        assert (agent["provider"], agent["model"]) == ("openai", "gpt-4o-mini")
-    attempts = db.attempts(record["run_id"])
+        assert agent.state == "completed"
+        assert agent.output == results["agents"][agent_id]["output"]
+        assert agent.cost == pytest.approx(results["agents"][agent_id]["cost_usd"])
+        assert (agent.provider, agent.model) == ("openai", "gpt-4o-mini")
+    attempts = db.attempts(record.run_id)
     assert len(attempts) == 4
-    assert all(a["status"] == "ok" and len(a["fingerprint"]) == 64 for a in attempts)
-    kinds = [e["type"] for e in db.events(record["run_id"])]
+    assert all(a.status == "ok" and len(a.fingerprint or "") == 64 for a in attempts)
+    kinds = [e["type"] for e in db.events(record.run_id)]
     assert (kinds[0], kinds[-1]) == ("RunStarted", "RunFinished")
     assert kinds.count("AgentFinished") == 4
     # no secret anywhere in the store
@@ -119,7 +121,7 @@ def test_each_agent_is_recorded_before_its_dependent_is_called(
         with (
             one_at_a_time,
             Store(copy / "state.db") as db,
-            mock.patch("aoe.state.store.RUNNING_HERE", set()),
+            mock.patch.object(HERE, "runs", set()),
         ):
             db.connection.execute("UPDATE runs SET pid = NULL")  # its process: gone
             recover(db)
@@ -299,12 +301,12 @@ def test_resume_refuses_unknown_and_running_runs(
         result = cli("resume", first["run_id"][:12], env=provider_env)  # a prefix will do
         assert result.exit_code == 2
         assert "is still running" in result.stderr
-        assert [r["status"] for r in store(tmp_path).runs()] == ["running"]
+        assert [r.status for r in store(tmp_path).runs()] == ["running"]
     finally:
         other.kill()
         other.wait()
     # its process is gone: interrupted, and resumable
-    assert [r["status"] for r in store(tmp_path).runs()] == ["interrupted"]
+    assert [r.status for r in store(tmp_path).runs()] == ["interrupted"]
     result = cli("resume", first["run_id"], env=provider_env)
     assert result.exit_code == 0, result.stderr
 
@@ -417,7 +419,7 @@ def test_failed_and_invalid_replies_are_never_cached(
     assert [a["status"] for a in first["agents"]["j"]["attempts"]] == ["error", "error", "ok"]
     # only the valid answer is kept, under its own request (which carried the
     # feedback about the invalid reply); the plain question has no valid answer yet
-    assert store(tmp_path).cache_stats()["entries"] == 1
+    assert store(tmp_path).cache_stats().entries == 1
     fake.reset()
     fake.script(Reply(json={"n": 2}))
     code, second, _ = run(cli, provider_env, "run", path)
@@ -435,7 +437,7 @@ def test_the_mock_provider_is_never_cached(cli: RunCli, write: WriteFile, tmp_pa
         code, results, _ = run(cli, {}, "run", path, "--mock")
         assert code == 0
         assert results["cost_usd"] > 0  # a cost rehearsal prices every call
-    assert store(tmp_path).cache_stats()["entries"] == 0
+    assert store(tmp_path).cache_stats().entries == 0
 
 
 def test_cache_stats_and_clear(
@@ -514,7 +516,7 @@ def test_export_and_import_carry_a_run_to_another_store(
     assert code == 0, stderr
     assert called(fake) == ["c"]
     # the original store still has its failed run, untouched
-    assert store(tmp_path).run(first["run_id"])["status"] == "failed"
+    assert store(tmp_path).run(first["run_id"]).status == "failed"
 
     (tmp_path / "junk.json").write_text("{}")
     result = cli("runs", "import", tmp_path / "junk.json", env=elsewhere)
@@ -538,7 +540,7 @@ def test_prune_removes_old_finished_runs_only(
     assert len(store(tmp_path).runs()) == 2
     result = cli("runs", "prune", "--older-than", "30d")
     assert result.exit_code == 0
-    assert [r["run_id"] for r in store(tmp_path).runs()] == [new["run_id"]]
+    assert [r.run_id for r in store(tmp_path).runs()] == [new["run_id"]]
     assert store(tmp_path).events(old["run_id"]) == []  # its rows went with it
     assert cli("runs", "prune", "--older-than", "soon").exit_code == 2
 
@@ -573,7 +575,7 @@ def test_a_store_from_a_newer_aoe_is_refused(cli: RunCli, write: WriteFile, tmp_
     assert "upgrade aoe" in result.stderr
     with sqlite3.connect(tmp_path / ".aoe" / "state.db") as db:  # nothing was lost
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    assert Store(tmp_path / ".aoe" / "state.db").run(first["run_id"])["status"] == "completed"
+    assert Store(tmp_path / ".aoe" / "state.db").run(first["run_id"]).status == "completed"
 
 
 def test_an_sqlite_file_of_something_else_is_refused(cli: RunCli, tmp_path: Path) -> None:
@@ -604,9 +606,9 @@ def test_concurrent_runs_share_one_store(write: WriteFile, tmp_path: Path) -> No
         assert process.returncode == 0, stderr
     runs = store(tmp_path).runs()
     assert len(runs) == 6
-    assert {r["status"] for r in runs} == {"completed"}
+    assert {r.status for r in runs} == {"completed"}
     assert sorted(
-        json.loads(json.dumps(store(tmp_path).run(r["run_id"])["inputs"]))["topic"] for r in runs
+        json.loads(json.dumps(store(tmp_path).run(r.run_id).inputs))["topic"] for r in runs
     ) == [f"t{i}" for i in range(6)]
 
 
@@ -729,7 +731,7 @@ def test_a_real_run_is_never_finished_by_the_mock(
     code, mocked, _ = run(cli, provider_env, "run", path, "--resume-latest", "--mock")
     assert code == 0
     assert mocked["run_id"] != first["run_id"]  # a run of its own
-    assert store(tmp_path).run(first["run_id"])["status"] == "failed"
+    assert store(tmp_path).run(first["run_id"]).status == "failed"
     from aoe.config.settings import load_settings
     from aoe.service.resume import plan_resume
 
@@ -772,17 +774,17 @@ def test_a_damaged_export_is_refused_cleanly(cli: RunCli, tmp_path: Path, docume
 
 
 def test_the_journal_is_synced_soon_after_a_write(tmp_path: Path) -> None:
-    from aoe.state.recorder import _Syncer
+    from aoe.state.journal import Syncer
 
     journal = tmp_path / "run@1.journal"
     journal.write_bytes(b"lines")
-    syncer = _Syncer(journal)
+    syncer = Syncer(journal)
     assert syncer.due() is None  # nothing written: nothing to wait for
     syncer.written()  # a write: not synced yet ...
     due = syncer.due()
     assert due is not None
-    assert 0 < due <= _Syncer.SYNC  # ... but within SYNC seconds
-    syncer.since = time.monotonic() - _Syncer.SYNC
+    assert 0 < due <= Syncer.SYNC  # ... but within SYNC seconds
+    syncer.since = time.monotonic() - Syncer.SYNC
     assert syncer.due() == 0
     syncer.written()  # another write, once it is due: synced at once
     assert syncer.due() is None
@@ -792,7 +794,7 @@ def test_the_journal_is_synced_soon_after_a_write(tmp_path: Path) -> None:
 
 def test_journal_lines_read_back_as_the_events_they_were(tmp_path: Path) -> None:
     from aoe.events import AgentFinished, AgentState, AttemptFinished, RunFinished, RunStatus
-    from aoe.state.recorder import _line, read_journal
+    from aoe.state.journal import journal_line, read_journal
     from aoe.types import Usage
 
     key = fake_key("sk-proj-")
@@ -839,7 +841,7 @@ def test_journal_lines_read_back_as_the_events_they_were(tmp_path: Path) -> None
             output_errors={},
         ),
     ]
-    data = "".join(_line(event) for event in events).encode()
+    data = "".join(journal_line(event) for event in events).encode()
     assert key.encode() not in data  # a secret in an error never reaches the disk
     back = [event for event, _ in read_journal(data, "r1")]
     assert back[1:] == events[1:]
@@ -939,11 +941,11 @@ def test_agent_totals_are_the_exact_sums_of_their_attempts(
     db = store(tmp_path)
     attempts = db.attempts(first["run_id"])
     for agent in db.agents(first["run_id"]):
-        mine = [a for a in attempts if a["agent_id"] == agent["agent_id"]]
-        assert agent["attempts"] == len(mine)
-        assert agent["cost"] == math.fsum(a["cost"] for a in mine)
-        assert agent["input_tokens"] == sum(a["input_tokens"] for a in mine)
-    assert db.agents(first["run_id"])[0]["cost"] > 0
+        mine = [a for a in attempts if a.agent_id == agent.agent_id]
+        assert agent.attempts == len(mine)
+        assert agent.cost == math.fsum(a.cost for a in mine)
+        assert agent.input_tokens == sum(a.input_tokens for a in mine)
+    assert db.agents(first["run_id"])[0].cost > 0
 
 
 def test_the_live_view_and_the_lines_say_cached_and_resumed() -> None:
@@ -1033,8 +1035,8 @@ def test_attempt_events_are_read_from_the_attempts(
 
 def test_recover_writes_a_dead_runs_journal_into_the_store_once(tmp_path: Path) -> None:
     from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptFinished, AttemptStarted
-    from aoe.state.recorder import _line
-    from aoe.state.store import journal_path
+    from aoe.state.journal import journal_line
+    from aoe.state.schema import journal_path
     from aoe.types import Usage
 
     with Store(tmp_path / "state.db") as db:
@@ -1102,22 +1104,22 @@ def test_recover_writes_a_dead_runs_journal_into_the_store_once(tmp_path: Path) 
         journal = journal_path(db.path, "r1", 1)
         journal.parent.mkdir()
         # the process died in the middle of writing a line
-        journal.write_text("".join(_line(e) for e in events) + '["AgentFinished",2.0,"b"')
+        journal.write_text("".join(journal_line(e) for e in events) + '["AgentFinished",2.0,"b"')
         assert recover(db) == ["r1"]
         assert not journal.exists()
-        agents = {a["agent_id"]: a for a in db.agents("r1")}
-        assert (agents["a"]["state"], agents["a"]["output"]) == ("completed", "A!")
-        assert agents["a"]["cost"] == pytest.approx(0.003)
-        assert agents["a"]["model"] == "gpt-4o-mini"
+        agents = {a.agent_id: a for a in db.agents("r1")}
+        assert (agents["a"].state, agents["a"].output) == ("completed", "A!")
+        assert agents["a"].cost == pytest.approx(0.003)
+        assert agents["a"].model == "gpt-4o-mini"
         # b's call may have been made and billed: its reservation counts
-        assert [(a["agent_id"], a["status"]) for a in db.attempts("r1")] == [
+        assert [(a.agent_id, a.status) for a in db.attempts("r1")] == [
             ("a", "ok"),
             ("b", "started"),
         ]
         assert db.spent("r1") == pytest.approx(0.023)
-        assert db.run("r1")["status"] == "interrupted"
+        assert db.run("r1").status == "interrupted"
         # a second recover (another process) finds nothing more to write
-        journal.write_text("".join(_line(e) for e in events))
+        journal.write_text("".join(journal_line(e) for e in events))
         db.connection.execute(
             "UPDATE runs SET journal_session = 1, journal_offset = ? WHERE run_id = 'r1'",
             (journal.stat().st_size,),

@@ -81,7 +81,7 @@ def first_run(tmp_path: Path, state: Path) -> str:
     assert code == 0, stderr
     with closing(Store(state / "state.db")) as store:
         [run] = store.runs()
-    return str(run["run_id"])
+    return str(run.run_id)
 
 
 def other_store(folder: Path) -> tuple[Path, str]:
@@ -198,21 +198,21 @@ def test_a_store_lost_mid_run_gets_the_runs_record_back_and_says_so(
     # its record is whole in the store now at the path: as the run produced it
     with closing(Store(db)) as store:
         run = store.run(run_id)
-        assert run["status"] == "completed"
-        agents = {a["agent_id"]: a for a in store.agents(run_id)}
-        assert {a: agent["state"] for a, agent in agents.items()} == dict.fromkeys(
+        assert run.status == "completed"
+        agents = {a.agent_id: a for a in store.agents(run_id)}
+        assert {a: agent.state for a, agent in agents.items()} == dict.fromkeys(
             document["agents"], "completed"
         )
-        assert {a: agent["output"] for a, agent in agents.items()} == {
+        assert {a: agent.output for a, agent in agents.items()} == {
             a: agent["output"] for a, agent in document["agents"].items()
         }
         attempts = store.attempts(run_id)
-        assert sorted(a["agent_id"] for a in attempts) == sorted(agents)  # each once
-        assert run["cost"] == pytest.approx(document["cost_usd"])
+        assert sorted(a.agent_id for a in attempts) == sorted(agents)  # each once
+        assert run.cost == pytest.approx(document["cost_usd"])
         kinds = [e["type"] for e in store.events(run_id)]
         assert kinds.count("RunStarted") == kinds.count("RunFinished") == 1
         assert kinds.count("AgentFinished") == AGENTS
-        others = {r["run_id"] for r in store.runs()} - {run_id}
+        others = {r.run_id for r in store.runs()} - {run_id}
     if before_kept:  # a whole copy of the store took its place
         assert others == {before}
     elif damage is replace_by_a_store:  # the runs of the file that took its place
@@ -268,11 +268,11 @@ def test_a_store_replaced_by_a_file_that_is_no_store_stops_the_run_and_keeps_its
     code, stderr = finished(state, resumed)
     assert code == 0, stderr
     with closing(Store(db)) as store:
-        assert store.run(run_id)["status"] == "completed"
+        assert store.run(run_id).status == "completed"
         attempts = store.attempts(run_id)
-        answered = [a["agent_id"] for a in attempts if a["status"] == "ok"]
+        answered = [a.agent_id for a in attempts if a.status == "ok"]
         assert sorted(answered) == sorted(f"a{i}" for i in range(AGENTS))  # each once
-        sessions = {a["session"] for a in attempts if a["status"] == "ok"}
+        sessions = {a.session for a in attempts if a.status == "ok"}
         assert sessions == {1, 2}  # what the first session paid for was kept
     assert not journal.exists()
     assert not record.exists()
@@ -292,9 +292,9 @@ def test_a_resumed_run_gets_back_what_its_earlier_session_recorded(tmp_path: Pat
     assert code == 130, stderr
     with closing(Store(db)) as store:
         [run] = store.runs()
-        first = {a["agent_id"] for a in store.agents(run["run_id"]) if a["state"] == "completed"}
+        first = {a.agent_id for a in store.agents(run.run_id) if a.state == "completed"}
     assert 3 <= len(first) < AGENTS
-    resumed = aoe(state, tmp_path, "resume", run["run_id"], "-q")
+    resumed = aoe(state, tmp_path, "resume", run.run_id, "-q")
     wait_for(lambda: journaled(state, len(first) + 1))  # restored, then one called anew
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink()
@@ -303,16 +303,16 @@ def test_a_resumed_run_gets_back_what_its_earlier_session_recorded(tmp_path: Pat
     assert code == 0, stderr
     assert "was deleted while run" in stderr
     with closing(Store(db)) as store:
-        record = store.run(run["run_id"])
-        assert (record["status"], record["sessions"]) == ("completed", 2)
-        agents = {a["agent_id"]: a for a in store.agents(run["run_id"])}
-        assert {a["state"] for a in agents.values()} == {"completed"}
-        assert {a for a, agent in agents.items() if agent["session"] == 1} == first
-        attempts = store.attempts(run["run_id"])
-        answered = sorted(a["agent_id"] for a in attempts if a["status"] == "ok")
+        record = store.run(run.run_id)
+        assert (record.status, record.sessions) == ("completed", 2)
+        agents = {a.agent_id: a for a in store.agents(run.run_id)}
+        assert {a.state for a in agents.values()} == {"completed"}
+        assert {a for a, agent in agents.items() if agent.session == 1} == first
+        attempts = store.attempts(run.run_id)
+        answered = sorted(a.agent_id for a in attempts if a.status == "ok")
         assert answered == sorted(agents)  # each once, over both sessions
-        assert record["cost"] == pytest.approx(sum(a["cost"] for a in attempts))
-        assert {e["session"] for e in store.events(run["run_id"], types=["RunStarted"])} == {
+        assert record.cost == pytest.approx(sum(a.cost for a in attempts))
+        assert {e["session"] for e in store.events(run.run_id, types=["RunStarted"])} == {
             1,
             2,
         }
@@ -329,7 +329,7 @@ def test_a_store_deleted_between_runs_is_made_anew(tmp_path: Path) -> None:
     assert code == 0, stderr
     assert stderr == ""
     with closing(Store(state / "state.db")) as store:
-        assert [r["workflow_name"] for r in store.runs()] == ["chain"]
+        assert [r.workflow_name for r in store.runs()] == ["chain"]
 
 
 # -- aoe serve: one store open for as long as it runs ---------------------------------
@@ -398,7 +398,7 @@ def test_aoe_serve_keeps_recording_its_runs_when_its_store_is_lost(
     after = serve.submit(chain("after", latency=0.0), mock=True)
     assert completed(serve, after)["status"] == "completed"
     with closing(Store(db)) as store:
-        assert {r["run_id"] for r in store.runs()} == {run_id, after}
+        assert {r.run_id for r in store.runs()} == {run_id, after}
     assert serve.stop() == 0
     assert not any("Traceback" in line for line in serve.lines)
 

@@ -101,13 +101,6 @@ def handle_errors(ctx: typer.Context) -> Iterator[None]:
     except Exception as error:
         if debug:
             traceback.print_exc()
-        if type(error).__module__ == "sqlite3":  # the store broke after it was opened
-            typer.echo(
-                f"aoe: error: the run store could not be read or written ({error}): move it "
-                "aside (or set AOE_STATE_DIR to another folder) and run again",
-                err=True,
-            )
-            raise typer.Exit(2) from None
         typer.echo(
             f"aoe: internal error: {type(error).__name__}: {error}\n"
             "This is a bug in aoe; rerun with --debug for the traceback and report it.",
@@ -177,7 +170,7 @@ def open_store(settings: Settings) -> Store:
     The journals of runs whose process died are written into it first, where
     the store can be written (a reader of a read-only store sees it as it is)."""
     from aoe.errors import StateWriteFailed
-    from aoe.state.recorder import recover
+    from aoe.state.journal import recover
     from aoe.state.store import Store
 
     store = Store.for_settings(settings)

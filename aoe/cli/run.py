@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from aoe.events import RunStatus
     from aoe.format.workflow import Workflow
     from aoe.service.resume import ResumePlan
+    from aoe.service.runner import RunOptions
     from aoe.state.store import Store
 
 commands = typer.Typer()
@@ -138,8 +139,7 @@ def run(
     """
     with handle_errors(ctx):
         from aoe.config.settings import load_settings
-        from aoe.format.inputs import bind_inputs
-        from aoe.service.runner import load
+        from aoe.service.runner import RunOptions, bind, load
 
         _check_outputs(output, junit)
         settings = load_settings(config, flags=_log_flags(log_format))
@@ -150,21 +150,23 @@ def run(
             import os.path
 
             latest = store.latest_unfinished(os.path.abspath(file))
-            if latest is not None and bool(latest["settings"].get("mock")) == mock:
+            if latest is not None and bool(latest.settings.get("mock")) == mock:
                 _resume(
                     store,
                     settings,
-                    latest["run_id"],
+                    latest.run_id,
                     given=given,
                     options={"budget": budget, "max_parallel": max_parallel, "mock": mock},
                     no_cache=no_cache,
                     force=False,
                     report=Reports(output, junit, quiet, metrics_port, pushgateway),
                 )
-        values = bind_inputs(workflow.inputs, given)
-        options = {"mock": mock, "max_parallel": max_parallel, "budget": budget}
+        values = bind(workflow, given)
+        options = RunOptions(
+            mock=mock, max_parallel=max_parallel, budget=budget, cache=not no_cache
+        )
         reports = Reports(output, junit, quiet, metrics_port, pushgateway)
-        status = _execute(workflow, values, settings, options, store, not no_cache, None, reports)
+        status = _execute(workflow, values, settings, options, store, None, reports)
         raise typer.Exit(status.exit_code)
 
 
@@ -186,9 +188,8 @@ def _execute(
     workflow: Workflow,
     values: dict[str, Any],
     settings: Settings,
-    options: dict[str, Any],
+    options: RunOptions,
     store: Store,
-    cache: bool,
     resume: ResumePlan | None,
     report: Reports,
 ) -> RunStatus:
@@ -202,7 +203,7 @@ def _execute(
     # answering, say) goes to stderr in the run's log format
     setup(settings.config.monitoring.log_format, settings.config.monitoring.log_level)
     results = Results(workflow, values)
-    budget_shown = options.get("budget")
+    budget_shown = options.budget
     if budget_shown is None:
         budget_shown = workflow.cost_budget
     if budget_shown is None:
@@ -210,14 +211,13 @@ def _execute(
     view = _progress(workflow, settings, report.quiet, budget_shown)
     with _metrics(report, workflow.name) as metrics:
         subscribers = [s for s in (results, metrics, view) if s is not None]
-        arguments = {"subscribers": subscribers, "store": store, "cache": cache}
-        arguments |= {"resume": resume, **options}
+        arguments = {"subscribers": subscribers, "store": store, "resume": resume}
         if isinstance(view, LiveView):
             with view:
-                status = run_until_done(workflow, values, settings, **arguments)
+                status = run_until_done(workflow, values, settings, options, **arguments)
             view.summary()
         else:
-            status = run_until_done(workflow, values, settings, **arguments)
+            status = run_until_done(workflow, values, settings, options, **arguments)
     if report.output is not None:
         write_output(results.to_json(), report.output)
     if report.junit is not None:
@@ -300,8 +300,9 @@ def _resume(
     if plan.done:
         typer.echo(f"aoe: run {plan.run_id} already completed; nothing to resume", err=True)
         raise typer.Exit(0)
-    chosen = plan.options
-    cache = bool(chosen.get("cache", True)) and not no_cache
+    from aoe.service.runner import RunOptions
+
+    chosen = RunOptions.from_record(plan.options)
     if not report.quiet:
         typer.echo(
             f"aoe: resuming run {plan.run_id}: {len(plan.kept)} of "
@@ -309,20 +310,8 @@ def _resume(
             + (f"; rerunning changed {', '.join(plan.changed)}" if plan.changed and force else ""),
             err=True,
         )
-    status = _execute(
-        plan.workflow,
-        plan.inputs,
-        settings,
-        {
-            "mock": bool(chosen.get("mock")),
-            "max_parallel": chosen.get("max_parallel"),
-            "budget": chosen.get("budget"),
-        },
-        store,
-        cache,
-        plan,
-        report,
-    )
+    chosen = chosen.but(cache=chosen.cache and not no_cache)
+    status = _execute(plan.workflow, plan.inputs, settings, chosen, store, plan, report)
     raise typer.Exit(status.exit_code)
 
 

@@ -101,9 +101,9 @@ def runs_list(
         stored_status = "running" if status == "interrupted" else status
         runs = store.runs(status=stored_status, workflow=workflow, limit=None if status else limit)
         if status is not None:
-            runs = [r for r in runs if r["status"] == status][:limit]
+            runs = [r for r in runs if r.status == status][:limit]
         if format is ReportFormat.json:
-            _json(runs)
+            _json([r.to_dict() for r in runs])
             return
         if not runs:
             typer.echo(
@@ -115,14 +115,14 @@ def runs_list(
             ["run", "workflow", "status", "started", "cost", "budget", "tokens", "sessions"],
             [
                 [
-                    r["run_id"],
-                    r["workflow_name"],
-                    r["status"],
-                    _when(r["created_at"]),
-                    _money(r["cost"]),
-                    _money(r["budget"]),
-                    f"{r['input_tokens'] + r['output_tokens']:,}",
-                    str(r["sessions"]),
+                    r.run_id,
+                    r.workflow_name,
+                    r.status,
+                    _when(r.created_at),
+                    _money(r.cost),
+                    _money(r.budget),
+                    f"{r.input_tokens + r.output_tokens:,}",
+                    str(r.sessions),
                 ]
                 for r in runs
             ],
@@ -140,36 +140,42 @@ def runs_show(
     config: ConfigOption = None,
 ) -> None:
     """A run: its status and totals, the agents table, and its last events."""
+    from aoe.state.rows import RecordStatus
+
     with handle_errors(ctx):
         store = open_store(read_settings(config))
         run = store.run(run_id)
-        agents = store.agents(run["run_id"])
-        last = store.events(run["run_id"], last=events) if events else []
+        agents = store.agents(run.run_id)
+        last = store.events(run.run_id, last=events) if events else []
         if format is ReportFormat.json:
-            run = {k: v for k, v in run.items() if k not in ("workflow_text", "workflow_files")}
-            _json({"run": run, "agents": agents, "events": last})
+            shown = {
+                k: v
+                for k, v in run.to_dict().items()
+                if k not in ("workflow_text", "workflow_files")
+            }
+            _json({"run": shown, "agents": [a.to_dict() for a in agents], "events": last})
             return
-        budget = f" of {_money(run['budget'])}" if run["budget"] is not None else ""
+        budget = f" of {_money(run.budget)}" if run.budget is not None else ""
         lines = [
-            f"run       {run['run_id']}",
-            f"workflow  {run['workflow_name']} ({run['workflow_path']})",
-            f"status    {run['status']}",
-            f"started   {_when(run['created_at'])}, {run['sessions']} session(s)",
-            f"spent     {_money(run['cost'])}{budget}, "
-            f"{run['input_tokens']:,} tokens in, {run['output_tokens']:,} out",
+            f"run       {run.run_id}",
+            f"workflow  {run.workflow_name} ({run.workflow_path})",
+            f"status    {run.status}",
+            f"started   {_when(run.created_at)}, {run.sessions} session(s)",
+            f"spent     {_money(run.cost)}{budget}, "
+            f"{run.input_tokens:,} tokens in, {run.output_tokens:,} out",
         ]
         sys.stdout.write("\n".join(lines) + "\n\n")
         _table(
             ["agent", "state", "answered by", "attempts", "tokens", "cost", "error"],
             [
                 [
-                    a["agent_id"],
-                    a["state"],
-                    f"{a['provider']}/{a['model']}" if a["model"] else "",
-                    str(a["attempts"]),
-                    f"{a['input_tokens'] + a['output_tokens']:,}",
-                    _money(a["cost"]),
-                    (a["error"] or "")[:80],
+                    a.agent_id,
+                    a.state,
+                    f"{a.provider}/{a.model}" if a.model else "",
+                    str(a.attempts),
+                    f"{a.input_tokens + a.output_tokens:,}",
+                    _money(a.cost),
+                    (a.error or "")[:80],
                 ]
                 for a in agents
             ],
@@ -179,8 +185,8 @@ def runs_show(
             for event in last:
                 agent = f" {event['agent_id']}" if event["agent_id"] else ""
                 sys.stdout.write(f"  {_when(event['at'])} {event['type']}{agent}\n")
-        if run["status"] not in ("completed", "running"):
-            sys.stdout.write(f"\nresume it with: aoe resume {run['run_id']}\n")
+        if run.status not in (RecordStatus.COMPLETED, RecordStatus.RUNNING):
+            sys.stdout.write(f"\nresume it with: aoe resume {run.run_id}\n")
 
 
 @runs_app.command(
@@ -209,7 +215,7 @@ def runs_events(
         run = store.run(run_id)
         wanted = [_event_type(t) for t in type or []]
         types = sorted({kind for kind, _ in wanted})
-        found = store.events(run["run_id"], types=types)
+        found = store.events(run.run_id, types=types)
         if wanted:
             found = [e for e in found if any(_matches(e, kind, failed) for kind, failed in wanted)]
         for event in found[-last:] if last is not None else found:
@@ -260,9 +266,11 @@ def runs_export(
     """A self-contained JSON backup of a run: its workflow, inputs, agents, attempts
     and events. `aoe runs import` restores it, here or on another machine."""
     with handle_errors(ctx):
+        from aoe.state.transfer import export_run
+
         store = open_store(read_settings(config))
         write_output(
-            json.dumps(store.export(run_id), ensure_ascii=False, default=str) + "\n", output
+            json.dumps(export_run(store, run_id), ensure_ascii=False, default=str) + "\n", output
         )
 
 
@@ -279,6 +287,7 @@ def runs_import(
     with handle_errors(ctx):
         from aoe.errors import UserError
         from aoe.format.files import FileRefused, read_limited
+        from aoe.state.transfer import import_run
 
         try:
             document = json.loads(read_limited(file, MAX_EXPORT_BYTES).decode("utf-8"))
@@ -297,7 +306,7 @@ def runs_import(
         if not isinstance(document, dict):
             raise UserError(f"{file} is not a run export (made by `aoe runs export`)")
         store = open_store(read_settings(config))
-        run_id = store.import_(document, replace=replace)
+        run_id = import_run(store, document, replace=replace)
         typer.echo(f"imported run {run_id}", err=True)
 
 
@@ -333,21 +342,18 @@ def cache_stats(
     with handle_errors(ctx):
         stats = open_store(read_settings(config)).cache_stats()
         if format is ReportFormat.json:
-            _json(stats)
+            _json(stats.to_dict())
             return
         sys.stdout.write(
-            f"cache     {stats['path']}\n"
-            f"entries   {stats['entries']:,} ({stats['bytes']:,} bytes)\n"
-            f"hits      {stats['hits']:,}\n"
+            f"cache     {stats.path}\n"
+            f"entries   {stats.entries:,} ({stats.bytes:,} bytes)\n"
+            f"hits      {stats.hits:,}\n"
         )
-        if stats["models"]:
+        if stats.models:
             sys.stdout.write("\n")
             _table(
                 ["provider", "model", "entries", "hits"],
-                [
-                    [m["provider"], m["model"], str(m["entries"]), str(m["hits"])]
-                    for m in stats["models"]
-                ],
+                [[m.provider, m.model, str(m.entries), str(m.hits)] for m in stats.models],
             )
 
 

@@ -157,7 +157,8 @@ def serve(
     with handle_errors(ctx):
         import asyncio
 
-        from aoe.config.settings import env_value, load_settings
+        from aoe.config.environment import env_value
+        from aoe.config.settings import load_settings
         from aoe.observe.logs import setup
         from aoe.service.options import ServeOptions
         from aoe.service.server import serve as run_service
@@ -214,7 +215,7 @@ def status(
     """Active runs, recent failures and spend: from `aoe serve` (with its
     health), or from the local run store (the last 24 hours)."""
     with handle_errors(ctx):
-        from aoe.config.settings import env_value
+        from aoe.config.environment import env_value
 
         url = url or env_value("AOE_SERVE_URL")
         report = _remote(url) if url else _local(config)
@@ -227,7 +228,7 @@ def status(
 def _local(config: str | None) -> dict[str, Any]:
     store = open_store(read_settings(config))
     try:
-        return store.summary(time.time() - LOCAL_WINDOW) | {"source": str(store.path)}
+        return store.summary(time.time() - LOCAL_WINDOW).to_dict() | {"source": str(store.path)}
     finally:
         store.close()
 
@@ -240,7 +241,7 @@ def _remote(url: str) -> dict[str, Any]:
     from aoe.errors import OptionInvalid, scrub
 
     base = url.rstrip("/")
-    from aoe.config.settings import env_value
+    from aoe.config.environment import env_value
 
     token = env_value("AOE_API_TOKEN")
 
@@ -331,17 +332,16 @@ def submit(
         from pathlib import Path
 
         from aoe.config.settings import load_settings
-        from aoe.format.inputs import bind_inputs
-        from aoe.service.runner import load
-        from aoe.service.worker import submit as enqueue
+        from aoe.redis.queue import enqueue
+        from aoe.service.runner import RunOptions, bind, load
 
         settings = load_settings(config)
         workflow = load(file, settings)
         given = given_inputs(workflow, input, inputs_file)
-        bind_inputs(workflow.inputs, given)  # refused here, not in a worker
+        bind(workflow, given)  # refused here, not in a worker
         inputs = {name: value.value for name, value in given.items()}
-        options = {"budget": budget, "max_parallel": max_parallel, "mock": mock}
-        options["cache"] = not no_cache
+        chosen = RunOptions(budget=budget, max_parallel=max_parallel, mock=mock, cache=not no_cache)
+        options = chosen.recorded()
         run_id = asyncio.run(
             enqueue(settings, workflow.text, Path(file).name, inputs, options, dict(workflow.files))
         )

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from aoe.config.settings import RetryPolicySection
+from aoe.config.models import RetryPolicySection
 from aoe.engine.agents import AgentRun, Unit
 from aoe.engine.attempt import Attempts
 from aoe.engine.context import reason

@@ -19,6 +19,8 @@ import re
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from aoe.errors import UserError
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -55,7 +57,7 @@ def defined_by_jinja(name: str) -> bool:
     return name in _JINJA_IMPLICIT or name in JINJA_GLOBALS
 
 
-class TemplateProblem(Exception):
+class TemplateProblem(UserError):
     """A template that does not parse, uses what templates may not use, or would
     cost more than a template may (``costly``: its loops or constants are too big)."""
 

@@ -20,6 +20,8 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
+from aoe.errors import UserError
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -32,7 +34,7 @@ _OPEN_FLAGS = (
 )
 
 
-class FileRefused(Exception):
+class FileRefused(UserError):
     """A named file that cannot be read; ``kind`` says why, ``message`` says it in words.
 
     Kinds: ``path`` (the name itself is unusable), ``not-found``, ``not-a-file``

@@ -1,7 +1,8 @@
 """The dependency graph of a workflow: cycles, order, critical path, drawings.
 
-Standard library only and free of asyncio, so the validator, the planner and
-the executor share one implementation. Nodes are agent ids; an edge ``a -> b``
+Standard library only (and :mod:`aoe.errors`, which is pure) and free of
+asyncio, so the validator, the planner and the executor share one
+implementation. Nodes are agent ids; an edge ``a -> b``
 means *b depends on a* (a must finish first). Every algorithm here is
 iterative and linear in nodes plus edges, so a 5,000-agent chain costs no
 recursion and little time.
@@ -14,9 +15,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import pairwise
 from typing import NamedTuple
 
+from aoe.errors import AoeError
 
-class GraphError(ValueError):
-    """The graph is not a DAG of known nodes."""
+
+class GraphError(AoeError, ValueError):
+    """The graph is not a DAG of known nodes. The loader reports cycles and unknown
+    dependencies as diagnostics first, so one that reaches a caller is a bug in aoe."""
 
 
 class CriticalPath(NamedTuple):

@@ -13,6 +13,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any
 
+from aoe.errors import RunError
 from aoe.format.bounded import ByteLRU, memoize
 from aoe.format.environment import CACHE_BYTES, MAX_RENDERED, environment
 from aoe.format.templates import NOT_NAMES, PLACEHOLDER, analyse_simple_expression
@@ -27,8 +28,9 @@ _NEWLINES = re.compile(r"\r\n|\r")
 Pieces = tuple[tuple[str, tuple[str, ...] | None], ...]
 
 
-class TooLarge(ValueError):
-    """A rendered text over :data:`MAX_RENDERED` characters."""
+class TooLarge(RunError, ValueError):
+    """A rendered text over :data:`MAX_RENDERED` characters (a ``ValueError`` too:
+    it is raised inside Jinja's rendering, whose callers catch that)."""
 
     def __init__(self) -> None:
         super().__init__(

@@ -38,6 +38,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
 
+from aoe.errors import DiagnosticsError, UserError
 from aoe.format.files import FileRefused, read_limited
 from aoe.types import Diagnostic, Severity
 
@@ -171,12 +172,9 @@ class YamlDocument(NamedTuple):
     diagnostics: tuple[Diagnostic, ...] = ()
 
 
-class YamlError(Exception):
-    """The text is not a usable YAML document; ``diagnostics`` says why."""
-
-    def __init__(self, diagnostics: list[Diagnostic]) -> None:
-        self.diagnostics = diagnostics
-        super().__init__("\n".join(d.format() for d in diagnostics))
+class YamlError(DiagnosticsError):
+    """The text is not a usable YAML document; ``diagnostics`` says why. The
+    loaders turn it into their own error (a workflow's, the config's, inputs')."""
 
 
 def read_text(path: str, display: str | None = None) -> str:
@@ -708,8 +706,9 @@ def _significant_length(text: str) -> int:
     return len(digits) if ":" in digits else len(digits.lstrip("0"))
 
 
-class NumberTooLarge(ValueError):
-    """An integer outside :data:`INT_MIN` .. :data:`INT_MAX`."""
+class NumberTooLarge(UserError, ValueError):
+    """An integer outside :data:`INT_MIN` .. :data:`INT_MAX` (a ``ValueError`` too:
+    PyYAML's constructors raise it, and their callers catch that)."""
 
     def __init__(self, text: str) -> None:
         shown = text if len(text) <= 24 else text[:21] + "..."

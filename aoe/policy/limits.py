@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple, Protocol
 
-from aoe.config.settings import RateLimitingSection, RateLimits
+from aoe.config.models import RateLimitingSection, RateLimits
 from aoe.errors import RunError
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0

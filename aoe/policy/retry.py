@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from typing import NamedTuple
 
-from aoe.config.settings import RetryPolicySection
+from aoe.config.models import RetryPolicySection
 from aoe.errors import RunError
 from aoe.format.workflow import RetryOverrides
 

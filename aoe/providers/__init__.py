@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aoe.config.settings import BUILTIN_KEY_VARIABLES, MOCK_LATENCY_VARIABLE, Settings
+from aoe.config.environment import BUILTIN_KEY_VARIABLES, MOCK_LATENCY_VARIABLE
+from aoe.config.settings import Settings
 from aoe.providers.base import Provider
 from aoe.providers.mock import MockProvider
 

@@ -31,7 +31,9 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from aoe.errors import RedisUnreachable
 from aoe.policy.limits import Limits, LocalRateLimiter, Permit, RequestTooLarge
+from aoe.redis.client import configured, connect
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -153,13 +155,6 @@ def scope_keys(prefix: str, scope: str) -> list[str]:
     return [f"{tag}:{name}" for name in names]
 
 
-def connect(url: str) -> Redis:
-    """A client for ``url``; nothing is sent until the first command."""
-    from redis.asyncio import Redis
-
-    return Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-
-
 class RedisRateLimiter:
     """The limiter shared through Redis; see the module's docstring."""
 
@@ -208,25 +203,14 @@ class RedisRateLimiter:
             raise RequestTooLarge.of(key, tokens, limits.tokens_per_minute)
         member = f"{uuid.uuid4().hex}"
         keys = scope_keys(self.prefix, key)
-        args: list[str | int | float] = [
-            member,
-            tokens,
-            limits.requests_per_minute or 0,
-            limits.requests_per_hour or 0,
-            limits.requests_per_day or 0,
-            limits.tokens_per_minute or 0,
-            limits.concurrent_requests or 0,
-            self.lease,
-        ]
+        args = _arguments(member, tokens, limits, self.lease)
         told = False
         turn = self._turns.setdefault(key, asyncio.Lock())
         async with turn:  # this process's requests for the scope, in arrival order
             while True:
                 try:
                     taken, value = await self._acquire(keys=keys, args=args)
-                except Exception as e:
-                    if not unreachable(e):
-                        raise
+                except RedisUnreachable as e:
                     local = await self._unavailable(e, provider, model, tokens, on_wait)
                     if local is not None:  # given back to the local limiter by our id
                         self._local_permits[ident] = local
@@ -265,12 +249,9 @@ class RedisRateLimiter:
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     async def _give_back(self, keys: list[str], member: str, used: int) -> None:
-        try:
+        # unreachable: its lease runs out by itself; its tokens stay reserved, never fewer
+        with contextlib.suppress(RedisUnreachable):
             await self._release(keys=[keys[4], keys[5], keys[6]], args=[member, used])
-        except Exception as e:
-            if not unreachable(e):
-                raise
-            # its lease runs out by itself; its tokens stay reserved, never fewer
         changed, self._changed = self._changed, None
         if changed is not None:
             changed.set()
@@ -293,12 +274,9 @@ class RedisRateLimiter:
                 if not members:
                     continue
                 keys = scope_keys(self.prefix, scope)
-                try:
+                # unreachable: tried again at the next round; a lease lasts LEASE seconds
+                with contextlib.suppress(RedisUnreachable):
                     await self._renew(keys=[keys[6]], args=[self.lease, *members])
-                except Exception as e:
-                    if not unreachable(e):
-                        raise
-                    # tried again at the next round; a lease lasts LEASE seconds
 
     async def _unavailable(
         self,
@@ -346,42 +324,18 @@ class RedisRateLimiter:
         await self.client.aclose()
 
 
-def unreachable(error: BaseException) -> bool:
-    """Is this what an unreachable (or restarting) Redis raises?"""
-    from redis.exceptions import BusyLoadingError, ReadOnlyError
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    # ReadOnlyError: a replica that has not been promoted yet, during a failover
-    return isinstance(
-        error,
-        OSError
-        | TimeoutError
-        | RedisConnectionError
-        | RedisTimeoutError
-        | BusyLoadingError
-        | ReadOnlyError,
-    )
-
-
-def redis_failed(error: BaseException) -> bool:
-    """Is this Redis failing (unreachable, or refusing: out of memory, a
-    failover), rather than the caller's mistake?"""
-    return unreachable(error) or type(error).__module__.startswith("redis")
-
-
-def text(value: bytes | str) -> str:
-    """A Redis reply's bytes as text."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def redis_url(host: str | None, port: int, db: int, url: str | None) -> str | None:
-    """The Redis to use, or None: ``url`` first, else ``host`` (and port, db)."""
-    if url:
-        return url
-    if host:
-        return f"redis://{host}:{port}/{db}"
-    return None
+def _arguments(member: str, tokens: int, limits: Limits, lease: float) -> list[str | int | float]:
+    """``ACQUIRE``'s ARGV (0: no limit)."""
+    return [
+        member,
+        tokens,
+        limits.requests_per_minute or 0,
+        limits.requests_per_hour or 0,
+        limits.requests_per_day or 0,
+        limits.tokens_per_minute or 0,
+        limits.concurrent_requests or 0,
+        lease,
+    ]
 
 
 def shared_limiter(settings: Any) -> RedisRateLimiter | None:
@@ -389,7 +343,7 @@ def shared_limiter(settings: Any) -> RedisRateLimiter | None:
     from aoe.policy.limits import limits_for_config
 
     section = settings.config.redis
-    url = redis_url(section.host, section.port, section.db, section.url)
+    url = configured(section)
     if url is None:
         return None
     return RedisRateLimiter(

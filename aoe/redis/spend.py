@@ -25,8 +25,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from aoe.errors import RedisUnreachable
 from aoe.policy.costs import BudgetExceeded
-from aoe.redis.limits import unreachable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -116,9 +116,7 @@ class SharedSpend:
         while True:
             try:
                 answer = await self._reserve(keys=keys, args=[amount, daily, own, TTL])
-            except Exception as e:
-                if not unreachable(e):
-                    raise
+            except RedisUnreachable as e:
                 if self._unavailable(e):
                     return None
                 await asyncio.sleep(RETRY)
@@ -152,9 +150,7 @@ class SharedSpend:
             try:
                 await self._settle(keys=keys, args=[reserved, actual, TTL])
                 return
-            except Exception as e:
-                if not unreachable(e):
-                    raise
+            except RedisUnreachable as e:
                 if self._unavailable(e):
                     return
                 await asyncio.sleep(RETRY)

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from aoe.errors import OutputInvalid, SchemaUnusable
+from aoe.errors import OutputInvalid, RunError, SchemaUnusable
 from aoe.format.rendering import evaluate, inline, inline_expression, render
 from aoe.format.schemas import plainly_valid
 from aoe.sandbox.child import HEADER, MAX_MESSAGE, frame
@@ -63,12 +63,12 @@ LANE_BUDGET = 60.0
 cannot hold a process for longer (there are two for every run of the engine)."""
 
 
-class SandboxFailed(Exception):
-    """What the sandbox could not do, in aoe's words (never a traceback)."""
+class SandboxFailed(RunError):
+    """What the sandbox could not do, in aoe's words (never a traceback): the agent
+    whose template or check it was fails (a reply it could not check is an
+    :class:`OutputInvalid` instead). Another try would fail alike."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    retryable = False
 
 
 class _Child:

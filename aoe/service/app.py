@@ -38,14 +38,14 @@ from typing import Any
 
 from aiohttp import web
 
-from aoe.errors import DiagnosticsError, RunNotFound, UserError
+from aoe.errors import DiagnosticsError, RedisFailed, RunNotFound, UserError
 from aoe.events import event_dict
-from aoe.redis.limits import redis_failed
 from aoe.service.connections import Connection
 from aoe.service.local import END, LAGGED, Listener, LiveRun, Service
 from aoe.service.models import BodyInvalid, Refused, dumps, parse_body, runs_query, submission
 from aoe.service.options import API
 from aoe.service.sse import HEARTBEAT, KEEP_ALIVE, event_stream, frame
+from aoe.state.rows import RunRow
 
 log = logging.getLogger("aoe.serve")
 
@@ -113,7 +113,7 @@ class Api:
             if self.service.shared is None:
                 return _internal(request, error)
             return _error(503, str(error))
-        if self.service.shared is None or not redis_failed(error):
+        if self.service.shared is None or not isinstance(error, RedisFailed):
             return _internal(request, error)
         # Redis unreachable, or refusing: the caller may try again (elsewhere)
         log.error("%s %s: Redis failed: %s", request.method, request.path, error)
@@ -178,7 +178,8 @@ class Api:
         if service.shared is not None:
             shared = await service.shared.runs(query.status, query.workflow, query.limit)
             return _json({"runs": shared})
-        found = service.store.runs(status=query.status, workflow=query.workflow, limit=query.limit)
+        listed = service.store.runs(status=query.status, workflow=query.workflow, limit=query.limit)
+        found = [run.to_dict() for run in listed]
         for run in found:
             live_run = service.live.get(run["run_id"])
             if live_run is not None and live_run.state == "queued":
@@ -192,12 +193,13 @@ class Api:
             shared = await service.shared.run(run_id)
             if shared is not None:
                 return _json(shared)
-        run = self._find(run_id)
-        live_run = service.live.get(run["run_id"])
+        row = self._find(run_id)
+        run = row.to_dict()
+        live_run = service.live.get(row.run_id)
         if live_run is not None and live_run.state == "queued":
             run["status"] = "queued"
         run.pop("workflow_text", None)
-        run["agents"] = service.store.agents(run["run_id"])
+        run["agents"] = [agent.to_dict() for agent in service.store.agents(row.run_id)]
         return _json(run)
 
     async def cancel(self, request: web.Request) -> web.Response:
@@ -210,7 +212,7 @@ class Api:
         if service.cancel(run_id):
             return _json({"run_id": run_id, "status": "cancelling"}, status=202)
         run = self._find(run_id)
-        raise Refused(409, f"run {run['run_id']} is not running here (it is {run['status']})")
+        raise Refused(409, f"run {run.run_id} is not running here (it is {run.status})")
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         run_id = request.match_info["run_id"]
@@ -222,7 +224,7 @@ class Api:
         live_run = service.live.get(run_id)
         recorded: list[dict[str, Any]] = []
         if live_run is None:
-            run_id = self._find(run_id)["run_id"]
+            run_id = self._find(run_id).run_id
             live_run = service.live.get(run_id)
             if live_run is None:
                 recorded = service.store.events(run_id)
@@ -235,7 +237,7 @@ class Api:
         await _follow(response, live_run, run_id)
         return response
 
-    def _find(self, run_id: str) -> dict[str, Any]:
+    def _find(self, run_id: str) -> RunRow:
         """A run's record; :class:`Refused` 404 without the store's path, which
         is the server's business."""
         store = self.service.store

@@ -157,9 +157,8 @@ class Service:
         """Check a submission and start it (with Redis: queue it); raises
         :class:`Refused` or a UserError."""
         from aoe.errors import MissingApiKey
-        from aoe.format.inputs import GivenInput, bind_inputs
         from aoe.providers import missing_keys
-        from aoe.service.runner import load_text, providers_used
+        from aoe.service.runner import bind, load_text, providers_used
 
         if self.draining:
             raise Refused(503, "the service is shutting down: submit to another instance")
@@ -191,10 +190,7 @@ class Service:
                 f"the workflow has {len(workflow.agents):,} agents; this service runs at most "
                 f"{self.options.max_agents:,} agents and foreach items in one run (--max-agents)",
             )
-        values = bind_inputs(
-            workflow.inputs,
-            {key: GivenInput(value, "the submitted inputs") for key, value in inputs.items()},
-        )
+        values = bind(workflow, inputs, "the submitted inputs")
         if not options["mock"] and (self.shared is None or self.options.worker):
             # (an instance that runs nothing need not hold the keys)
             missing = missing_keys(providers_used(workflow), self.settings)
@@ -213,7 +209,7 @@ class Service:
     async def _run(
         self, live: LiveRun, workflow: Any, values: dict[str, Any], options: dict[str, Any]
     ) -> None:
-        from aoe.service.runner import run_workflow
+        from aoe.service.runner import RunOptions, run_workflow
 
         subscribers: list[Callable[[Event], None]] = [live, self.monitor]
         if self.metrics is not None:
@@ -223,16 +219,10 @@ class Service:
                 workflow,
                 values,
                 self.settings,
+                RunOptions.from_record(options, run_id=live.run_id),
                 subscribers=subscribers,
-                run_id=live.run_id,
                 store=self.store,
                 engine=self.engine,
-                mock=options["mock"],
-                budget=options["budget"],
-                max_parallel=options["max_parallel"],
-                cache=options["cache"],
-                max_units=options["max_units"],
-                max_reply_bytes=options["max_reply_bytes"],
             )
         except asyncio.CancelledError:
             if not live.started:  # cancelled in the queue: its record says so

@@ -21,17 +21,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from aoe.errors import Signal, UserError
+
 MOST_PARALLEL = 1000  # "max_parallel" of a submission at most
 MOST_RUNS_LISTED = 1000  # "limit" of GET /api/v1/runs at most
 INT_RANGE = 1 << 63  # integers in a body: -2**63 <= n < 2**63
 FIELDS = ("workflow", "inputs", "name", "budget", "max_parallel", "mock", "cache")
 
 
-class BodyInvalid(ValueError):
-    """A request body, or query, that cannot be used; its message says why."""
+class BodyInvalid(UserError, ValueError):
+    """A request body, or query, that cannot be used; its message says why (answered
+    with 400; a ``ValueError`` too, as the parsers it is raised from)."""
 
 
-class Refused(Exception):
+class Refused(Signal):
     """A request the service will not serve, and the answer to give: ``status``
     and a JSON body of ``{"error": message, **more}``. Raised by the service
     (a full queue: 429; draining: 503) and by the routes, and answered in one

@@ -25,12 +25,14 @@ from aoe.config.checks import checks_for
 from aoe.config.settings import Settings
 from aoe.engine.resumption import Restored, Resumption
 from aoe.errors import ResumeRefused
+from aoe.events import AgentState
 from aoe.format.inputs import GivenInput, bind_inputs, from_assignments
 from aoe.format.loader import load_workflow
 from aoe.format.workflow import Workflow
 from aoe.service.runner import is_submitted
 from aoe.state.definitions import changed_inputs, definitions, reading
-from aoe.state.recorder import recover
+from aoe.state.journal import recover
+from aoe.state.rows import AgentRow, AttemptRow, AttemptStatus, RecordStatus, RunRow
 from aoe.state.store import Store
 from aoe.types import Usage
 
@@ -38,7 +40,7 @@ from aoe.types import Usage
 class ResumePlan(NamedTuple):
     run_id: str
     sessions: int  # as read: a resume that started meanwhile makes this one stale
-    status: str  # the record's status before this session
+    status: RecordStatus  # the record's status before this session
     workflow: Workflow
     inputs: dict[str, Any]
     options: dict[str, Any]  # budget, max_parallel, mock, cache
@@ -54,7 +56,7 @@ class ResumePlan(NamedTuple):
     @property
     def done(self) -> bool:
         """The run completed: there is nothing to resume."""
-        return self.status == "completed"
+        return self.status is RecordStatus.COMPLETED
 
 
 def plan_resume(
@@ -72,27 +74,27 @@ def plan_resume(
     may not (still running, or its file changed without ``force``). ``inputs``
     and ``assignments`` (``NAME=VALUE``) override the stored inputs."""
     run = _resumable(store, run_id, take_over)
-    run_id = run["run_id"]
+    run_id = run.run_id
     workflow = _workflow(run, settings)
     values = _inputs(run, workflow, inputs, assignments)
     chosen = _options(run, options)
     defined = definitions(workflow)
-    records = {agent["agent_id"]: agent for agent in store.agents(run_id)}
+    records = {agent.agent_id: agent for agent in store.agents(run_id)}
     changed = _changed(run, workflow, values, defined, records)
-    file_changed = workflow.digest != run["workflow_sha256"]
-    if file_changed and not force and run["status"] != "completed":
+    file_changed = workflow.digest != run.workflow_sha256
+    if file_changed and not force and run.status is not RecordStatus.COMPLETED:
         raise _file_changed(run_id, workflow, changed)
     stale = _stale(workflow, changed)
     kept = [
         agent_id
         for agent_id in workflow.agents
-        if agent_id not in stale and records[agent_id]["state"] == "completed"
+        if agent_id not in stale and records[agent_id].state is AgentState.COMPLETED
     ]
     rerun = tuple(a for a in workflow.agents if a not in kept)
     return ResumePlan(
         run_id,
-        int(run["sessions"]),
-        run["status"],
+        int(run.sessions),
+        run.status,
         workflow,
         values,
         chosen,
@@ -107,22 +109,22 @@ def plan_resume(
     )
 
 
-def _resumable(store: Store, run_id: str, take_over: bool) -> dict[str, Any]:
+def _resumable(store: Store, run_id: str, take_over: bool) -> RunRow:
     """The run's record, its journal beyond the store recovered first; refused
     while another process runs it (unless the work queue gave it to us)."""
-    run_id = store.run(run_id)["run_id"]
+    run_id = store.run(run_id).run_id
     recover(store, run_id, take_over=take_over)  # its journal beyond the store, first
     run = store.run(run_id)
-    if run["status"] == "running" and not take_over:
+    if run.status is RecordStatus.RUNNING and not take_over:
         raise ResumeRefused(
-            f"run {run_id} is still running (process {run['pid']} on {run['host']}): "
+            f"run {run_id} is still running (process {run.pid} on {run.host}): "
             "wait for it to end, or stop it first"
         )
     return run
 
 
 def _inputs(
-    run: Mapping[str, Any],
+    run: RunRow,
     workflow: Workflow,
     inputs: Mapping[str, GivenInput] | None,
     assignments: Sequence[str],
@@ -130,8 +132,8 @@ def _inputs(
     """The stored inputs the workflow still declares, then the overrides; checked
     again, since the file (under --force) may declare other inputs now."""
     given = {
-        name: GivenInput(value, f"the inputs of run {run['run_id']}")
-        for name, value in run["inputs"].items()
+        name: GivenInput(value, f"the inputs of run {run.run_id}")
+        for name, value in run.inputs.items()
         if name in workflow.inputs
     }
     given.update(inputs or {})
@@ -139,14 +141,14 @@ def _inputs(
     return bind_inputs(workflow.inputs, given)
 
 
-def _options(run: Mapping[str, Any], options: Mapping[str, Any] | None) -> dict[str, Any]:
+def _options(run: RunRow, options: Mapping[str, Any] | None) -> dict[str, Any]:
     """The run's recorded options, overridden by those given; a run is finished
     as it began, mock or real."""
-    chosen = dict(run["settings"])
+    chosen = dict(run.settings)
     mock = (options or {}).get("mock")
     if mock is not None and bool(mock) != bool(chosen.get("mock")):
         raise ResumeRefused(
-            f"run {run['run_id']} was {'a --mock' if chosen.get('mock') else 'a real'} run: it "
+            f"run {run.run_id} was {'a --mock' if chosen.get('mock') else 'a real'} run: it "
             f"cannot be finished {'with --mock' if mock else 'for real'}; start a new run"
         )
     chosen.update({k: v for k, v in (options or {}).items() if v is not None})
@@ -154,22 +156,22 @@ def _options(run: Mapping[str, Any], options: Mapping[str, Any] | None) -> dict[
 
 
 def _changed(
-    run: Mapping[str, Any],
+    run: RunRow,
     workflow: Workflow,
     values: Mapping[str, Any],
     defined: Mapping[str, str],
-    records: Mapping[str, Mapping[str, Any]],
+    records: Mapping[str, AgentRow],
 ) -> tuple[str, ...]:
     """The agents whose definition changed (or that never ran), and those reading
     an input (or the workflow's name) whose value is not what it was."""
-    moved = changed_inputs(run["inputs"], values)
-    renamed = workflow.name != run["workflow_name"]
+    moved = changed_inputs(run.inputs, values)
+    renamed = workflow.name != run.workflow_name
     reads = reading(workflow, moved, renamed) if moved or renamed else set()
     return tuple(
         agent_id
         for agent_id in workflow.agents
         if agent_id not in records
-        or records[agent_id]["definition"] != defined[agent_id]
+        or records[agent_id].definition != defined[agent_id]
         or agent_id in reads
     )
 
@@ -202,30 +204,28 @@ def _stale(workflow: Workflow, changed: tuple[str, ...]) -> set[str]:
 
 def _resumption(
     store: Store,
-    run: Mapping[str, Any],
-    records: Mapping[str, Mapping[str, Any]],
+    run: RunRow,
+    records: Mapping[str, AgentRow],
     stale: set[str],
     kept: list[str],
 ) -> Resumption:
     """What the next session starts from: the kept agents' outputs, and what
     earlier sessions spent (by the run, each agent and each foreach item)."""
-    run_id = run["run_id"]
+    run_id = run.run_id
     attempts = store.attempts(run_id)
-    usage = Usage(
-        sum(a["input_tokens"] for a in attempts), sum(a["output_tokens"] for a in attempts)
-    )
+    usage = Usage(sum(a.input_tokens for a in attempts), sum(a.output_tokens for a in attempts))
     agent_spent, item_spent, items = _spent(attempts, records, stale)
     completed = {
         agent_id: Restored(
-            records[agent_id]["output"],
-            Usage(records[agent_id]["input_tokens"], records[agent_id]["output_tokens"]),
-            records[agent_id]["cost"],
-            records[agent_id]["attempts"],
+            records[agent_id].output,
+            Usage(records[agent_id].input_tokens, records[agent_id].output_tokens),
+            records[agent_id].cost,
+            records[agent_id].attempts,
         )
         for agent_id in kept
     }
     return Resumption(
-        session=int(run["sessions"]) + 1,
+        session=int(run.sessions) + 1,
         completed=completed,
         spent=store.spent(run_id),
         usage=usage,
@@ -236,8 +236,8 @@ def _resumption(
 
 
 def _spent(
-    attempts: Sequence[Mapping[str, Any]],
-    records: Mapping[str, Mapping[str, Any]],
+    attempts: Sequence[AttemptRow],
+    records: Mapping[str, AgentRow],
     stale: set[str],
 ) -> tuple[dict[str, float], dict[str, dict[int, float]], dict[str, dict[int, Any]]]:
     """What each agent spent, and each foreach item of an agent still current
@@ -247,25 +247,25 @@ def _spent(
     item_spent: dict[str, dict[int, float]] = {}
     items: dict[str, dict[int, Any]] = {}
     for attempt in attempts:
-        agent_id, item = attempt["agent_id"], attempt["item"]
-        spent = attempt["reserved"] if attempt["status"] == "started" else attempt["cost"]
+        agent_id, item = attempt.agent_id, attempt.item
+        spent = attempt.reserved if attempt.status is AttemptStatus.STARTED else attempt.cost
         agent_spent[agent_id] = agent_spent.get(agent_id, 0.0) + spent
         record = records.get(agent_id)
-        current = record is not None and attempt["session"] >= record["since"]
+        current = record is not None and attempt.session >= record.since
         if item >= 0 and agent_id not in stale and current:  # a foreach item of today's agent
             by_item = item_spent.setdefault(agent_id, {})
             by_item[item] = by_item.get(item, 0.0) + spent
-            if attempt["status"] in ("ok", "cached") and attempt["output"] is not None:
-                items.setdefault(agent_id, {})[item] = json.loads(attempt["output"])
+            if attempt.status.answered and attempt.output is not None:
+                items.setdefault(agent_id, {})[item] = json.loads(attempt.output)
     return agent_spent, item_spent, items
 
 
-def _workflow(run: Mapping[str, Any], settings: Settings) -> Workflow:
+def _workflow(run: RunRow, settings: Settings) -> Workflow:
     """The file at the recorded path; when it is gone, the record's own copy."""
-    path = run["workflow_path"]
+    path = run.workflow_path
     if not is_submitted(path) and os.path.exists(path):
         return load_workflow(path, checks=checks_for(settings)).require()
-    files: Mapping[str, str] = run["workflow_files"] or {}
+    files: Mapping[str, str] = run.workflow_files or {}
     unsafe = [
         name
         for name in files
@@ -278,7 +278,7 @@ def _workflow(run: Mapping[str, Any], settings: Settings) -> Workflow:
         )
     with tempfile.TemporaryDirectory(prefix="aoe-resume-") as folder:
         copy = Path(folder) / Path(path).name
-        copy.write_text(run["workflow_text"], encoding="utf-8")
+        copy.write_text(run.workflow_text, encoding="utf-8")
         for name, text in files.items():
             target = Path(folder) / name
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,20 +1,25 @@
-"""The library entry points: what the command line does, callable from Python.
+"""The one runner: what every caller of a run (the CLI, the HTTP service, the
+queue's worker, resume and the Python API) goes through.
 
 ``validate`` checks workflow files; ``load`` returns a runnable workflow or
-raises :class:`aoe.errors.WorkflowInvalid`. ``run_workflow`` runs one
-on a fresh engine; ``run_until_done`` does it in its own event loop, with
-SIGINT and SIGTERM cancelling the run cleanly.
+raises :class:`aoe.errors.WorkflowInvalid`. ``run_workflow`` wires a run —
+its inputs bound and checked, its record, response cache and Redis mirror,
+its subscribers — and runs it on a fresh engine or a shared one, with the
+choices of the run in one frozen :class:`RunOptions`; ``run_until_done`` does
+it in its own event loop, with SIGINT and SIGTERM cancelling the run cleanly.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from aoe.config.checks import checks_for
 from aoe.config.settings import Settings, load_settings
+from aoe.format.inputs import GivenInput, bind_inputs
 from aoe.format.loader import LoadResult, load_workflow
 from aoe.format.workflow import Workflow
 
@@ -29,7 +34,9 @@ SUBMITTED = "<submitted>"  # the folder of a workflow sent as text: never one on
 
 __all__ = [
     "LoadResult",
+    "RunOptions",
     "Settings",
+    "bind",
     "load",
     "load_settings",
     "providers_used",
@@ -110,47 +117,106 @@ def providers_used(workflow: Workflow) -> list[str]:
     return providers_of(workflow, mock=False)
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """The choices of one run, apart from its workflow and inputs.
+
+    Frozen so that one value can be handed from the CLI, the HTTP service, the
+    queue or the Python API down to the engine without anyone changing it on
+    the way; :meth:`recorded` is what the run's record keeps of it (and what a
+    resume reads back with :meth:`from_record`).
+    """
+
+    mock: bool = False
+    """Answer every agent with the offline mock provider (no keys, no cost)."""
+    budget: float | None = None
+    """USD the run may spend; replaces the workflow's ``cost_budget``."""
+    max_parallel: int | None = None
+    """Agents (and ``foreach`` items) called at once; None: the workflow's own."""
+    cache: bool = True
+    """Answer from the response cache where it can (runs with a store only)."""
+    run_id: str | None = None
+    """The run's id; None: a new one. A resume keeps its plan's."""
+    max_units: int | None = None
+    """A service's limit on the run's agents and ``foreach`` items together."""
+    max_reply_bytes: int | None = None
+    """A service's limit on the characters of the run's replies."""
+
+    def recorded(self) -> dict[str, Any]:
+        """The options a run's record keeps (``runs.settings``): the ones a resume
+        reuses. A service's limits are not kept: they belong to the service."""
+        return {
+            "budget": self.budget,
+            "max_parallel": self.max_parallel,
+            "mock": self.mock,
+            "cache": self.cache,
+        }
+
+    @classmethod
+    def from_record(cls, chosen: Mapping[str, Any], **more: Any) -> RunOptions:
+        """The options a record or a queued message kept (absent keys: defaults)."""
+        return cls(
+            mock=bool(chosen.get("mock")),
+            budget=chosen.get("budget"),
+            max_parallel=chosen.get("max_parallel"),
+            cache=bool(chosen.get("cache", True)),
+            max_units=chosen.get("max_units"),
+            max_reply_bytes=chosen.get("max_reply_bytes"),
+        ).but(**more)
+
+    def but(self, **changes: Any) -> RunOptions:
+        """A copy with ``changes`` (``options.but(mock=True)``)."""
+        return replace(self, **changes) if changes else self
+
+
+def bind(
+    workflow: Workflow, inputs: Mapping[str, Any], given_by: str = "the inputs"
+) -> dict[str, Any]:
+    """Every declared input's value: given, else its default; raises
+    :class:`aoe.errors.InputsInvalid` (a user error, exit 2) listing every
+    missing, undeclared or mistyped one. A value may be a :class:`GivenInput`
+    (which says where it was given: ``-i``, a file's line); any other value is
+    said to be given by ``given_by``. Binding bound values again changes nothing."""
+    return bind_inputs(
+        workflow.inputs,
+        {
+            name: value if isinstance(value, GivenInput) else GivenInput(value, given_by)
+            for name, value in inputs.items()
+        },
+    )
+
+
 async def run_workflow(
     workflow: Workflow,
     inputs: Mapping[str, Any],
     settings: Settings,
+    options: RunOptions = RunOptions(),
     *,
     subscribers: Sequence[Subscriber] = (),
-    mock: bool = False,
-    max_parallel: int | None = None,
-    budget: float | None = None,
-    run_id: str | None = None,
     store: Store | None = None,
-    cache: bool = True,
     resume: ResumePlan | None = None,
     engine: Engine | None = None,
     mirror: RecordMirror | None = None,
-    max_units: int | None = None,
-    max_reply_bytes: int | None = None,
 ) -> RunStatus:
     """Run a workflow on a fresh engine and close it after (or on ``engine``,
     shared with other runs: its rate limits and its limit on runs hold across
-    them, and it stays open); the subscribers get every event. A missing API
-    key is refused before any call; ``budget`` (USD) replaces the workflow's
-    ``cost_budget``.
+    them, and it stays open); the subscribers get every event. The inputs are
+    bound first (:func:`bind`): a bad one is :class:`aoe.errors.InputsInvalid`
+    before anything runs. A missing API key is refused before any call.
 
     With a ``store`` the run is recorded (resumable; see :mod:`aoe.state`) and,
-    unless ``cache`` is false, answers come from the response cache where they
-    can. ``resume`` (from :func:`aoe.service.resume.plan_resume`) continues a recorded
-    run instead of starting one. ``mirror`` sends the record to Redis as well
-    (the work queue's runs; see :mod:`aoe.redis.records`). ``max_units`` bounds the
-    run's agents and ``foreach`` items together, ``max_reply_bytes`` the characters
-    of its replies (a service's limits per run)."""
-    import asyncio
-    import logging
-
-    from aoe.engine.engine import new_run_id
+    unless ``options.cache`` is false, answers come from the response cache
+    where they can. ``resume`` (from :func:`aoe.service.resume.plan_resume`)
+    continues a recorded run instead of starting one. ``mirror`` sends the
+    record to Redis as well (the work queue's runs; see :mod:`aoe.redis.records`)."""
     from aoe.errors import MissingApiKey
-    from aoe.events import EventBus
     from aoe.providers import missing_keys
     from aoe.service.wiring import engine_for
 
-    if not mock:
+    values = bind(workflow, inputs)
+    if not options.mock:
+        import logging
+
         used = providers_used(workflow)
         missing = missing_keys(used, settings)
         if missing:
@@ -160,74 +226,129 @@ async def run_workflow(
     own_engine = engine is None
     if engine is None:  # first: a config it refuses is refused before any record
         engine = engine_for(settings)
+    return await _wired(
+        workflow, values, options, subscribers, store, resume, (engine, own_engine), mirror
+    )
+
+
+async def _wired(
+    workflow: Workflow,
+    values: dict[str, Any],
+    options: RunOptions,
+    subscribers: Sequence[Subscriber],
+    store: Store | None,
+    resume: ResumePlan | None,
+    engine_owned: tuple[Engine, bool],
+    mirror: RecordMirror | None,
+) -> RunStatus:
+    """The run on the engine with its bus, and with a store its recording;
+    closed in order however the run ends: the engine first (when it is the
+    run's own), then the recording."""
+    from aoe.engine.engine import new_run_id
+    from aoe.events import EventBus
+
+    engine, own_engine = engine_owned
     bus = EventBus()
     for subscriber in subscribers:
         bus.subscribe(subscriber)
-    run_id = resume.run_id if resume is not None else run_id or new_run_id()
-    recorder = None
-    response_cache = None
-    resumption = None
+    run_id = resume.run_id if resume is not None else options.run_id or new_run_id()
+    recording = None
     if store is not None:
-        from aoe.state.cache import ResponseCache
-        from aoe.state.recorder import Recorder
-        from aoe.state.store import RUNNING_HERE
-
-        settings_used = {
-            "budget": budget,
-            "max_parallel": max_parallel,
-            "mock": mock,
-            "cache": cache,
-        }
-        session = _record(store, run_id, workflow, inputs, settings_used, resume)
-        RUNNING_HERE.add(run_id)
-        if resume is not None:
-            resumption = resume.resumption._replace(session=session)
-        recorder = Recorder(store.path, run_id, session, mirror)
-        bus.record_with(recorder)
-        if cache:
-            response_cache = ResponseCache(store, recorder.cache)
+        recording = _Recording(store, run_id, workflow, values, options, resume, mirror)
+        bus.record_with(recording.recorder)
     status = None
     try:
-        if recorder is not None:
-            if mirror is not None and store is not None:
-                await mirror.begin(store, session, recorder.journal)
-            recorder.start()
+        if recording is not None:
+            await recording.start()
         status = await engine.run(
             workflow,
-            inputs,
+            values,
             bus,
             run_id=run_id,
-            max_parallel=max_parallel,
-            budget=budget,
-            mock=mock,
-            cache=response_cache,
-            resumption=resumption,
-            max_units=max_units,
-            max_reply_bytes=max_reply_bytes,
+            max_parallel=options.max_parallel,
+            budget=options.budget,
+            mock=options.mock,
+            cache=None if recording is None else recording.cache,
+            resumption=None if recording is None else recording.resumption,
+            max_units=options.max_units,
+            max_reply_bytes=options.max_reply_bytes,
         )
     finally:
         try:
             if own_engine:
                 await engine.aclose()
         finally:
-            if recorder is not None:  # the last commit, off the event loop
-                recorder.drain()
-                try:
-                    try:
-                        if mirror is not None:  # everything, unless the run was stopped
-                            await mirror.close(timeout=None if status is not None else 5.0)
-                    finally:  # even if that wait was cancelled
-                        await asyncio.to_thread(recorder.join)
-                finally:
-                    RUNNING_HERE.discard(run_id)
-    told = None if recorder is None else recorder.told()
-    if told is not None:  # said when it happened; said again as the run ends
-        logging.getLogger("aoe.store").warning("%s", told, extra={"run_id": run_id})
-    if mirror is not None and store is not None:
-        await mirror.finish(store.run(run_id))
+            if recording is not None:
+                await recording.close(finished=status is not None)
+    if recording is not None:
+        await recording.finish()
     if bus.failure is not None:  # a subscriber broke: a bug to report, after the run
         raise bus.failure
     return status
+
+
+class _Recording:
+    """A run's record: its row (or its next session's), the recorder that
+    journals its events, the response cache it reads through, and the Redis
+    mirror it is copied to. Made before the run starts, so a store that
+    refuses it refuses the run."""
+
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        workflow: Workflow,
+        values: dict[str, Any],
+        options: RunOptions,
+        resume: ResumePlan | None,
+        mirror: RecordMirror | None,
+    ) -> None:
+        from aoe.engine.resumption import Resumption
+        from aoe.state.cache import ResponseCache
+        from aoe.state.liveness import HERE
+        from aoe.state.recorder import Recorder
+
+        self.store, self.run_id, self.mirror = store, run_id, mirror
+        self.session = _record(store, run_id, workflow, values, options.recorded(), resume)
+        HERE.runs.add(run_id)
+        self.resumption: Resumption | None = None
+        if resume is not None:
+            self.resumption = resume.resumption._replace(session=self.session)
+        self.recorder = Recorder(store.path, run_id, self.session, mirror)
+        self.cache = ResponseCache(store, self.recorder.cache) if options.cache else None
+
+    async def start(self) -> None:
+        if self.mirror is not None:
+            await self.mirror.begin(self.store, self.session, self.recorder.journal)
+        self.recorder.start()
+
+    async def close(self, *, finished: bool) -> None:
+        """The last commit, off the event loop; the mirror sent everything unless
+        the run was stopped (then it has 5 s)."""
+        import asyncio
+
+        from aoe.state.liveness import HERE
+
+        self.recorder.drain()
+        try:
+            try:
+                if self.mirror is not None:
+                    await self.mirror.close(timeout=None if finished else 5.0)
+            finally:  # even if that wait was cancelled
+                await asyncio.to_thread(self.recorder.join)
+        finally:
+            HERE.runs.discard(self.run_id)
+
+    async def finish(self) -> None:
+        """What the store could not keep, said again as the run ends (it was said
+        when it happened); the mirror's copy of the final record."""
+        import logging
+
+        told = self.recorder.told()
+        if told is not None:
+            logging.getLogger("aoe.store").warning("%s", told, extra={"run_id": self.run_id})
+        if self.mirror is not None:
+            await self.mirror.finish(self.store.run(self.run_id))
 
 
 def _record(
@@ -284,7 +405,8 @@ def run_until_done(
     workflow: Workflow,
     inputs: Mapping[str, Any],
     settings: Settings,
-    **options: Any,
+    options: RunOptions = RunOptions(),
+    **wiring: Any,
 ) -> RunStatus:
     """:func:`run_workflow` in its own event loop; SIGINT and SIGTERM cancel it
     cleanly (calls in flight are cancelled, the run ends ``cancelled``)."""
@@ -300,7 +422,7 @@ def run_until_done(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
         try:
-            return await run_workflow(workflow, inputs, settings, **options)
+            return await run_workflow(workflow, inputs, settings, options, **wiring)
         except asyncio.CancelledError:
             task.uncancel()
             return RunStatus.CANCELLED

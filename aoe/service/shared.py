@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from aoe.errors import OptionInvalid
+from aoe.errors import OptionInvalid, RedisUnreachable
 from aoe.events import Event, RunFinished, event_dict
-from aoe.redis.limits import text as reply_text
+from aoe.redis.client import text as reply_text
 from aoe.service.models import Refused
 from aoe.service.options import API, ServeOptions
 from aoe.service.sse import HEARTBEAT, KEEP_ALIVE, event_stream, frame
@@ -37,7 +37,7 @@ from aoe.service.sse import HEARTBEAT, KEEP_ALIVE, event_stream, frame
 if TYPE_CHECKING:
     from aoe.config.settings import Settings
     from aoe.engine.engine import Engine
-    from aoe.redis.records import SharedRecord
+    from aoe.redis.copies import SharedRecord
     from aoe.state.store import Store
 
 log = logging.getLogger("aoe.serve")
@@ -62,7 +62,8 @@ class Shared:
         engine: Engine,
         subscribers: list[Callable[[Event], None]],
     ) -> None:
-        from aoe.service.worker import Worker, client_for, stream_keys
+        from aoe.redis.queue import client_for, stream_keys
+        from aoe.service.worker import Worker
         from aoe.state.store import Store
 
         self.settings = settings
@@ -117,8 +118,7 @@ class Shared:
         return self.worker_failure
 
     async def _watch_backlog(self) -> None:
-        from aoe.redis.limits import unreachable
-        from aoe.service.worker import GROUP
+        from aoe.redis.queue import backlog
 
         prune_at = 0.0
         while not self._stop.is_set():
@@ -126,12 +126,12 @@ class Shared:
                 prune_at = time.monotonic() + self.PRUNE_EVERY
                 await self._prune()
             try:
-                self.backlog = await self._backlog(GROUP)
+                self.backlog = await backlog(self.client, self.queue)
                 if self.outage is not None:
                     log.warning("Redis answers again")
                 self.outage = None
             except Exception as e:
-                if unreachable(e):
+                if isinstance(e, RedisUnreachable):
                     if self.outage is None:
                         log.error("Redis is unreachable (%s)", e)
                     self.outage = f"{e}"
@@ -147,7 +147,8 @@ class Shared:
         or ended) ``RECORD_TTL`` ago, as their records in Redis expire; a copy
         asked about again is read anew. A failure is logged, not fatal."""
         from aoe.errors import StateUnusable, StateWriteFailed
-        from aoe.redis.records import RECORD_TTL, prune_copies
+        from aoe.redis.copies import prune_copies
+        from aoe.redis.records import RECORD_TTL
 
         try:
             async with self._restoring:
@@ -160,27 +161,10 @@ class Shared:
         if dropped:
             log.info("dropped %d old run records from %s", len(dropped), self.records.path)
 
-    async def _backlog(self, group_name: str) -> int:
-        """Runs in the queue no worker has read yet (Redis 7's ``lag``)."""
-        from redis.exceptions import ResponseError
-
-        try:
-            groups: Any = await self.client.xinfo_groups(self.queue)
-        except ResponseError as e:
-            if "no such key" in str(e).lower():
-                return 0
-            raise
-        for group in groups:
-            if reply_text(group.get("name", b"")) == group_name:
-                lag = group.get("lag")
-                if lag is not None:
-                    return int(lag)
-        return int(await self.client.xlen(self.queue)) if not groups else 0
-
     async def submit(
         self, text: str, name: str, workflow: Any, inputs: dict[str, Any], options: dict[str, Any]
     ) -> dict[str, Any]:
-        from aoe.service.worker import submit as enqueue
+        from aoe.redis.queue import enqueue
 
         if self.backlog >= self.options.queue_limit:
             raise Refused(429, f"{self.backlog} runs are waiting in the queue already: retry later")
@@ -201,7 +185,7 @@ class Shared:
 
     async def run(self, run_id: str) -> dict[str, Any] | None:
         """The run with its agents, from its record in Redis; None if none there."""
-        from aoe.redis.records import head_of, summary_from
+        from aoe.redis.copies import head_of, summary_from
 
         head = await head_of(self.client, self.prefix, run_id, export=False)
         if head is None:
@@ -209,17 +193,17 @@ class Shared:
         summary = summary_from(run_id, head)
         if await self._bring_up(run_id, head) is None:  # queued, or cancelled before it started
             return {**summary, "agents": []}
-        run = self.records.run(run_id)
+        run = self.records.run(run_id).to_dict()
         run.pop("workflow_text", None)
         run.update({k: v for k, v in summary.items() if v is not None})  # its worker's word
-        run["agents"] = self.records.agents(run_id)
+        run["agents"] = [agent.to_dict() for agent in self.records.agents(run_id)]
         return run
 
     async def _bring_up(self, run_id: str, head: dict[str, str]) -> SharedRecord | None:
         """Bring ``shared.db``'s copy of the run up to its record in Redis (None
         if there is none yet), reading only the journal's entries this service
         has not read before, unless its copy turns out not to reach them."""
-        from aoe.redis.records import Partial, fetch
+        from aoe.redis.copies import Partial, fetch
 
         if not head.get("session"):  # queued: no session began, nothing to read
             return None
@@ -245,7 +229,7 @@ class Shared:
         return record
 
     async def _restore(self, record: SharedRecord) -> None:
-        from aoe.redis.records import restore_into
+        from aoe.redis.copies import restore_into
 
         async with self._restoring:  # one writer of shared.db at a time
             await asyncio.to_thread(restore_into, record, self.records.path)
@@ -253,7 +237,7 @@ class Shared:
     async def runs(
         self, status: str | None, workflow: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        from aoe.redis.records import list_runs
+        from aoe.redis.copies import list_runs
 
         return await list_runs(
             self.client, self.prefix, status=status, workflow=workflow, limit=min(limit, 1000)
@@ -275,7 +259,8 @@ class Shared:
     async def events(self, request: web.Request, run_id: str) -> web.StreamResponse | None:
         """The run's events over SSE: those recorded, then live from its journal in
         Redis until the run ends."""
-        from aoe.redis.records import FINAL, head_of
+        from aoe.redis.copies import head_of
+        from aoe.redis.records import FINAL
 
         head = await head_of(self.client, self.prefix, run_id, export=False)
         if head is None:
@@ -312,7 +297,7 @@ class Shared:
         on from ``number``: True once its head says the run is over, False if
         this service stops first."""
         from aoe.redis.records import record_keys
-        from aoe.state.recorder import read_journal
+        from aoe.state.journal import read_journal
 
         head_key, journal = record_keys(self.prefix, run_id)
         quiet = 0.0

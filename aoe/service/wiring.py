@@ -29,14 +29,15 @@ def engine_for(
     limiter: RateLimiter | None = None
     spend: DailySpend | None = None
     if redis.host is not None or redis.url is not None:
-        from aoe.redis.limits import connect, redis_url, shared_limiter
+        from aoe.redis.client import configured, connect
+        from aoe.redis.limits import shared_limiter
 
         limiter = shared_limiter(settings)
         costs = settings.config.cost_tracking
         if costs.daily_budget is not None or costs.workflow_daily_budgets:
             from aoe.redis.spend import SharedSpend
 
-            url = redis_url(redis.host, redis.port, redis.db, redis.url)
+            url = configured(redis)
             assert url is not None  # a host or a url was given
             spend = SharedSpend(
                 connect(url),

@@ -1,5 +1,8 @@
 """A work queue of runs on a Redis Stream: ``aoe submit`` and ``aoe worker``.
 
+The stream itself (reading, claiming, acknowledging) is :mod:`aoe.redis.queue`;
+this module is what a worker does with the runs it reads.
+
 ``aoe submit WORKFLOW`` checks the workflow and its inputs here (exit 2 when
 wrong, as ``aoe run``), picks the run's id, and appends the run — its YAML,
 inputs and options — to the stream ``<prefix>:{queue}:runs``. Workers read it
@@ -36,123 +39,24 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from aoe.errors import OptionInvalid, ResumeRefused, StateWriteFailed
-from aoe.redis.limits import redis_failed, text
-from aoe.redis.records import RECORD_TTL, cancel_key, record_keys
+from aoe.errors import RedisFailed, RedisUnreachable, ResumeRefused, StateWriteFailed
+from aoe.redis.queue import RunQueue, client_for
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from redis.asyncio import Redis
 
     from aoe.config.settings import Settings
     from aoe.engine.engine import Engine
     from aoe.events import Subscriber
     from aoe.redis.records import RecordMirror
+    from aoe.state.rows import RunRow
     from aoe.state.store import Store
 
 log = logging.getLogger("aoe.worker")
 
-GROUP = "workers"
-# acknowledge a message only while this consumer holds it (one another worker
-# took over is that worker's to acknowledge)
-ACK = """
-local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
-if #held == 0 then return 0 end
-return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-"""
-# a drained worker's message, queued again as a new one (a drain is not a
-# delivery) and acknowledged, both only while this consumer holds it
-HAND_BACK = """
-local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
-if #held == 0 then return 0 end
-local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('XADD', KEYS[1], '*', unpack(fields))
-return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-"""
 CANCEL_POLL = 0.5  # seconds between checks for runs cancelled on request
 LEASE = 30.0
 MAX_DELIVERIES = 3
-
-
-def stream_keys(prefix: str) -> tuple[str, str]:
-    """The queue and its dead letters, hash-tagged into one cluster slot."""
-    return f"{prefix}:{{queue}}:runs", f"{prefix}:{{queue}}:dead"
-
-
-def client_for(settings: Settings) -> Redis:
-    from aoe.redis.limits import connect, redis_url
-
-    section = settings.config.redis
-    url = redis_url(section.host, section.port, section.db, section.url)
-    if url is None:
-        raise OptionInvalid(
-            "the work queue is in Redis: set REDIS_HOST (or redis.url in the config file)"
-        )
-    return connect(url)
-
-
-async def submit(
-    settings: Settings,
-    text: str,
-    name: str,
-    inputs: dict[str, Any],
-    options: dict[str, Any],
-    files: dict[str, str] | None = None,
-    *,
-    workflow_name: str | None = None,
-    client: Redis | None = None,
-) -> str:
-    """Append a run to the queue; its id. The caller checked the workflow.
-    Its record in Redis says ``queued`` until a worker starts it."""
-    from aoe.engine.engine import new_run_id
-    from aoe.redis.records import index_key
-
-    own = client is None
-    if client is None:
-        client = client_for(settings)
-    prefix = settings.config.redis.key_prefix
-    queue, _ = stream_keys(prefix)
-    run_id = new_run_id()
-    fields = {
-        "run_id": run_id,
-        "name": name,
-        "workflow": text,
-        "inputs": json.dumps(inputs),
-        "options": json.dumps(options),
-        "files": json.dumps(files or {}),  # its prompt and schema files, by path
-    }
-    head, _ = record_keys(prefix, run_id)
-    now = time.time()
-    summary = {"status": "queued", "workflow_name": workflow_name or name, "created_at": now}
-    try:
-        # the record first: a worker may start the run at once. (Not one
-        # transaction: the keys are in different cluster slots.) The index
-        # forgets the runs whose records expired.
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.hset(head, mapping=summary)  # type: ignore[arg-type]
-            pipe.expire(head, RECORD_TTL)
-            pipe.zadd(index_key(prefix), {run_id: now})
-            pipe.zremrangebyscore(index_key(prefix), "-inf", now - RECORD_TTL)
-            await pipe.execute()
-        try:
-            await client.xadd(queue, fields)  # type: ignore[arg-type]
-        except Exception:
-            with contextlib.suppress(Exception):  # no record of a run never queued
-                await client.delete(head)
-                await client.zrem(index_key(prefix), run_id)
-            raise
-    except Exception as e:
-        from aoe.redis.limits import unreachable
-
-        if not unreachable(e):
-            raise
-        raise OptionInvalid(f"cannot reach Redis to queue the run: {e}") from None
-    finally:
-        if own:
-            await client.aclose()
-    return run_id
 
 
 class Worker:
@@ -180,8 +84,8 @@ class Worker:
         self.lease = lease
         self.max_deliveries = max_deliveries
         self.client = client_for(settings)
-        self.queue, self.dead = stream_keys(settings.config.redis.key_prefix)
         self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self.queue = RunQueue(self.client, self.prefix, self.name)
         self.own_engine = engine is None
         self.engine = engine_for(settings) if engine is None else engine
         self.running: dict[str, asyncio.Task[None]] = {}  # message id -> its run
@@ -189,29 +93,15 @@ class Worker:
         self.cancelled: set[str] = set()  # runs stopped on request (aoe serve)
         self.stopping = False
         self.done = 0
-        self._cursor = "0-0"
         self._fields: dict[str, dict[str, str]] = {}  # of the messages being run
-
-    async def setup(self) -> None:
-        from redis.exceptions import ResponseError
-
-        try:
-            await self.client.xgroup_create(self.queue, GROUP, id="0", mkstream=True)
-        except ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set: take messages (reclaimed ones first), run them."""
-        from aoe.redis.limits import unreachable
-
         while True:  # Redis may come up after the workers
             try:
-                await self.setup()
+                await self.queue.setup()
                 break
-            except Exception as e:
-                if not unreachable(e):
-                    raise
+            except RedisUnreachable as e:
                 log.error("Redis is unreachable (%s): waiting for it", e)
                 await _first(stop, timeout=2.0)
                 if stop.is_set():
@@ -219,7 +109,7 @@ class Worker:
                     return
         log.info(
             "worker %s: reading %s (%d at a time, lease %gs)",
-            self.name, self.queue, self.concurrency, self.lease,
+            self.name, self.queue.stream, self.concurrency, self.lease,
         )  # fmt: skip
         loop = asyncio.get_running_loop()
         keeper = loop.create_task(self._keep_claims())
@@ -232,15 +122,17 @@ class Worker:
                     await _first(stop, *self.running.values())
                     continue
                 try:
-                    messages = await self._reclaimed(room) or await self._new(room)
-                except Exception as e:
+                    messages = await self.queue.reclaimed(room, self.lease) or await self.queue.new(
+                        room
+                    )
+                except RedisFailed as e:
                     if "NOGROUP" in str(e):  # a Redis that restarted without its data
                         log.error("the queue's consumer group is gone: making it again")
                         with contextlib.suppress(Exception):  # unreachable: next time
-                            await self.setup()
+                            await self.queue.setup()
                         await _first(stop, timeout=1.0)
                         continue
-                    if not unreachable(e):
+                    if not isinstance(e, RedisUnreachable):
                         raise
                     if not outage:
                         log.error("Redis is unreachable (%s): waiting for it", e)
@@ -257,32 +149,6 @@ class Worker:
             watcher.cancel()
             self.stopping = True
             await self.drain()
-
-    async def _reclaimed(self, count: int) -> list[tuple[str, dict[str, str], int]]:
-        """Messages whose worker stopped renewing them for ``lease`` seconds."""
-        answer: Any = await self.client.xautoclaim(
-            self.queue, GROUP, self.name, int(self.lease * 1000), self._cursor, count=count
-        )
-        cursor, claimed = answer[0], answer[1]
-        self._cursor = text(cursor)  # the next call goes on from here (0-0: from the start)
-        found = []
-        for message_id, fields in claimed:
-            pending = await self.client.xpending_range(
-                self.queue, GROUP, min=message_id, max=message_id, count=1
-            )
-            deliveries = int(pending[0]["times_delivered"]) if pending else 1
-            found.append((text(message_id), _fields(fields), deliveries))
-        return found
-
-    async def _new(self, count: int) -> list[tuple[str, dict[str, str], int]]:
-        answer: Any = await self.client.xreadgroup(
-            GROUP, self.name, {self.queue: ">"}, count=count, block=1000
-        )
-        return [
-            (text(message_id), _fields(fields), 1)
-            for _, messages in answer or []
-            for message_id, fields in messages
-        ]
 
     def _start(self, message_id: str, fields: dict[str, str], deliveries: int) -> None:
         if message_id in self.running:  # taken back while this worker still runs it
@@ -323,7 +189,7 @@ class Worker:
             self.client, run_id, prefix=redis.key_prefix, on_unavailable=redis.on_unavailable
         )
         try:
-            if await self.client.exists(cancel_key(self.prefix, run_id)):
+            if await self.queue.cancel_asked(run_id):
                 await self._cancelled(message_id, run_id, mirror)
                 return
             status = await self._run(run_id, workflow, inputs, options, mirror)
@@ -348,7 +214,7 @@ class Worker:
             log.warning("run %s left in the queue: %s", run_id, e, extra={"run_id": run_id})
             return
         except Exception as e:
-            if redis_failed(e):
+            if isinstance(e, RedisFailed):
                 # Redis away or refusing (out of memory, a failover): not the
                 # run's fault; its lease hands it on
                 log.warning(
@@ -367,22 +233,19 @@ class Worker:
         it (not one another took over meanwhile); while Redis is unreachable,
         keep trying (else the lease hands the finished run to another worker,
         which finds it done)."""
-        from aoe.redis.limits import unreachable
-
         self.run_ids.pop(message_id, None)  # no cancel for it now: it is over
         while True:
             try:
-                await self.client.eval(ACK, 1, self.queue, GROUP, message_id, self.name)
+                await self.queue.ack(message_id)
                 return
             except Exception as e:
-                if not unreachable(e) or self.stopping:
+                if not isinstance(e, RedisUnreachable) or self.stopping:
                     log.warning("message %s not acknowledged (%s)", message_id, e)
                     return
                 await asyncio.sleep(1.0)
 
     def _read(self, fields: dict[str, str]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-        from aoe.format.inputs import GivenInput, bind_inputs
-        from aoe.service.runner import load_text
+        from aoe.service.runner import bind, load_text
 
         files = json.loads(fields.get("files") or "{}")
         workflow = load_text(
@@ -390,10 +253,7 @@ class Worker:
         )
         given = json.loads(fields.get("inputs") or "{}")
         options = json.loads(fields.get("options") or "{}")
-        values = bind_inputs(
-            workflow.inputs,
-            {key: GivenInput(value, "the queued inputs") for key, value in given.items()},
-        )
+        values = bind(workflow, given, "the queued inputs")
         return workflow, values, options
 
     async def _run(
@@ -407,20 +267,13 @@ class Worker:
         """A fresh run, or — when its record exists (another worker started it) —
         its resumption, which never calls a completed agent again."""
         from aoe.errors import RunNotFound
-        from aoe.redis.records import restore
+        from aoe.redis.copies import restore
         from aoe.service.resume import plan_resume
-        from aoe.service.runner import run_workflow
+        from aoe.service.runner import RunOptions, run_workflow
 
-        arguments: dict[str, Any] = {
-            "mock": bool(options.get("mock")),
-            "budget": options.get("budget"),
-            "max_parallel": options.get("max_parallel"),
-            "cache": bool(options.get("cache", True)),
-            "max_units": options.get("max_units"),  # a service's limits travel with its run
-            "max_reply_bytes": options.get("max_reply_bytes"),
-            "mirror": mirror,
-            "subscribers": self.subscribers,
-        }
+        # a service's limits (max_units, max_reply_bytes) travel with its run
+        chosen = RunOptions.from_record(options)
+        arguments: dict[str, Any] = {"mirror": mirror, "subscribers": self.subscribers}
         # what another worker, maybe on another host, recorded of it; its
         # session begins only if no other began one since
         mirror.expected = await restore(self.client, self.prefix, self.store, run_id)
@@ -433,7 +286,7 @@ class Worker:
                 workflow,
                 inputs,
                 self.settings,
-                run_id=run_id,
+                chosen.but(run_id=run_id),
                 store=self.store,
                 engine=self.engine,
                 **arguments,
@@ -441,7 +294,7 @@ class Worker:
         if plan.done:  # its worker died after recording its end
             run = self.store.run(run_id)
             await mirror.finish(run)
-            return run["status"]
+            return run.status
         log.info(
             "run %s: resuming after another worker (%d agents kept)",
             run_id, len(plan.kept), extra={"run_id": run_id},
@@ -450,6 +303,7 @@ class Worker:
             plan.workflow,
             plan.inputs,
             self.settings,
+            chosen,
             store=self.store,
             engine=self.engine,
             resume=plan,
@@ -462,10 +316,10 @@ class Worker:
         from aoe.redis.records import mark
 
         try:
-            run: dict[str, Any] | None = self.store.run(run_id)
+            run: RunRow | None = self.store.run(run_id)
         except RunNotFound:  # not started here
             run = None
-        if run is not None and run["status"] in ("running", "interrupted"):
+        if run is not None and not run.status.final:
             self.store.mark_cancelled(run_id)  # stopped before its session began
             run = self.store.run(run_id)
         if run is not None and mirror.epoch is not None:  # its session, its record
@@ -494,10 +348,7 @@ class Worker:
             if not running:
                 continue
             with contextlib.suppress(Exception):  # unreachable: next time
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for run_id in running:  # one key per run's slot: no MGET
-                        pipe.exists(cancel_key(self.prefix, run_id))
-                    found: list[Any] = await pipe.execute()
+                found = await self.queue.cancels(running)
                 for run_id, value in zip(running, found, strict=True):
                     task = self.running.get(running[run_id])
                     if value and task is not None:
@@ -509,9 +360,8 @@ class Worker:
         from aoe.redis.records import mark
 
         log.error("message %s to the dead letters: %s", message_id, reason)
-        letter: dict[Any, Any] = {**fields, "reason": reason, "message": message_id}
         try:
-            await self.client.xadd(self.dead, letter)
+            await self.queue.bury(message_id, fields, reason)
         except Exception as e:  # Redis away: the message stays; its next delivery tries again
             log.warning("message %s not moved to the dead letters yet (%s)", message_id, e)
             return
@@ -531,10 +381,7 @@ class Worker:
             if not self.running:
                 continue
             with contextlib.suppress(Exception):
-                mine: Any = await self.client.xpending_range(
-                    self.queue, GROUP, min="-", max="+", count=10_000, consumername=self.name
-                )
-                still = {text(entry["message_id"]) for entry in mine}
+                still = await self.queue.held()
                 for message_id, task in list(self.running.items()):
                     if message_id not in still:
                         log.warning("message %s was taken over: its run stops here", message_id)
@@ -544,7 +391,7 @@ class Worker:
                     # only if idle a while (ours, renewed every lease/3 s): one another
                     # worker took just now is not taken back
                     idle = int(self.lease * 1000 / 6)
-                    await self.client.xclaim(self.queue, GROUP, self.name, idle, ids, justid=True)
+                    await self.queue.renew(ids, idle)
 
     async def drain(self) -> None:
         """Cancel the runs in progress (recorded, resumable) and hand their messages
@@ -561,11 +408,7 @@ class Worker:
             if fields is None:
                 continue
             with contextlib.suppress(Exception):  # unreachable: the lease hands it over
-                values = [value for pair in fields.items() for value in pair]
-                handed: Any = await self.client.eval(
-                    HAND_BACK, 1, self.queue, GROUP, message_id, self.name, *values
-                )
-                if handed:
+                if await self.queue.hand_back(message_id, fields):
                     log.info("run %s handed back to the queue", fields.get("run_id"))
         if self.own_engine:
             await self.engine.aclose()
@@ -579,10 +422,6 @@ async def _first(stop: asyncio.Event, *tasks: asyncio.Task[Any], timeout: float 
         await asyncio.wait({waiter, *tasks}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
-
-
-def _fields(fields: dict[Any, Any]) -> dict[str, str]:
-    return {text(k): text(v) for k, v in fields.items()}
 
 
 async def work(settings: Settings, store: Store, **options: Any) -> int:

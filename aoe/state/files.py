@@ -139,7 +139,12 @@ class StoreFile:
             self.shm is not None and _key(f"{self.path}-shm") != self.shm
         ):
             return Loss.LOG
-        seen = (stat.st_size, stat.st_mtime_ns)
+        return self._damaged((stat.st_size, stat.st_mtime_ns))
+
+    def _damaged(self, seen: tuple[int, int]) -> Loss | None:
+        """The file at the path is the one opened: is it whole? Its header, read
+        when its size or time changed; a file short of its pages is waited on
+        for :attr:`SHORT` seconds (a checkpoint may be under way)."""
         if seen == self.seen and self.suspect is None:
             return None
         changed, self.seen = seen != self.seen, seen

@@ -12,10 +12,15 @@ busy store is waited for rather than failed. A running run's events reach
 its journal before any call that depends on them and its tables in batches
 (:mod:`aoe.state.recorder`); everything else is ``synchronous=FULL``.
 
-The schema has a version (``PRAGMA user_version``) and migrations; a store from
-a newer aoe is refused rather than guessed at. Any failure to open the store is
-a :class:`StateUnusable` naming the file and what to do; nothing here ever
-deletes or rewrites a store it cannot read.
+The schema, its migrations and the connections are :mod:`aoe.state.schema`'s;
+what the queries answer are the typed rows of :mod:`aoe.state.rows`; whether a
+run's process is alive is :mod:`aoe.state.liveness`'s; exports and imports are
+:mod:`aoe.state.transfer`'s. Any failure to open or read the store is a
+:class:`StateUnusable` naming the file and what to do (sqlite3's errors are
+translated by each method); nothing here ever deletes or rewrites a store it
+cannot read. (At some 540 lines the module is :class:`Store` alone: its
+writes and queries share one connection, one check that the file is still
+there, and one translation of sqlite3's errors.)
 
 A store open for long (``aoe serve``'s) looks every quarter second that its
 file is still the one at the path (:mod:`aoe.state.files`): deleted, replaced
@@ -25,316 +30,66 @@ nobody else sees.
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import math
 import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from aoe.errors import ResumeRefused, RunNotFound, StateUnusable, StateWriteFailed
-from aoe.format.files import make_folders
+from aoe.errors import ResumeRefused, RunNotFound, StateUnusable
+from aoe.events import AgentState
 from aoe.state.files import Loss, StoreFile
+from aoe.state.liveness import identity, run_alive
+from aoe.state.rows import (
+    AgentRow,
+    AttemptRow,
+    AttemptStatus,
+    CacheStats,
+    ModelEntries,
+    RecordStatus,
+    RunListed,
+    RunRow,
+    Summary,
+    attempt_events,
+    enum_of,
+)
+from aoe.state.schema import (
+    dumps,
+    loads,
+    open_store,
+    store_path,
+    transaction,
+    translated,
+    writing,
+)
 
 if TYPE_CHECKING:
     from aoe.config.settings import Settings
 
 log = logging.getLogger("aoe.store")
 
-SCHEMA_VERSION = 2
-FILE_NAME = "state.db"
-BUSY_TIMEOUT = 30.0  # seconds another process may hold the write lock
 
-# Each entry moves the schema from version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY,
-        workflow_name TEXT NOT NULL,
-        workflow_path TEXT NOT NULL,
-        workflow_sha256 TEXT NOT NULL,
-        workflow_text TEXT NOT NULL,
-        workflow_files TEXT NOT NULL,          -- JSON: prompt and schema files, by path
-        inputs TEXT NOT NULL,                  -- JSON
-        settings TEXT NOT NULL,                -- JSON: budget, max_parallel, mock, no_cache
-        status TEXT NOT NULL,                  -- running, or the run's final status
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        finished_at REAL,
-        duration REAL,
-        input_tokens INTEGER NOT NULL DEFAULT 0,
-        output_tokens INTEGER NOT NULL DEFAULT 0,
-        cost REAL NOT NULL DEFAULT 0,
-        budget REAL,
-        outputs TEXT,                          -- JSON
-        output_errors TEXT,                    -- JSON
-        sessions INTEGER NOT NULL DEFAULT 1,   -- 1, and one more for each resume
-        host TEXT,
-        pid INTEGER,
-        process TEXT                           -- the process's boot and start time
-    );
-    CREATE INDEX runs_by_time ON runs (created_at);
-    CREATE INDEX runs_by_workflow ON runs (workflow_path, created_at);
-
-    CREATE TABLE agents (
-        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
-        agent_id TEXT NOT NULL,
-        definition TEXT NOT NULL,              -- hash of what decides its output
-        state TEXT NOT NULL,
-        output TEXT,                           -- JSON
-        error TEXT,
-        input_tokens INTEGER NOT NULL DEFAULT 0,
-        output_tokens INTEGER NOT NULL DEFAULT 0,
-        cost REAL NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        duration REAL,
-        started_at REAL,
-        finished_at REAL,
-        provider TEXT,                         -- who answered
-        model TEXT,
-        session INTEGER NOT NULL DEFAULT 1,    -- the session that ended it
-        since INTEGER NOT NULL DEFAULT 1,      -- its definition and inputs hold from this session
-        PRIMARY KEY (run_id, agent_id)
-    ) WITHOUT ROWID;
-
-    CREATE TABLE attempts (
-        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
-        agent_id TEXT NOT NULL,
-        session INTEGER NOT NULL,
-        item INTEGER NOT NULL,                 -- -1 for an agent without foreach
-        attempt INTEGER NOT NULL,
-        provider TEXT NOT NULL,
-        model TEXT NOT NULL,
-        fingerprint TEXT,
-        status TEXT NOT NULL,                  -- started, ok, error, cancelled, cached
-        error TEXT,
-        error_kind TEXT,
-        reserved REAL NOT NULL DEFAULT 0,
-        cost REAL NOT NULL DEFAULT 0,
-        input_tokens INTEGER NOT NULL DEFAULT 0,
-        output_tokens INTEGER NOT NULL DEFAULT 0,
-        waited REAL NOT NULL DEFAULT 0,
-        output TEXT,                           -- JSON: a foreach item's output
-        duration REAL,
-        started_at REAL NOT NULL,
-        finished_at REAL,
-        PRIMARY KEY (run_id, agent_id, session, item, attempt)
-    ) WITHOUT ROWID;
-
-    CREATE TABLE events (
-        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
-        session INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        at REAL NOT NULL,
-        type TEXT NOT NULL,
-        agent_id TEXT,
-        data TEXT NOT NULL,                    -- JSON
-        PRIMARY KEY (run_id, session, seq)
-    ) WITHOUT ROWID;
-
-    CREATE TABLE cache (
-        key TEXT PRIMARY KEY,
-        provider TEXT NOT NULL,
-        model TEXT NOT NULL,
-        response TEXT NOT NULL,                -- JSON: text, usage, model, finish_reason
-        size INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        hits INTEGER NOT NULL DEFAULT 0,
-        last_hit REAL
-    ) WITHOUT ROWID;
-    """,
-    # 2: how far the run's journal (aoe.recorder) is written into the tables
-    """
-    ALTER TABLE runs ADD COLUMN journal_session INTEGER;
-    ALTER TABLE runs ADD COLUMN journal_offset INTEGER NOT NULL DEFAULT 0;
-    """,
-)
-
-_FIX = "move it aside (or set AOE_STATE_DIR to another folder) and run again"
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
-def store_path(settings: Settings) -> Path:
-    """The store's file: ``engine.state_dir`` (``AOE_STATE_DIR``) / state.db."""
-    return Path(settings.config.engine.state_dir) / FILE_NAME
+def _translated(
+    method: Callable[Concatenate[Store, _P], _R],
+) -> Callable[Concatenate[Store, _P], _R]:
+    """sqlite3's errors of the method, as aoe's (:func:`aoe.state.schema.translated`):
+    where a store that broke after it was opened enters aoe."""
 
+    @functools.wraps(method)
+    def translating(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with translated(self.path):
+            return method(self, *args, **kwargs)
 
-JOURNALS = "journal"  # the folder of the runs' journals, beside the store's file
-
-
-def journal_path(path: Path, run_id: str, session: int) -> Path:
-    """The journal of one session of a run, for the store at ``path``."""
-    return path.parent / JOURNALS / f"{quote(run_id, safe='')}@{session}.journal"
-
-
-def journal_of(file: Path) -> tuple[str, int] | None:
-    """The run id and session of a journal file; None if it is not one."""
-    name, _, session = file.name.removesuffix(".journal").rpartition("@")
-    if not name or not session.isdigit() or not file.name.endswith(".journal"):
-        return None
-    return unquote(name), int(session)
-
-
-def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
-    """A connection with aoe's pragmas; autocommit, so transactions are explicit."""
-    connection = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-    )
-    connection.execute("PRAGMA foreign_keys = ON")
-    connection.execute(f"PRAGMA synchronous = {synchronous}")
-    return connection
-
-
-def _use_wal(connection: sqlite3.Connection) -> None:
-    """Put the store in WAL mode. Switching a new file is the one step SQLite
-    does not wait on a busy store for: when several processes create it at once
-    (workers started together on a fresh folder) the losers are told "locked"
-    at once, so they wait here, as for any other write, and look again."""
-    deadline = time.monotonic() + BUSY_TIMEOUT
-    pause = 0.005
-    while True:
-        try:
-            mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode != "wal":
-                mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        except sqlite3.OperationalError as e:
-            if not ("locked" in str(e) or "busy" in str(e)) or time.monotonic() > deadline:
-                raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.1)
-            continue
-        if mode != "wal":
-            raise sqlite3.OperationalError(f"journal mode is {mode}, not wal")
-        return
-
-
-@contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """A write to the store that fails (a full disk, an I/O error) is the user's
-    to fix, not a crash: say what happened and that nothing else was lost."""
-    try:
-        yield
-    except sqlite3.OperationalError as e:  # full, read-only, I/O error, locked too long
-        raise StateWriteFailed(
-            f"the run store {path} could not be written ({e}); nothing was changed. "
-            "Free disk space (or set AOE_STATE_DIR to another folder) and run again"
-        ) from None
-
-
-@contextmanager
-def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE``: take the write lock first, so two processes never
-    deadlock upgrading read locks; committed, or rolled back on any error."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield connection
-    except BaseException:
-        if connection.in_transaction:  # some errors (a full disk) end it themselves
-            connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-
-
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON; anything else as its str(). One encoder for every call:
-    ``json.dumps`` with options builds a new one each time (~3 µs)."""
-    return _ENCODER.encode(value)
-
-
-def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def open_store(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
-    """A connection to the store at ``path``, created (or brought to this aoe's
-    schema) if need be; :class:`StateUnusable` if it cannot be used."""
-    try:
-        make_folders(path.parent)
-    except OSError as e:
-        raise StateUnusable(
-            f"cannot create the run store's folder {path.parent}: {e.strerror or e}; "
-            "set AOE_STATE_DIR to a folder you can write"
-        ) from None
-    try:
-        connection = connect(path, synchronous)
-        try:
-            _use_wal(connection)
-            _migrate(path, connection)
-        except BaseException:
-            connection.close()
-            raise
-    except sqlite3.DatabaseError as e:
-        raise StateUnusable(_unusable(path, e)) from None
-    return connection
-
-
-def _unusable(path: Path, error: sqlite3.Error) -> str:
-    text = str(error)
-    if "not a database" in text or "malformed" in text or "corrupt" in text:
-        return f"the run store {path} is damaged or not an aoe store ({text}): {_FIX}"
-    if "unable to open" in text or "readonly" in text or "disk I/O" in text:
-        return (
-            f"cannot open the run store {path} ({text}): check that the folder "
-            "and the file are readable and writable, or set AOE_STATE_DIR elsewhere"
-        )
-    return f"cannot use the run store {path} ({text}): {_FIX}"
-
-
-def _migrate(path: Path, connection: sqlite3.Connection) -> None:
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    if version == SCHEMA_VERSION:
-        connection.execute("SELECT 1 FROM runs LIMIT 1")  # reads a page: finds damage
-        return
-    if version > SCHEMA_VERSION:
-        raise StateUnusable(
-            f"the run store {path} was written by a newer aoe (schema {version}; "
-            f"this aoe knows up to {SCHEMA_VERSION}): upgrade aoe, or set AOE_STATE_DIR "
-            "to another folder"
-        )
-    with transaction(connection):
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0 and connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise StateUnusable(f"{path} is an SQLite file but not an aoe store: {_FIX}")
-        for step in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[step].split(";"):
-                if statement.strip():
-                    connection.execute(statement)
-        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
-_TABLES = ("runs", "agents", "attempts", "events")
-
-
-Rows = dict[str, tuple[list[str], list[tuple[Any, ...]]]]  # by table: the columns, the rows
-
-
-def run_rows(connection: sqlite3.Connection, run_id: str) -> Rows:
-    """Every row of one run, by table, as stored."""
-    rows: Rows = {}
-    for table in _TABLES:
-        cursor = connection.execute(f"SELECT * FROM {table} WHERE run_id = ?", (run_id,))
-        rows[table] = ([c[0] for c in cursor.description], cursor.fetchall())
-    return rows
-
-
-def put_rows(connection: sqlite3.Connection, run_id: str, rows: Rows) -> None:
-    """Replace the run's record by ``rows`` (from :func:`run_rows`), exactly as
-    they were, its process included; within the caller's transaction."""
-    connection.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
-    for table in _TABLES:
-        names, values = rows[table]
-        connection.executemany(
-            f"INSERT INTO {table} ({','.join(names)}) VALUES ({','.join('?' * len(names))})",
-            values,
-        )
+    return translating
 
 
 class Store:
@@ -403,6 +158,7 @@ class Store:
         self.close()
 
     # -- runs ----------------------------------------------------------------------
+    @_translated
     def create_run(
         self,
         run_id: str,
@@ -439,7 +195,7 @@ class Store:
                     budget,
                     socket.gethostname(),
                     os.getpid(),
-                    _identity(os.getpid()),
+                    identity(os.getpid()),
                 ),
             )
             db.executemany(
@@ -447,6 +203,7 @@ class Store:
                 [(run_id, agent_id, definition) for agent_id, definition in agents.items()],
             )
 
+    @_translated
     def begin_session(
         self,
         run_id: str,
@@ -495,7 +252,7 @@ class Store:
                     time.time(),
                     socket.gethostname(),
                     os.getpid(),
-                    _identity(os.getpid()),
+                    identity(os.getpid()),
                     dumps(dict(inputs)),
                     dumps(dict(settings)),
                     budget,
@@ -537,23 +294,25 @@ class Store:
             )
         return session
 
-    def run(self, run_id: str) -> dict[str, Any]:
+    @_translated
+    def run(self, run_id: str) -> RunRow:
         """One run's record; a unique prefix of its id is enough."""
         rows = self.connection.execute(
             "SELECT * FROM runs WHERE run_id = ? UNION ALL "
             "SELECT * FROM runs WHERE run_id LIKE ? || '%' ESCAPE '\\' AND run_id != ? LIMIT 3",
             (run_id, run_id.replace("\\", "").replace("%", "").replace("_", "\\_"), run_id),
         )
-        found = [self._run_row(rows, row) for row in rows.fetchall()]
+        found = [RunRow.of(_run_columns(rows, row)) for row in rows.fetchall()]
         if not found:
             raise RunNotFound(f"no run {run_id} in {self.path}: `aoe runs list` shows the runs")
-        if found[0]["run_id"] == run_id or len(found) == 1:
+        if found[0].run_id == run_id or len(found) == 1:
             return found[0]
         raise RunNotFound(
-            f"{run_id} could be more than one run ({', '.join(r['run_id'] for r in found)}"
+            f"{run_id} could be more than one run ({', '.join(r.run_id for r in found)}"
             "...): give more of the id"
         )
 
+    @_translated
     def runs(
         self,
         *,
@@ -561,7 +320,7 @@ class Store:
         workflow: str | None = None,
         limit: int | None = 20,
         since: float | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[RunListed]:
         """Recent runs, newest first; ``workflow`` matches the name or the file;
         ``since``: started at or after that time."""
         where: list[str] = []
@@ -586,9 +345,10 @@ class Store:
         if limit is not None:
             query += f" LIMIT {int(limit)}"
         cursor = self.connection.execute(query, args)
-        return [self._run_row(cursor, row) for row in cursor.fetchall()]
+        return [RunListed.of(_run_columns(cursor, row)) for row in cursor.fetchall()]
 
-    def latest_unfinished(self, workflow_path: str) -> dict[str, Any] | None:
+    @_translated
+    def latest_unfinished(self, workflow_path: str) -> RunRow | None:
         """The newest run of this file that did not complete (for --resume-latest)."""
         cursor = self.connection.execute(
             "SELECT * FROM runs WHERE workflow_path = ? ORDER BY created_at DESC,"
@@ -598,38 +358,23 @@ class Store:
         row = cursor.fetchone()
         if row is None:
             return None
-        run = self._run_row(cursor, row)
-        return None if run["status"] in ("completed", "partial") else run
+        run = RunRow.of(_run_columns(cursor, row))
+        return None if run.status.done else run
 
-    def _run_row(self, cursor: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:
-        run = dict(zip([c[0] for c in cursor.description], row, strict=True))
-        for key in ("workflow_files", "inputs", "settings", "outputs", "output_errors"):
-            if key in run:
-                run[key] = loads(run[key])
-        if run["status"] == "running" and not run_alive(
-            run["run_id"], run.get("host"), run.get("pid"), run.get("process")
-        ):
-            run["status"] = "interrupted"  # its process is gone: resumable
-        return run
-
-    def summary(self, since: float) -> dict[str, Any]:
+    @_translated
+    def summary(self, since: float) -> Summary:
         """For ``aoe status``: runs in progress, the failures and the spend of the
         runs started since ``since`` (a time.time())."""
         recent = self.runs(limit=None, since=since)
         running = self.runs(status="running", limit=None)
-        return {
-            "active": [r for r in running if r["status"] == "running"],
-            "failures": [
-                r
-                for r in recent
-                if r["status"] in ("failed", "budget_exceeded", "partial", "interrupted")
-            ][:20],
-            "spend": {
-                "last_24h": math.fsum(r["cost"] or 0.0 for r in recent),
-                "runs": len(recent),
-            },
-        }
+        return Summary(
+            active=[r for r in running if r.status is RecordStatus.RUNNING],
+            failures=[r for r in recent if r.status in _FAILURES][:20],
+            last_24h=math.fsum(r.cost or 0.0 for r in recent),
+            runs=len(recent),
+        )
 
+    @_translated
     def mark_cancelled(self, run_id: str) -> None:
         """A run that was cancelled before it started (``aoe serve``'s queue), or
         whose process could not finish it: ``cancelled``, so it can be resumed."""
@@ -641,7 +386,8 @@ class Store:
                 (now, now, run_id),
             )
 
-    def agents(self, run_id: str) -> list[dict[str, Any]]:
+    @_translated
+    def agents(self, run_id: str) -> list[AgentRow]:
         cursor = self.connection.execute(
             "SELECT * FROM agents WHERE run_id = ? ORDER BY coalesce(started_at, 9e18), agent_id",
             (run_id,),
@@ -651,17 +397,25 @@ class Store:
         for row in cursor.fetchall():
             agent = dict(zip(names, row, strict=True))
             agent["output"] = loads(agent["output"])
-            agents.append(agent)
+            agent["state"] = enum_of(AgentState, agent["state"], "the agent state")
+            agents.append(AgentRow.of(agent))
         return agents
 
-    def attempts(self, run_id: str) -> list[dict[str, Any]]:
+    @_translated
+    def attempts(self, run_id: str) -> list[AttemptRow]:
         cursor = self.connection.execute(
             "SELECT * FROM attempts WHERE run_id = ? ORDER BY started_at, agent_id, item, attempt",
             (run_id,),
         )
         names = [c[0] for c in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        attempts = []
+        for row in cursor.fetchall():
+            attempt = dict(zip(names, row, strict=True))
+            attempt["status"] = enum_of(AttemptStatus, attempt["status"], "the attempt status")
+            attempts.append(AttemptRow.of(attempt))
+        return attempts
 
+    @_translated
     def spent(self, run_id: str) -> float:
         """What the run may have been billed so far: every attempt's cost, and the
         reservation of any attempt whose outcome was never recorded (a crash)."""
@@ -672,11 +426,17 @@ class Store:
         ).fetchone()
         return float(row[0])
 
+    @_translated
     def events(
         self, run_id: str, *, types: Sequence[str] = (), last: int | None = None
     ) -> list[dict[str, Any]]:
         """A run's events, oldest first. Attempts are not stored as events: their
-        rows in ``attempts`` hold every field, and the events are read from there."""
+        rows in ``attempts`` hold every field, and the events are read from there.
+
+        Each event is the JSON document ``aoe runs events`` and the HTTP API print
+        (its type, where it sits in the run, and the fields of its type), not a
+        typed row: the fields differ with the type, and nothing reads them but
+        to print them or to filter on a few."""
         query = "SELECT session, seq, at, type, agent_id, data FROM events WHERE run_id = ?"
         args: list[Any] = [run_id]
         if types:
@@ -695,82 +455,12 @@ class Store:
         ]
         wanted = set(types) if types else {"AttemptStarted", "AttemptFinished"}
         if wanted & {"AttemptStarted", "AttemptFinished"}:
-            found.extend(_attempt_events(self.attempts(run_id), wanted))
+            found.extend(attempt_events(self.attempts(run_id), wanted))
         found.sort(key=lambda e: (e["session"], e["at"], e["seq"] or 0))
         return found[-last:] if last is not None else found
 
-    # -- export, import, prune -------------------------------------------------------
-    def export(self, run_id: str) -> dict[str, Any]:
-        """A self-contained JSON backup of one run: every row of every table."""
-        run_id = self.run(run_id)["run_id"]
-        document: dict[str, Any] = {"format": "aoe-run", "schema": SCHEMA_VERSION}
-        for table, (names, rows) in run_rows(self.connection, run_id).items():
-            document[table] = [dict(zip(names, row, strict=True)) for row in rows]
-        return document
-
-    def import_(self, document: Mapping[str, Any], *, replace: bool = False) -> str:
-        """Restore an export; refuses to overwrite a run already here unless ``replace``."""
-        tables = ("runs", "agents", "attempts", "events")
-        if (
-            document.get("format") != "aoe-run"
-            or not isinstance(document.get("schema"), int)
-            or not isinstance(document.get("runs"), list)
-            or len(document["runs"]) != 1
-            or not all(
-                isinstance(document.get(t, []), list)
-                and all(isinstance(row, dict) for row in document.get(t, []))
-                for t in tables
-            )
-        ):
-            raise StateUnusable("not an aoe run export (made by `aoe runs export RUN_ID`)")
-        if document["schema"] > SCHEMA_VERSION:
-            raise StateUnusable(
-                f"this export was made by a newer aoe (schema {document['schema']}): upgrade aoe"
-            )
-        run_id = str(document["runs"][0].get("run_id"))
-        columns = self._columns()
-        try:
-            self._insert(document, run_id, columns, replace)
-        except (sqlite3.IntegrityError, sqlite3.InterfaceError, ValueError, TypeError) as e:
-            raise StateUnusable(
-                f"the export of run {run_id} is incomplete or damaged ({e}); nothing was imported"
-            ) from None
-        return run_id
-
-    def _insert(
-        self,
-        document: Mapping[str, Any],
-        run_id: str,
-        columns: dict[str, set[str]],
-        replace: bool,
-    ) -> None:
-        with writing(self.path), transaction(self.connection) as db:
-            exists = db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if exists and not replace:
-                raise StateUnusable(
-                    f"run {run_id} is already in {self.path}: use --replace to overwrite it"
-                )
-            db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
-            for table in ("runs", "agents", "attempts", "events"):
-                for row in document.get(table, []):
-                    if row.get("run_id") != run_id:
-                        raise StateUnusable(f"the export mixes runs ({row.get('run_id')})")
-                    row = dict(row)
-                    if table == "runs" and row.get("status") == "running":
-                        row["pid"] = None  # its process was on another machine: resumable
-                    keys = [k for k in row if k in columns[table]]
-                    db.execute(
-                        f"INSERT INTO {table} ({','.join(keys)}) VALUES "
-                        f"({','.join('?' * len(keys))})",
-                        [row[k] for k in keys],
-                    )
-
-    def _columns(self) -> dict[str, set[str]]:
-        return {
-            table: {r[1] for r in self.connection.execute(f"PRAGMA table_info({table})")}
-            for table in ("runs", "agents", "attempts", "events")
-        }
-
+    # -- prune ----------------------------------------------------------------------
+    @_translated
     def prune(self, older_than: float, *, dry_run: bool = False, copies: bool = False) -> list[str]:
         """Remove finished runs last touched more than ``older_than`` seconds ago;
         a run still running is kept whatever its age, unless the store holds
@@ -794,32 +484,27 @@ class Store:
         return doomed
 
     # -- the response cache ------------------------------------------------------------
+    @_translated
     def cache_get(self, key: str) -> dict[str, Any] | None:
         row = self.connection.execute("SELECT response FROM cache WHERE key = ?", (key,)).fetchone()
         return None if row is None else dict(loads(row[0]))
 
-    def cache_stats(self) -> dict[str, Any]:
+    @_translated
+    def cache_stats(self) -> CacheStats:
         entries, size, hits, oldest, newest = self.connection.execute(
             "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(hits), 0),"
             " min(created_at), max(created_at) FROM cache"
         ).fetchone()
         by_model = [
-            {"provider": p, "model": m, "entries": n, "hits": h}
+            ModelEntries(p, m, n, h)
             for p, m, n, h in self.connection.execute(
                 "SELECT provider, model, count(*), sum(hits) FROM cache"
                 " GROUP BY provider, model ORDER BY count(*) DESC"
             )
         ]
-        return {
-            "path": str(self.path),
-            "entries": entries,
-            "bytes": size,
-            "hits": hits,
-            "oldest": oldest,
-            "newest": newest,
-            "models": by_model,
-        }
+        return CacheStats(str(self.path), entries, size, hits, oldest, newest, by_model)
 
+    @_translated
     def cache_clear(self, older_than: float | None = None) -> int:
         with writing(self.path), transaction(self.connection) as db:
             if older_than is None:
@@ -834,87 +519,25 @@ class Store:
         return int(removed)
 
 
-def _attempt_events(attempts: list[dict[str, Any]], wanted: set[str]) -> list[dict[str, Any]]:
-    """AttemptStarted and AttemptFinished, as the engine emitted them, from the rows."""
-    events = []
-    for row in attempts:
-        common = {
-            "session": row["session"],
-            "seq": None,
-            "agent_id": row["agent_id"],
-            "item": None if row["item"] < 0 else row["item"],
-            "attempt": row["attempt"],
-            "provider": row["provider"],
-            "model": row["model"],
-        }
-        if "AttemptStarted" in wanted and row["status"] != "cached":
-            events.append(
-                {
-                    **common,
-                    "at": row["started_at"],
-                    "type": "AttemptStarted",
-                    "waited": row["waited"],
-                    "reserved": row["reserved"],
-                    "fingerprint": row["fingerprint"],
-                }
-            )
-        if "AttemptFinished" in wanted and row["finished_at"] is not None:
-            events.append(
-                {
-                    **common,
-                    "at": row["finished_at"],
-                    "type": "AttemptFinished",
-                    "duration": row["duration"],
-                    "usage": {
-                        "input_tokens": row["input_tokens"],
-                        "output_tokens": row["output_tokens"],
-                    },
-                    "cost": row["cost"],
-                    "error": row["error"],
-                    "error_kind": row["error_kind"],
-                    "cached": row["status"] == "cached",
-                }
-            )
-    return events
+_FAILURES = (
+    RecordStatus.FAILED,
+    RecordStatus.BUDGET_EXCEEDED,
+    RecordStatus.PARTIAL,
+    RecordStatus.INTERRUPTED,
+)
 
 
-# runs this process is running now (aoe.api.run_workflow adds and removes them):
-# alive whatever their pid says (`aoe serve` runs many in one process)
-RUNNING_HERE: set[str] = set()
-
-
-def run_alive(run_id: str, host: str | None, pid: int | None, process: str | None = None) -> bool:
-    """Is the run still being run, here or by another process?"""
-    return run_id in RUNNING_HERE or process_alive(host, pid, process)
-
-
-def process_alive(host: str | None, pid: int | None, process: str | None = None) -> bool:
-    """Is the process that runs a run still there? Only knowable on its own host
-    (a run of another host counts as alive: it may well be). A pid alone is not
-    enough — a restarted container reuses pids — so the process's boot and start
-    time must match too."""
-    if pid is None:
-        return False
-    if host != socket.gethostname():
-        return True
-    if int(pid) == os.getpid():
-        return False  # this process runs no run it has not started itself
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return process is None or _identity(int(pid)) in (None, process)
-
-
-def _identity(pid: int) -> str | None:
-    """The machine's boot id and the process's start time (Linux), or None."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            boot = f.read().strip()
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return f"{boot}:{fields[19]}"  # field 22 of stat: start time in clock ticks
-    except (OSError, IndexError):
-        return None
+def _run_columns(cursor: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:
+    """A ``runs`` row's columns by name, decoded: its JSON, and its status (a
+    running run whose process is gone is ``interrupted``: resumable)."""
+    run = dict(zip([c[0] for c in cursor.description], row, strict=True))
+    for key in ("workflow_files", "inputs", "settings", "outputs", "output_errors"):
+        if key in run:
+            run[key] = loads(run[key])
+    status = enum_of(RecordStatus, run["status"], "the run status")
+    if status is RecordStatus.RUNNING and not run_alive(
+        run["run_id"], run.get("host"), run.get("pid"), run.get("process")
+    ):
+        status = RecordStatus.INTERRUPTED  # its process is gone: resumable
+    run["status"] = status
+    return run

@@ -408,7 +408,7 @@ def _debug(case: Case) -> bool:
 
 def _clean_environment(root: Path) -> dict[str, str]:
     """The environment every case starts from: nothing aoe reads, a home of its own."""
-    from aoe.config.settings import (
+    from aoe.config.environment import (
         BUILTIN_KEY_VARIABLES,
         BUILTIN_URL_VARIABLES,
         ENVIRONMENT_VARIABLES,
