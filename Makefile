@@ -7,10 +7,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test check lint typecheck format bench fuzz clean
+.PHONY: help install run test test-fast check lint typecheck format bench fuzz clean
 
 help: ## List the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,16 @@ run: $(STAMP) ## Run the example workflow offline (--mock), with its live view
 	$(BIN)/aoe validate workflows/*.yaml
 	AOE_MOCK_LATENCY=$${AOE_MOCK_LATENCY:-0.4} $(BIN)/aoe run workflows/competitor-brief.yaml --mock
 
+# pytest-xdist: one process per core (PYTEST_WORKERS=0: none); most of the
+# slow tests wait on real processes and servers, so two run side by side well
+PYTEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal
+
 test: $(STAMP) ## Run the whole test suite
-	$(BIN)/python -m pytest
+	$(PYTEST)
+
+test-fast: $(STAMP) ## The inner loop: every test but those marked slow (under a minute)
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP) ## ruff (style, common mistakes) and the layers contract (lint-imports)
 	$(BIN)/ruff check aoe tests bench

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import subprocess
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -153,6 +156,17 @@ def provider_env(fake: FakeProvider) -> dict[str, str]:
     }
 
 
+def promtool() -> str:
+    """The path of Prometheus's promtool; a missing one skips the test, saying so
+    (``-ra`` lists it), or fails it where AOE_REQUIRE_PROMTOOL is set (as in CI)."""
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get("AOE_REQUIRE_PROMTOOL"):
+            pytest.fail("promtool is required here (AOE_REQUIRE_PROMTOOL is set) but missing")
+        pytest.skip("promtool not installed: its checks did not run (apt-get install prometheus)")
+    return found
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     """Until ``condition()`` holds (polled); fails the test after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -162,22 +176,85 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
         time.sleep(0.005)
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own, which it may stop and start."""
-    server = RedisServer(tmp_path)
+class Lines(list[str]):
+    """The lines a process writes to its stderr, read by a thread as they come."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        super().__init__()
+        assert process.stderr is not None
+        self._stream = process.stderr
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with self._stream:
+            for line in self._stream:
+                self.append(line)
+
+    def done(self) -> Lines:
+        """Every line, once the process has ended (closed its stderr)."""
+        self._thread.join(timeout=30)
+        return self
+
+
+def read_lines(process: subprocess.Popen[str]) -> Lines:
+    """Read ``process``'s stderr (a text pipe) as it is written."""
+    return Lines(process)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """:func:`wait_for` in a coroutine: the event loop runs meanwhile."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture(scope="session")
+def session_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis for the session (for each xdist worker), emptied before each test
+    that uses it (arq's way): starting one per test costs more than the test."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
 
 
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """The Redis that .ci/run started (AOE_TEST_REDIS_URL), else one of our own;
-    a test on it keeps to keys of its own."""
-    shared = os.environ.get("AOE_TEST_REDIS_URL")
-    if shared:
-        yield shared
+def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    """The session's Redis, emptied; a test marked ``redis(own=True)`` (one that
+    stops Redis and starts it again) gets one of its own, with an append-only
+    file if ``persistent=True`` (so a restart keeps the data, as deployments run it)."""
+    marker = request.node.get_closest_marker("redis")
+    if marker is not None and marker.kwargs.get("own"):
+        own = RedisServer(tmp_path, persistent=marker.kwargs.get("persistent", False))
+        yield own
+        own.stop()
         return
-    server = RedisServer(tmp_path)
-    yield server.url
-    server.stop()
+    server: RedisServer = request.getfixturevalue("session_redis")
+    server.flush()
+    yield server
+    if server.process is None or server.process.poll() is not None:
+        server.start()  # for the tests after this one
+        raise AssertionError("a test that stops Redis needs @pytest.mark.redis(own=True)")
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of :func:`redis_server`."""
+    return redis_server.url
+
+
+# -- markers ------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses a Redis is marked ``redis`` (``-m "not redis"`` leaves them out)."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if ("redis_server" in names or "redis_url" in names) and not item.get_closest_marker(
+            "redis"
+        ):
+            item.add_marker(pytest.mark.redis)

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -74,6 +74,7 @@ class Received:
     body: dict[str, Any]
     arrived: float  # time.monotonic()
     finished: float | None = None  # when the answer started to go out
+    wall: float = 0.0  # time.time() at arrival: comparable with Redis's clock
 
     @property
     def model(self) -> str:
@@ -111,6 +112,7 @@ class FakeProvider:
         self.received: list[Received] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self._generation = 0  # one more at each reset
         self._ids = itertools.count(1)
         handler = _handler(self)
         self._server = _QuietServer(("127.0.0.1", 0), handler)
@@ -143,6 +145,7 @@ class FakeProvider:
             self.received = []
             self.in_flight = 0
             self.max_in_flight = 0
+            self._generation += 1
 
     def close(self) -> None:
         self._server.shutdown()
@@ -155,27 +158,28 @@ class FakeProvider:
         self.close()
 
     # -- used by the handler threads ---------------------------------------------------
-    def _arrive(self, received: Received) -> tuple[int, Behaviour]:
+    def _arrive(self, received: Received) -> tuple[tuple[int, int], Behaviour]:
         with self._lock:
             self.received.append(received)
-            index = len(self.received) - 1
+            ticket = (self._generation, len(self.received) - 1)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             if self._script:
-                return index, self._script.popleft()
+                return ticket, self._script.popleft()
             respond = self.respond
-        return index, respond(received) if respond is not None else Reply()
+        return ticket, respond(received) if respond is not None else Reply()
 
-    def _answer(self, index: int) -> None:
+    def _answer(self, ticket: tuple[int, int]) -> None:
         """The answer starts to go out: stamped, and no longer in flight, before the
-        client can see it and send its next request."""
+        client can see it and send its next request. A request from before the last
+        :meth:`reset` (an earlier test's, answered late) counts for nothing now."""
+        generation, index = ticket
         with self._lock:
+            if generation != self._generation:
+                return
             self.in_flight -= 1
-            if index < len(self.received):
-                done = self.received[index]
-                self.received[index] = Received(
-                    done.api, done.path, done.headers, done.body, done.arrived, time.monotonic()
-                )
+            done = self.received[index]
+            self.received[index] = replace(done, finished=time.monotonic())
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -218,11 +222,11 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
                 return
             headers = {name.lower(): value for name, value in self.headers.items()}
-            received = Received(api, self.path, headers, body, time.monotonic())
-            index, behaviour = fake._arrive(received)
+            received = Received(api, self.path, headers, body, time.monotonic(), wall=time.time())
+            ticket, behaviour = fake._arrive(received)
             if behaviour.delay:
                 time.sleep(behaviour.delay)
-            fake._answer(index)
+            fake._answer(ticket)
             if isinstance(behaviour, Drop):
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)

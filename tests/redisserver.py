@@ -63,6 +63,14 @@ class RedisServer:
                 raise AssertionError("redis-server did not start")
             time.sleep(0.02)
 
+    def flush(self) -> None:
+        """Empty every database (FLUSHALL), as a fresh server would be."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            answer = s.recv(64)
+        if not answer.startswith(b"+OK"):
+            raise AssertionError(f"FLUSHALL: {answer!r}")
+
     def pending(self, stream: str = "aoe:{queue}:runs", group: str = "workers") -> int:
         """Messages of the work queue delivered and not yet acknowledged."""
         import redis

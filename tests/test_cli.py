@@ -105,6 +105,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_python_dash_m_and_exit_codes_in_a_real_process(write: WriteFile) -> None:
     assert run("-m", "aoe", "--version").stdout == f"aoe {__version__}\n"
     ok = run("-m", "aoe", "validate", "workflows/competitor-brief.yaml")
@@ -115,6 +117,7 @@ def test_python_dash_m_and_exit_codes_in_a_real_process(write: WriteFile) -> Non
     assert "Traceback" not in bad.stdout + bad.stderr
 
 
+@pytest.mark.subprocess
 def test_validate_does_not_import_heavy_optional_modules() -> None:
     result = run("-X", "importtime", "-m", "aoe", "validate", *map(str, WORKFLOWS.glob("*.yaml")))
     assert result.returncode == 0, result.stdout

@@ -168,6 +168,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 # -- Kubernetes ---------------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_kubernetes_manifests_pass_strict_schema_validation() -> None:
     validate = tool("kubernetes-validate", "pip install -e '.[dev]'")
     files = manifests()
@@ -189,6 +190,7 @@ def test_kubernetes_manifests_pass_strict_schema_validation() -> None:
     assert checked.stdout + checked.stderr == ""
 
 
+@pytest.mark.subprocess
 def test_strict_validation_catches_a_misspelt_field(tmp_path: Path) -> None:
     """The check above can fail: a field no schema knows is an error."""
     validate = tool("kubernetes-validate", "pip install -e '.[dev]'")
@@ -373,6 +375,7 @@ def test_the_cronjob_runs_its_valid_workflow_nightly(cli: RunCli, tmp_path: Path
 # -- docker-compose -----------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_compose_file_matches_the_compose_specification() -> None:
     checker = tool("check-jsonschema", "pip install -e '.[dev]'")
     checked = run(checker, "--builtin-schema", "vendor.compose-spec", COMPOSE)
@@ -546,6 +549,7 @@ def verifiable_copy(tmp_path: Path, text: str) -> Path:
     return copy
 
 
+@pytest.mark.subprocess
 def test_systemd_unit_verifies_without_any_warning(tmp_path: Path) -> None:
     analyze = tool("systemd-analyze", "apt-get install systemd")
     copy = verifiable_copy(tmp_path, UNIT.read_text(encoding="utf-8"))
@@ -555,6 +559,7 @@ def test_systemd_unit_verifies_without_any_warning(tmp_path: Path) -> None:
     assert checked.stdout == "", checked.stdout
 
 
+@pytest.mark.subprocess
 def test_systemd_verify_does_report_a_mistake_here(tmp_path: Path) -> None:
     """The check above is not vacuous on this machine: a misspelt setting and a
     missing binary are reported."""

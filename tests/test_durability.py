@@ -31,6 +31,8 @@ from aoe.state.store import Store
 from tests.conftest import WriteFile, child_env, fake_key, wait_for
 from tests.fakeserver import FakeProvider, Received, Reply
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+
 LAYERS, WIDTH = 6, 5
 
 

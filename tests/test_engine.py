@@ -69,6 +69,7 @@ def seen(fake: FakeProvider, prompt: str) -> Received:
     return request
 
 
+@pytest.mark.slow
 async def test_an_agent_starts_when_its_own_dependencies_are_done(
     write: WriteFile, fake: FakeProvider, settings: Settings
 ) -> None:
@@ -112,6 +113,7 @@ async def test_dependency_order_and_outputs_flow(
     assert recorder.outputs()["c"] == "C AFTER A AND B AFTER A"
 
 
+@pytest.mark.slow
 async def test_max_parallel_agents_is_never_exceeded(
     write: WriteFile, fake: FakeProvider, settings: Settings
 ) -> None:

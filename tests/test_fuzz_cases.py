@@ -27,6 +27,8 @@ from tests.fuzz.cases import Case
 from tests.fuzz.pool import Slot
 from tests.fuzz.worker import Outcome
 
+pytestmark = [pytest.mark.subprocess]
+
 _DIGITS = b"123456789" * 500
 _HEADER = b"version: 1\nname: fuzz\n"
 _MOCK = b"    llm: {provider: mock, model: m}\n"

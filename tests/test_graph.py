@@ -51,6 +51,7 @@ def test_critical_and_remaining_paths() -> None:
 
 @given(dags())
 @settings(max_examples=200, deadline=None)
+@pytest.mark.slow
 def test_order_respects_every_dependency(deps: dict[str, list[str]]) -> None:
     graph = Graph(deps)
     position = {node: i for i, node in enumerate(graph.topological_order())}
@@ -65,6 +66,7 @@ def test_order_respects_every_dependency(deps: dict[str, list[str]]) -> None:
 
 @given(dags(), st.data())
 @settings(max_examples=200, deadline=None)
+@pytest.mark.slow
 def test_a_back_edge_gives_a_real_cycle(deps: dict[str, list[str]], data: st.DataObject) -> None:
     nodes = list(deps)
     later = data.draw(st.sampled_from(nodes))
@@ -146,6 +148,7 @@ def graphviz() -> str:
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in WORKFLOWS.glob("*.yaml")))
+@pytest.mark.subprocess
 def test_dot_output_is_accepted_by_graphviz(cli: RunCli, tmp_path: object, name: str) -> None:
     dot = graphviz()
     result = cli("graph", WORKFLOWS / name, "--format", "dot")
@@ -166,6 +169,7 @@ def test_dot_highlights_only_the_path_edges() -> None:
     assert '"a" -> "c";' in text  # both ends are on the path, the edge is not
 
 
+@pytest.mark.subprocess
 def test_dot_escapes_names_and_labels() -> None:
     dot = graphviz()
     text = Graph({"a": [], "b": ["a"]}).to_dot('we"ird \\ name', {"a": 'quote " and \\ and\nline'})

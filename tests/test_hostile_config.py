@@ -307,6 +307,7 @@ def test_blank_serve_url_means_the_local_store(cli: RunCli) -> None:
     assert json.loads(result.stdout)["source"].endswith("state.db")
 
 
+@pytest.mark.subprocess
 def test_blank_api_token_is_no_token(tmp_path: Path) -> None:
     """A blank AOE_API_TOKEN must not guard a service bound beyond this machine."""
     code, output = aoe(
@@ -460,6 +461,7 @@ needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named p
         ),
     ],
 )
+@pytest.mark.subprocess
 def test_fifo_does_not_hang(
     tmp_path: Path, args: list[str], env: dict[str, str], expected: str
 ) -> None:
@@ -478,6 +480,7 @@ def test_fifo_does_not_hang(
 
 
 @needs_fifo
+@pytest.mark.subprocess
 def test_fifo_as_dotenv_is_passed_over(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / ".env")
     (tmp_path / "wf.yaml").write_text(MOCK_WORKFLOW, encoding="utf-8")
@@ -535,6 +538,7 @@ def test_folder_named_dotenv_is_passed_over(cli: RunCli, write: WriteFile, tmp_p
         pytest.param("prompt: hi\n    system_file: big.txt", id="system_file"),
     ],
 )
+@pytest.mark.subprocess
 def test_huge_sparse_file_is_not_read(tmp_path: Path, field: str) -> None:
     """3 GB that stat says are there: refused by their size, not read. With its
     address space capped at 1 GiB, aoe could not even hold the file."""

@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -127,10 +126,11 @@ main()
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_values_that_make_templates_costly_fail_their_agents_only(tmp_path: Path) -> None:
     path = tmp_path / "hostile.yaml"
     path.write_text(HOSTILE)
-    began = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-c", _PEAK, "run", str(path), "--mock", "-q", "--output", "-"],
         capture_output=True,
@@ -140,7 +140,6 @@ def test_values_that_make_templates_costly_fail_their_agents_only(tmp_path: Path
         timeout=120,
         check=False,
     )
-    took = time.perf_counter() - began
     assert result.returncode == 0, result.stderr  # partial completion is allowed
     assert "Traceback" not in result.stderr
     results = json.loads(result.stdout)
@@ -158,8 +157,6 @@ def test_values_that_make_templates_costly_fail_their_agents_only(tmp_path: Path
     peak_kb = int(next(line for line in result.stderr.splitlines() if line.startswith("PEAK"))[5:])
     # the aoe process itself: its own size, not its sandbox's; a plain run peaks near 50 MB
     assert peak_kb < 150_000, f"aoe grew to {peak_kb / 1000:.0f} MB"
-    # the two slow templates take their 2 s each, one after the other (one run, one lane)
-    assert took < 60
 
 
 def test_a_hostile_when_does_not_delay_the_rest_of_the_run(write: WriteFile, cli: RunCli) -> None:

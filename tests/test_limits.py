@@ -98,6 +98,7 @@ limit_sets = st.builds(
 
 @given(limit_sets, calls)
 @settings(max_examples=300, deadline=None)
+@pytest.mark.slow
 def test_no_window_ever_holds_more_than_its_limit(limits: Limits, requests: list[Call]) -> None:
     admitted = simulate(limits, requests)
     assert len(admitted) == len(requests)  # everyone gets in, in the end
@@ -121,6 +122,7 @@ def test_no_window_ever_holds_more_than_its_limit(limits: Limits, requests: list
 
 @given(st.integers(2, 30), st.integers(3, 10))
 @settings(max_examples=50, deadline=None)
+@pytest.mark.slow
 def test_throughput_reaches_the_limit_when_demand_exceeds_it(rpm: int, minutes: int) -> None:
     # twice the allowed rate, spread evenly over the horizon
     count = 2 * rpm * minutes

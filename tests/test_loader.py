@@ -224,6 +224,7 @@ _SCHEMA: st.SearchStrategy[dict[str, object]] = st.recursive(
 
 @given(_SCHEMA)
 @settings(max_examples=500, deadline=None)
+@pytest.mark.slow
 def test_quick_schema_check_agrees_with_jsonschema(schema: dict[str, object]) -> None:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError

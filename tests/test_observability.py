@@ -8,7 +8,6 @@ import http.server
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from aoe.events import AttemptFinished, AttemptStarted, RunFinished, RunStarted,
 from aoe.observe.health import HealthMonitor
 from aoe.observe.metrics import MAX_SERIES, Metrics
 from aoe.types import Usage
-from tests.conftest import REPO, RunCli, WriteFile, child_env
+from tests.conftest import REPO, RunCli, WriteFile, child_env, promtool
 from tests.fakeserver import Fail, FakeProvider, Reply
 from tests.test_serve import CHAIN, agent_of, samples, total
 
@@ -37,6 +36,7 @@ def run(cli: RunCli, env: dict[str, str], *args: Any) -> tuple[int, str, str]:
 # -- JSON logs --------------------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_json_log_lines_carry_the_fields_collectors_index(
     cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
 ) -> None:
@@ -63,6 +63,7 @@ def test_json_log_lines_carry_the_fields_collectors_index(
     assert levels == {"WARNING", "ERROR"}
 
 
+@pytest.mark.subprocess
 def test_service_log_lines_are_json_too(tmp_path: Path) -> None:
     env = child_env(AOE_STATE_DIR=str(tmp_path / "state"))
     process = subprocess.Popen(
@@ -126,6 +127,8 @@ def gateway() -> Iterator[Gateway]:
     server.server_close()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_run_pushes_its_metrics_to_a_pushgateway(
     cli: RunCli,
     write: WriteFile,
@@ -159,6 +162,8 @@ def test_a_failed_push_is_a_warning_not_a_failure(
     assert "hunter2" not in stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_metrics_are_served_while_the_run_lasts(
     write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -353,6 +358,8 @@ def test_status_and_failed_events_from_the_local_store(
     assert [json.loads(line)["agent_id"] for line in out.splitlines()] == ["b"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_status_of_a_running_service(
     fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -413,19 +420,20 @@ def test_the_dashboard_and_the_prometheus_files_name_real_metrics() -> None:
         "rate-limit wait",
     ):
         assert any(wanted in title for title in titles), wanted
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("AOE_REQUIRE_PROMTOOL"):
-            raise AssertionError("promtool is required here (AOE_REQUIRE_PROMTOOL) but missing")
-        return
+
+
+@pytest.mark.subprocess
+def test_the_prometheus_config_and_alert_rules_pass_promtool() -> None:
+    checker = promtool()
     for args in (
         ["check", "config", str(REPO / "config/prometheus.yml")],
         ["check", "rules", str(REPO / "config/alerts.yml")],
     ):
-        checked = subprocess.run([promtool, *args], capture_output=True, text=True)
+        checked = subprocess.run([checker, *args], capture_output=True, text=True)
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+@pytest.mark.subprocess
 def test_metrics_are_not_imported_unless_asked_for(tmp_path: Path) -> None:
     code = (
         "import sys, aoe.cli.main, aoe.service.runner, aoe.state.recorder; "

@@ -3,11 +3,11 @@ runs done once, a killed worker's run taken over and resumed, dead letters."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,11 @@ import pytest
 import redis
 
 from aoe.state.store import Store
-from tests.conftest import WriteFile, child_env, wait_for
+from tests.conftest import WriteFile, child_env, read_lines, wait_for
 from tests.fakeserver import FakeProvider, Received, Reply
 from tests.redisserver import RedisServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 CHAIN = """\
 version: 1
@@ -37,13 +39,6 @@ agents:
 def called(fake: FakeProvider) -> list[tuple[str, str]]:
     """(agent, topic) of every request that reached the server."""
     return [tuple(r.prompt.split(" ")[:2]) for r in fake.received if r.body]  # type: ignore[misc]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, persistent=True)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -146,14 +141,13 @@ def test_a_killed_workers_run_is_taken_over_and_resumed(
     wait_for(lambda: "b" in seen)
     doomed.kill()  # SIGKILL: no goodbye, its message stays claimed
     doomed.communicate(timeout=30)
+    assert redis_server.pending() == 1  # held under the dead worker's lease
     # as if it had run on another host, where its pid tells this one nothing:
     # the queue's lease decides, not the record
     with Store(Path(env["AOE_STATE_DIR"]) / "state.db") as store:
         store.connection.execute("UPDATE runs SET host = 'another-host'")
-    began = time.monotonic()
-    heir = workers("--lease", "2")
+    heir = workers("--lease", "2")  # takes it over once the lease ran out (XAUTOCLAIM)
     wait_for(lambda: statuses(env).get(run_id) == "completed")
-    assert time.monotonic() - began >= 1.5  # taken over once the lease ran out
     assert [agent for agent, _ in called(fake)] == ["a", "b", "b", "c"]  # a: once
     wait_for(lambda: redis_server.pending() == 0)
     heir.send_signal(signal.SIGTERM)
@@ -190,13 +184,15 @@ def test_poison_messages_go_to_the_dead_letters(
         assert "cannot be run" in letters["r-bad"]
         assert "plain relative file name" in letters["r-path"]
         assert not target.exists()  # nothing written outside its folder
-        assert "delivered 2 times" in letters[run_id]
+        # twice, or three times if a worker on a busy machine renewed its 2 s
+        # lease too late and took the message over from itself
+        assert re.search(r"delivered [23] times", letters[run_id]), letters[run_id]
         wait_for(lambda: redis_server.pending() == 0)  # both acknowledged
         assert len(fake.received) == 1  # the poison run was not run again
         # its record in Redis says so (those never queued by `aoe submit` have none)
         assert shared_status(redis_server, run_id) == "failed"
         head = client.hgetall(f"aoe:{{run:{run_id}}}:head")
-        assert "delivered 2 times" in head["error"]
+        assert re.search(r"delivered [23] times", str(head["error"])), head["error"]
         assert shared_status(redis_server, "r-bad") is None
     finally:
         client.close()
@@ -283,10 +279,9 @@ def test_a_drained_worker_hands_its_run_back_at_once(
     _, stderr = leaving.communicate(timeout=30)
     assert leaving.returncode == 0, stderr
     assert "handed back to the queue" in stderr
-    began = time.monotonic()
+    assert redis_server.pending() == 0  # queued anew, held by no one: no lease to wait out
     workers("--lease", "30")
     wait_for(lambda: statuses(env).get(run_id) == "completed")
-    assert time.monotonic() - began < 20  # no lease to wait out
     assert [agent for agent, _ in called(fake)] == ["a", "b", "b", "c"]
     wait_for(lambda: redis_server.pending() == 0)
     client = redis.Redis(port=redis_server.port)
@@ -296,6 +291,7 @@ def test_a_drained_worker_hands_its_run_back_at_once(
         client.close()
 
 
+@pytest.mark.redis(own=True, persistent=True)  # stops it; a restart keeps the queue
 def test_redis_stopped_mid_run_holds_a_workers_run_and_loses_nothing(
     env: dict[str, str],
     workers: Callable[..., subprocess.Popen[str]],
@@ -324,13 +320,17 @@ def test_redis_stopped_mid_run_holds_a_workers_run_and_loses_nothing(
     worker = workers(state="host-1")
     run_id = submit(env, write(CHAIN), "--no-cache")
     assert stopped.wait(60)
-    time.sleep(3)  # the run waits: nothing more reaches the provider
-    assert [agent for agent, _ in called(fake)] == ["a"]
+    lines = read_lines(worker)
+    wait_for(lambda: any("Redis is unreachable" in line for line in lines))
+    assert [agent for agent, _ in called(fake)] == ["a"]  # the run waits for Redis
     redis_server.start()
     wait_for(lambda: shared_status(redis_server, run_id) == "completed")
     assert [agent for agent, _ in called(fake)] == ["a", "b", "c"]  # each once
+    # its queue reader tries again each second: stopped before, it would not say so
+    wait_for(lambda: any("answers again" in line for line in lines))
     worker.send_signal(signal.SIGTERM)
-    _, stderr = worker.communicate(timeout=30)
+    worker.wait(timeout=30)
+    stderr = "".join(lines.done())
     assert "Redis is unreachable" in stderr
     assert "answers again" in stderr
     assert "Traceback" not in stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ def busiest(times: list[float], weights: list[float], length: float) -> float:
 # -- rate limits, at the server -----------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_the_server_sees_every_limit_held(
     write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -164,10 +166,11 @@ async def test_429_with_retry_after_is_waited_out(
         pytest.param(Fail(408), id="408"),
         pytest.param(Fail(429, retry_after_ms=50), id="429-ms"),
         pytest.param(Drop(), id="dropped"),
-        pytest.param(Reply(text="late", delay=1.0), id="timeout"),
+        pytest.param(Reply(text="late", delay=30.0), id="timeout"),
     ],
 )
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.slow
 async def test_transient_failures_are_retried(
     write: WriteFile,
     fake: FakeProvider,
@@ -178,9 +181,12 @@ async def test_transient_failures_are_retried(
 ) -> None:
     model = "gpt-4o-mini" if provider == "openai" else "claude-haiku-4-5"
     settings = settings_with(provider_env, tmp_path)
+    # a short timeout only where it is the failure: elsewhere a slow moment of a
+    # loaded machine would time an attempt out, and make a retry of its own
+    timeout = 1.0 if isinstance(failure, Reply) else 30.0
     workflow = load(
         write(
-            f"version: 1\nname: x\nagents:\n  a:\n    prompt: hi\n    timeout: 0.5\n"
+            f"version: 1\nname: x\nagents:\n  a:\n    prompt: hi\n    timeout: {timeout}\n"
             f"    llm: {{provider: {provider}, model: {model}}}\n"
         )
     )
@@ -300,6 +306,7 @@ async def test_a_bad_request_does_not_fall_back(
 # -- budgets -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_the_budget_is_never_passed_with_twenty_calls_in_flight(
     write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -313,11 +320,23 @@ async def test_the_budget_is_never_passed_with_twenty_calls_in_flight(
         )
     )
     usage: list[tuple[int, int]] = []
+    # the first twenty calls are answered once all twenty are at the server: twenty
+    # in flight at once, however slowly this machine sends them (a fixed delay
+    # was not always enough: under load the first answer went out before the
+    # twentieth call came, and 19 were in flight)
+    lock = threading.Lock()
+    all_in = threading.Event()
 
     def respond(request: Received) -> Reply:
         # a realistic bill: no more prompt tokens than prompt bytes, output within max_tokens
-        usage.append((20, 450))
-        return Reply(text="x" * 1800, input_tokens=20, output_tokens=450, delay=1.0)
+        with lock:
+            usage.append((20, 450))
+            if len(usage) == 20:
+                all_in.set()
+            first_wave = len(usage) <= 20
+        if first_wave:
+            all_in.wait(60)
+        return Reply(text="x" * 1800, input_tokens=20, output_tokens=450)
 
     fake.respond = respond
     status, recorder = await run(workflow, settings)

@@ -357,6 +357,8 @@ def test_every_example_runs_with_mock(cli: RunCli, path: Path, fake: FakeProvide
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_signal_cancels_cleanly(
     write: WriteFile,
     fake: FakeProvider,
@@ -416,6 +418,7 @@ def test_inputs_file_and_options_together(
     assert fake.received[0].prompt == "Write about lakes."
 
 
+@pytest.mark.subprocess
 def test_mock_runs_import_no_vendor_sdk(write: WriteFile, tmp_path: Path) -> None:
     path = write(TWO_STEPS)
     result = subprocess.run(

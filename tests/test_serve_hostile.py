@@ -138,6 +138,8 @@ BODIES = [pytest.param(body, said, id=name) for name, body, said in BODY_CASES]
 
 
 @pytest.mark.parametrize(("body", "said"), BODIES)
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_hostile_body_is_a_400_that_says_why(served: Service, body: str, said: str) -> None:
     response = served.http.post(
         "/api/v1/runs", content=body.encode(), headers={"Content-Type": "application/json"}
@@ -150,6 +152,7 @@ def test_a_hostile_body_is_a_400_that_says_why(served: Service, body: str, said:
     all_json(served)
 
 
+@pytest.mark.subprocess
 def test_a_body_that_is_not_utf8_is_a_400(served: Service) -> None:
     response = served.http.post("/api/v1/runs", content=b'{"workflow": "\xff\xfe"}')
     assert response.status_code == 400
@@ -167,6 +170,7 @@ def test_a_body_that_is_not_utf8_is_a_400(served: Service) -> None:
         pytest.param("ten", id="a-word"),
     ],
 )
+@pytest.mark.subprocess
 def test_a_list_limit_out_of_range_is_a_400(served: Service, limit: str) -> None:
     response = served.http.get("/api/v1/runs", params={"limit": limit})
     assert response.status_code == 400, response.text
@@ -175,6 +179,7 @@ def test_a_list_limit_out_of_range_is_a_400(served: Service, limit: str) -> None
     no_traceback(served)
 
 
+@pytest.mark.subprocess
 def test_a_sound_submission_still_runs(served: Service) -> None:
     run_id = served.submit(MOCKED, mock=True, budget=0.5, max_parallel=2, cache=False)
     run = served.wait(run_id)
@@ -185,6 +190,8 @@ def test_a_sound_submission_still_runs(served: Service) -> None:
 # -- answers and records ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_records_holding_nan_or_infinity_are_answered_in_strict_json(
     start: Callable[..., Service], tmp_path: Path
 ) -> None:
@@ -223,6 +230,8 @@ def test_records_holding_nan_or_infinity_are_answered_in_strict_json(
     service.stop()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_404_does_not_name_the_servers_folders(
     start: Callable[..., Service], tmp_path: Path
 ) -> None:
@@ -241,6 +250,8 @@ def test_a_404_does_not_name_the_servers_folders(
     service.stop()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_submitted_run_records_no_server_folder_and_resumes_from_its_record(
     start: Callable[..., Service], fake: FakeProvider, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -303,6 +314,8 @@ MALFORMED: list[tuple[str, bytes]] = [
 ]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_malformed_requests_get_json_400s_and_the_log_stays_json_and_short(
     start: Callable[..., Service],
 ) -> None:
@@ -378,6 +391,8 @@ def test_a_recurring_event_is_counted_between_lines() -> None:
 # -- slow clients -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_slow_clients_cannot_take_the_service_down(start: Callable[..., Service]) -> None:
     """More slow connections than the process may open files: each sends a
     request's head a byte at a time. The probes are answered throughout, the
@@ -448,6 +463,8 @@ class Kept(logging.Handler):
         self.records.append(record)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 async def test_accept_failing_for_want_of_files_is_one_log_line_a_minute(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -496,6 +513,8 @@ async def test_accept_failing_for_want_of_files_is_one_log_line_a_minute(
     assert lines[0].startswith("cannot accept connections: Too many open files, with 0 open (once)")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_body_that_comes_too_slowly_is_a_408(start: Callable[..., Service]) -> None:
     service = start("--body-timeout", "1")
     host, port = service.url.removeprefix("http://").rsplit(":", 1)
@@ -524,6 +543,8 @@ def test_a_body_that_comes_too_slowly_is_a_408(start: Callable[..., Service]) ->
     no_traceback(service)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_client_that_reads_nothing_of_its_answers_is_cut_off(
     start: Callable[..., Service],
 ) -> None:
@@ -563,6 +584,8 @@ def test_a_client_that_reads_nothing_of_its_answers_is_cut_off(
         pytest.param("--body-timeout", "inf", "--body-timeout must be a number", id="endless"),
     ],
 )
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_limits_that_cannot_hold_are_refused(
     env: dict[str, str], tmp_path: Path, option: str, value: str, said: str
 ) -> None:

@@ -21,6 +21,8 @@ from tests.fakeserver import FakeProvider, Reply
 from tests.redisserver import RedisServer
 from tests.test_serve import CHAIN, Service, agent_of, events_of
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+
 
 @pytest.fixture
 def env(redis_server: RedisServer, provider_env: dict[str, str]) -> dict[str, str]:
@@ -88,9 +90,9 @@ def test_live_events_and_a_cancel_go_through_any_replica(
     wait_for(lambda: [agent_of(r) for r in fake.received] == ["a", "b"])
     assert front.run(run_id)["status"] == "running"
     streamed: list[tuple[str, dict[str, Any]]] = []
-    reader = threading.Thread(target=lambda: streamed.extend(events_of(front, run_id)))
+    reader = threading.Thread(target=events_of, args=(front, run_id, streamed))
     reader.start()
-    time.sleep(0.5)  # the stream is open while the run goes on
+    wait_for(lambda: bool(streamed))  # the stream is open (its first frame came) mid-run
     response = front.http.post(f"/api/v1/runs/{run_id}/cancel")
     assert response.status_code == 202, response.text
     run = front.wait(run_id, "cancelled")
@@ -162,9 +164,9 @@ def test_events_follow_a_run_across_a_drain_and_a_takeover(
     run_id = front.submit(CHAIN)
     wait_for(lambda: seen == ["a", "b"])
     streamed: list[tuple[str, dict[str, Any]]] = []
-    reader = threading.Thread(target=lambda: streamed.extend(events_of(front, run_id)))
+    reader = threading.Thread(target=events_of, args=(front, run_id, streamed))
     reader.start()
-    time.sleep(0.5)
+    wait_for(lambda: bool(streamed))  # the stream is open: its first frame came
     assert leaving.stop() == 0  # a rolling restart: its run goes back to the queue
     start("arriving")  # and is resumed here
     reader.join(timeout=60)
@@ -177,6 +179,7 @@ def test_events_follow_a_run_across_a_drain_and_a_takeover(
     wait_for(lambda: redis_server.pending() == 0)
 
 
+@pytest.mark.redis(own=True)  # stops it
 def test_without_redis_the_api_answers_503_and_health_says_why(
     start: Callable[..., Service], redis_server: RedisServer
 ) -> None:

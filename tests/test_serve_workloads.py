@@ -21,6 +21,8 @@ from tests.conftest import child_env
 from tests.servehelp import Service, services
 from tests.test_hostile_templates import HOSTILE
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+
 _NESTED = "(" * 80 + "1" + ")" * 80
 
 STATIC = [

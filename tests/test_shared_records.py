@@ -22,6 +22,7 @@ from aoe.redis.records import RecordMirror
 from aoe.state.rows import RecordStatus, RunRow
 from aoe.state.store import Store
 from aoe.state.transfer import export_run
+from tests.conftest import until
 from tests.redisserver import RedisServer
 
 
@@ -190,6 +191,8 @@ async def test_a_record_is_read_on_from_where_a_copy_was_brought_up_to(
         await client.aclose()
 
 
+@pytest.mark.redis(own=True)  # stops it
+@pytest.mark.slow
 async def test_fail_closed_holds_the_next_call_until_redis_returns(
     redis_server: RedisServer, store: Store, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
@@ -206,9 +209,8 @@ async def test_fail_closed_holds_the_next_call_until_redis_returns(
         waiter = mirror.synced(4)
         assert waiter is not None
         with caplog.at_level(logging.WARNING, "aoe.records"):
-            await asyncio.sleep(1.5)
+            await until(lambda: "waits to record its progress there" in caplog.text)
             assert not waiter.done()  # the call waits
-            assert "waits to record its progress there" in caplog.text
             redis_server.start()  # empty
             await asyncio.wait_for(waiter, 10)
         assert "writing it there again" in caplog.text
@@ -220,6 +222,7 @@ async def test_fail_closed_holds_the_next_call_until_redis_returns(
         await client.aclose()
 
 
+@pytest.mark.redis(own=True)  # stops it
 async def test_local_goes_on_without_redis_and_says_so(
     redis_server: RedisServer, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:

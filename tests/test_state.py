@@ -284,6 +284,7 @@ def test_resume_latest_continues_an_unfinished_run_or_starts_one(
     assert len(fake.received) == 4
 
 
+@pytest.mark.subprocess
 def test_resume_refuses_unknown_and_running_runs(
     cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -587,6 +588,8 @@ def test_an_sqlite_file_of_something_else_is_refused(cli: RunCli, tmp_path: Path
     assert "not an aoe store" in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_concurrent_runs_share_one_store(write: WriteFile, tmp_path: Path) -> None:
     path = write(CHAIN.replace("a about", "a {{ inputs.topic }} about"))
     env = child_env(AOE_MOCK_LATENCY="0.02")
@@ -620,6 +623,7 @@ def _open_at(path: str, barrier: Any, errors: Any) -> None:
         errors.put(str(e))
 
 
+@pytest.mark.slow
 def test_processes_creating_one_store_at_once_all_open_it(tmp_path: Path) -> None:
     """Workers started together on a fresh folder: SQLite answers "locked" at
     once, without waiting, to all but one of those switching a new file to WAL."""
@@ -883,6 +887,7 @@ def test_a_renamed_workflow_reruns_its_readers_once(
     assert called(fake) == ["c"]  # nothing else changed since
 
 
+@pytest.mark.slow
 def test_foreach_items_of_older_inputs_are_not_reused(
     cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
 ) -> None:

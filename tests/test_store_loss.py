@@ -175,6 +175,8 @@ Damage = Callable[[Path, Path], None]
         ),
     ],
 )
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_store_lost_mid_run_gets_the_runs_record_back_and_says_so(
     tmp_path: Path, damage: Damage, said: str, before_kept: bool, aside: bool
 ) -> None:
@@ -228,6 +230,8 @@ def test_a_store_lost_mid_run_gets_the_runs_record_back_and_says_so(
         assert f"is kept as {kept[0]}" in stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_store_replaced_by_a_file_that_is_no_store_stops_the_run_and_keeps_its_record(
     tmp_path: Path,
 ) -> None:
@@ -278,6 +282,8 @@ def test_a_store_replaced_by_a_file_that_is_no_store_stops_the_run_and_keeps_its
     assert not record.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_resumed_run_gets_back_what_its_earlier_session_recorded(tmp_path: Path) -> None:
     """The record written anew holds every session: what the first one paid for
     is not called again, and counts in the run's totals."""
@@ -318,6 +324,8 @@ def test_a_resumed_run_gets_back_what_its_earlier_session_recorded(tmp_path: Pat
         }
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_store_deleted_between_runs_is_made_anew(tmp_path: Path) -> None:
     state = tmp_path / "state"
     first_run(tmp_path, state)
@@ -375,6 +383,8 @@ def completed(service: Service, run_id: str) -> dict[str, Any]:
         pytest.param(truncate, "was truncated or overwritten", id="truncated"),
     ],
 )
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_aoe_serve_keeps_recording_its_runs_when_its_store_is_lost(
     serve: Service, tmp_path: Path, damage: Damage, said: str
 ) -> None:

@@ -152,6 +152,7 @@ _PIECE = st.one_of(
 
 @given(st.lists(_PIECE, max_size=8).map("".join))
 @settings(max_examples=1500, deadline=None)
+@pytest.mark.slow
 def test_fast_path_agrees_with_jinja(text: str) -> None:
     simple = _analyse_simple(text)
     if simple is None:
@@ -181,6 +182,7 @@ _LITERALS = st.sampled_from(["'bug'", '"x"', "3", "-2.5", "true", "None", "'a\\'
     st.sampled_from(["", " ", "  "]),
 )
 @settings(max_examples=1500, deadline=None)
+@pytest.mark.slow
 def test_expression_fast_path_agrees_with_jinja(
     negate: bool, parts: list[str], root: str, operator: str, literal: str, pad: str
 ) -> None:
@@ -263,6 +265,7 @@ def simple_template(draw: st.DrawFn) -> str:
 
 @given(simple_template(), _VALUES, _VALUES, _VALUES)
 @settings(max_examples=1500, deadline=None)
+@pytest.mark.slow
 def test_fast_rendering_agrees_with_jinja(text: str, a: object, b: object, c: object) -> None:
     from jinja2 import TemplateSyntaxError, UndefinedError
 
@@ -359,6 +362,7 @@ def test_templates_within_the_limits_are_accepted(text: str) -> None:
     analyse_template(text)
 
 
+@pytest.mark.slow
 def test_caches_are_bounded_by_bytes() -> None:
     """300 distinct prompts of ~0.9 MB each kept aoe serve at 619 MB: each cache
     now keeps at most its budget of bytes, whatever the number of entries."""

@@ -44,18 +44,22 @@ LEASE = 30.0  # seconds a concurrency slot lasts unless its holder renews it
 RENEW = 10.0  # seconds between renewals
 POLL = 0.05  # seconds between tries when waiting for a slot held elsewhere
 RETRY = 1.0  # seconds between tries when Redis is unreachable (fail_closed)
+WINDOWS = (60.0, 3600.0, 86400.0)  # the request windows: a minute, an hour, a day
+TOKEN_WINDOW = 60.0  # the tokens' window: a minute
 
 # KEYS: rpm, rph, rpd, tpm (zset: id -> start), tpm tokens (hash: id -> tokens),
 #       tpm total (string), concurrency (zset: id -> lease end)
-# ARGV: id, tokens, rpm, rph, rpd, tpm, concurrent (0: no limit), lease seconds
+# ARGV: id, tokens, rpm, rph, rpd, tpm, concurrent (0: no limit), lease seconds,
+#       the lengths of the request windows (3) and of the tokens' window, in seconds
 # -> {1, now} taken; {0, seconds} wait that long; {-1, 0} wait for a slot
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local id, tokens = ARGV[1], tonumber(ARGV[2])
 local limits = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
-local lengths = {60, 3600, 86400}
+local lengths = {tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])}
 local tpm, concurrent, lease = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local minute = tonumber(ARGV[12])
 local wait = 0
 if concurrent > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
@@ -75,13 +79,13 @@ for i = 1, 3 do
   end
 end
 if tpm > 0 then
-  local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - 60)
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - minute)
   for _, member in ipairs(gone) do
     local used = tonumber(redis.call('HGET', KEYS[5], member) or '0')
     redis.call('INCRBYFLOAT', KEYS[6], -used)
     redis.call('HDEL', KEYS[5], member)
   end
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 60)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - minute)
   local total = tonumber(redis.call('GET', KEYS[6]) or '0')
   local excess = total + tokens - tpm
   if excess > 0 then
@@ -95,9 +99,9 @@ if tpm > 0 then
       end
     end
     if at == nil then
-      wait = math.max(wait, 60)
+      wait = math.max(wait, minute)
     else
-      wait = math.max(wait, at + 60 - now)
+      wait = math.max(wait, at + minute - now)
     end
   end
 end
@@ -107,14 +111,14 @@ end
 for i = 1, 3 do
   if limits[i] > 0 then
     redis.call('ZADD', KEYS[i], now, id)
-    redis.call('EXPIRE', KEYS[i], lengths[i] + 60)
+    redis.call('EXPIRE', KEYS[i], math.ceil(lengths[i]) + 60)
   end
 end
 if tpm > 0 then
   redis.call('ZADD', KEYS[4], now, id)
   redis.call('HSET', KEYS[5], id, tokens)
   redis.call('INCRBYFLOAT', KEYS[6], tokens)
-  for k = 4, 6 do redis.call('EXPIRE', KEYS[k], 120) end
+  for k = 4, 6 do redis.call('EXPIRE', KEYS[k], math.ceil(minute) + 60) end
 end
 if concurrent > 0 then
   redis.call('ZADD', KEYS[7], now + lease, id)
@@ -335,6 +339,8 @@ def _arguments(member: str, tokens: int, limits: Limits, lease: float) -> list[s
         limits.tokens_per_minute or 0,
         limits.concurrent_requests or 0,
         lease,
+        *WINDOWS,
+        TOKEN_WINDOW,
     ]
 
 
