@@ -75,65 +75,28 @@ class Results:
         }
 
     def __call__(self, event: Event) -> None:
-        document = self.document
         if isinstance(event, AttemptStarted):
             self._started[(event.agent_id, event.item, event.attempt)] = event
         elif isinstance(event, AttemptFinished):
-            started = self._started.pop((event.agent_id, event.item, event.attempt), None)
-            waited = started.waited if started is not None else 0.0
-            attempt = {
-                "attempt": event.attempt,
-                "item": event.item,
-                "provider": event.provider,
-                "model": event.model,
-                "status": "cached" if event.cached else ("ok" if event.error is None else "error"),
-                "error": event.error,
-                "error_kind": event.error_kind,
-                "finish_reason": event.finish_reason,
-                "duration_seconds": round(event.duration, 6),
-                "waited_seconds": round(waited, 6),
-                "reserved_usd": started.reserved if started is not None else None,
-                "usage": _usage(event.usage),
-                "cost_usd": event.cost,
-                "finished_at": _iso(event.at),
-            }
-            agent = document["agents"][event.agent_id]
-            agent["attempts"].append(attempt)
-            agent["waited_seconds"] = round(agent["waited_seconds"] + waited, 6)
+            self._attempt_finished(event)
         elif isinstance(event, AgentStarted):
-            agent = document["agents"][event.agent_id]
+            agent = self.document["agents"][event.agent_id]
             agent["state"] = "running"
             agent["started_at"] = _iso(event.at)
             if event.items is not None:
                 agent["items"] = event.items
         elif isinstance(event, AgentFinished):
-            agent = document["agents"][event.agent_id]
-            agent.update(
-                state=str(event.state),
-                output=event.output,
-                error=event.error,
-                usage=_usage(event.usage),
-                cost_usd=event.cost,
-                finished_at=_iso(event.at),
-                duration_seconds=round(event.duration, 6),
-            )
-            if event.resumed:
-                agent["resumed"] = True  # its output is from an earlier session's record
-            answered = [a for a in agent["attempts"] if a["status"] in ("ok", "cached")]
-            if answered:
-                agent["answered_by"] = {
-                    "provider": answered[-1]["provider"],
-                    "model": answered[-1]["model"],
-                }
-                agent["cached"] = answered[-1]["status"] == "cached"
+            self._agent_finished(event)
         elif isinstance(event, RunStarted):
-            document["run_id"] = event.run_id
-            document["started_at"] = _iso(event.at)
-            document["cost_budget_usd"] = event.budget
-            document["session"] = event.session
-            document["cost_usd"] = event.spent
+            self.document.update(
+                run_id=event.run_id,
+                started_at=_iso(event.at),
+                cost_budget_usd=event.budget,
+                session=event.session,
+                cost_usd=event.spent,
+            )
         elif isinstance(event, RunFinished):
-            document.update(
+            self.document.update(
                 status=str(event.status),
                 finished_at=_iso(event.at),
                 duration_seconds=round(event.duration, 6),
@@ -142,6 +105,52 @@ class Results:
                 outputs=event.outputs,
                 output_errors=event.output_errors,
             )
+
+    def _attempt_finished(self, event: AttemptFinished) -> None:
+        """The attempt, with what its start said (the wait, the reservation)."""
+        started = self._started.pop((event.agent_id, event.item, event.attempt), None)
+        waited = started.waited if started is not None else 0.0
+        attempt = {
+            "attempt": event.attempt,
+            "item": event.item,
+            "provider": event.provider,
+            "model": event.model,
+            "status": "cached" if event.cached else ("ok" if event.error is None else "error"),
+            "error": event.error,
+            "error_kind": event.error_kind,
+            "finish_reason": event.finish_reason,
+            "duration_seconds": round(event.duration, 6),
+            "waited_seconds": round(waited, 6),
+            "reserved_usd": started.reserved if started is not None else None,
+            "usage": _usage(event.usage),
+            "cost_usd": event.cost,
+            "finished_at": _iso(event.at),
+        }
+        agent = self.document["agents"][event.agent_id]
+        agent["attempts"].append(attempt)
+        agent["waited_seconds"] = round(agent["waited_seconds"] + waited, 6)
+
+    def _agent_finished(self, event: AgentFinished) -> None:
+        """The agent's end, and which provider and model gave its last answer."""
+        agent = self.document["agents"][event.agent_id]
+        agent.update(
+            state=str(event.state),
+            output=event.output,
+            error=event.error,
+            usage=_usage(event.usage),
+            cost_usd=event.cost,
+            finished_at=_iso(event.at),
+            duration_seconds=round(event.duration, 6),
+        )
+        if event.resumed:
+            agent["resumed"] = True  # its output is from an earlier session's record
+        answered = [a for a in agent["attempts"] if a["status"] in ("ok", "cached")]
+        if answered:
+            agent["answered_by"] = {
+                "provider": answered[-1]["provider"],
+                "model": answered[-1]["model"],
+            }
+            agent["cached"] = answered[-1]["status"] == "cached"
 
     def to_json(self) -> str:
         return json.dumps(self.document, indent=2, ensure_ascii=False, default=str) + "\n"
@@ -172,26 +181,30 @@ class Results:
         ):
             ElementTree.SubElement(properties, "property", name=name, value=str(value))
         for agent_id, agent in agents.items():
-            case = ElementTree.SubElement(
-                suite,
-                "testcase",
-                classname=self.workflow.name,
-                name=agent_id,
-                time=f"{agent['duration_seconds'] or 0:.3f}",
-            )
-            state = AgentState(agent["state"])
-            if state.failure:
-                failure = ElementTree.SubElement(
-                    case, "failure", message=agent["error"] or str(state), type=str(state)
-                )
-                failure.text = "\n".join(
-                    f"attempt {a['attempt']}: {a['error']}" for a in agent["attempts"] if a["error"]
-                )
-            elif state is not AgentState.COMPLETED:
-                ElementTree.SubElement(case, "skipped", message=agent["error"] or str(state))
+            self._testcase(suite, agent_id, agent)
         ElementTree.indent(suite)
         return (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
             + ElementTree.tostring(suite, encoding="unicode")
             + "\n"
         )
+
+    def _testcase(self, suite: ElementTree.Element, agent_id: str, agent: dict[str, Any]) -> None:
+        """The agent as a test case: its attempts' errors under a failure, a skip's reason."""
+        case = ElementTree.SubElement(
+            suite,
+            "testcase",
+            classname=self.workflow.name,
+            name=agent_id,
+            time=f"{agent['duration_seconds'] or 0:.3f}",
+        )
+        state = AgentState(agent["state"])
+        if state.failure:
+            failure = ElementTree.SubElement(
+                case, "failure", message=agent["error"] or str(state), type=str(state)
+            )
+            failure.text = "\n".join(
+                f"attempt {a['attempt']}: {a['error']}" for a in agent["attempts"] if a["error"]
+            )
+        elif state is not AgentState.COMPLETED:
+            ElementTree.SubElement(case, "skipped", message=agent["error"] or str(state))

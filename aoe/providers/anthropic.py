@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import anthropic
+from anthropic.types import Message
 
-from aoe.errors import ProviderError, ProviderUnavailable, scrub
-from aoe.providers.base import error_for_status
+from aoe.errors import ProviderUnavailable
+from aoe.providers.base import SdkErrors, sdk_error
 from aoe.types import Request, Response, Usage, plain
 
 
@@ -27,55 +28,26 @@ class AnthropicProvider:
         )
 
     async def complete(self, request: Request) -> Response:
-        kwargs: dict[str, Any] = {
-            "model": request.model,
-            "max_tokens": request.max_tokens,
-            "messages": [
-                {"role": m.role, "content": m.content}
-                for m in request.messages
-                if m.role != "system"
-            ],
-        }
-        if request.system:
-            kwargs["system"] = request.system
-        if request.stop:
-            kwargs["stop_sequences"] = list(request.stop)
-        if request.output_format == "json" and request.json_schema is not None:
-            kwargs["output_config"] = {
-                "format": {"type": "json_schema", "schema": plain(request.json_schema)}
-            }
-        body = plain(request.params) if request.params else {}
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
-        if request.top_p is not None:
-            body["top_p"] = request.top_p
-        if body:
-            kwargs["extra_body"] = body
-        if request.timeout is not None:
-            # the engine's own timeout is the one that counts; given, it also keeps the
-            # SDK from refusing large max_tokens without streaming
-            kwargs["timeout"] = request.timeout + 5.0
+        message, headers, status = await self._call(_arguments(request))
+        return self._response(request, message, headers, status)
+
+    async def _call(self, arguments: dict[str, Any]) -> tuple[Message, dict[str, str], int]:
+        """The one call, its SDK errors turned into aoe's."""
         try:
-            raw = await self._client.messages.with_raw_response.create(**kwargs)
+            raw = await self._client.messages.with_raw_response.create(**arguments)
             message = await raw.parse()
-        except anthropic.APIStatusError as e:
-            raise error_for_status(
-                self.name, e.status_code, scrub(_message(e), self._secrets), e.response.headers
-            ) from None
-        except anthropic.APITimeoutError:
-            raise ProviderUnavailable(
-                f"{self.name}: the request timed out", provider=self.name
-            ) from None
-        except anthropic.APIConnectionError as e:
-            where = self._base_url or "the Anthropic API"
-            raise ProviderUnavailable(
-                scrub(f"{self.name}: cannot reach {where}: {e}", self._secrets),
-                provider=self.name,
-            ) from None
         except anthropic.AnthropicError as e:
-            raise ProviderError(
-                f"{self.name}: {scrub(str(e), self._secrets)}", provider=self.name
+            where = self._base_url or "the Anthropic API"
+            raise sdk_error(
+                e, _ERRORS, provider=self.name, where=where, secrets=self._secrets
             ) from None
+        return message, dict(raw.headers), raw.status_code
+
+    def _response(
+        self, request: Request, message: Message, headers: dict[str, str], status: int
+    ) -> Response:
+        """The reply's text blocks and its usage, every input token billed counted
+        (cache writes and reads too)."""
         try:
             text = "".join(
                 getattr(block, "text", "") for block in message.content if block.type == "text"
@@ -91,23 +63,52 @@ class AnthropicProvider:
                 usage=Usage(billed_input, usage.output_tokens),
                 model=message.model or request.model,
                 finish_reason=message.stop_reason,
-                headers=dict(raw.headers),
+                headers=headers,
             )
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
             raise ProviderUnavailable(
                 f"{self.name}: the reply is not a message ({type(e).__name__}: {e})",
                 provider=self.name,
-                status=raw.status_code,
+                status=status,
             ) from None
 
     async def aclose(self) -> None:
         await self._client.close()
 
 
-def _message(error: anthropic.APIStatusError) -> str:
-    body = error.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return str(inner["message"])
-    return str(error.message)
+_ERRORS = SdkErrors(
+    status=anthropic.APIStatusError,
+    timeout=anthropic.APITimeoutError,
+    connection=anthropic.APIConnectionError,
+)
+
+
+def _arguments(request: Request) -> dict[str, Any]:
+    """The SDK's arguments for ``request``; what it does not type goes in the body."""
+    arguments: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "messages": [
+            {"role": m.role, "content": m.content} for m in request.messages if m.role != "system"
+        ],
+    }
+    if request.system:
+        arguments["system"] = request.system
+    if request.stop:
+        arguments["stop_sequences"] = list(request.stop)
+    if request.output_format == "json" and request.json_schema is not None:
+        arguments["output_config"] = {
+            "format": {"type": "json_schema", "schema": plain(request.json_schema)}
+        }
+    body = plain(request.params) if request.params else {}
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if body:
+        arguments["extra_body"] = body
+    if request.timeout is not None:
+        # the engine's own timeout is the one that counts; given, it also keeps the
+        # SDK from refusing large max_tokens without streaming
+        arguments["timeout"] = request.timeout + 5.0
+    return arguments

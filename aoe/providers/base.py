@@ -12,9 +12,10 @@ import datetime
 import email.utils
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
-from aoe.errors import ProviderError, ProviderUnavailable, RateLimited, RequestRejected
+from aoe.errors import ProviderError, ProviderUnavailable, RateLimited, RequestRejected, scrub
 from aoe.types import Request, Response
 
 
@@ -70,3 +71,72 @@ def error_for_status(
     if status in (408, 409) or status >= 500:
         return ProviderUnavailable(text, provider=provider, status=status, retry_after=wait)
     return RequestRejected(text, provider=provider, status=status)
+
+
+class _Headers(Protocol):
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+class StatusError(Protocol):
+    """What an SDK's ``APIStatusError`` carries: the OpenAI and Anthropic SDKs are
+    generated from one template (Stainless) and their errors have the same shape."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def body(self) -> object: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def response(self) -> _Headers: ...
+
+
+@dataclass(frozen=True)
+class SdkErrors:
+    """A vendor SDK's exception classes, by what they mean to aoe. They are handed
+    in, not imported here, so that the SDKs stay out of this module (and load only
+    with the provider that needs them)."""
+
+    status: type[StatusError]
+    """The server answered with an error status."""
+    timeout: type[Exception]
+    """The request timed out (a kind of ``connection`` error in both SDKs: checked first)."""
+    connection: type[Exception]
+    """The server could not be reached."""
+
+
+def sdk_error(
+    error: Exception,
+    errors: SdkErrors,
+    *,
+    provider: str,
+    where: str,
+    secrets: tuple[str, ...],
+) -> ProviderError:
+    """The aoe error for an SDK's error, its message without the API key. ``where``
+    names the server in "cannot reach ..."; any other SDK error is a reply the SDK
+    could not read."""
+    if isinstance(error, errors.status):
+        message = scrub(_status_message(error), secrets)
+        return error_for_status(provider, error.status_code, message, error.response.headers)
+    if isinstance(error, errors.timeout):
+        return ProviderUnavailable(f"{provider}: the request timed out", provider=provider)
+    if isinstance(error, errors.connection):
+        return ProviderUnavailable(
+            scrub(f"{provider}: cannot reach {where}: {error}", secrets), provider=provider
+        )
+    return ProviderError(f"{provider}: {scrub(str(error), secrets)}", provider=provider)
+
+
+def _status_message(error: StatusError) -> str:
+    """The server's own message, from ``{"error": {"message": ...}}`` when it sent one."""
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+    return str(error.message)

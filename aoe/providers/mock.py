@@ -165,7 +165,36 @@ def _example(
 ) -> Any:
     """``root`` is the whole schema, which its ``#/...`` ``$ref``s point into (the
     loader makes every ``$ref`` one of those). Work on the schema itself (copies of
-    merged parts, constants) is spent from ``left`` as well: a schema can be large."""
+    merged parts, constants) is spent from ``left`` as well: a schema can be large.
+
+    Keywords that pick a value outright (``const``, ``enum``) or stand for another
+    schema (``anyOf``, ``oneOf``, ``allOf``) are read here; the rest goes by
+    ``type`` to one of :data:`_BY_KIND`."""
+    schema = _follow_refs(schema, left, root)
+    if not isinstance(schema, Mapping):
+        return None  # true, false or a broken schema: anything, or nothing, fits
+    if "const" in schema:
+        return left.spend(schema["const"])
+    if schema.get("enum") and isinstance(schema["enum"], list):
+        options = schema["enum"]
+        return left.spend(options[digest[salt % len(digest)] % len(options)])
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key) and isinstance(schema[key], list):
+            return _example(schema[key][0], digest, depth + 1, salt, left, root)
+    if schema.get("allOf") and isinstance(schema["allOf"], list):
+        merged = _merge_all_of(schema["allOf"], left)
+        return _example(merged, digest, depth + 1, salt, left, root)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    left.chars -= 8  # brackets, quotes, commas and small numbers, roughly
+    # a `type` that is no type name (a number, a mapping) gets a string, as it always has
+    make = _BY_KIND.get(kind, _string) if isinstance(kind, str) else _string
+    return make(schema, digest, depth, salt, left, root)
+
+
+def _follow_refs(schema: Any, left: _Budget, root: Mapping[str, Any]) -> Any:
+    """The schema a ``$ref`` points to, its siblings merged over it."""
     for _ in range(32):  # a $ref to a $ref ...: followed a bounded number of times
         if not isinstance(schema, Mapping):
             break
@@ -179,64 +208,121 @@ def _example(
         rest = {k: v for k, v in schema.items() if k != "$ref"}
         left.chars -= len(schema) + (len(target) if isinstance(target, Mapping) else 0)
         schema = {**target, **rest} if isinstance(target, Mapping) else rest
-    if not isinstance(schema, Mapping):
-        return None  # true, false or a broken schema: anything, or nothing, fits
-    if "const" in schema:
-        return left.spend(schema["const"])
-    if schema.get("enum") and isinstance(schema["enum"], list):
-        options = schema["enum"]
-        return left.spend(options[digest[salt % len(digest)] % len(options)])
-    for key in ("anyOf", "oneOf"):
-        if schema.get(key) and isinstance(schema[key], list):
-            return _example(schema[key][0], digest, depth + 1, salt, left, root)
-    if schema.get("allOf") and isinstance(schema["allOf"], list):
-        merged: dict[str, Any] = {}
-        for part in schema["allOf"]:
-            if isinstance(part, Mapping):
-                left.chars -= len(part)
-                merged.update(part)
-        return _example(merged, digest, depth + 1, salt, left, root)
-    kind = schema.get("type", "object" if "properties" in schema else "string")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
+    return schema
+
+
+def _merge_all_of(parts: list[Any], left: _Budget) -> dict[str, Any]:
+    """The parts of an ``allOf`` merged into one schema, later keys winning."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        if isinstance(part, Mapping):
+            left.chars -= len(part)
+            merged.update(part)
+    return merged
+
+
+def _object(
+    schema: Mapping[str, Any],
+    digest: bytes,
+    depth: int,
+    salt: int,
+    left: _Budget,
+    root: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The required properties, then the others, each its own salt, until the depth
+    or the budget runs out."""
+    properties = schema.get("properties", {})
+    properties = properties if isinstance(properties, Mapping) else {}
+    required = schema.get("required", [])
+    required = required if isinstance(required, list) else []
+    value: dict[str, Any] = {}
+    for i, name in enumerate(dict.fromkeys([*required, *properties])):
+        if depth >= 8 or left.chars <= 0:
+            break
+        left.chars -= len(str(name))
+        value[str(name)] = _example(
+            properties.get(name, {"type": "string"}), digest, depth + 1, salt + 1 + i, left, root
+        )
+    return value
+
+
+def _array(
+    schema: Mapping[str, Any],
+    digest: bytes,
+    depth: int,
+    salt: int,
+    left: _Budget,
+    root: Mapping[str, Any],
+) -> list[Any]:
+    """``minItems`` items (at least one, at most ``maxItems``), until the depth or the
+    budget runs out."""
+    count = max(_count(schema.get("minItems"), 1), 1)
+    count = min(count, _count(schema.get("maxItems"), count))
+    items = schema.get("items", {"type": "string"})
+    items = items if isinstance(items, Mapping) else {"type": "string"}
+    values: list[Any] = []
+    for i in range(count):
+        if depth >= 8 or left.chars <= 0:
+            break
+        values.append(_example(items, digest, depth + 1, salt + 1 + i, left, root))
+    return values
+
+
+def _integer(
+    schema: Mapping[str, Any],
+    digest: bytes,
+    depth: int,
+    salt: int,
+    left: _Budget,
+    root: Mapping[str, Any],
+) -> int | float:
+    return _number(schema, digest[salt % len(digest)], integer=True)
+
+
+def _float(
+    schema: Mapping[str, Any],
+    digest: bytes,
+    depth: int,
+    salt: int,
+    left: _Budget,
+    root: Mapping[str, Any],
+) -> int | float:
+    return _number(schema, digest[salt % len(digest)], integer=False)
+
+
+def _boolean(
+    schema: Mapping[str, Any],
+    digest: bytes,
+    depth: int,
+    salt: int,
+    left: _Budget,
+    root: Mapping[str, Any],
+) -> bool:
+    return digest[salt % len(digest)] % 2 == 0
+
+
+def _null(
+    schema: Mapping[str, Any],
+    digest: bytes,
+    depth: int,
+    salt: int,
+    left: _Budget,
+    root: Mapping[str, Any],
+) -> None:
+    return None
+
+
+def _string(
+    schema: Mapping[str, Any],
+    digest: bytes,
+    depth: int,
+    salt: int,
+    left: _Budget,
+    root: Mapping[str, Any],
+) -> str:
+    """A text for the common ``format``s, else some words; padded to ``minLength``
+    (as far as the budget goes) and cut to ``maxLength``."""
     tag = digest[salt % len(digest)]
-    left.chars -= 8  # brackets, quotes, commas and small numbers, roughly
-    if kind == "object":
-        properties = schema.get("properties", {})
-        properties = properties if isinstance(properties, Mapping) else {}
-        required = schema.get("required", [])
-        required = required if isinstance(required, list) else []
-        value: dict[str, Any] = {}
-        for i, name in enumerate(dict.fromkeys([*required, *properties])):
-            if depth >= 8 or left.chars <= 0:
-                break
-            left.chars -= len(str(name))
-            value[str(name)] = _example(
-                properties.get(name, {"type": "string"}),
-                digest,
-                depth + 1,
-                salt + 1 + i,
-                left,
-                root,
-            )
-        return value
-    if kind == "array":
-        count = max(_count(schema.get("minItems"), 1), 1)
-        count = min(count, _count(schema.get("maxItems"), count))
-        items = schema.get("items", {"type": "string"})
-        items = items if isinstance(items, Mapping) else {"type": "string"}
-        values: list[Any] = []
-        for i in range(count):
-            if depth >= 8 or left.chars <= 0:
-                break
-            values.append(_example(items, digest, depth + 1, salt + 1 + i, left, root))
-        return values
-    if kind in ("integer", "number"):
-        return _number(schema, tag, kind == "integer")
-    if kind == "boolean":
-        return tag % 2 == 0
-    if kind == "null":
-        return None
     if schema.get("format") == "uri":
         text = f"https://example.com/mock/{digest[:4].hex()}"
     elif schema.get("format") == "date":
@@ -254,6 +340,20 @@ def _example(
     return text
 
 
+_Maker = Callable[[Mapping[str, Any], bytes, int, int, _Budget, Mapping[str, Any]], Any]
+
+_BY_KIND: dict[str, _Maker] = {
+    "object": _object,
+    "array": _array,
+    "integer": _integer,
+    "number": _float,
+    "boolean": _boolean,
+    "null": _null,
+}
+"""A value of each JSON type, by the schema's ``type``; any other gets :func:`_string`.
+Each takes the same arguments as :func:`_example`, the schema resolved."""
+
+
 def _count(value: Any, default: int) -> int:
     """A schema's count keyword (``minItems`` ...), or ``default`` if it is not one."""
     return (
@@ -264,16 +364,24 @@ def _count(value: Any, default: int) -> int:
 def _number(schema: Mapping[str, Any], tag: int, integer: bool) -> int | float:
     """A number within the schema's bounds, when they are plain numbers."""
     bounds = [schema.get(k) for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")]
-    if not all(
-        b is None or (isinstance(b, int | float) and not isinstance(b, bool)) for b in bounds
-    ):
+    if not all(b is None or _plain_number(b) for b in bounds):
         return 0
-    low = bounds[0] if bounds[0] is not None else bounds[1] if bounds[1] is not None else 0
-    high = bounds[2] if bounds[2] is not None else bounds[3] if bounds[3] is not None else low + 100
+    minimum, above, maximum, below = bounds
+    low = _first(minimum, above, 0)
+    high = _first(maximum, below, low + 100)
     try:
         value = low + (tag % max(int(high - low), 1)) if high > low else low
-        if bounds[1] is not None and value <= bounds[1]:
-            value = bounds[1] + 1
+        if above is not None and value <= above:
+            value = above + 1
         return int(value) if integer else float(value)
     except (OverflowError, ValueError):  # bounds too large to step between
         return low if not integer or isinstance(low, int) else 0
+
+
+def _plain_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _first(*values: Any) -> Any:
+    """The first of ``values`` that is given (the last is the default)."""
+    return next(v for v in values if v is not None)

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion
 
-from aoe.errors import ProviderError, ProviderUnavailable, scrub
-from aoe.providers.base import error_for_status
+from aoe.errors import ProviderUnavailable
+from aoe.providers.base import SdkErrors, sdk_error
 from aoe.types import Request, Response, Usage, plain
 
 
@@ -33,51 +34,54 @@ class OpenAIProvider:
         )
 
     async def complete(self, request: Request) -> Response:
-        kwargs: dict[str, Any] = {
+        completion, headers, status = await self._call(self._arguments(request))
+        return self._response(request, completion, headers, status)
+
+    def _arguments(self, request: Request) -> dict[str, Any]:
+        """The SDK's arguments for ``request``; ``params`` go in the body as they are."""
+        arguments: dict[str, Any] = {
             "model": request.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             ("max_tokens" if self._compatible else "max_completion_tokens"): request.max_tokens,
         }
         if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
+            arguments["temperature"] = request.temperature
         if request.top_p is not None:
-            kwargs["top_p"] = request.top_p
+            arguments["top_p"] = request.top_p
         if request.stop:
-            kwargs["stop"] = list(request.stop)
+            arguments["stop"] = list(request.stop)
         if request.seed is not None:
-            kwargs["seed"] = request.seed
+            arguments["seed"] = request.seed
         if request.output_format == "json" and _object_schema(request.json_schema):
             # structured outputs take an object at the root; any other JSON is asked for in
             # the prompt and checked when it comes back
-            kwargs["response_format"] = {
+            arguments["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": plain(request.json_schema)},
             }
         if request.params:
-            kwargs["extra_body"] = plain(request.params)
+            arguments["extra_body"] = plain(request.params)
         if request.timeout is not None:  # the engine's own timeout is the one that counts
-            kwargs["timeout"] = request.timeout + 5.0
+            arguments["timeout"] = request.timeout + 5.0
+        return arguments
+
+    async def _call(self, arguments: dict[str, Any]) -> tuple[ChatCompletion, dict[str, str], int]:
+        """The one call, its SDK errors turned into aoe's (an ``OpenAIError`` that is
+        none of the others: a reply the SDK could not read)."""
         try:
-            raw = await self._client.chat.completions.with_raw_response.create(**kwargs)
+            raw = await self._client.chat.completions.with_raw_response.create(**arguments)
             completion = raw.parse()
-        except openai.APIStatusError as e:
-            raise error_for_status(
-                self.name, e.status_code, scrub(_message(e), self._secrets), e.response.headers
-            ) from None
-        except openai.APITimeoutError:
-            raise ProviderUnavailable(
-                f"{self.name}: the request timed out", provider=self.name
-            ) from None
-        except openai.APIConnectionError as e:
+        except openai.OpenAIError as e:
             where = self._base_url or "the OpenAI API"
-            raise ProviderUnavailable(
-                scrub(f"{self.name}: cannot reach {where}: {e}", self._secrets),
-                provider=self.name,
+            raise sdk_error(
+                e, _ERRORS, provider=self.name, where=where, secrets=self._secrets
             ) from None
-        except openai.OpenAIError as e:  # a reply the SDK could not read
-            raise ProviderError(
-                f"{self.name}: {scrub(str(e), self._secrets)}", provider=self.name
-            ) from None
+        return completion, dict(raw.headers), raw.status_code
+
+    def _response(
+        self, request: Request, completion: ChatCompletion, headers: dict[str, str], status: int
+    ) -> Response:
+        """The first choice's text and the usage, if the server counted it."""
         try:
             choice = completion.choices[0]
             usage = completion.usage
@@ -86,27 +90,25 @@ class OpenAIProvider:
                 usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
                 model=completion.model or request.model,
                 finish_reason=choice.finish_reason,
-                headers=dict(raw.headers),
+                headers=headers,
             )
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
             raise ProviderUnavailable(
                 f"{self.name}: the reply is not a chat completion ({type(e).__name__}: {e})",
                 provider=self.name,
-                status=raw.status_code,
+                status=status,
             ) from None
 
     async def aclose(self) -> None:
         await self._client.close()
 
 
+_ERRORS = SdkErrors(
+    status=openai.APIStatusError,
+    timeout=openai.APITimeoutError,
+    connection=openai.APIConnectionError,
+)
+
+
 def _object_schema(schema: Any) -> bool:
     return schema is not None and (schema.get("type") == "object" or "properties" in schema)
-
-
-def _message(error: openai.APIStatusError) -> str:
-    body = error.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return str(inner["message"])
-    return str(error.message)

@@ -147,48 +147,17 @@ class Sandbox:
                 f"the values it reads cannot be passed to the sandbox: {e}"
             ) from None
         shared = shared or {}
-        slots = self._slots_here()
-        async with slots:
-            child = self._idle.pop() if self._idle else None
-            while child is not None and child.process.returncode is not None:
-                self._discard(child)  # died while idle (the OOM killer, a signal)
-                child = self._idle.pop() if self._idle else None
-            if child is None:
-                child = await self._start()
+        async with self._slots_here():
+            child = await self._take()
             self._busy.add(child)
-            decoded: dict[str, Any] = {}
             try:
-                for _ in range(2):  # again if the process had let a part go meanwhile
-                    payload = _with_parts(head, shared, child.known)
-                    if len(payload) > MAX_MESSAGE:
-                        decoded = {"error": f"the values it reads are over {MAX_MESSAGE >> 20} MB"}
-                        break
-                    self.sent += len(payload)
-                    answer = await asyncio.wait_for(child.ask(payload), deadline)
-                    decoded = json.loads(answer.decode(*_UTF8))
-                    missing = decoded.get("missing")
-                    if not missing:
-                        child.known.update(shared)
-                        break
-                    child.known.difference_update(missing)
-                else:  # sent again, and let go again: more than it can keep at once
-                    decoded = {"error": "the values it reads are more than the sandbox keeps"}
+                decoded = await self._exchange(child, head, shared, deadline)
             except BaseException as e:
                 # late, dead, or cancelled mid-request (its answer would come to no one)
                 self._discard(child)
-                if isinstance(e, TimeoutError):
-                    raise SandboxFailed(
-                        f"it took longer than {deadline:g} s, the most {what} may take; "
-                        + (
-                            "make it do less (smaller loops, less data)"
-                            if what == "a template"
-                            else "simplify the output schema (patterns, references)"
-                        )
-                    ) from None
-                if isinstance(e, asyncio.IncompleteReadError | ConnectionError | OSError):
-                    raise SandboxFailed(
-                        "the sandbox process ended while working on it (too much memory?)"
-                    ) from None
+                failure = _failure(e, deadline, what)
+                if failure is not None:
+                    raise failure from None
                 raise
             if decoded.get("retire"):  # its last answer (it ran out of memory or stack)
                 self._discard(child)
@@ -196,6 +165,35 @@ class Sandbox:
                 self._busy.discard(child)
                 self._idle.append(child)
         return decoded
+
+    async def _take(self) -> _Child:
+        """An idle process that is still alive, else a new one."""
+        child = self._idle.pop() if self._idle else None
+        while child is not None and child.process.returncode is not None:
+            self._discard(child)  # died while idle (the OOM killer, a signal)
+            child = self._idle.pop() if self._idle else None
+        if child is None:
+            child = await self._start()
+        return child
+
+    async def _exchange(
+        self, child: _Child, head: str, shared: Mapping[str, str], deadline: float
+    ) -> dict[str, Any]:
+        """One request and its answer, the shared parts the process lacks sent along."""
+        for _ in range(2):  # again if the process had let a part go meanwhile
+            payload = _with_parts(head, shared, child.known)
+            if len(payload) > MAX_MESSAGE:
+                return {"error": f"the values it reads are over {MAX_MESSAGE >> 20} MB"}
+            self.sent += len(payload)
+            answer = await asyncio.wait_for(child.ask(payload), deadline)
+            decoded: dict[str, Any] = json.loads(answer.decode(*_UTF8))
+            missing = decoded.get("missing")
+            if not missing:
+                child.known.update(shared)
+                return decoded
+            child.known.difference_update(missing)
+        # sent again, and let go again: more than it can keep at once
+        return {"error": "the values it reads are more than the sandbox keeps"}
 
     def forget(self, prefix: str) -> None:
         """A finished run's parts: no process need be told it lacks them."""
@@ -441,3 +439,20 @@ def checks_here(schema: Mapping[str, Any] | None) -> bool:
         elif isinstance(value, list):
             stack.extend(value)
     return True
+
+
+def _failure(error: BaseException, deadline: float, what: str) -> SandboxFailed | None:
+    """What to tell the user of a request that failed in the process's hands; ``None``
+    for anything else (a cancellation), which goes on as it is."""
+    if isinstance(error, TimeoutError):
+        return SandboxFailed(
+            f"it took longer than {deadline:g} s, the most {what} may take; "
+            + (
+                "make it do less (smaller loops, less data)"
+                if what == "a template"
+                else "simplify the output schema (patterns, references)"
+            )
+        )
+    if isinstance(error, asyncio.IncompleteReadError | ConnectionError | OSError):
+        return SandboxFailed("the sandbox process ended while working on it (too much memory?)")
+    return None
