@@ -18,6 +18,10 @@ The names below are the documented surface (``__all__``); they are imported on
 first use, so ``import aoe`` stays cheap for the command line. Errors derive
 from :class:`AoeError`: :class:`UserError` (exit 2: a workflow, config or input
 to fix) apart from the failures of a run, which a :class:`RunResult` reports.
+The config models check their values as they are made, as pydantic models do:
+a wrong value in code raises pydantic's ``ValidationError`` at that line; an
+:class:`Engine` given a config raises :class:`ConfigInvalid` for what only shows
+once the environment is laid over it.
 """
 
 from __future__ import annotations
@@ -142,4 +146,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+    return sorted(__all__)

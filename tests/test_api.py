@@ -97,6 +97,24 @@ def test_budget_stop_is_a_result_with_its_reason() -> None:
     assert result.cost == 0.0
 
 
+async def test_a_sync_run_inside_a_running_loop_says_to_await(write: WriteFile) -> None:
+    with pytest.raises(RuntimeError, match=r"await engine\.run"):
+        aoe.run(write(MOCK_WORKFLOW), {"topic": "x"}, environ={}, mock=True)
+
+
+async def test_a_run_that_never_started_is_not_kept(write: WriteFile, tmp_path: Path) -> None:
+    async with aoe.Engine(environ={}, cwd=tmp_path) as engine:
+        keyless = MOCK_WORKFLOW.replace("provider: mock", "provider: openai")
+        with pytest.raises(aoe.MissingApiKey):  # refused inside the runner, before it starts
+            await engine.run(write(keyless), {"topic": "x"}, run_id="never")
+        with pytest.raises(aoe.RunNotFound):
+            engine.run_status("never")
+
+
+def test_dir_lists_the_surface_only() -> None:
+    assert dir(aoe) == sorted(aoe.__all__)
+
+
 def test_the_result_is_the_cli_results_document(write: WriteFile, tmp_path: Path) -> None:
     """The figures are the results JSON's, not worked out again."""
     import json

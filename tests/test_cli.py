@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 
 from aoe import __version__
 from aoe.cli.ui.text import format_diagnostic, use_colour
@@ -170,3 +171,25 @@ def test_schema_rejects_unknown_keys_and_bad_values(cli: RunCli) -> None:
 def test_shipped_schema_file_is_up_to_date(cli: RunCli) -> None:
     shipped = json.loads((REPO / "workflow.schema.json").read_text())
     assert shipped == schema(cli), "run: aoe schema -o workflow.schema.json"
+
+
+def test_an_internal_signal_that_escapes_is_reported_as_a_bug() -> None:
+    """Signals are in the error tree so that no ``except AoeError`` mistakes them
+    for a third party's error; one that reaches the command line is a bug, and
+    says so, rather than passing for a user's mistake."""
+    from typer.testing import CliRunner
+
+    from aoe.cli.common import handle_errors
+    from aoe.errors import Signal
+
+    app = typer.Typer()
+
+    @app.command()
+    def leak(ctx: typer.Context) -> None:
+        with handle_errors(ctx):
+            raise Signal("superseded")
+
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 1
+    assert "internal error: Signal: superseded" in result.output
+    assert "This is a bug in aoe" in result.output

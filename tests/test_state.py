@@ -1133,3 +1133,34 @@ def test_recover_writes_a_dead_runs_journal_into_the_store_once(tmp_path: Path) 
         assert recover(db) == []
         assert not journal.exists()
         assert [e["type"] for e in db.events("r1")] == kinds
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "advice"),
+    [
+        pytest.param(
+            sqlite3.OperationalError("database is locked"),
+            "StateWriteFailed",
+            "run again",
+            id="busy-past-the-wait",
+        ),
+        pytest.param(
+            sqlite3.DatabaseError("database disk image is malformed"),
+            "StateUnusable",
+            "move it aside",
+            id="damaged",
+        ),
+    ],
+)
+def test_a_store_error_after_opening_is_told_for_what_it_is(
+    tmp_path: Path, error: sqlite3.Error, kind: str, advice: str
+) -> None:
+    """A store busy for longer than the wait is not a damaged store: moving it
+    aside, as the damaged one's message says, would hide every run record."""
+    from aoe.errors import AoeError
+    from aoe.state.schema import translated
+
+    with pytest.raises(AoeError) as caught, translated(tmp_path / "state.db"):
+        raise error
+    assert type(caught.value).__name__ == kind
+    assert advice in str(caught.value)

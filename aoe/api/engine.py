@@ -108,7 +108,11 @@ class Engine:
         return f"Engine({self.settings.config_file or 'config in code or defaults'})"
 
     async def __aenter__(self) -> Engine:
-        self._open()
+        try:
+            self._open()
+        except BaseException:  # what was opened before the failure is closed
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(
@@ -202,6 +206,10 @@ class Engine:
                 store=self._store,
                 engine=core,
             )
+        except BaseException:
+            if results.document["started_at"] is None:  # it never started: not a run
+                self._runs.pop(run_id, None)
+            raise
         finally:
             self._active.discard(run_id)
         self._finished[status] = self._finished.get(status, 0) + 1
@@ -221,8 +229,21 @@ class Engine:
         **choices: Any,
     ) -> RunResult:
         """:meth:`run` in its own event loop, then :meth:`aclose` (so the engine
-        is used once); for a script or a notebook without ``async``."""
+        is used once); for a script without ``async``. Inside a running event
+        loop (a notebook's, a server's) it raises :class:`RuntimeError`: there,
+        ``await engine.run(...)``."""
         import asyncio
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # none: ours to run
+        else:
+            raise RuntimeError(
+                "aoe.run() and Engine.run_sync() start an event loop of their own, and one "
+                "is running here (a notebook's, a server's): use `await engine.run(...)` "
+                "inside `async with aoe.Engine(...) as engine:` instead"
+            )
 
         async def once() -> RunResult:
             async with self:

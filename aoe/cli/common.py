@@ -86,11 +86,14 @@ def handle_errors(ctx: typer.Context) -> Iterator[None]:
 
     Each command's body runs inside it: ``with handle_errors(ctx): ...``; the
     tracebacks are shown when the global options (``ctx``) ask for them."""
-    from aoe.errors import AoeError
+    from aoe.errors import AoeError, Signal
+    from aoe.format.graph import GraphError
 
     debug = global_options(ctx).debug
     try:
         yield
+    except (Signal, GraphError) as error:  # in the tree, but never meant for a user
+        _internal(error, debug)
     except AoeError as error:
         _fail(error, debug)
     except KeyboardInterrupt:
@@ -99,14 +102,19 @@ def handle_errors(ctx: typer.Context) -> Iterator[None]:
     except (typer.Exit, typer.Abort):
         raise
     except Exception as error:
-        if debug:
-            traceback.print_exc()
-        typer.echo(
-            f"aoe: internal error: {type(error).__name__}: {error}\n"
-            "This is a bug in aoe; rerun with --debug for the traceback and report it.",
-            err=True,
-        )
-        raise typer.Exit(1) from None
+        _internal(error, debug)
+
+
+def _internal(error: Exception, debug: bool) -> NoReturn:
+    """An error no user should meet: a bug, said as one."""
+    if debug:
+        traceback.print_exc()
+    typer.echo(
+        f"aoe: internal error: {type(error).__name__}: {error}\n"
+        "This is a bug in aoe; rerun with --debug for the traceback and report it.",
+        err=True,
+    )
+    raise typer.Exit(1) from None
 
 
 def _fail(error: AoeError, debug: bool) -> NoReturn:

@@ -268,6 +268,7 @@ class RedisSection(_Section):
 
     url: str | None = Field(
         default=None,
+        repr=False,  # it may carry a password
         description="redis://[:password@]host:port/db; takes precedence over host, port and db.",
     )
     host: str | None = Field(default=None, min_length=1, description="Redis host; unset: no Redis.")

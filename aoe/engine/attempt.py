@@ -24,6 +24,7 @@ from aoe.errors import (
     RepliesTooLarge,
     RequestRejected,
     RunError,
+    scrub,
 )
 from aoe.events import AgentState, AttemptFinished, AttemptStarted, Checkpoint, EventBus
 from aoe.format.workflow import Agent, LLMConfig
@@ -247,5 +248,5 @@ def _as_run_error(
         return AttemptTimeout(f"no answer within the timeout of {timeout:g} s")
     # a provider that broke its contract: this attempt fails, the run goes on
     return RequestRejected(
-        f"{provider}: unexpected {type(error).__name__}: {error}", provider=provider
+        f"{provider}: unexpected {type(error).__name__}: {scrub(str(error))}", provider=provider
     )

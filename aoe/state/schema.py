@@ -298,10 +298,19 @@ def _migrate(path: Path, connection: sqlite3.Connection) -> None:
 
 @contextmanager
 def translated(path: Path) -> Iterator[None]:
-    """sqlite3's errors raised inside, as a :class:`StateUnusable` (a store that
-    broke after it was opened: damaged, unreadable); aoe's own pass."""
+    """sqlite3's errors raised inside, as aoe's; aoe's own pass. A store that
+    broke after it was opened (damaged, not a database) is :class:`StateUnusable`,
+    to be moved aside; a store busy past the wait, or an I/O error of the moment,
+    is :class:`StateWriteFailed` (exit 1): moving it aside would hide every run
+    record for what may pass."""
     try:
         yield
+    except sqlite3.OperationalError as e:  # locked or busy too long, I/O, full
+        raise StateWriteFailed(
+            f"the run store {path} could not be used just now ({e}); nothing else was "
+            "lost: run again, and if it persists check what else holds the store "
+            "(lsof) and the disk"
+        ) from None
     except sqlite3.Error as e:
         raise StateUnusable(f"the run store could not be read or written ({e}): {_FIX}") from None
 
