@@ -182,9 +182,9 @@ class Engine:
         from aoe.observe.results import Results
         from aoe.service.runner import bind, run_workflow
 
+        chosen = (options or RunOptions()).but(**choices)  # a misspelled option: TypeError
         core = self._open()
         loaded = workflow if isinstance(workflow, Workflow) else self.load(workflow)
-        chosen = (options or RunOptions()).but(**choices)
         if chosen.run_id is None:
             chosen = chosen.but(run_id=new_run_id())
         run_id = chosen.run_id
@@ -317,6 +317,11 @@ def _settings(
     config: ConfigLike, environ: Mapping[str, str] | None, cwd: str | os.PathLike[str] | None
 ) -> Settings:
     if isinstance(config, Settings):
+        if environ is not None or cwd is not None:
+            raise TypeError(
+                "environ and cwd are read when settings are made: ready Settings were "
+                "made with theirs (give the config file or EngineConfig instead)"
+            )
         return config
     folder = None if cwd is None else os.fspath(cwd)
     if isinstance(config, EngineConfig):
@@ -331,6 +336,7 @@ def run(
     *,
     config: ConfigLike = None,
     environ: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     options: RunOptions | None = None,
     **choices: Any,
@@ -339,9 +345,10 @@ def run(
 
     ``aoe.run("wf.yaml", inputs={"topic": "tides"}, budget=2.0)``: the
     keywords after the inputs are :class:`aoe.RunOptions` fields (``mock``,
-    ``budget``, ``max_parallel``, ``cache``); ``config``, ``environ`` and
-    ``state_dir`` are those of :class:`Engine`. Not from inside a running event
-    loop: there, ``await engine.run(...)``.
+    ``budget``, ``max_parallel``, ``cache``); ``config``, ``environ``, ``cwd``
+    and ``state_dir`` are those of :class:`Engine`. Not from inside a running
+    event loop: there, ``await engine.run(...)``.
     """
-    engine = Engine(config, environ=environ, state_dir=state_dir)
+    (options or RunOptions()).but(**choices)  # a misspelled option, before anything opens
+    engine = Engine(config, environ=environ, cwd=cwd, state_dir=state_dir)
     return engine.run_sync(workflow, inputs, options, **choices)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
@@ -165,7 +165,15 @@ class RunOptions:
         ).but(**more)
 
     def but(self, **changes: Any) -> RunOptions:
-        """A copy with ``changes`` (``options.but(mock=True)``)."""
+        """A copy with ``changes`` (``options.but(mock=True)``); a name that is
+        not an option raises :class:`TypeError` naming the options."""
+        names = [f.name for f in fields(self)]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            raise TypeError(
+                f"RunOptions has no {', '.join(map(repr, unknown))}; its options are "
+                f"{', '.join(names)}"
+            )
         return replace(self, **changes) if changes else self
 
 
