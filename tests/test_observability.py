@@ -23,6 +23,7 @@ from aoe.events import AttemptFinished, AttemptStarted, RunFinished, RunStarted,
 from aoe.observe.health import HealthMonitor
 from aoe.observe.metrics import MAX_SERIES, Metrics
 from aoe.types import Usage
+from tests import events as built
 from tests.conftest import REPO, RunCli, WriteFile, child_env, promtool
 from tests.fakeserver import Fail, FakeProvider, Reply
 from tests.test_serve import CHAIN, agent_of, samples, total
@@ -215,24 +216,8 @@ def test_a_metrics_port_in_use_is_a_clear_error(
 def attempt_finished(
     run_id: str, model: str, *, error: str | None = None, kind: str | None = None
 ) -> AttemptFinished:
-    usage = Usage(10, 5)
-    return AttemptFinished(
-        run_id=run_id,
-        at=0.0,
-        agent_id="a",
-        item=None,
-        attempt=1,
-        provider="openai",
-        model=model,
-        duration=0.1,
-        usage=usage,
-        cost=0.001,
-        agent_usage=usage,
-        agent_cost=0.001,
-        run_usage=usage,
-        run_cost=0.001,
-        error=error,
-        error_kind=kind,
+    return built.attempt_finished(
+        run_id=run_id, model=model, usage=Usage(10, 5), cost=0.001, error=error, error_kind=kind
     )
 
 
@@ -283,17 +268,7 @@ class Clock:
 
 
 def started(waited: float) -> AttemptStarted:
-    return AttemptStarted(
-        run_id="r",
-        at=0.0,
-        agent_id="a",
-        item=None,
-        attempt=1,
-        provider="openai",
-        model="gpt-4o-mini",
-        waited=waited,
-        reserved=0.01,
-    )
+    return built.attempt_started(waited=waited, reserved=0.01)
 
 
 def test_health_degrades_on_waits_and_errors_and_recovers_in_virtual_time() -> None:

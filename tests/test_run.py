@@ -22,6 +22,7 @@ from tests.conftest import (
     RunCli,
     WriteFile,
 )
+from tests.events import attempt_finished
 from tests.fakeserver import Drop, Fail, FakeProvider, Reply
 
 TWO_STEPS = """\
@@ -439,7 +440,7 @@ def test_live_view_renders_rows_progress_and_spend() -> None:
 
     from aoe.cli.ui.live import LiveView
     from aoe.cli.ui.text import console
-    from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptFinished
+    from aoe.events import AgentFinished, AgentStarted, AgentState
     from aoe.service.runner import load
     from aoe.types import Usage
 
@@ -447,24 +448,7 @@ def test_live_view_renders_rows_progress_and_spend() -> None:
     buffer = StringIO()
     view = LiveView(workflow, console(buffer, width=120), budget=5.0)
     view(AgentStarted(run_id="r", at=0.0, agent_id="research"))
-    view(
-        AttemptFinished(
-            run_id="r",
-            at=0.0,
-            agent_id="research",
-            item=None,
-            attempt=1,
-            provider="openai",
-            model="gpt-4o-mini",
-            duration=1.5,
-            usage=Usage(1200, 300),
-            cost=0.00036,
-            agent_usage=Usage(1200, 300),
-            agent_cost=0.00036,
-            run_usage=Usage(1200, 300),
-            run_cost=0.00036,
-        )
-    )
+    view(attempt_finished(agent_id="research", duration=1.5, usage=Usage(1200, 300), cost=0.00036))
     view(
         AgentFinished(
             run_id="r",

@@ -23,6 +23,7 @@ from aoe.state.rows import RecordStatus, RunRow
 from aoe.state.store import Store
 from aoe.state.transfer import export_run
 from tests.conftest import until
+from tests.events import attempt_started
 from tests.redisserver import RedisServer
 
 
@@ -109,7 +110,7 @@ async def test_a_record_is_read_on_from_where_a_copy_was_brought_up_to(
 ) -> None:
     """What ``aoe serve`` does on each GET: only the journal's new entries are
     read; a copy they do not continue is told so (and then reads it whole)."""
-    from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptStarted
+    from aoe.events import AgentFinished, AgentStarted, AgentState
     from aoe.state.journal import journal_line
     from aoe.types import Usage
 
@@ -129,18 +130,7 @@ async def test_a_record_is_read_on_from_where_a_copy_was_brought_up_to(
         await mirror.begin(store, 1)
         await send(
             AgentStarted(run_id="run-1", at=1.0, agent_id="a"),
-            AttemptStarted(
-                run_id="run-1",
-                at=1.1,
-                agent_id="a",
-                item=None,
-                attempt=1,
-                provider="openai",
-                model="m",
-                waited=0.0,
-                reserved=0.02,
-                fingerprint="f",
-            ),
+            attempt_started(run_id="run-1", at=1.1, model="m", fingerprint="f"),
         )
         whole = await fetch(client, prefix, "run-1")
         assert whole is not None

@@ -22,6 +22,7 @@ from aoe.state.liveness import HERE
 from aoe.state.schema import SCHEMA_VERSION
 from aoe.state.store import Store
 from tests.conftest import RunCli, WriteFile, child_env, fake_key
+from tests.events import attempt_finished, attempt_started
 from tests.fakeserver import Fail, FakeProvider, Received, Reply
 
 CHAIN = """\
@@ -959,7 +960,7 @@ def test_the_live_view_and_the_lines_say_cached_and_resumed() -> None:
     from aoe.cli.ui.live import LiveView
     from aoe.cli.ui.progress import describe_event
     from aoe.cli.ui.text import console
-    from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptFinished
+    from aoe.events import AgentFinished, AgentStarted, AgentState
     from aoe.service.runner import load
     from aoe.types import Usage
     from tests.conftest import WORKFLOWS
@@ -967,23 +968,7 @@ def test_the_live_view_and_the_lines_say_cached_and_resumed() -> None:
     workflow = load(WORKFLOWS / "competitor-brief.yaml")
     buffer = StringIO()
     view = LiveView(workflow, console(buffer, width=120), budget=5.0)
-    hit = AttemptFinished(
-        run_id="r",
-        at=0.0,
-        agent_id="research",
-        item=None,
-        attempt=1,
-        provider="openai",
-        model="gpt-4o-mini",
-        duration=0.0,
-        usage=Usage(),
-        cost=0.0,
-        agent_usage=Usage(),
-        agent_cost=0.0,
-        run_usage=Usage(),
-        run_cost=0.0,
-        cached=True,
-    )
+    hit = attempt_finished(agent_id="research", duration=0.0, cached=True)
     view(AgentStarted(run_id="r", at=0.0, agent_id="research"))
     view(hit)
     view(
@@ -1039,7 +1024,7 @@ def test_attempt_events_are_read_from_the_attempts(
 
 
 def test_recover_writes_a_dead_runs_journal_into_the_store_once(tmp_path: Path) -> None:
-    from aoe.events import AgentFinished, AgentStarted, AgentState, AttemptFinished, AttemptStarted
+    from aoe.events import AgentFinished, AgentStarted, AgentState
     from aoe.state.journal import journal_line
     from aoe.state.schema import journal_path
     from aoe.types import Usage
@@ -1053,34 +1038,8 @@ def test_recover_writes_a_dead_runs_journal_into_the_store_once(tmp_path: Path) 
         db.connection.execute("UPDATE runs SET pid = NULL")  # its process is gone
         events = [
             AgentStarted(run_id="r1", at=1.0, agent_id="a"),
-            AttemptStarted(
-                run_id="r1",
-                at=1.1,
-                agent_id="a",
-                item=None,
-                attempt=1,
-                provider="openai",
-                model="gpt-4o-mini",
-                waited=0.0,
-                reserved=0.02,
-                fingerprint="f",
-            ),
-            AttemptFinished(
-                run_id="r1",
-                at=1.5,
-                agent_id="a",
-                item=None,
-                attempt=1,
-                provider="openai",
-                model="gpt-4o-mini",
-                duration=0.4,
-                usage=Usage(5, 7),
-                cost=0.003,
-                agent_usage=Usage(5, 7),
-                agent_cost=0.003,
-                run_usage=Usage(5, 7),
-                run_cost=0.003,
-            ),
+            attempt_started(run_id="r1", at=1.1, fingerprint="f"),
+            attempt_finished(run_id="r1", at=1.5, duration=0.4, usage=Usage(5, 7), cost=0.003),
             AgentFinished(
                 run_id="r1",
                 at=1.6,
@@ -1093,18 +1052,7 @@ def test_recover_writes_a_dead_runs_journal_into_the_store_once(tmp_path: Path) 
                 output="A!",
             ),
             AgentStarted(run_id="r1", at=1.7, agent_id="b"),
-            AttemptStarted(
-                run_id="r1",
-                at=1.8,
-                agent_id="b",
-                item=None,
-                attempt=1,
-                provider="openai",
-                model="gpt-4o-mini",
-                waited=0.0,
-                reserved=0.02,
-                fingerprint="g",
-            ),
+            attempt_started(run_id="r1", at=1.8, agent_id="b", fingerprint="g"),
         ]
         journal = journal_path(db.path, "r1", 1)
         journal.parent.mkdir()
