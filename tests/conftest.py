@@ -156,6 +156,15 @@ def provider_env(fake: FakeProvider) -> dict[str, str]:
     }
 
 
+@pytest.fixture
+def openai_env(provider_env: dict[str, str]) -> dict[str, str]:
+    """:func:`provider_env` with the OpenAI key only: for an `aoe serve` whose
+    runs use no Anthropic agent. A service makes the client of every provider
+    whose key it has before it listens, and importing Anthropic's SDK costs
+    about a second of CPU, at every start of a process."""
+    return {k: v for k, v in provider_env.items() if not k.startswith("ANTHROPIC_")}
+
+
 def promtool() -> str:
     """The path of Prometheus's promtool; a missing one skips the test, saying so
     (``-ra`` lists it), or fails it where AOE_REQUIRE_PROMTOOL is set (as in CI)."""

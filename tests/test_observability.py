@@ -336,11 +336,11 @@ def test_status_and_failed_events_from_the_local_store(
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_status_of_a_running_service(
-    fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+    fake: FakeProvider, openai_env: dict[str, str], tmp_path: Path
 ) -> None:
     from tests.test_serve import Service
 
-    env = child_env(provider_env, AOE_STATE_DIR=str(tmp_path / "s"))
+    env = child_env(openai_env, AOE_STATE_DIR=str(tmp_path / "s"))
     service = Service(env, tmp_path)
     try:
         service.wait(service.submit(CHAIN))

@@ -42,9 +42,9 @@ def called(fake: FakeProvider) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def env(redis_server: RedisServer, provider_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+def env(redis_server: RedisServer, openai_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     return child_env(
-        provider_env,
+        openai_env,
         AOE_STATE_DIR=str(tmp_path / "state"),  # the workers share it
         REDIS_HOST="127.0.0.1",
         REDIS_PORT=str(redis_server.port),

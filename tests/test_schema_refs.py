@@ -222,10 +222,10 @@ def test_a_url_is_refused_and_the_listener_gets_no_connection(
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_served_workflow_cannot_fetch_or_quote_through_its_schema(
-    tmp_path: Path, fake: FakeProvider, provider_env: dict[str, str]
+    tmp_path: Path, fake: FakeProvider, openai_env: dict[str, str]
 ) -> None:
     silent = Listener(answer=False)
-    service = Service(child_env(provider_env, AOE_STATE_DIR=str(tmp_path / "state")), tmp_path)
+    service = Service(child_env(openai_env, AOE_STATE_DIR=str(tmp_path / "state")), tmp_path)
     try:
         response = service.http.post("/api/v1/runs", json={"workflow": flow(silent.url)})
         assert response.status_code == 400

@@ -43,8 +43,8 @@ def agent_of(request: Received) -> str:
 
 
 @pytest.fixture
-def env(provider_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    return child_env(provider_env, AOE_STATE_DIR=str(tmp_path / "state"))
+def env(openai_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    return child_env(openai_env, AOE_STATE_DIR=str(tmp_path / "state"))
 
 
 @pytest.fixture

@@ -87,8 +87,8 @@ def raw(url: str, data: bytes, *, timeout: float = 10) -> tuple[int, str]:
 
 
 @pytest.fixture
-def env(provider_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    return child_env(provider_env, AOE_STATE_DIR=str(tmp_path / "state"))
+def env(openai_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    return child_env(openai_env, AOE_STATE_DIR=str(tmp_path / "state"))
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 
 @pytest.fixture
-def env(redis_server: RedisServer, provider_env: dict[str, str]) -> dict[str, str]:
-    return child_env(provider_env, REDIS_HOST="127.0.0.1", REDIS_PORT=str(redis_server.port))
+def env(redis_server: RedisServer, openai_env: dict[str, str]) -> dict[str, str]:
+    return child_env(openai_env, REDIS_HOST="127.0.0.1", REDIS_PORT=str(redis_server.port))
 
 
 @pytest.fixture
