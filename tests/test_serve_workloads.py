@@ -4,11 +4,14 @@ stays small, and says why each workflow was refused or failed.
 Issue 13: one small request held `/health/live` for 13.5 s, another took 7.6 GB.
 Here a prober asks `/health/live` every 50 ms on a fresh connection while the
 payloads go in, and the service's memory (its own process: the sandbox
-processes are bounded on their own) is read from /proc as they run.
+processes are bounded on their own) and the CPU time of its event loop's thread
+are read from /proc as they run: what must not happen on that thread is seen
+in its CPU time, which a busy machine does not inflate as it does the clock.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import urllib.request
@@ -54,8 +57,22 @@ def rss_kb(pid: int, field: str = "VmRSS") -> int:
     raise AssertionError(f"no {field} for {pid}")
 
 
+def loop_cpu(pid: int) -> float:
+    """CPU seconds used so far by the main thread of process ``pid``: the thread
+    of `aoe serve`'s event loop (workflows are read in another thread, templates
+    rendered in sandbox processes). CPU time, not the clock's: it says what that
+    thread did, however busy the machine is."""
+    with open(f"/proc/{pid}/task/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 class Prober:
-    """Asks /health/live every 50 ms on a fresh connection; notes the slowest answer."""
+    """Asks /health/live every 50 ms on a fresh connection. A probe unanswered
+    within PATIENCE fails (a service that stopped answering); the slowest answer
+    is printed, not judged (the figure is bench/hostile.py's)."""
+
+    PATIENCE = 10.0
 
     def __init__(self, url: str) -> None:
         self.url = url + "/health/live"
@@ -66,15 +83,17 @@ class Prober:
         self._thread = threading.Thread(target=self._probe, daemon=True)
 
     def _probe(self) -> None:
-        while not self._stop.wait(0.05):
+        while True:
             began = time.perf_counter()
             try:
-                with urllib.request.urlopen(self.url, timeout=1.0) as answer:
+                with urllib.request.urlopen(self.url, timeout=self.PATIENCE) as answer:
                     answer.read()
             except Exception as e:
                 self.failures.append(f"{type(e).__name__}: {e}")
             self.slowest = max(self.slowest, time.perf_counter() - began)
             self.count += 1
+            if self._stop.wait(0.05):
+                return
 
     def __enter__(self) -> Prober:
         self._thread.start()
@@ -83,6 +102,7 @@ class Prober:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        print(f"{self.count} probes, the slowest answered in {self.slowest * 1000:.0f} ms")
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +135,6 @@ def test_what_can_be_seen_in_the_text_is_a_400_with_the_reason(
     assert reason in diagnostic["message"]
     assert (diagnostic["file"], diagnostic["line"]) == ("submitted.yaml", 6)
     assert not prober.failures
-    assert prober.slowest < 1.0
 
 
 def test_hostile_values_fail_their_agents_while_the_service_answers_and_stays_small(
@@ -124,6 +143,7 @@ def test_hostile_values_fail_their_agents_while_the_service_answers_and_stays_sm
     pid = served.process.pid
     before = rss_kb(pid)
     peak = before
+    worked = loop_cpu(pid)
     with Prober(served.url) as prober:
         runs = [served.submit(HOSTILE, mock=True) for _ in range(3)]
         finished = []
@@ -137,9 +157,13 @@ def test_hostile_values_fail_their_agents_while_the_service_answers_and_stays_sm
                     break
                 assert time.monotonic() < deadline, run
                 time.sleep(0.05)
+    worked = loop_cpu(pid) - worked
+    print(f"the event loop's thread used {worked:.2f} s of CPU")
     assert prober.count > 20
     assert not prober.failures, prober.failures[:3]
-    assert prober.slowest < 1.0, f"/health/live took {prober.slowest:.2f} s"
+    # three runs, each with a template killed at its 2 s deadline and a string
+    # doubled to the sandbox's memory limit: none of it on the loop's thread
+    assert worked < 1.5, f"the event loop's thread worked {worked:.2f} s"
     grown = (max(peak, rss_kb(pid, "VmHWM")) - before) / 1024
     assert grown < 100, f"aoe serve grew by {grown:.0f} MB"
     for run in finished:
@@ -169,7 +193,6 @@ def test_many_distinct_large_prompts_do_not_grow_the_service(served: Service) ->
     print(f"grown {grown:.1f} MB")
     assert grown < 60, f"aoe serve kept {grown:.0f} MB after 100 prompts of 0.9 MB"
     assert not prober.failures
-    assert prober.slowest < 1.0
 
 
 def test_a_run_larger_than_the_service_allows_is_refused(tmp_path: Path) -> None:
