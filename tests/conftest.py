@@ -176,7 +176,7 @@ def promtool() -> str:
     return found
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
     """Until ``condition()`` holds (polled); fails the test after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while not condition():

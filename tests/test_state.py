@@ -1112,3 +1112,19 @@ def test_a_store_error_after_opening_is_told_for_what_it_is(
         raise error
     assert type(caught.value).__name__ == kind
     assert advice in str(caught.value)
+
+
+def test_which_kind_of_read_only_a_store_error_was_is_said(tmp_path: Path) -> None:
+    """SQLite says "attempt to write a readonly database" for six causes; the
+    error names the one it was (here: the file moved from under the connection)."""
+    from aoe.errors import StateWriteFailed
+    from aoe.state.schema import translated
+
+    path = tmp_path / "x.db"
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("CREATE TABLE t (a)")
+    path.unlink()
+    with pytest.raises(StateWriteFailed, match="readonly database; SQLITE_READONLY_DBMOVED"):
+        with translated(path):
+            connection.execute("INSERT INTO t VALUES (1)")
+    connection.close()

@@ -79,7 +79,12 @@ class Engine:
     ``state_dir`` keeps a record of each run in that folder (resumable with
     ``aoe resume``, listed by ``aoe runs``) and lets runs answer from the
     response cache; without it nothing is written to disk and each result
-    lives in this object only.
+    lives in this object only. ``AOE_STATE_DIR`` is not read for it: a library
+    writes to disk only where its caller says (pass
+    ``state_dir=os.environ["AOE_STATE_DIR"]`` to follow the command line). A
+    store the engine cannot write is refused as it opens
+    (:class:`aoe.errors.StateWriteFailed`), before any run, where ``aoe runs``
+    would still read it.
 
     The runs of one engine share its rate limits and its limit on runs at
     once (``engine.max_concurrent_workflows``); leaving the ``async with``

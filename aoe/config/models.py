@@ -27,9 +27,11 @@ __all__ = [
     "ModelPrice",
     "MonitoringSection",
     "ProviderSection",
+    "RateLimitConfig",
     "RateLimitingSection",
     "RateLimits",
     "RedisSection",
+    "RetryPolicy",
     "RetryPolicySection",
     "key_variable_problem",
     "url_problem",
@@ -153,6 +155,11 @@ class RetryPolicySection(_Section):
         check_delays(self.base_delay, self.max_delay)
         return self
 
+
+RateLimitConfig = RateLimitingSection
+"""The deployment guide's name for :class:`RateLimitingSection` (the same class)."""
+RetryPolicy = RetryPolicySection
+"""The deployment guide's name for :class:`RetryPolicySection` (the same class)."""
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 

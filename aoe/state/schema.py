@@ -207,7 +207,7 @@ def writing(path: Path) -> Iterator[None]:
         yield
     except sqlite3.OperationalError as e:  # full, read-only, I/O error, locked too long
         raise StateWriteFailed(
-            f"the run store {path} could not be written ({e}); nothing was changed. "
+            f"the run store {path} could not be written ({said(e)}); nothing was changed. "
             "Free disk space (or set AOE_STATE_DIR to another folder) and run again"
         ) from None
 
@@ -262,8 +262,18 @@ def open_store(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     return connection
 
 
-def _unusable(path: Path, error: sqlite3.Error) -> str:
+def said(error: sqlite3.Error) -> str:
+    """SQLite's message with its extended code's name where it says more (which of
+    the six kinds of "attempt to write a readonly database" it was)."""
     text = str(error)
+    name = getattr(error, "sqlite_errorname", None)
+    if isinstance(name, str) and name.count("_") > 1:  # SQLITE_READONLY_DBMOVED, not SQLITE_FULL
+        return f"{text}; {name}"
+    return text
+
+
+def _unusable(path: Path, error: sqlite3.Error) -> str:
+    text = said(error)
     if "not a database" in text or "malformed" in text or "corrupt" in text:
         return f"the run store {path} is damaged or not an aoe store ({text}): {_FIX}"
     if "unable to open" in text or "readonly" in text or "disk I/O" in text:
@@ -307,12 +317,14 @@ def translated(path: Path) -> Iterator[None]:
         yield
     except sqlite3.OperationalError as e:  # locked or busy too long, I/O, full
         raise StateWriteFailed(
-            f"the run store {path} could not be used just now ({e}); nothing else was "
+            f"the run store {path} could not be used just now ({said(e)}); nothing else was "
             "lost: run again, and if it persists check what else holds the store "
             "(lsof) and the disk"
         ) from None
     except sqlite3.Error as e:
-        raise StateUnusable(f"the run store could not be read or written ({e}): {_FIX}") from None
+        raise StateUnusable(
+            f"the run store could not be read or written ({said(e)}): {_FIX}"
+        ) from None
 
 
 _TABLES = ("runs", "agents", "attempts", "events")
