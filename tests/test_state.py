@@ -1124,7 +1124,7 @@ def test_which_kind_of_read_only_a_store_error_was_is_said(tmp_path: Path) -> No
     connection = sqlite3.connect(path, isolation_level=None)
     connection.execute("CREATE TABLE t (a)")
     path.unlink()
-    with pytest.raises(StateWriteFailed, match="readonly database; SQLITE_READONLY_DBMOVED"):
-        with translated(path):
-            connection.execute("INSERT INTO t VALUES (1)")
+    said = "readonly database; SQLITE_READONLY_DBMOVED"
+    with pytest.raises(StateWriteFailed, match=said), translated(path):
+        connection.execute("INSERT INTO t VALUES (1)")
     connection.close()

@@ -294,34 +294,54 @@ class Shared:
         self, response: web.StreamResponse, run_id: str, last: str, number: int
     ) -> bool:
         """Write the run's journal entries after ``last`` as they arrive, numbered
-        on from ``number``: True once its head says the run is over, False if
-        this service stops first."""
+        on from ``number``: True once its head says the run is over (and every
+        entry before that word is written), False if this service stops first.
+
+        A RunFinished is not the end: a drained worker's session ends cancelled
+        and another worker's session goes on, maybe at once and to the end. The
+        head is asked whenever the journal is quiet; its final word comes only
+        after the last entry of the session that wrote it, so one more read
+        after it finds everything."""
         from aoe.redis.records import record_keys
-        from aoe.state.journal import read_journal
 
         head_key, journal = record_keys(self.prefix, run_id)
         quiet = 0.0
+        finished = False  # a RunFinished came: ask the head more often
         while not self._stop.is_set():
-            answer: Any = await self.client.xread({journal: last}, count=100, block=2000)
-            if not answer:
-                quiet += 2.0
-                if quiet >= HEARTBEAT:
-                    await response.write(KEEP_ALIVE)
-                    quiet = 0.0
-                if await self._over(head_key):
-                    return True
+            block = 200 if finished else 2000
+            answer: Any = await self.client.xread({journal: last}, count=100, block=block)
+            if answer:
+                last, number, ended = await self._write(response, run_id, answer, number)
+                finished = finished or ended
                 continue
-            finished = False
-            for entry_id, fields in answer[0][1]:
-                last = reply_text(entry_id)
-                for event, _ in read_journal(bytes(fields[b"d"]), run_id):
-                    number += 1
-                    kind = type(event).__name__
-                    await response.write(frame(number, kind, event_dict(event)))
-                    finished = finished or isinstance(event, RunFinished)
-            if finished and await self._ends(head_key):
+            quiet += block / 1000
+            if quiet >= HEARTBEAT:
+                await response.write(KEEP_ALIVE)
+                quiet = 0.0
+            if await self._over(head_key):
+                answer = await self.client.xread({journal: last}, count=100_000)
+                if answer:
+                    await self._write(response, run_id, answer, number)
                 return True
         return False
+
+    @staticmethod
+    async def _write(
+        response: web.StreamResponse, run_id: str, answer: Any, number: int
+    ) -> tuple[str, int, bool]:
+        """An XREAD's entries as frames; the last entry's id, the last frame's
+        number, and whether a RunFinished was among them."""
+        from aoe.state.journal import read_journal
+
+        last = ""
+        finished = False
+        for entry_id, fields in answer[0][1]:
+            last = reply_text(entry_id)
+            for event, _ in read_journal(bytes(fields[b"d"]), run_id):
+                number += 1
+                await response.write(frame(number, type(event).__name__, event_dict(event)))
+                finished = finished or isinstance(event, RunFinished)
+        return last, number, finished
 
     async def _over(self, head_key: str) -> bool:
         """The head's word: the run is final, or gone (expired)."""
@@ -329,15 +349,6 @@ class Shared:
 
         status = await self.client.hget(head_key, "status")
         return status is None or reply_text(status) in FINAL
-
-    async def _ends(self, head_key: str) -> bool:
-        """Whether the head turns final within 2 s of the run's RunFinished: its
-        worker writes the head's final word right after."""
-        for _ in range(10):
-            if await self._over(head_key):
-                return True
-            await asyncio.sleep(0.2)
-        return False
 
     async def aclose(self) -> None:
         """The worker hands its runs back to the queue (another worker resumes
