@@ -161,15 +161,21 @@ def check_on_disk_before_dependents(
             )
 
 
+KILLS = sorted(random.Random(11).uniform(0.0, 0.8) for _ in range(12))
+"""Seconds after the first request reached the server: twelve moments, in two
+halves that each span the run (the even and the odd ones), run side by side."""
+
+
+@pytest.mark.parametrize("half", [0, 1], ids=["even-moments", "odd-moments"])
 def test_sigkill_at_random_moments_then_resume(
     fake: FakeProvider,
     tmp_path: Path,
     workflow: tuple[Path, dict[str, list[str]]],
     reference: dict[str, Any],
+    half: int,
 ) -> None:
     path, deps = workflow
-    rng = random.Random(11)
-    moments = sorted(rng.uniform(0.0, 0.8) for _ in range(12))
+    moments = KILLS[half::2]
     killed_mid_run = 0
     for number, moment in enumerate(moments):
         crash = Crash(fake, tmp_path, f"kill{number}")
@@ -196,7 +202,8 @@ def test_sigkill_at_random_moments_then_resume(
         assert sorted(called) == sorted(set(called))  # each at most once
         assert set(called) | done == set(deps)
         assert {a: agent["output"] for a, agent in results["agents"].items()} == reference
-    assert killed_mid_run >= 10, f"only {killed_mid_run} kills landed during a run"
+    print(f"{killed_mid_run} of 6 kills landed during a run")
+    assert killed_mid_run >= 5, f"only {killed_mid_run} of 6 kills landed during a run"
 
 
 def test_sigint_then_resume(
