@@ -26,7 +26,8 @@
     │   ├── ProviderError          the provider refused or failed (SDK errors end here)
     │   │   ├── RateLimited        429: retryable, with retry-after when given
     │   │   ├── ProviderUnavailable  5xx, 529, 408, 409, connection: retryable
-    │   │   └── RequestRejected    other 4xx (bad request, auth, not found): final
+    │   │   ├── RequestRejected    other 4xx (bad request, auth, not found): final
+    │   │   └── ProviderFault      a reply that breaks the request (more than max_tokens): final
     │   ├── AttemptTimeout         the per-attempt timeout: retryable
     │   ├── OutputInvalid          a reply that is not the JSON its schema asks: retryable
     │   ├── SchemaUnusable         the output schema cannot be applied (not the reply's fault)
@@ -155,6 +156,14 @@ class ProviderUnavailable(ProviderError):
 
 class RequestRejected(ProviderError):
     """Any other 4xx: bad request, authentication, permission, not found. Not retried."""
+
+    retryable = False
+
+
+class ProviderFault(ProviderError):
+    """The server answered, but not as asked: it reported more output tokens than
+    ``max_tokens`` allows (it ignores the limit aoe sent). Billed as reported; not
+    retried on the same provider, which would do the same (fallbacks are tried)."""
 
     retryable = False
 

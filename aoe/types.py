@@ -60,14 +60,30 @@ class Usage(NamedTuple):
         return self.input_tokens + self.output_tokens
 
 
+TRUNCATED = frozenset({"length", "max_tokens"})
+"""Finish reasons that say the reply was cut off at ``max_tokens`` (OpenAI's
+and Anthropic's words)."""
+
+
 class Response(NamedTuple):
-    """A model's answer: its text, the tokens it was billed, which model answered."""
+    """A model's answer: its text, the tokens it was billed, which model answered.
+
+    ``estimated``: the server reported no usage for it (a stream without its
+    usage chunk, or one aoe stopped reading at ``max_tokens``), so ``usage`` is
+    aoe's count: output tokens as the stream's pieces, input tokens from the
+    prompt's length."""
 
     text: str
     usage: Usage
     model: str
     finish_reason: str | None = None
     headers: Mapping[str, str] = _EMPTY
+    estimated: bool = False
+
+    @property
+    def truncated(self) -> bool:
+        """The reply was cut off at ``max_tokens`` (by the server, or by aoe)."""
+        return self.finish_reason in TRUNCATED
 
 
 class Severity(StrEnum):

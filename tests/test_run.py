@@ -69,7 +69,12 @@ def test_prompts_parameters_and_usage_reach_the_providers(
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Write about tides."},
     ]
-    assert draft.body["max_completion_tokens"] == 50
+    # the limit as an OpenAI-compatible server reads it (this one is not api.openai.com)
+    assert draft.body["max_tokens"] == 50
+    assert "max_completion_tokens" not in draft.body
+    # streamed, with the usage asked for at the end
+    assert draft.body["stream"] is True
+    assert draft.body["stream_options"] == {"include_usage": True}
     assert (draft.body["temperature"], draft.body["top_p"], draft.body["seed"]) == (0.3, 0.9, 7)
     assert draft.body["stop"] == ["END"]
     assert draft.body["presence_penalty"] == 0.5  # params pass through unchanged
@@ -81,6 +86,7 @@ def test_prompts_parameters_and_usage_reach_the_providers(
         {"role": "user", "content": "Polish this: Tides rise twice a day."}
     ]
     assert (polish.body["max_tokens"], polish.body["temperature"]) == (60, 0.1)
+    assert polish.body["stream"] is True
     assert polish.body["stop_sequences"] == ["STOP"]
     # the SDK sends the key as x-api-key or (from 2.x) as a bearer token
     assert ANTHROPIC_KEY in (

@@ -198,6 +198,16 @@ class ProviderSection(_Section):
         description="Price of its models that the price table does not list "
         "({input: 0, output: 0} for a local server).",
     )
+    token_parameter: Literal["max_tokens", "max_completion_tokens"] | None = Field(
+        default=None,
+        description="The parameter the server reads for a reply's length; null: "
+        "max_completion_tokens for api.openai.com, max_tokens elsewhere.",
+    )
+    stream: bool = Field(
+        default=True,
+        description="Stream replies (aoe stops reading at max_tokens whatever the "
+        "server does); false: one plain request and reply.",
+    )
 
     @field_validator("base_url")
     @classmethod

@@ -2,11 +2,14 @@
 
 The response cache answers first when it can (no admission, no cost). Else
 the attempt is admitted (:mod:`aoe.engine.admission`), told, recorded first
-when a run store is on, and made within the agent's timeout; its reply is
-cleaned, counted against the run's reply bytes and checked against the
-agent's output format; then it is settled, whatever happened. It raises the
-:class:`RunError` that ended it, which the unit's retry policy reads; a reply
-that failed its check leaves feedback for the model's next attempt.
+when a run store is on, and made within the agent's timeout, counted from
+the last piece of the reply that arrived (a slow but live stream is not cut:
+:class:`IdleDeadline`); a reported usage over ``max_tokens`` is the provider's
+fault, billed as reported. Its reply is cleaned, counted against the run's
+reply bytes and checked against the agent's output format; then it is
+settled, whatever happened. It raises the :class:`RunError` that ended it,
+which the unit's retry policy reads; a reply that failed its check leaves
+feedback for the model's next attempt.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from aoe.events import AgentState, AttemptFinished, AttemptStarted, Checkpoint, 
 from aoe.format.workflow import Agent, LLMConfig
 from aoe.policy.outputs import clean_text
 from aoe.providers import ProviderPool
+from aoe.providers.base import over_max_tokens
 from aoe.sandbox.pool import Lane, checks_here
 from aoe.state.cache import ResponseCache, fingerprint
 from aoe.types import Message, Request, Response, Usage
@@ -126,8 +130,11 @@ class Attempts:
         began = time.perf_counter()
         response: Response | None = None
         try:
-            async with asyncio.timeout(agent.timeout):
-                response = await provider.complete(request)
+            async with IdleDeadline(agent.timeout) as deadline:
+                response = await provider.complete(request, deadline.alive)
+            fault = over_max_tokens(request.provider, response, request.max_tokens)
+            if fault is not None:
+                raise fault
             response = response._replace(text=clean_text(response.text))
             self.count(response.text)
             output = await self.check(agent, response.text)
@@ -222,6 +229,47 @@ class Attempts:
             json_schema=agent.output.schema,
             timeout=agent.timeout,
         )
+
+
+class IdleDeadline:
+    """``asyncio.timeout(seconds)``, counted from the last sign of life:
+    :meth:`alive` (told each piece of a streamed reply) moves the deadline on.
+
+    A piece costs one clock read; the deadline is looked at only when it comes
+    (then put off to ``seconds`` after the last piece, or expired), so a long
+    reply does not reschedule a timer per token. Expiry is asyncio's own: the
+    task is cancelled and the block raises :class:`TimeoutError`."""
+
+    __slots__ = ("_handle", "_loop", "_timeout", "last", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self.last = self._loop.time()
+        self._timeout = asyncio.timeout(None)
+        self._handle: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> IdleDeadline:
+        await self._timeout.__aenter__()
+        self.last = self._loop.time()
+        self._handle = self._loop.call_at(self.last + self.seconds, self._look)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        await self._timeout.__aexit__(*exc)
+
+    def alive(self, piece: str = "") -> None:
+        self.last = self._loop.time()
+
+    def _look(self) -> None:
+        due = self.last + self.seconds
+        if due > self._loop.time():
+            self._handle = self._loop.call_at(due, self._look)
+        else:
+            self._handle = None
+            self._timeout.reschedule(self._loop.time())
 
 
 def _outcome_unknown(error: RunError) -> bool:

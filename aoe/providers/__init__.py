@@ -64,7 +64,13 @@ class ProviderPool:
             )
         declared = self._settings.config.providers[name]
         key = environment.get(declared.api_key_env) if declared.api_key_env else None
-        return OpenAIProvider(name, api_key=key, base_url=declared.base_url, compatible=True)
+        return OpenAIProvider(
+            name,
+            api_key=key,
+            base_url=declared.base_url,
+            token_parameter=declared.token_parameter,
+            stream=declared.stream,
+        )
 
     async def aclose(self) -> None:
         providers, self._providers = list(self._providers.values()), {}

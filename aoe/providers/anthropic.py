@@ -4,6 +4,10 @@ The system prompt goes in ``system``; JSON with a schema is asked for with
 structured outputs (``output_config.format``); the SDK's retries are off.
 Parameters the SDK does not type (``temperature``, ``top_p`` and anything under
 ``params``) travel in the request body unchanged. Anthropic has no ``seed``.
+
+Replies are streamed unless ``stream`` is false: the usage comes from the
+``message_start`` and ``message_delta`` events, and a server that goes on past
+``max_tokens`` (a proxy in front of one that ignores it) is cut off there.
 """
 
 from __future__ import annotations
@@ -11,25 +15,77 @@ from __future__ import annotations
 from typing import Any
 
 import anthropic
-from anthropic.types import Message
+from anthropic.types import Message, RawMessageStreamEvent
 
 from aoe.errors import ProviderUnavailable
-from aoe.providers.base import SdkErrors, sdk_error
+from aoe.providers.base import Progress, Reading, SdkErrors, sdk_error
 from aoe.types import Request, Response, Usage, plain
 
 
 class AnthropicProvider:
-    def __init__(self, name: str, *, api_key: str | None, base_url: str | None) -> None:
+    def __init__(
+        self, name: str, *, api_key: str | None, base_url: str | None, stream: bool = True
+    ) -> None:
         self.name = name
         self._secrets = (api_key,) if api_key else ()
         self._base_url = base_url
+        self.stream = stream
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key or "no-key", base_url=base_url, max_retries=0
         )
 
-    async def complete(self, request: Request) -> Response:
-        message, headers, status = await self._call(_arguments(request))
+    async def complete(self, request: Request, progress: Progress | None = None) -> Response:
+        arguments = _arguments(request)
+        if self.stream:
+            return await self._streamed(request, arguments, progress)
+        message, headers, status = await self._call(arguments)
         return self._response(request, message, headers, status)
+
+    async def _streamed(
+        self, request: Request, arguments: dict[str, Any], progress: Progress | None
+    ) -> Response:
+        """The reply read as it streams, until ``message_stop`` or a piece past
+        ``max_tokens``; usage from its events, else counted."""
+        arguments["stream"] = True
+        reading = Reading(request.max_tokens, progress)
+        told = _Told(request.model)
+        status: int | None = None
+        headers: dict[str, str] = {}
+        try:
+            raw = await self._client.messages.with_raw_response.create(**arguments)
+            status, headers = raw.status_code, dict(raw.headers)
+            stream = await raw.parse()
+            try:
+                async for event in stream:
+                    told.read(event, reading)
+                    if reading.cut:
+                        break
+            finally:
+                await stream.close()
+        except anthropic.AnthropicError as e:
+            where = self._base_url or "the Anthropic API"
+            raise sdk_error(
+                e, _ERRORS, provider=self.name, where=where, secrets=self._secrets
+            ) from None
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+            raise ProviderUnavailable(
+                f"{self.name}: the stream is not of message events ({type(e).__name__}: {e})",
+                provider=self.name,
+                status=status,
+            ) from None
+        if reading.cut:
+            return Response(
+                reading.text, reading.usage(request), told.model, "max_tokens", headers, True
+            )
+        usage = told.usage()
+        return Response(
+            reading.text,
+            usage or reading.usage(request),
+            told.model,
+            told.stop_reason,
+            headers,
+            usage is None,
+        )
 
     async def _call(self, arguments: dict[str, Any]) -> tuple[Message, dict[str, str], int]:
         """The one call, its SDK errors turned into aoe's."""
@@ -74,6 +130,42 @@ class AnthropicProvider:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+class _Told:
+    """What a message stream's events said besides its text: the model, the
+    stop reason, and the usage (input at ``message_start``, output at the last
+    ``message_delta``)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.stop_reason: str | None = None
+        self.input: int | None = None
+        self.output: int | None = None
+
+    def read(self, event: RawMessageStreamEvent, reading: Reading) -> None:
+        if event.type == "content_block_delta":
+            if event.delta.type == "text_delta":
+                reading.add(event.delta.text)
+        elif event.type == "message_start":
+            message = event.message
+            self.model = message.model or self.model
+            usage = message.usage
+            if usage is not None and usage.input_tokens is not None:
+                self.input = (
+                    usage.input_tokens
+                    + (usage.cache_creation_input_tokens or 0)
+                    + (usage.cache_read_input_tokens or 0)
+                )
+        elif event.type == "message_delta":
+            self.stop_reason = event.delta.stop_reason or self.stop_reason
+            if event.usage is not None and event.usage.output_tokens is not None:
+                self.output = event.usage.output_tokens
+
+    def usage(self) -> Usage | None:
+        if self.input is None or self.output is None:
+            return None
+        return Usage(self.input, self.output)
 
 
 _ERRORS = SdkErrors(

@@ -11,22 +11,87 @@ from __future__ import annotations
 import datetime
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from aoe.errors import ProviderError, ProviderUnavailable, RateLimited, RequestRejected, scrub
-from aoe.types import Request, Response
+from aoe.errors import (
+    ProviderError,
+    ProviderFault,
+    ProviderUnavailable,
+    RateLimited,
+    RequestRejected,
+    scrub,
+)
+from aoe.policy.costs import prompt_tokens_estimate
+from aoe.types import Request, Response, Usage
+
+Progress = Callable[[str], None]
+"""Told each piece of a streamed reply as it arrives (the engine's attempt
+timeout counts from the last one)."""
 
 
 class Provider(Protocol):
-    """A model API. ``complete`` makes exactly one call."""
+    """A model API. ``complete`` makes exactly one call; a streaming provider
+    tells ``progress`` each piece of the reply as it comes."""
 
     name: str
 
-    async def complete(self, request: Request) -> Response: ...
+    async def complete(self, request: Request, progress: Progress | None = None) -> Response: ...
 
     async def aclose(self) -> None: ...
+
+
+class Reading:
+    """A streamed reply as it arrives, held to ``max_tokens``: each piece of text
+    the server sends counts as a token (servers stream a token a piece; one that
+    sends more per piece is held by the usage it reports, see
+    :func:`over_max_tokens`). A piece beyond ``max_tokens`` says the server does
+    not keep the limit: :meth:`add` refuses it, and the caller stops reading."""
+
+    __slots__ = ("cut", "max_tokens", "parts", "pieces", "progress")
+
+    def __init__(self, max_tokens: int, progress: Progress | None) -> None:
+        self.max_tokens = max_tokens
+        self.progress = progress
+        self.parts: list[str] = []
+        self.pieces = 0
+        self.cut = False  # aoe stopped reading: the server went past max_tokens
+
+    def add(self, piece: str) -> bool:
+        """Keep ``piece``; False (and nothing kept) once ``max_tokens`` pieces came."""
+        if self.pieces >= self.max_tokens:
+            self.cut = True
+            return False
+        self.pieces += 1
+        self.parts.append(piece)
+        if self.progress is not None:
+            self.progress(piece)
+        return True
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def usage(self, request: Request) -> Usage:
+        """aoe's count, where the server gave none: the pieces read, and the
+        prompt at four characters a token (as the rate limits count it)."""
+        return Usage(prompt_tokens_estimate(request.messages), self.pieces)
+
+
+def over_max_tokens(provider: str, response: Response, max_tokens: int) -> ProviderFault | None:
+    """The fault of a reply whose reported usage passes ``max_tokens``: the
+    server ignored the limit sent (billed as reported), or None."""
+    used = response.usage.output_tokens
+    if response.estimated or used <= max_tokens:
+        return None
+    return ProviderFault(
+        f"{provider} reported {used:,} output tokens for a reply limited to "
+        f"max_tokens {max_tokens:,}: the server ignores the limit it was sent. Set the "
+        "provider's token_parameter (max_tokens or max_completion_tokens) to the one "
+        "it reads, or keep stream on (the default) so aoe stops reading at the limit",
+        provider=provider,
+    )
 
 
 def retry_after(headers: Mapping[str, str] | None) -> float | None:

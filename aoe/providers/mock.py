@@ -65,7 +65,10 @@ class MockProvider:
     def __init__(self, latency: float | Callable[[Request], float] = 0.0) -> None:
         self._latency = latency
 
-    async def complete(self, request: Request) -> Response:
+    async def complete(
+        self, request: Request, progress: Callable[[str], None] | None = None
+    ) -> Response:
+        """The reply, whole (``progress`` is told it once, as it comes)."""
         delay = request.params.get("latency") if request.provider == "mock" else None
         if delay is None:
             delay = self._latency(request) if callable(self._latency) else self._latency
@@ -87,6 +90,8 @@ class MockProvider:
             input_tokens=(prompt + 3) // 4 + 4 * len(request.messages),
             output_tokens=min(estimate_tokens(text), request.max_tokens),
         )
+        if progress is not None:
+            progress(text)
         return Response(text, usage, request.model, "stop")
 
     async def aclose(self) -> None:

@@ -4,37 +4,64 @@ One client per provider; the SDK's own retries are off (``max_retries=0``)
 so that a failure is retried by aoe's policy only. ``OPENAI_BASE_URL`` (or a
 declared provider's ``base_url``) points it at a proxy or a compatible server.
 Every SDK error is turned into an :mod:`aoe.errors` error here.
+
+Replies are streamed unless the provider says ``stream: false``: the usage
+comes from the stream's last chunk (``stream_options.include_usage``), and a
+server that goes on past ``max_tokens`` is cut off there (see
+:class:`~aoe.providers.base.Reading`), whatever limit it reads.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import openai
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from aoe.errors import ProviderUnavailable
-from aoe.providers.base import SdkErrors, sdk_error
+from aoe.providers.base import Progress, Reading, SdkErrors, sdk_error
 from aoe.types import Request, Response, Usage, plain
+
+TokenParameter = Literal["max_tokens", "max_completion_tokens"]
+
+
+def token_parameter_for(base_url: str | None) -> TokenParameter:
+    """The parameter a server reads for the reply's length: OpenAI's own API
+    takes ``max_completion_tokens`` (its reasoning models require it); the
+    OpenAI-compatible servers (vLLM, llama.cpp, Ollama, proxies) read ``max_tokens``."""
+    host = (urlsplit(base_url).hostname or "") if base_url else "api.openai.com"
+    return "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
 
 
 class OpenAIProvider:
-    """Chat completions. ``compatible`` servers get ``max_tokens``; OpenAI itself
-    ``max_completion_tokens``, which its reasoning models require."""
+    """Chat completions, streamed unless ``stream`` is false. ``token_parameter``
+    names the reply's limit as the server reads it (by default as
+    :func:`token_parameter_for` its ``base_url``)."""
 
     def __init__(
-        self, name: str, *, api_key: str | None, base_url: str | None, compatible: bool = False
+        self,
+        name: str,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        token_parameter: TokenParameter | None = None,
+        stream: bool = True,
     ) -> None:
         self.name = name
         self._secrets = (api_key,) if api_key else ()
         self._base_url = base_url
-        self._compatible = compatible
+        self.token_parameter = token_parameter or token_parameter_for(base_url)
+        self.stream = stream
         self._client = openai.AsyncOpenAI(
             api_key=api_key or "no-key", base_url=base_url, max_retries=0
         )
 
-    async def complete(self, request: Request) -> Response:
-        completion, headers, status = await self._call(self._arguments(request))
+    async def complete(self, request: Request, progress: Progress | None = None) -> Response:
+        arguments = self._arguments(request)
+        if self.stream:
+            return await self._streamed(request, arguments, progress)
+        completion, headers, status = await self._call(arguments)
         return self._response(request, completion, headers, status)
 
     def _arguments(self, request: Request) -> dict[str, Any]:
@@ -42,7 +69,7 @@ class OpenAIProvider:
         arguments: dict[str, Any] = {
             "model": request.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            ("max_tokens" if self._compatible else "max_completion_tokens"): request.max_tokens,
+            self.token_parameter: request.max_tokens,
         }
         if request.temperature is not None:
             arguments["temperature"] = request.temperature
@@ -78,6 +105,50 @@ class OpenAIProvider:
             ) from None
         return completion, dict(raw.headers), raw.status_code
 
+    async def _streamed(
+        self, request: Request, arguments: dict[str, Any], progress: Progress | None
+    ) -> Response:
+        """The reply read as it streams, until the server ends it or sends a piece
+        past ``max_tokens``; usage as the server reports it, else counted."""
+        arguments["stream"] = True
+        arguments["stream_options"] = {"include_usage": True}
+        reading = Reading(request.max_tokens, progress)
+        usage: Usage | None = None
+        model = request.model
+        finish: str | None = None
+        status: int | None = None
+        headers: dict[str, str] = {}
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(**arguments)
+            status, headers = raw.status_code, dict(raw.headers)
+            stream = raw.parse()
+            try:
+                async for chunk in stream:
+                    usage = _usage(chunk) or usage
+                    model = chunk.model or model
+                    finish = _read(chunk, reading) or finish
+                    if reading.cut:
+                        break
+            finally:
+                await stream.close()
+        except openai.OpenAIError as e:
+            where = self._base_url or "the OpenAI API"
+            raise sdk_error(
+                e, _ERRORS, provider=self.name, where=where, secrets=self._secrets
+            ) from None
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+            raise ProviderUnavailable(
+                f"{self.name}: the stream is not of chat completion chunks "
+                f"({type(e).__name__}: {e})",
+                provider=self.name,
+                status=status,
+            ) from None
+        if reading.cut:  # what it said of usage (if anything) came before the end
+            return Response(reading.text, reading.usage(request), model, "length", headers, True)
+        return Response(
+            reading.text, usage or reading.usage(request), model, finish, headers, usage is None
+        )
+
     def _response(
         self, request: Request, completion: ChatCompletion, headers: dict[str, str], status: int
     ) -> Response:
@@ -108,6 +179,23 @@ _ERRORS = SdkErrors(
     timeout=openai.APITimeoutError,
     connection=openai.APIConnectionError,
 )
+
+
+def _usage(chunk: ChatCompletionChunk) -> Usage | None:
+    usage = chunk.usage
+    return None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens)
+
+
+def _read(chunk: ChatCompletionChunk, reading: Reading) -> str | None:
+    """The first choice's piece of text added to ``reading``; its finish reason."""
+    for choice in chunk.choices:
+        if choice.index != 0:
+            continue
+        piece = choice.delta.content if choice.delta is not None else None
+        if piece and not reading.add(piece):
+            return None
+        return choice.finish_reason
+    return None
 
 
 def _object_schema(schema: Any) -> bool:
