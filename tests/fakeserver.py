@@ -102,10 +102,39 @@ class Received:
         return None
 
 
+@dataclass(frozen=True)
+class Quirks:
+    """How a real server departs from the vendors' own, as measured on
+    llama-cpp-python's server and the LiteLLM proxy (issue 15). The default is
+    this fake's first behaviour: every reply whole, whatever limit was sent."""
+
+    honours: frozenset[str] = frozenset()
+    """The token-limit parameters it keeps (``max_tokens``,
+    ``max_completion_tokens``): a reply longer than the limit is cut there,
+    finish reason ``length``. Empty: it ignores them all."""
+    piece: int = 16
+    """Characters per streamed piece (4: a token a piece, as llama.cpp streams)."""
+    stream_usage: bool = True
+    """A streamed reply ends with its usage (OpenAI: the usage chunk; Anthropic:
+    the usage in ``message_start`` and ``message_delta``)."""
+    json_schema: bool = True
+    """``response_format: {type: json_schema}`` is served; else HTTP 500."""
+    gap: float = 0.0
+    """Seconds between streamed pieces (a slow but live server)."""
+
+
+LLAMA = Quirks(honours=frozenset({"max_tokens"}), piece=4, stream_usage=False, json_schema=False)
+"""llama-cpp-python's server: reads ``max_tokens`` only, streams a token a piece
+without usage, and answers ``json_schema`` with HTTP 500."""
+UNLIMITED = Quirks(piece=4, stream_usage=False)
+"""A server that keeps no limit at all and reports no streamed usage."""
+
+
 class FakeProvider:
     """The server. Thread-safe; start it once per test module, :meth:`reset` per test."""
 
     def __init__(self) -> None:
+        self.quirks = Quirks()
         self._lock = threading.Lock()
         self._script: deque[Behaviour] = deque()
         self.respond: Callable[[Received], Behaviour] | None = None
@@ -142,6 +171,7 @@ class FakeProvider:
         with self._lock:
             self._script.clear()
             self.respond = None
+            self.quirks = Quirks()
             self.received = []
             self.in_flight = 0
             self.max_in_flight = 0
@@ -200,6 +230,17 @@ def _tokens(text: str) -> int:
     return max((len(text) + 3) // 4, 1)
 
 
+def _limit(body: dict[str, Any], honoured: frozenset[str]) -> int | None:
+    """The token limit the server keeps, of those the request sent."""
+    limits = [body[name] for name in honoured if isinstance(body.get(name), int)]
+    return min(limits) if limits else None
+
+
+def _wants_json_schema(body: dict[str, Any]) -> bool:
+    form = body.get("response_format")
+    return isinstance(form, dict) and form.get("type") == "json_schema"
+
+
 def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -232,6 +273,8 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                 self.connection.shutdown(socket.SHUT_RDWR)
             elif isinstance(behaviour, Fail):
                 self._fail(api, behaviour)
+            elif not fake.quirks.json_schema and _wants_json_schema(body):
+                self._fail(api, Fail(500, "response_format json_schema is not supported"))
             elif body.get("stream"):
                 self._stream(api, received, behaviour)
             else:
@@ -273,7 +316,7 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                 payload = {"type": "error", "error": {"type": kind, "message": failure.message}}
             self._send(failure.status, payload, headers)
 
-        def _content(self, received: Received, reply: Reply) -> tuple[str, int, int]:
+        def _content(self, received: Received, reply: Reply) -> tuple[str, int, int, bool]:
             if reply.text is not None:
                 text = reply.text
             elif reply.json is not None:
@@ -284,10 +327,13 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
             prompt += str(received.body.get("system", ""))
             inputs = reply.input_tokens if reply.input_tokens is not None else _tokens(prompt)
             outputs = reply.output_tokens if reply.output_tokens is not None else _tokens(text)
-            return text, inputs, outputs
+            limit = _limit(received.body, fake.quirks.honours)
+            if limit is not None and outputs > limit:  # cut where the server stops
+                return text[: 4 * limit], inputs, limit, True
+            return text, inputs, outputs, False
 
         def _reply(self, api: str, received: Received, reply: Reply) -> None:
-            text, inputs, outputs = self._content(received, reply)
+            text, inputs, outputs, cut = self._content(received, reply)
             if api == "openai":
                 payload: dict[str, Any] = {
                     "id": f"chatcmpl-fake{fake.next_id()}",
@@ -298,7 +344,7 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                         {
                             "index": 0,
                             "message": {"role": "assistant", "content": text},
-                            "finish_reason": reply.finish_reason or "stop",
+                            "finish_reason": "length" if cut else reply.finish_reason or "stop",
                         }
                     ],
                     "usage": {
@@ -314,24 +360,27 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                     "role": "assistant",
                     "model": received.model,
                     "content": [{"type": "text", "text": text}],
-                    "stop_reason": reply.finish_reason or "end_turn",
+                    "stop_reason": "max_tokens" if cut else reply.finish_reason or "end_turn",
                     "stop_sequence": None,
                     "usage": {"input_tokens": inputs, "output_tokens": outputs},
                 }
             self._send(200, payload, reply.headers)
 
         def _stream(self, api: str, received: Received, reply: Reply) -> None:
-            text, inputs, outputs = self._content(received, reply)
+            text, inputs, outputs, cut = self._content(received, reply)
+            quirks = fake.quirks
             self.close_connection = True
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
             self.send_header("cache-control", "no-cache")
             self.send_header("connection", "close")
             self.end_headers()
-            pieces = [text[i : i + 16] for i in range(0, len(text), 16)] or [""]
+            size = quirks.piece
+            pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]
             if api == "openai":
                 ident = f"chatcmpl-fake{fake.next_id()}"
                 for piece in pieces:
+                    time.sleep(quirks.gap)
                     self._event(
                         None,
                         {
@@ -344,21 +393,22 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                             ],
                         },
                     )
-                self._event(
-                    None,
-                    {
-                        "id": ident,
-                        "object": "chat.completion.chunk",
-                        "created": int(time.time()),
-                        "model": received.model,
-                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                        "usage": {
-                            "prompt_tokens": inputs,
-                            "completion_tokens": outputs,
-                            "total_tokens": inputs + outputs,
-                        },
-                    },
-                )
+                last: dict[str, Any] = {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": received.model,
+                    "choices": [
+                        {"index": 0, "delta": {}, "finish_reason": "length" if cut else "stop"}
+                    ],
+                }
+                if quirks.stream_usage:
+                    last["usage"] = {
+                        "prompt_tokens": inputs,
+                        "completion_tokens": outputs,
+                        "total_tokens": inputs + outputs,
+                    }
+                self._event(None, last)
                 self.wfile.write(b"data: [DONE]\n\n")
             else:
                 ident = f"msg_fake{fake.next_id()}"
@@ -374,7 +424,9 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                             "content": [],
                             "stop_reason": None,
                             "stop_sequence": None,
-                            "usage": {"input_tokens": inputs, "output_tokens": 1},
+                            "usage": {"input_tokens": inputs, "output_tokens": 1}
+                            if quirks.stream_usage
+                            else None,
                         },
                     },
                 )
@@ -387,6 +439,7 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                     },
                 )
                 for piece in pieces:
+                    time.sleep(quirks.gap)
                     self._event(
                         "content_block_delta",
                         {
@@ -396,14 +449,16 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                         },
                     )
                 self._event("content_block_stop", {"type": "content_block_stop", "index": 0})
-                self._event(
-                    "message_delta",
-                    {
-                        "type": "message_delta",
-                        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                        "usage": {"output_tokens": outputs},
+                delta: dict[str, Any] = {
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": "max_tokens" if cut else "end_turn",
+                        "stop_sequence": None,
                     },
-                )
+                }
+                if quirks.stream_usage:
+                    delta["usage"] = {"output_tokens": outputs}
+                self._event("message_delta", delta)
                 self._event("message_stop", {"type": "message_stop"})
             self.wfile.flush()
 
