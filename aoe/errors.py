@@ -30,6 +30,7 @@
     │   │   └── ProviderFault      a reply that breaks the request (more than max_tokens): final
     │   ├── AttemptTimeout         the per-attempt timeout: retryable
     │   ├── OutputInvalid          a reply that is not the JSON its schema asks: retryable
+    │   ├── ReplyTruncated         a reply cut off at max_tokens, not allowed: retryable
     │   ├── SchemaUnusable         the output schema cannot be applied (not the reply's fault)
     │   ├── RepliesTooLarge        a run's replies passed what a service keeps of one run
     │   ├── BudgetExceeded         the next attempt does not fit a cost limit (policy.costs)
@@ -176,6 +177,14 @@ class AttemptTimeout(RunError):
 
 class OutputInvalid(RunError):
     """The reply is not JSON, or does not match the output schema."""
+
+    retryable = True
+
+
+class ReplyTruncated(RunError):
+    """The reply was cut off at ``max_tokens`` and the agent asks for complete
+    replies (``output.allow_truncated: false``): tried again, as the retry
+    policy allows."""
 
     retryable = True
 

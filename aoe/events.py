@@ -162,6 +162,8 @@ class AttemptFinished(Event):
     error: str | None = None
     error_kind: str | None = None
     finish_reason: str | None = None
+    truncated: bool = False  # the reply was cut off at max_tokens (by the server or by aoe)
+    usage_estimated: bool = False  # the server reported no usage: aoe counted it
     cached: bool = False  # answered from the response cache: no call, no cost
     output: Any = None  # the valid output it produced (a foreach item's is recorded)
 
@@ -201,6 +203,7 @@ class AgentFinished(Event):
     output: Any = None
     error: str | None = None
     resumed: bool = False  # completed in an earlier session of the run: its record's output
+    truncated: bool = False  # its output (or an item's) is a reply cut off at max_tokens
 
 
 @event

@@ -67,6 +67,10 @@ def test_a_server_that_keeps_no_limit_is_cut_off_at_max_tokens(
     assert results["cost_usd"] <= 0.002
     [request] = fake.received
     assert request.body["stream"] is True
+    # visibly cut off, and visibly counted by aoe
+    assert agent["truncated"] is True
+    assert agent["attempts"][-1]["truncated"] is True
+    assert agent["attempts"][-1]["usage_estimated"] is True
 
 
 def test_a_compatible_server_is_sent_the_limit_it_reads(
@@ -165,3 +169,154 @@ def test_which_limit_each_server_reads() -> None:
     assert token_parameter_for("https://api.openai.com/v1") == "max_completion_tokens"
     assert token_parameter_for("http://127.0.0.1:8080/v1") == "max_tokens"
     assert token_parameter_for("https://openrouter.ai/api/v1") == "max_tokens"
+
+
+def test_a_cut_off_reply_is_marked_in_the_results_junit_and_progress(
+    cli: RunCli,
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    tmp_path: Any,
+) -> None:
+    fake.quirks = LLAMA
+    fake.respond = lambda request: Reply(text=LONG)
+    path = workflow(write, "{provider: openai, model: gpt-4o, max_tokens: 20}")
+    junit = tmp_path / "junit.xml"
+    result = cli(
+        "run", path, "--junit", junit, "--log-format", "text", "--no-cache", env=provider_env
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "a: completed" in result.stderr
+    assert "its reply cut off at max_tokens" in result.stderr
+    xml = junit.read_text()
+    assert '<property name="truncated" value="true" />' in xml
+    assert "cut off at max_tokens" in xml
+    fake.reset()
+    fake.respond = lambda request: Reply(text="short")
+    result = cli("run", path, "--junit", junit, "--no-cache", env=provider_env)
+    assert result.exit_code == 0, result.stderr
+    assert "truncated" not in junit.read_text()
+
+
+def test_an_agent_may_refuse_cut_off_replies(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """`output.allow_truncated: false`: a cut-off reply fails its attempt, which is
+    retried; a complete one is the output."""
+    fake.quirks = LLAMA
+    fake.script(Reply(text=LONG), Reply(text="A complete answer."))
+    path = workflow(
+        write,
+        "{provider: openai, model: gpt-4o, max_tokens: 20}",
+        output="{allow_truncated: false}",
+        retry="{max_retries: 2, base_delay: 0}",
+    )
+    code, results, stderr = run(cli, provider_env, path)
+    assert code == 0, stderr
+    agent = results["agents"]["a"]
+    assert agent["output"] == "A complete answer."
+    assert agent["truncated"] is False
+    first, second = agent["attempts"]
+    assert first["error_kind"] == "ReplyTruncated"
+    assert "cut off at max_tokens (20) and output.allow_truncated is false" in first["error"]
+    assert first["truncated"] is True
+    assert second["status"] == "ok"
+
+
+def test_refusing_cut_off_replies_changes_the_agents_definition_only_then() -> None:
+    from aoe.format.workflow import Agent, LLMConfig, OutputConfig, SourceText
+    from aoe.state.definitions import definition
+
+    agent = Agent(
+        "a", SourceText("hi", "w.yaml", 1), LLMConfig("openai", "gpt-4o", 100), timeout=60
+    )
+    refusing = agent._replace(output=OutputConfig(allow_truncated=False))
+    assert definition(agent) == definition(agent._replace(output=OutputConfig()))
+    assert definition(refusing) != definition(agent)
+
+
+# -- structured output --------------------------------------------------------------------
+
+SCHEMA = "{type: object, properties: {verdict: {type: string}}, required: [verdict]}"
+
+
+def two_json_agents(write: WriteFile, provider: str) -> Any:
+    lines = [
+        "version: 1",
+        "name: judged",
+        "agents:",
+        *(
+            f"  {name}:\n    prompt: Judge {name}.\n"
+            f"    llm: {{provider: {provider}, model: gpt-4o, max_tokens: 50}}\n"
+            f"    output: {{format: json, schema: {SCHEMA}}}\n"
+            + ("    depends_on: [first]\n" if name == "second" else "")
+            for name in ("first", "second")
+        ),
+    ]
+    return write("\n".join(lines) + "\n")
+
+
+def test_a_server_that_refuses_json_schema_gets_json_mode_for_the_rest_of_the_run(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """llama.cpp answers `json_schema` with HTTP 500. The same request goes once
+    more in JSON mode (the schema sent as llama reads it, and in the prompt); it
+    is answered, aoe says so in one line, and the next agent goes in JSON mode
+    at once. Every reply is still checked against the schema."""
+    fake.quirks = LLAMA
+    fake.respond = lambda request: Reply(json={"verdict": "fine"})
+    result = cli(
+        "run", two_json_agents(write, "openai"), "--output", "-", "--no-cache", env=provider_env
+    )
+    assert result.exit_code == 0, result.stderr
+    refused, first, second = fake.received
+    assert refused.body["response_format"]["type"] == "json_schema"
+    for request in (first, second):
+        form = request.body["response_format"]
+        assert form["type"] == "json_object"
+        assert form["schema"]["required"] == ["verdict"]
+        assert "matches this JSON Schema" in request.prompt
+    said = [line for line in result.stderr.splitlines() if "json_schema" in line]
+    assert len(said) == 1, result.stderr
+    assert "openai does not take response_format json_schema" in said[0]
+    assert "HTTP 500" in said[0]
+    document = json.loads(result.stdout)
+    assert document["agents"]["first"]["output"] == {"verdict": "fine"}
+    # the refused request was no attempt of its own
+    assert [len(a["attempts"]) for a in document["agents"].values()] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("declared", "sent"),
+    [("json_schema", "json_schema"), ("json_object", "json_object"), ("none", None)],
+)
+def test_a_provider_declares_how_it_takes_a_schema(
+    cli: RunCli,
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    declared: str,
+    sent: str | None,
+) -> None:
+    fake.respond = lambda request: Reply(json={"verdict": "fine"})
+    config = provider_config(write, fake, structured_output=declared)
+    result = cli(
+        "run", two_json_agents(write, "local"), "--config", config, "--no-cache", env=provider_env
+    )
+    assert result.exit_code == 0, result.stderr
+    for request in fake.received:
+        form = request.body.get("response_format")
+        assert (form or {}).get("type") == sent
+        assert ("matches this JSON Schema" in request.prompt) is (declared != "json_schema")
+
+
+def test_a_declared_json_schema_provider_that_refuses_it_fails_as_declared(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """Declared, it is not second-guessed: the refusal is the attempt's error."""
+    fake.quirks = LLAMA
+    config = provider_config(write, fake, structured_output="json_schema")
+    path = two_json_agents(write, "local")
+    result = cli("run", path, "--config", config, "--no-cache", env=provider_env)
+    assert result.exit_code == 1
+    assert all(r.body["response_format"]["type"] == "json_schema" for r in fake.received)

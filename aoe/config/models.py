@@ -208,6 +208,12 @@ class ProviderSection(_Section):
         description="Stream replies (aoe stops reading at max_tokens whatever the "
         "server does); false: one plain request and reply.",
     )
+    structured_output: Literal["json_schema", "json_object", "none"] | None = Field(
+        default=None,
+        description="How it takes a JSON Schema for a reply: json_schema (structured "
+        "outputs), json_object (JSON mode, schema in the prompt) or none (schema in the "
+        "prompt); null: json_schema until the server refuses it, then json_object.",
+    )
 
     @field_validator("base_url")
     @classmethod

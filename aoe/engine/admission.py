@@ -170,6 +170,8 @@ class Admission:
         if self.spend is not None:
             self.spend.settle(ticket.shared, ticket.reservation.amount, cost)
         record = call.unit.record
+        if outcome.error is None and response is not None and response.truncated:
+            record.truncated = True  # its output (or an item's) is cut off
         record.usage = record.usage + usage
         record.cost += cost
         self.usage = self.usage + usage
@@ -198,6 +200,8 @@ class Admission:
                 error=error.message if error is not None else None,
                 error_kind=kind,
                 finish_reason=response.finish_reason if response is not None else None,
+                truncated=response is not None and response.truncated,
+                usage_estimated=response is not None and response.estimated,
                 output=outcome.output,
             )
         )

@@ -36,6 +36,7 @@ class AgentRun:
         "restored_items",
         "started_at",
         "state",
+        "truncated",
         "undecided",
         "usage",
     )
@@ -58,6 +59,7 @@ class AgentRun:
         self.started_at: float | None = None
         self.restored_items: dict[int, Any] = {}  # foreach items finished in an earlier session
         self.item_spent: dict[int, float] = {}  # and what items spent then
+        self.truncated = False  # an output it kept came from a reply cut off at max_tokens
 
 
 def agents_of(workflow: Workflow, default_limit: float | None) -> dict[str, AgentRun]:

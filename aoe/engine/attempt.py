@@ -25,6 +25,7 @@ from aoe.errors import (
     OutputInvalid,
     ProviderUnavailable,
     RepliesTooLarge,
+    ReplyTruncated,
     RequestRejected,
     RunError,
     scrub,
@@ -78,7 +79,7 @@ class Attempts:
         if cache is not None:
             assert key is not None
             hit = cache.get(key)
-            if hit is not None:
+            if hit is not None and (agent.output.allow_truncated or not hit.truncated):
                 try:
                     output = await self.check(agent, hit.text)
                 except RunError:
@@ -135,6 +136,12 @@ class Attempts:
             fault = over_max_tokens(request.provider, response, request.max_tokens)
             if fault is not None:
                 raise fault
+            if response.truncated and not agent.output.allow_truncated:
+                raise ReplyTruncated(
+                    f"the reply was cut off at max_tokens ({request.max_tokens:,}) and "
+                    "output.allow_truncated is false: raise llm.max_tokens, or ask for a "
+                    "shorter answer"
+                )
             response = response._replace(text=clean_text(response.text))
             self.count(response.text)
             output = await self.check(agent, response.text)
@@ -181,6 +188,7 @@ class Attempts:
         """An attempt answered from the cache: told like a call that cost nothing."""
         unit.attempts += 1
         record = unit.record
+        record.truncated = record.truncated or response.truncated
         record.attempts += 1
         self.bus.emit(
             AttemptFinished(
@@ -199,6 +207,7 @@ class Attempts:
                 run_usage=self.admission.usage,
                 run_cost=self.admission.cost,
                 finish_reason=response.finish_reason,
+                truncated=response.truncated,
                 cached=True,
                 output=output,
             )

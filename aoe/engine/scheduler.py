@@ -491,6 +491,7 @@ class Run:
                 output=output,
                 error=error,
                 resumed=resumed,
+                truncated=record.truncated and output is not None,
             )
         )
 

@@ -275,6 +275,11 @@ class OutputSpec(_Model):
         min_length=1,
         description="A JSON or YAML file holding the JSON Schema, relative to the workflow file.",
     )
+    allow_truncated: bool = Field(
+        default=True,
+        description="Accept a reply cut off at max_tokens (marked truncated); false: "
+        "such a reply fails the attempt, which is retried.",
+    )
 
     @field_validator("json_schema")
     @classmethod

@@ -76,6 +76,7 @@ class RetryOverrides(NamedTuple):
 class OutputConfig(NamedTuple):
     format: OutputFormat = "text"
     schema: Mapping[str, Any] | None = None
+    allow_truncated: bool = True  # a reply cut off at max_tokens may be the output
 
 
 class Agent(NamedTuple):

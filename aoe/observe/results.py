@@ -66,6 +66,7 @@ class Results:
                     "finished_at": None,
                     "duration_seconds": None,
                     "waited_seconds": 0.0,
+                    "truncated": False,
                     "attempts": [],
                 }
                 for agent_id, agent in workflow.agents.items()
@@ -119,6 +120,8 @@ class Results:
             "error": event.error,
             "error_kind": event.error_kind,
             "finish_reason": event.finish_reason,
+            "truncated": event.truncated,
+            "usage_estimated": event.usage_estimated,
             "duration_seconds": round(event.duration, 6),
             "waited_seconds": round(waited, 6),
             "reserved_usd": started.reserved if started is not None else None,
@@ -142,6 +145,7 @@ class Results:
             finished_at=_iso(event.at),
             duration_seconds=round(event.duration, 6),
         )
+        agent["truncated"] = event.truncated
         if event.resumed:
             agent["resumed"] = True  # its output is from an earlier session's record
         answered = [a for a in agent["attempts"] if a["status"] in ("ok", "cached")]
@@ -198,6 +202,9 @@ class Results:
             name=agent_id,
             time=f"{agent['duration_seconds'] or 0:.3f}",
         )
+        if agent.get("truncated"):  # (properties first, as the JUnit schema orders them)
+            properties = ElementTree.SubElement(case, "properties")
+            ElementTree.SubElement(properties, "property", name="truncated", value="true")
         state = AgentState(agent["state"])
         if state.failure:
             failure = ElementTree.SubElement(
@@ -208,3 +215,6 @@ class Results:
             )
         elif state is not AgentState.COMPLETED:
             ElementTree.SubElement(case, "skipped", message=agent["error"] or str(state))
+        if agent.get("truncated"):
+            out = ElementTree.SubElement(case, "system-out")
+            out.text = "its reply was cut off at max_tokens (truncated)"

@@ -70,6 +70,7 @@ class ProviderPool:
             base_url=declared.base_url,
             token_parameter=declared.token_parameter,
             stream=declared.stream,
+            structured_output=declared.structured_output,
         )
 
     async def aclose(self) -> None:

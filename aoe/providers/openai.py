@@ -9,21 +9,39 @@ Replies are streamed unless the provider says ``stream: false``: the usage
 comes from the stream's last chunk (``stream_options.include_usage``), and a
 server that goes on past ``max_tokens`` is cut off there (see
 :class:`~aoe.providers.base.Reading`), whatever limit it reads.
+
+JSON with an object schema is asked for as the provider supports it
+(``structured_output``): ``json_schema`` (OpenAI's structured outputs),
+``json_object`` (JSON mode, the schema sent along as llama.cpp's server reads
+it, and written into the prompt), or ``none`` (the schema in the prompt only);
+the engine checks every reply against the schema either way. Undeclared, it is
+``json_schema`` until a server refuses it: then the same request goes once more
+in JSON mode, and if that is answered the provider says so, once, and stays in
+JSON mode for as long as the engine runs.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from aoe.errors import ProviderUnavailable
+from aoe.errors import ProviderError, ProviderUnavailable
 from aoe.providers.base import Progress, Reading, SdkErrors, sdk_error
 from aoe.types import Request, Response, Usage, plain
 
 TokenParameter = Literal["max_tokens", "max_completion_tokens"]
+StructuredOutput = Literal["json_schema", "json_object", "none"]
+
+log = logging.getLogger("aoe.providers")
+
+# what a server that does not take json_schema answers it: llama.cpp's 500,
+# others' 400 or 422 (never a 429 or an outage's 502-504: those are not about it)
+_REFUSED = frozenset({400, 422, 500})
 
 
 def token_parameter_for(base_url: str | None) -> TokenParameter:
@@ -47,28 +65,61 @@ class OpenAIProvider:
         base_url: str | None,
         token_parameter: TokenParameter | None = None,
         stream: bool = True,
+        structured_output: StructuredOutput | None = None,
     ) -> None:
         self.name = name
         self._secrets = (api_key,) if api_key else ()
         self._base_url = base_url
         self.token_parameter = token_parameter or token_parameter_for(base_url)
         self.stream = stream
+        self.structured_output: StructuredOutput = structured_output or "json_schema"
+        self._declared = structured_output is not None
         self._client = openai.AsyncOpenAI(
             api_key=api_key or "no-key", base_url=base_url, max_retries=0
         )
 
     async def complete(self, request: Request, progress: Progress | None = None) -> Response:
-        arguments = self._arguments(request)
+        form = self.structured_output
+        structured = request.output_format == "json" and _object_schema(request.json_schema)
+        try:
+            return await self._complete(request, form if structured else None, progress)
+        except ProviderError as e:
+            if not structured or form != "json_schema" or self._declared:
+                raise
+            if e.status not in _REFUSED:
+                raise
+            refusal = e
+        response = await self._complete(request, "json_object", progress)
+        if self.structured_output == "json_schema":  # (said once, whoever gets here first)
+            self.structured_output = "json_object"
+            log.warning(
+                "%s does not take response_format json_schema (%s); asking it for JSON "
+                "mode with the schema in the prompt instead, and checking each reply "
+                "against the schema (set structured_output for the provider to say so)",
+                self.name,
+                refusal.message,
+            )
+        return response
+
+    async def _complete(
+        self, request: Request, form: StructuredOutput | None, progress: Progress | None
+    ) -> Response:
+        arguments = self._arguments(request, form)
         if self.stream:
             return await self._streamed(request, arguments, progress)
         completion, headers, status = await self._call(arguments)
         return self._response(request, completion, headers, status)
 
-    def _arguments(self, request: Request) -> dict[str, Any]:
-        """The SDK's arguments for ``request``; ``params`` go in the body as they are."""
+    def _arguments(self, request: Request, form: StructuredOutput | None) -> dict[str, Any]:
+        """The SDK's arguments for ``request``, its JSON asked for as ``form`` says
+        (None: as the request is); ``params`` go in the body as they are."""
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        schema = plain(request.json_schema) if form is not None else None
+        if form in ("json_object", "none"):
+            _ask_for(messages, schema)
         arguments: dict[str, Any] = {
             "model": request.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": messages,
             self.token_parameter: request.max_tokens,
         }
         if request.temperature is not None:
@@ -79,13 +130,15 @@ class OpenAIProvider:
             arguments["stop"] = list(request.stop)
         if request.seed is not None:
             arguments["seed"] = request.seed
-        if request.output_format == "json" and _object_schema(request.json_schema):
+        if form == "json_schema":
             # structured outputs take an object at the root; any other JSON is asked for in
             # the prompt and checked when it comes back
             arguments["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "output", "schema": plain(request.json_schema)},
+                "json_schema": {"name": "output", "schema": schema},
             }
+        elif form == "json_object":  # llama.cpp's server holds the reply to "schema"
+            arguments["response_format"] = {"type": "json_object", "schema": schema}
         if request.params:
             arguments["extra_body"] = plain(request.params)
         if request.timeout is not None:  # the engine's own timeout is the one that counts
@@ -196,6 +249,20 @@ def _read(chunk: ChatCompletionChunk, reading: Reading) -> str | None:
             return None
         return choice.finish_reason
     return None
+
+
+def _ask_for(messages: list[dict[str, Any]], schema: Any) -> None:
+    """The schema written into the last user message, for a server that is not
+    told it otherwise."""
+    ask = (
+        "\n\nAnswer with only a JSON value (no prose, no code fence) that matches "
+        f"this JSON Schema:\n{json.dumps(schema, ensure_ascii=False)}"
+    )
+    for message in reversed(messages):
+        if message["role"] == "user":
+            message["content"] = f"{message['content']}{ask}"
+            return
+    messages.append({"role": "user", "content": ask.lstrip()})
 
 
 def _object_schema(schema: Any) -> bool:

@@ -55,6 +55,8 @@ def definition(agent: Agent) -> str:
         part(b"m", repr((*fields, llm.stop, llm.seed)))
         part(b"a", _json(llm.params) if llm.params else None)
     part(b"j", _json(agent.output.schema) if agent.output.schema is not None else None)
+    if not agent.output.allow_truncated:  # (only then: the hashes of before stand)
+        part(b"x", "complete replies only")
     return digest.hexdigest()
 
 

@@ -22,7 +22,17 @@ if TYPE_CHECKING:
 class _Row:
     """What the view shows of one agent."""
 
-    __slots__ = ("attempts", "cached", "cost", "duration", "model", "started", "state", "tokens")
+    __slots__ = (
+        "attempts",
+        "cached",
+        "cost",
+        "cut",
+        "duration",
+        "model",
+        "started",
+        "state",
+        "tokens",
+    )
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -33,6 +43,7 @@ class _Row:
         self.started: float | None = None
         self.duration: float | None = None
         self.cached = False
+        self.cut = False  # its output is a reply cut off at max_tokens
 
 
 class LiveView:
@@ -87,6 +98,7 @@ class LiveView:
             row.state = "resumed" if event.resumed else str(event.state)
             if row.cached and event.state is ev.AgentState.COMPLETED:
                 row.state = "cached"
+            row.cut = event.truncated
             row.duration = event.duration
             row.tokens = event.usage.total
             row.cost = event.cost
@@ -120,7 +132,7 @@ class LiveView:
             style = _STATE_STYLE.get(row.state, "white")
             table.add_row(
                 escape(agent_id),
-                f"[{style}]{row.state}[/]",
+                f"[{style}]{row.state}[/]" + (" [yellow](cut off)[/]" if row.cut else ""),
                 escape(row.model),
                 str(row.attempts),
                 f"{row.tokens:,}",

@@ -65,7 +65,8 @@ def describe_event(event: Event) -> str | None:
             return f"{event.agent_id}: completed in an earlier session (its recorded output)"
         why = f": {event.error}" if event.error else ""
         took = f" in {duration(event.duration)}" if event.duration else ""
-        return f"{event.agent_id}: {event.state}{took}{why}"
+        cut = ", its reply cut off at max_tokens" if event.truncated else ""
+        return f"{event.agent_id}: {event.state}{took}{cut}{why}"
     if isinstance(event, ev.RunFinished):
         budget = f" of {money(event.budget)}" if event.budget is not None else ""
         return (

@@ -168,7 +168,9 @@ def resolve_output(ctx: Context, agent_id: str, spec: AgentSpec) -> OutputConfig
         if bundled is None:
             return None
         schema = bundled
-    return OutputConfig(output.format, MappingProxyType(schema) if schema else None)
+    return OutputConfig(
+        output.format, MappingProxyType(schema) if schema else None, output.allow_truncated
+    )
 
 
 def _schema_file(ctx: Context, where: Path, relative: str) -> tuple[Any, SourceMap] | None:
