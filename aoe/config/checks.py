@@ -74,13 +74,19 @@ def _check_model(
         return
     if budgets:
         example = f"{llm.model}: {{input: 0.001, output: 0.002}}"
+        own = ""
+        if llm.provider in settings.config.providers:  # a server of the user's
+            own = (
+                f"; a server of your own that costs nothing: give provider "
+                f"'{llm.provider}' default_price: {{input: 0, output: 0}}"
+            )
         report.error(
             model_at,
             "unpriced-model",
             f"{which}: model '{llm.model}' has no price, and a budget applies "
             f"({' and '.join(budgets)}); add it to the engine config under "
             f"cost_tracking.model_costs (USD per 1,000 tokens), e.g. "
-            f"'{example}'" + _price_hint(llm.model, settings),
+            f"'{example}'" + _price_hint(llm.model, settings) + own,
         )
     else:
         report.warn(

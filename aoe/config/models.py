@@ -195,8 +195,18 @@ class ProviderSection(_Section):
     )
     default_price: ModelPrice | None = Field(
         default=None,
-        description="Price of its models that the price table does not list "
-        "({input: 0, output: 0} for a local server).",
+        description="Price of every model it serves that `prices` does not name, "
+        "over the price table ({input: 0, output: 0} for a local server).",
+    )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="Prices of its models (by the workflow's name or the server's), "
+        "over default_price and the price table.",
+    )
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Workflows' model names and the server's model for each, e.g. "
+        "{gpt-4o-mini: gemma-3-270m}: a workflow runs unchanged against it.",
     )
     token_parameter: Literal["max_tokens", "max_completion_tokens"] | None = Field(
         default=None,

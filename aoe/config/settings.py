@@ -87,16 +87,23 @@ class Settings(NamedTuple):
     def price_of(self, provider: str, model: str) -> Price | None:
         """The price of a model at a provider, or None if it has none.
 
-        The price table first (a dated snapshot takes its base model's price),
-        then a declared provider's ``default_price``. The mock provider costs
-        what the model it names costs, and nothing if that has no price.
+        A declared provider's own first: its ``prices`` (by the workflow's model
+        name, then by the server's, its ``models`` alias), then its
+        ``default_price``; then the price table (a dated snapshot takes its base
+        model's price). The mock provider costs what the model it names costs,
+        and nothing if that has no price.
         """
+        declared = self.config.providers.get(provider)
+        if declared is not None:
+            own = declared.prices.get(model) or declared.prices.get(
+                declared.models.get(model, model)
+            )
+            own = own or declared.default_price
+            if own is not None:
+                return Price(own.input, own.output)
         price = self.prices.lookup(model)
         if price is not None:
             return price
-        declared = self.config.providers.get(provider)
-        if declared is not None and declared.default_price is not None:
-            return Price(declared.default_price.input, declared.default_price.output)
         if provider == "mock":
             return Price(0.0, 0.0)
         return None

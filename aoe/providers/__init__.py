@@ -71,6 +71,7 @@ class ProviderPool:
             token_parameter=declared.token_parameter,
             stream=declared.stream,
             structured_output=declared.structured_output,
+            models=declared.models,
         )
 
     async def aclose(self) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -66,6 +67,7 @@ class OpenAIProvider:
         token_parameter: TokenParameter | None = None,
         stream: bool = True,
         structured_output: StructuredOutput | None = None,
+        models: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self._secrets = (api_key,) if api_key else ()
@@ -74,6 +76,7 @@ class OpenAIProvider:
         self.stream = stream
         self.structured_output: StructuredOutput = structured_output or "json_schema"
         self._declared = structured_output is not None
+        self.models = dict(models or {})  # the workflow's model name -> the server's
         self._client = openai.AsyncOpenAI(
             api_key=api_key or "no-key", base_url=base_url, max_retries=0
         )
@@ -118,7 +121,7 @@ class OpenAIProvider:
         if form in ("json_object", "none"):
             _ask_for(messages, schema)
         arguments: dict[str, Any] = {
-            "model": request.model,
+            "model": self.models.get(request.model, request.model),
             "messages": messages,
             self.token_parameter: request.max_tokens,
         }

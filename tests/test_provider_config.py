@@ -1,0 +1,114 @@
+"""Providers as users have them: a server's own prices and model names.
+
+Issue 15: a zero-priced local provider serving `gpt-4o-mini` was charged
+OpenAI's prices (the price table beat the provider's `default_price`), the
+"no price" error never said `default_price`, and a workflow could not run
+unchanged against a server whose models have other names.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import RunCli, WriteFile
+from tests.fakeserver import FakeProvider, Reply
+
+
+def config(write: WriteFile, fake: FakeProvider, *lines: str) -> Any:
+    text = "\n".join(["providers:", "  local:", f"    base_url: {fake.openai_url}", *lines])
+    return write(text + "\n", "engine.yaml")
+
+
+def workflow(write: WriteFile, model: str = "gpt-4o-mini", budget: str = "5.0") -> Any:
+    return write(
+        f"version: 1\nname: w\ncost_budget: {budget}\nagents:\n"
+        f"  a: {{prompt: hi, llm: {{provider: local, model: {model}, max_tokens: 1500}}}}\n"
+    )
+
+
+def run(cli: RunCli, env: dict[str, str], *args: Any) -> tuple[int, dict[str, Any], str]:
+    result = cli("run", *args, "--output", "-", "--no-cache", env=env)
+    document = json.loads(result.stdout) if result.stdout.strip() else {}
+    return result.exit_code, document, result.stderr
+
+
+def test_a_free_local_server_is_free_whatever_its_models_are_called(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    fake.respond = lambda request: Reply(text="hi", input_tokens=1000, output_tokens=1000)
+    engine = config(write, fake, "    default_price: {input: 0, output: 0}")
+    code, results, stderr = run(cli, provider_env, workflow(write), "--config", engine)
+    assert code == 0, stderr
+    assert results["cost_usd"] == 0  # not gpt-4o-mini's price at OpenAI
+
+
+@pytest.mark.parametrize(
+    ("lines", "per_thousand"),
+    [
+        pytest.param(
+            [
+                "    default_price: {input: 0, output: 0}",
+                "    prices: {gpt-4o-mini: {input: 0.5, output: 0.5}}",
+            ],
+            0.5,
+            id="by-the-workflows-name",
+        ),
+        pytest.param(
+            [
+                "    models: {gpt-4o-mini: gemma-3-270m}",
+                "    prices: {gemma-3-270m: {input: 0.25, output: 0.25}}",
+            ],
+            0.25,
+            id="by-the-servers-name",
+        ),
+        pytest.param([], 0.15 / 1000 + 0.6 / 1000, id="the-table-otherwise"),
+    ],
+)
+def test_a_providers_own_prices_come_before_the_table(
+    cli: RunCli,
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    lines: list[str],
+    per_thousand: float,
+) -> None:
+    fake.respond = lambda request: Reply(text="hi", input_tokens=1000, output_tokens=1000)
+    engine = config(write, fake, *lines)
+    code, results, stderr = run(cli, provider_env, workflow(write), "--config", engine)
+    assert code == 0, stderr
+    expected = 2 * per_thousand if lines else per_thousand  # the table: $0.15 + $0.60 per 1M
+    assert results["cost_usd"] == pytest.approx(expected)
+
+
+def test_a_workflow_runs_unchanged_against_a_server_with_other_model_names(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    fake.respond = lambda request: Reply(text="hi")
+    engine = config(
+        write,
+        fake,
+        "    models: {gpt-4o-mini: gemma-3-270m}",
+        "    default_price: {input: 0, output: 0}",
+    )
+    code, results, stderr = run(cli, provider_env, workflow(write), "--config", engine)
+    assert code == 0, stderr
+    [request] = fake.received
+    assert request.model == "gemma-3-270m"
+    agent = results["agents"]["a"]
+    assert agent["model"] == "gpt-4o-mini"  # as the workflow names it
+    assert agent["answered_by"]["model"] == "gemma-3-270m"  # as the server does
+
+
+def test_the_no_price_error_suggests_a_free_server_its_default_price(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    engine = config(write, fake)
+    result = cli("validate", workflow(write, model="gemma-3-270m"), "--config", engine)
+    assert result.exit_code == 2
+    assert "model 'gemma-3-270m' has no price" in result.stdout + result.stderr
+    assert "give provider 'local' default_price: {input: 0, output: 0}" in (
+        result.stdout + result.stderr
+    )
