@@ -112,3 +112,44 @@ def test_the_no_price_error_suggests_a_free_server_its_default_price(
     assert "give provider 'local' default_price: {input: 0, output: 0}" in (
         result.stdout + result.stderr
     )
+
+
+def test_a_run_is_resumed_with_the_engine_config_it_was_started_with(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """Issue 15: `aoe resume RUN`, as printed, refused a run started with
+    `--config` (12 "unknown provider 'local'" errors). The record keeps the
+    config file; a resume without --config (or AOE_CONFIG) uses it, and says so."""
+    from tests.fakeserver import Fail
+
+    engine = config(write, fake, "    default_price: {input: 0, output: 0}")
+    fake.script(Fail(400, "not now"))
+    code, results, _ = run(cli, provider_env, workflow(write), "--config", engine)
+    assert code == 1
+    run_id = results["run_id"]
+    fake.respond = lambda request: Reply(text="done")
+    resumed = cli("resume", run_id, "--output", "-", env=provider_env)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert f"using the engine config the run was started with: {engine}" in resumed.stderr
+    assert json.loads(resumed.stdout)["agents"]["a"]["output"] == "done"
+    # named now, the config named wins; a config that is gone is said, not used
+    engine.unlink()
+    fake.reset()
+    fake.script(Fail(400, "not now"))
+    other = config(write, fake, "    default_price: {input: 0, output: 0}")
+    code, results, _ = run(cli, provider_env, workflow(write), "--config", other)
+    other.unlink()
+    gone = cli("resume", results["run_id"], env=provider_env)
+    assert gone.exit_code == 2
+    assert f"started with the engine config {other}, which is gone" in gone.stderr
+    assert "unknown provider 'local'" in gone.stderr
+
+
+def test_the_printed_resume_command_names_the_config_given() -> None:
+    from aoe.cli.run import resume_command
+    from aoe.config.settings import load_settings
+
+    plain = load_settings(environ={})
+    assert resume_command("r1", plain) == "aoe resume r1"
+    given = plain._replace(config_named_by="flag --config", config_file="my configs/e.yaml")
+    assert resume_command("r1", given) == "aoe resume r1 --config 'my configs/e.yaml'"

@@ -225,7 +225,7 @@ def _execute(
     if status.exit_code == 130:
         typer.echo(
             f"aoe: run {results.document['run_id']} interrupted; finish it with "
-            f"`aoe resume {results.document['run_id']}`",
+            f"`{resume_command(results.document['run_id'], settings)}`",
             err=True,
         )
     elif report.quiet and status.exit_code != 0:
@@ -272,6 +272,48 @@ def _metrics(report: Reports, workflow: str) -> Iterator[Any]:
                     f"{scrub(report.pushgateway)}: {scrub(str(e))}",
                     err=True,
                 )
+
+
+def resume_command(run_id: str, settings: Settings) -> str:
+    """The command that continues ``run_id``, as it can be typed: with the
+    ``--config`` the run was given (which may also say where its store is)."""
+    import shlex
+
+    if settings.config_named_by == "flag --config" and settings.config_file:
+        return f"aoe resume {run_id} --config {shlex.quote(settings.config_file)}"
+    return f"aoe resume {run_id}"
+
+
+def _as_started(
+    store: Store, run_id: str, settings: Settings, flags: dict[str, tuple[str, str]]
+) -> Settings:
+    """The settings of the engine config the run was started with, when neither
+    --config nor AOE_CONFIG names one now (its providers, prices and limits);
+    ``settings`` when the run used none, or the same, or its file is gone."""
+    import os.path
+
+    from aoe.config.environment import CONFIG_FILE_VARIABLE
+    from aoe.config.settings import load_settings
+
+    if settings.environment.get(CONFIG_FILE_VARIABLE):
+        return settings
+    recorded = store.run(run_id).settings.get("config_file")
+    now = os.path.abspath(settings.config_file) if settings.config_file else None
+    if not isinstance(recorded, str) or recorded == now:
+        return settings
+    if not os.path.isfile(recorded):
+        typer.echo(
+            f"aoe: the run was started with the engine config {recorded}, which is gone; "
+            "resuming without it (--config names another)",
+            err=True,
+        )
+        return settings
+    typer.echo(
+        f"aoe: using the engine config the run was started with: {recorded} "
+        "(--config names another)",
+        err=True,
+    )
+    return load_settings(recorded, flags=flags)
 
 
 def _resume(
@@ -370,6 +412,8 @@ def resume(
         _check_outputs(output, junit)
         settings = load_settings(config, flags=_log_flags(log_format))
         store = open_store(settings)
+        if config is None:
+            settings = _as_started(store, run_id, settings, _log_flags(log_format))
         _resume(
             store,
             settings,

@@ -262,7 +262,12 @@ async def _wired(
     run_id = resume.run_id if resume is not None else options.run_id or new_run_id()
     recording = None
     if store is not None:
-        recording = _Recording(store, run_id, workflow, values, options, resume, mirror)
+        config_file = engine.settings.config_file
+        kept = {
+            **options.recorded(),
+            "config_file": os.path.abspath(config_file) if config_file else None,
+        }
+        recording = _Recording(store, run_id, workflow, values, kept, options, resume, mirror)
         bus.record_with(recording.recorder)
     status = None
     try:
@@ -307,17 +312,20 @@ class _Recording:
         run_id: str,
         workflow: Workflow,
         values: dict[str, Any],
+        kept: Mapping[str, Any],
         options: RunOptions,
         resume: ResumePlan | None,
         mirror: RecordMirror | None,
     ) -> None:
+        """``kept``: what the record keeps of how the run was started (its
+        options, and the engine config file its settings came from)."""
         from aoe.engine.resumption import Resumption
         from aoe.state.cache import ResponseCache
         from aoe.state.liveness import HERE
         from aoe.state.recorder import Recorder
 
         self.store, self.run_id, self.mirror = store, run_id, mirror
-        self.session = _record(store, run_id, workflow, values, options.recorded(), resume)
+        self.session = _record(store, run_id, workflow, values, kept, resume)
         HERE.runs.add(run_id)
         self.resumption: Resumption | None = None
         if resume is not None:
