@@ -153,3 +153,29 @@ def test_the_printed_resume_command_names_the_config_given() -> None:
     assert resume_command("r1", plain) == "aoe resume r1"
     given = plain._replace(config_named_by="flag --config", config_file="my configs/e.yaml")
     assert resume_command("r1", given) == "aoe resume r1 --config 'my configs/e.yaml'"
+
+
+def test_a_common_server_is_one_line_of_config(write: WriteFile) -> None:
+    from aoe.config.settings import load_settings
+    from aoe.errors import ConfigInvalid
+
+    path = write(
+        "providers:\n"
+        "  local: {preset: ollama}\n"
+        "  box: {preset: vllm, base_url: 'http://gpu-box:8000/v1', api_key_env: VLLM_API_KEY}\n"
+        "  router: {preset: openrouter}\n",
+        "engine.yaml",
+    )
+    settings = load_settings(str(path), environ={})
+    assert settings.base_url("local") == "http://localhost:11434/v1"
+    assert settings.api_key_variable("local") is None  # a local server needs no key
+    assert settings.price_of("local", "gpt-4o-mini") == (0.0, 0.0)  # and costs nothing
+    assert settings.base_url("box") == "http://gpu-box:8000/v1"  # what is given goes over it
+    assert settings.api_key_variable("box") == "VLLM_API_KEY"
+    assert settings.base_url("router") == "https://openrouter.ai/api/v1"
+    assert settings.api_key_variable("router") == "OPENROUTER_API_KEY"
+    assert settings.price_of("router", "gpt-4o-mini") == settings.prices.lookup("gpt-4o-mini")
+    bad = write("providers:\n  local: {preset: olama}\n", "bad.yaml")
+    with pytest.raises(ConfigInvalid) as refused:
+        load_settings(str(bad), environ={})
+    assert "did you mean 'ollama'" in str(refused.value)

@@ -320,3 +320,19 @@ def test_a_declared_json_schema_provider_that_refuses_it_fails_as_declared(
     result = cli("run", path, "--config", config, "--no-cache", env=provider_env)
     assert result.exit_code == 1
     assert all(r.body["response_format"]["type"] == "json_schema" for r in fake.received)
+
+
+def test_an_outage_is_not_taken_for_a_refusal_of_json_schema(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """A 500 that names nothing it refused is an outage: retried as one, with
+    the schema sent as before."""
+    from tests.fakeserver import Fail
+
+    fake.script(Fail(500, "internal error"), Reply(json={"verdict": "fine"}))
+    fake.respond = lambda request: Reply(json={"verdict": "fine"})
+    result = cli("run", two_json_agents(write, "openai"), "--no-cache", env=provider_env)
+    assert result.exit_code == 0, result.stderr
+    assert "does not take" not in result.stderr
+    assert all(r.body["response_format"]["type"] == "json_schema" for r in fake.received)
+    assert len(fake.received) == 3  # the first agent's twice, the second's once

@@ -184,9 +184,39 @@ class MonitoringSection(_Section):
         return value.upper() if isinstance(value, str) else value
 
 
+_FREE = {"input": 0, "output": 0}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "ollama": {"base_url": "http://localhost:11434/v1", "default_price": _FREE},
+    "vllm": {"base_url": "http://localhost:8000/v1", "default_price": _FREE},
+    "lmstudio": {"base_url": "http://localhost:1234/v1", "default_price": _FREE},
+    "llamacpp": {"base_url": "http://localhost:8080/v1", "default_price": _FREE},
+    "openrouter": {
+        "base_url": "https://openrouter.ai/api/v1",
+        "api_key_env": "OPENROUTER_API_KEY",
+    },
+    "gemini": {
+        "base_url": "https://generativelanguage.googleapis.com/v1beta/openai/",
+        "api_key_env": "GEMINI_API_KEY",
+    },
+}
+"""The common OpenAI-compatible servers at their usual addresses: a provider is
+``{preset: ollama}``; any field given as well goes over the preset's. The local
+servers are free and need no key (give ``api_key_env`` where one is set up); the
+hosted ones read their vendor's usual key variable and take the price table's
+prices (or ``prices``)."""
+
+
 class ProviderSection(_Section):
     """An OpenAI-compatible server (a local Ollama or vLLM, a proxy), named for workflows."""
 
+    preset: Literal["ollama", "vllm", "lmstudio", "llamacpp", "openrouter", "gemini"] | None = (
+        Field(
+            default=None,
+            description="A common server at its usual address (its base_url, key variable "
+            "and prices); the fields given go over it.",
+        )
+    )
     type: Literal["openai"] = Field(default="openai", description="The API it speaks.")
     base_url: str = Field(description="The server's API root, e.g. http://localhost:11434/v1.")
     api_key_env: str | None = Field(
@@ -224,6 +254,17 @@ class ProviderSection(_Section):
         "outputs), json_object (JSON mode, schema in the prompt) or none (schema in the "
         "prompt); null: json_schema until the server refuses it, then json_object.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_preset(cls, data: Any) -> Any:
+        """The preset's fields under those given (an unknown preset is left to the
+        field's own check, which lists the presets)."""
+        if isinstance(data, dict) and isinstance(data.get("preset"), str):
+            preset = PRESETS.get(data["preset"])
+            if preset is not None:
+                return {**preset, **data}
+        return data
 
     @field_validator("base_url")
     @classmethod

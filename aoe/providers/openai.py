@@ -17,7 +17,9 @@ it, and written into the prompt), or ``none`` (the schema in the prompt only);
 the engine checks every reply against the schema either way. Undeclared, it is
 ``json_schema`` until a server refuses it: then the same request goes once more
 in JSON mode, and if that is answered the provider says so, once, and stays in
-JSON mode for as long as the engine runs.
+JSON mode for as long as the engine runs. A refusal is an HTTP 400, 422 or 500
+whose message names what was refused (``json_schema``, ``response_format``,
+``schema``): any other error is the attempt's, retried as usual.
 """
 
 from __future__ import annotations
@@ -41,8 +43,16 @@ StructuredOutput = Literal["json_schema", "json_object", "none"]
 log = logging.getLogger("aoe.providers")
 
 # what a server that does not take json_schema answers it: llama.cpp's 500,
-# others' 400 or 422 (never a 429 or an outage's 502-504: those are not about it)
+# others' 400 or 422 (never a 429 or an outage's 502-504: those are not about
+# it), with a message that names what it refused (a plain "internal error" 500
+# is an outage, retried as one)
 _REFUSED = frozenset({400, 422, 500})
+_REFUSAL_WORDS = ("json_schema", "response_format", "schema", "structured")
+
+
+def _refuses_json_schema(error: ProviderError) -> bool:
+    message = error.message.lower()
+    return error.status in _REFUSED and any(word in message for word in _REFUSAL_WORDS)
 
 
 def token_parameter_for(base_url: str | None) -> TokenParameter:
@@ -89,7 +99,7 @@ class OpenAIProvider:
         except ProviderError as e:
             if not structured or form != "json_schema" or self._declared:
                 raise
-            if e.status not in _REFUSED:
+            if not _refuses_json_schema(e):
                 raise
             refusal = e
         response = await self._complete(request, "json_object", progress)
