@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast check lint typecheck format bench fuzz clean
+.PHONY: help install run test test-fast check lint typecheck format bench fuzz demo-local clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,8 +38,8 @@ test-fast: $(STAMP) ## The inner loop: every test but those marked slow (under a
 	$(PYTEST) -m "not slow"
 
 lint: $(STAMP) ## ruff (style, common mistakes) and the layers contract (lint-imports)
-	$(BIN)/ruff check aoe tests bench
-	$(BIN)/ruff format --check aoe tests bench
+	$(BIN)/ruff check aoe tests bench demo
+	$(BIN)/ruff format --check aoe tests bench demo
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP) ## mypy --strict
@@ -48,8 +48,8 @@ typecheck: $(STAMP) ## mypy --strict
 check: lint typecheck test ## Lint, types and tests
 
 format: $(STAMP) ## Format the code with ruff
-	$(BIN)/ruff format aoe tests bench
-	$(BIN)/ruff check --fix aoe tests bench
+	$(BIN)/ruff format aoe tests bench demo
+	$(BIN)/ruff check --fix aoe tests bench demo
 
 bench: $(STAMP) ## Speed and memory benchmarks (prints figures and ratios)
 	$(BIN)/python bench/validate_speed.py
@@ -60,10 +60,13 @@ bench: $(STAMP) ## Speed and memory benchmarks (prints figures and ratios)
 	$(BIN)/python bench/shared_records.py
 	$(BIN)/python bench/hostile.py
 
+demo-local: $(STAMP) ## Every workflow against a real small model on this machine (builds llama-cpp-python once)
+	$(BIN)/python demo/local.py
+
 SECONDS ?= 300
 fuzz: $(STAMP) ## Fuzz aoe with hostile files for SECONDS (300); findings in fuzz-findings/
 	$(BIN)/python -m tests.fuzz --seconds $(SECONDS) --out fuzz-findings
 
 clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis fuzz-findings
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis fuzz-findings .demo
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -116,12 +116,17 @@ def test_bad_values_are_reported_where_they_were_set(tmp_path: Path, write: Writ
     assert caught.value.exit_code == 2
 
 
-def test_builtin_provider_names_are_reserved(tmp_path: Path, write: WriteFile) -> None:
-    config = write(
-        "providers:\n  openai: {base_url: http://x/v1}\n  mock: {base_url: http://y/v1}\n",
-        "c.yaml",
-    )
-    with pytest.raises(ConfigInvalid, match="'openai' and 'mock' are built in"):
+def test_the_mock_cannot_be_declared_and_a_vendor_speaks_its_own_api(
+    tmp_path: Path, write: WriteFile
+) -> None:
+    config = write("providers:\n  mock: {base_url: http://y/v1}\n", "c.yaml")
+    with pytest.raises(ConfigInvalid, match="'mock' is aoe's offline provider"):
+        load_settings(str(config), environ={}, cwd=tmp_path)
+    config = write("providers:\n  anthropic: {type: openai}\n", "d.yaml")
+    with pytest.raises(ConfigInvalid, match="'anthropic' set to speak the openai API needs"):
+        load_settings(str(config), environ={}, cwd=tmp_path)
+    config = write("providers:\n  local: {api_key_env: LOCAL_KEY}\n", "e.yaml")
+    with pytest.raises(ConfigInvalid, match="provider 'local' needs a base_url"):
         load_settings(str(config), environ={}, cwd=tmp_path)
 
 

@@ -179,3 +179,54 @@ def test_a_common_server_is_one_line_of_config(write: WriteFile) -> None:
     with pytest.raises(ConfigInvalid) as refused:
         load_settings(str(bad), environ={})
     assert "did you mean 'ollama'" in str(refused.value)
+
+
+def test_the_vendors_providers_may_be_declared_to_run_workflows_elsewhere(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """A config that points `openai` and `anthropic` at other servers, with the
+    server's model names, no keys and no prices: a workflow written for the
+    vendors runs against it unchanged (the shipped config/local.yaml's way)."""
+    engine = write(
+        "providers:\n"
+        "  openai:\n"
+        f"    base_url: {fake.openai_url}\n"
+        "    api_key_env: null\n"
+        "    models: {gpt-4o-mini: gemma-3-270m}\n"
+        "    default_price: {input: 0, output: 0}\n"
+        "  anthropic:\n"
+        f"    base_url: {fake.anthropic_url}\n"
+        "    api_key_env: null\n"
+        "    models: {claude-haiku-4-5: gemma-3-270m}\n"
+        "    default_price: {input: 0, output: 0}\n",
+        "local.yaml",
+    )
+    path = write(
+        "version: 1\nname: both\ncost_budget: 0.01\nagents:\n"
+        "  a: {prompt: hi, llm: {provider: openai, model: gpt-4o-mini, max_tokens: 50}}\n"
+        "  b: {prompt: hi, llm: {provider: anthropic, model: claude-haiku-4-5, max_tokens: 50}}\n"
+    )
+    fake.respond = lambda request: Reply(text="local answer", output_tokens=20)
+    env = {k: v for k, v in provider_env.items() if "API_KEY" not in k and "BASE_URL" not in k}
+    code, results, stderr = run(cli, env, path, "--config", engine)
+    assert code == 0, stderr
+    assert sorted((r.api, r.model) for r in fake.received) == [
+        ("anthropic", "gemma-3-270m"),
+        ("openai", "gemma-3-270m"),
+    ]
+    assert all(
+        "authorization" not in r.headers or "no-key" in r.headers["authorization"]
+        for r in fake.received
+    )
+    assert results["cost_usd"] == 0
+    # the environment's base URL still goes over the config's
+    other = FakeProvider()
+    try:
+        other.respond = lambda request: Reply(text="from the environment")
+        code, results, stderr = run(
+            cli, {**env, "OPENAI_BASE_URL": other.openai_url}, path, "--config", engine
+        )
+        assert code == 0, stderr
+        assert [r.api for r in other.received] == ["openai"]
+    finally:
+        other.close()

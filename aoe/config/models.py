@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from aoe.config.environment import ENVIRONMENT_VARIABLES
-from aoe.format.spec import BUILTIN_PROVIDERS, check_delays
+from aoe.format.spec import check_delays
 
 __all__ = [
     "CostTrackingSection",
@@ -217,8 +217,16 @@ class ProviderSection(_Section):
             "and prices); the fields given go over it.",
         )
     )
-    type: Literal["openai"] = Field(default="openai", description="The API it speaks.")
-    base_url: str = Field(description="The server's API root, e.g. http://localhost:11434/v1.")
+    type: Literal["openai", "anthropic"] = Field(
+        default="openai",
+        description="The API it speaks: openai (chat completions) or anthropic (messages); "
+        "under the name anthropic, anthropic.",
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="The server's API root, e.g. http://localhost:11434/v1; required but "
+        "for openai and anthropic (their own API, or OPENAI_BASE_URL / ANTHROPIC_BASE_URL).",
+    )
     api_key_env: str | None = Field(
         default=None,
         description="The environment variable holding its API key; null for none.",
@@ -268,7 +276,9 @@ class ProviderSection(_Section):
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         problem = url_problem(value, "http://localhost:11434/v1")
         if problem is not None:
             raise PydanticCustomError("url", problem, {})
@@ -380,22 +390,40 @@ class EngineConfig(_Section):
     retry_policy: RetryPolicySection = Field(default_factory=RetryPolicySection)
     monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
     providers: dict[str, ProviderSection] = Field(
-        default_factory=dict, description="Named OpenAI-compatible servers."
+        default_factory=dict,
+        description="Servers named for workflows; openai and anthropic may be given here "
+        "too (another base_url, model names, prices, how they stream and take schemas).",
     )
     redis: RedisSection = Field(default_factory=RedisSection)
 
     @field_validator("providers")
     @classmethod
     def _not_builtin(cls, value: dict[str, ProviderSection]) -> dict[str, ProviderSection]:
-        taken = [name for name in value if name in BUILTIN_PROVIDERS]
-        if taken:
+        """``mock`` is aoe's own; ``openai`` and ``anthropic`` speak their own API
+        at their own address unless given another (``type`` and ``base_url``: all
+        of a workflow's agents to one local server); any other needs its base_url."""
+        if "mock" in value:
             raise PydanticCustomError(
                 "builtin_provider",
-                "{names} built in and cannot be redeclared; pick other names, or point "
-                "the built-in ones elsewhere with OPENAI_BASE_URL / ANTHROPIC_BASE_URL",
-                {
-                    "names": " and ".join(f"'{n}'" for n in taken)
-                    + (" is" if len(taken) == 1 else " are")
-                },
+                "'mock' is aoe's offline provider and cannot be declared; pick another name",
+                {},
             )
+        for name, section in value.items():
+            if name in ("openai", "anthropic"):
+                if "type" not in section.model_fields_set:  # its vendor's API, unless told
+                    value[name] = section = section.model_copy(update={"type": name})
+                if section.type != name and section.base_url is None:
+                    raise PydanticCustomError(
+                        "missing_base_url",
+                        "provider '{name}' set to speak the {type} API needs the base_url "
+                        "of a server that does",
+                        {"name": name, "type": section.type},
+                    )
+            elif section.base_url is None:
+                raise PydanticCustomError(
+                    "missing_base_url",
+                    "provider '{name}' needs a base_url (its API root, e.g. "
+                    "http://localhost:11434/v1) or a preset (e.g. preset: ollama)",
+                    {"name": name},
+                )
         return value

@@ -110,9 +110,11 @@ class Settings(NamedTuple):
 
     def api_key_variable(self, provider: str) -> str | None:
         """The environment variable that holds a provider's API key (None: needs no key)."""
-        if provider in BUILTIN_KEY_VARIABLES:
-            return BUILTIN_KEY_VARIABLES[provider]
         declared = self.config.providers.get(provider)
+        if provider in BUILTIN_KEY_VARIABLES:  # its vendor's variable, unless told another
+            if declared is not None and "api_key_env" in declared.model_fields_set:
+                return declared.api_key_env
+            return BUILTIN_KEY_VARIABLES[provider]
         return declared.api_key_env if declared is not None else None
 
     def base_url(self, provider: str) -> str | None:
@@ -126,16 +128,17 @@ class Settings(NamedTuple):
     def key_route(self, provider: str) -> KeyRoute | None:
         """Where a provider's key goes and who chose that; None for the mock."""
         variable = self.api_key_variable(provider)
-        if provider in BUILTIN_URL_VARIABLES:
+        declared = self.config.providers.get(provider)
+        if provider in BUILTIN_URL_VARIABLES:  # the environment's, the config's, the vendor's
             url_variable = BUILTIN_URL_VARIABLES[provider]
             url = self.environment.get(url_variable)
-            if url is None:
+            if url is None and (declared is None or declared.base_url is None):
                 return KeyRoute(provider, variable, BUILTIN_BASE_URLS[provider], "default")
-            origin = self.environment.origin(url_variable)
-            dotenv = origin if self.environment.from_dotenv(url_variable) else None
-            return KeyRoute(provider, variable, url, origin, dotenv)
-        declared = self.config.providers.get(provider)
-        if declared is None:
+            if url is not None:
+                origin = self.environment.origin(url_variable)
+                dotenv = origin if self.environment.from_dotenv(url_variable) else None
+                return KeyRoute(provider, variable, url, origin, dotenv)
+        if declared is None or declared.base_url is None:
             return None
         origin = self.sources.get(("providers", provider, "base_url"), "config file")
         named_by = self.config_named_by or ""
@@ -184,6 +187,10 @@ class Settings(NamedTuple):
                 source == "default"
             ):
                 continue  # not overridden there: the value above applies
+            if path[0] == "providers" and path[1] in BUILTIN_URL_VARIABLES and path[2:] == (
+                "base_url",
+            ):
+                continue  # a vendor's: its effective one follows (the environment's may win)
             rows.append(Setting(".".join(path), mask_url(value), source))
         file_models = set(self.config.cost_tracking.model_costs)
         for model, price in sorted(BUILTIN_PRICES.items()):
@@ -299,6 +306,6 @@ def load_settings(
         path or None,
         sources,
         PriceTable(prices),
-        (*BUILTIN_PROVIDERS, *validated.providers),
+        tuple(dict.fromkeys((*BUILTIN_PROVIDERS, *validated.providers))),
         named_by,
     )

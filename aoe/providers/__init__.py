@@ -1,7 +1,9 @@
 """Providers by name, made when a run first needs them.
 
-``openai``, ``anthropic`` and ``mock`` are built in; any other name is an
-OpenAI-compatible server declared under ``providers:`` in the engine config.
+``openai``, ``anthropic`` and ``mock`` are built in (the first two may be
+declared under ``providers:`` as well, to point them elsewhere, name their
+models, price them); any other name is a server declared there, speaking the
+OpenAI API or (``type: anthropic``) Anthropic's.
 Vendor SDKs are imported only here, and only for the providers a run uses.
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aoe.config.environment import BUILTIN_KEY_VARIABLES, MOCK_LATENCY_VARIABLE
+from aoe.config.environment import MOCK_LATENCY_VARIABLE
 from aoe.config.settings import Settings
 from aoe.providers.base import Provider
 from aoe.providers.mock import MockProvider
@@ -43,31 +45,37 @@ class ProviderPool:
         return provider
 
     def _make(self, name: str) -> Provider:
-        environment = self._settings.environment
+        """The provider called ``name``: the mock; ``openai`` and ``anthropic``,
+        as declared under ``providers:`` if they are; any other declared one."""
         if name == "mock":  # AOE_MOCK_LATENCY was checked with the settings
             return MockProvider(latency=self._settings.mock_latency)
-        if name == "anthropic":
+        settings = self._settings
+        declared = settings.config.providers.get(name)
+        variable = settings.api_key_variable(name)
+        key = settings.environment.get(variable) if variable else None
+        base_url = settings.base_url(name)
+        kind = declared.type if declared is not None else name
+        if kind == "anthropic":
             from aoe.providers.anthropic import AnthropicProvider
 
+            if declared is None:
+                return AnthropicProvider(name, api_key=key, base_url=base_url)
             return AnthropicProvider(
                 name,
-                api_key=environment.get(BUILTIN_KEY_VARIABLES[name]),
-                base_url=self._settings.base_url(name),
+                api_key=key,
+                base_url=base_url,
+                stream=declared.stream,
+                models=declared.models,
+                structured_output=declared.structured_output,
             )
         from aoe.providers.openai import OpenAIProvider
 
-        if name == "openai":
-            return OpenAIProvider(
-                name,
-                api_key=environment.get(BUILTIN_KEY_VARIABLES[name]),
-                base_url=self._settings.base_url(name),
-            )
-        declared = self._settings.config.providers[name]
-        key = environment.get(declared.api_key_env) if declared.api_key_env else None
+        if declared is None:
+            return OpenAIProvider(name, api_key=key, base_url=base_url)
         return OpenAIProvider(
             name,
             api_key=key,
-            base_url=declared.base_url,
+            base_url=base_url,
             token_parameter=declared.token_parameter,
             stream=declared.stream,
             structured_output=declared.structured_output,

@@ -8,34 +8,87 @@ Parameters the SDK does not type (``temperature``, ``top_p`` and anything under
 Replies are streamed unless ``stream`` is false: the usage comes from the
 ``message_start`` and ``message_delta`` events, and a server that goes on past
 ``max_tokens`` (a proxy in front of one that ignores it) is cut off there.
+
+A JSON Schema goes as structured outputs unless the provider says
+``structured_output: none`` (or ``json_object``: Anthropic's API has no JSON
+mode), when it is written into the prompt; undeclared, a server that refuses it
+(a proxy in front of one that cannot) is asked once more with it in the prompt,
+and, answered, the provider says so once and keeps to that.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import anthropic
 from anthropic.types import Message, RawMessageStreamEvent
 
-from aoe.errors import ProviderUnavailable
-from aoe.providers.base import Progress, Reading, SdkErrors, sdk_error
+from aoe.errors import ProviderError, ProviderUnavailable
+from aoe.providers.base import (
+    Progress,
+    Reading,
+    SdkErrors,
+    ask_for,
+    first_line,
+    refuses_schema,
+    sdk_error,
+)
 from aoe.types import Request, Response, Usage, plain
+
+log = logging.getLogger("aoe.providers")
 
 
 class AnthropicProvider:
     def __init__(
-        self, name: str, *, api_key: str | None, base_url: str | None, stream: bool = True
+        self,
+        name: str,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        stream: bool = True,
+        models: Mapping[str, str] | None = None,
+        structured_output: Literal["json_schema", "json_object", "none"] | None = None,
     ) -> None:
         self.name = name
         self._secrets = (api_key,) if api_key else ()
         self._base_url = base_url
         self.stream = stream
+        self.models = dict(models or {})  # the workflow's model name -> the server's
+        # the schema as structured outputs, or in the prompt (no JSON mode here)
+        self.schema_in_prompt = structured_output in ("json_object", "none")
+        self._declared = structured_output is not None
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key or "no-key", base_url=base_url, max_retries=0
         )
 
     async def complete(self, request: Request, progress: Progress | None = None) -> Response:
-        arguments = _arguments(request)
+        structured = request.output_format == "json" and request.json_schema is not None
+        in_prompt = self.schema_in_prompt
+        try:
+            return await self._complete(request, structured and in_prompt, progress)
+        except ProviderError as e:
+            if not structured or in_prompt or self._declared or not refuses_schema(e):
+                raise
+            refusal = e
+        response = await self._complete(request, True, progress)
+        if not self.schema_in_prompt:  # (said once, whoever gets here first)
+            self.schema_in_prompt = True
+            log.warning(
+                "%s does not take a JSON Schema as structured outputs (%s); writing it "
+                "into the prompt instead, and checking each reply against it (set "
+                "structured_output for the provider to say so)",
+                self.name,
+                first_line(refusal.message),
+            )
+        return response
+
+    async def _complete(
+        self, request: Request, in_prompt: bool, progress: Progress | None
+    ) -> Response:
+        arguments = _arguments(request, in_prompt)
+        arguments["model"] = self.models.get(request.model, request.model)
         if self.stream:
             return await self._streamed(request, arguments, progress)
         message, headers, status = await self._call(arguments)
@@ -148,19 +201,24 @@ class _Told:
             if event.delta.type == "text_delta":
                 reading.add(event.delta.text)
         elif event.type == "message_start":
-            message = event.message
-            self.model = message.model or self.model
-            usage = message.usage
-            if usage is not None and usage.input_tokens is not None:
-                self.input = (
-                    usage.input_tokens
-                    + (usage.cache_creation_input_tokens or 0)
-                    + (usage.cache_read_input_tokens or 0)
-                )
+            self.model = event.message.model or self.model
+            self._input(event.message.usage)
         elif event.type == "message_delta":
             self.stop_reason = event.delta.stop_reason or self.stop_reason
-            if event.usage is not None and event.usage.output_tokens is not None:
-                self.output = event.usage.output_tokens
+            counted = event.usage
+            if counted is not None and counted.output_tokens is not None:
+                self.output = counted.output_tokens
+            self._input(counted)  # (a proxy's count comes here, its start's being 0)
+
+    def _input(self, usage: Any) -> None:
+        """Every input token billed (cache writes and reads too); a count of 0 is
+        none (a proxy's ``message_start`` says 0: a prompt is never empty)."""
+        if usage is not None and usage.input_tokens:
+            self.input = (
+                usage.input_tokens
+                + (usage.cache_creation_input_tokens or 0)
+                + (usage.cache_read_input_tokens or 0)
+            )
 
     def usage(self) -> Usage | None:
         if self.input is None or self.output is None:
@@ -175,20 +233,24 @@ _ERRORS = SdkErrors(
 )
 
 
-def _arguments(request: Request) -> dict[str, Any]:
-    """The SDK's arguments for ``request``; what it does not type goes in the body."""
+def _arguments(request: Request, schema_in_prompt: bool = False) -> dict[str, Any]:
+    """The SDK's arguments for ``request`` (its schema written into the prompt when
+    ``schema_in_prompt``); what the SDK does not type goes in the body."""
+    messages = [
+        {"role": m.role, "content": m.content} for m in request.messages if m.role != "system"
+    ]
+    if schema_in_prompt:
+        ask_for(messages, plain(request.json_schema))
     arguments: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_tokens,
-        "messages": [
-            {"role": m.role, "content": m.content} for m in request.messages if m.role != "system"
-        ],
+        "messages": messages,
     }
     if request.system:
         arguments["system"] = request.system
     if request.stop:
         arguments["stop_sequences"] = list(request.stop)
-    if request.output_format == "json" and request.json_schema is not None:
+    if request.output_format == "json" and request.json_schema is not None and not schema_in_prompt:
         arguments["output_config"] = {
             "format": {"type": "json_schema", "schema": plain(request.json_schema)}
         }

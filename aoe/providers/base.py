@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aoe.errors import (
     ProviderError,
@@ -77,6 +78,40 @@ class Reading:
         """aoe's count, where the server gave none: the pieces read, and the
         prompt at four characters a token (as the rate limits count it)."""
         return Usage(prompt_tokens_estimate(request.messages), self.pieces)
+
+
+# what a server that does not take a JSON Schema answers it: llama.cpp's 500,
+# others' 400 or 422 (never a 429 or an outage's 502-504: those are not about
+# it), with a message that names what it refused (a plain "internal error" 500
+# is an outage, retried as one)
+_REFUSED = frozenset({400, 422, 500})
+_REFUSAL_WORDS = ("json_schema", "response_format", "output_config", "schema", "structured")
+
+
+def refuses_schema(error: ProviderError) -> bool:
+    """Whether ``error`` is a server refusing the JSON Schema it was sent."""
+    message = error.message.lower()
+    return error.status in _REFUSED and any(word in message for word in _REFUSAL_WORDS)
+
+
+def ask_for(messages: list[dict[str, Any]], schema: Any) -> None:
+    """The schema written into the last user message, for a server that is not
+    told it otherwise."""
+    ask = (
+        "\n\nAnswer with only a JSON value (no prose, no code fence) that matches "
+        f"this JSON Schema:\n{json.dumps(schema, ensure_ascii=False)}"
+    )
+    for message in reversed(messages):
+        if message["role"] == "user":
+            message["content"] = f"{message['content']}{ask}"
+            return
+    messages.append({"role": "user", "content": ask.lstrip()})
+
+
+def first_line(message: str, limit: int = 160) -> str:
+    """A server's message as one line of a log (some send a traceback)."""
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def over_max_tokens(provider: str, response: Response, max_tokens: int) -> ProviderFault | None:

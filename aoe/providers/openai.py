@@ -24,7 +24,6 @@ whose message names what was refused (``json_schema``, ``response_format``,
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -34,25 +33,21 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from aoe.errors import ProviderError, ProviderUnavailable
-from aoe.providers.base import Progress, Reading, SdkErrors, sdk_error
+from aoe.providers.base import (
+    Progress,
+    Reading,
+    SdkErrors,
+    ask_for,
+    first_line,
+    refuses_schema,
+    sdk_error,
+)
 from aoe.types import Request, Response, Usage, plain
 
 TokenParameter = Literal["max_tokens", "max_completion_tokens"]
 StructuredOutput = Literal["json_schema", "json_object", "none"]
 
 log = logging.getLogger("aoe.providers")
-
-# what a server that does not take json_schema answers it: llama.cpp's 500,
-# others' 400 or 422 (never a 429 or an outage's 502-504: those are not about
-# it), with a message that names what it refused (a plain "internal error" 500
-# is an outage, retried as one)
-_REFUSED = frozenset({400, 422, 500})
-_REFUSAL_WORDS = ("json_schema", "response_format", "schema", "structured")
-
-
-def _refuses_json_schema(error: ProviderError) -> bool:
-    message = error.message.lower()
-    return error.status in _REFUSED and any(word in message for word in _REFUSAL_WORDS)
 
 
 def token_parameter_for(base_url: str | None) -> TokenParameter:
@@ -99,7 +94,7 @@ class OpenAIProvider:
         except ProviderError as e:
             if not structured or form != "json_schema" or self._declared:
                 raise
-            if not _refuses_json_schema(e):
+            if not refuses_schema(e):
                 raise
             refusal = e
         response = await self._complete(request, "json_object", progress)
@@ -110,7 +105,7 @@ class OpenAIProvider:
                 "mode with the schema in the prompt instead, and checking each reply "
                 "against the schema (set structured_output for the provider to say so)",
                 self.name,
-                refusal.message,
+                first_line(refusal.message),
             )
         return response
 
@@ -129,7 +124,7 @@ class OpenAIProvider:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         schema = plain(request.json_schema) if form is not None else None
         if form in ("json_object", "none"):
-            _ask_for(messages, schema)
+            ask_for(messages, schema)
         arguments: dict[str, Any] = {
             "model": self.models.get(request.model, request.model),
             "messages": messages,
@@ -262,20 +257,6 @@ def _read(chunk: ChatCompletionChunk, reading: Reading) -> str | None:
             return None
         return choice.finish_reason
     return None
-
-
-def _ask_for(messages: list[dict[str, Any]], schema: Any) -> None:
-    """The schema written into the last user message, for a server that is not
-    told it otherwise."""
-    ask = (
-        "\n\nAnswer with only a JSON value (no prose, no code fence) that matches "
-        f"this JSON Schema:\n{json.dumps(schema, ensure_ascii=False)}"
-    )
-    for message in reversed(messages):
-        if message["role"] == "user":
-            message["content"] = f"{message['content']}{ask}"
-            return
-    messages.append({"role": "user", "content": ask.lstrip()})
 
 
 def _object_schema(schema: Any) -> bool:
