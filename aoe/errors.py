@@ -137,10 +137,12 @@ class ProviderError(RunError):
         provider: str,
         status: int | None = None,
         retry_after: float | None = None,
+        sent: bool = True,
     ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.provider = provider
         self.status = status
+        self.sent = sent  # False: the request never left (no connection): nothing billed
 
 
 class RateLimited(ProviderError):

@@ -121,9 +121,13 @@ class Quirks:
     """``response_format: {type: json_schema}`` is served; else HTTP 500."""
     gap: float = 0.0
     """Seconds between streamed pieces (a slow but live server)."""
+    v1_only: bool = False
+    """Only paths under ``/v1/`` are served (else 404 ``{"detail": "Not Found"}``)."""
 
 
-LLAMA = Quirks(honours=frozenset({"max_tokens"}), piece=4, stream_usage=False, json_schema=False)
+LLAMA = Quirks(
+    honours=frozenset({"max_tokens"}), piece=4, stream_usage=False, json_schema=False, v1_only=True
+)
 """llama-cpp-python's server: reads ``max_tokens`` only, streams a token a piece
 without usage, and answers ``json_schema`` with HTTP 500."""
 UNLIMITED = Quirks(piece=4, stream_usage=False)
@@ -261,6 +265,9 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                 api = "anthropic"
             else:
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
+                return
+            if fake.quirks.v1_only and not self.path.startswith("/v1/"):
+                self._send(404, {"detail": "Not Found"})  # llama-cpp-python's, as it is
                 return
             headers = {name.lower(): value for name, value in self.headers.items()}
             received = Received(api, self.path, headers, body, time.monotonic(), wall=time.time())

@@ -230,3 +230,89 @@ def test_the_vendors_providers_may_be_declared_to_run_workflows_elsewhere(
         assert [r.api for r in other.received] == ["openai"]
     finally:
         other.close()
+
+
+def test_a_refused_connection_costs_nothing_but_a_dropped_one_its_reservation(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """Issue 15: a connection refused (nothing sent, nothing billed) was charged
+    its reservation, as a call cut off after it was sent must be."""
+    import socket
+
+    from tests.fakeserver import Drop
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    engine = write(
+        "providers:\n  gone:\n"
+        f"    base_url: http://127.0.0.1:{port}/v1\n"
+        "    default_price: {input: 1, output: 1}\n"
+        "  local:\n"
+        f"    base_url: {fake.openai_url}\n"
+        "    default_price: {input: 1, output: 1}\n",
+        "engine.yaml",
+    )
+    for provider in ("gone", "local"):
+        fake.script(Drop())
+        path = write(
+            "version: 1\nname: w\ncost_budget: 5\nagents:\n"
+            f"  a: {{prompt: hi, llm: {{provider: {provider}, model: m, max_tokens: 100}},"
+            " retry: {max_retries: 0}}\n"
+        )
+        code, results, stderr = run(cli, provider_env, path, "--config", engine)
+        assert code == 1, stderr
+        [attempt] = results["agents"]["a"]["attempts"]
+        if provider == "gone":
+            assert "cannot reach" in attempt["error"]
+            assert results["cost_usd"] == 0
+        else:  # sent, and no answer: it may have been billed
+            assert results["cost_usd"] == pytest.approx(attempt["reserved_usd"])
+            assert results["cost_usd"] > 0
+
+
+def test_calls_waiting_for_a_slot_hold_no_budget(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """One call at a time (concurrent_requests 1), three agents ready at once, a
+    budget for one worst case and a half: each reserves its worst case only
+    when its turn comes, after the one before settled for what it used, so all
+    three run. (Reserved while waiting, the second was refused at once.)"""
+    fake.respond = lambda request: Reply(text="ok", output_tokens=10)
+    path = write(
+        "version: 1\nname: w\ncost_budget: 0.015\nagents:\n"
+        + "".join(
+            f"  a{i}: {{prompt: hi, llm: {{provider: openai, model: gpt-4o, max_tokens: 1000}}}}\n"
+            for i in range(3)
+        )
+    )
+    env = {**provider_env, "RATE_LIMIT_CONCURRENT": "1"}
+    code, results, stderr = run(cli, env, path)
+    assert code == 0, stderr
+    assert [a["state"] for a in results["agents"].values()] == ["completed"] * 3
+    assert fake.max_in_flight == 1
+    reserved = results["agents"]["a0"]["attempts"][0]["reserved_usd"]
+    assert 0.015 < 2 * reserved  # two worst cases at once would not have fit
+
+
+def test_a_base_url_without_v1_gets_a_hint(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """Issue 15: `openai answered HTTP 404: Error code: 404`, no URL, no hint."""
+    from tests.fakeserver import LLAMA
+
+    fake.quirks = LLAMA
+    engine = write(
+        f"providers:\n  local:\n    base_url: {fake.url}\n    default_price: {{input: 0, output: 0}}\n",
+        "engine.yaml",
+    )
+    path = write(
+        "version: 1\nname: w\nagents:\n"
+        "  a: {prompt: hi, llm: {provider: local, model: m, max_tokens: 10}}\n"
+    )
+    code, results, stderr = run(cli, provider_env, path, "--config", engine)
+    assert code == 1, stderr
+    error = results["agents"]["a"]["error"]
+    assert "HTTP 404" in error
+    assert f"from {fake.url}/chat/completions" in error
+    assert f"is the base_url {fake.url}/v1?" in error

@@ -187,8 +187,10 @@ class Settings(NamedTuple):
                 source == "default"
             ):
                 continue  # not overridden there: the value above applies
-            if path[0] == "providers" and path[1] in BUILTIN_URL_VARIABLES and path[2:] == (
-                "base_url",
+            if (
+                path[0] == "providers"
+                and path[1] in BUILTIN_URL_VARIABLES
+                and path[2:] == ("base_url",)
             ):
                 continue  # a vendor's: its effective one follows (the environment's may win)
             rows.append(Setting(".".join(path), mask_url(value), source))

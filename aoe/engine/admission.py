@@ -112,21 +112,13 @@ class Admission:
         self.cost = 0.0
 
     async def admit(self, unit: Unit, request: Request, llm: LLMConfig) -> Ticket:
-        """The attempt's worst case reserved, then the rate limits waited out.
-        Raises :class:`BudgetExceeded` or :class:`RequestTooLarge`; no call is made."""
-        reservation = reserve(
-            worst_case(request.messages, request.max_tokens, self.prices.of(llm)),
-            unit.ledger,
-            self.ledger,
-        )
-        spend = self.spend
-        shared = None
-        if spend is not None:  # the daily budgets every process shares
-            try:
-                shared = await spend.reserve(self.workflow, reservation.amount)
-            except BaseException:
-                settle(reservation, 0.0)
-                raise
+        """The rate limits waited out, then the attempt's worst case reserved.
+        Raises :class:`BudgetExceeded` or :class:`RequestTooLarge`; no call is made.
+
+        The budget is reserved only once the call may go: a call waiting for a
+        slot holds none, so it never keeps another call that could go now from
+        the budget (an issue 15 run stopped with enough left for the call it
+        refused, held by calls still waiting)."""
         tokens = prompt_tokens_estimate(request.messages) + request.max_tokens
         record = unit.record
 
@@ -143,15 +135,27 @@ class Admission:
                 )
             )
 
+        permit = await self.limiter.acquire(
+            request.provider, request.model, tokens, on_wait=waiting
+        )
         try:
-            permit = await self.limiter.acquire(
-                request.provider, request.model, tokens, on_wait=waiting
+            reservation = reserve(
+                worst_case(request.messages, request.max_tokens, self.prices.of(llm)),
+                unit.ledger,
+                self.ledger,
             )
         except BaseException:
-            settle(reservation, 0.0)
-            if spend is not None:
-                spend.settle(shared, reservation.amount, 0.0)
+            self.limiter.release(permit, 0)  # no call: its slot and tokens back
             raise
+        spend = self.spend
+        shared = None
+        if spend is not None:  # the daily budgets every process shares
+            try:
+                shared = await spend.reserve(self.workflow, reservation.amount)
+            except BaseException:
+                settle(reservation, 0.0)
+                self.limiter.release(permit, 0)
+                raise
         return Ticket(reservation, permit, shared)
 
     def settle(self, call: Call, outcome: Outcome) -> None:

@@ -285,7 +285,7 @@ def _outcome_unknown(error: RunError) -> bool:
     """No answer came back: the request may have been processed (and billed)."""
     if isinstance(error, AttemptTimeout):
         return True
-    return isinstance(error, ProviderUnavailable) and error.status is None
+    return isinstance(error, ProviderUnavailable) and error.status is None and error.sent
 
 
 def _as_run_error(

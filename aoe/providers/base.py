@@ -227,9 +227,25 @@ def sdk_error(
         return ProviderUnavailable(f"{provider}: the request timed out", provider=provider)
     if isinstance(error, errors.connection):
         return ProviderUnavailable(
-            scrub(f"{provider}: cannot reach {where}: {error}", secrets), provider=provider
+            scrub(f"{provider}: cannot reach {where}: {error}", secrets),
+            provider=provider,
+            sent=not _never_connected(error),
         )
     return ProviderError(f"{provider}: {scrub(str(error), secrets)}", provider=provider)
+
+
+def _never_connected(error: BaseException) -> bool:
+    """Whether the SDK's connection error is its HTTP library's failure to connect
+    (refused, no route, a connect timeout): raised before a byte of the request
+    was sent, so nothing can have been billed. Both SDKs wrap that library's
+    ``ConnectError``/``ConnectTimeout`` (httpx's, or its fork's), told here by
+    name so that no HTTP library is imported for it."""
+    cause: BaseException | None = error.__cause__ or error.__context__
+    while cause is not None:
+        if type(cause).__name__ in ("ConnectError", "ConnectTimeout"):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _status_message(error: StatusError) -> str:

@@ -32,7 +32,8 @@ from urllib.parse import urlsplit
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from aoe.errors import ProviderError, ProviderUnavailable
+from aoe.config.layers import mask_url
+from aoe.errors import ProviderError, ProviderUnavailable, RequestRejected
 from aoe.providers.base import (
     Progress,
     Reading,
@@ -160,10 +161,7 @@ class OpenAIProvider:
             raw = await self._client.chat.completions.with_raw_response.create(**arguments)
             completion = raw.parse()
         except openai.OpenAIError as e:
-            where = self._base_url or "the OpenAI API"
-            raise sdk_error(
-                e, _ERRORS, provider=self.name, where=where, secrets=self._secrets
-            ) from None
+            raise self._error(e) from None
         return completion, dict(raw.headers), raw.status_code
 
     async def _streamed(
@@ -193,10 +191,7 @@ class OpenAIProvider:
             finally:
                 await stream.close()
         except openai.OpenAIError as e:
-            where = self._base_url or "the OpenAI API"
-            raise sdk_error(
-                e, _ERRORS, provider=self.name, where=where, secrets=self._secrets
-            ) from None
+            raise self._error(e) from None
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
             raise ProviderUnavailable(
                 f"{self.name}: the stream is not of chat completion chunks "
@@ -209,6 +204,21 @@ class OpenAIProvider:
         return Response(
             reading.text, usage or reading.usage(request), model, finish, headers, usage is None
         )
+
+    def _error(self, error: openai.OpenAIError) -> ProviderError:
+        """The SDK's error as aoe's; a 404 from a base URL that does not end in
+        /v1 says where it asked, and what the URL usually lacks."""
+        where = self._base_url or "the OpenAI API"
+        found = sdk_error(error, _ERRORS, provider=self.name, where=where, secrets=self._secrets)
+        url = (self._base_url or "").rstrip("/")
+        if found.status == 404 and url and not url.endswith("/v1"):
+            return RequestRejected(
+                f"{found.message} (from {mask_url(url)}/chat/completions: OpenAI-compatible "
+                f"servers usually serve under /v1; is the base_url {mask_url(url)}/v1?)",
+                provider=self.name,
+                status=404,
+            )
+        return found
 
     def _response(
         self, request: Request, completion: ChatCompletion, headers: dict[str, str], status: int
