@@ -316,3 +316,30 @@ def test_a_base_url_without_v1_gets_a_hint(
     assert "HTTP 404" in error
     assert f"from {fake.url}/chat/completions" in error
     assert f"is the base_url {fake.url}/v1?" in error
+
+
+def test_a_failed_foreach_agent_fails_once_and_its_other_items_stop(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """Issue 15: one item failed for good, the agent was reported failed, and
+    then failed again while its other item went on retrying (and paying)."""
+    from tests.fakeserver import Fail
+
+    def respond(request: Any) -> Any:
+        if "item x" in request.prompt:
+            return Fail(400, "bad x", delay=0.2)  # after y's first failure
+        return Fail(500, "busy")
+
+    fake.respond = respond
+    path = write(
+        "version: 1\nname: fe\nagents:\n  many:\n"
+        "    llm: {provider: openai, model: gpt-4o-mini, max_tokens: 20}\n"
+        "    prompt: 'item {{ item }}'\n"
+        "    foreach: \"['x', 'y']\"\n"
+        "    retry: {max_retries: 5, base_delay: 0.5, max_delay: 0.5, jitter: false}\n"
+    )
+    result = cli("run", path, "--log-format", "text", "--no-cache", env=provider_env)
+    assert result.exit_code == 1
+    assert result.stderr.count("many: failed") == 1, result.stderr
+    assert "bad x" in result.stderr
+    assert sorted(r.prompt for r in fake.received) == ["item x", "item y"]  # y not again

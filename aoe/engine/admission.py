@@ -123,7 +123,8 @@ class Admission:
         record = unit.record
 
         def waiting() -> None:
-            record.state = AgentState.WAITING
+            if not record.state.final:  # (another item may have ended it)
+                record.state = AgentState.WAITING
             self.bus.emit(
                 AgentWaiting(
                     run_id=self.run_id,

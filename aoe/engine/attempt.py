@@ -91,7 +91,8 @@ class Attempts:
         unit.attempts += 1
         record.attempts += 1
         call = Call(unit, unit.attempts, llm, request, ticket)
-        record.state = AgentState.RUNNING
+        if not record.state.final:  # (another item may have ended it)
+            record.state = AgentState.RUNNING
         self.bus.emit(
             AttemptStarted(
                 run_id=self.run_id,

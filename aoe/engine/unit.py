@@ -78,6 +78,8 @@ class Units:
         unit = Unit(record, item, ledger)
         error: RunError | None = None
         for index, llm in enumerate(agent.models):
+            if index and record.state.final:  # another item ended the agent: no fallback
+                break
             if index:
                 assert error is not None
                 self.bus.emit(
@@ -117,7 +119,7 @@ class Units:
         try:
             return await self.attempts.attempt(unit, llm, messages)
         except RunError as error:
-            if policy.attempts == 1 or not error.retryable:
+            if policy.attempts == 1 or not error.retryable or record.state.final:
                 raise
             failed: RunError | None = error
 
@@ -125,8 +127,12 @@ class Units:
             error = state.outcome.exception() if state.outcome else None
             return delay(policy, state.attempt_number, error, self.rng)
 
+        last: list[BaseException] = []  # the failure a retry waits after
+
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
+            if error is not None:
+                last[:] = [error]
             record.state = AgentState.RETRYING
             self.bus.emit(
                 AgentRetrying(
@@ -140,10 +146,15 @@ class Units:
                 )
             )
 
+        def again(error: BaseException) -> bool:
+            """Retryable, and its agent still open: once another ``foreach`` item
+            ended the agent, its other items stop spending on it."""
+            return retryable(error) and not record.state.final
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.attempts),
             wait=wait,
-            retry=retry_if_exception(retryable),
+            retry=retry_if_exception(again),
             sleep=self.sleep,
             before_sleep=before_sleep,
             reraise=True,
@@ -153,6 +164,8 @@ class Units:
                 if failed is not None:  # the attempt made above
                     first, failed = failed, None
                     raise first
+                if record.state.final and last:  # ended while this one waited to retry
+                    raise last[0]
                 return await self.attempts.attempt(unit, llm, [*messages, *unit.feedback])
         raise AssertionError("tenacity ended without a result")  # pragma: no cover
 
