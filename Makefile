@@ -59,6 +59,7 @@ bench: $(STAMP) ## Speed and memory benchmarks (prints figures and ratios)
 	$(BIN)/python bench/shared_limiter.py
 	$(BIN)/python bench/shared_records.py
 	$(BIN)/python bench/hostile.py
+	$(BIN)/python bench/streaming.py
 
 demo-local: $(STAMP) ## Every workflow against a real small model on this machine (builds llama-cpp-python once)
 	$(BIN)/python demo/local.py
