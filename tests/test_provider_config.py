@@ -292,7 +292,7 @@ def test_calls_waiting_for_a_slot_hold_no_budget(
     assert [a["state"] for a in results["agents"].values()] == ["completed"] * 3
     assert fake.max_in_flight == 1
     reserved = results["agents"]["a0"]["attempts"][0]["reserved_usd"]
-    assert 0.015 < 2 * reserved  # two worst cases at once would not have fit
+    assert 2 * reserved > 0.015  # two worst cases at once would not have fit
 
 
 def test_a_base_url_without_v1_gets_a_hint(
@@ -303,7 +303,8 @@ def test_a_base_url_without_v1_gets_a_hint(
 
     fake.quirks = LLAMA
     engine = write(
-        f"providers:\n  local:\n    base_url: {fake.url}\n    default_price: {{input: 0, output: 0}}\n",
+        f"providers:\n  local:\n    base_url: {fake.url}\n"
+        "    default_price: {input: 0, output: 0}\n",
         "engine.yaml",
     )
     path = write(
