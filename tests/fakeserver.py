@@ -41,6 +41,7 @@ class Reply:
     delay: float = 0.0
     finish_reason: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    unfinished: bool = False  # a stream that stops after its text: no end (the server failed)
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,9 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                             ],
                         },
                     )
+                if reply.unfinished:
+                    self.wfile.flush()
+                    return
                 last: dict[str, Any] = {
                     "id": ident,
                     "object": "chat.completion.chunk",
@@ -455,6 +459,9 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                             "delta": {"type": "text_delta", "text": piece},
                         },
                     )
+                if reply.unfinished:
+                    self.wfile.flush()
+                    return
                 self._event("content_block_stop", {"type": "content_block_stop", "index": 0})
                 delta: dict[str, Any] = {
                     "type": "message_delta",

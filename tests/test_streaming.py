@@ -336,3 +336,31 @@ def test_an_outage_is_not_taken_for_a_refusal_of_json_schema(
     assert "does not take" not in result.stderr
     assert all(r.body["response_format"]["type"] == "json_schema" for r in fake.received)
     assert len(fake.received) == 3  # the first agent's twice, the second's once
+
+
+@pytest.mark.parametrize("vendor", ["openai", "anthropic"])
+def test_a_stream_that_stops_short_is_a_failure_not_a_reply(
+    cli: RunCli,
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    vendor: str,
+) -> None:
+    """llama-cpp-python answers 200, starts the stream, then fails (a prompt over
+    its context) and closes it: no finish reason. That is no (empty) reply: the
+    attempt fails, is retried, and is charged its reservation (the server may
+    have billed what it generated)."""
+    fake.script(Reply(text="half a rep", unfinished=True), Reply(text="a whole reply"))
+    model = "gpt-4o" if vendor == "openai" else "claude-sonnet-4-5"
+    path = workflow(
+        write,
+        f"{{provider: {vendor}, model: {model}, max_tokens: 20}}",
+        retry="{max_retries: 1, base_delay: 0}",
+    )
+    code, results, stderr = run(cli, provider_env, path)
+    assert code == 0, stderr
+    first, second = results["agents"]["a"]["attempts"]
+    assert "the reply's stream ended before the reply did" in first["error"]
+    assert first["cost_usd"] == pytest.approx(first["reserved_usd"])
+    assert second["status"] == "ok"
+    assert results["agents"]["a"]["output"] == "a whole reply"

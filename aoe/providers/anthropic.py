@@ -130,6 +130,12 @@ class AnthropicProvider:
             return Response(
                 reading.text, reading.usage(request), told.model, "max_tokens", headers, True
             )
+        if told.stop_reason is None:  # the stream stopped short: the server failed mid-way
+            raise ProviderUnavailable(
+                f"{self.name}: the reply's stream ended before the reply did (no stop "
+                f"reason, {reading.pieces:,} pieces read); the server failed while answering",
+                provider=self.name,  # (no status: what it had billed is not known)
+            )
         usage = told.usage()
         return Response(
             reading.text,

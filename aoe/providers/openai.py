@@ -201,6 +201,12 @@ class OpenAIProvider:
             ) from None
         if reading.cut:  # what it said of usage (if anything) came before the end
             return Response(reading.text, reading.usage(request), model, "length", headers, True)
+        if finish is None:  # the stream stopped short: the server failed mid-way
+            raise ProviderUnavailable(
+                f"{self.name}: the reply's stream ended before the reply did (no finish "
+                f"reason, {reading.pieces:,} pieces read); the server failed while answering",
+                provider=self.name,  # (no status: what it had billed is not known)
+            )
         return Response(
             reading.text, usage or reading.usage(request), model, finish, headers, usage is None
         )
