@@ -275,6 +275,8 @@ def test_a_server_that_refuses_json_schema_gets_json_mode_for_the_rest_of_the_ru
         form = request.body["response_format"]
         assert form["type"] == "json_object"
         assert form["schema"]["required"] == ["verdict"]
+        # a grammar must end: its one string may take the whole reply, 2 characters a token
+        assert form["schema"]["properties"]["verdict"]["maxLength"] == 100
         assert "matches this JSON Schema" in request.prompt
     said = [line for line in result.stderr.splitlines() if "json_schema" in line]
     assert len(said) == 1, result.stderr
@@ -364,3 +366,28 @@ def test_a_stream_that_stops_short_is_a_failure_not_a_reply(
     assert first["cost_usd"] == pytest.approx(first["reserved_usd"])
     assert second["status"] == "ok"
     assert results["agents"]["a"]["output"] == "a whole reply"
+
+
+def test_a_schema_sent_as_a_grammar_has_an_end() -> None:
+    """llama.cpp turns the schema into a grammar: a string with no maxLength lets
+    the model write until it is cut off, always invalid JSON. What is sent is
+    bounded to fit max_tokens; the reply is checked against the schema as is."""
+    from aoe.providers.base import fitted
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "summary": {"type": "string", "minLength": 900},
+            "level": {"type": "string", "enum": ["low", "high"]},
+            "notes": {"type": "array", "items": {"type": "string"}, "minItems": 6},
+            "fixed": {"type": "string", "maxLength": 5},
+        },
+    }
+    sent = fitted(schema, 400)
+    properties = sent["properties"]
+    assert properties["summary"]["maxLength"] == 900  # its minLength, over its share
+    assert "maxLength" not in properties["level"]  # an enum ends by itself
+    assert properties["notes"]["maxItems"] == 6  # its minItems, over the 4 of a list
+    assert properties["notes"]["items"]["maxLength"] == 400 * 2 // 7  # 1 + 6 strings
+    assert properties["fixed"] == {"type": "string", "maxLength": 5}
+    assert schema["properties"]["summary"] == {"type": "string", "minLength": 900}  # a copy

@@ -108,6 +108,57 @@ def ask_for(messages: list[dict[str, Any]], schema: Any) -> None:
     messages.append({"role": "user", "content": ask.lstrip()})
 
 
+def fitted(schema: Any, max_tokens: int) -> Any:
+    """A copy of ``schema`` whose strings and lists all have an end, so that a
+    reply held to it can close within ``max_tokens``: for a server that turns the
+    schema into a grammar (llama.cpp's JSON mode), where a string with no
+    ``maxLength`` lets a model write until it is cut off, always invalid JSON.
+    Lists without ``maxItems`` get 4 items at most (their ``minItems`` if more);
+    strings without ``maxLength`` (nor ``enum``, ``const``) an equal share of two
+    characters a token (a margin for the JSON around them), at least 16 (their
+    ``minLength`` if more). Only what is sent changes: the reply is checked
+    against the schema as written."""
+    strings = _strings(schema)
+    share = max(16, (max_tokens * 2) // max(strings, 1))
+    return _fit(schema, share)
+
+
+_LIST_ITEMS = 4
+
+
+def _strings(schema: Any, weight: int = 1) -> int:
+    """The strings a reply may hold at most, lists counted at their bound."""
+    if isinstance(schema, list):
+        return sum(_strings(part, weight) for part in schema)
+    if not isinstance(schema, dict):
+        return 0
+    open_ended = not any(key in schema for key in ("maxLength", "enum", "const"))
+    count = weight if schema.get("type") == "string" and open_ended else 0
+    for key, value in schema.items():
+        if key == "items":
+            items = schema.get("maxItems") or max(schema.get("minItems") or 0, _LIST_ITEMS)
+            count += _strings(value, weight * int(items))
+        elif key in ("properties", "$defs", "definitions", "patternProperties"):
+            if isinstance(value, dict):
+                count += sum(_strings(part, weight) for part in value.values())
+        elif key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+            count += _strings(value, weight)
+    return count
+
+
+def _fit(schema: Any, share: int) -> Any:
+    if isinstance(schema, list):
+        return [_fit(part, share) for part in schema]
+    if not isinstance(schema, dict):
+        return schema
+    fit = {key: _fit(value, share) for key, value in schema.items()}
+    if fit.get("type") == "string" and not any(k in fit for k in ("maxLength", "enum", "const")):
+        fit["maxLength"] = max(share, int(fit.get("minLength") or 0))
+    if fit.get("type") == "array" and "maxItems" not in fit:
+        fit["maxItems"] = max(_LIST_ITEMS, int(fit.get("minItems") or 0))
+    return fit
+
+
 def first_line(message: str, limit: int = 160) -> str:
     """A server's message as one line of a log (some send a traceback)."""
     line = message.strip().splitlines()[0] if message.strip() else ""

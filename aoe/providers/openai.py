@@ -40,6 +40,7 @@ from aoe.providers.base import (
     SdkErrors,
     ask_for,
     first_line,
+    fitted,
     refuses_schema,
     sdk_error,
 )
@@ -147,7 +148,10 @@ class OpenAIProvider:
                 "json_schema": {"name": "output", "schema": schema},
             }
         elif form == "json_object":  # llama.cpp's server holds the reply to "schema"
-            arguments["response_format"] = {"type": "json_object", "schema": schema}
+            arguments["response_format"] = {
+                "type": "json_object",
+                "schema": fitted(schema, request.max_tokens),  # (a grammar: it must end)
+            }
         if request.params:
             arguments["extra_body"] = plain(request.params)
         if request.timeout is not None:  # the engine's own timeout is the one that counts
