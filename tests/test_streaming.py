@@ -374,7 +374,7 @@ def test_a_schema_sent_as_a_grammar_has_an_end() -> None:
     bounded to fit max_tokens; the reply is checked against the schema as is."""
     from aoe.providers.base import fitted
 
-    schema = {
+    schema: dict[str, Any] = {
         "type": "object",
         "properties": {
             "summary": {"type": "string", "minLength": 900},
