@@ -132,11 +132,16 @@ class Attempts:
         began = time.perf_counter()
         response: Response | None = None
         try:
-            async with IdleDeadline(agent.timeout) as deadline:
-                response = await provider.complete(request, deadline.alive)
-            fault = over_max_tokens(request.provider, response, request.max_tokens)
-            if fault is not None:
-                raise fault
+            deadline = IdleDeadline(agent.timeout)
+            try:
+                async with deadline.timeout:
+                    response = await provider.complete(request, deadline.alive)
+            finally:
+                deadline.disarm()
+            if response.usage.output_tokens > request.max_tokens:
+                fault = over_max_tokens(request.provider, response, request.max_tokens)
+                if fault is not None:
+                    raise fault
             if response.truncated and not agent.output.allow_truncated:
                 raise ReplyTruncated(
                     f"the reply was cut off at max_tokens ({request.max_tokens:,}) and "
@@ -242,44 +247,42 @@ class Attempts:
 
 
 class IdleDeadline:
-    """``asyncio.timeout(seconds)``, counted from the last sign of life:
-    :meth:`alive` (told each piece of a streamed reply) moves the deadline on.
+    """An ``asyncio.timeout`` (:attr:`timeout`, to ``async with``) counted from
+    the last sign of life: :meth:`alive` (told each piece of a streamed reply)
+    moves the deadline on.
 
     A piece costs one clock read; the deadline is looked at only when it comes
     (then put off to ``seconds`` after the last piece, or expired), so a long
     reply does not reschedule a timer per token. Expiry is asyncio's own: the
-    task is cancelled and the block raises :class:`TimeoutError`."""
+    task is cancelled and the block raises :class:`TimeoutError`. The watch
+    starts when this is made (just before the block) and stops with
+    :meth:`disarm`; the block is asyncio's own context manager, unwrapped, so
+    an attempt pays what ``asyncio.timeout`` cost it."""
 
-    __slots__ = ("_handle", "_loop", "_timeout", "last", "seconds")
+    __slots__ = ("_loop", "_watch", "last", "seconds", "timeout")
 
     def __init__(self, seconds: float) -> None:
+        self.timeout = asyncio.timeout(None)
         self.seconds = seconds
-        self._loop = asyncio.get_running_loop()
-        self.last = self._loop.time()
-        self._timeout = asyncio.timeout(None)
-        self._handle: asyncio.TimerHandle | None = None
-
-    async def __aenter__(self) -> IdleDeadline:
-        await self._timeout.__aenter__()
-        self.last = self._loop.time()
-        self._handle = self._loop.call_at(self.last + self.seconds, self._look)
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        await self._timeout.__aexit__(*exc)
+        self._loop = loop = asyncio.get_running_loop()
+        self.last = loop.time()
+        self._watch: asyncio.TimerHandle | None = loop.call_at(self.last + seconds, self._look)
 
     def alive(self, piece: str = "") -> None:
         self.last = self._loop.time()
 
+    def disarm(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
     def _look(self) -> None:
         due = self.last + self.seconds
         if due > self._loop.time():
-            self._handle = self._loop.call_at(due, self._look)
+            self._watch = self._loop.call_at(due, self._look)
         else:
-            self._handle = None
-            self._timeout.reschedule(self._loop.time())
+            self._watch = None
+            self.timeout.reschedule(self._loop.time())
 
 
 def _outcome_unknown(error: RunError) -> bool:
