@@ -218,6 +218,10 @@ class RunFinished(Event):
 
 
 Subscriber = Callable[[Event], None]
+TextListener = Callable[[str, "int | None", str], None]
+"""Told each piece of a reply as it arrives: the agent, its ``foreach`` item,
+the text. Not an event: never journaled, kept or counted (a view that shows
+replies arriving listens, with :attr:`EventBus.text`)."""
 
 
 def event_dict(event: Event) -> dict[str, Any]:
@@ -269,6 +273,7 @@ class EventBus:
         self.log: deque[Event] = deque(maxlen=keep)
         self.failure: BaseException | None = None
         self.checkpoint: Checkpoint | None = None
+        self.text: TextListener | None = None  # replies as they arrive, for a view
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)

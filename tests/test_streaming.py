@@ -391,3 +391,40 @@ def test_a_schema_sent_as_a_grammar_has_an_end() -> None:
     assert properties["notes"]["items"]["maxLength"] == 400 * 2 // 7  # 1 + 6 strings
     assert properties["fixed"] == {"type": "string", "maxLength": 5}
     assert schema["properties"]["summary"] == {"type": "string", "minLength": 900}  # a copy
+
+
+def test_verbose_progress_prints_each_reply_as_it_arrives(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    fake.respond = lambda request: Reply(text="first line\nsecond line\nlast, unended")
+    path = workflow(write, "{provider: openai, model: gpt-4o, max_tokens: 50}")
+    result = cli("run", path, "-v", "--log-format", "text", "--no-cache", env=provider_env)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.splitlines()
+    said = [line for line in lines if line.startswith("a> ")]
+    assert said == ["a> first line", "a> second line", "a> last, unended"]
+    answered = next(i for i, line in enumerate(lines) if "attempt 1 answered" in line)
+    assert lines.index("a> last, unended") < answered  # the reply, then its attempt's line
+    quiet = cli("run", path, "--log-format", "text", "--no-cache", env=provider_env)
+    assert not [line for line in quiet.stderr.splitlines() if line.startswith("a> ")]
+
+
+def test_the_verbose_live_view_shows_the_last_words_of_running_agents() -> None:
+    from io import StringIO
+
+    from aoe.cli.ui.live import LiveView
+    from aoe.cli.ui.text import console
+    from aoe.events import AgentStarted
+    from aoe.service.runner import load
+    from tests.conftest import WORKFLOWS
+
+    flow = load(WORKFLOWS / "competitor-brief.yaml")
+    buffer = StringIO()
+    view = LiveView(flow, console(buffer, width=160), verbose=True)
+    view(AgentStarted(run_id="r", at=0.0, agent_id="research"))
+    for piece in ["Electric ", "bikes\nsell ", "well in ", "Europe. " * 10, "The end"]:
+        view.text("research", None, piece)
+    view.summary()
+    row = next(line for line in buffer.getvalue().splitlines() if line.startswith("research"))
+    assert row.rstrip().endswith("Europe. The end")  # the last words, on one line
+    assert "reply" in buffer.getvalue()

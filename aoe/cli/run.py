@@ -57,6 +57,15 @@ JunitOption = Annotated[
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress; only errors.")]
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Show the replies as they arrive: each running agent's last words in the live "
+        "view, or every line of every reply in the progress lines.",
+    ),
+]
 MetricsPortOption = Annotated[
     str | None,
     typer.Option(
@@ -84,6 +93,7 @@ class Reports(NamedTuple):
     quiet: bool
     metrics_port: str | None = None
     pushgateway: str | None = None
+    verbose: bool = False
 
 
 @commands.command(
@@ -120,6 +130,7 @@ def run(
     junit: JunitOption = None,
     log_format: LogFormatOption = None,
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     no_cache: NoCacheOption = False,
     metrics_port: MetricsPortOption = None,
     pushgateway: PushgatewayOption = None,
@@ -159,13 +170,13 @@ def run(
                     options={"budget": budget, "max_parallel": max_parallel, "mock": mock},
                     no_cache=no_cache,
                     force=False,
-                    report=Reports(output, junit, quiet, metrics_port, pushgateway),
+                    report=Reports(output, junit, quiet, metrics_port, pushgateway, verbose),
                 )
         values = bind(workflow, given)
         options = RunOptions(
             mock=mock, max_parallel=max_parallel, budget=budget, cache=not no_cache
         )
-        reports = Reports(output, junit, quiet, metrics_port, pushgateway)
+        reports = Reports(output, junit, quiet, metrics_port, pushgateway, verbose)
         status = _execute(workflow, values, settings, options, store, None, reports)
         raise typer.Exit(status.exit_code)
 
@@ -208,10 +219,12 @@ def _execute(
         budget_shown = workflow.cost_budget
     if budget_shown is None:
         budget_shown = settings.config.cost_tracking.default_workflow_budget
-    view = _progress(workflow, settings, report.quiet, budget_shown)
+    view = _progress(workflow, settings, report.quiet, budget_shown, report.verbose)
     with _metrics(report, workflow.name) as metrics:
         subscribers = [s for s in (results, metrics, view) if s is not None]
         arguments = {"subscribers": subscribers, "store": store, "resume": resume}
+        if report.verbose and hasattr(view, "text"):  # the replies as they arrive
+            arguments["text"] = view.text
         if isinstance(view, LiveView):
             with view:
                 status = run_until_done(workflow, values, settings, options, **arguments)
@@ -395,6 +408,7 @@ def resume(
     junit: JunitOption = None,
     log_format: LogFormatOption = None,
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     metrics_port: MetricsPortOption = None,
     pushgateway: PushgatewayOption = None,
 ) -> None:
@@ -423,14 +437,17 @@ def resume(
             options={"budget": budget, "max_parallel": max_parallel},
             no_cache=no_cache,
             force=force,
-            report=Reports(output, junit, quiet, metrics_port, pushgateway),
+            report=Reports(output, junit, quiet, metrics_port, pushgateway, verbose),
         )
 
 
-def _progress(workflow: Any, settings: Settings, quiet: bool, budget: float | None) -> Any:
+def _progress(
+    workflow: Any, settings: Settings, quiet: bool, budget: float | None, verbose: bool = False
+) -> Any:
     """Who tells the user how the run goes: nobody (--quiet), JSON lines, a live
     view on a terminal, or a plain line per event on a pipe; always on stderr.
-    ``LOG_LEVEL`` above INFO leaves the lines of what went well out."""
+    ``LOG_LEVEL`` above INFO leaves the lines of what went well out. ``verbose``
+    (-v): the live view and the plain lines show the replies as they arrive."""
     from aoe.cli.ui.live import LiveView
     from aoe.cli.ui.progress import JsonLines, PlainProgress
     from aoe.cli.ui.text import console
@@ -441,7 +458,7 @@ def _progress(workflow: Any, settings: Settings, quiet: bool, budget: float | No
     if monitoring.log_format == "json":
         return JsonLines(sys.stderr, monitoring.log_level)
     if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
-        return LiveView(workflow, console(sys.stderr), budget)
+        return LiveView(workflow, console(sys.stderr), budget, verbose=verbose)
     return PlainProgress(sys.stderr, monitoring.log_level)
 
 

@@ -30,11 +30,18 @@ from aoe.errors import (
     RunError,
     scrub,
 )
-from aoe.events import AgentState, AttemptFinished, AttemptStarted, Checkpoint, EventBus
+from aoe.events import (
+    AgentState,
+    AttemptFinished,
+    AttemptStarted,
+    Checkpoint,
+    EventBus,
+    TextListener,
+)
 from aoe.format.workflow import Agent, LLMConfig
 from aoe.policy.outputs import clean_text
 from aoe.providers import ProviderPool
-from aoe.providers.base import over_max_tokens
+from aoe.providers.base import Progress, over_max_tokens
 from aoe.sandbox.pool import Lane, checks_here
 from aoe.state.cache import ResponseCache, fingerprint
 from aoe.types import Message, Request, Response, Usage
@@ -133,9 +140,11 @@ class Attempts:
         response: Response | None = None
         try:
             deadline = IdleDeadline(agent.timeout)
+            text = self.bus.text
+            progress = deadline.alive if text is None else _telling(deadline, text, unit)
             try:
                 async with deadline.timeout:
-                    response = await provider.complete(request, deadline.alive)
+                    response = await provider.complete(request, progress)
             finally:
                 deadline.disarm()
             if response.usage.output_tokens > request.max_tokens:
@@ -283,6 +292,17 @@ class IdleDeadline:
         else:
             self._watch = None
             self.timeout.reschedule(self._loop.time())
+
+
+def _telling(deadline: IdleDeadline, text: TextListener, unit: Unit) -> Progress:
+    """The deadline moved on and the listener told, at each piece."""
+    agent_id, item = unit.record.agent.id, unit.item
+
+    def progress(piece: str) -> None:
+        deadline.alive()
+        text(agent_id, item, piece)
+
+    return progress
 
 
 def _outcome_unknown(error: RunError) -> bool:

@@ -25,7 +25,7 @@ from aoe.format.workflow import Workflow
 
 if TYPE_CHECKING:
     from aoe.engine.engine import Engine
-    from aoe.events import RunStatus, Subscriber
+    from aoe.events import RunStatus, Subscriber, TextListener
     from aoe.redis.records import RecordMirror
     from aoe.service.resume import ResumePlan
     from aoe.state.store import Store
@@ -205,6 +205,7 @@ async def run_workflow(
     resume: ResumePlan | None = None,
     engine: Engine | None = None,
     mirror: RecordMirror | None = None,
+    text: TextListener | None = None,
 ) -> RunStatus:
     """Run a workflow on a fresh engine and close it after (or on ``engine``,
     shared with other runs: its rate limits and its limit on runs hold across
@@ -216,7 +217,8 @@ async def run_workflow(
     unless ``options.cache`` is false, answers come from the response cache
     where they can. ``resume`` (from :func:`aoe.service.resume.plan_resume`)
     continues a recorded run instead of starting one. ``mirror`` sends the
-    record to Redis as well (the work queue's runs; see :mod:`aoe.redis.records`)."""
+    record to Redis as well (the work queue's runs; see :mod:`aoe.redis.records`).
+    ``text`` is told each piece of each reply as it arrives (a view's ``-v``)."""
     from aoe.errors import MissingApiKey
     from aoe.providers import missing_keys
     from aoe.service.wiring import engine_for
@@ -235,7 +237,7 @@ async def run_workflow(
     if engine is None:  # first: a config it refuses is refused before any record
         engine = engine_for(settings)
     return await _wired(
-        workflow, values, options, subscribers, store, resume, (engine, own_engine), mirror
+        workflow, values, options, subscribers, store, resume, (engine, own_engine), mirror, text
     )
 
 
@@ -248,6 +250,7 @@ async def _wired(
     resume: ResumePlan | None,
     engine_owned: tuple[Engine, bool],
     mirror: RecordMirror | None,
+    text: TextListener | None = None,
 ) -> RunStatus:
     """The run on the engine with its bus, and with a store its recording;
     closed in order however the run ends: the engine first (when it is the
@@ -259,6 +262,7 @@ async def _wired(
     bus = EventBus()
     for subscriber in subscribers:
         bus.subscribe(subscriber)
+    bus.text = text
     run_id = resume.run_id if resume is not None else options.run_id or new_run_id()
     recording = None
     if store is not None:

@@ -31,6 +31,7 @@ class _Row:
         "model",
         "started",
         "state",
+        "tail",
         "tokens",
     )
 
@@ -44,15 +45,27 @@ class _Row:
         self.duration: float | None = None
         self.cached = False
         self.cut = False  # its output is a reply cut off at max_tokens
+        self.tail = ""  # -v: the last words of its reply as they arrive
 
 
 class LiveView:
     """The terminal view of a run: a row per agent (the running ones first when
     they do not all fit), progress, tokens and spend; a summary table at the end."""
 
-    def __init__(self, workflow: Workflow, console: Console, budget: float | None = None) -> None:
+    TAIL = 48
+    """Characters of a running agent's reply the view shows (``-v``)."""
+
+    def __init__(
+        self,
+        workflow: Workflow,
+        console: Console,
+        budget: float | None = None,
+        *,
+        verbose: bool = False,
+    ) -> None:
         from rich.live import Live
 
+        self.verbose = verbose  # a column of each running agent's reply, arriving
         self.workflow = workflow
         self.console = console
         self.budget = budget
@@ -71,6 +84,11 @@ class LiveView:
 
     def __exit__(self, *exc: object) -> None:
         self.live.__exit__(None, None, None)
+
+    def text(self, agent_id: str, item: int | None, piece: str) -> None:
+        """``-v``: the last words of an agent's reply as they arrive."""
+        row = self.rows[agent_id]
+        row.tail = (row.tail + piece)[-self.TAIL :]
 
     def __call__(self, event: Event) -> None:
         from aoe import events as ev
@@ -120,6 +138,8 @@ class LiveView:
         table.add_column("model")
         for column in ("attempts", "tokens", "cost", "time"):
             table.add_column(column, justify="right")
+        if self.verbose:
+            table.add_column("reply", no_wrap=True, overflow="ellipsis", max_width=self.TAIL)
         order = {"running": 0, "retrying": 0, "pending": 2}
         rows = sorted(self.rows.items(), key=lambda kv: order.get(kv[1].state, 1))
         if limit is not None and len(rows) > limit:
@@ -138,6 +158,7 @@ class LiveView:
                 f"{row.tokens:,}",
                 money(row.cost),
                 duration(took),
+                *([escape(" ".join(row.tail.split()))] if self.verbose else []),
             )
         return table
 

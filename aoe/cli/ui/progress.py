@@ -25,7 +25,13 @@ class PlainProgress:
         self.stream = stream
         self.least = LEVELS.get(level.upper(), 20)
 
+        self.replies: dict[tuple[str, int | None], str] = {}  # -v: a reply's unended line
+
     def __call__(self, event: Event) -> None:
+        from aoe.events import AttemptFinished
+
+        if isinstance(event, AttemptFinished) and self.replies:
+            self._reply_line((event.agent_id, event.item), "", end=True)
         if self.least > 20:
             from aoe.observe.logs import LEVELS
 
@@ -35,6 +41,25 @@ class PlainProgress:
         if line is not None:
             clock = time.strftime("%H:%M:%S", time.localtime(event.at))
             self.stream.write(f"{clock} {line}\n")
+            self.stream.flush()
+
+    def text(self, agent_id: str, item: int | None, piece: str) -> None:
+        """``-v``: a reply as it arrives, a line of the log per line of the reply
+        (``agent> ...``), the last when its attempt ends."""
+        self._reply_line((agent_id, item), piece, end=False)
+
+    def _reply_line(self, key: tuple[str, int | None], piece: str, *, end: bool) -> None:
+        text = self.replies.pop(key, "") + piece
+        *lines, rest = text.split("\n")
+        if end and rest:
+            lines, rest = [*lines, rest], ""
+        if rest:
+            self.replies[key] = rest
+        agent_id, item = key
+        where = f"{agent_id} item {item}" if item is not None else agent_id
+        for line in lines:
+            self.stream.write(f"{where}> {line}\n")
+        if lines:
             self.stream.flush()
 
 
