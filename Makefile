@@ -61,8 +61,9 @@ bench: $(STAMP) ## Speed and memory benchmarks (prints figures and ratios)
 	$(BIN)/python bench/hostile.py
 	$(BIN)/python bench/streaming.py
 
-demo-local: $(STAMP) ## Every workflow against a real small model on this machine (builds llama-cpp-python once)
-	$(BIN)/python demo/local.py
+VIA ?= llama
+demo-local: $(STAMP) ## Every workflow against a real small model here (VIA=litellm: through the LiteLLM proxy)
+	$(BIN)/python demo/local.py --via $(VIA)
 
 SECONDS ?= 300
 fuzz: $(STAMP) ## Fuzz aoe with hostile files for SECONDS (300); findings in fuzz-findings/
