@@ -428,3 +428,14 @@ def test_the_verbose_live_view_shows_the_last_words_of_running_agents() -> None:
     row = next(line for line in buffer.getvalue().splitlines() if line.startswith("research"))
     assert row.rstrip().endswith("Europe. The end")  # the last words, on one line
     assert "reply" in buffer.getvalue()
+
+
+def test_a_raw_newline_inside_a_json_string_is_read_as_one() -> None:
+    """llama.cpp's JSON grammar lets a model write a raw newline inside a string
+    (strict JSON says \\n): the demo's brief failed four times on it."""
+    from aoe.format.workflow import OutputConfig
+    from aoe.policy.outputs import parse_output
+
+    schema = {"type": "object", "properties": {"summary": {"type": "string"}}}
+    value = parse_output('{"summary": "two\nlines\tand a tab"}', OutputConfig("json", schema))
+    assert value == {"summary": "two\nlines\tand a tab"}

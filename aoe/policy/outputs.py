@@ -85,8 +85,11 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _loads(body: str) -> Any:
+    """The reply's JSON. Control characters inside its strings (a raw newline or
+    tab, which models write and grammar-held servers let through) are read as
+    the characters they are (``strict=False``); anything else must be JSON."""
     try:
-        value = json.loads(body)
+        value = json.loads(body, strict=False)
     except json.JSONDecodeError:
         raise
     except (ValueError, RecursionError):  # an integer of over 4,300 digits; deep nesting
