@@ -391,6 +391,10 @@ def test_a_schema_sent_as_a_grammar_has_an_end() -> None:
     assert properties["notes"]["items"]["maxLength"] == 400 * 2 // 7  # 1 + 6 strings
     assert properties["fixed"] == {"type": "string", "maxLength": 5}
     assert schema["properties"]["summary"] == {"type": "string", "minLength": 900}  # a copy
+    # however long the reply may be, no bound over 500 (llama.cpp's parser breaks
+    # on ~1,000, and its server crashes)
+    one = {"type": "object", "properties": {"a": {"type": "string"}}}
+    assert fitted(one, 600)["properties"]["a"]["maxLength"] == 500
 
 
 def test_verbose_progress_prints_each_reply_as_it_arrives(
