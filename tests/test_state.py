@@ -4,6 +4,7 @@ and the official SDKs against the fake provider; the store is real SQLite."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -608,6 +609,7 @@ def test_concurrent_runs_share_one_store(write: WriteFile, tmp_path: Path) -> No
     for process in processes:
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 0, stderr
+        assert stderr == "", stderr  # no store taken for lost (once, in 7 rounds of 15)
     runs = store(tmp_path).runs()
     assert len(runs) == 6
     assert {r.status for r in runs} == {"completed"}
@@ -1128,3 +1130,29 @@ def test_which_kind_of_read_only_a_store_error_was_is_said(tmp_path: Path) -> No
     with pytest.raises(StateWriteFailed, match=said), translated(path):
         connection.execute("INSERT INTO t VALUES (1)")
     connection.close()
+
+
+def test_looking_at_the_store_keeps_sqlites_locks(tmp_path: Path) -> None:
+    """Issue 13's store-loss check read the database header with open() and
+    close(): closing any descriptor of a file drops every POSIX lock the process
+    holds on it, SQLite's shared lock included. Another process's last
+    connection then took itself for the last one and deleted the -wal and -shm
+    this process was using, and runs started together on a fresh store lost
+    records (it took the store for lost, and 'restored' it). The header is read
+    through a descriptor kept open, and the log stays."""
+    from aoe.state.files import StoreFile
+
+    path = tmp_path / "state.db"
+    held = Store(path)  # this process's connection, in WAL mode, with the log open
+    wal = os.stat(f"{path}-wal").st_ino
+    seen = StoreFile.of(path)
+    seen.seen = (0, 0)  # as if the file changed: the next look reads its header
+    assert seen.lost() is None
+    code = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+        "c.execute('SELECT count(*) FROM runs').fetchall(); c.close()"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
+    assert os.stat(f"{path}-wal").st_ino == wal  # the other's close did not delete it
+    assert seen.lost() is None
+    held.close()

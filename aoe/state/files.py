@@ -68,13 +68,55 @@ def _key(path: str) -> _Key | None:
     return stat.st_dev, stat.st_ino
 
 
-def _header(path: Path) -> tuple[bytes, int] | None:
-    """The first bytes of the file and its size; None if it cannot be read now
-    (gone since its ``stat``: the next look says so; or no longer readable by
-    this process, which still reads it through its connection)."""
+def _held(keys: tuple[_Key | None, ...]) -> bool | None:
+    """Whether this process holds a file with one of ``keys`` open (its own
+    connections' log, which a new ``-wal`` at the path would split in two); None
+    where that cannot be told (no ``/proc``: not Linux).
+
+    A ``-wal`` or ``-shm`` that is not the one looked at before is the store's
+    loss only if a connection of this process still holds the old one: SQLite
+    deletes them with the last connection that closes, and a connection that
+    had none open (the store was new, another process made them) sees them made
+    anew by the next, with all it had checkpointed into the database."""
+    wanted = {key for key in keys if key is not None}
     try:
-        with open(path, "rb") as f:
-            return f.read(_HEADER), os.fstat(f.fileno()).st_size
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for descriptor in descriptors:
+        try:
+            stat = os.stat(f"/proc/self/fd/{descriptor}")
+        except OSError:  # closed meanwhile, or not a file
+            continue
+        if (stat.st_dev, stat.st_ino) in wanted:
+            return True
+    return False
+
+
+# The database files this process reads headers from, by key, each opened once
+# and never closed: closing any descriptor of a file drops every POSIX lock the
+# process holds on it, SQLite's included (its shared lock on the database: then
+# another process's last connection, closing, takes itself for the last one
+# and deletes the -wal and -shm this process's connections still use). A store
+# per process, and one more for each loss seen, so a handful at most.
+_READERS: dict[_Key, int] = {}
+
+
+def _header(path: Path, key: _Key) -> tuple[bytes, int] | None:
+    """The first bytes of the database file ``key`` and its size; None if it
+    cannot be read now (gone since its ``stat``: the next look says so; or no
+    longer readable by this process, which still reads it through its
+    connection). Read through a descriptor kept open: see ``_READERS``."""
+    descriptor = _READERS.get(key)
+    try:
+        if descriptor is None:
+            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            stat = os.fstat(descriptor)
+            opened = (stat.st_dev, stat.st_ino)
+            _READERS[opened] = descriptor  # kept, whichever file it is (never closed)
+            if opened != key:  # another file took the path between stat and open
+                return None
+        return os.pread(descriptor, _HEADER, 0), os.fstat(descriptor).st_size
     except OSError:
         return None
 
@@ -135,10 +177,13 @@ class StoreFile:
             return None
         if (stat.st_dev, stat.st_ino) != self.db:
             return _CLEARED.get(self.db, (Loss.REPLACED,))[0]
-        if (self.wal is not None and _key(f"{self.path}-wal") != self.wal) or (
-            self.shm is not None and _key(f"{self.path}-shm") != self.shm
-        ):
-            return Loss.LOG
+        wal, shm = _key(f"{self.path}-wal"), _key(f"{self.path}-shm")
+        if (self.wal is not None and wal != self.wal) or (self.shm is not None and shm != self.shm):
+            if _held((self.wal, self.shm)) is not False:
+                return Loss.LOG
+            # SQLite itself made them anew: this process holds none of the old ones
+            # (they were another's, gone with its last connection), so nothing is split
+            self.wal, self.shm = wal, shm
         return self._damaged((stat.st_size, stat.st_mtime_ns))
 
     def _damaged(self, seen: tuple[int, int]) -> Loss | None:
@@ -148,7 +193,7 @@ class StoreFile:
         if seen == self.seen and self.suspect is None:
             return None
         changed, self.seen = seen != self.seen, seen
-        read = _header(self.path)
+        read = _header(self.path, self.db)
         if read is None:
             return None
         header, size = read
