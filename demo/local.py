@@ -152,7 +152,7 @@ def start(python: Path, port: int) -> subprocess.Popen[bytes]:
     options = {
         "--model": str(MODEL),
         "--chat_format": "gemma",
-        "--n_ctx": "16384",  # research-brief's last prompt is ~6,300 tokens
+        "--n_ctx": "32768",  # translation.yaml's review reads four 3,000-token translations
         "--interrupt_requests": "False",
         "--logits_all": "False",  # else its memory grows 1 MiB a token position
         "--host": "127.0.0.1",
