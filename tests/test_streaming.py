@@ -443,3 +443,19 @@ def test_a_raw_newline_inside_a_json_string_is_read_as_one() -> None:
     schema = {"type": "object", "properties": {"summary": {"type": "string"}}}
     value = parse_output('{"summary": "two\nlines\tand a tab"}', OutputConfig("json", schema))
     assert value == {"summary": "two\nlines\tand a tab"}
+
+
+def test_json_mode_holds_a_json_reply_without_a_schema_too(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """`output: {format: json}` with no schema, to a provider in JSON mode: the
+    server is asked for JSON (translation's review wrote prose to llama)."""
+    fake.respond = lambda request: Reply(json={"German": []})
+    config = provider_config(write, fake, structured_output="json_object")
+    path = workflow(write, "{provider: local, model: m, max_tokens: 50}", output="{format: json}")
+    code, results, stderr = run(cli, provider_env, path, "--config", config)
+    assert code == 0, stderr
+    [request] = fake.received
+    assert request.body["response_format"] == {"type": "json_object"}
+    assert "JSON Schema" not in request.prompt
+    assert results["agents"]["a"]["output"] == {"German": []}

@@ -91,6 +91,9 @@ class OpenAIProvider:
     async def complete(self, request: Request, progress: Progress | None = None) -> Response:
         form = self.structured_output
         structured = request.output_format == "json" and _object_schema(request.json_schema)
+        if request.output_format == "json" and form == "json_object":
+            # JSON mode holds any JSON reply, with a schema or without one
+            return await self._complete(request, form, progress)
         try:
             return await self._complete(request, form if structured else None, progress)
         except ProviderError as e:
@@ -125,7 +128,7 @@ class OpenAIProvider:
         (None: as the request is); ``params`` go in the body as they are."""
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         schema = plain(request.json_schema) if form is not None else None
-        if form in ("json_object", "none"):
+        if form in ("json_object", "none") and schema is not None:
             ask_for(messages, schema)
         arguments: dict[str, Any] = {
             "model": self.models.get(request.model, request.model),
@@ -147,6 +150,8 @@ class OpenAIProvider:
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": schema},
             }
+        elif form == "json_object" and schema is None:  # JSON, of any shape
+            arguments["response_format"] = {"type": "json_object"}
         elif form == "json_object":  # llama.cpp's server holds the reply to "schema"
             arguments["response_format"] = {
                 "type": "json_object",
