@@ -127,12 +127,10 @@ async def test_the_server_sees_every_limit_held(
     assert busiest(admitted, [1.0] * 12, 60.0) <= 4
     # the server's: the same, less the longest way from an admission to the
     # server (measured: on a busy machine it is longer, never shorter)
-    first = min(r.wall for r in fake.received)
     reached = {"a" + r.prompt[1:]: r.wall for r in fake.received}  # prompt p3: agent a3
     way = max(reached[s.agent_id] - s.at for s in started)
     print(f"the longest way from admission to the server: {way * 1000:.0f} ms")
     assert busiest(arrivals, [1.0] * 12, 60.0 - max(way, 0.0) * SCALE) <= 4
-    assert first >= started[0].at
     assert fake.max_in_flight <= 2
     assert recorder.of(AgentWaiting)  # waiting showed, and took time
     assert busiest(arrivals, [1.0] * 12, 3 * 60.0) <= 12

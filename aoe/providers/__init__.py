@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from aoe.config.environment import MOCK_LATENCY_VARIABLE
+from aoe.config.models import ProviderSection
 from aoe.config.settings import Settings
 from aoe.providers.base import Provider
 from aoe.providers.mock import MockProvider
@@ -50,16 +51,15 @@ class ProviderPool:
         if name == "mock":  # AOE_MOCK_LATENCY was checked with the settings
             return MockProvider(latency=self._settings.mock_latency)
         settings = self._settings
-        declared = settings.config.providers.get(name)
+        # undeclared: a section's defaults (stream, no aliases, schema as the API takes it)
+        declared = settings.config.providers.get(name) or ProviderSection()
         variable = settings.api_key_variable(name)
         key = settings.environment.get(variable) if variable else None
         base_url = settings.base_url(name)
-        kind = declared.type if declared is not None else name
+        kind = declared.type if name in settings.config.providers else name
         if kind == "anthropic":
             from aoe.providers.anthropic import AnthropicProvider
 
-            if declared is None:
-                return AnthropicProvider(name, api_key=key, base_url=base_url)
             return AnthropicProvider(
                 name,
                 api_key=key,
@@ -70,8 +70,6 @@ class ProviderPool:
             )
         from aoe.providers.openai import OpenAIProvider
 
-        if declared is None:
-            return OpenAIProvider(name, api_key=key, base_url=base_url)
         return OpenAIProvider(
             name,
             api_key=key,
