@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import socket
 import threading
 import time
@@ -124,6 +125,11 @@ class Quirks:
     """Seconds between streamed pieces (a slow but live server)."""
     v1_only: bool = False
     """Only paths under ``/v1/`` are served (else 404 ``{"detail": "Not Found"}``)."""
+    deployments: frozenset[str] | None = None
+    """Azure OpenAI's: chat completions only at
+    ``/openai/deployments/NAME/chat/completions?api-version=…`` for these names
+    (else 404 ``DeploymentNotFound``, or without an api-version 404 ``Resource
+    not found``); None: no Azure routes."""
 
 
 LLAMA = Quirks(
@@ -246,6 +252,25 @@ def _wants_json_schema(body: dict[str, Any]) -> bool:
     return isinstance(form, dict) and form.get("type") == "json_schema"
 
 
+_AZURE_NO_DEPLOYMENT = {
+    "error": {
+        "code": "DeploymentNotFound",
+        "message": "The API deployment for this resource does not exist. If you created "
+        "the deployment within the last 5 minutes, please wait a moment and try again.",
+    }
+}
+
+
+def _azure_refusal(quirks: Quirks, route: str, query: str) -> dict[str, Any] | None:
+    """Azure OpenAI's 404 for a request it would refuse (None: it is served)."""
+    if quirks.deployments is None:
+        return None
+    found = re.fullmatch(r"/openai/deployments/([^/]+)/chat/completions", route)
+    if found is None or "api-version=" not in query:
+        return {"error": {"code": "404", "message": "Resource not found"}}
+    return None if found.group(1) in quirks.deployments else _AZURE_NO_DEPLOYMENT
+
+
 def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -260,23 +285,27 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(raw or b"{}")
             except json.JSONDecodeError:
                 body = {}
-            if self.path.rstrip("/").endswith("/chat/completions"):
+            route, _, query = self.path.partition("?")
+            if route.rstrip("/").endswith("/chat/completions"):
                 api = "openai"
-            elif self.path.rstrip("/").endswith("/messages"):
+            elif route.rstrip("/").endswith("/messages"):
                 api = "anthropic"
             else:
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
                 return
-            if fake.quirks.v1_only and not self.path.startswith("/v1/"):
+            if fake.quirks.v1_only and not route.startswith("/v1/"):
                 self._send(404, {"detail": "Not Found"})  # llama-cpp-python's, as it is
                 return
+            refusal = _azure_refusal(fake.quirks, route, query)
             headers = {name.lower(): value for name, value in self.headers.items()}
             received = Received(api, self.path, headers, body, time.monotonic(), wall=time.time())
             ticket, behaviour = fake._arrive(received)
             if behaviour.delay:
                 time.sleep(behaviour.delay)
             fake._answer(ticket)
-            if isinstance(behaviour, Drop):
+            if refusal is not None:  # (counted as received: it was)
+                self._send(404, refusal)
+            elif isinstance(behaviour, Drop):
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
             elif isinstance(behaviour, Fail):

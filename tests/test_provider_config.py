@@ -22,10 +22,12 @@ def config(write: WriteFile, fake: FakeProvider, *lines: str) -> Any:
     return write(text + "\n", "engine.yaml")
 
 
-def workflow(write: WriteFile, model: str = "gpt-4o-mini", budget: str = "5.0") -> Any:
+def workflow(
+    write: WriteFile, model: str = "gpt-4o-mini", budget: str = "5.0", provider: str = "local"
+) -> Any:
     return write(
         f"version: 1\nname: w\ncost_budget: {budget}\nagents:\n"
-        f"  a: {{prompt: hi, llm: {{provider: local, model: {model}, max_tokens: 1500}}}}\n"
+        f"  a: {{prompt: hi, llm: {{provider: {provider}, model: {model}, max_tokens: 1500}}}}\n"
     )
 
 
@@ -344,3 +346,86 @@ def test_a_failed_foreach_agent_fails_once_and_its_other_items_stop(
     assert result.stderr.count("many: failed") == 1, result.stderr
     assert "bad x" in result.stderr
     assert sorted(r.prompt for r in fake.received) == ["item x", "item y"]  # y not again
+
+
+def azure_config(write: WriteFile, fake: FakeProvider, *lines: str) -> Any:
+    text = "\n".join(
+        ["providers:", "  azure:", "    type: azure", f"    base_url: {fake.url}", *lines]
+    )
+    return write(text + "\n", "engine.yaml")
+
+
+def test_azure_openai_is_called_through_the_sdks_azure_client(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """Issue 15: Azure OpenAI, its endpoint, deployments and api-version; the
+    workflow's model names as they are, priced as the models they deploy."""
+    from dataclasses import replace
+
+    fake.quirks = replace(fake.quirks, deployments=frozenset({"mini-prod", "everything"}))
+    fake.respond = lambda request: Reply(text="from azure", input_tokens=1000, output_tokens=1000)
+    engine = azure_config(
+        write, fake, "    models: {gpt-4o-mini: mini-prod}", "    deployment: everything"
+    )
+    path = write(
+        "version: 1\nname: w\ncost_budget: 1.0\nagents:\n"
+        "  a: {prompt: hi, llm: {provider: azure, model: gpt-4o-mini, max_tokens: 1500}}\n"
+        "  b: {prompt: hi, llm: {provider: azure, model: gpt-4o, max_tokens: 1500}}\n"
+    )
+    key = "azure-key-0123456789abcdef"
+    code, results, stderr = run(
+        cli, {**provider_env, "AZURE_OPENAI_API_KEY": key}, path, "--config", engine
+    )
+    assert code == 0, stderr
+    paths = sorted(r.path for r in fake.received)
+    assert paths == [
+        "/openai/deployments/everything/chat/completions?api-version=2024-10-21",
+        "/openai/deployments/mini-prod/chat/completions?api-version=2024-10-21",
+    ]
+    for request in fake.received:
+        assert request.headers["api-key"] == key  # Azure's header, its own variable
+        assert request.body["max_completion_tokens"] == 1500  # Azure keeps OpenAI's limit
+        assert request.body["stream_options"] == {"include_usage": True}
+    agents = results["agents"]
+    assert agents["a"]["output"] == "from azure"
+    # priced by the workflow's model names: the models the deployments serve
+    assert agents["a"]["cost_usd"] == pytest.approx((0.15 + 0.6) / 1000)
+    assert agents["b"]["cost_usd"] == pytest.approx((2.5 + 10.0) / 1000)
+    assert key not in json.dumps(results) + stderr
+
+
+def test_azure_openai_names_the_api_version_and_a_missing_deployment(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    from dataclasses import replace
+
+    fake.quirks = replace(fake.quirks, deployments=frozenset({"mini-prod"}))
+    engine = azure_config(write, fake, '    api_version: "2025-04-01-preview"')
+    env = {**provider_env, "AZURE_OPENAI_API_KEY": "azure-key-0123456789abcdef"}
+    path = workflow(write, budget="1.0", provider="azure")
+    code, results, stderr = run(cli, env, path, "--config", engine)
+    assert code == 1, stderr
+    [request] = fake.received  # a 404 is not retried
+    assert request.path.endswith("?api-version=2025-04-01-preview")
+    error = results["agents"]["a"]["error"]
+    assert "DeploymentNotFound" in error or "deployment for this resource does not exist" in error
+    assert "map the workflow's models to your deployments" in error
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["  azure:", "    type: azure"], "needs a base_url: its resource's endpoint"),
+        (
+            ["  local:", "    base_url: http://127.0.0.1:9/v1", "    api_version: '2024-10-21'"],
+            "api_version only for type: azure",
+        ),
+    ],
+)
+def test_azure_settings_are_checked(
+    cli: RunCli, write: WriteFile, lines: list[str], message: str
+) -> None:
+    engine = write("\n".join(["providers:", *lines]) + "\n", "engine.yaml")
+    result = cli("config", "show", "--config", engine)
+    assert result.exit_code == 2
+    assert message in result.stdout + result.stderr

@@ -45,6 +45,8 @@ BUILTIN_KEY_VARIABLES: Mapping[str, str] = {
     "openai": "OPENAI_API_KEY",
     "anthropic": "ANTHROPIC_API_KEY",
 }
+AZURE_KEY_VARIABLE = "AZURE_OPENAI_API_KEY"
+"""The key of an Azure OpenAI provider (``type: azure``) unless it names another."""
 BUILTIN_URL_VARIABLES: Mapping[str, str] = {
     "openai": "OPENAI_BASE_URL",
     "anthropic": "ANTHROPIC_BASE_URL",

@@ -186,6 +186,10 @@ class MonitoringSection(_Section):
 
 _FREE = {"input": 0, "output": 0}
 
+AZURE_API_VERSION = "2024-10-21"
+"""The Azure OpenAI API version asked for unless a provider names another: the
+latest generally available one (streamed usage, ``max_completion_tokens``)."""
+
 PRESETS: dict[str, dict[str, Any]] = {
     "ollama": {"base_url": "http://localhost:11434/v1", "default_price": _FREE},
     "vllm": {"base_url": "http://localhost:8000/v1", "default_price": _FREE},
@@ -217,15 +221,28 @@ class ProviderSection(_Section):
             "and prices); the fields given go over it.",
         )
     )
-    type: Literal["openai", "anthropic"] = Field(
+    type: Literal["openai", "anthropic", "azure"] = Field(
         default="openai",
-        description="The API it speaks: openai (chat completions) or anthropic (messages); "
-        "under the name anthropic, anthropic.",
+        description="The API it speaks: openai (chat completions), anthropic (messages) "
+        "or azure (Azure OpenAI: base_url is the resource's endpoint, models name its "
+        "deployments); under the name anthropic, anthropic.",
     )
     base_url: str | None = Field(
         default=None,
-        description="The server's API root, e.g. http://localhost:11434/v1; required but "
-        "for openai and anthropic (their own API, or OPENAI_BASE_URL / ANTHROPIC_BASE_URL).",
+        description="The server's API root, e.g. http://localhost:11434/v1 (for azure the "
+        "resource's endpoint, e.g. https://NAME.openai.azure.com); required but for "
+        "openai and anthropic (their own API, or OPENAI_BASE_URL / ANTHROPIC_BASE_URL).",
+    )
+    api_version: str | None = Field(
+        default=None,
+        min_length=1,
+        description=f"azure only: the API version asked for (null: {AZURE_API_VERSION}).",
+    )
+    deployment: str | None = Field(
+        default=None,
+        min_length=1,
+        description="azure only: the deployment that serves every model `models` does "
+        "not name (null: a deployment named as the model).",
     )
     api_key_env: str | None = Field(
         default=None,
@@ -273,6 +290,20 @@ class ProviderSection(_Section):
             if preset is not None:
                 return {**preset, **data}
         return data
+
+    @model_validator(mode="after")
+    def _azure_fields(self) -> ProviderSection:
+        """``api_version`` and ``deployment`` are Azure's words: elsewhere a mistake."""
+        if self.type != "azure":
+            given = [f for f in ("api_version", "deployment") if getattr(self, f) is not None]
+            if given:
+                raise PydanticCustomError(
+                    "azure_only",
+                    "{fields} only for type: azure (Azure OpenAI); this provider speaks "
+                    "the {type} API",
+                    {"fields": " and ".join(given), "type": self.type},
+                )
+        return self
 
     @field_validator("base_url")
     @classmethod
@@ -419,6 +450,13 @@ class EngineConfig(_Section):
                         "of a server that does",
                         {"name": name, "type": section.type},
                     )
+            elif section.base_url is None and section.type == "azure":
+                raise PydanticCustomError(
+                    "missing_base_url",
+                    "provider '{name}' (Azure OpenAI) needs a base_url: its resource's "
+                    "endpoint, e.g. https://NAME.openai.azure.com",
+                    {"name": name},
+                )
             elif section.base_url is None:
                 raise PydanticCustomError(
                     "missing_base_url",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from aoe.config.environment import (
+    AZURE_KEY_VARIABLE,
     BUILTIN_BASE_URLS,
     BUILTIN_KEY_VARIABLES,
     BUILTIN_URL_VARIABLES,
@@ -111,6 +112,10 @@ class Settings(NamedTuple):
     def api_key_variable(self, provider: str) -> str | None:
         """The environment variable that holds a provider's API key (None: needs no key)."""
         declared = self.config.providers.get(provider)
+        if declared is not None and declared.type == "azure":  # Azure's own, unless told
+            if "api_key_env" in declared.model_fields_set:
+                return declared.api_key_env
+            return AZURE_KEY_VARIABLE
         if provider in BUILTIN_KEY_VARIABLES:  # its vendor's variable, unless told another
             if declared is not None and "api_key_env" in declared.model_fields_set:
                 return declared.api_key_env

@@ -3,7 +3,7 @@
 ``openai``, ``anthropic`` and ``mock`` are built in (the first two may be
 declared under ``providers:`` as well, to point them elsewhere, name their
 models, price them); any other name is a server declared there, speaking the
-OpenAI API or (``type: anthropic``) Anthropic's.
+OpenAI API, Anthropic's (``type: anthropic``) or Azure OpenAI's (``type: azure``).
 Vendor SDKs are imported only here, and only for the providers a run uses.
 """
 
@@ -68,8 +68,11 @@ class ProviderPool:
                 models=declared.models,
                 structured_output=declared.structured_output,
             )
-        from aoe.providers.openai import OpenAIProvider
+        from aoe.providers.openai import Azure, OpenAIProvider
 
+        azure = None
+        if kind == "azure":
+            azure = Azure(declared.api_version or Azure.api_version, declared.deployment)
         return OpenAIProvider(
             name,
             api_key=key,
@@ -78,6 +81,7 @@ class ProviderPool:
             stream=declared.stream,
             structured_output=declared.structured_output,
             models=declared.models,
+            azure=azure,
         )
 
     async def aclose(self) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -33,6 +34,7 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from aoe.config.layers import mask_url
+from aoe.config.models import AZURE_API_VERSION
 from aoe.errors import ProviderError, ProviderUnavailable, RequestRejected
 from aoe.providers.base import (
     Progress,
@@ -52,18 +54,30 @@ StructuredOutput = Literal["json_schema", "json_object", "none"]
 log = logging.getLogger("aoe.providers")
 
 
-def token_parameter_for(base_url: str | None) -> TokenParameter:
-    """The parameter a server reads for the reply's length: OpenAI's own API
-    takes ``max_completion_tokens`` (its reasoning models require it); the
-    OpenAI-compatible servers (vLLM, llama.cpp, Ollama, proxies) read ``max_tokens``."""
+def token_parameter_for(base_url: str | None, *, azure: bool = False) -> TokenParameter:
+    """The parameter a server reads for the reply's length: OpenAI's own API and
+    Azure OpenAI take ``max_completion_tokens`` (their reasoning models require
+    it); the OpenAI-compatible servers (vLLM, llama.cpp, Ollama, proxies) read
+    ``max_tokens``."""
     host = (urlsplit(base_url).hostname or "") if base_url else "api.openai.com"
-    return "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
+    return "max_completion_tokens" if azure or host == "api.openai.com" else "max_tokens"
+
+
+@dataclass(frozen=True)
+class Azure:
+    """Where an Azure OpenAI provider's calls go: the resource's endpoint is the
+    provider's ``base_url``; each call goes to the deployment its model is mapped
+    to (``models``), else to ``deployment``, else to one named as the model."""
+
+    api_version: str = AZURE_API_VERSION
+    deployment: str | None = None
 
 
 class OpenAIProvider:
     """Chat completions, streamed unless ``stream`` is false. ``token_parameter``
     names the reply's limit as the server reads it (by default as
-    :func:`token_parameter_for` its ``base_url``)."""
+    :func:`token_parameter_for` its ``base_url``). With ``azure``, through the
+    SDK's Azure client (its URLs, ``api-version`` and ``api-key`` header)."""
 
     def __init__(
         self,
@@ -75,18 +89,38 @@ class OpenAIProvider:
         stream: bool = True,
         structured_output: StructuredOutput | None = None,
         models: Mapping[str, str] | None = None,
+        azure: Azure | None = None,
     ) -> None:
         self.name = name
         self._secrets = (api_key,) if api_key else ()
         self._base_url = base_url
-        self.token_parameter = token_parameter or token_parameter_for(base_url)
+        self._azure = azure
+        self.token_parameter = token_parameter or token_parameter_for(
+            base_url, azure=azure is not None
+        )
         self.stream = stream
         self.structured_output: StructuredOutput = structured_output or "json_schema"
         self._declared = structured_output is not None
         self.models = dict(models or {})  # the workflow's model name -> the server's
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key or "no-key", base_url=base_url, max_retries=0
-        )
+        self._client: openai.AsyncOpenAI
+        if azure is None:
+            self._client = openai.AsyncOpenAI(
+                api_key=api_key or "no-key", base_url=base_url, max_retries=0
+            )
+        else:  # (every argument given: the SDK would read the process's environment)
+            self._client = openai.AsyncAzureOpenAI(
+                azure_endpoint=base_url or "",
+                api_version=azure.api_version,
+                api_key=api_key or "no-key",
+                max_retries=0,
+            )
+
+    def model_for(self, model: str) -> str:
+        """The server's name for the workflow's ``model`` (Azure: its deployment)."""
+        mapped = self.models.get(model)
+        if mapped is None and self._azure is not None:
+            return self._azure.deployment or model
+        return mapped or model
 
     async def complete(self, request: Request, progress: Progress | None = None) -> Response:
         form = self.structured_output
@@ -131,7 +165,7 @@ class OpenAIProvider:
         if form in ("json_object", "none") and schema is not None:
             ask_for(messages, schema)
         arguments: dict[str, Any] = {
-            "model": self.models.get(request.model, request.model),
+            "model": self.model_for(request.model),
             "messages": messages,
             self.token_parameter: request.max_tokens,
         }
@@ -222,10 +256,28 @@ class OpenAIProvider:
 
     def _error(self, error: openai.OpenAIError) -> ProviderError:
         """The SDK's error as aoe's; a 404 from a base URL that does not end in
-        /v1 says where it asked, and what the URL usually lacks."""
+        /v1 says where it asked, and what the URL usually lacks (Azure: which
+        deployment); a refused ``stream_options``, how to do without it."""
         where = self._base_url or "the OpenAI API"
         found = sdk_error(error, _ERRORS, provider=self.name, where=where, secrets=self._secrets)
         url = (self._base_url or "").rstrip("/")
+        if found.status == 400 and "stream_options" in found.message:
+            return RequestRejected(
+                f"{found.message} (the server does not take stream_options, which streamed "
+                "usage needs: set stream: false for the provider"
+                + (", or an api_version of 2024-10-21 or later" if self._azure else "")
+                + ")",
+                provider=self.name,
+                status=400,
+            )
+        if found.status == 404 and self._azure is not None:
+            return RequestRejected(
+                f"{found.message} (Azure OpenAI answers 404 for a deployment it does not "
+                f"have: is there one of that name at {mask_url(url)}? map the workflow's "
+                "models to your deployments with models: or deployment:)",
+                provider=self.name,
+                status=404,
+            )
         if found.status == 404 and url and not url.endswith("/v1"):
             return RequestRejected(
                 f"{found.message} (from {mask_url(url)}/chat/completions: OpenAI-compatible "
