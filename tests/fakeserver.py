@@ -43,6 +43,14 @@ class Reply:
     finish_reason: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     unfinished: bool = False  # a stream that stops after its text: no end (the server failed)
+    stream_error: str | None = None
+    """Streamed: after the text, an error event with this message instead of the
+    end (OpenAI: a ``data: {"error": …}`` chunk; Anthropic: ``event: error``,
+    ``overloaded_error``, as its API sends when overloaded mid-reply)."""
+    stream_garbage: str | None = None
+    """Streamed: this ``data:`` line sent as it is before the text's pieces."""
+    cache_read_tokens: int = 0
+    """Anthropic: input tokens read from its prompt cache (billed, counted apart)."""
 
 
 @dataclass(frozen=True)
@@ -399,7 +407,11 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                     "content": [{"type": "text", "text": text}],
                     "stop_reason": "max_tokens" if cut else reply.finish_reason or "end_turn",
                     "stop_sequence": None,
-                    "usage": {"input_tokens": inputs, "output_tokens": outputs},
+                    "usage": {
+                        "input_tokens": inputs,
+                        "output_tokens": outputs,
+                        "cache_read_input_tokens": reply.cache_read_tokens,
+                    },
                 }
             self._send(200, payload, reply.headers)
 
@@ -414,6 +426,9 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             size = quirks.piece
             pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]
+            if reply.stream_garbage is not None:  # (Anthropic's SDK skips unnamed events)
+                name = "" if api == "openai" else "event: content_block_delta\n"
+                self.wfile.write(f"{name}data: {reply.stream_garbage}\n\n".encode())
             if api == "openai":
                 ident = f"chatcmpl-fake{fake.next_id()}"
                 for piece in pieces:
@@ -432,6 +447,9 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                     )
                 if reply.unfinished:
                     self.wfile.flush()
+                    return
+                if reply.stream_error is not None:
+                    self._event(None, {"error": {"message": reply.stream_error}})
                     return
                 last: dict[str, Any] = {
                     "id": ident,
@@ -464,7 +482,11 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                             "content": [],
                             "stop_reason": None,
                             "stop_sequence": None,
-                            "usage": {"input_tokens": inputs, "output_tokens": 1}
+                            "usage": {
+                                "input_tokens": inputs,
+                                "output_tokens": 1,
+                                "cache_read_input_tokens": reply.cache_read_tokens,
+                            }
                             if quirks.stream_usage
                             else None,
                         },
@@ -490,6 +512,10 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                     )
                 if reply.unfinished:
                     self.wfile.flush()
+                    return
+                if reply.stream_error is not None:
+                    error = {"type": "overloaded_error", "message": reply.stream_error}
+                    self._event("error", {"type": "error", "error": error})
                     return
                 self._event("content_block_stop", {"type": "content_block_stop", "index": 0})
                 delta: dict[str, Any] = {

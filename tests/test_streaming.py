@@ -171,6 +171,64 @@ def test_which_limit_each_server_reads() -> None:
     assert token_parameter_for("https://openrouter.ai/api/v1") == "max_tokens"
 
 
+def test_which_calls_stream_by_default() -> None:
+    """`stream: auto`: a server not known to keep max_tokens is always streamed
+    (aoe holds the limit); the vendors' own APIs, which keep it, are asked for
+    whole replies (one read, not ~30-70 us of CPU a piece), unless someone
+    watches the replies (-v) or a reply could outlast its timeout."""
+    from aoe.providers.anthropic import AnthropicProvider
+    from aoe.providers.base import streams
+    from aoe.providers.openai import Azure, OpenAIProvider
+    from aoe.types import Message, Request
+
+    def keeps(provider: Any) -> bool:
+        return bool(provider.keeps_limits)
+
+    assert keeps(OpenAIProvider("openai", api_key="k", base_url="https://api.openai.com/v1"))
+    assert keeps(OpenAIProvider("openai", api_key="k", base_url=None))
+    assert keeps(
+        OpenAIProvider("az", api_key="k", base_url="https://x.openai.azure.com", azure=Azure())
+    )
+    assert not keeps(OpenAIProvider("local", api_key=None, base_url="http://127.0.0.1:1/v1"))
+    assert keeps(AnthropicProvider("anthropic", api_key="k", base_url="https://api.anthropic.com"))
+    assert not keeps(AnthropicProvider("proxy", api_key="k", base_url="http://127.0.0.1:4000"))
+
+    def request(max_tokens: int, timeout: float | None = 60.0) -> Request:
+        message = (Message("user", "hi"),)
+        return Request("openai", "gpt-4o", message, max_tokens, timeout=timeout)
+
+    assert not streams(None, True, request(500), live=False)  # the vendor's API: whole
+    assert streams(None, True, request(500), live=True)  # -v: watched as it comes
+    assert streams(None, True, request(1201), live=False)  # could outlast 60 s at 20 a second
+    assert not streams(None, True, request(1200), live=False)
+    assert streams(None, False, request(10), live=False)  # any other server: always
+    assert streams(True, True, request(10), live=False)  # as the provider says
+    assert not streams(False, False, request(10_000), live=True)
+
+
+@pytest.mark.parametrize(("setting", "streamed"), [("", True), ("auto", True), ("false", False)])
+def test_a_declared_server_is_streamed_unless_it_says_not(
+    cli: RunCli,
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    setting: str,
+    streamed: bool,
+) -> None:
+    line = f"    stream: {setting}\n" if setting else ""
+    engine = write(
+        f"providers:\n  local:\n    base_url: {fake.openai_url}\n"
+        f"    default_price: {{input: 0, output: 0}}\n{line}",
+        "engine.yaml",
+    )
+    fake.respond = lambda request: Reply(text="hello")
+    path = workflow(write, "{provider: local, model: m, max_tokens: 20}")
+    code, _, stderr = run(cli, provider_env, path, "--config", engine)
+    assert code == 0, stderr
+    [request] = fake.received
+    assert bool(request.body.get("stream")) is streamed
+
+
 def test_a_cut_off_reply_is_marked_in_the_results_junit_and_progress(
     cli: RunCli,
     write: WriteFile,
@@ -459,3 +517,69 @@ def test_json_mode_holds_a_json_reply_without_a_schema_too(
     assert request.body["response_format"] == {"type": "json_object"}
     assert "JSON Schema" not in request.prompt
     assert results["agents"]["a"]["output"] == {"German": []}
+
+
+@pytest.mark.parametrize("vendor", ["openai", "anthropic"])
+def test_an_error_sent_in_the_stream_fails_the_attempt_in_the_servers_words(
+    cli: RunCli,
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    vendor: str,
+) -> None:
+    """Anthropic's API sends `event: error` (overloaded) mid-reply; OpenAI-compatible
+    servers a `{"error": …}` chunk. Either is the attempt's failure, retried, in
+    the server's words, never a (half) reply."""
+    fake.script(
+        Reply(text="half a rep", stream_error="Overloaded right now"),
+        Reply(text="a whole reply"),
+    )
+    model = "gpt-4o" if vendor == "openai" else "claude-sonnet-4-5"
+    path = workflow(
+        write,
+        f"{{provider: {vendor}, model: {model}, max_tokens: 20}}",
+        retry="{max_retries: 1, base_delay: 0}",
+    )
+    code, results, stderr = run(cli, provider_env, path)
+    assert code == 0, stderr
+    first, second = results["agents"]["a"]["attempts"]
+    assert "Overloaded right now" in first["error"]
+    assert first["cost_usd"] == pytest.approx(first["reserved_usd"])  # what it made: unknown
+    assert second["status"] == "ok"
+    assert results["agents"]["a"]["output"] == "a whole reply"
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("vendor", ["openai", "anthropic"])
+def test_a_stream_of_something_else_is_the_servers_failure(
+    cli: RunCli,
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    vendor: str,
+) -> None:
+    fake.script(Reply(text="hello", stream_garbage="[1, 2, 3]"), Reply(text="a whole reply"))
+    model = "gpt-4o" if vendor == "openai" else "claude-sonnet-4-5"
+    path = workflow(
+        write,
+        f"{{provider: {vendor}, model: {model}, max_tokens: 20}}",
+        retry="{max_retries: 1, base_delay: 0}",
+    )
+    code, results, stderr = run(cli, provider_env, path)
+    assert code == 0, stderr
+    first, second = results["agents"]["a"]["attempts"]
+    assert "not an object" in first["error"]
+    assert first["cost_usd"] == pytest.approx(first["reserved_usd"])
+    assert second["status"] == "ok"
+
+
+def test_anthropic_cache_reads_are_billed_input_streamed_or_not(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    fake.respond = lambda request: Reply(
+        text="ok", input_tokens=100, output_tokens=10, cache_read_tokens=900
+    )
+    path = workflow(write, "{provider: anthropic, model: claude-sonnet-4-5, max_tokens: 20}")
+    code, results, stderr = run(cli, provider_env, path)
+    assert code == 0, stderr
+    assert results["agents"]["a"]["usage"] == {"input_tokens": 1000, "output_tokens": 10}

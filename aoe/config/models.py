@@ -268,10 +268,12 @@ class ProviderSection(_Section):
         description="The parameter the server reads for a reply's length; null: "
         "max_completion_tokens for api.openai.com, max_tokens elsewhere.",
     )
-    stream: bool = Field(
-        default=True,
+    stream: bool | Literal["auto"] = Field(
+        default="auto",
         description="Stream replies (aoe stops reading at max_tokens whatever the "
-        "server does); false: one plain request and reply.",
+        "server does); false: one plain request and reply; auto: stream but from the "
+        "vendors' own APIs (which keep max_tokens) only for -v or a reply that could "
+        "outlast its timeout.",
     )
     structured_output: Literal["json_schema", "json_object", "none"] | None = Field(
         default=None,

@@ -144,7 +144,7 @@ class Attempts:
             progress = deadline.alive if text is None else _telling(deadline, text, unit)
             try:
                 async with deadline.timeout:
-                    response = await provider.complete(request, progress)
+                    response = await provider.complete(request, progress, live=text is not None)
             finally:
                 deadline.disarm()
             if response.usage.output_tokens > request.max_tokens:

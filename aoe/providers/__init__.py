@@ -64,7 +64,7 @@ class ProviderPool:
                 name,
                 api_key=key,
                 base_url=base_url,
-                stream=declared.stream,
+                stream=None if declared.stream == "auto" else declared.stream,
                 models=declared.models,
                 structured_output=declared.structured_output,
             )
@@ -78,7 +78,7 @@ class ProviderPool:
             api_key=key,
             base_url=base_url,
             token_parameter=declared.token_parameter,
-            stream=declared.stream,
+            stream=None if declared.stream == "auto" else declared.stream,
             structured_output=declared.structured_output,
             models=declared.models,
             azure=azure,

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
+from urllib.parse import urlsplit
 
 import anthropic
-from anthropic.types import Message, RawMessageStreamEvent
+from anthropic.types import Message
 
 from aoe.errors import ProviderError, ProviderUnavailable
 from aoe.providers.base import (
@@ -34,6 +35,8 @@ from aoe.providers.base import (
     first_line,
     refuses_schema,
     sdk_error,
+    stream_error,
+    streams,
 )
 from aoe.types import Request, Response, Usage, plain
 
@@ -47,14 +50,15 @@ class AnthropicProvider:
         *,
         api_key: str | None,
         base_url: str | None,
-        stream: bool = True,
+        stream: bool | None = None,
         models: Mapping[str, str] | None = None,
         structured_output: Literal["json_schema", "json_object", "none"] | None = None,
     ) -> None:
         self.name = name
         self._secrets = (api_key,) if api_key else ()
         self._base_url = base_url
-        self.stream = stream
+        self.stream = stream  # None: auto (see streams)
+        self.keeps_limits = base_url is None or urlsplit(base_url).hostname == "api.anthropic.com"
         self.models = dict(models or {})  # the workflow's model name -> the server's
         # the schema as structured outputs, or in the prompt (no JSON mode here)
         self.schema_in_prompt = structured_output in ("json_object", "none")
@@ -63,16 +67,19 @@ class AnthropicProvider:
             api_key=api_key or "no-key", base_url=base_url, max_retries=0
         )
 
-    async def complete(self, request: Request, progress: Progress | None = None) -> Response:
+    async def complete(
+        self, request: Request, progress: Progress | None = None, *, live: bool = False
+    ) -> Response:
         structured = request.output_format == "json" and request.json_schema is not None
         in_prompt = self.schema_in_prompt
+        stream = streams(self.stream, self.keeps_limits, request, live)
         try:
-            return await self._complete(request, structured and in_prompt, progress)
+            return await self._complete(request, structured and in_prompt, stream, progress)
         except ProviderError as e:
             if not structured or in_prompt or self._declared or not refuses_schema(e):
                 raise
             refusal = e
-        response = await self._complete(request, True, progress)
+        response = await self._complete(request, True, stream, progress)
         if not self.schema_in_prompt:  # (said once, whoever gets here first)
             self.schema_in_prompt = True
             log.warning(
@@ -85,11 +92,11 @@ class AnthropicProvider:
         return response
 
     async def _complete(
-        self, request: Request, in_prompt: bool, progress: Progress | None
+        self, request: Request, in_prompt: bool, stream: bool, progress: Progress | None
     ) -> Response:
         arguments = _arguments(request, in_prompt)
         arguments["model"] = self.models.get(request.model, request.model)
-        if self.stream:
+        if stream:
             return await self._streamed(request, arguments, progress)
         message, headers, status = await self._call(arguments)
         return self._response(request, message, headers, status)
@@ -102,30 +109,39 @@ class AnthropicProvider:
         arguments["stream"] = True
         reading = Reading(request.max_tokens, progress)
         told = _Told(request.model)
-        status: int | None = None
         headers: dict[str, str] = {}
+        where = self._base_url or "the Anthropic API"
         try:
             raw = await self._client.messages.with_raw_response.create(**arguments)
-            status, headers = raw.status_code, dict(raw.headers)
-            stream = await raw.parse()
-            try:
-                async for event in stream:
-                    told.read(event, reading)
-                    if reading.cut:
-                        break
-            finally:
-                await stream.close()
+            headers = dict(raw.headers)
+            stream = await raw.parse(to=_Events)  # the SDK's reading, events as dicts
         except anthropic.AnthropicError as e:
-            where = self._base_url or "the Anthropic API"
             raise sdk_error(
                 e, _ERRORS, provider=self.name, where=where, secrets=self._secrets
+            ) from None
+        try:
+            async for event in stream:
+                if not isinstance(event, dict):
+                    raise TypeError(f"an event is {type(event).__name__}, not an object")
+                told.read(event, reading)
+                if reading.cut:
+                    break
+        except anthropic.AnthropicError as e:
+            raise stream_error(
+                e,
+                _ERRORS,
+                provider=self.name,
+                where=where,
+                pieces=reading.pieces,
+                secrets=self._secrets,
             ) from None
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
             raise ProviderUnavailable(
                 f"{self.name}: the stream is not of message events ({type(e).__name__}: {e})",
-                provider=self.name,
-                status=status,
+                provider=self.name,  # (no status: after a 200, what it made may be billed)
             ) from None
+        finally:
+            await stream.close()
         if reading.cut:
             return Response(
                 reading.text, reading.usage(request), told.model, "max_tokens", headers, True
@@ -202,34 +218,53 @@ class _Told:
         self.input: int | None = None
         self.output: int | None = None
 
-    def read(self, event: RawMessageStreamEvent, reading: Reading) -> None:
-        if event.type == "content_block_delta":
-            if event.delta.type == "text_delta":
-                reading.add(event.delta.text)
-        elif event.type == "message_start":
-            self.model = event.message.model or self.model
-            self._input(event.message.usage)
-        elif event.type == "message_delta":
-            self.stop_reason = event.delta.stop_reason or self.stop_reason
-            counted = event.usage
-            if counted is not None and counted.output_tokens is not None:
-                self.output = counted.output_tokens
+    def read(self, event: dict[str, Any], reading: Reading) -> None:
+        kind = event.get("type")
+        if kind == "content_block_delta":
+            delta = event.get("delta")
+            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                text = delta.get("text")
+                if isinstance(text, str) and text:
+                    reading.add(text)
+        elif kind == "message_start":
+            message = event.get("message")
+            if isinstance(message, dict):
+                model = message.get("model")
+                self.model = model if isinstance(model, str) and model else self.model
+                self._input(message.get("usage"))
+        elif kind == "message_delta":
+            delta = event.get("delta")
+            stop = delta.get("stop_reason") if isinstance(delta, dict) else None
+            self.stop_reason = stop if isinstance(stop, str) else self.stop_reason
+            counted = event.get("usage")
+            if isinstance(counted, dict) and _count(counted.get("output_tokens")):
+                self.output = counted["output_tokens"]
             self._input(counted)  # (a proxy's count comes here, its start's being 0)
 
-    def _input(self, usage: Any) -> None:
+    def _input(self, usage: object) -> None:
         """Every input token billed (cache writes and reads too); a count of 0 is
         none (a proxy's ``message_start`` says 0: a prompt is never empty)."""
-        if usage is not None and usage.input_tokens:
-            self.input = (
-                usage.input_tokens
-                + (usage.cache_creation_input_tokens or 0)
-                + (usage.cache_read_input_tokens or 0)
-            )
+        if not isinstance(usage, dict):
+            return
+        counts = [usage.get(n) for n in ("input_tokens", *_CACHED)]
+        if counts[0] and all(c is None or _count(c) for c in counts):
+            self.input = sum(c for c in counts if c is not None)
 
     def usage(self) -> Usage | None:
         if self.input is None or self.output is None:
             return None
         return Usage(self.input, self.output)
+
+
+_Events = anthropic.AsyncStream[object]
+"""A stream read by the SDK (its server-sent events, pings and errors), each
+event left as the JSON object it came as: the SDK's typed events cost as much
+to build as the rest of a call, and a reply is an event a token."""
+_CACHED = ("cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 _ERRORS = SdkErrors(

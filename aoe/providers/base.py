@@ -34,13 +34,38 @@ timeout counts from the last one)."""
 
 class Provider(Protocol):
     """A model API. ``complete`` makes exactly one call; a streaming provider
-    tells ``progress`` each piece of the reply as it comes."""
+    tells ``progress`` each piece of the reply as it comes. ``live``: someone
+    is watching the replies arrive (``aoe run -v``), so stream them if the
+    provider can."""
 
     name: str
 
-    async def complete(self, request: Request, progress: Progress | None = None) -> Response: ...
+    async def complete(
+        self, request: Request, progress: Progress | None = None, *, live: bool = False
+    ) -> Response: ...
 
     async def aclose(self) -> None: ...
+
+
+PLAIN_TOKENS_PER_SECOND = 20
+"""The slowest pace a reply is trusted to keep when asked for whole: one that
+could take longer than its timeout at this pace (``max_tokens`` over 20 tokens
+a second of it) is streamed, so that the timeout counts from its last piece."""
+
+
+def streams(stream: bool | None, keeps_limits: bool, request: Request, live: bool) -> bool:
+    """Whether a call is streamed. ``stream`` as the provider says (None:
+    ``auto``): a server not known to keep ``max_tokens`` always (aoe then stops
+    reading at the limit); the vendors' own APIs, which keep it, only when the
+    reply is watched (``live``) or could outlast the attempt's timeout. Reading
+    a stream costs ~30-70 us of CPU a piece (the HTTP client's reads, the
+    SDK's events); a whole reply, one read."""
+    if stream is not None:
+        return stream
+    if live or not keeps_limits:
+        return True
+    timeout = request.timeout
+    return timeout is not None and request.max_tokens > timeout * PLAIN_TOKENS_PER_SECOND
 
 
 class Reading:
@@ -289,6 +314,40 @@ def sdk_error(
             sent=not _never_connected(error),
         )
     return ProviderError(f"{provider}: {scrub(str(error), secrets)}", provider=provider)
+
+
+def stream_error(
+    error: Exception,
+    errors: SdkErrors,
+    *,
+    provider: str,
+    where: str,
+    pieces: int,
+    secrets: tuple[str, ...],
+) -> ProviderError:
+    """The aoe error for an SDK's error raised while a reply streamed in, after the
+    server had answered 200: a timeout or a dropped connection as any other; an
+    error the server sent in the stream (Anthropic's ``event: error``, say
+    ``overloaded_error``; a ``{"error": …}`` chunk) is its failure while answering,
+    retryable, and, as what it had generated is not known, charged its
+    reservation (no status)."""
+    if isinstance(error, (errors.timeout, errors.connection)):
+        return sdk_error(error, errors, provider=provider, where=where, secrets=secrets)
+    said = _status_message(error) if isinstance(error, errors.status) else str(error)
+    body = getattr(error, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    kind = inner.get("type") if isinstance(inner, dict) else None
+    if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+        said = inner["message"]
+    named = f" ({kind})" if isinstance(kind, str) and kind else ""
+    return ProviderUnavailable(
+        scrub(
+            f"{provider}: the server failed while answering, after {pieces:,} pieces of the "
+            f"reply: it sent an error{named}: {first_line(said)}",
+            secrets,
+        ),
+        provider=provider,
+    )
 
 
 def _never_connected(error: BaseException) -> bool:

@@ -66,7 +66,7 @@ class MockProvider:
         self._latency = latency
 
     async def complete(
-        self, request: Request, progress: Callable[[str], None] | None = None
+        self, request: Request, progress: Callable[[str], None] | None = None, *, live: bool = False
     ) -> Response:
         """The reply, whole (``progress`` is told it once, as it comes)."""
         delay = request.params.get("latency") if request.provider == "mock" else None

@@ -27,11 +27,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 from urllib.parse import urlsplit
 
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 
 from aoe.config.layers import mask_url
 from aoe.config.models import AZURE_API_VERSION
@@ -45,6 +45,8 @@ from aoe.providers.base import (
     fitted,
     refuses_schema,
     sdk_error,
+    stream_error,
+    streams,
 )
 from aoe.types import Request, Response, Usage, plain
 
@@ -59,8 +61,12 @@ def token_parameter_for(base_url: str | None, *, azure: bool = False) -> TokenPa
     Azure OpenAI take ``max_completion_tokens`` (their reasoning models require
     it); the OpenAI-compatible servers (vLLM, llama.cpp, Ollama, proxies) read
     ``max_tokens``."""
-    host = (urlsplit(base_url).hostname or "") if base_url else "api.openai.com"
-    return "max_completion_tokens" if azure or host == "api.openai.com" else "max_tokens"
+    keeps = azure or _host(base_url) == "api.openai.com"
+    return "max_completion_tokens" if keeps else "max_tokens"
+
+
+def _host(base_url: str | None) -> str:
+    return (urlsplit(base_url).hostname or "") if base_url else "api.openai.com"
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ class OpenAIProvider:
         api_key: str | None,
         base_url: str | None,
         token_parameter: TokenParameter | None = None,
-        stream: bool = True,
+        stream: bool | None = None,
         structured_output: StructuredOutput | None = None,
         models: Mapping[str, str] | None = None,
         azure: Azure | None = None,
@@ -98,7 +104,8 @@ class OpenAIProvider:
         self.token_parameter = token_parameter or token_parameter_for(
             base_url, azure=azure is not None
         )
-        self.stream = stream
+        self.stream = stream  # None: auto (see streams)
+        self.keeps_limits = azure is not None or _host(base_url) == "api.openai.com"
         self.structured_output: StructuredOutput = structured_output or "json_schema"
         self._declared = structured_output is not None
         self.models = dict(models or {})  # the workflow's model name -> the server's
@@ -122,21 +129,24 @@ class OpenAIProvider:
             return self._azure.deployment or model
         return mapped or model
 
-    async def complete(self, request: Request, progress: Progress | None = None) -> Response:
+    async def complete(
+        self, request: Request, progress: Progress | None = None, *, live: bool = False
+    ) -> Response:
         form = self.structured_output
         structured = request.output_format == "json" and _object_schema(request.json_schema)
+        stream = streams(self.stream, self.keeps_limits, request, live)
         if request.output_format == "json" and form == "json_object":
             # JSON mode holds any JSON reply, with a schema or without one
-            return await self._complete(request, form, progress)
+            return await self._complete(request, form, stream, progress)
         try:
-            return await self._complete(request, form if structured else None, progress)
+            return await self._complete(request, form if structured else None, stream, progress)
         except ProviderError as e:
             if not structured or form != "json_schema" or self._declared:
                 raise
             if not refuses_schema(e):
                 raise
             refusal = e
-        response = await self._complete(request, "json_object", progress)
+        response = await self._complete(request, "json_object", stream, progress)
         if self.structured_output == "json_schema":  # (said once, whoever gets here first)
             self.structured_output = "json_object"
             log.warning(
@@ -149,10 +159,14 @@ class OpenAIProvider:
         return response
 
     async def _complete(
-        self, request: Request, form: StructuredOutput | None, progress: Progress | None
+        self,
+        request: Request,
+        form: StructuredOutput | None,
+        stream: bool,
+        progress: Progress | None,
     ) -> Response:
         arguments = self._arguments(request, form)
-        if self.stream:
+        if stream:
             return await self._streamed(request, arguments, progress)
         completion, headers, status = await self._call(arguments)
         return self._response(request, completion, headers, status)
@@ -218,30 +232,40 @@ class OpenAIProvider:
         usage: Usage | None = None
         model = request.model
         finish: str | None = None
-        status: int | None = None
         headers: dict[str, str] = {}
         try:
             raw = await self._client.chat.completions.with_raw_response.create(**arguments)
-            status, headers = raw.status_code, dict(raw.headers)
-            stream = raw.parse()
-            try:
-                async for chunk in stream:
-                    usage = _usage(chunk) or usage
-                    model = chunk.model or model
-                    finish = _read(chunk, reading) or finish
-                    if reading.cut:
-                        break
-            finally:
-                await stream.close()
         except openai.OpenAIError as e:
             raise self._error(e) from None
+        headers = dict(raw.headers)
+        stream = raw.parse(to=_Chunks)  # the SDK's reading of the stream, as dicts
+        try:
+            async for chunk in stream:
+                if not isinstance(chunk, dict):
+                    raise TypeError(f"a chunk is {type(chunk).__name__}, not an object")
+                usage = _usage(chunk) or usage
+                model = _text(chunk.get("model")) or model
+                finish = _read(chunk, reading) or finish
+                if reading.cut:
+                    break
+        except openai.OpenAIError as e:
+            where = self._base_url or "the OpenAI API"
+            raise stream_error(
+                e,
+                _ERRORS,
+                provider=self.name,
+                where=where,
+                pieces=reading.pieces,
+                secrets=self._secrets,
+            ) from None
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
             raise ProviderUnavailable(
                 f"{self.name}: the stream is not of chat completion chunks "
                 f"({type(e).__name__}: {e})",
-                provider=self.name,
-                status=status,
+                provider=self.name,  # (no status: after a 200, what it made may be billed)
             ) from None
+        finally:
+            await stream.close()
         if reading.cut:  # what it said of usage (if anything) came before the end
             return Response(reading.text, reading.usage(request), model, "length", headers, True)
         if finish is None:  # the stream stopped short: the server failed mid-way
@@ -319,20 +343,41 @@ _ERRORS = SdkErrors(
 )
 
 
-def _usage(chunk: ChatCompletionChunk) -> Usage | None:
-    usage = chunk.usage
-    return None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens)
+_Chunks = openai.AsyncStream[object]
+"""A stream read by the SDK (its server-sent events, its errors), each chunk
+left as the JSON object it came as: the SDK's typed chunks cost ~70 us each to
+build, as much as the rest of a call, and a reply is a chunk a token."""
 
 
-def _read(chunk: ChatCompletionChunk, reading: Reading) -> str | None:
+def _usage(chunk: dict[str, Any]) -> Usage | None:
+    usage = chunk.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not _count(prompt) or not _count(completion):
+        return None
+    return Usage(prompt, completion)
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _read(chunk: dict[str, Any], reading: Reading) -> str | None:
     """The first choice's piece of text added to ``reading``; its finish reason."""
-    for choice in chunk.choices:
-        if choice.index != 0:
+    choices = chunk.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        if not isinstance(choice, dict) or choice.get("index", 0) != 0:
             continue
-        piece = choice.delta.content if choice.delta is not None else None
+        delta = choice.get("delta")
+        piece = _text(delta.get("content")) if isinstance(delta, dict) else None
         if piece and not reading.add(piece):
             return None
-        return choice.finish_reason
+        return _text(choice.get("finish_reason"))
     return None
 
 
