@@ -514,9 +514,30 @@ def test_json_mode_holds_a_json_reply_without_a_schema_too(
     code, results, stderr = run(cli, provider_env, path, "--config", config)
     assert code == 0, stderr
     [request] = fake.received
-    assert request.body["response_format"] == {"type": "json_object"}
+    form = request.body["response_format"]
+    assert form["type"] == "json_object"
     assert "JSON Schema" not in request.prompt
     assert results["agents"]["a"]["output"] == {"German": []}
+    # sent as a grammar, the schema ends every string and list (translation's review
+    # wrote one string of zeros to llama until it was cut off, four times over)
+    import jsonschema
+
+    def ends(schema: Any, depth: int = 0) -> None:
+        assert depth < 40
+        if isinstance(schema, dict):
+            assert schema.get("type") != "string" or schema["maxLength"] <= 500
+            assert schema.get("type") != "array" or schema["maxItems"] <= 4
+            for part in schema.values():
+                ends(part, depth + 1)
+        elif isinstance(schema, list):
+            for part in schema:
+                ends(part, depth + 1)
+
+    ends(form["schema"])
+    sent = jsonschema.Draft202012Validator(form["schema"])
+    assert sent.is_valid({"German": ["a typo", {"line": 3, "fix": "x"}], "French": [], "n": 1})
+    assert not sent.is_valid({"German": "0" * 1000})
+    assert not sent.is_valid([1, 2])
 
 
 @pytest.mark.parametrize("vendor", ["openai", "anthropic"])
@@ -583,3 +604,40 @@ def test_anthropic_cache_reads_are_billed_input_streamed_or_not(
     code, results, stderr = run(cli, provider_env, path)
     assert code == 0, stderr
     assert results["agents"]["a"]["usage"] == {"input_tokens": 1000, "output_tokens": 10}
+
+
+@pytest.mark.parametrize("schema", [True, False])
+def test_an_anthropic_api_proxy_in_json_mode_is_sent_openais_json_mode_along(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], schema: bool
+) -> None:
+    """`type: anthropic` with `structured_output: json_object`: a proxy speaking
+    Anthropic's API in front of an OpenAI-compatible server (LiteLLM passes the
+    fields it does not translate on as they are). The schema goes into the
+    prompt, and OpenAI's JSON mode in the body, with an end, for the server."""
+    engine = write(
+        "providers:\n  proxy:\n    type: anthropic\n"
+        f"    base_url: {fake.anthropic_url}\n"
+        "    default_price: {input: 0, output: 0}\n"
+        "    structured_output: json_object\n",
+        "engine.yaml",
+    )
+    fake.respond = lambda request: Reply(json={"title": "ok"})
+    output = (
+        "{format: json, schema: {type: object, properties: {title: {type: string}}}}"
+        if schema
+        else "{format: json}"
+    )
+    path = workflow(write, "{provider: proxy, model: m, max_tokens: 100}", output=output)
+    code, results, stderr = run(cli, provider_env, path, "--config", engine)
+    assert code == 0, stderr
+    [request] = fake.received
+    assert request.api == "anthropic"
+    assert "output_config" not in request.body
+    form = request.body["response_format"]
+    assert form["type"] == "json_object"
+    if schema:
+        assert form["schema"]["properties"]["title"]["maxLength"] <= 500
+        assert "JSON Schema" in request.prompt
+    else:
+        assert form["schema"]["type"] == "object"
+    assert results["agents"]["a"]["output"] == {"title": "ok"}

@@ -278,8 +278,9 @@ class ProviderSection(_Section):
     structured_output: Literal["json_schema", "json_object", "none"] | None = Field(
         default=None,
         description="How it takes a JSON Schema for a reply: json_schema (structured "
-        "outputs), json_object (JSON mode, schema in the prompt) or none (schema in the "
-        "prompt); null: json_schema until the server refuses it, then json_object.",
+        "outputs), json_object (JSON mode, schema in the prompt; for type anthropic, a "
+        "proxy passing OpenAI's JSON mode on) or none (schema in the prompt); null: "
+        "json_schema until the server refuses it, then json_object.",
     )
 
     @model_validator(mode="before")

@@ -5,15 +5,17 @@ structured outputs (``output_config.format``); the SDK's retries are off.
 Parameters the SDK does not type (``temperature``, ``top_p`` and anything under
 ``params``) travel in the request body unchanged. Anthropic has no ``seed``.
 
-Replies are streamed unless ``stream`` is false: the usage comes from the
-``message_start`` and ``message_delta`` events, and a server that goes on past
-``max_tokens`` (a proxy in front of one that ignores it) is cut off there.
+Replies are streamed as ``stream`` says (auto: from any server but
+api.anthropic.com, see :func:`~aoe.providers.base.streams`): the usage comes
+from the ``message_start`` and ``message_delta`` events, and a server that goes
+on past ``max_tokens`` (a proxy in front of one that ignores it) is cut off there.
 
 A JSON Schema goes as structured outputs unless the provider says
-``structured_output: none`` (or ``json_object``: Anthropic's API has no JSON
-mode), when it is written into the prompt; undeclared, a server that refuses it
-(a proxy in front of one that cannot) is asked once more with it in the prompt,
-and, answered, the provider says so once and keeps to that.
+``structured_output: none`` or ``json_object``, when it is written into the
+prompt (``json_object``, for a proxy in front of an OpenAI-compatible server,
+also sends OpenAI's JSON mode along: see :func:`_arguments`); undeclared, a
+server that refuses it (a proxy in front of one that cannot) is asked once more
+with it in the prompt, and, answered, the provider says so once and keeps to that.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from aoe.providers.base import (
     Progress,
     Reading,
     SdkErrors,
+    any_json,
     ask_for,
     first_line,
+    fitted,
     refuses_schema,
     sdk_error,
     stream_error,
@@ -62,6 +66,8 @@ class AnthropicProvider:
         self.models = dict(models or {})  # the workflow's model name -> the server's
         # the schema as structured outputs, or in the prompt (no JSON mode here)
         self.schema_in_prompt = structured_output in ("json_object", "none")
+        # OpenAI's JSON mode sent along, for a proxy that passes it on (see _arguments)
+        self.json_mode = structured_output == "json_object"
         self._declared = structured_output is not None
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key or "no-key", base_url=base_url, max_retries=0
@@ -94,7 +100,7 @@ class AnthropicProvider:
     async def _complete(
         self, request: Request, in_prompt: bool, stream: bool, progress: Progress | None
     ) -> Response:
-        arguments = _arguments(request, in_prompt)
+        arguments = _arguments(request, in_prompt, self.json_mode)
         arguments["model"] = self.models.get(request.model, request.model)
         if stream:
             return await self._streamed(request, arguments, progress)
@@ -274,9 +280,18 @@ _ERRORS = SdkErrors(
 )
 
 
-def _arguments(request: Request, schema_in_prompt: bool = False) -> dict[str, Any]:
+def _arguments(
+    request: Request, schema_in_prompt: bool = False, json_mode: bool = False
+) -> dict[str, Any]:
     """The SDK's arguments for ``request`` (its schema written into the prompt when
-    ``schema_in_prompt``); what the SDK does not type goes in the body."""
+    ``schema_in_prompt``); what the SDK does not type goes in the body.
+
+    ``json_mode`` (``structured_output: json_object``, which Anthropic's own API
+    does not have): a JSON reply is asked for as OpenAI's JSON mode too, its
+    ``response_format`` in the body, the schema as llama.cpp's server reads it
+    (with an end, :func:`fitted`; any JSON object without one). That is for a
+    proxy speaking Anthropic's API in front of an OpenAI-compatible server: the
+    LiteLLM proxy passes the fields it does not translate on as they are."""
     messages = [
         {"role": m.role, "content": m.content} for m in request.messages if m.role != "system"
     ]
@@ -296,6 +311,12 @@ def _arguments(request: Request, schema_in_prompt: bool = False) -> dict[str, An
             "format": {"type": "json_schema", "schema": plain(request.json_schema)}
         }
     body = plain(request.params) if request.params else {}
+    if json_mode and request.output_format == "json" and "response_format" not in body:
+        schema = plain(request.json_schema) if request.json_schema is not None else None
+        sent = (
+            any_json(request.max_tokens) if schema is None else fitted(schema, request.max_tokens)
+        )
+        body["response_format"] = {"type": "json_object", "schema": sent}
     if request.temperature is not None:
         body["temperature"] = request.temperature
     if request.top_p is not None:

@@ -148,6 +148,32 @@ def fitted(schema: Any, max_tokens: int) -> Any:
     return _fit(schema, share)
 
 
+def any_json(max_tokens: int) -> dict[str, Any]:
+    """A JSON Schema for a JSON object of any content that has an end: for a JSON
+    agent without a schema, sent to a server that turns it into a grammar (in
+    plain JSON mode a model may write one string, or one list, until it is cut
+    off: always invalid JSON). Three levels of objects and lists, four items a
+    list, strings that fit ``max_tokens`` (as :func:`fitted` gives them). Only what
+    is sent: the reply is checked as the agent asks, any JSON."""
+    share = min(_LONGEST, max(16, (max_tokens * 2) // 16))
+    scalars: list[Any] = [
+        {"type": "string", "maxLength": share},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+    ]
+    value: dict[str, Any] = {"anyOf": scalars}
+    for _ in range(2):
+        value = {
+            "anyOf": [
+                *scalars,
+                {"type": "array", "items": value, "maxItems": _LIST_ITEMS},
+                {"type": "object", "additionalProperties": value},
+            ]
+        }
+    return {"type": "object", "additionalProperties": value}
+
+
 _LONGEST = 500
 """The longest string bound given: llama.cpp's grammar parser gives up on a
 string bound of about a thousand characters, and llama-cpp-python's server then

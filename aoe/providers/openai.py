@@ -40,6 +40,7 @@ from aoe.providers.base import (
     Progress,
     Reading,
     SdkErrors,
+    any_json,
     ask_for,
     first_line,
     fitted,
@@ -198,8 +199,11 @@ class OpenAIProvider:
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": schema},
             }
-        elif form == "json_object" and schema is None:  # JSON, of any shape
-            arguments["response_format"] = {"type": "json_object"}
+        elif form == "json_object" and schema is None:  # JSON, of any shape, with an end
+            arguments["response_format"] = {
+                "type": "json_object",
+                "schema": any_json(request.max_tokens),
+            }
         elif form == "json_object":  # llama.cpp's server holds the reply to "schema"
             arguments["response_format"] = {
                 "type": "json_object",
