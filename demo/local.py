@@ -173,6 +173,7 @@ def run(workflow: Path, port: int, via: str) -> dict[str, Any]:
     results.parent.mkdir(parents=True, exist_ok=True)
     config = CONFIGS[via]
     command = [str(AOE), "run", str(workflow), "--config", str(config), "--output", str(results)]
+    command.append("--no-cache")  # every agent asked of the model, this time
     inputs = ROOT / "workflows" / "inputs" / f"{workflow.stem}.json"
     if inputs.exists():
         command += ["--inputs-file", str(inputs)]

@@ -164,6 +164,44 @@ def test_the_timeout_counts_from_the_last_piece(
     assert "no answer within the timeout of 0.3 s" in results["agents"]["a"]["error"]
 
 
+def test_a_total_limit_cuts_a_live_reply_that_goes_on_too_long(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """`timeout_total`: the attempt's whole time, however live its stream. Each
+    piece comes within the (idle) `timeout`; the reply as a whole does not come
+    within `timeout_total`, so the attempt fails, named by that limit."""
+    fake.quirks = Quirks(piece=4, gap=0.15)  # 40 pieces over 6 s
+    fake.respond = lambda request: Reply(text="x" * 160)
+    path = workflow(
+        write,
+        "{provider: openai, model: gpt-4o, max_tokens: 100}",
+        timeout="5",
+        timeout_total="1",
+        retry="{max_retries: 0}",
+    )
+    code, results, stderr = run(cli, provider_env, path)
+    assert code == 1, stderr
+    error = results["agents"]["a"]["error"]
+    assert "the reply was not over within the timeout_total of 1 s" in error
+    [attempt] = results["agents"]["a"]["attempts"]
+    assert attempt["duration_seconds"] >= 1.0  # (from below only: a busy machine is later)
+    # given in defaults, for every agent; an agent's own goes over it
+    path = write(
+        "version: 1\nname: w\ndefaults: {timeout_total: 0.5, retry: {max_retries: 0}}\n"
+        "agents:\n"
+        "  a: {prompt: hi, llm: {provider: openai, model: gpt-4o, max_tokens: 100}}\n"
+        "  b: {prompt: hi, timeout_total: 30,"
+        " llm: {provider: openai, model: gpt-4o, max_tokens: 100}}\n"
+    )
+    fake.reset()
+    fake.quirks = Quirks(piece=40, gap=0.3)  # 4 pieces over 1.2 s
+    fake.respond = lambda request: Reply(text="x" * 160)
+    code, results, stderr = run(cli, provider_env, path)
+    assert code == 1, stderr
+    assert "timeout_total of 0.5 s" in results["agents"]["a"]["error"]
+    assert results["agents"]["b"]["state"] == "completed"
+
+
 def test_which_limit_each_server_reads() -> None:
     assert token_parameter_for(None) == "max_completion_tokens"  # the SDK's default: OpenAI
     assert token_parameter_for("https://api.openai.com/v1") == "max_completion_tokens"

@@ -138,8 +138,8 @@ class Attempts:
         provider = self.providers.get(request.provider)
         began = time.perf_counter()
         response: Response | None = None
+        deadline = IdleDeadline(agent.timeout, agent.timeout_total)
         try:
-            deadline = IdleDeadline(agent.timeout)
             text = self.bus.text
             progress = deadline.alive if text is None else _telling(deadline, text, unit)
             try:
@@ -171,7 +171,7 @@ class Attempts:
             self.admission.settle(call, outcome)
             raise
         except Exception as e:
-            error = _as_run_error(e, agent.timeout, request.provider, response)
+            error = _as_run_error(e, deadline, request.provider, response)
             if isinstance(error, OutputInvalid) and response is not None:
                 unit.feedback[:] = [
                     Message("assistant", response.text),
@@ -268,14 +268,18 @@ class IdleDeadline:
     :meth:`disarm`; the block is asyncio's own context manager, unwrapped, so
     an attempt pays what ``asyncio.timeout`` cost it."""
 
-    __slots__ = ("_loop", "_watch", "last", "seconds", "timeout")
+    __slots__ = ("_loop", "_watch", "end", "ended", "last", "seconds", "timeout", "total")
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, total: float | None = None) -> None:
         self.timeout = asyncio.timeout(None)
         self.seconds = seconds
+        self.total = total
         self._loop = loop = asyncio.get_running_loop()
         self.last = loop.time()
-        self._watch: asyncio.TimerHandle | None = loop.call_at(self.last + seconds, self._look)
+        self.end = self.last + total if total is not None else float("inf")
+        self.ended = False  # expired by ``total``, not by a silence of ``seconds``
+        due = min(self.last + seconds, self.end)
+        self._watch: asyncio.TimerHandle | None = loop.call_at(due, self._look)
 
     def alive(self, piece: str = "") -> None:
         self.last = self._loop.time()
@@ -286,12 +290,14 @@ class IdleDeadline:
             self._watch = None
 
     def _look(self) -> None:
-        due = self.last + self.seconds
-        if due > self._loop.time():
+        due = min(self.last + self.seconds, self.end)
+        now = self._loop.time()
+        if due > now:
             self._watch = self._loop.call_at(due, self._look)
         else:
             self._watch = None
-            self.timeout.reschedule(self._loop.time())
+            self.ended = self.end <= now
+            self.timeout.reschedule(now)
 
 
 def _telling(deadline: IdleDeadline, text: TextListener, unit: Unit) -> Progress:
@@ -313,7 +319,7 @@ def _outcome_unknown(error: RunError) -> bool:
 
 
 def _as_run_error(
-    error: Exception, timeout: float, provider: str, response: Response | None
+    error: Exception, deadline: IdleDeadline, provider: str, response: Response | None
 ) -> RunError:
     if isinstance(error, RunError):
         if (
@@ -326,7 +332,11 @@ def _as_run_error(
             )
         return error
     if isinstance(error, TimeoutError):
-        return AttemptTimeout(f"no answer within the timeout of {timeout:g} s")
+        if deadline.ended:
+            return AttemptTimeout(
+                f"the reply was not over within the timeout_total of {deadline.total:g} s"
+            )
+        return AttemptTimeout(f"no answer within the timeout of {deadline.seconds:g} s")
     # a provider that broke its contract: this attempt fails, the run goes on
     return RequestRejected(
         f"{provider}: unexpected {type(error).__name__}: {scrub(str(error))}", provider=provider

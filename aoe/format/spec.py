@@ -306,7 +306,14 @@ class _AgentSettings(_Model):
     timeout: float | None = Field(
         default=None,
         gt=0,
-        description=f"Seconds one attempt may take (default {DEFAULT_TIMEOUT:g}).",
+        description=f"Seconds one attempt may wait for its reply, counted from the "
+        f"last piece of a streamed reply (default {DEFAULT_TIMEOUT:g}).",
+    )
+    timeout_total: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds one attempt may take in all, however live its streamed "
+        "reply (default: no such limit).",
     )
     retry: RetrySpec | None = Field(default=None, description="Retry settings over the engine's.")
     cost_limit: float | None = Field(

@@ -85,7 +85,7 @@ class Agent(NamedTuple):
     id: str
     prompt: SourceText
     llm: LLMConfig
-    timeout: float
+    timeout: float  # from the last piece of a streamed reply
     system: SourceText | None = None
     description: str | None = None
     depends_on: tuple[str, ...] = ()
@@ -97,6 +97,7 @@ class Agent(NamedTuple):
     when: SourceText | None = None
     trigger_rule: TriggerRule = "all_completed"
     foreach: SourceText | None = None
+    timeout_total: float | None = None  # from the attempt's start
 
     @property
     def models(self) -> tuple[LLMConfig, ...]:

@@ -115,7 +115,6 @@ class AnthropicProvider:
         arguments["stream"] = True
         reading = Reading(request.max_tokens, progress)
         told = _Told(request.model)
-        headers: dict[str, str] = {}
         where = self._base_url or "the Anthropic API"
         try:
             raw = await self._client.messages.with_raw_response.create(**arguments)

@@ -5,10 +5,12 @@ so that a failure is retried by aoe's policy only. ``OPENAI_BASE_URL`` (or a
 declared provider's ``base_url``) points it at a proxy or a compatible server.
 Every SDK error is turned into an :mod:`aoe.errors` error here.
 
-Replies are streamed unless the provider says ``stream: false``: the usage
-comes from the stream's last chunk (``stream_options.include_usage``), and a
-server that goes on past ``max_tokens`` is cut off there (see
-:class:`~aoe.providers.base.Reading`), whatever limit it reads.
+Replies are streamed as the provider's ``stream`` says (auto: from any server
+but OpenAI's own API and Azure's, which keep ``max_tokens``; see
+:func:`~aoe.providers.base.streams`): the usage comes from the stream's last
+chunk (``stream_options.include_usage``), and a server that goes on past
+``max_tokens`` is cut off there (see :class:`~aoe.providers.base.Reading`),
+whatever limit it reads. ``type: azure`` goes through the SDK's Azure client.
 
 JSON with an object schema is asked for as the provider supports it
 (``structured_output``): ``json_schema`` (OpenAI's structured outputs),
@@ -81,7 +83,7 @@ class Azure:
 
 
 class OpenAIProvider:
-    """Chat completions, streamed unless ``stream`` is false. ``token_parameter``
+    """Chat completions, streamed as ``stream`` says (None: auto). ``token_parameter``
     names the reply's limit as the server reads it (by default as
     :func:`token_parameter_for` its ``base_url``). With ``azure``, through the
     SDK's Azure client (its URLs, ``api-version`` and ``api-key`` header)."""
@@ -236,7 +238,6 @@ class OpenAIProvider:
         usage: Usage | None = None
         model = request.model
         finish: str | None = None
-        headers: dict[str, str] = {}
         try:
             raw = await self._client.chat.completions.with_raw_response.create(**arguments)
         except openai.OpenAIError as e:

@@ -78,6 +78,7 @@ def resolve_agent(
         llm=models[0],
         fallbacks=models[1:],
         timeout=_first(spec.timeout, base.timeout if base else None, DEFAULT_TIMEOUT),
+        timeout_total=_first(spec.timeout_total, base.timeout_total if base else None, None),
         retry=RetryOverrides(**retry),
         cost_limit=_first(spec.cost_limit, base.cost_limit if base else None, None),
         description=spec.description,
