@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anthropic
@@ -35,6 +35,7 @@ from aoe.providers.base import (
     SdkErrors,
     any_json,
     ask_for,
+    count,
     first_line,
     fitted,
     refuses_schema,
@@ -242,7 +243,7 @@ class _Told:
             stop = delta.get("stop_reason") if isinstance(delta, dict) else None
             self.stop_reason = stop if isinstance(stop, str) else self.stop_reason
             counted = event.get("usage")
-            if isinstance(counted, dict) and _count(counted.get("output_tokens")):
+            if isinstance(counted, dict) and count(counted.get("output_tokens")):
                 self.output = counted["output_tokens"]
             self._input(counted)  # (a proxy's count comes here, its start's being 0)
 
@@ -252,7 +253,7 @@ class _Told:
         if not isinstance(usage, dict):
             return
         counts = [usage.get(n) for n in ("input_tokens", *_CACHED)]
-        if counts[0] and all(c is None or _count(c) for c in counts):
+        if counts[0] and all(c is None or count(c) for c in counts):
             self.input = sum(c for c in counts if c is not None)
 
     def usage(self) -> Usage | None:
@@ -266,10 +267,6 @@ _Events = anthropic.AsyncStream[object]
 event left as the JSON object it came as: the SDK's typed events cost as much
 to build as the rest of a call, and a reply is an event a token."""
 _CACHED = ("cache_creation_input_tokens", "cache_read_input_tokens")
-
-
-def _count(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 _ERRORS = SdkErrors(

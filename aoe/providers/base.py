@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from aoe.errors import (
     ProviderError,
@@ -214,6 +214,11 @@ def _fit(schema: Any, share: int) -> Any:
     if fit.get("type") == "array" and "maxItems" not in fit:
         fit["maxItems"] = max(_LIST_ITEMS, int(fit.get("minItems") or 0))
     return fit
+
+
+def count(value: object) -> TypeGuard[int]:
+    """Whether a server's ``value`` is a count of tokens (an int, not a bool, >= 0)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def first_line(message: str, limit: int = 160) -> str:

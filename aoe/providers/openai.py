@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import openai
@@ -44,6 +44,7 @@ from aoe.providers.base import (
     SdkErrors,
     any_json,
     ask_for,
+    count,
     first_line,
     fitted,
     refuses_schema,
@@ -359,13 +360,9 @@ def _usage(chunk: dict[str, Any]) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not _count(prompt) or not _count(completion):
+    if not count(prompt) or not count(completion):
         return None
     return Usage(prompt, completion)
-
-
-def _count(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _text(value: object) -> str | None:
