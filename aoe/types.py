@@ -71,7 +71,8 @@ class Response(NamedTuple):
     ``estimated``: the server reported no usage for it (a stream without its
     usage chunk, or one aoe stopped reading at ``max_tokens``), so ``usage`` is
     aoe's count: output tokens as the stream's pieces, input tokens from the
-    prompt's length."""
+    prompt's length. ``pieces``: how many pieces of a streamed reply aoe read
+    (None: it came whole)."""
 
     text: str
     usage: Usage
@@ -79,6 +80,7 @@ class Response(NamedTuple):
     finish_reason: str | None = None
     headers: Mapping[str, str] = _EMPTY
     estimated: bool = False
+    pieces: int | None = None
 
     @property
     def truncated(self) -> bool:

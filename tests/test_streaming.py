@@ -125,6 +125,41 @@ def test_a_reported_usage_over_max_tokens_is_the_providers_fault(
     assert results["cost_usd"] == pytest.approx((2_500 + agent["usage"]["input_tokens"]) / 1e5)
 
 
+def test_a_streamed_reply_within_the_limit_stands_whatever_the_server_counts(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """Measured through the LiteLLM proxy: the server behind it reports no usage,
+    so the proxy counts the text with a tokenizer of its own (1,373 tokens for a
+    reply of 800, cut there by the server). The reply kept the limit; the count
+    is off: it stands, billed as reported, and aoe says so once. A server that
+    sends many tokens a piece past the limit is still at fault."""
+    fake.quirks = Quirks(piece=4)
+    fake.respond = lambda request: Reply(text="word" * 800, output_tokens=1373)
+    config = provider_config(write, fake)
+    path = write(
+        "version: 1\nname: w\ncost_budget: 1\nagents:\n"
+        "  a: {prompt: one, llm: {provider: local, model: m, max_tokens: 800}}\n"
+        "  b: {prompt: two, llm: {provider: local, model: m, max_tokens: 800}}\n"
+    )
+    code, results, stderr = run(cli, provider_env, path, "--config", config)
+    assert code == 0, stderr
+    for agent in results["agents"].values():
+        assert agent["state"] == "completed"
+        assert agent["usage"]["output_tokens"] == 1373  # billed as reported
+    assert stderr.count("reported 1,373 output tokens for a reply it streamed in 800") == 1
+    # many tokens a piece, past the limit: at fault
+    fake.reset()
+    fake.quirks = Quirks(piece=100)
+    fake.respond = lambda request: Reply(text="word " * 2_000, output_tokens=2_500)
+    path = workflow(write, "{provider: local, model: m, max_tokens: 100}", retry="{max_retries: 0}")
+    code, results, stderr = run(cli, provider_env, path, "--config", config)
+    assert code == 1, stderr
+    assert (
+        "reported 2,500 output tokens for a reply limited to max_tokens 100"
+        in (results["agents"]["a"]["error"])
+    )
+
+
 def test_a_declared_provider_may_name_its_token_parameter(
     cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
 ) -> None:

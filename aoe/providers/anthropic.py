@@ -150,7 +150,13 @@ class AnthropicProvider:
             await stream.close()
         if reading.cut:
             return Response(
-                reading.text, reading.usage(request), told.model, "max_tokens", headers, True
+                reading.text,
+                reading.usage(request),
+                told.model,
+                "max_tokens",
+                headers,
+                True,
+                reading.pieces,
             )
         if told.stop_reason is None:  # the stream stopped short: the server failed mid-way
             raise ProviderUnavailable(
@@ -166,6 +172,7 @@ class AnthropicProvider:
             told.stop_reason,
             headers,
             usage is None,
+            reading.pieces,
         )
 
     async def _call(self, arguments: dict[str, Any]) -> tuple[Message, dict[str, str], int]:

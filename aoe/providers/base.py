@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from aoe.errors import (
 )
 from aoe.policy.costs import prompt_tokens_estimate
 from aoe.types import Request, Response, Usage
+
+log = logging.getLogger("aoe.providers")
 
 Progress = Callable[[str], None]
 """Told each piece of a streamed reply as it arrives (the engine's attempt
@@ -229,9 +232,34 @@ def first_line(message: str, limit: int = 160) -> str:
 
 def over_max_tokens(provider: str, response: Response, max_tokens: int) -> ProviderFault | None:
     """The fault of a reply whose reported usage passes ``max_tokens``: the
-    server ignored the limit sent (billed as reported), or None."""
+    server ignored the limit sent (billed as reported), or None.
+
+    A streamed reply that aoe read to its end within ``max_tokens`` pieces, its
+    text no longer than such a reply's (:data:`CHARACTERS_A_TOKEN`), kept the
+    limit: what passes it is the server's count, not the reply (measured: the
+    LiteLLM proxy, given no usage by the server behind it, counts the text with
+    a tokenizer of its own, 1,373 tokens for a reply of 800). That reply stands,
+    billed as reported, and the provider is said to miscount, once."""
     used = response.usage.output_tokens
     if response.estimated or used <= max_tokens:
+        return None
+    pieces = response.pieces
+    if (
+        pieces is not None
+        and pieces <= max_tokens
+        and len(response.text) <= CHARACTERS_A_TOKEN * max_tokens
+    ):
+        if provider not in _MISCOUNTING:
+            _MISCOUNTING.add(provider)
+            log.warning(
+                "%s reported %s output tokens for a reply it streamed in %s pieces, within "
+                "max_tokens %s: billed as reported, the reply kept; its count is not the "
+                "model's (a proxy counting with a tokenizer of its own?)",
+                provider,
+                f"{used:,}",
+                f"{pieces:,}",
+                f"{max_tokens:,}",
+            )
         return None
     return ProviderFault(
         f"{provider} reported {used:,} output tokens for a reply limited to "
@@ -240,6 +268,14 @@ def over_max_tokens(provider: str, response: Response, max_tokens: int) -> Provi
         "it reads, or keep stream on (the default) so aoe stops reading at the limit",
         provider=provider,
     )
+
+
+CHARACTERS_A_TOKEN = 8
+"""The most characters a token of a reply is taken to hold, on average (English
+takes about four; code and long words more): a streamed reply longer than this
+many a token of ``max_tokens`` came in pieces of several tokens from a server
+that did not keep the limit."""
+_MISCOUNTING: set[str] = set()  # the providers said to miscount, in this process
 
 
 def retry_after(headers: Mapping[str, str] | None) -> float | None:

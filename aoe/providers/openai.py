@@ -273,7 +273,9 @@ class OpenAIProvider:
         finally:
             await stream.close()
         if reading.cut:  # what it said of usage (if anything) came before the end
-            return Response(reading.text, reading.usage(request), model, "length", headers, True)
+            return Response(
+                reading.text, reading.usage(request), model, "length", headers, True, reading.pieces
+            )
         if finish is None:  # the stream stopped short: the server failed mid-way
             raise ProviderUnavailable(
                 f"{self.name}: the reply's stream ended before the reply did (no finish "
@@ -281,7 +283,13 @@ class OpenAIProvider:
                 provider=self.name,  # (no status: what it had billed is not known)
             )
         return Response(
-            reading.text, usage or reading.usage(request), model, finish, headers, usage is None
+            reading.text,
+            usage or reading.usage(request),
+            model,
+            finish,
+            headers,
+            usage is None,
+            reading.pieces,
         )
 
     def _error(self, error: openai.OpenAIError) -> ProviderError:
