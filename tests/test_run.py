@@ -282,6 +282,24 @@ def test_exit_codes(
     assert cli("run", path, "-i", "nope=1", env=provider_env).exit_code == 2
 
 
+def test_a_run_in_which_no_agent_completed_failed_even_if_partial_is_allowed(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    path = write(
+        "version: 1\nname: none\nallow_partial_completion: true\nagents:\n"
+        "  a: {prompt: fail me, llm: {model: gpt-4o-mini}}\n"
+        "  b: {prompt: fail me, llm: {model: gpt-4o-mini}}\n"
+        "  c: {prompt: hi, depends_on: [a, b], llm: {model: gpt-4o-mini}}\n"
+    )
+    fake.respond = lambda request: Fail(400, "nope")
+    result = cli("run", path, "--output", "-", env=provider_env)
+    assert result.exit_code == 1, result.stderr
+    results = json.loads(result.stdout)
+    assert results["status"] == "failed"
+    states = {name: agent["state"] for name, agent in results["agents"].items()}
+    assert states == {"a": "failed", "b": "failed", "c": "skipped"}
+
+
 def test_results_junit_and_plain_progress(
     cli: RunCli,
     write: WriteFile,

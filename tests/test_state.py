@@ -353,15 +353,31 @@ def test_two_resumes_of_one_run_never_both_run(
 # -- the response cache ----------------------------------------------------------------
 
 
+def test_the_cache_is_off_unless_asked_for(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A nightly run with the same prompt must get a fresh answer, not
+    yesterday's: nothing is answered from the cache, or kept in it, unless the
+    run, the workflow, an agent or the engine config asks."""
+    path = write(CHAIN)
+    for _ in range(2):
+        fake.reset()
+        code, results, stderr = run(cli, provider_env, "run", path)
+        assert code == 0, stderr
+        assert len(fake.received) == 4
+        assert not any(agent["cached"] for agent in results["agents"].values())
+    assert store(tmp_path).cache_stats().entries == 0
+
+
 def test_the_cache_answers_exact_repeats_for_free(
     cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
 ) -> None:
     path = write(CHAIN)
-    code, first, _ = run(cli, provider_env, "run", path)
+    code, first, _ = run(cli, provider_env, "run", path, "--cache")
     assert code == 0
     assert len(fake.received) == 4
     fake.reset()
-    code, second, stderr = run(cli, provider_env, "run", path)
+    code, second, stderr = run(cli, provider_env, "run", path, "--cache")
     assert code == 0, stderr
     assert fake.received == []
     assert second["cost_usd"] == 0
@@ -373,20 +389,93 @@ def test_the_cache_answers_exact_repeats_for_free(
 
     # any change in what is asked misses: an input, a parameter
     fake.reset()
-    run(cli, provider_env, "run", path, "-i", "tone=wry")
+    run(cli, provider_env, "run", path, "-i", "tone=wry", "--cache")
     assert called(fake) == ["side"]
     fake.reset()
-    run(
-        cli, provider_env, "run", write(CHAIN.replace("max_tokens: 50", "max_tokens: 51"), "b.yaml")
-    )
+    changed = write(CHAIN.replace("max_tokens: 50", "max_tokens: 51"), "b.yaml")
+    run(cli, provider_env, "run", changed, "--cache")
     assert len(fake.received) == 4
     fake.reset()
     changed = CHAIN.replace(
         'side: {prompt: "side in a {{ inputs.tone }} tone"}',
         'side: {prompt: "side in a {{ inputs.tone }} tone", llm: {temperature: 0.5}}',
     )
-    run(cli, provider_env, "run", write(changed, "c.yaml"))
+    run(cli, provider_env, "run", write(changed, "c.yaml"), "--cache")
     assert called(fake) == ["side"]
+
+
+def test_the_workflow_an_agent_or_the_engine_config_may_turn_the_cache_on(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """`cache: true` on the workflow (an agent's `cache: false` over it), on an
+    agent, or `engine.cache: true`; `--no-cache` always wins."""
+    path = write(
+        "cache: true\n"
+        + CHAIN.replace(
+            'a: {prompt: "a about {{ inputs.topic }}"}',
+            'a: {prompt: "a about {{ inputs.topic }}", cache: false}',
+        )
+    )
+    run(cli, provider_env, "run", path)
+    fake.reset()
+    run(cli, provider_env, "run", path)
+    assert called(fake) == ["a"]  # the others came from the cache
+    fake.reset()
+    run(cli, provider_env, "run", path, "--cache")
+    assert called(fake) == ["a"]  # an agent's own false stands
+    fake.reset()
+    run(cli, provider_env, "run", path, "--no-cache")
+    assert len(fake.received) == 4
+    # one agent
+    only = write(
+        CHAIN.replace(
+            'a: {prompt: "a about {{ inputs.topic }}"}',
+            'a: {prompt: "a about {{ inputs.topic }}", cache: true}',
+        ),
+        "one.yaml",
+    )
+    fake.reset()
+    run(cli, provider_env, "run", only, "-i", "topic=reefs")
+    fake.reset()
+    run(cli, provider_env, "run", only, "-i", "topic=reefs")
+    assert sorted(called(fake)) == ["b", "c", "side"]
+    # the engine config
+    engine = write("engine: {cache: true}\n", "engine.yaml")
+    fresh = write(CHAIN.replace("max_tokens: 50", "max_tokens: 52"), "fresh.yaml")
+    for _ in range(2):
+        fake.reset()
+        run(cli, provider_env, "run", fresh, "--config", engine)
+    assert fake.received == []
+
+
+def test_a_cached_answer_older_than_cache_ttl_is_asked_again(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write("cache: true\ncache_ttl: 3600\n" + CHAIN)
+    run(cli, provider_env, "run", path)
+    with sqlite3.connect(tmp_path / ".aoe" / "state.db") as db:  # two hours ago
+        db.execute("UPDATE cache SET created_at = created_at - 7200")
+    fake.reset()
+    run(cli, provider_env, "run", path)
+    assert len(fake.received) == 4  # too old: asked again, and kept anew
+    fake.reset()
+    run(cli, provider_env, "run", path)
+    assert fake.received == []
+    with sqlite3.connect(tmp_path / ".aoe" / "state.db") as db:
+        db.execute("UPDATE cache SET created_at = created_at - 7200")
+    # an agent's own ttl goes over the workflow's; the engine's is under both
+    longer = write(
+        "cache: true\n"
+        + CHAIN.replace(
+            'a: {prompt: "a about {{ inputs.topic }}"}',
+            'a: {prompt: "a about {{ inputs.topic }}", cache_ttl: 86400}',
+        ),
+        "longer.yaml",
+    )
+    engine = write("engine: {cache_ttl: 60}\n", "engine.yaml")
+    fake.reset()
+    run(cli, provider_env, "run", longer, "--config", engine)
+    assert sorted(called(fake)) == ["b", "c", "side"]
 
 
 def test_no_cache_and_cache_false_call_the_model(
@@ -398,9 +487,9 @@ def test_no_cache_and_cache_false_call_the_model(
             'a: {prompt: "a about {{ inputs.topic }}", cache: false}',
         )
     )
-    run(cli, provider_env, "run", path)
+    run(cli, provider_env, "run", path, "--cache")
     fake.reset()
-    run(cli, provider_env, "run", path)
+    run(cli, provider_env, "run", path, "--cache")
     assert called(fake) == ["a"]  # the others came from the cache
     fake.reset()
     run(cli, provider_env, "run", path, "--no-cache")
@@ -411,7 +500,7 @@ def test_failed_and_invalid_replies_are_never_cached(
     cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
 ) -> None:
     path = write(
-        "version: 1\nname: j\nagents:\n  j:\n    prompt: give json\n"
+        "version: 1\nname: j\ncache: true\nagents:\n  j:\n    prompt: give json\n"
         "    llm: {model: gpt-4o-mini}\n"
         "    output: {format: json, schema: {type: object, required: [n],"
         " properties: {n: {type: integer}}}}\n"
@@ -447,8 +536,8 @@ def test_cache_stats_and_clear(
     cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
 ) -> None:
     path = write(CHAIN)
-    run(cli, provider_env, "run", path)
-    run(cli, provider_env, "run", path)
+    run(cli, provider_env, "run", path, "--cache")
+    run(cli, provider_env, "run", path, "--cache")
     stats = json.loads(cli("cache", "stats", "-f", "json").stdout)
     assert stats["entries"] == 4
     assert stats["hits"] == 4

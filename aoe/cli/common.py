@@ -155,8 +155,15 @@ MaxParallelOption = Annotated[
     int | None,
     typer.Option("--max-parallel", min=1, help="Agents of this run in flight at once."),
 ]
-NoCacheOption = Annotated[
-    bool, typer.Option("--no-cache", help="Call the model even where the cache has an answer.")
+CacheOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--cache/--no-cache",
+        help="Answer from the response cache where an identical call was answered "
+        "before (--cache), or call the model every time (--no-cache, over everything); "
+        "default: as the workflow and the engine config say (off).",
+        show_default=False,
+    ),
 ]
 LogFormatOption = Annotated[
     LogFormat | None,

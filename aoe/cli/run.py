@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, NoReturn
 import typer
 
 from aoe.cli.common import (
+    CacheOption,
     ConfigOption,
     InputOption,
     InputsFileOption,
     LogFormat,
     LogFormatOption,
     MaxParallelOption,
-    NoCacheOption,
     ReportFormat,
     finite,
     given_inputs,
@@ -131,7 +131,7 @@ def run(
     log_format: LogFormatOption = None,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
-    no_cache: NoCacheOption = False,
+    cache: CacheOption = None,
     metrics_port: MetricsPortOption = None,
     pushgateway: PushgatewayOption = None,
     resume_latest: Annotated[
@@ -168,14 +168,12 @@ def run(
                     latest.run_id,
                     given=given,
                     options={"budget": budget, "max_parallel": max_parallel, "mock": mock},
-                    no_cache=no_cache,
+                    cache=cache,
                     force=False,
                     report=Reports(output, junit, quiet, metrics_port, pushgateway, verbose),
                 )
         values = bind(workflow, given)
-        options = RunOptions(
-            mock=mock, max_parallel=max_parallel, budget=budget, cache=not no_cache
-        )
+        options = RunOptions(mock=mock, max_parallel=max_parallel, budget=budget, cache=cache)
         reports = Reports(output, junit, quiet, metrics_port, pushgateway, verbose)
         status = _execute(workflow, values, settings, options, store, None, reports)
         raise typer.Exit(status.exit_code)
@@ -336,7 +334,7 @@ def _resume(
     *,
     given: dict[str, Any],
     options: dict[str, Any],
-    no_cache: bool,
+    cache: bool | None,
     force: bool,
     report: Reports,
     assignments: list[str] | None = None,
@@ -365,7 +363,8 @@ def _resume(
             + (f"; rerunning changed {', '.join(plan.changed)}" if plan.changed and force else ""),
             err=True,
         )
-    chosen = chosen.but(cache=chosen.cache and not no_cache)
+    if cache is not None:  # --cache or --no-cache: this session's choice
+        chosen = chosen.but(cache=cache)
     status = _execute(plan.workflow, plan.inputs, settings, chosen, store, plan, report)
     raise typer.Exit(status.exit_code)
 
@@ -403,7 +402,7 @@ def resume(
             metavar="USD",
         ),
     ] = None,
-    no_cache: NoCacheOption = False,
+    cache: CacheOption = None,
     output: OutputOption = None,
     junit: JunitOption = None,
     log_format: LogFormatOption = None,
@@ -435,7 +434,7 @@ def resume(
             given={},
             assignments=input or [],
             options={"budget": budget, "max_parallel": max_parallel},
-            no_cache=no_cache,
+            cache=cache,
             force=force,
             report=Reports(output, junit, quiet, metrics_port, pushgateway, verbose),
         )

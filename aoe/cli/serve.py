@@ -16,12 +16,12 @@ from typing import Annotated, Any
 import typer
 
 from aoe.cli.common import (
+    CacheOption,
     ConfigOption,
     InputOption,
     InputsFileOption,
     LogFormatOption,
     MaxParallelOption,
-    NoCacheOption,
     ReportFormat,
     finite,
     given_inputs,
@@ -322,7 +322,7 @@ def submit(
     mock: Annotated[
         bool, typer.Option("--mock", help="Run it offline, on the mock provider.")
     ] = False,
-    no_cache: NoCacheOption = False,
+    cache: CacheOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Queue a run for `aoe worker` (Redis): checked here first, as `aoe run`
@@ -340,7 +340,7 @@ def submit(
         given = given_inputs(workflow, input, inputs_file)
         bind(workflow, given)  # refused here, not in a worker
         inputs = {name: value.value for name, value in given.items()}
-        chosen = RunOptions(budget=budget, max_parallel=max_parallel, mock=mock, cache=not no_cache)
+        chosen = RunOptions(budget=budget, max_parallel=max_parallel, mock=mock, cache=cache)
         options = chosen.recorded()
         run_id = asyncio.run(
             enqueue(settings, workflow.text, Path(file).name, inputs, options, dict(workflow.files))

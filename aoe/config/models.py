@@ -55,6 +55,18 @@ class EngineSection(_Section):
     state_dir: str = Field(
         default=".aoe", min_length=1, description="Where run records and the cache live."
     )
+    cache: bool = Field(
+        default=False,
+        description="Answer calls from the response cache where an identical call was "
+        "answered before, for workflows and agents that do not say (--cache, --no-cache "
+        "per run).",
+    )
+    cache_ttl: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a cached answer may be old to be used, where a workflow or "
+        "agent does not say (null: any age).",
+    )
 
     @field_validator("state_dir")
     @classmethod

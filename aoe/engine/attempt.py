@@ -80,12 +80,16 @@ class Attempts:
         request = self.request(agent, llm, messages)
         key = None
         checkpoint = self.bus.checkpoint
-        cache = self.cache if agent.cache and request.provider != "mock" else None
+        cache = self.cache
+        if cache is not None and (
+            request.provider == "mock" or not (cache.on if agent.cache is None else agent.cache)
+        ):
+            cache = None  # not for this agent
         if checkpoint is not None or cache is not None:
             key = fingerprint(request)
         if cache is not None:
             assert key is not None
-            hit = cache.get(key)
+            hit = cache.get(key, agent.cache_ttl)
             if hit is not None and (agent.output.allow_truncated or not hit.truncated):
                 try:
                     output = await self.check(agent, hit.text)

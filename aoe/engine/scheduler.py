@@ -253,7 +253,9 @@ class Run:
         ):
             return RunStatus.BUDGET_EXCEEDED
         if any(state.failure for state in states):
-            return RunStatus.PARTIAL if self.workflow.allow_partial_completion else RunStatus.FAILED
+            # partial: some completed; a run in which none did failed, whatever it allows
+            partial = self.workflow.allow_partial_completion and AgentState.COMPLETED in states
+            return RunStatus.PARTIAL if partial else RunStatus.FAILED
         return RunStatus.COMPLETED
 
     # -- deciding and dispatching ------------------------------------------------------

@@ -348,8 +348,16 @@ class AgentSpec(_AgentSettings):
         default_factory=list, description="Agents that must finish before this one starts."
     )
     output: OutputSpec | None = Field(default=None, description="The reply's format and schema.")
-    cache: bool = Field(
-        default=True, description="Whether an identical earlier call may answer from the cache."
+    cache: bool | None = Field(
+        default=None,
+        description="Whether an identical earlier call may answer it from the response "
+        "cache (default: the workflow's cache, else off).",
+    )
+    cache_ttl: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a cached answer may be old to be used (default: the "
+        "workflow's, else the engine's, else any age).",
     )
     when: str | None = Field(
         default=None,
@@ -432,6 +440,17 @@ class _WorkflowHeader(_Model):
     )
     allow_partial_completion: bool = Field(
         default=False, description="Keep running the rest of the graph after an agent fails."
+    )
+    cache: bool | None = Field(
+        default=None,
+        description="Let identical earlier calls answer this run's agents from the "
+        "response cache (default: the engine config's engine.cache, off).",
+    )
+    cache_ttl: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a cached answer may be old to be used (default: the "
+        "engine's engine.cache_ttl, else any age).",
     )
     outputs: dict[str, Template] | None = Field(
         default=None, description="The run's named results: templates over inputs and agents."

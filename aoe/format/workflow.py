@@ -93,11 +93,12 @@ class Agent(NamedTuple):
     retry: RetryOverrides = RetryOverrides()
     cost_limit: float | None = None
     output: OutputConfig = OutputConfig()
-    cache: bool = True
+    cache: bool | None = None  # None: as the workflow, the run and the engine say
     when: SourceText | None = None
     trigger_rule: TriggerRule = "all_completed"
     foreach: SourceText | None = None
     timeout_total: float | None = None  # from the attempt's start
+    cache_ttl: float | None = None  # None: the workflow's, else the engine's
 
     @property
     def models(self) -> tuple[LLMConfig, ...]:
@@ -119,6 +120,8 @@ class Workflow(NamedTuple):
     max_parallel_agents: int = 4
     allow_partial_completion: bool = False
     outputs: Mapping[str, SourceText] = _NOTHING
+    cache: bool | None = None  # None: as the run and the engine say (off)
+    cache_ttl: float | None = None
     files: Mapping[str, str] = _NOTHING
     version: Literal[1] = 1
 

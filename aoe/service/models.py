@@ -112,7 +112,11 @@ class Submission(BaseModel):
         default=None, ge=1, le=MOST_PARALLEL, description="Agents of the run in flight at once."
     )
     mock: bool = Field(default=False, description="Run it offline, on the mock provider.")
-    cache: bool = Field(default=True, description="Use the response cache.")
+    cache: bool | None = Field(
+        default=None,
+        description="true: answer from the response cache where it can; false: never; "
+        "null: as the workflow and the engine config say (off).",
+    )
 
     @field_validator("workflow")
     @classmethod
@@ -137,7 +141,7 @@ _MUST = {
     "budget": "a number of USD, 0 or more",
     "max_parallel": f"a whole number from 1 to {MOST_PARALLEL:,}",
     "mock": "true or false",
-    "cache": "true or false",
+    "cache": "true, false or null",
 }
 
 

@@ -133,8 +133,10 @@ class RunOptions:
     """USD the run may spend; replaces the workflow's ``cost_budget``."""
     max_parallel: int | None = None
     """Agents (and ``foreach`` items) called at once; None: the workflow's own."""
-    cache: bool = True
-    """Answer from the response cache where it can (runs with a store only)."""
+    cache: bool | None = None
+    """The response cache (runs with a store only): True answers every agent from
+    it where it can (``--cache``), False none (``--no-cache``, which always
+    wins); None, as the workflow, its agents and the engine config say (off)."""
     run_id: str | None = None
     """The run's id; None: a new one. A resume keeps its plan's."""
     max_units: int | None = None
@@ -159,7 +161,7 @@ class RunOptions:
             mock=bool(chosen.get("mock")),
             budget=chosen.get("budget"),
             max_parallel=chosen.get("max_parallel"),
-            cache=bool(chosen.get("cache", True)),
+            cache=_tristate(chosen.get("cache")),
             max_units=chosen.get("max_units"),
             max_reply_bytes=chosen.get("max_reply_bytes"),
         ).but(**more)
@@ -175,6 +177,10 @@ class RunOptions:
                 f"{', '.join(names)}"
             )
         return replace(self, **changes) if changes else self
+
+
+def _tristate(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
 
 
 def bind(
@@ -271,7 +277,10 @@ async def _wired(
             **options.recorded(),
             "config_file": os.path.abspath(config_file) if config_file else None,
         }
-        recording = _Recording(store, run_id, workflow, values, kept, options, resume, mirror)
+        caching = _caching(workflow, options, engine.settings)
+        recording = _Recording(
+            store, run_id, workflow, values, kept, options, resume, mirror, caching
+        )
         bus.record_with(recording.recorder)
     status = None
     try:
@@ -304,6 +313,25 @@ async def _wired(
     return status
 
 
+def _caching(
+    workflow: Workflow, options: RunOptions, settings: Settings
+) -> tuple[bool, float | None] | None:
+    """How a run uses the response cache: None, not at all (``--no-cache``,
+    which always wins); else whether it answers the agents that do not say for
+    themselves (``--cache``, else the workflow's ``cache``, else the engine
+    config's ``engine.cache``: off), and the age an answer may have (the
+    workflow's ``cache_ttl``, else the engine's). An agent's own ``cache`` and
+    ``cache_ttl`` go over these."""
+    if options.cache is False:
+        return None
+    engine = settings.config.engine
+    if options.cache:
+        on = True
+    else:
+        on = workflow.cache if workflow.cache is not None else engine.cache
+    return on, workflow.cache_ttl if workflow.cache_ttl is not None else engine.cache_ttl
+
+
 class _Recording:
     """A run's record: its row (or its next session's), the recorder that
     journals its events, the response cache it reads through, and the Redis
@@ -320,9 +348,11 @@ class _Recording:
         options: RunOptions,
         resume: ResumePlan | None,
         mirror: RecordMirror | None,
+        caching: tuple[bool, float | None] | None = None,
     ) -> None:
         """``kept``: what the record keeps of how the run was started (its
-        options, and the engine config file its settings came from)."""
+        options, and the engine config file its settings came from);
+        ``caching``: see :func:`_caching`."""
         from aoe.engine.resumption import Resumption
         from aoe.state.cache import ResponseCache
         from aoe.state.liveness import HERE
@@ -335,7 +365,10 @@ class _Recording:
         if resume is not None:
             self.resumption = resume.resumption._replace(session=self.session)
         self.recorder = Recorder(store.path, run_id, self.session, mirror)
-        self.cache = ResponseCache(store, self.recorder.cache) if options.cache else None
+        self.cache = None
+        if caching is not None:  # (on or off for the agents that do not say)
+            on, ttl = caching
+            self.cache = ResponseCache(store, self.recorder.cache, on=on, ttl=ttl)
 
     async def start(self) -> None:
         if self.mirror is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -63,14 +64,30 @@ def fingerprint(request: Request) -> str:
 
 class ResponseCache:
     """Reads from the store on the event loop (an indexed lookup); writes go to
-    ``record`` (the run's recorder: they are written in its next transaction)."""
+    ``record`` (the run's recorder: they are written in its next transaction).
 
-    def __init__(self, store: Store, record: Callable[[CachePut | CacheHit], None]) -> None:
+    ``on``: whether it answers the agents that do not say (``cache``) for
+    themselves; ``ttl``: the seconds an answer may be old to be used, where an
+    agent does not say (None: any age)."""
+
+    def __init__(
+        self,
+        store: Store,
+        record: Callable[[CachePut | CacheHit], None],
+        *,
+        on: bool = True,
+        ttl: float | None = None,
+    ) -> None:
         self.store = store
         self.record = record
+        self.on = on
+        self.ttl = ttl
 
-    def get(self, key: str) -> Response | None:
-        found = self.store.cache_get(key)
+    def get(self, key: str, ttl: float | None = None) -> Response | None:
+        """The answer kept under ``key``, if one is no older than ``ttl`` seconds
+        (None: this cache's own ``ttl``)."""
+        ttl = ttl if ttl is not None else self.ttl
+        found = self.store.cache_get(key, None if ttl is None else time.time() - ttl)
         if found is None:
             return None
         self.record(CacheHit(key))

@@ -485,8 +485,11 @@ class Store:
 
     # -- the response cache ------------------------------------------------------------
     @_translated
-    def cache_get(self, key: str) -> dict[str, Any] | None:
-        row = self.connection.execute("SELECT response FROM cache WHERE key = ?", (key,)).fetchone()
+    def cache_get(self, key: str, since: float | None = None) -> dict[str, Any] | None:
+        """The answer kept under ``key``; with ``since`` (epoch seconds), only if
+        it was kept since then."""
+        query = "SELECT response FROM cache WHERE key = ? AND created_at >= ?"
+        row = self.connection.execute(query, (key, -1.0 if since is None else since)).fetchone()
         return None if row is None else dict(loads(row[0]))
 
     @_translated

@@ -204,6 +204,8 @@ def _workflow(
         max_parallel_agents=header["max_parallel_agents"],
         allow_partial_completion=header["allow_partial_completion"],
         outputs=MappingProxyType(outputs),
+        cache=header["cache"],
+        cache_ttl=header["cache_ttl"],
     )
 
 

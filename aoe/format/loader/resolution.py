@@ -85,6 +85,7 @@ def resolve_agent(
         depends_on=tuple(spec.depends_on),
         output=output,
         cache=spec.cache,
+        cache_ttl=spec.cache_ttl,
         when=texts["when"],
         trigger_rule=spec.trigger_rule,
         foreach=texts["foreach"],
