@@ -392,8 +392,8 @@ def test_the_cache_answers_exact_repeats_for_free(
     run(cli, provider_env, "run", path, "-i", "tone=wry", "--cache")
     assert called(fake) == ["side"]
     fake.reset()
-    changed = write(CHAIN.replace("max_tokens: 50", "max_tokens: 51"), "b.yaml")
-    run(cli, provider_env, "run", changed, "--cache")
+    longer = write(CHAIN.replace("max_tokens: 50", "max_tokens: 51"), "b.yaml")
+    run(cli, provider_env, "run", longer, "--cache")
     assert len(fake.received) == 4
     fake.reset()
     changed = CHAIN.replace(
