@@ -538,3 +538,26 @@ def test_live_view_honours_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
         )
         view.summary()
         assert ("\x1b[31m" in buffer.getvalue() or "\x1b[1;31m" in buffer.getvalue()) == coloured
+
+
+@pytest.mark.parametrize("option", ["--output", "--junit"])
+def test_a_results_file_that_cannot_be_written_is_refused_before_any_call(
+    cli: RunCli,
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    tmp_path: Path,
+    option: str,
+) -> None:
+    """`-o /missing/dir/out.json` was found out after the paid run, then exit 2
+    ("bad usage") for a run that had completed."""
+    path = write("version: 1\nname: w\nagents:\n  a: {prompt: hi, llm: {model: gpt-4o-mini}}\n")
+    missing = tmp_path / "missing" / "out.json"
+    result = cli("run", path, option, missing, env=provider_env)
+    assert result.exit_code == 2
+    assert f"{option} {missing}: the folder {missing.parent} is not there" in result.stderr
+    result = cli("run", path, option, tmp_path, env=provider_env)
+    assert result.exit_code == 2
+    assert "that is a folder" in result.stderr
+    assert fake.received == []
+    assert "no runs recorded yet" in cli("runs", "list").stderr

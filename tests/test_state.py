@@ -546,6 +546,9 @@ def test_cache_stats_and_clear(
     ]
     assert "entries   4" in cli("cache", "stats").stdout
     result = cli("cache", "clear")
+    assert result.exit_code == 2  # not at a terminal: not without --yes
+    assert "every cached answer would be deleted: add --yes" in result.stderr
+    result = cli("cache", "clear", "--yes")
     assert result.exit_code == 0
     assert "removed 4 cache entries" in result.stderr
     assert json.loads(cli("cache", "stats", "-f", "json").stdout)["entries"] == 0
@@ -630,11 +633,90 @@ def test_prune_removes_old_finished_runs_only(
     result = cli("runs", "prune", "--older-than", "30d", "--dry-run")
     assert result.stdout.split() == [old["run_id"]]
     assert len(store(tmp_path).runs()) == 2
+    # not at a terminal, it does not delete without --yes (a script, cron)
     result = cli("runs", "prune", "--older-than", "30d")
+    assert result.exit_code == 2
+    assert "1 run last active over 30 days ago would be deleted: add --yes" in result.stderr
+    assert len(store(tmp_path).runs()) == 2
+    result = cli("runs", "prune", "--older-than", "30d", "--yes")
     assert result.exit_code == 0
+    assert "removed 1 run(s) last active over 30 days ago" in result.stderr
     assert [r.run_id for r in store(tmp_path).runs()] == [new["run_id"]]
     assert store(tmp_path).events(old["run_id"]) == []  # its rows went with it
     assert cli("runs", "prune", "--older-than", "soon").exit_code == 2
+    # a number without its unit deleted every run once (30 was seconds): refused
+    result = cli("runs", "prune", "--older-than", "30", "--yes")
+    assert result.exit_code == 2
+    assert "has no unit: write 30d (days)" in result.stderr
+    assert len(store(tmp_path).runs()) == 1
+
+
+def test_prune_and_cache_clear_ask_a_person_at_a_terminal(
+    write: WriteFile, fake: FakeProvider, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    """At a terminal (a real one: tmux is not needed, a pseudo-terminal is one),
+    prune and cache clear ask, and do nothing unless told yes."""
+    import pty
+
+    env = child_env(provider_env)
+    aoe = [sys.executable, "-m", "aoe"]
+    path = write(CHAIN)
+    subprocess.run([*aoe, "run", path, "--cache", "-q"], env=env, cwd=tmp_path, check=True)
+    with sqlite3.connect(tmp_path / ".aoe" / "state.db") as db:
+        db.execute("UPDATE runs SET updated_at = updated_at - 7200")
+
+    def at_terminal(*args: str, answer: str) -> tuple[int, str]:
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: aoe, its stdin and stdout the terminal
+            os.chdir(tmp_path)
+            os.execve(aoe[0], [*aoe, *args], env)
+        os.write(fd, answer.encode() + b"\n")
+        said = b""
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child is gone
+                break
+            if not chunk:
+                break
+            said += chunk
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), said.decode(errors="replace")
+
+    code, said = at_terminal("runs", "prune", "--older-than", "1h", answer="n")
+    assert code == 1, said
+    assert "Delete 1 run last active over 1 hour ago, with their records?" in said
+    assert "nothing deleted" in said
+    assert len(store(tmp_path).runs()) == 1
+    code, said = at_terminal("cache", "clear", answer="n")
+    assert code == 1, said
+    assert "Delete every cached answer?" in said
+    assert store(tmp_path).cache_stats().entries == 4
+    code, said = at_terminal("runs", "prune", "--older-than", "1h", answer="y")
+    assert code == 0, said
+    assert store(tmp_path).runs() == []
+    code, said = at_terminal("cache", "clear", answer="y")
+    assert code == 0, said
+    assert store(tmp_path).cache_stats().entries == 0
+
+
+def test_a_closed_pipe_ends_aoe_quietly(write: WriteFile, tmp_path: Path) -> None:
+    """`aoe runs list | head -1` was "internal error: BrokenPipeError", exit 1."""
+    path = write(CHAIN)
+    for args in (["run", str(path), "--mock", "-o", "-", "-q"], ["runs", "list"], ["schema"]):
+        child = subprocess.Popen(
+            [sys.executable, "-m", "aoe", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env(),
+            cwd=tmp_path,
+        )
+        assert child.stdout is not None
+        assert child.stderr is not None
+        child.stdout.close()  # the reader is gone before a byte is written
+        with child.stderr:
+            said = child.stderr.read().decode()
+        assert child.wait(timeout=60) == 141, said  # 128 + SIGPIPE, as a shell says it
+        assert said == ""
 
 
 # -- a store that cannot be used -----------------------------------------------------

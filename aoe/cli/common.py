@@ -13,7 +13,9 @@ so ``aoe --help`` and ``aoe validate`` start fast.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -99,10 +101,27 @@ def handle_errors(ctx: typer.Context) -> Iterator[None]:
     except KeyboardInterrupt:
         typer.echo("aoe: interrupted", err=True)
         raise typer.Exit(130) from None
+    except BrokenPipeError:
+        _pipe_closed()
     except (typer.Exit, typer.Abort):
         raise
     except Exception as error:
         _internal(error, debug)
+
+
+PIPE_CLOSED = 141
+"""The exit code when the reader of aoe's output went away (``aoe runs list |
+head -1``): 128 + SIGPIPE, as a shell reports a tool that a closed pipe ended."""
+
+
+def _pipe_closed() -> NoReturn:
+    """The reader of the output closed it: nothing more to say, to anyone. What
+    is left in the buffers goes nowhere, so that leaving does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # (a test's stream has no descriptor)
+            os.dup2(devnull, stream.fileno())
+    raise typer.Exit(PIPE_CLOSED) from None
 
 
 def _internal(error: Exception, debug: bool) -> NoReturn:

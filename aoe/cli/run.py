@@ -180,12 +180,28 @@ def run(
 
 
 def _check_outputs(output: str | None, junit: str | None) -> None:
-    """Report files that cannot be named at all, before the run rather than after it."""
+    """Report files that cannot be written, before the first call rather than
+    after a paid run: a NUL in the name, a folder that is not there or cannot
+    be written, a name that is a folder."""
     from aoe.errors import OptionInvalid
 
     for option, path in (("--output", output), ("--junit", junit)):
-        if path is not None and "\x00" in path:
+        if path is None or path == "-":
+            continue
+        if "\x00" in path:
             raise OptionInvalid(f"{option} {path!r}: the file name contains a NUL character")
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise OptionInvalid(f"{option} {path}: that is a folder; name a file in it")
+        if not os.path.isdir(folder):
+            raise OptionInvalid(
+                f"{option} {path}: the folder {folder} is not there; create it first "
+                f"(mkdir -p {folder})"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK) or (
+            os.path.exists(path) and not os.access(path, os.W_OK)
+        ):
+            raise OptionInvalid(f"{option} {path}: aoe may not write there")
 
 
 def _log_flags(log_format: LogFormat | None) -> dict[str, tuple[str, str]]:

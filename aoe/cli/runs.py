@@ -37,19 +37,44 @@ cache_app = typer.Typer(
 
 FormatOption = Annotated[ReportFormat, typer.Option("--format", "-f", help="A table, or JSON.")]
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_WORDS = {"s": "second", "m": "minute", "h": "hour", "d": "day", "w": "week"}
+YesOption = Annotated[
+    bool, typer.Option("--yes", "-y", help="Delete without asking (scripts, cron).")
+]
 MAX_EXPORT_BYTES = 256 * 1024 * 1024
 """The largest run export `aoe runs import` reads (256 MiB): an export holds every
 output and event of a run, and parsing takes several times its size in memory."""
 
 
-def _age(text: str) -> float:
-    """``30d``, ``12h``, ``90m``, ``2w`` or plain seconds, as seconds."""
+def _age(text: str) -> tuple[float, str]:
+    """``30d``, ``12h``, ``90m``, ``2w``, ``45s``: the seconds, and the age in
+    words ("30 days"). A number needs its unit: ``--older-than 30`` meant 30
+    seconds once, and deleted every run."""
+    from aoe.errors import OptionInvalid
+
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
     if match is None:
-        from aoe.errors import UserError
+        raise OptionInvalid(f"age {text!r}: write an age such as 30d, 12h, 90m or 2w")
+    number, unit = match.groups()
+    if not unit:
+        raise OptionInvalid(
+            f"age {text!r} has no unit: write {number}d (days), {number}h (hours), "
+            f"{number}m (minutes), {number}s (seconds) or {number}w (weeks)"
+        )
+    words = f"{number} {_WORDS[unit]}" + ("" if float(number) == 1 else "s")
+    return float(number) * _UNITS[unit], words
 
-        raise UserError(f"age {text!r}: write an age such as 30d, 12h, 90m or 2w")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+def _confirmed(question: str, yes: bool, refusal: str) -> bool:
+    """Whether to go on: ``--yes``, else the answer of a person at a terminal;
+    without one (a script, cron) it is an error to leave out ``--yes``."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        from aoe.errors import OptionInvalid
+
+        raise OptionInvalid(refusal)
+    return typer.confirm(question, default=False, err=True)
 
 
 def _when(at: float | None) -> str:
@@ -313,7 +338,7 @@ def runs_import(
 @runs_app.command(
     "prune",
     epilog="Examples: aoe runs prune --older-than 30d  |  "
-    "aoe runs prune --older-than 12h --dry-run",
+    "aoe runs prune --older-than 12h --dry-run  |  aoe runs prune --older-than 90d --yes",
 )
 def runs_prune(
     ctx: typer.Context,
@@ -321,17 +346,30 @@ def runs_prune(
         str, typer.Option("--older-than", help="Age: 30d, 12h, 90m, 2w.", metavar="AGE")
     ],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go.")] = False,
+    yes: YesOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Delete runs last active longer ago than AGE (never one still running)."""
+    """Delete runs last active longer ago than AGE (never one still running);
+    asks first, unless --yes."""
     with handle_errors(ctx):
-        seconds = _age(older_than)
+        seconds, age = _age(older_than)
         store = open_store(read_settings(config))
-        removed = store.prune(seconds, dry_run=dry_run)
-        for run_id in removed:
+        doomed = store.prune(seconds, dry_run=True)
+        if not dry_run and doomed:
+            count = f"{len(doomed)} run{'' if len(doomed) == 1 else 's'}"
+            if not _confirmed(
+                f"Delete {count} last active over {age} ago, with their records?",
+                yes,
+                f"{count} last active over {age} ago would be deleted: add --yes to "
+                "delete them without asking (scripts, cron), or --dry-run to list them",
+            ):
+                typer.echo("aoe: nothing deleted", err=True)
+                raise typer.Exit(1)
+            doomed = store.prune(seconds)
+        for run_id in doomed:
             sys.stdout.write(run_id + "\n")
         verb = "would remove" if dry_run else "removed"
-        typer.echo(f"{verb} {len(removed)} run(s) older than {older_than}", err=True)
+        typer.echo(f"{verb} {len(doomed)} run(s) last active over {age} ago", err=True)
 
 
 @cache_app.command("stats", epilog="Example: aoe cache stats -f json")
@@ -357,7 +395,9 @@ def cache_stats(
             )
 
 
-@cache_app.command("clear", epilog="Examples: aoe cache clear  |  aoe cache clear --older-than 7d")
+@cache_app.command(
+    "clear", epilog="Examples: aoe cache clear  |  aoe cache clear --older-than 7d --yes"
+)
 def cache_clear(
     ctx: typer.Context,
     older_than: Annotated[
@@ -366,10 +406,20 @@ def cache_clear(
             "--older-than", help="Only entries unused for this long: 7d, 12h.", metavar="AGE"
         ),
     ] = None,
+    yes: YesOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Empty the response cache (or drop its stale entries). Run records stay."""
+    """Empty the response cache (or drop its stale entries); asks first, unless
+    --yes. Run records stay."""
     with handle_errors(ctx):
-        seconds = _age(older_than) if older_than is not None else None
+        seconds, age = _age(older_than) if older_than is not None else (None, "")
+        which = f"the cached answers unused for {age}" if age else "every cached answer"
+        if not _confirmed(
+            f"Delete {which}?",
+            yes,
+            f"{which} would be deleted: add --yes to delete without asking (scripts, cron)",
+        ):
+            typer.echo("aoe: nothing deleted", err=True)
+            raise typer.Exit(1)
         removed = open_store(read_settings(config)).cache_clear(seconds)
         typer.echo(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'}", err=True)
