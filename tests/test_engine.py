@@ -198,7 +198,7 @@ async def test_any_completed_with_nothing_completed_is_skipped(
     )
     fake.respond = lambda r: Fail(400, "no")
     status, recorder = await run(wf, settings)
-    assert status is RunStatus.PARTIAL
+    assert status is RunStatus.FAILED  # no agent completed: failed, never partial
     assert recorder.states()["either"] == "skipped"
 
 

@@ -249,15 +249,39 @@ def _execute(
         write_output(results.to_json(), report.output)
     if report.junit is not None:
         write_output(results.to_junit(), report.junit)
-    if status.exit_code == 130:
-        typer.echo(
-            f"aoe: run {results.document['run_id']} interrupted; finish it with "
-            f"`{resume_command(results.document['run_id'], settings)}`",
-            err=True,
-        )
-    elif report.quiet and status.exit_code != 0:
-        typer.echo(f"aoe: run {results.document['run_id']} ended {status}", err=True)
+    _end(workflow, results.document, settings, view, report.quiet)
     return status
+
+
+def _end(
+    workflow: Workflow, document: dict[str, Any], settings: Settings, view: Any, quiet: bool
+) -> None:
+    """The end of the run on stderr: on a terminal its outputs; wherever a person
+    may read it (not JSON lines), its failures, the summary line and the command
+    that goes on; with --quiet the same unless it completed."""
+    from aoe.cli.ui.live import LiveView
+    from aoe.cli.ui.progress import JsonLines
+    from aoe.cli.ui.summary import end_of_run
+    from aoe.cli.ui.text import use_colour
+
+    run_id = document["run_id"]
+    resume = resume_command(run_id, settings)
+    if isinstance(view, JsonLines) or (quiet and document["status"] == "completed"):
+        if document["status"] == "cancelled":  # (said in every mode: it can be finished)
+            typer.echo(f"aoe: run {run_id} interrupted; finish it with `{resume}`", err=True)
+        return
+    depended_on = {d for agent in workflow.agents.values() for d in agent.depends_on}
+    last = [agent_id for agent_id in workflow.agents if agent_id not in depended_on]
+    terminal = isinstance(view, LiveView)
+    text = end_of_run(
+        document,
+        last,
+        resume=resume,
+        outputs=terminal and not quiet,
+        colour=terminal and use_colour(sys.stderr),
+        width=None if terminal else 0,  # (a log's lines are not wrapped)
+    )
+    typer.echo(text, err=True)
 
 
 @contextmanager

@@ -154,6 +154,68 @@ def runs_list(
         )
 
 
+@runs_app.command(
+    "output",
+    epilog="Examples: aoe runs output 20261127-101500-3fa2c1  |  "
+    "aoe runs output 20261127-101500-3fa2c1 review > review.json",
+)
+def runs_output(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    name: Annotated[
+        str | None,
+        typer.Argument(help="One of the run's outputs, or an agent.", metavar="[NAME]"),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print a stored output as it is, for pipes: text as the model wrote it,
+    JSON as JSON. Without NAME, the run's outputs (a JSON object), or its one
+    agent's output."""
+    from aoe.errors import OptionInvalid
+
+    with handle_errors(ctx):
+        store = open_store(read_settings(config))
+        run = store.run(run_id)
+        agents = {a.agent_id: a for a in store.agents(run.run_id)}
+        outputs = run.outputs or {}
+        if name is None and outputs:
+            _raw(outputs)
+            return
+        if name is None and len(agents) == 1:
+            name = next(iter(agents))
+        if name is None:
+            raise OptionInvalid(
+                f"run {run.run_id}'s workflow names no outputs: name an agent, one of "
+                f"{', '.join(agents)}"
+            )
+        if name in outputs:
+            _raw(outputs[name])
+            return
+        agent = agents.get(name)
+        if agent is None:
+            known = [*outputs, *agents]
+            raise OptionInvalid(
+                f"run {run.run_id} has no output or agent {name!r}; it has "
+                f"{', '.join(known) or 'none'}"
+            )
+        if agent.state != "completed":  # (exit 1, as grep finding nothing)
+            reason = f": {agent.error}" if agent.error else ""
+            typer.echo(
+                f"aoe: agent {name} of run {run.run_id} has no output: it is {agent.state}{reason}",
+                err=True,
+            )
+            raise typer.Exit(1)
+        _raw(agent.output)
+
+
+def _raw(value: Any) -> None:
+    """A text as it is (ended by a newline), anything else as JSON."""
+    if isinstance(value, str):
+        sys.stdout.write(value if value.endswith("\n") else value + "\n")
+    else:
+        sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
 @runs_app.command("show", epilog="Example: aoe runs show 20261127-101500-3fa2c1")
 def runs_show(
     ctx: typer.Context,
