@@ -464,7 +464,7 @@ def test_live_view_renders_rows_progress_and_spend() -> None:
 
     from aoe.cli.ui.live import LiveView
     from aoe.cli.ui.text import console
-    from aoe.events import AgentFinished, AgentStarted, AgentState
+    from aoe.events import AgentFinished, AgentStarted, AgentState, RunStarted
     from aoe.service.runner import load
     from aoe.types import Usage
 
@@ -501,9 +501,38 @@ def test_live_view_renders_rows_progress_and_spend() -> None:
     ]
     assert "competitors" in text
     assert "running" in text
-    assert "1/3 agents done" in text
-    assert "1,500 tokens" in text
-    assert "$0.00036 of $5.00" in text
+    header = view.header()
+    assert "1/3 completed, 1 running" in header
+    assert "1,500 tokens" in header
+    assert "$0.00036 of $5.00" in header
+    # the run's id and time once it started; after Ctrl-C, what never ran is not "done"
+    view(
+        RunStarted(
+            run_id="20261205-101500-3fa2c1",
+            at=0.0,
+            workflow="w",
+            agents=3,
+            max_parallel=4,
+            budget=5.0,
+        )
+    )
+    for agent_id in ("competitors", "brief"):
+        view(
+            AgentFinished(
+                run_id="r",
+                at=0.0,
+                agent_id=agent_id,
+                state=AgentState.CANCELLED,
+                duration=0.0,
+                usage=Usage(),
+                cost=0.0,
+                attempts=0,
+            )
+        )
+    header = view.header()
+    assert "20261205-101500-3fa2c1" in header
+    assert "1/3 completed, 2 cancelled" in header
+    assert " s  ·  " in header  # the time it has taken
 
 
 def test_live_view_honours_no_color(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -74,6 +74,9 @@ class LiveView:
         self.cost = 0.0
         self.tokens = 0
         self.status: str | None = None
+        self.run_id = ""
+        self.began: float | None = None  # when the run (this session) started
+        self.took: float | None = None  # its time, once it ended
         self.live = Live(
             console=console, refresh_per_second=8, transient=True, get_renderable=self.render
         )
@@ -123,10 +126,14 @@ class LiveView:
             self.finished += 1
         elif isinstance(event, ev.RunStarted):
             self.cost = event.spent
+            self.run_id = event.run_id
+            self.began = time.perf_counter()
         elif isinstance(event, ev.RunFinished):
             self.status = str(event.status)
             self.tokens = event.usage.total
             self.cost = event.cost
+            if self.began is not None:
+                self.took = time.perf_counter() - self.began
 
     def table(self, *, limit: int | None = None) -> Table:
         from rich.markup import escape
@@ -163,12 +170,35 @@ class LiveView:
         return table
 
     def header(self) -> str:
+        """``brief  RUN_ID  ·  3/7 completed, 2 running, 1 failed  ·  1 min 04 s  ·
+        tokens  ·  spend``: what a person needs at a glance, which run included
+        (after Ctrl-C it said "36/36 agents done" of a run half of which never ran)."""
         from rich.markup import escape
 
+        states: dict[str, int] = {}
+        for row in self.rows.values():
+            states[row.state] = states.get(row.state, 0) + 1
+        done = sum(states.get(s, 0) for s in ("completed", "cached", "resumed"))
+        counts = [f"{done}/{len(self.rows)} completed"]
+        running = sum(states.get(s, 0) for s in ("running", "retrying", "waiting"))
+        if running and self.status is None:
+            counts.append(f"{running} running")
+        for state in ("failed", "budget_exceeded", "skipped", "cancelled"):
+            if states.get(state):
+                counts.append(f"{states[state]} {state.replace('_', ' ')}")
+        took = self.took
+        if took is None and self.began is not None:
+            took = time.perf_counter() - self.began
         spend = money(self.cost) + (f" of {money(self.budget)}" if self.budget else "")
-        return (
-            f"[bold]{escape(self.workflow.name)}[/]  {self.finished}/{len(self.rows)} agents done"
-            f"  ·  {self.tokens:,} tokens  ·  {spend}"
+        return "  ·  ".join(
+            [
+                f"[bold]{escape(self.workflow.name)}[/]"
+                + (f"  {self.run_id}" if self.run_id else ""),
+                ", ".join(counts),
+                *([duration(took)] if took is not None else []),
+                f"{self.tokens:,} tokens",
+                spend,
+            ]
         )
 
     def render(self) -> RenderableType:
@@ -178,10 +208,9 @@ class LiveView:
         return Group(self.header(), self.table(limit=height))
 
     def summary(self) -> None:
-        """The final table, printed for good once the live view is gone."""
+        """The final table, printed for good once the live view is gone (the
+        line under it is the end of the run's: :mod:`aoe.cli.ui.summary`)."""
         self.console.print(self.table())
-        status = f"  ·  [bold]{self.status}[/]" if self.status else ""
-        self.console.print(self.header() + status)
 
 
 _STATE_STYLE = {
