@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ import typer
 from aoe import __version__
 from aoe.cli.ui.text import format_diagnostic, use_colour
 from aoe.types import Diagnostic, Severity
-from tests.conftest import REPO, VALID, WORKFLOWS, RunCli, WriteFile
+from tests.conftest import REPO, VALID, WORKFLOWS, RunCli, WriteFile, child_env
 
 
 def test_version(cli: RunCli) -> None:
@@ -49,6 +51,64 @@ def test_debug_shows_the_traceback_of_a_user_error(cli: RunCli, write: WriteFile
     assert "Traceback" in loud.stderr
     assert "WorkflowInvalid" in loud.stderr
     assert "depends on itself" in loud.stderr
+
+
+def test_debug_may_come_after_the_command(cli: RunCli, write: WriteFile) -> None:
+    """Issue 16: `aoe graph wf.yaml --debug` said "No such option"."""
+    path = write("version: 1\nname: x\nagents:\n  a: {prompt: hi, depends_on: a}\n")
+    loud = cli("graph", path, "--debug")
+    assert loud.exit_code == 2
+    assert "Traceback" in loud.stderr
+    # after `--`, it is an argument like any other
+    assert "No such option" not in cli("graph", "--", path).stderr
+
+
+def test_a_mistyped_command_gets_one_suggestion(cli: RunCli) -> None:
+    result = cli("rn")
+    assert result.exit_code == 2
+    assert result.stderr.count("Did you mean") == 1
+    assert "'run'" in result.stderr
+
+
+def test_help_examples_are_each_on_a_line_of_their_own(cli: RunCli) -> None:
+    """They sat on one line joined by ` | `, next to real pipes."""
+    text = cli("graph", "--help").stdout
+    lines = [line.strip(" │") for line in text.splitlines()]
+    assert "aoe graph wf.yaml" in lines
+    assert "aoe graph wf.yaml --format dot | dot -Tsvg > wf.svg" in lines
+    assert not any("  |  " in line for line in lines)
+
+
+def test_shell_completion_for_bash(tmp_path: Path) -> None:
+    """`aoe completion bash` prints a script; bash, given it, completes commands
+    and options by asking aoe."""
+    if shutil.which("bash") is None:
+        pytest.skip("no bash here")
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "aoe").exists():
+        pytest.skip("the aoe console script is not installed beside this Python")
+    script = (
+        'eval "$(aoe completion bash)"\n'
+        "for words in 'aoe runs pr' 'aoe run wf.yaml --no-c' 'aoe vali'; do\n"
+        '  read -ra COMP_WORDS <<< "$words"; COMP_CWORD=$((${#COMP_WORDS[@]} - 1))\n'
+        '  _aoe_completion aoe; echo "${COMPREPLY[*]}"\n'
+        "done\n"
+    )
+    env = child_env(PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["prune", "--no-cache", "validate"]
+    for shell in ("zsh", "fish"):
+        shown = subprocess.run(
+            [sys.executable, "-m", "aoe", "completion", shell],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert shown.returncode == 0
+        assert "_AOE_COMPLETE" in shown.stdout
 
 
 def test_debug_holds_for_its_own_invocation_only(cli: RunCli, write: WriteFile) -> None:

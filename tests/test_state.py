@@ -1327,3 +1327,49 @@ def test_looking_at_the_store_keeps_sqlites_locks(tmp_path: Path) -> None:
     assert os.stat(f"{path}-wal").st_ino == wal  # the other's close did not delete it
     assert seen.lost() is None
     held.close()
+
+
+def test_filter_typos_are_refused_naming_the_choices(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """`--status faild` and `-t bogus` printed nothing, exit 0."""
+    _, ran, _ = run(cli, provider_env, "run", write(CHAIN))
+    result = cli("runs", "list", "--status", "faild")
+    assert result.exit_code == 2
+    assert "--status 'faild' is none of running, interrupted, completed" in result.stderr
+    assert "(did you mean failed?)" in result.stderr
+    result = cli("runs", "events", ran["run_id"], "-t", "agent_finishd")
+    assert result.exit_code == 2
+    assert "(did you mean agent_finished?)" in result.stderr
+    for good in ("agent_finished", "AgentFinished", "agent_failed"):
+        assert cli("runs", "events", ran["run_id"], "-t", good).exit_code == 0
+
+
+def test_commands_that_read_the_store_make_none(cli: RunCli, tmp_path: Path) -> None:
+    """Read-only commands created `.aoe/` in whatever folder they ran (cron)."""
+    result = cli("runs", "list")
+    assert result.exit_code == 0
+    assert f"there is no run store at {tmp_path / '.aoe' / 'state.db'}" in result.stderr
+    assert cli("runs", "list", "-f", "json").stdout.strip() == "[]"
+    for args in (["runs", "show", "r1"], ["runs", "output", "r1"], ["runs", "events", "r1"]):
+        result = cli(*args)
+        assert result.exit_code == 2
+        assert "no run r1: there is no run store at" in result.stderr
+    assert cli("runs", "prune", "--older-than", "1d").exit_code == 0
+    assert json.loads(cli("cache", "stats", "-f", "json").stdout)["entries"] == 0
+    assert cli("cache", "clear").exit_code == 0
+    assert cli("status").exit_code == 0
+    assert not (tmp_path / ".aoe").exists()
+
+
+def test_resume_latest_says_why_it_starts_a_new_run(cli: RunCli, write: WriteFile) -> None:
+    path = write(
+        "version: 1\nname: w\nagents:\n"
+        "  a: {prompt: hi, llm: {provider: mock, model: gpt-4o, max_tokens: 10,"
+        " params: {reply: x}}, output: {format: json}, retry: {max_retries: 0}}\n"
+    )
+    first = cli("run", path, "--mock", "-q")
+    assert first.exit_code == 1
+    again = cli("run", path, "--resume-latest", "-q")
+    assert "did not complete, but it ran with --mock and this one does not" in again.stderr
+    assert "starting a new run" in again.stderr

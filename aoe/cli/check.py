@@ -37,7 +37,7 @@ class GraphFormat(StrEnum):
 
 
 @commands.command(
-    epilog="Examples: aoe validate workflows/*.yaml  |  "
+    epilog="Examples:\n\naoe validate workflows/*.yaml\n\n"
     "aoe validate wf.yaml --format json | jq '.[] | .message'"
 )
 def validate(
@@ -108,8 +108,8 @@ def _print_results(results: list[LoadResult], failed: int) -> None:
 
 
 @commands.command(
-    epilog="Examples: aoe graph wf.yaml  |  aoe graph wf.yaml --format dot | dot -Tsvg > wf.svg  "
-    "|  aoe graph wf.yaml -f mermaid -o wf.mmd"
+    epilog="Examples:\n\naoe graph wf.yaml\n\naoe graph wf.yaml --format dot | dot -Tsvg > wf.svg"
+    "\n\naoe graph wf.yaml -f mermaid -o wf.mmd"
 )
 def graph(
     ctx: typer.Context,
@@ -159,7 +159,7 @@ def _render_tree(workflow: Any, *, to_file: bool) -> str:
     return graph_text(workflow)
 
 
-@commands.command(epilog="Example: aoe schema -o workflow.schema.json")
+@commands.command(epilog="Example:\n\naoe schema -o workflow.schema.json")
 def schema(
     ctx: typer.Context,
     output: Annotated[

@@ -213,6 +213,24 @@ def open_store(settings: Settings) -> Store:
     return store
 
 
+def existing_store(settings: Settings) -> Store | None:
+    """The run store, if there is one: the commands that only read it make
+    none (a cron job's `aoe runs list` in some folder left a `.aoe/` there)."""
+    from aoe.state.schema import store_path
+
+    return open_store(settings) if store_path(settings).exists() else None
+
+
+def no_store(settings: Settings) -> str:
+    """Where the store would be, and what decides it: for a command that found none."""
+    from aoe.state.schema import store_path
+
+    return (
+        f"there is no run store at {store_path(settings).absolute()} (the first `aoe run` in this "
+        "folder makes one; AOE_STATE_DIR or engine.state_dir names another)"
+    )
+
+
 def write_output(text: str, output: str | None) -> None:
     """``text`` to stdout (no ``--output``, or ``-``) or to the file named; a file
     that cannot be written is the user's to fix (exit 2)."""

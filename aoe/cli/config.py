@@ -20,7 +20,8 @@ config_app = typer.Typer(
 
 
 @config_app.command(
-    "show", epilog="Examples: aoe config show  |  aoe config show -c config/production.yaml -f json"
+    "show",
+    epilog="Examples:\n\naoe config show\n\naoe config show -c config/production.yaml -f json",
 )
 def config_show(
     ctx: typer.Context,

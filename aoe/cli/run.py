@@ -97,8 +97,8 @@ class Reports(NamedTuple):
 
 
 @commands.command(
-    epilog="Examples: aoe run workflows/competitor-brief.yaml --mock  |  "
-    "aoe run wf.yaml -i topic=solar --output results.json  |  "
+    epilog="Examples:\n\naoe run workflows/competitor-brief.yaml --mock\n\n"
+    "aoe run wf.yaml -i topic=solar --output results.json\n\n"
     "aoe run wf.yaml --output - --quiet | jq .outputs"
 )
 def run(
@@ -161,7 +161,17 @@ def run(
             import os.path
 
             latest = store.latest_unfinished(os.path.abspath(file))
-            if latest is not None and bool(latest.settings.get("mock")) == mock:
+            if latest is not None and bool(latest.settings.get("mock")) != mock:
+                # not the same kind of run: a new one, said (a rehearsal is not resumed
+                # for real, nor a paid run offline)
+                was = "with --mock" if latest.settings.get("mock") else "without --mock"
+                typer.echo(
+                    f"aoe: the latest run of {file}, {latest.run_id}, did not complete, but "
+                    f"it ran {was} and this one does not: starting a new run "
+                    f"(`aoe resume {latest.run_id}` finishes that one as it was)",
+                    err=True,
+                )
+            elif latest is not None:
                 _resume(
                     store,
                     settings,
@@ -410,8 +420,8 @@ def _resume(
 
 
 @commands.command(
-    epilog="Examples: aoe resume 20261127-101500-3fa2c1  |  aoe resume 20261127-1015 --budget 5"
-    "  |  aoe resume RUN_ID --force"
+    epilog="Examples:\n\naoe resume 20261127-101500-3fa2c1\n\naoe resume 20261127-1015 --budget 5"
+    "\n\naoe resume RUN_ID --force"
 )
 def resume(
     ctx: typer.Context,
@@ -502,7 +512,7 @@ def _progress(
 
 
 @commands.command(
-    epilog="Examples: aoe plan workflows/competitor-brief.yaml  |  "
+    epilog="Examples:\n\naoe plan workflows/competitor-brief.yaml\n\n"
     "aoe plan wf.yaml -i topic=solar --format json | jq .worst_case"
 )
 def plan(

@@ -11,18 +11,24 @@ import json
 import re
 import sys
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from aoe.cli.common import (
     ConfigOption,
     ReportFormat,
+    existing_store,
     handle_errors,
+    no_store,
     open_store,
     read_settings,
     write_output,
 )
+
+if TYPE_CHECKING:
+    from aoe.state.store import Store
+
 
 runs_app = typer.Typer(
     help="The run records: list, show, export, import, prune, events.",
@@ -100,7 +106,7 @@ def _json(value: Any) -> None:
 
 
 @runs_app.command(
-    "list", epilog="Examples: aoe runs list  |  aoe runs list --status failed -f json"
+    "list", epilog="Examples:\n\naoe runs list\n\naoe runs list --status failed -f json"
 )
 def runs_list(
     ctx: typer.Context,
@@ -121,7 +127,18 @@ def runs_list(
 ) -> None:
     """Recent runs, newest first."""
     with handle_errors(ctx):
-        store = open_store(read_settings(config))
+        from aoe.state.rows import RecordStatus
+
+        if status is not None:  # (a typo printed "no runs match", exit 0)
+            _one_of("--status", status, [s.value for s in RecordStatus])
+        settings = read_settings(config)
+        store = existing_store(settings)
+        if store is None:
+            if format is ReportFormat.json:
+                _json([])
+            else:
+                typer.echo(f"no runs recorded yet: {no_store(settings)}", err=True)
+            return
         # "interrupted" is "running" with its process gone: filter after reading
         stored_status = "running" if status == "interrupted" else status
         runs = store.runs(status=stored_status, workflow=workflow, limit=None if status else limit)
@@ -156,7 +173,7 @@ def runs_list(
 
 @runs_app.command(
     "output",
-    epilog="Examples: aoe runs output 20261127-101500-3fa2c1  |  "
+    epilog="Examples:\n\naoe runs output 20261127-101500-3fa2c1\n\n"
     "aoe runs output 20261127-101500-3fa2c1 review > review.json",
 )
 def runs_output(
@@ -174,7 +191,7 @@ def runs_output(
     from aoe.errors import OptionInvalid
 
     with handle_errors(ctx):
-        store = open_store(read_settings(config))
+        store = _stored(config, run_id)
         run = store.run(run_id)
         agents = {a.agent_id: a for a in store.agents(run.run_id)}
         outputs = run.outputs or {}
@@ -208,6 +225,18 @@ def runs_output(
         _raw(agent.output)
 
 
+def _stored(config: str | None, run_id: str) -> Store:
+    """The run store, for a command that reads a run: none there is no such run
+    (and none is made)."""
+    from aoe.errors import RunNotFound
+
+    settings = read_settings(config)
+    store = existing_store(settings)
+    if store is None:
+        raise RunNotFound(f"no run {run_id}: {no_store(settings)}")
+    return store
+
+
 def _raw(value: Any) -> None:
     """A text as it is (ended by a newline), anything else as JSON."""
     if isinstance(value, str):
@@ -216,7 +245,7 @@ def _raw(value: Any) -> None:
         sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
-@runs_app.command("show", epilog="Example: aoe runs show 20261127-101500-3fa2c1")
+@runs_app.command("show", epilog="Example:\n\naoe runs show 20261127-101500-3fa2c1")
 def runs_show(
     ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
@@ -230,7 +259,7 @@ def runs_show(
     from aoe.state.rows import RecordStatus
 
     with handle_errors(ctx):
-        store = open_store(read_settings(config))
+        store = _stored(config, run_id)
         run = store.run(run_id)
         agents = store.agents(run.run_id)
         last = store.events(run.run_id, last=events) if events else []
@@ -278,7 +307,7 @@ def runs_show(
 
 @runs_app.command(
     "events",
-    epilog="Examples: aoe runs events RUN_ID --type agent_failed --last 50  |  "
+    epilog="Examples:\n\naoe runs events RUN_ID --type agent_failed --last 50\n\n"
     "aoe runs events RUN_ID -t AttemptFinished | jq .cost",
 )
 def runs_events(
@@ -298,9 +327,16 @@ def runs_events(
 ) -> None:
     """A run's recorded events, one JSON object per line."""
     with handle_errors(ctx):
-        store = open_store(read_settings(config))
+        store = _stored(config, run_id)
         run = store.run(run_id)
+        from aoe.events import Event
+
         wanted = [_event_type(t) for t in type or []]
+        known = list(dict.fromkeys(cls.__name__ for cls in Event.__subclasses__()))
+        for given, (kind, _) in zip(type or [], wanted, strict=True):
+            if kind not in known:  # (a typo printed nothing, exit 0)
+                snake = [re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() for name in known]
+                _one_of("--type", given, [*snake, *_FAILED])
         types = sorted({kind for kind, _ in wanted})
         found = store.events(run.run_id, types=types)
         if wanted:
@@ -316,6 +352,20 @@ _FAILED = {
     "run_failed": "RunFinished",
 }
 _FAILED_AGENT = {"failed", "rate_limited", "budget_exceeded"}
+
+
+def _one_of(option: str, given: str, choices: list[str], close_to: list[str] | None = None) -> None:
+    """Refuse ``given`` unless it is one of ``choices``: exit 2, naming the
+    closest and every one."""
+    import difflib
+
+    from aoe.errors import OptionInvalid
+
+    if given in choices:
+        return
+    near = difflib.get_close_matches(given.lower(), choices, n=1)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    raise OptionInvalid(f"{option} {given!r} is none of {', '.join(choices)}{hint}")
 
 
 def _event_type(name: str) -> tuple[str, bool]:
@@ -340,7 +390,7 @@ def _matches(event: dict[str, Any], kind: str, failed: bool) -> bool:
     return event.get("status") not in ("completed", "cancelled")
 
 
-@runs_app.command("export", epilog="Example: aoe runs export RUN_ID -o run.json")
+@runs_app.command("export", epilog="Example:\n\naoe runs export RUN_ID -o run.json")
 def runs_export(
     ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
@@ -355,13 +405,13 @@ def runs_export(
     with handle_errors(ctx):
         from aoe.state.transfer import export_run
 
-        store = open_store(read_settings(config))
+        store = _stored(config, run_id)
         write_output(
             json.dumps(export_run(store, run_id), ensure_ascii=False, default=str) + "\n", output
         )
 
 
-@runs_app.command("import", epilog="Example: aoe runs import run.json && aoe resume RUN_ID")
+@runs_app.command("import", epilog="Example:\n\naoe runs import run.json && aoe resume RUN_ID")
 def runs_import(
     ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="A file made by `aoe runs export`.", metavar="FILE")],
@@ -399,8 +449,8 @@ def runs_import(
 
 @runs_app.command(
     "prune",
-    epilog="Examples: aoe runs prune --older-than 30d  |  "
-    "aoe runs prune --older-than 12h --dry-run  |  aoe runs prune --older-than 90d --yes",
+    epilog="Examples:\n\naoe runs prune --older-than 30d\n\n"
+    "aoe runs prune --older-than 12h --dry-run\n\naoe runs prune --older-than 90d --yes",
 )
 def runs_prune(
     ctx: typer.Context,
@@ -415,7 +465,11 @@ def runs_prune(
     asks first, unless --yes."""
     with handle_errors(ctx):
         seconds, age = _age(older_than)
-        store = open_store(read_settings(config))
+        settings = read_settings(config)
+        store = existing_store(settings)
+        if store is None:
+            typer.echo(f"no runs to remove: {no_store(settings)}", err=True)
+            return
         doomed = store.prune(seconds, dry_run=True)
         if not dry_run and doomed:
             count = f"{len(doomed)} run{'' if len(doomed) == 1 else 's'}"
@@ -434,13 +488,21 @@ def runs_prune(
         typer.echo(f"{verb} {len(doomed)} run(s) last active over {age} ago", err=True)
 
 
-@cache_app.command("stats", epilog="Example: aoe cache stats -f json")
+@cache_app.command("stats", epilog="Example:\n\naoe cache stats -f json")
 def cache_stats(
     ctx: typer.Context, format: FormatOption = ReportFormat.text, config: ConfigOption = None
 ) -> None:
     """Entries, size and hits of the response cache, by model."""
     with handle_errors(ctx):
-        stats = open_store(read_settings(config)).cache_stats()
+        settings = read_settings(config)
+        store = existing_store(settings)
+        if store is None:
+            from aoe.state.rows import CacheStats
+            from aoe.state.schema import store_path
+
+            stats = CacheStats(str(store_path(settings)), 0, 0, 0, None, None, [])
+        else:
+            stats = store.cache_stats()
         if format is ReportFormat.json:
             _json(stats.to_dict())
             return
@@ -458,7 +520,7 @@ def cache_stats(
 
 
 @cache_app.command(
-    "clear", epilog="Examples: aoe cache clear  |  aoe cache clear --older-than 7d --yes"
+    "clear", epilog="Examples:\n\naoe cache clear\n\naoe cache clear --older-than 7d --yes"
 )
 def cache_clear(
     ctx: typer.Context,
@@ -475,6 +537,11 @@ def cache_clear(
     --yes. Run records stay."""
     with handle_errors(ctx):
         seconds, age = _age(older_than) if older_than is not None else (None, "")
+        settings = read_settings(config)
+        store = existing_store(settings)
+        if store is None:
+            typer.echo(f"removed 0 cache entries: {no_store(settings)}", err=True)
+            return
         which = f"the cached answers unused for {age}" if age else "every cached answer"
         if not _confirmed(
             f"Delete {which}?",
@@ -483,5 +550,5 @@ def cache_clear(
         ):
             typer.echo("aoe: nothing deleted", err=True)
             raise typer.Exit(1)
-        removed = open_store(read_settings(config)).cache_clear(seconds)
+        removed = store.cache_clear(seconds)
         typer.echo(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'}", err=True)

@@ -23,6 +23,7 @@ from aoe.cli.common import (
     LogFormatOption,
     MaxParallelOption,
     ReportFormat,
+    existing_store,
     finite,
     given_inputs,
     handle_errors,
@@ -37,7 +38,7 @@ LOCAL_WINDOW = 86_400.0  # seconds of history `aoe status` sums from the local s
 
 
 @commands.command(
-    epilog="Examples: aoe serve  |  AOE_API_TOKEN=... aoe serve --host 0.0.0.0 --port 8000  |  "
+    epilog="Examples:\n\naoe serve\n\nAOE_API_TOKEN=... aoe serve --host 0.0.0.0 --port 8000\n\n"
     "curl -s localhost:8000/health"
 )
 def serve(
@@ -194,7 +195,7 @@ def serve(
 
 
 @commands.command(
-    epilog="Examples: aoe status  |  aoe status --url http://127.0.0.1:8000  |  "
+    epilog="Examples:\n\naoe status\n\naoe status --url http://127.0.0.1:8000\n\n"
     "aoe status --format json | jq .spend"
 )
 def status(
@@ -226,7 +227,13 @@ def status(
 
 
 def _local(config: str | None) -> dict[str, Any]:
-    store = open_store(read_settings(config))
+    settings = read_settings(config)
+    store = existing_store(settings)
+    if store is None:  # (nothing recorded here, and nothing made: a reader)
+        from aoe.state.rows import Summary
+        from aoe.state.schema import store_path
+
+        return Summary([], [], 0.0, 0).to_dict() | {"source": str(store_path(settings))}
     try:
         return store.summary(time.time() - LOCAL_WINDOW).to_dict() | {"source": str(store.path)}
     finally:
@@ -305,7 +312,7 @@ def _print(report: dict[str, Any]) -> None:
 
 
 @commands.command(
-    epilog="Examples: aoe submit wf.yaml -i topic=solar  |  REDIS_HOST=redis aoe submit wf.yaml"
+    epilog="Examples:\n\naoe submit wf.yaml -i topic=solar\n\nREDIS_HOST=redis aoe submit wf.yaml"
 )
 def submit(
     ctx: typer.Context,
@@ -348,7 +355,7 @@ def submit(
         sys.stdout.write(run_id + "\n")
 
 
-@commands.command(epilog="Examples: aoe worker  |  REDIS_HOST=redis aoe worker --concurrency 8")
+@commands.command(epilog="Examples:\n\naoe worker\n\nREDIS_HOST=redis aoe worker --concurrency 8")
 def worker(
     ctx: typer.Context,
     concurrency: Annotated[
