@@ -485,10 +485,22 @@ def test_yaml_syntax_error_has_line_and_column(cli: RunCli, write: WriteFile) ->
     found = diagnostics(result.stdout, path)
     assert len(found) == 1
     line, column, severity, message = found[0]
-    assert (line, severity) == (8, "error")
-    assert column >= 1
+    # where the unclosed [ is, not where YAML gave up (the end of the file)
+    assert (line, column, severity) == (7, 13, "error")
     assert "invalid YAML" in message
-    assert "starts at line 7" in message
+    assert "it starts here; YAML noticed at line 8" in message
+
+
+def test_an_unclosed_quote_is_reported_where_it_opens(cli: RunCli, write: WriteFile) -> None:
+    """Issue 16: it was reported at the end of the file."""
+    path = write(
+        HEAD + 'agents:\n  a:\n    prompt: "hello\n    llm: {model: gpt-4o}\n  b:\n    prompt: hi\n'
+    )
+    result = cli("validate", path)
+    assert result.exit_code == 2
+    [(line, column, _, message)] = diagnostics(result.stdout, path)
+    assert (line, column) == (7, 13)
+    assert "a quote or bracket is not closed" in message
 
 
 def test_unknown_key_column_points_at_the_key(cli: RunCli, write: WriteFile) -> None:

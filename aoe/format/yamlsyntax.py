@@ -56,8 +56,21 @@ def reader_diagnostic(file: str, e: yaml.YAMLError, text: str) -> Diagnostic:
     )
 
 
+# constructs opened by a delimiter: a missing close is found where YAML gave up,
+# often the end of the file; the mistake is where the construct begins
+_OPENED = ("quoted scalar", "flow mapping", "flow sequence")
+
+
 def syntax_diagnostic(file: str, e: yaml.MarkedYAMLError, text: str) -> Diagnostic:
     mark = e.problem_mark or e.context_mark
+    opened = (
+        e.context_mark is not None
+        and e.problem_mark is not None
+        and e.context_mark.line < e.problem_mark.line
+        and any(kind in (e.context or "") for kind in _OPENED)
+    )
+    if opened:  # where it begins, and where YAML noticed (below)
+        mark = e.context_mark
     line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     parts = [p for p in (e.context, e.problem) if p]
     message = "invalid YAML: " + (", ".join(parts) if parts else "syntax error")
@@ -70,7 +83,10 @@ def syntax_diagnostic(file: str, e: yaml.MarkedYAMLError, text: str) -> Diagnost
             if needle in message:
                 message += f"; {hint}"
                 break
-    if (
+    if opened:
+        assert e.problem_mark is not None
+        message += f" (it starts here; YAML noticed at line {e.problem_mark.line + 1})"
+    elif (
         e.context_mark is not None
         and e.problem_mark is not None
         and (e.context_mark.line != e.problem_mark.line)
