@@ -322,7 +322,7 @@ BAD = [
     pytest.param(
         "bad.json",
         _files(**{"bad.json": '{"type": "string",\n  oops\n'}),
-        [("bad.json", 3, ["invalid YAML"])],
+        [("bad.json", 1, ["invalid YAML", "it starts here"])],
         ["not a JSON (or YAML) document"],
         id="not-json",
     ),
