@@ -590,3 +590,49 @@ def test_a_results_file_that_cannot_be_written_is_refused_before_any_call(
     assert "that is a folder" in result.stderr
     assert fake.received == []
     assert "no runs recorded yet" in cli("runs", "list").stderr
+
+
+def test_the_live_view_keeps_agents_apart_at_80_columns_and_rows_in_place() -> None:
+    """Issue 16: at 80 columns seven agents all read `report_section_…` and
+    `openai/gpt-4o-…` hid which model; rows jumped as states changed; a
+    foreach agent showed attempts, not items."""
+    from io import StringIO
+
+    from aoe.cli.ui.live import LiveView, _shortened
+    from aoe.cli.ui.text import console
+    from aoe.events import AgentStarted
+    from aoe.service.runner import load_text
+
+    agents = "".join(
+        f"  report_section_{i}_{'detail' if i % 2 else 'summary'}: {{prompt: 's{i}',"
+        " llm: {provider: openai, model: gpt-4o-mini, max_tokens: 9}}\n"
+        for i in range(1, 8)
+    )
+    each = "  each: {prompt: 'x', foreach: '[1, 2, 3]', llm: {model: gpt-4o, max_tokens: 9}}\n"
+    workflow = load_text(f"version: 1\nname: report\nagents:\n{agents}{each}", "wf.yaml")
+    buffer = StringIO()
+    view = LiveView(workflow, console(buffer, width=80))
+    before = [line.split()[0] for line in _rows(view)]
+    view(AgentStarted(run_id="r", at=0.0, agent_id="each", items=3))
+    view(AgentStarted(run_id="r", at=0.0, agent_id="report_section_7_detail"))
+    for item in (0, 1):
+        view(attempt_finished(agent_id="each", item=item, model="gpt-4o"))
+    rows = _rows(view)
+    assert [line.split()[0] for line in rows] == before  # in place, running or not
+    names = [line.split()[0] for line in rows[:7]]
+    assert len(set(names)) == 7  # apart
+    assert names[0] == "…1_detail"
+    assert all("gpt-4o-mini" in line and "openai/" not in line for line in rows[:7])
+    assert "running 2/3" in rows[7]
+    assert all(len(line) <= 80 for line in rows)
+    assert _shortened("a_very_long_agent_name_indeed", 12) == "a_ver…indeed"
+
+
+def _rows(view: Any) -> list[str]:
+    from io import StringIO
+
+    from aoe.cli.ui.text import console
+
+    buffer = StringIO()
+    console(buffer, width=80).print(view.table())
+    return buffer.getvalue().splitlines()[1:]

@@ -28,6 +28,8 @@ class _Row:
         "cost",
         "cut",
         "duration",
+        "items",
+        "items_done",
         "model",
         "started",
         "state",
@@ -45,6 +47,8 @@ class _Row:
         self.duration: float | None = None
         self.cached = False
         self.cut = False  # its output is a reply cut off at max_tokens
+        self.items: int | None = None  # foreach: how many items it runs
+        self.items_done = 0
         self.tail = ""  # -v: the last words of its reply as they arrive
 
 
@@ -70,6 +74,7 @@ class LiveView:
         self.console = console
         self.budget = budget
         self.rows = {agent_id: _Row(agent.llm.label) for agent_id, agent in workflow.agents.items()}
+        self.prefixes = _shared_prefixes(list(self.rows))
         self.finished = 0
         self.cost = 0.0
         self.tokens = 0
@@ -100,6 +105,7 @@ class LiveView:
             row = self.rows[event.agent_id]
             row.state = "running"
             row.started = time.perf_counter()
+            row.items = event.items
         elif isinstance(event, ev.AgentWaiting):
             self.rows[event.agent_id].state = "waiting"
         elif isinstance(event, ev.AttemptStarted):
@@ -110,6 +116,8 @@ class LiveView:
             row = self.rows[event.agent_id]
             row.attempts += 1
             row.cached = event.cached
+            if event.item is not None and event.error is None:
+                row.items_done += 1
             row.tokens = event.agent_usage.total
             row.cost = event.agent_cost
             self.tokens = event.run_usage.total
@@ -147,20 +155,25 @@ class LiveView:
             table.add_column(column, justify="right")
         if self.verbose:
             table.add_column("reply", no_wrap=True, overflow="ellipsis", max_width=self.TAIL)
-        order = {"running": 0, "retrying": 0, "pending": 2}
-        rows = sorted(self.rows.items(), key=lambda kv: order.get(kv[1].state, 1))
-        if limit is not None and len(rows) > limit:
-            rows = rows[:limit]
+        rows = list(self.rows.items())  # in the workflow's order: rows do not jump
+        if limit is not None and len(rows) > limit:  # the running ones, then what fits
+            keep = {a for a, r in rows if r.state in _ACTIVE}
+            keep.update(a for a, r in rows if a not in keep and len(keep) < limit)
+            rows = [(a, r) for a, r in rows if a in keep][:limit]
+        narrow = self.console.width < 120  # the model without its provider, shortened
+        name_width = max(12, self.console.width - 66)  # what the other columns leave
         now = time.perf_counter()
         for agent_id, row in rows:
             took = row.duration
             if took is None and row.started is not None:
                 took = now - row.started
             style = _STATE_STYLE.get(row.state, "white")
+            items = f" {row.items_done}/{row.items}" if row.items and row.state in _ACTIVE else ""
+            model = row.model.split("/", 1)[-1] if narrow else row.model
             table.add_row(
-                escape(agent_id),
-                f"[{style}]{row.state}[/]" + (" [yellow](cut off)[/]" if row.cut else ""),
-                escape(row.model),
+                escape(_shortened(agent_id, name_width, self.prefixes[agent_id])),
+                f"[{style}]{row.state}{items}[/]" + (" [yellow](cut off)[/]" if row.cut else ""),
+                escape(model if len(model) <= 14 or not narrow else model[:13] + "…"),
                 str(row.attempts),
                 f"{row.tokens:,}",
                 money(row.cost),
@@ -211,6 +224,44 @@ class LiveView:
         """The final table, printed for good once the live view is gone (the
         line under it is the end of the run's: :mod:`aoe.cli.ui.summary`)."""
         self.console.print(self.table())
+
+
+_ACTIVE = frozenset({"running", "retrying", "waiting"})
+
+
+def _shortened(text: str, width: int, prefix: str = "") -> str:
+    """``text`` in ``width`` characters: without the ``prefix`` every agent's id
+    shares, then without its middle. Agents named ``report_section_1_detail`` …
+    ``report_section_7_summary`` stay apart (cut at their end, seven read
+    ``report_section_…``): ``…1_detail``."""
+    if len(text) <= width:
+        return text
+    if prefix and text.startswith(prefix):
+        text = "…" + text[len(prefix) :]
+        if len(text) <= width:
+            return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
+
+
+def _shared_prefixes(names: list[str]) -> dict[str, str]:
+    """Each name's longest start (to a ``_``, ``-`` or ``.``) that another name
+    shares: what tells it from no other. Neighbours in sorted order share the
+    most, so only they are compared."""
+    ordered = sorted(names)
+    found = {}
+    for i, name in enumerate(ordered):
+        longest = 0
+        for other in ordered[max(i - 1, 0) : i] + ordered[i + 1 : i + 2]:
+            same = 0
+            for a, b in zip(name, other, strict=False):
+                if a != b:
+                    break
+                same += 1
+            longest = max(longest, same)
+        cut = max(name.rfind(c, 0, longest) for c in "_-.")
+        found[name] = name[: cut + 1] if cut >= 2 else ""
+    return found
 
 
 _STATE_STYLE = {

@@ -20,6 +20,10 @@ from aoe.cli.ui.text import duration, money, plural
 
 FOLDED_LINES = 12
 """The lines of an output shown on a terminal; the rest is a command away."""
+_MADE = ("──", "\x1b[")  # a rule, coloured or not
+SHOWN_AGENTS = 2
+"""A workflow that names no outputs: the outputs of its last agents shown, at
+most (a fan-out of forty would fill the screen); the others are named."""
 
 
 def end_of_run(
@@ -48,8 +52,14 @@ def end_of_run(
         shown = _outputs(document, list(last_agents))
         if shown:
             parts.append(_rule("outputs", width, colour, "1"))
-            for name, value in shown:
+            for name, value in shown[-SHOWN_AGENTS:] if not document.get("outputs") else shown:
                 parts.append(_folded(name, value, run_id, width))
+            others = [name for name, _ in shown[:-SHOWN_AGENTS]]
+            if others and not document.get("outputs"):
+                parts.append(
+                    f"(and {plural(len(others), 'other last agent')}: "
+                    f"{', '.join(others)}; `aoe runs output {run_id} AGENT` prints one)"
+                )
     failures = _failures(document)
     if failures:
         parts.append(_rule("failures", width, colour, "1;31"))
@@ -58,9 +68,10 @@ def end_of_run(
     after = _next(document, resume)
     if after:
         parts.append(after)
-    if wrapping:
+    if wrapping:  # (the rules and the outputs are made to the width already)
         parts = [
-            "\n".join(_wrap(part, width, "  ")) if "\n" not in part else part for part in parts
+            part if "\n" in part or part.startswith(_MADE) else "\n".join(_wrap(part, width, "  "))
+            for part in parts
         ]
     text = "\n".join(parts)
     if colour:  # (after wrapping: the codes take no room)
