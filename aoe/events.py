@@ -122,12 +122,15 @@ class AgentStarted(Event):
 
 @event
 class AgentWaiting(Event):
-    """A rate limit holds the agent's next attempt back."""
+    """A rate limit holds the agent's next attempt back: which one (``limit``,
+    ``30 requests per minute``) and, where known, for how long (``seconds``)."""
 
     agent_id: str
     item: int | None
     provider: str
     model: str
+    limit: str | None = None
+    seconds: float | None = None
 
 
 @event

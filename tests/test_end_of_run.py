@@ -192,3 +192,20 @@ def test_a_foreach_agents_output_is_json(cli: RunCli, write: WriteFile, json_out
     shown = json.loads(cli("runs", "output", run_id).stdout)
     assert isinstance(shown, list)
     assert len(shown) == 2
+
+
+def test_a_rate_limit_wait_says_which_limit(cli: RunCli, write: WriteFile) -> None:
+    """Issue 16: a wait said neither which limit nor for how long."""
+    engine = write(
+        "rate_limiting:\n  per_provider:\n    mock: {concurrent_requests: 1}\n", "engine.yaml"
+    )
+    path = write(
+        "version: 1\nname: w\nagents:\n"
+        "  a: {prompt: a, llm: {provider: mock, model: gpt-4o, max_tokens: 9,"
+        " params: {latency: 0.3}}}\n"
+        "  b: {prompt: b, llm: {provider: mock, model: gpt-4o, max_tokens: 9,"
+        " params: {latency: 0.3}}}\n"
+    )
+    result = cli("run", path, "--config", engine)
+    assert result.exit_code == 0, result.stderr
+    assert ": waiting for mock's rate limits: 1 call at once" in result.stderr

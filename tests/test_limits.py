@@ -19,6 +19,7 @@ from aoe.policy.limits import (
     LocalRateLimiter,
     RequestTooLarge,
     VirtualClock,
+    Waiting,
     limits_for_config,
 )
 
@@ -161,6 +162,39 @@ def test_a_request_bigger_than_the_token_limit_fails_at_once() -> None:
             await limiter.acquire("openai", "gpt-4o", 101)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("limits", "said"),
+    [
+        (Limits(requests_per_minute=2), Waiting("2 requests per minute", 50.0)),
+        (Limits(requests_per_hour=1), Waiting("1 request per hour", 3590.0)),
+        (Limits(tokens_per_minute=100), Waiting("100 tokens per minute", 50.0)),
+        (Limits(concurrent_requests=1), Waiting("1 call at once")),
+    ],
+)
+def test_a_wait_says_which_limit_holds_it_and_for_how_long(limits: Limits, said: Waiting) -> None:
+    """Issue 16: a rate-limit wait said neither which limit nor for how long."""
+    clock = VirtualClock()
+    limiter = LocalRateLimiter(lambda p, m: ("openai", limits), clock)
+    told: list[Waiting] = []
+
+    async def main() -> None:
+        first = await limiter.acquire("openai", "m", 60)
+        if limits.concurrent_requests is None:
+            limiter.release(first, 60)
+            await clock.sleep(10)  # the window's first entry leaves it 10 s later
+            if limits.requests_per_minute == 2:
+                await limiter.acquire("openai", "m", 60)
+        task = asyncio.ensure_future(limiter.acquire("openai", "m", 60, told.append))
+        await clock.sleep(0.1)
+        task.cancel()
+
+    async def run() -> None:
+        await clock.run(main())
+
+    asyncio.run(run())
+    assert told == [said]
 
 
 def test_cancelled_waiters_leave_the_queue() -> None:

@@ -16,7 +16,7 @@ import redis
 
 from aoe.config.settings import load_settings
 from aoe.policy.costs import BudgetExceeded
-from aoe.policy.limits import Limits, RequestTooLarge
+from aoe.policy.limits import Limits, RequestTooLarge, Waiting
 from aoe.redis.client import connect
 from aoe.redis.limits import RedisRateLimiter
 from aoe.redis.spend import SharedSpend
@@ -58,11 +58,14 @@ async def test_requests_per_minute_are_shared_by_limiters(redis_url: str) -> Non
             await one.acquire("openai", "m", 10)
         for _ in range(2):
             await two.acquire("openai", "m", 10)
-        waited: list[bool] = []
-        sixth = asyncio.ensure_future(two.acquire("openai", "m", 10, lambda: waited.append(True)))
+        waited: list[Waiting] = []
+        sixth = asyncio.ensure_future(two.acquire("openai", "m", 10, waited.append))
         done, _ = await asyncio.wait({sixth}, timeout=0.5)
         assert not done  # the minute's five are taken, by both
-        assert waited == [True]
+        [why] = waited
+        assert why.limit == "the rate limits shared by all processes"
+        assert why.seconds is not None
+        assert 0 < why.seconds <= 60
         sixth.cancel()
     finally:
         await one.aclose()
@@ -95,9 +98,10 @@ async def test_a_dead_holder_frees_its_slots_when_its_lease_ends(
         await dead.acquire("openai", "m", 1)
         assert dead._renewer is not None
         dead._renewer.cancel()  # the process died: nobody renews its lease
-        waited: list[bool] = []
-        await asyncio.wait_for(alive.acquire("openai", "m", 1, lambda: waited.append(True)), 10)
-        assert waited == [True]  # the slot was taken, until the lease ran out
+        waited: list[Waiting] = []
+        await asyncio.wait_for(alive.acquire("openai", "m", 1, waited.append), 10)
+        # the slot was taken, until the lease ran out
+        assert waited == [Waiting("1 call at once, all processes")]
     finally:
         await dead.aclose()
         await alive.aclose()

@@ -33,7 +33,7 @@ from aoe.policy.costs import (
     settle,
     worst_case,
 )
-from aoe.policy.limits import Permit, RateLimiter
+from aoe.policy.limits import Permit, RateLimiter, Waiting
 from aoe.types import Request, Response, Usage
 
 
@@ -122,7 +122,7 @@ class Admission:
         tokens = prompt_tokens_estimate(request.messages) + request.max_tokens
         record = unit.record
 
-        def waiting() -> None:
+        def waiting(why: Waiting) -> None:
             if not record.state.final:  # (another item may have ended it)
                 record.state = AgentState.WAITING
             self.bus.emit(
@@ -133,6 +133,8 @@ class Admission:
                     item=unit.item,
                     provider=request.provider,
                     model=request.model,
+                    limit=why.limit,
+                    seconds=why.seconds,
                 )
             )
 

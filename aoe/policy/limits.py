@@ -79,6 +79,18 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
 
+class Waiting(NamedTuple):
+    """Why a request waits, told to ``on_wait``: the limit that holds it
+    (``30 requests per minute``, ``4 calls at once``) and, where known, the
+    seconds until it may go."""
+
+    limit: str
+    seconds: float | None = None
+
+
+OnWait = Callable[[Waiting], None]
+
+
 class Permit(NamedTuple):
     """An admitted request: give it back with :meth:`RateLimiter.release`."""
 
@@ -95,10 +107,10 @@ class RateLimiter(Protocol):
         provider: str,
         model: str,
         tokens: int,
-        on_wait: Callable[[], None] | None = None,
+        on_wait: OnWait | None = None,
     ) -> Permit:
         """Wait until a request of ``tokens`` fits every window, then take it;
-        ``on_wait`` is called once if it has to wait at all."""
+        ``on_wait`` is told once, if it has to wait at all, which limit holds it."""
         ...
 
     def release(self, permit: Permit, used_tokens: int | None) -> None:
@@ -138,7 +150,7 @@ class _Window:
 class _Scope:
     """The windows of one provider (or one model), its queue and its calls in flight."""
 
-    __slots__ = ("changed", "concurrent", "in_flight", "queue", "tokens", "windows")
+    __slots__ = ("blocking", "changed", "concurrent", "in_flight", "queue", "tokens", "windows")
 
     def __init__(self, limits: Limits) -> None:
         self.windows: list[_Window] = [
@@ -159,18 +171,25 @@ class _Scope:
         self.in_flight = 0
         self.queue: deque[asyncio.Future[None]] = deque()
         self.changed: asyncio.Future[None] | None = None  # set when a call ends
+        self.blocking = ""  # the limit the last wait_for found full
 
     def wait_for(self, now: float, tokens: int) -> float | None:
         """0 if a request fits now, seconds to wait, or None: wait for a call to end."""
         if self.concurrent is not None and self.in_flight >= self.concurrent:
+            self.blocking = at_once(self.concurrent)
             return None
         wait = 0.0
         for window in self.windows:
             window.expire(now)
-            wait = max(wait, window.wait_for(now, 1))
+            seconds = window.wait_for(now, 1)
+            if seconds > wait:
+                noun = "request" if window.limit == 1 else "requests"
+                wait, self.blocking = seconds, f"{window.limit:,} {noun} per {_PER[window.length]}"
         if self.tokens is not None:
             self.tokens.expire(now)
-            wait = max(wait, self.tokens.wait_for(now, tokens))
+            seconds = self.tokens.wait_for(now, tokens)
+            if seconds > wait:
+                wait, self.blocking = seconds, f"{self.tokens.limit:,} tokens per minute"
         return wait
 
     def take(self, now: float, tokens: int) -> list[float] | None:
@@ -215,7 +234,7 @@ class LocalRateLimiter:
         provider: str,
         model: str,
         tokens: int,
-        on_wait: Callable[[], None] | None = None,
+        on_wait: OnWait | None = None,
     ) -> Permit:
         key, scope = self._scope(provider, model)
         self._ids += 1
@@ -232,7 +251,7 @@ class LocalRateLimiter:
         if scope.queue[0] is turn:
             turn.set_result(None)
         elif on_wait is not None:
-            on_wait()
+            on_wait(Waiting(f"{len(scope.queue) - 1:,} calls before it in line for {key}"))
             told = True
         try:
             await turn  # our turn: everyone who came before us has been admitted
@@ -243,7 +262,7 @@ class LocalRateLimiter:
                     entry = scope.take(now, tokens)
                     break
                 if not told and on_wait is not None:
-                    on_wait()
+                    on_wait(Waiting(scope.blocking, wait))
                     told = True
                 await self._wait(scope, wait)
         finally:
@@ -284,6 +303,14 @@ class LocalRateLimiter:
             entry[1] = float(used_tokens)
         if scope.changed is not None and not scope.changed.done():
             scope.changed.set_result(None)
+
+
+_PER = {MINUTE: "minute", HOUR: "hour", DAY: "day"}
+
+
+def at_once(calls: int) -> str:
+    """``4 calls at once``; ``1 call at once``."""
+    return f"{calls:,} call{'' if calls == 1 else 's'} at once"
 
 
 def limits_for_config(config: RateLimitingSection) -> Callable[[str, str], tuple[str, Limits]]:

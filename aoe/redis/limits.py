@@ -32,7 +32,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aoe.errors import RedisUnreachable
-from aoe.policy.limits import Limits, LocalRateLimiter, Permit, RequestTooLarge
+from aoe.policy.limits import (
+    Limits,
+    LocalRateLimiter,
+    OnWait,
+    Permit,
+    RequestTooLarge,
+    Waiting,
+    at_once,
+)
 from aoe.redis.client import configured, connect
 
 if TYPE_CHECKING:
@@ -195,7 +203,7 @@ class RedisRateLimiter:
         provider: str,
         model: str,
         tokens: int,
-        on_wait: Callable[[], None] | None = None,
+        on_wait: OnWait | None = None,
     ) -> Permit:
         key, limits = self._limits_for(provider, model)
         self._count += 1
@@ -223,10 +231,10 @@ class RedisRateLimiter:
                 self._recovered()
                 if int(taken) == 1:
                     break
-                if not told and on_wait is not None:
-                    on_wait()
-                    told = True
                 wait = POLL if int(taken) == -1 else min(float(value), 5.0)
+                if not told and on_wait is not None:
+                    on_wait(_waiting(int(taken), float(value), limits))
+                    told = True
                 await self._pause(max(wait, 0.001))
         if limits.concurrent_requests:
             self._held.setdefault(key, set()).add(member)
@@ -288,7 +296,7 @@ class RedisRateLimiter:
         provider: str,
         model: str,
         tokens: int,
-        on_wait: Callable[[], None] | None,
+        on_wait: OnWait | None,
     ) -> Permit | None:
         """Redis did not answer: fall back (``local``) or wait and say so."""
         if self._outage_since is None:
@@ -310,7 +318,7 @@ class RedisRateLimiter:
         if self.on_unavailable == "local":
             return await self.local.acquire(provider, model, tokens, on_wait)
         if on_wait is not None:
-            on_wait()
+            on_wait(Waiting("Redis, which does not answer (the shared limits)"))
         await asyncio.sleep(RETRY)
         return None
 
@@ -358,3 +366,11 @@ def shared_limiter(settings: Any) -> RedisRateLimiter | None:
         prefix=section.key_prefix,
         on_unavailable=section.on_unavailable,
     )
+
+
+def _waiting(taken: int, seconds: float, limits: Limits) -> Waiting:
+    """What the script's refusal says: every slot taken (-1), or a window full
+    for ``seconds`` (which one, it does not say)."""
+    if taken == -1:
+        return Waiting(f"{at_once(limits.concurrent_requests or 0)}, all processes")
+    return Waiting("the rate limits shared by all processes", max(seconds, 0.0))

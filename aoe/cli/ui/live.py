@@ -35,6 +35,7 @@ class _Row:
         "state",
         "tail",
         "tokens",
+        "waiting",
     )
 
     def __init__(self, model: str) -> None:
@@ -49,6 +50,7 @@ class _Row:
         self.cut = False  # its output is a reply cut off at max_tokens
         self.items: int | None = None  # foreach: how many items it runs
         self.items_done = 0
+        self.waiting = ""  # the limit it waits for
         self.tail = ""  # -v: the last words of its reply as they arrive
 
 
@@ -107,7 +109,9 @@ class LiveView:
             row.started = time.perf_counter()
             row.items = event.items
         elif isinstance(event, ev.AgentWaiting):
-            self.rows[event.agent_id].state = "waiting"
+            row = self.rows[event.agent_id]
+            row.state = "waiting"
+            row.waiting = event.limit or ""  # which limit holds it
         elif isinstance(event, ev.AttemptStarted):
             self.rows[event.agent_id].state = "running"
         elif isinstance(event, ev.AgentRetrying):
@@ -169,6 +173,8 @@ class LiveView:
                 took = now - row.started
             style = _STATE_STYLE.get(row.state, "white")
             items = f" {row.items_done}/{row.items}" if row.items and row.state in _ACTIVE else ""
+            if row.state == "waiting" and row.waiting:
+                items += f" ({_shortened(row.waiting, 24)})"
             model = row.model.split("/", 1)[-1] if narrow else row.model
             table.add_row(
                 escape(_shortened(agent_id, name_width, self.prefixes[agent_id])),

@@ -75,7 +75,9 @@ def describe_event(event: Event) -> str | None:
         items = f" ({plural(event.items, 'item')})" if event.items is not None else ""
         return f"{event.agent_id}: started{items}"
     if isinstance(event, ev.AgentWaiting):
-        return f"{event.agent_id}{item}: waiting for the rate limits of {event.provider}"
+        limit = f": {event.limit}" if event.limit else ""
+        wait = f", about {duration(event.seconds)}" if event.seconds else ""
+        return f"{event.agent_id}{item}: waiting for {event.provider}'s rate limits{limit}{wait}"
     if isinstance(event, ev.AttemptFinished):
         return _attempt_finished(event, item)
     if isinstance(event, ev.AgentRetrying):
