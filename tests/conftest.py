@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import secrets
 import shutil
@@ -12,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -88,10 +91,26 @@ def cli(clean_env: None) -> RunCli:
     runner = CliRunner()
 
     def _run(*args: str | Path, env: dict[str, str] | None = None) -> CliResult:
-        result = runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+        words = [str(a) for a in args]
+        result = runner.invoke(app, words, env=env, catch_exceptions=False)
+        if words[0] in ("run", "resume") and _writes_results(words) and result.stdout.strip():
+            check_results(json.loads(result.stdout))
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     return _run
+
+
+def _writes_results(words: list[str]) -> bool:
+    return any(w in ("--output", "-o") and n == "-" for w, n in itertools.pairwise(words))
+
+
+def check_results(document: Any) -> None:
+    """Every results document a test reads from `aoe run --output -` is checked
+    against the results schema (`results.schema.json`): a field added, renamed
+    or of another type fails the test that met it."""
+    from aoe.observe.resultschema import RunResults
+
+    RunResults.model_validate(document)
 
 
 # -- the fake provider server -------------------------------------------------------------

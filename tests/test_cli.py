@@ -253,3 +253,32 @@ def test_an_internal_signal_that_escapes_is_reported_as_a_bug() -> None:
     assert result.exit_code == 1
     assert "internal error: Signal: superseded" in result.output
     assert "This is a bug in aoe" in result.output
+
+
+def test_the_results_schema_is_shipped_and_up_to_date(cli: RunCli) -> None:
+    shipped = json.loads((REPO / "results.schema.json").read_text())
+    printed = json.loads(cli("schema", "--results").stdout)
+    assert shipped == printed, "run: aoe schema --results -o results.schema.json"
+    assert printed["title"] == "aoe run results"
+    assert printed["properties"]["results_version"]["const"] == 1
+
+
+def test_a_results_document_is_valid_against_the_shipped_schema(
+    cli: RunCli, write: WriteFile
+) -> None:
+    """As a pipeline would check it: with a JSON Schema validator, not aoe's models."""
+    import jsonschema
+
+    schema = json.loads((REPO / "results.schema.json").read_text())
+    path = write(
+        "version: 1\nname: w\noutputs: {answer: '{{ agents.b.output }}'}\nagents:\n"
+        "  a: {prompt: hi, foreach: '[1, 2]', llm: {provider: mock, model: gpt-4o,"
+        " max_tokens: 20}}\n"
+        "  b: {prompt: '{{ agents.a.output }}', depends_on: a, llm: {provider: mock,"
+        " model: gpt-4o, max_tokens: 20}, output: {format: json}}\n"
+    )
+    document = json.loads(cli("run", path, "--mock", "--output", "-", "-q").stdout)
+    jsonschema.Draft202012Validator(schema).validate(document)
+    assert document["results_version"] == 1
+    for amount in [document["cost_usd"], *(a["cost_usd"] for a in document["agents"].values())]:
+        assert amount == round(amount, 6)  # to the micro-dollar

@@ -159,20 +159,33 @@ def _render_tree(workflow: Any, *, to_file: bool) -> str:
     return graph_text(workflow)
 
 
-@commands.command(epilog="Example:\n\naoe schema -o workflow.schema.json")
+@commands.command(
+    epilog="Examples:\n\naoe schema -o workflow.schema.json\n\n"
+    "aoe schema --results -o results.schema.json"
+)
 def schema(
     ctx: typer.Context,
     output: Annotated[
         str | None,
         typer.Option("--output", "-o", help="Write to FILE instead of stdout.", metavar="FILE"),
     ] = None,
+    results: Annotated[
+        bool,
+        typer.Option("--results", help="The results document's schema (aoe run --output) instead."),
+    ] = False,
 ) -> None:
-    """Print the workflow format as JSON Schema, for editors and other tools.
+    """Print the workflow format as JSON Schema, for editors and other tools;
+    with --results, the schema of the results document `aoe run --output` writes.
 
     Point an editor at it with a first line such as
     # yaml-language-server: $schema=workflow.schema.json
     """
     with handle_errors(ctx):
+        if results:
+            from aoe.observe.resultschema import json_schema as results_schema
+
+            write_output(json.dumps(results_schema(), indent=2) + "\n", output)
+            return
         from aoe.format.spec import json_schema
 
         write_output(json.dumps(json_schema(), indent=2) + "\n", output)

@@ -25,11 +25,20 @@ from aoe.events import (
 from aoe.format.workflow import Workflow
 from aoe.types import Usage
 
+RESULTS_VERSION = 1
+"""The version of the results document (described in
+:mod:`aoe.observe.resultschema`); a change that is not an addition makes the next."""
+
 
 def _iso(at: float | None) -> str | None:
     if at is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z"
+
+
+def _usd(amount: float | None) -> float | None:
+    """Money to the micro-dollar (sums of float prices read 0.00047999999999999996)."""
+    return None if amount is None else round(amount, 6)
 
 
 def _usage(usage: Usage) -> dict[str, int]:
@@ -43,6 +52,7 @@ class Results:
         self.workflow = workflow
         self._started: dict[tuple[str, int | None, int], AttemptStarted] = {}
         self.document: dict[str, Any] = {
+            "results_version": RESULTS_VERSION,  # (aoe/observe/resultschema.py)
             "run_id": None,
             "workflow": {"name": workflow.name, "file": workflow.path, "sha256": workflow.digest},
             "status": "running",
@@ -92,9 +102,9 @@ class Results:
             self.document.update(
                 run_id=event.run_id,
                 started_at=_iso(event.at),
-                cost_budget_usd=event.budget,
+                cost_budget_usd=_usd(event.budget),
                 session=event.session,
-                cost_usd=event.spent,
+                cost_usd=_usd(event.spent),
             )
         elif isinstance(event, RunFinished):
             self.document.update(
@@ -102,7 +112,7 @@ class Results:
                 finished_at=_iso(event.at),
                 duration_seconds=round(event.duration, 6),
                 usage=_usage(event.usage),
-                cost_usd=event.cost,
+                cost_usd=_usd(event.cost),
                 outputs=event.outputs,
                 output_errors=event.output_errors,
             )
@@ -124,9 +134,9 @@ class Results:
             "usage_estimated": event.usage_estimated,
             "duration_seconds": round(event.duration, 6),
             "waited_seconds": round(waited, 6),
-            "reserved_usd": started.reserved if started is not None else None,
+            "reserved_usd": _usd(started.reserved) if started is not None else None,
             "usage": _usage(event.usage),
-            "cost_usd": event.cost,
+            "cost_usd": _usd(event.cost),
             "finished_at": _iso(event.at),
         }
         agent = self.document["agents"][event.agent_id]
@@ -141,7 +151,7 @@ class Results:
             output=event.output,
             error=event.error,
             usage=_usage(event.usage),
-            cost_usd=event.cost,
+            cost_usd=_usd(event.cost),
             finished_at=_iso(event.at),
             duration_seconds=round(event.duration, 6),
         )
