@@ -453,7 +453,7 @@ def test_rule(cli: RunCli, write: WriteFile, text: str, line: int, words: list[s
         pytest.param(
             HEAD + "agents:\n  a:\n    prompt: hi\n    llm: {provider: anthropic, model: gpt-4o}\n",
             8,
-            ["model 'gpt-4o' is a OpenAI model", "set provider: openai"],
+            ["model 'gpt-4o' is an OpenAI model", "set provider: openai"],
             id="provider-model",
         ),
         pytest.param(

@@ -130,7 +130,7 @@ def _models(
             ctx.warn(
                 ctx.llm_origins[(agent_id, i)].get("provider", at),
                 "provider-model",
-                f"{which}: model '{config.model}' is a {_VENDORS[vendor]} model, but it "
+                f"{which}: model '{config.model}' is an {_VENDORS[vendor]} model, but it "
                 f"goes to provider '{config.provider}'; set provider: {vendor}",
             )
     return tuple(models)
