@@ -1,0 +1,41 @@
+"""The user documentation holds: every workflow in docs/workflow-format.md is
+checked by `aoe validate` as the page says (valid, or, for the page's broken
+example, with exactly the messages it prints)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, RunCli
+
+PAGE = REPO / "docs" / "workflow-format.md"
+BLOCKS = re.findall(r"```yaml\n(.*?)```", PAGE.read_text(), re.DOTALL)
+WORKFLOWS = [b for b in BLOCKS if re.search(r"^version: 1$", b, re.M) and "agents:" in b]
+
+
+def test_the_page_has_its_examples() -> None:
+    assert len(WORKFLOWS) >= 8
+
+
+@pytest.mark.parametrize("text", WORKFLOWS, ids=lambda t: re.search(r"^name: (\S+)", t, re.M)[1])  # type: ignore[index]
+def test_each_workflow_on_the_page_is_as_the_page_says(
+    cli: RunCli, tmp_path: Path, text: str
+) -> None:
+    name = re.search(r"^name: (\S+)", text, re.M)[1]  # type: ignore[index]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    for needed in re.findall(r"(?:prompt_file|system_file|schema_file): (\S+)", text):
+        file = tmp_path / needed  # what the page's files hold does not matter here
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text("{type: object}\n" if needed.endswith((".json", ".yaml")) else "hi\n")
+    result = cli("validate", path.name)  # (the cli fixture runs in tmp_path)
+    if name == "broken":
+        page = PAGE.read_text()
+        shown = [line for line in page.splitlines() if line.startswith("broken.yaml:")]
+        assert result.exit_code == 2
+        assert result.stdout.splitlines() == shown
+    else:
+        assert result.exit_code == 0, result.stdout + result.stderr
