@@ -16,6 +16,7 @@ from aoe.format.templates import (
     analyse_expression,
     analyse_template,
 )
+from tests.conftest import RunCli, WriteFile
 
 
 def refs(text: str) -> list[tuple[str, str, object, int]]:
@@ -379,3 +380,28 @@ def test_caches_are_bounded_by_bytes() -> None:
     for cache in caches:
         assert 0 < cache.weight <= CACHE_BYTES
         assert len(cache) < 40
+
+
+def test_a_macro_defined_in_a_template_may_be_called(cli: RunCli, write: WriteFile) -> None:
+    """`{% macro bullet(x) %}` was refused: "'bullet' is not defined"."""
+    path = write(
+        "version: 1\nname: m\nagents:\n  a:\n"
+        "    llm: {provider: mock, model: gpt-4o, max_tokens: 50, params: {reply: ok}}\n"
+        "    prompt: |\n"
+        "      {% macro bullet(x) %}- {{ x }}{% endmacro %}\n"
+        '      {{ bullet("one") }}\n'
+        '      {{ bullet("two") }}\n'
+    )
+    assert cli("validate", path).exit_code == 0
+    result = cli("run", path, "--mock", "--output", "-", "-q")
+    assert result.exit_code == 0, result.stderr
+    # an undefined name is still one
+    bad = write(
+        "version: 1\nname: m\nagents:\n  a:\n"
+        "    llm: {provider: mock, model: gpt-4o, max_tokens: 50}\n"
+        "    prompt: '{{ bulet(1) }}'\n",
+        "bad.yaml",
+    )
+    result = cli("validate", bad)
+    assert result.exit_code == 2
+    assert "'bulet' is not defined" in result.stdout

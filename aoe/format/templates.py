@@ -304,6 +304,8 @@ class _Collector:
                     self.loads.append((node.name, node.lineno))
                 else:
                     self.stored.add(node.name)
+            elif isinstance(node, nodes.Macro):  # its name, and what Jinja gives its body
+                self.stored.update((node.name, "caller", "varargs", "kwargs"))
             elif isinstance(node, nodes.Filter | nodes.Test) and node.name:
                 kind: Literal["filter", "test"] = (
                     "filter" if isinstance(node, nodes.Filter) else "test"
