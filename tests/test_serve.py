@@ -91,6 +91,12 @@ def test_a_submitted_run_runs_and_is_recorded(
     assert kinds[-2:] == ["RunFinished", "end"]
     assert kinds.count("AgentFinished") == 3
     assert service.stop() == 0
+    # issue 16: it logged nothing per run; now a line per request and per run end
+    log = "".join(service.lines)
+    assert f"run {run_id} of served ended completed in " in log, log
+    assert "POST /api/v1/runs 202 " in log
+    assert f"GET /api/v1/runs/{run_id}/events 200 " in log
+    assert "GET /health " not in log  # probes: at DEBUG
 
 
 def test_events_stream_live_until_the_run_ends(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -50,6 +51,25 @@ from aoe.state.rows import RunRow
 log = logging.getLogger("aoe.serve")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+_QUIET = ("/health", "/metrics")  # probes and scrapes, every few seconds: at DEBUG
+
+
+def _logged(request: web.Request, response: web.StreamResponse, took: float) -> None:
+    """One line per request (an event stream's when it ends): method, path,
+    status, time; the probes' and scrapes' at DEBUG. Never the query string or
+    a header (no token ever reaches the log)."""
+    level = logging.DEBUG if request.path.startswith(_QUIET) else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(
+            level,
+            "%s %s %d %.1f ms",
+            request.method,
+            request.path,
+            response.status,
+            took * 1000,
+        )
 
 
 def make_app(service: Service) -> web.Application:
@@ -93,10 +113,13 @@ class Api:
                     status=401,
                     headers={"WWW-Authenticate": 'Bearer realm="aoe"'},
                 )
+        began = time.perf_counter()
         try:
-            return await handler(request)
+            response = await handler(request)
         except Exception as e:  # (a cancelled request is no Exception: it goes on up)
-            return self.answer(request, e)
+            response = self.answer(request, e)
+        _logged(request, response, time.perf_counter() - began)
+        return response
 
     def answer(self, request: web.Request, error: Exception) -> web.Response:
         """The answer to a request that raised ``error``."""

@@ -75,6 +75,15 @@ class LiveRun:
             self.started = True
         elif isinstance(event, RunFinished):
             self.finished = True
+            log.info(
+                "run %s of %s ended %s in %.1f s: %s tokens, $%.6f",
+                self.run_id,
+                self.workflow,
+                event.status,
+                event.duration,
+                f"{event.usage.total:,}",
+                event.cost,
+            )
         self.log.append(event)
         for listener in self.listeners:
             listener.put(event)
