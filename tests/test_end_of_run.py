@@ -209,3 +209,17 @@ def test_a_rate_limit_wait_says_which_limit(cli: RunCli, write: WriteFile) -> No
     result = cli("run", path, "--config", engine)
     assert result.exit_code == 0, result.stderr
     assert ": waiting for mock's rate limits: 1 call at once" in result.stderr
+
+
+def test_every_failed_state_is_in_the_failures() -> None:
+    for state, said in (
+        ("failed", "failed"),
+        ("rate_limited", "rate limited"),
+        ("budget_exceeded", "budget exceeded"),
+    ):
+        ended = document(
+            "failed", a={"state": state, "output": None, "error": "why", "attempts": [{}]}
+        )
+        text = end_of_run(ended, ["a"], resume="r", outputs=False, width=0)
+        assert f"✗ a ({said}, 1 attempt): why" in text
+        assert f"0/1 agents completed, 1 {said}" in text

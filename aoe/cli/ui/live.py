@@ -202,7 +202,7 @@ class LiveView:
         running = sum(states.get(s, 0) for s in ("running", "retrying", "waiting"))
         if running and self.status is None:
             counts.append(f"{running} running")
-        for state in ("failed", "budget_exceeded", "skipped", "cancelled"):
+        for state in ("failed", "rate_limited", "budget_exceeded", "skipped", "cancelled"):
             if states.get(state):
                 counts.append(f"{states[state]} {state.replace('_', ' ')}")
         took = self.took

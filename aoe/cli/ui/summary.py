@@ -130,7 +130,7 @@ def _failures(document: Mapping[str, Any]) -> list[str]:
     summary line, not here)."""
     found = []
     for agent_id, agent in document["agents"].items():
-        if agent["state"] not in ("failed", "budget_exceeded"):
+        if agent["state"] not in ("failed", "rate_limited", "budget_exceeded"):
             continue
         attempts = agent.get("attempts") or []
         tried = f", {plural(len(attempts), 'attempt')}" if attempts else ""
@@ -147,7 +147,7 @@ def _summary(document: Mapping[str, Any]) -> str:
     states = [a["state"] for a in agents.values()]
     done = sum(s == "completed" for s in states)
     counts = [f"{done}/{len(states)} agents completed"]
-    for state in ("failed", "budget_exceeded", "skipped", "cancelled"):
+    for state in ("failed", "rate_limited", "budget_exceeded", "skipped", "cancelled"):
         n = sum(s == state for s in states)
         if n:
             counts.append(f"{n} {state.replace('_', ' ')}")
