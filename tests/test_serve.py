@@ -373,3 +373,28 @@ def test_metrics_pass_promtool_and_match_the_results(
         [promtool(), "check", "metrics"], input=text, capture_output=True, text=True
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_workflow_that_names_files_is_submitted_with_them(
+    start: Callable[..., Service], fake: FakeProvider
+) -> None:
+    """Issue 16: the shipped research-brief.yaml got 400 for its prompt files."""
+    from tests.conftest import WORKFLOWS
+
+    text = (WORKFLOWS / "research-brief.yaml").read_text()
+    named = ["prompts/analyst-system.md", "prompts/angle.md", "prompts/brief.md"]
+    files = {path: (WORKFLOWS / path).read_text() for path in [*named, "schemas/brief.json"]}
+    service = start()
+    without = service.http.post("/api/v1/runs", json={"workflow": text, "mock": True})
+    assert without.status_code == 400
+    assert "prompts/analyst-system.md" in without.text
+    run_id = service.submit(text, files=files, mock=True, name="research-brief.yaml")
+    run = service.wait(run_id)
+    assert run["status"] == "completed"
+    assert fake.received == []  # (offline)
+    bad = service.http.post(
+        "/api/v1/runs", json={"workflow": text, "files": {"../etc/passwd": "x"}, "mock": True}
+    )
+    assert bad.status_code == 400
+    assert "must be a plain relative file name" in bad.text
+    assert service.stop() == 0

@@ -6,7 +6,8 @@
 - ``GET /metrics`` — Prometheus metrics (:mod:`aoe.observe.metrics`), unless
   ``ENABLE_METRICS`` is off.
 - ``POST /api/v1/runs`` — submit ``{"workflow": YAML, "inputs": {...}}``
-  (optionally ``name``, ``budget``, ``max_parallel``, ``mock``, ``cache``):
+  (optionally ``files`` — the prompt and schema files it names, ``{path:
+  text}`` — ``name``, ``budget``, ``max_parallel``, ``mock``, ``cache``):
   202 with the run id; 400 with the diagnostics of ``aoe validate`` for a
   workflow or inputs that are wrong, or naming the field that is; 408 for a
   body slower than ``--body-timeout``; 413 for a body over the limit; 429 when

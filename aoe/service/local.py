@@ -190,7 +190,7 @@ class Service:
         self.waiting += 1
         try:
             async with self.loading:
-                workflow = await asyncio.to_thread(load_text, text, name, self.settings)
+                workflow = await asyncio.to_thread(load_text, text, name, self.settings, body.files)
         finally:
             self.waiting -= 1
         if len(workflow.agents) > self.options.max_agents:

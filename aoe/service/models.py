@@ -26,7 +26,7 @@ from aoe.errors import Signal, UserError
 MOST_PARALLEL = 1000  # "max_parallel" of a submission at most
 MOST_RUNS_LISTED = 1000  # "limit" of GET /api/v1/runs at most
 INT_RANGE = 1 << 63  # integers in a body: -2**63 <= n < 2**63
-FIELDS = ("workflow", "inputs", "name", "budget", "max_parallel", "mock", "cache")
+FIELDS = ("workflow", "files", "inputs", "name", "budget", "max_parallel", "mock", "cache")
 
 
 class BodyInvalid(UserError, ValueError):
@@ -91,12 +91,22 @@ def parse_body(raw: bytes) -> Any:
     return body
 
 
+MOST_FILES = 200
+"""The most files a submission may carry (their bytes count in --max-body)."""
+
+
 class Submission(BaseModel):
     """The body of ``POST /api/v1/runs``."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     workflow: str = Field(description="The workflow file's YAML text.")
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MOST_FILES,
+        description="The files the workflow names (prompt_file, system_file, schema_file, "
+        "a schema's $ref), by their path relative to it: their text.",
+    )
     inputs: dict[str, Any] = Field(
         default_factory=dict, description="The run's inputs, by name (as `-i name=value`)."
     )
@@ -136,6 +146,7 @@ class Submission(BaseModel):
 # what each field must be, said the same way whatever pydantic found wrong
 _MUST = {
     "workflow": "the workflow file's YAML text",
+    "files": f"an object of at most {MOST_FILES} paths to their text",
     "inputs": "an object of input names to values",
     "name": 'a plain file name, such as "brief.yaml"',
     "budget": "a number of USD, 0 or more",
