@@ -39,3 +39,16 @@ def test_each_workflow_on_the_page_is_as_the_page_says(
         assert result.stdout.splitlines() == shown
     else:
         assert result.exit_code == 0, result.stdout + result.stderr
+
+
+def test_the_results_page_names_every_field_of_the_schema() -> None:
+    """docs/results.md says what each field of the results document is: a field
+    added to the schema and not to the page fails here."""
+    import json
+
+    page = (REPO / "docs" / "results.md").read_text()
+    schema = json.loads((REPO / "results.schema.json").read_text())
+    parts = [schema, schema["$defs"]["Agent"], schema["$defs"]["Attempt"]]
+    missing = [name for part in parts for name in part["properties"] if f"`{name}`" not in page]
+    assert missing == []
+    assert "results_version" in page
