@@ -123,6 +123,14 @@ def test_colour_only_where_asked_and_never_in_the_width() -> None:
     assert "\x1b[" not in plain
     assert "\x1b[1;31mfailed\x1b[0m" in coloured
     assert coloured.replace("\x1b[1;31m", "").replace("\x1b[0m", "") == plain
+    # the status on the summary line, not the same word in an error above it
+    failed = document(
+        "failed",
+        a={"state": "failed", "output": None, "error": "it failed twice", "attempts": [{}]},
+    )
+    coloured = end_of_run(failed, ["a"], resume="r", outputs=False, width=0, colour=True)
+    assert "it failed twice" in coloured
+    assert "aoe: run 20261205-101500-3fa2c1 \x1b[1;31mfailed\x1b[0m in 12.3 s" in coloured
 
 
 def run(cli: RunCli, env: dict[str, str], *args: Any) -> tuple[int, str]:

@@ -51,19 +51,21 @@ def end_of_run(
     if outputs and document["status"] != "cancelled":
         shown = _outputs(document, list(last_agents))
         if shown:
+            named = bool(document.get("outputs"))  # (else the last agents': two at most)
+            kept, others = (shown, []) if named else (shown[-SHOWN_AGENTS:], shown[:-SHOWN_AGENTS])
             parts.append(_rule("outputs", width, colour, "1"))
-            for name, value in shown[-SHOWN_AGENTS:] if not document.get("outputs") else shown:
-                parts.append(_folded(name, value, run_id, width))
-            others = [name for name, _ in shown[:-SHOWN_AGENTS]]
-            if others and not document.get("outputs"):
+            parts.extend(_folded(name, value, run_id, width) for name, value in kept)
+            if others:
                 parts.append(
                     f"(and {plural(len(others), 'other last agent')}: "
-                    f"{', '.join(others)}; `aoe runs output {run_id} AGENT` prints one)"
+                    f"{', '.join(name for name, _ in others)}; "
+                    f"`aoe runs output {run_id} AGENT` prints one)"
                 )
     failures = _failures(document)
     if failures:
         parts.append(_rule("failures", width, colour, "1;31"))
         parts.extend(failures)
+    line = len(parts)  # the summary line's part: its status is coloured, nothing else
     parts.append(_summary(document))
     after = _next(document, resume)
     if after:
@@ -73,10 +75,10 @@ def end_of_run(
             part if "\n" in part or part.startswith(_MADE) else "\n".join(_wrap(part, width, "  "))
             for part in parts
         ]
-    text = "\n".join(parts)
     if colour:  # (after wrapping: the codes take no room)
-        text = text.replace(f" {document['status'].replace('_', ' ')} ", _coloured(document), 1)
-    return text
+        status = f"aoe: run {run_id} {document['status'].replace('_', ' ')} "
+        parts[line] = parts[line].replace(status, f"aoe: run {run_id}{_coloured(document)}", 1)
+    return "\n".join(parts)
 
 
 def _outputs(document: Mapping[str, Any], last_agents: list[str]) -> list[tuple[str, Any]]:
