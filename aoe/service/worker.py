@@ -365,12 +365,13 @@ class Worker:
         except Exception as e:  # Redis away: the message stays; its next delivery tries again
             log.warning("message %s not moved to the dead letters yet (%s)", message_id, e)
             return
-        await self._ack(message_id)
         run_id = fields.get("run_id")
-        if run_id:  # its record says so, rather than "running" until it expires
+        if run_id:  # its record says so, rather than "running" until it expires;
+            # before the acknowledgement, which tells a watcher the message is done
             with contextlib.suppress(Exception):
                 summary = {"status": "failed", "finished_at": time.time(), "error": reason}
                 await mark(self.client, self.prefix, run_id, summary)
+        await self._ack(message_id)
 
     async def _keep_claims(self) -> None:
         """Reset the idle time of the messages being run, so none is taken over;
