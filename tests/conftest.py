@@ -93,8 +93,8 @@ def cli(clean_env: None) -> RunCli:
     def _run(*args: str | Path, env: dict[str, str] | None = None) -> CliResult:
         words = [str(a) for a in args]
         result = runner.invoke(app, words, env=env, catch_exceptions=False)
-        if words[0] in ("run", "resume") and _writes_results(words) and result.stdout.strip():
-            check_results(json.loads(result.stdout))
+        if result.exit_code in (0, 1) and result.stdout.strip():
+            _check_printed(words, result.stdout)
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     return _run
@@ -104,10 +104,34 @@ def _writes_results(words: list[str]) -> bool:
     return any(w in ("--output", "-o") and n == "-" for w, n in itertools.pairwise(words))
 
 
+def _check_printed(words: list[str], printed: str) -> None:
+    """What a command printed, if it is a results document or a list of runs."""
+    json_asked = any(w in ("-f", "--format") and n == "json" for w, n in itertools.pairwise(words))
+    plain_results = not {"-o", "--output", "--junit"} & {*words}
+    if (
+        (words[0] in ("run", "resume") and _writes_results(words))
+        or (words[:2] == ["runs", "results"] and plain_results)
+        or (words[:2] == ["runs", "show"] and json_asked)
+    ):
+        check_results(json.loads(printed))
+    elif words[:2] == ["runs", "list"] and json_asked:
+        check_listed(json.loads(printed))
+
+
+def check_listed(runs: Any) -> None:
+    """A list of runs (`aoe runs list -f json`, ``GET /api/v1/runs``), checked
+    against the results schema's ``RunListed``."""
+    from aoe.observe.resultschema import RunListed
+
+    for run in runs:
+        RunListed.model_validate(run)
+
+
 def check_results(document: Any) -> None:
-    """Every results document a test reads from `aoe run --output -` is checked
-    against the results schema (`results.schema.json`): a field added, renamed
-    or of another type fails the test that met it."""
+    """Every results document a test reads from `aoe run --output -`, `aoe runs
+    show -f json` or `aoe runs results` is checked against the results schema
+    (`results.schema.json`): a field added, renamed or of another type fails
+    the test that met it."""
     from aoe.observe.resultschema import RunResults
 
     RunResults.model_validate(document)

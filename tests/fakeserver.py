@@ -457,7 +457,11 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                     "created": int(time.time()),
                     "model": received.model,
                     "choices": [
-                        {"index": 0, "delta": {}, "finish_reason": "length" if cut else "stop"}
+                        {
+                            "index": 0,
+                            "delta": {},
+                            "finish_reason": "length" if cut else reply.finish_reason or "stop",
+                        }
                     ],
                 }
                 if quirks.stream_usage:
@@ -521,7 +525,7 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                 delta: dict[str, Any] = {
                     "type": "message_delta",
                     "delta": {
-                        "stop_reason": "max_tokens" if cut else "end_turn",
+                        "stop_reason": "max_tokens" if cut else reply.finish_reason or "end_turn",
                         "stop_sequence": None,
                     },
                 }

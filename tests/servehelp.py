@@ -131,6 +131,9 @@ class Service:
         response = self.http.get(f"/api/v1/runs/{run_id}")
         assert response.status_code == 200, response.text
         run: dict[str, Any] = response.json()
+        from tests.conftest import check_results
+
+        check_results(run)  # the results document, whatever the run's state
         return run
 
     def wait(self, run_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:

@@ -48,7 +48,33 @@ def test_the_results_page_names_every_field_of_the_schema() -> None:
 
     page = (REPO / "docs" / "results.md").read_text()
     schema = json.loads((REPO / "results.schema.json").read_text())
-    parts = [schema, schema["$defs"]["Agent"], schema["$defs"]["Attempt"]]
+    parts = [schema, *(schema["$defs"][name] for name in ("Agent", "Attempt", "RunListed"))]
     missing = [name for part in parts for name in part["properties"] if f"`{name}`" not in page]
     assert missing == []
     assert "results_version" in page
+
+
+def test_the_results_page_names_every_event_and_its_fields() -> None:
+    """Each event type, and each field it is given out with (the published
+    names), is on the page: an event or a field added in the code fails here."""
+    import dataclasses
+
+    from aoe.events import Event
+    from aoe.observe.results import published
+
+    page = (REPO / "docs" / "results.md").read_text()
+    section = page[page.index("## Events") :]
+    missing = []
+    for kind in Event.__subclasses__():
+        names = {"type": None, **{f.name: None for f in dataclasses.fields(kind)}}
+        shown = published(names)
+        row = next((line for line in section.splitlines() if f"| `{kind.__name__}` |" in line), "")
+        if not row:
+            missing.append(kind.__name__)
+            continue
+        missing += [
+            f"{kind.__name__}.{name}"
+            for name in shown
+            if name not in ("event", "at", "run_id", "agent_id") and f"`{name}`" not in row
+        ]
+    assert missing == []

@@ -327,7 +327,7 @@ def test_status_and_failed_events_from_the_local_store(
     )
     assert code == 0
     failed = [json.loads(line) for line in out.splitlines()]
-    assert [(e["type"], e["agent_id"], e["state"]) for e in failed] == [
+    assert [(e["event"], e["agent_id"], e["state"]) for e in failed] == [
         ("AgentFinished", "b", "failed")
     ]
     code, out, _ = run(cli, provider_env, "runs", "events", run_id, "-t", "attempt_failed")

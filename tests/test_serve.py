@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import child_env, promtool
+from tests.conftest import check_listed, child_env, promtool
 from tests.fakeserver import Fail, FakeProvider, Received, Reply
 from tests.servehelp import Http, Service, services
 
@@ -79,12 +79,14 @@ def test_a_submitted_run_runs_and_is_recorded(
     service = start()
     run_id = service.submit(CHAIN, inputs={"topic": "moons"}, name="chain.yaml")
     run = service.wait(run_id)
-    assert [a["state"] for a in run["agents"]] == ["completed"] * 3
+    assert [a["state"] for a in run["agents"].values()] == ["completed"] * 3
     assert run["outputs"]["final"].startswith("fake answer to: c after")
     assert sorted(agent_of(r) for r in fake.received) == ["a", "b", "c"]
     assert "moons" in fake.received[0].prompt
     listed = service.http.get("/api/v1/runs", params={"status": "completed"}).json()["runs"]
     assert [r["run_id"] for r in listed] == [run_id]
+    check_listed(listed)  # the results document's names (issue 16)
+    assert listed[0]["workflow"] == {**run["workflow"]}
     # the events of a finished run come from its record, then the stream ends
     kinds = [kind for kind, _ in events_of(service, run_id)]
     assert kinds[0] == "RunStarted"
@@ -116,6 +118,17 @@ def test_events_stream_live_until_the_run_ends(
     ]
     finished = next(data for kind, data in events if kind == "RunFinished")
     assert finished["status"] == "completed"
+    # the results document's names: ISO times, money in USD, seconds; no outputs
+    assert finished["event"] == "RunFinished"
+    assert finished["at"].endswith("Z")
+    assert finished["cost_usd"] > 0
+    assert finished["duration_seconds"] > 0
+    assert "outputs" not in finished
+    assert "cost" not in finished
+    from aoe.observe.resultschema import Event
+
+    for kind, data in events[:-1]:  # (the closing frame is no event)
+        assert Event.model_validate(data).event == kind
     assert service.run(run_id)["status"] == "completed"
     service.stop()
 
@@ -137,7 +150,7 @@ def test_a_run_can_be_cancelled_and_then_resumed(
     response = service.http.post(f"/api/v1/runs/{run_id}/cancel")
     assert response.status_code == 202
     run = service.wait(run_id, "cancelled")
-    states = {a["agent_id"]: a["state"] for a in run["agents"]}
+    states = {agent_id: a["state"] for agent_id, a in run["agents"].items()}
     assert states == {"a": "completed", "b": "cancelled", "c": "cancelled"}
     assert service.http.post(f"/api/v1/runs/{run_id}/cancel").status_code == 409
     assert service.http.post("/api/v1/runs/nope/cancel").status_code == 404
@@ -357,9 +370,11 @@ def test_metrics_pass_promtool_and_match_the_results(
     found = samples(text)
     assert total(found, "aoe_workflows_total", workflow="served", status="completed") == 1
     assert total(found, "aoe_workflows_failed_total") == 0
-    assert total(found, "aoe_cost_dollars_total") == pytest.approx(run["cost"])
-    assert total(found, "aoe_tokens_total", direction="input") == run["input_tokens"] == 33
-    assert total(found, "aoe_tokens_total", direction="output") == run["output_tokens"] == 21
+    assert total(found, "aoe_cost_dollars_total") == pytest.approx(run["cost_usd"], abs=1e-6)
+    assert total(found, "aoe_tokens_total", direction="input") == run["usage"]["input_tokens"] == 33
+    assert (
+        total(found, "aoe_tokens_total", direction="output") == run["usage"]["output_tokens"] == 21
+    )
     assert total(found, "aoe_llm_requests_total", status="ok", model="gpt-4o-mini") == 3
     assert total(found, "aoe_llm_requests_total", status="error") == 1
     assert total(found, "aoe_retries_total") == 1

@@ -183,7 +183,7 @@ def test_a_list_limit_out_of_range_is_a_400(served: Service, limit: str) -> None
 def test_a_sound_submission_still_runs(served: Service) -> None:
     run_id = served.submit(MOCKED, mock=True, budget=0.5, max_parallel=2, cache=False)
     run = served.wait(run_id)
-    assert run["budget"] == 0.5
+    assert run["cost_budget_usd"] == 0.5
     assert run["outputs"]["final"]
 
 
@@ -216,7 +216,7 @@ def test_records_holding_nan_or_infinity_are_answered_in_strict_json(
         )
     service = start()
     run = strict(service.http.get(f"/api/v1/runs/{run_id}").text)
-    assert run["budget"] is None
+    assert run["cost_budget_usd"] is None
     assert run["inputs"] == {"topic": None}
     listed = strict(service.http.get("/api/v1/runs").text)["runs"]
     assert [r["run_id"] for r in listed] == [run_id]
@@ -225,7 +225,7 @@ def test_records_holding_nan_or_infinity_are_answered_in_strict_json(
         for _, line in service.http.lines(f"/api/v1/runs/{run_id}/events")
         if line.startswith("data: ")
     ]
-    assert events[0]["cost"] is None
+    assert events[0]["cost_usd"] is None
     assert events[-1] == {"run_id": run_id}
     service.stop()
 
@@ -266,7 +266,7 @@ def test_a_submitted_run_records_no_server_folder_and_resumes_from_its_record(
         assert time.monotonic() < deadline
         time.sleep(0.02)
     run = service.run(run_id)
-    assert run["workflow_path"] == "<submitted>/brief.yaml"
+    assert run["workflow"]["file"] == "<submitted>/brief.yaml"
     assert str(tmp_path) not in json.dumps(run)
     assert service.http.post(f"/api/v1/runs/{run_id}/cancel").status_code == 202
     service.wait(run_id, "cancelled")

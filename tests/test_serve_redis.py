@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import child_env, wait_for
+from tests.conftest import check_listed, child_env, wait_for
 from tests.fakeserver import FakeProvider, Reply
 from tests.redisserver import RedisServer
 from tests.test_serve import CHAIN, Service, agent_of, events_of
@@ -55,13 +55,20 @@ def test_a_run_submitted_to_one_replica_runs_on_another_and_both_report_it(
     front = start("front", "--no-worker")  # takes runs, runs none
     run_id = front.submit(CHAIN, inputs={"topic": "moons"}, name="chain.yaml")
     run = front.wait(run_id)
-    assert [a["state"] for a in run["agents"]] == ["completed"] * 3
+    assert [a["state"] for a in run["agents"].values()] == ["completed"] * 3
     assert run["outputs"]["final"].startswith("fake answer to: c after")
-    assert run["cost"] == pytest.approx(sum(a["cost"] for a in run["agents"]))
+    spent = sum(a["cost_usd"] for a in run["agents"].values())
+    # each rounded to the micro-dollar: at most half of one off each
+    assert run["cost_usd"] == pytest.approx(spent, abs=len(run["agents"]) * 1e-6)
     assert runner.run(run_id)["status"] == "completed"
     assert sorted(agent_of(r) for r in fake.received) == ["a", "b", "c"]  # once each
     listed = front.http.get("/api/v1/runs", params={"status": "completed"}).json()["runs"]
-    assert [(r["run_id"], r["workflow_name"]) for r in listed] == [(run_id, "served")]
+    assert [(r["run_id"], r["workflow"]["name"]) for r in listed] == [(run_id, "served")]
+    check_listed(listed)
+    # the list says what the document says (from Redis's heads; the document
+    # from the replica's copy of the record)
+    assert listed[0]["workflow"] == run["workflow"]
+    assert (listed[0]["cost_usd"], listed[0]["usage"]) == (run["cost_usd"], run["usage"])
     kinds = [kind for kind, _ in events_of(front, run_id)]
     assert kinds[0] == "RunStarted"
     assert kinds[-2:] == ["RunFinished", "end"]
@@ -96,7 +103,7 @@ def test_live_events_and_a_cancel_go_through_any_replica(
     response = front.http.post(f"/api/v1/runs/{run_id}/cancel")
     assert response.status_code == 202, response.text
     run = front.wait(run_id, "cancelled")
-    states = {a["agent_id"]: a["state"] for a in run["agents"]}
+    states = {agent_id: a["state"] for agent_id, a in run["agents"].items()}
     assert states == {"a": "completed", "b": "cancelled", "c": "cancelled"}
     reader.join(timeout=30)
     kinds = [kind for kind, _ in streamed]

@@ -168,7 +168,7 @@ def test_hostile_values_fail_their_agents_while_the_service_answers_and_stays_sm
     assert grown < 100, f"aoe serve grew by {grown:.0f} MB"
     for run in finished:
         assert run["status"] == "partial"
-        agents = {a["agent_id"]: a for a in run["agents"]}
+        agents = run["agents"]
         assert agents["fine"]["state"] == "completed"
         assert "took longer than 2 s" in agents["loops"]["error"]
         assert "of memory it may use" in agents["doubling"]["error"]
@@ -214,7 +214,7 @@ def test_a_run_larger_than_the_service_allows_is_refused(tmp_path: Path) -> None
         assert answer.status_code == 400
         assert "has 6 agents; this service runs at most 5" in answer.json()["error"]
         run = service.wait(service.submit(fan, mock=True), "failed", timeout=60)
-        agents = {a["agent_id"]: a for a in run["agents"]}
+        agents = run["agents"]
         assert "gave 10 items" in agents["many"]["error"]
         assert "over the 5 this service runs in one run" in agents["many"]["error"]
         small = service.submit(fan, mock=True, inputs={"n": 4})
@@ -225,6 +225,6 @@ def test_a_run_larger_than_the_service_allows_is_refused(tmp_path: Path) -> None
             for i in range(3)
         )
         run = service.wait(service.submit(talkative, mock=True), "failed", timeout=60)
-        agents = {a["agent_id"]: a for a in run["agents"]}
+        agents = run["agents"]
         assert agents["t0"]["state"] == "completed"
         assert "replies came to over 1,024 characters" in agents["t1"]["error"]

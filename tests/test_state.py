@@ -576,7 +576,7 @@ def test_runs_list_show_and_events(
     assert "c is refused" in shown
     assert f"aoe resume {failed['run_id']}" in shown
     document = json.loads(cli("runs", "show", failed["run_id"], "-f", "json").stdout)
-    assert {a["agent_id"]: a["state"] for a in document["agents"]} == {
+    assert {agent_id: a["state"] for agent_id, a in document["agents"].items()} == {
         "a": "completed",
         "b": "completed",
         "c": "failed",
@@ -584,9 +584,87 @@ def test_runs_list_show_and_events(
     }
     lines = cli("runs", "events", failed["run_id"], "--type", "agent_finished", "--last", "2")
     events = [json.loads(line) for line in lines.stdout.splitlines()]
-    assert [e["type"] for e in events] == ["AgentFinished", "AgentFinished"]
+    assert [e["event"] for e in events] == ["AgentFinished", "AgentFinished"]
     assert events[-1]["agent_id"] == "c"
     assert events[-1]["state"] == "failed"
+
+
+def _differences(one: Any, other: Any, where: str = "") -> list[str]:
+    """Where two JSON values differ, as paths with both values."""
+    if isinstance(one, dict) and isinstance(other, dict):
+        return [
+            found
+            for key in [*one, *(k for k in other if k not in one)]
+            for found in _differences(one.get(key), other.get(key), f"{where}.{key}")
+        ]
+    if isinstance(one, list) and isinstance(other, list) and len(one) == len(other):
+        return [
+            d
+            for i, (a, b) in enumerate(zip(one, other, strict=True))
+            for d in _differences(a, b, f"{where}[{i}]")
+        ]
+    return [] if one == other else [f"{where}: {one!r} != {other!r}"]
+
+
+def test_the_results_document_is_rebuilt_from_the_record(
+    cli: RunCli,
+    write: WriteFile,
+    fake: FakeProvider,
+    provider_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """issue 16: `aoe runs results` gives what `--output` and `--junit` wrote
+    (one session), and the run as a whole after a resume."""
+    calls: dict[str, int] = {}
+
+    def respond(request: Received) -> Reply | Fail:
+        agent = request.prompt.split(" ")[0]
+        calls[agent] = calls.get(agent, 0) + 1
+        if agent == "b" and calls[agent] == 1:
+            return Fail(500, "down")  # retried
+        if agent == "c":
+            return Fail(400, "c is refused")
+        if agent == "side":
+            return Reply(text="cut", output_tokens=50, finish_reason="length")  # truncated
+        return Reply()
+
+    fake.respond = respond
+    path = write(CHAIN)
+    junit = tmp_path / "run.xml"
+    code, written, _ = run(cli, provider_env, "run", path, "--junit", str(junit))
+    assert code == 1
+    run_id = written["run_id"]
+    rebuilt = json.loads(cli("runs", "results", run_id[:12]).stdout)
+    assert rebuilt["workflow"].pop("file") == str(path.resolve())
+    assert written["workflow"].pop("file") == str(path)
+    assert _differences(rebuilt, written) == []
+    assert [a["status"] for a in rebuilt["agents"]["b"]["attempts"]] == ["error", "ok"]
+    assert rebuilt["agents"]["side"]["truncated"] is True
+    assert rebuilt["agents"]["side"]["attempts"][0]["finish_reason"] == "length"
+    again = tmp_path / "again.xml"
+    out = tmp_path / "again.json"
+    done = cli("runs", "results", run_id, "--junit", str(again), "-o", str(out))
+    assert (done.exit_code, done.stdout) == (0, "")
+    assert again.read_text() == junit.read_text()
+    assert json.loads(out.read_text())["run_id"] == run_id
+    # resumed: the run as a whole, each attempt naming its session
+    fake.respond = lambda request: Reply()
+    code, second, _ = run(cli, provider_env, "resume", run_id)
+    assert (code, second["session"]) == (0, 2)
+    whole = json.loads(cli("runs", "show", run_id, "-f", "json").stdout)
+    assert whole["status"] == "completed"
+    assert whole["session"] == 2
+    assert whole["cost_usd"] == second["cost_usd"]
+    assert [(a["session"], a["status"]) for a in whole["agents"]["c"]["attempts"]] == [
+        (1, "error"),  # a 400: not retried
+        (2, "ok"),
+    ]
+    assert whole["agents"]["a"]["resumed"] is True
+    assert "resumed" not in whole["agents"]["c"]
+    assert list(whole["agents"]) == ["a", "b", "c", "side"]  # the workflow's order
+    assert whole["outputs"] == second["outputs"]
+    # a missing run is exit 2, as everywhere
+    assert cli("runs", "results", "nope").exit_code == 2
 
 
 def test_export_and_import_carry_a_run_to_another_store(
@@ -1189,7 +1267,7 @@ def test_attempt_events_are_read_from_the_attempts(
     assert "HTTP 500" in failed[0]["error"]
     assert all(e["usage"]["input_tokens"] > 0 for e in events if not e["error"])
     every = cli("runs", "events", first["run_id"]).stdout.splitlines()
-    kinds = [json.loads(line)["type"] for line in every]
+    kinds = [json.loads(line)["event"] for line in every]
     assert kinds[0] == "RunStarted"
     assert kinds[-1] == "RunFinished"
     assert kinds.count("AttemptStarted") == 5

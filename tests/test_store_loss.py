@@ -398,8 +398,8 @@ def test_aoe_serve_keeps_recording_its_runs_when_its_store_is_lost(
     run = completed(serve, run_id)
 
     assert run["status"] == "completed"
-    assert [a["state"] for a in run["agents"]] == ["completed"] * AGENTS
-    assert all(a["output"] for a in run["agents"])
+    assert [a["state"] for a in run["agents"].values()] == ["completed"] * AGENTS
+    assert all(a["output"] for a in run["agents"].values())
     listed = serve.http.get("/api/v1/runs").json()["runs"]
     assert [r["run_id"] for r in listed] == [run_id]  # the run before went with the file
     assert served(serve, before) is None

@@ -145,7 +145,9 @@ def runs_list(
         if status is not None:
             runs = [r for r in runs if r.status == status][:limit]
         if format is ReportFormat.json:
-            _json([r.to_dict() for r in runs])
+            from aoe.observe.results import listed
+
+            _json([listed(r.to_dict()) for r in runs])
             return
         if not runs:
             typer.echo(
@@ -251,26 +253,25 @@ def runs_show(
     run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
     format: FormatOption = ReportFormat.text,
     events: Annotated[
-        int, typer.Option("--events", min=0, help="Show this many of its last events.")
+        int,
+        typer.Option("--events", min=0, help="Show this many of its last events (the table only)."),
     ] = 10,
     config: ConfigOption = None,
 ) -> None:
-    """A run: its status and totals, the agents table, and its last events."""
+    """A run: its status and totals, the agents table, and its last events; with
+    `-f json`, its results document (what `aoe run --output` writes)."""
     from aoe.state.rows import RecordStatus
 
     with handle_errors(ctx):
         store = _stored(config, run_id)
         run = store.run(run_id)
+        if format is ReportFormat.json:  # the results document (docs/results.md)
+            from aoe.observe.results import recorded
+
+            _json(recorded(store, run.run_id))
+            return
         agents = store.agents(run.run_id)
         last = store.events(run.run_id, last=events) if events else []
-        if format is ReportFormat.json:
-            shown = {
-                k: v
-                for k, v in run.to_dict().items()
-                if k not in ("workflow_text", "workflow_files")
-            }
-            _json({"run": shown, "agents": [a.to_dict() for a in agents], "events": last})
-            return
         budget = f" of {_money(run.budget)}" if run.budget is not None else ""
         lines = [
             f"run       {run.run_id}",
@@ -341,8 +342,10 @@ def runs_events(
         found = store.events(run.run_id, types=types)
         if wanted:
             found = [e for e in found if any(_matches(e, kind, failed) for kind, failed in wanted)]
+        from aoe.observe.results import published
+
         for event in found[-last:] if last is not None else found:
-            sys.stdout.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+            sys.stdout.write(json.dumps(published(event), ensure_ascii=False, default=str) + "\n")
 
 
 # the failures of each kind of event, asked for as agent_failed and the like
@@ -388,6 +391,41 @@ def _matches(event: dict[str, Any], kind: str, failed: bool) -> bool:
     if kind == "AttemptFinished":
         return bool(event.get("error"))
     return event.get("status") not in ("completed", "cancelled")
+
+
+@runs_app.command(
+    "results",
+    epilog="Examples:\n\naoe runs results RUN_ID -o results.json --junit junit.xml\n\n"
+    "aoe runs results RUN_ID | jq .outputs",
+)
+def runs_results(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", "-o", help="Write the results JSON here (default: stdout).", metavar="FILE"
+        ),
+    ] = None,
+    junit: Annotated[
+        str | None,
+        typer.Option("--junit", help="Also write JUnit XML here.", metavar="FILE"),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """The run's results document (what `aoe run --output` writes) and JUnit XML,
+    rebuilt from its record: for a run whose files were not written, or one
+    still running."""
+    with handle_errors(ctx):
+        from aoe.observe.results import junit as junit_of
+        from aoe.observe.results import recorded
+
+        store = _stored(config, run_id)
+        document = recorded(store, store.run(run_id).run_id)
+        if junit is not None:
+            write_output(junit_of(document), junit)
+        if output is not None or junit is None:
+            write_output(json.dumps(document, indent=2, ensure_ascii=False) + "\n", output)
 
 
 @runs_app.command("export", epilog="Example:\n\naoe runs export RUN_ID -o run.json")

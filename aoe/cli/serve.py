@@ -227,17 +227,25 @@ def status(
 
 
 def _local(config: str | None) -> dict[str, Any]:
+    from aoe.observe.results import listed
+
     settings = read_settings(config)
     store = existing_store(settings)
     if store is None:  # (nothing recorded here, and nothing made: a reader)
-        from aoe.state.rows import Summary
         from aoe.state.schema import store_path
 
-        return Summary([], [], 0.0, 0).to_dict() | {"source": str(store_path(settings))}
+        empty = {"last_24h": 0.0, "runs": 0}
+        return {"active": [], "failures": [], "spend": empty, "source": str(store_path(settings))}
     try:
-        return store.summary(time.time() - LOCAL_WINDOW).to_dict() | {"source": str(store.path)}
+        summary = store.summary(time.time() - LOCAL_WINDOW)
     finally:
         store.close()
+    return {
+        "active": [listed(run.to_dict()) for run in summary.active],
+        "failures": [listed(run.to_dict()) for run in summary.failures],
+        "spend": {"last_24h": round(summary.last_24h, 6), "runs": summary.runs},
+        "source": str(store.path),
+    }
 
 
 def _remote(url: str) -> dict[str, Any]:
@@ -274,14 +282,24 @@ def _remote(url: str) -> dict[str, Any]:
     health = get("/health", ok=(200, 503))
     runs = get("/api/v1/runs?limit=200")["runs"]
     since = time.time() - LOCAL_WINDOW
-    recent = [r for r in runs if (r.get("created_at") or 0) >= since]
+    recent = [r for r in runs if _epoch(r.get("started_at")) >= since]
+    spent = round(sum(r.get("cost_usd") or 0.0 for r in recent), 6)
     return {
         "source": base,
         "health": health,
         "active": [r for r in runs if r["status"] in ("running", "queued")],
         "failures": [r for r in recent if r["status"] in _FAILURES][:20],
-        "spend": {"last_24h": sum(r.get("cost") or 0.0 for r in recent), "runs": len(recent)},
+        "spend": {"last_24h": spent, "runs": len(recent)},
     }
+
+
+def _epoch(iso: str | None) -> float:
+    """``2026-12-05T10:00:00.123Z`` as seconds since the epoch; 0 if none."""
+    import datetime
+
+    if not iso:
+        return 0.0
+    return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 _FAILURES = ("failed", "budget_exceeded", "partial", "interrupted")
@@ -299,13 +317,13 @@ def _print(report: dict[str, Any]) -> None:
     active = report["active"]
     out.write(f"active runs: {len(active)}\n")
     for run in active:
-        out.write(f"  {run['run_id']}  {run['workflow_name']}  {run['status']}\n")
+        out.write(f"  {run['run_id']}  {run['workflow']['name']}  {run['status']}\n")
     failures = report["failures"]
     out.write(f"recent failures: {len(failures)}\n")
     for run in failures:
         out.write(
-            f"  {run['run_id']}  {run['workflow_name']}  {run['status']}  "
-            f"{money(run.get('cost') or 0.0)}\n"
+            f"  {run['run_id']}  {run['workflow']['name']}  {run['status']}  "
+            f"{money(run.get('cost_usd') or 0.0)}\n"
         )
     spend = report["spend"]
     out.write(f"spend in the last 24 h: {money(spend['last_24h'])} over {spend['runs']} runs\n")

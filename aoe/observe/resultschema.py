@@ -25,7 +25,18 @@ State = Literal[
     "skipped",
     "cancelled",
 ]
-Status = Literal["running", "completed", "partial", "failed", "budget_exceeded", "cancelled"]
+Status = Literal[
+    "queued",
+    "running",
+    "interrupted",
+    "completed",
+    "partial",
+    "failed",
+    "budget_exceeded",
+    "cancelled",
+]
+"""``queued`` (an ``aoe serve`` has it, no worker yet), ``running``,
+``interrupted`` (its process is gone: ``aoe resume`` continues it), or how it ended."""
 
 
 class _Model(BaseModel):
@@ -43,8 +54,15 @@ class WorkflowRef(_Model):
     """Which workflow ran."""
 
     name: str
-    file: str = Field(description="The workflow file, as it was given.")
-    sha256: str = Field(description="Of the file and the prompt and schema files it names.")
+    file: str = Field(
+        description="The workflow file: as it was given to `aoe run`, or (a document "
+        "rebuilt from the run's record) its absolute path; `<submitted>/NAME` for one "
+        "sent to `aoe serve`."
+    )
+    sha256: str | None = Field(
+        description="Of the file and the prompt and schema files it names (null for a run "
+        "queued whose workflow no worker has read yet)."
+    )
 
 
 class AnsweredBy(_Model):
@@ -56,16 +74,20 @@ class Attempt(_Model):
     """One call of an agent (of one foreach item), or its answer from the cache."""
 
     attempt: int = Field(ge=1, description="1 for the first call of the agent (or item).")
+    session: int = Field(ge=1, description="The session of the run that made it.")
     item: int | None = Field(description="The foreach item's index; null for an agent.")
     provider: str
     model: str
-    status: Literal["ok", "error", "cached"]
+    status: Literal["ok", "error", "cached", "running", "interrupted"] = Field(
+        description="`running`: in flight; `interrupted`: its process ended before it did "
+        "(its reservation counts as spent)."
+    )
     error: str | None = Field(description="Why it failed; null when it did not.")
     error_kind: str | None = Field(description="The error's kind: RateLimited, OutputInvalid ...")
     finish_reason: str | None = Field(description="As the server said it: stop, length ...")
     truncated: bool = Field(description="Its reply was cut off at max_tokens.")
     usage_estimated: bool = Field(description="The server said no usage: aoe counted it.")
-    duration_seconds: float = Field(ge=0)
+    duration_seconds: float | None = Field(ge=0, description="Null until it ends.")
     waited_seconds: float = Field(ge=0, description="Held back by the rate limits first.")
     reserved_usd: float | None = Field(
         description="The worst case reserved against the budgets before the call."
@@ -126,8 +148,50 @@ class RunResults(_Model):
     output_errors: dict[str, str] = Field(description="Outputs that could not be rendered.")
 
 
+class RunListed(_Model):
+    """A run as lists show it (``aoe runs list -f json``, ``GET /api/v1/runs``):
+    the results document's head, without agents, inputs and outputs."""
+
+    run_id: str
+    workflow: WorkflowRef
+    status: Status
+    started_at: str | None
+    finished_at: str | None
+    duration_seconds: float | None
+    usage: Tokens
+    cost_usd: float = Field(ge=0)
+    cost_budget_usd: float | None
+    session: int | None = Field(ge=1, description="How many sessions it has had.")
+
+
+class RunList(_Model):
+    """``GET /api/v1/runs``: the newest first."""
+
+    runs: list[RunListed]
+
+
+class Event(BaseModel):
+    """One event of a run as aoe gives it out: a frame's ``data`` on ``GET
+    /api/v1/runs/ID/events``, a line of ``aoe runs events``, the fields of a
+    ``--log-format json`` line. The names are the results document's; the
+    fields besides these depend on ``event`` (docs/results.md lists them)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event: str = Field(description="Its type: RunStarted, AgentFinished, AttemptFinished ...")
+    at: str = Field(description="When, ISO 8601 in UTC.")
+    run_id: str
+    agent_id: str | None = Field(default=None, description="The agent it is about, if one.")
+
+
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of the results document (``results.schema.json``)."""
-    schema = RunResults.model_json_schema()
+    """The JSON Schema of the results document (``results.schema.json``); a
+    listed run (``RunListed``) and an event (``Event``) are among its ``$defs``."""
+    schema = RunResults.model_json_schema(ref_template="#/$defs/{model}")
+    definitions = schema.setdefault("$defs", {})
+    for model in (RunListed, Event):
+        extra = model.model_json_schema(ref_template="#/$defs/{model}")
+        definitions.update(extra.pop("$defs", {}))
+        definitions[model.__name__] = extra
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema

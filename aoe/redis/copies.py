@@ -207,10 +207,22 @@ _SUMMARY = (
     "output_tokens",
     "host",
     "error",
+    "workflow_path",
+    "workflow_sha256",
+    "duration",
+    "budget",
+    "sessions",
 )
 _HEAD = (*_SUMMARY, "session", "epoch")  # a head without its export
-_NUMBERS = {"created_at": float, "updated_at": float, "finished_at": float, "cost": float}
-_COUNTS = {"input_tokens", "output_tokens"}
+_NUMBERS = {
+    "created_at": float,
+    "updated_at": float,
+    "finished_at": float,
+    "cost": float,
+    "duration": float,
+    "budget": float,
+}
+_COUNTS = {"input_tokens", "output_tokens", "sessions"}
 
 
 def summary_from(run_id: str, values: Mapping[str, str | None]) -> dict[str, Any]:

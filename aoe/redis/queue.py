@@ -103,7 +103,12 @@ async def enqueue(
     }
     head, _ = record_keys(prefix, run_id)
     now = time.time()
-    summary = {"status": "queued", "workflow_name": workflow_name or name, "created_at": now}
+    summary = {
+        "status": "queued",
+        "workflow_name": workflow_name or name,
+        "workflow_path": f"<submitted>/{name}",  # (aoe.service.runner.SUBMITTED)
+        "created_at": now,
+    }
     try:
         # the record first: a worker may start the run at once. (Not one
         # transaction: the keys are in different cluster slots.) The index

@@ -88,6 +88,11 @@ def summary_of(run: Mapping[str, Any]) -> dict[str, str]:
         "input_tokens": run.get("input_tokens"),
         "output_tokens": run.get("output_tokens"),
         "host": run.get("host"),
+        "workflow_path": run.get("workflow_path"),
+        "workflow_sha256": run.get("workflow_sha256"),
+        "duration": run.get("duration"),
+        "budget": run.get("budget"),
+        "sessions": run.get("sessions"),
     }
     return {key: "" if value is None else str(value) for key, value in fields.items()}
 

@@ -12,10 +12,12 @@
   workflow or inputs that are wrong, or naming the field that is; 408 for a
   body slower than ``--body-timeout``; 413 for a body over the limit; 429 when
   the queue is full; 503 while draining.
-- ``GET /api/v1/runs`` (``?status=&workflow=&limit=``), ``GET
-  /api/v1/runs/{id}`` (with its agents), ``GET /api/v1/runs/{id}/events``
+- ``GET /api/v1/runs`` (``?status=&workflow=&limit=``: the runs as lists
+  show them), ``GET /api/v1/runs/{id}`` (its results document, rebuilt from the
+  store: :func:`aoe.observe.results.recorded`), ``GET /api/v1/runs/{id}/events``
   (Server-Sent Events, :mod:`aoe.service.sse`: what happened so far, then live
-  until the run ends), ``POST /api/v1/runs/{id}/cancel``.
+  until the run ends; each event as :func:`aoe.observe.results.published`
+  gives it), ``POST /api/v1/runs/{id}/cancel``.
 
 With Redis configured, every run route asks the replica's side
 (:mod:`aoe.service.shared`) first. Bodies and answers are strict JSON, bodies
@@ -42,6 +44,7 @@ from aiohttp import web
 
 from aoe.errors import DiagnosticsError, RedisFailed, RunNotFound, UserError
 from aoe.events import event_dict
+from aoe.observe.results import listed, published, recorded
 from aoe.service.connections import Connection
 from aoe.service.local import END, LAGGED, Listener, LiveRun, Service
 from aoe.service.models import BodyInvalid, Refused, dumps, parse_body, runs_query, submission
@@ -201,9 +204,9 @@ class Api:
         service = self.service
         if service.shared is not None:
             shared = await service.shared.runs(query.status, query.workflow, query.limit)
-            return _json({"runs": shared})
-        listed = service.store.runs(status=query.status, workflow=query.workflow, limit=query.limit)
-        found = [run.to_dict() for run in listed]
+            return _json({"runs": [listed(summary) for summary in shared]})
+        rows = service.store.runs(status=query.status, workflow=query.workflow, limit=query.limit)
+        found = [listed(run.to_dict()) for run in rows]
         for run in found:
             live_run = service.live.get(run["run_id"])
             if live_run is not None and live_run.state == "queued":
@@ -218,12 +221,10 @@ class Api:
             if shared is not None:
                 return _json(shared)
         row = self._find(run_id)
-        run = row.to_dict()
+        run = recorded(service.store, row.run_id)  # the results document
         live_run = service.live.get(row.run_id)
         if live_run is not None and live_run.state == "queued":
             run["status"] = "queued"
-        run.pop("workflow_text", None)
-        run["agents"] = [agent.to_dict() for agent in service.store.agents(row.run_id)]
         return _json(run)
 
     async def cancel(self, request: web.Request) -> web.Response:
@@ -246,16 +247,16 @@ class Api:
             if streamed is not None:
                 return streamed
         live_run = service.live.get(run_id)
-        recorded: list[dict[str, Any]] = []
+        stored: list[dict[str, Any]] = []
         if live_run is None:
             run_id = self._find(run_id).run_id
             live_run = service.live.get(run_id)
             if live_run is None:
-                recorded = service.store.events(run_id)
+                stored = service.store.events(run_id)
         response = await event_stream(request)
         if live_run is None:
-            for number, row in enumerate(recorded, 1):
-                await response.write(frame(number, row["type"], row))
+            for number, row in enumerate(stored, 1):
+                await response.write(frame(number, row["type"], published(row)))
             await response.write(frame(None, "end", {"run_id": run_id}))
             return response
         await _follow(response, live_run, run_id)
@@ -285,7 +286,7 @@ async def _follow(response: web.StreamResponse, live_run: LiveRun, run_id: str) 
         number = 0
         for event in backlog:
             number += 1
-            await response.write(frame(number, type(event).__name__, event_dict(event)))
+            await response.write(frame(number, type(event).__name__, published(event_dict(event))))
         while not finished:
             try:
                 item = await asyncio.wait_for(listener.queue.get(), HEARTBEAT)
@@ -300,7 +301,7 @@ async def _follow(response: web.StreamResponse, live_run: LiveRun, run_id: str) 
                 )
                 return
             number += 1
-            await response.write(frame(number, type(item).__name__, event_dict(item)))
+            await response.write(frame(number, type(item).__name__, published(event_dict(item))))
         await response.write(frame(None, "end", {"run_id": run_id}))
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the client went away

@@ -430,6 +430,7 @@ def _record(
             settings=settings_used,
             budget=settings_used.get("budget"),
             agents=definitions(workflow),
+            llms=_llms(workflow),
         )
         return 1
     changed = None
@@ -451,7 +452,16 @@ def _record(
         sessions=resume.sessions,
         reset=resume.stale,
         take_over=resume.take_over,
+        llms=_llms(workflow),
     )
+
+
+def _llms(workflow: Workflow) -> dict[str, tuple[str, str]]:
+    """Each agent's provider and model, as the workflow names them."""
+    return {
+        agent_id: (agent.llm.provider, agent.llm.model)
+        for agent_id, agent in workflow.agents.items()
+    }
 
 
 def run_until_done(

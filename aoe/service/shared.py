@@ -29,6 +29,7 @@ from aiohttp import web
 
 from aoe.errors import OptionInvalid, RedisUnreachable
 from aoe.events import Event, RunFinished, event_dict
+from aoe.observe.results import published
 from aoe.redis.client import text as reply_text
 from aoe.service.models import Refused
 from aoe.service.options import API, ServeOptions
@@ -185,6 +186,7 @@ class Shared:
 
     async def run(self, run_id: str) -> dict[str, Any] | None:
         """The run with its agents, from its record in Redis; None if none there."""
+        from aoe.observe.results import RESULTS_VERSION, listed, recorded
         from aoe.redis.copies import head_of, summary_from
 
         head = await head_of(self.client, self.prefix, run_id, export=False)
@@ -192,11 +194,20 @@ class Shared:
             return None
         summary = summary_from(run_id, head)
         if await self._bring_up(run_id, head) is None:  # queued, or cancelled before it started
-            return {**summary, "agents": []}
-        run = self.records.run(run_id).to_dict()
-        run.pop("workflow_text", None)
-        run.update({k: v for k, v in summary.items() if v is not None})  # its worker's word
-        run["agents"] = [agent.to_dict() for agent in self.records.agents(run_id)]
+            head_only = listed(summary)
+            del head_only["session"]
+            return {
+                "results_version": RESULTS_VERSION,
+                **head_only,
+                "session": None,
+                "inputs": {},
+                "agents": {},
+                "outputs": {},
+                "output_errors": {},
+            }
+        run = recorded(self.records, run_id)
+        if summary.get("status"):  # its worker's word
+            run["status"] = summary["status"]
         return run
 
     async def _bring_up(self, run_id: str, head: dict[str, str]) -> SharedRecord | None:
@@ -274,7 +285,7 @@ class Shared:
         response = await event_stream(request)
         number = 0
         for number, row in enumerate(recorded, 1):
-            await response.write(frame(number, row["type"], row))
+            await response.write(frame(number, row["type"], published(row)))
         try:
             # a RunFinished of an earlier session (a drained worker's) is not the end:
             # the head says whether the run is over
@@ -339,7 +350,8 @@ class Shared:
             last = reply_text(entry_id)
             for event, _ in read_journal(bytes(fields[b"d"]), run_id):
                 number += 1
-                await response.write(frame(number, type(event).__name__, event_dict(event)))
+                data = published(event_dict(event))
+                await response.write(frame(number, type(event).__name__, data))
                 finished = finished or isinstance(event, RunFinished)
         return last, number, finished
 

@@ -151,6 +151,9 @@ class AgentRow(_Columns):
     model: str | None
     session: int  # the session that ended it
     since: int  # its definition and inputs hold from this session
+    llm_provider: str | None = None  # as the workflow names them (None: recorded before)
+    llm_model: str | None = None
+    position: int | None = None  # its place in the workflow
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -177,6 +180,9 @@ class AttemptRow(_Columns):
     duration: float | None
     started_at: float
     finished_at: float | None
+    finish_reason: str | None = None
+    truncated: bool = False  # its reply was cut off at max_tokens
+    usage_estimated: bool = False  # the server said no usage: aoe counted it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -187,13 +193,6 @@ class Summary:
     failures: list[RunListed]
     last_24h: float
     runs: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "active": [run.to_dict() for run in self.active],
-            "failures": [run.to_dict() for run in self.failures],
-            "spend": {"last_24h": self.last_24h, "runs": self.runs},
-        }
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -273,6 +272,9 @@ def attempt_events(attempts: list[AttemptRow], wanted: set[str]) -> list[dict[st
                     "cost": row.cost,
                     "error": row.error,
                     "error_kind": row.error_kind,
+                    "finish_reason": row.finish_reason,
+                    "truncated": row.truncated,
+                    "usage_estimated": row.usage_estimated,
                     "cached": row.status is AttemptStatus.CACHED,
                 }
             )

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aoe.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FILE_NAME = "state.db"
 BUSY_TIMEOUT = 30.0  # seconds another process may hold the write lock
 
@@ -139,6 +139,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN journal_session INTEGER;
     ALTER TABLE runs ADD COLUMN journal_offset INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 3: what the results document says that the rows did not keep: the model each
+    # agent is written with, and how each reply ended
+    """
+    ALTER TABLE agents ADD COLUMN llm_provider TEXT;   -- as the workflow names them
+    ALTER TABLE agents ADD COLUMN llm_model TEXT;
+    ALTER TABLE agents ADD COLUMN position INTEGER;    -- its place in the workflow
+    ALTER TABLE attempts ADD COLUMN finish_reason TEXT;
+    ALTER TABLE attempts ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;
     """,
 )
 

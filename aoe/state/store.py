@@ -172,8 +172,10 @@ class Store:
         settings: Mapping[str, Any],
         budget: float | None,
         agents: Mapping[str, str],
+        llms: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
-        """The run's record, before anything runs; ``agents``: id -> definition hash."""
+        """The run's record, before anything runs; ``agents``: id -> definition
+        hash; ``llms``: id -> the provider and model the workflow names."""
         now = time.time()
         with writing(self.path), transaction(self._look()) as db:
             db.execute(
@@ -202,6 +204,7 @@ class Store:
                 "INSERT INTO agents (run_id, agent_id, definition, state) VALUES (?,?,?,'pending')",
                 [(run_id, agent_id, definition) for agent_id, definition in agents.items()],
             )
+            _name_llms(db, run_id, llms)
 
     @_translated
     def begin_session(
@@ -217,6 +220,7 @@ class Store:
         sessions: int | None = None,
         reset: Sequence[str] = (),
         take_over: bool = False,
+        llms: Mapping[str, tuple[str, str]] | None = None,
     ) -> int:
         """A resume: the run is running again in this process; ``rerun`` agents go
         back to pending with their new definitions. Returns the session number.
@@ -292,6 +296,7 @@ class Store:
                 "UPDATE agents SET since = ? WHERE run_id = ? AND agent_id = ?",
                 [(session, run_id, agent_id) for agent_id in reset],
             )
+            _name_llms(db, run_id, llms)
         return session
 
     @_translated
@@ -412,6 +417,8 @@ class Store:
         for row in cursor.fetchall():
             attempt = dict(zip(names, row, strict=True))
             attempt["status"] = enum_of(AttemptStatus, attempt["status"], "the attempt status")
+            attempt["truncated"] = bool(attempt.get("truncated"))
+            attempt["usage_estimated"] = bool(attempt.get("usage_estimated"))
             attempts.append(AttemptRow.of(attempt))
         return attempts
 
@@ -528,6 +535,23 @@ _FAILURES = (
     RecordStatus.PARTIAL,
     RecordStatus.INTERRUPTED,
 )
+
+
+def _name_llms(
+    db: sqlite3.Connection, run_id: str, llms: Mapping[str, tuple[str, str]] | None
+) -> None:
+    """Each agent's provider and model as the workflow names them (the results
+    document says them of agents that never ran), and its place in the workflow
+    (``llms`` is in the workflow's order)."""
+    if llms:
+        db.executemany(
+            "UPDATE agents SET llm_provider = ?, llm_model = ?, position = ? WHERE run_id = ?"
+            " AND agent_id = ?",
+            [
+                (provider, model, position, run_id, agent_id)
+                for position, (agent_id, (provider, model)) in enumerate(llms.items())
+            ],
+        )
 
 
 def _run_columns(cursor: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:

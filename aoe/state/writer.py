@@ -129,7 +129,7 @@ class RowWriter:
         batch.new_attempts[key] = [
             self.run_id, event.agent_id, self.session, key[1], event.attempt, event.provider,
             event.model, event.fingerprint, "started", None, None, event.reserved,
-            0.0, 0, 0, event.waited, None, None, event.at, None,
+            0.0, 0, 0, event.waited, None, None, event.at, None, None, 0, 0,
         ]  # fmt: skip
         self.count(event.agent_id, key, event.reserved, 0, 0)
 
@@ -144,23 +144,25 @@ class RowWriter:
         error = None if event.error is None else scrub(event.error)
         output = None if event.item is None or event.error else dumps(event.output)
         tokens_in, tokens_out = event.usage
+        ended = (event.finish_reason, int(event.truncated), int(event.usage_estimated))
         row = batch.new_attempts.get(key)
         if row is None and event.cached:  # no AttemptStarted: not a call
             row = batch.new_attempts[key] = [
                 run_id, event.agent_id, session, key[1], event.attempt, event.provider,
                 event.model, None, "cached", None, None, 0.0, 0.0, 0, 0, 0.0, None,
-                None, event.at, None,
+                None, event.at, None, None, 0, 0,
             ]  # fmt: skip
             self.count(event.agent_id, key, 0.0, 0, 0)
         if row is not None:
             row[6], row[8], row[9], row[10] = event.model, status, error, event.error_kind
             row[12], row[13], row[14] = event.cost, tokens_in, tokens_out
             row[16], row[17], row[19] = output, event.duration, event.at
+            row[20], row[21], row[22] = ended
         else:
             batch.finished_attempts.append(
                 (status, error, event.error_kind, event.cost, tokens_in, tokens_out,
-                 event.duration, event.at, event.model, output, run_id, event.agent_id,
-                 session, key[1], event.attempt)
+                 event.duration, event.at, event.model, output, *ended, run_id,
+                 event.agent_id, session, key[1], event.attempt)
             )  # fmt: skip
         self.count(event.agent_id, key, event.cost, tokens_in, tokens_out)
         if event.agent_id in self.ended:  # an item that ended after its agent did
@@ -223,14 +225,16 @@ class RowWriter:
                 "INSERT OR REPLACE INTO attempts (run_id, agent_id, session, item, attempt,"
                 " provider, model, fingerprint, status, error, error_kind, reserved, cost,"
                 " input_tokens, output_tokens, waited, output, duration, started_at,"
-                " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " finished_at, finish_reason, truncated, usage_estimated)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 batch.new_attempts.values(),
             )
         if batch.finished_attempts:
             db.executemany(
                 "UPDATE attempts SET status = ?, error = ?, error_kind = ?, cost = ?,"
                 " input_tokens = ?, output_tokens = ?, duration = ?, finished_at = ?,"
-                " model = ?, output = ? WHERE run_id = ? AND agent_id = ? AND session = ?"
+                " model = ?, output = ?, finish_reason = ?, truncated = ?, usage_estimated = ?"
+                " WHERE run_id = ? AND agent_id = ? AND session = ?"
                 " AND item = ? AND attempt = ?",
                 batch.finished_attempts,
             )

@@ -144,7 +144,8 @@ def _attempt_finished(event: AttemptFinished, item: str) -> str:
 class JsonLines:
     """One JSON object per event (``--log-format json``), for log collectors: the
     fields of :mod:`aoe.observe.logs` (``function`` is the event, ``agent_finished``...)
-    and the event's own; lines below ``level`` are left out."""
+    and the event's own as :func:`aoe.observe.results.published` names them;
+    lines below ``level`` are left out."""
 
     def __init__(self, stream: TextIO, level: str = "INFO") -> None:
         from aoe.observe.logs import LEVELS
@@ -157,6 +158,7 @@ class JsonLines:
 
         from aoe.events import event_dict
         from aoe.observe.logs import LEVELS, timestamp
+        from aoe.observe.results import published
 
         level = event_level(event)
         if LEVELS[level] < self.least:
@@ -169,8 +171,8 @@ class JsonLines:
             "function": _snake(type(event).__name__),
             "event": type(event).__name__,
         }
-        for name, value in event_dict(event).items():
-            if name not in ("type", "at", "output", "outputs"):
+        for name, value in published(event_dict(event)).items():
+            if name not in ("event", "at"):  # (said above: the type, the timestamp)
                 record[name] = value
         self.stream.write(json.dumps(record, default=str) + "\n")
         self.stream.flush()
