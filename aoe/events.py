@@ -121,6 +121,17 @@ class AgentStarted(Event):
 
 
 @event
+class PromptRendered(Event):
+    """An agent's prompt (of one ``foreach`` item) as rendered, before its first
+    attempt: what the report shows it was asked."""
+
+    agent_id: str
+    item: int | None
+    system: str | None  # with the JSON instruction aoe adds for `output: {format: json}`
+    prompt: str
+
+
+@event
 class AgentWaiting(Event):
     """A rate limit holds the agent's next attempt back: which one (``limit``,
     ``30 requests per minute``) and, where known, for how long (``seconds``)."""

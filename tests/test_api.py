@@ -123,9 +123,13 @@ def test_dir_lists_the_surface_only() -> None:
     assert dir(aoe) == sorted(aoe.__all__)
 
 
-def test_the_result_is_the_cli_results_document(write: WriteFile, tmp_path: Path) -> None:
+def test_the_result_is_the_cli_results_document(
+    write: WriteFile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The figures are the results JSON's, not worked out again."""
     import json
+
+    monkeypatch.chdir(tmp_path)  # its run store there, not in the checkout
 
     from typer.testing import CliRunner
 

@@ -23,7 +23,7 @@ from aoe.engine.agents import AgentRun, Unit
 from aoe.engine.attempt import Attempts
 from aoe.engine.context import reason
 from aoe.errors import AttemptTimeout, ProviderUnavailable, RateLimited, RunError
-from aoe.events import AgentFallback, AgentRetrying, AgentState
+from aoe.events import AgentFallback, AgentRetrying, AgentState, PromptRendered
 from aoe.format.workflow import Agent, LLMConfig, RetryOverrides
 from aoe.policy.costs import BudgetExceeded, Ledger
 from aoe.policy.limits import RequestTooLarge
@@ -71,6 +71,16 @@ class Units:
             messages = await self.messages(agent, context)
         except Exception as e:
             return Ended(AgentState.FAILED, error=f"its prompt could not be rendered: {reason(e)}")
+        self.bus.emit(
+            PromptRendered(
+                run_id=self.run_id,
+                at=time.time(),
+                agent_id=agent.id,
+                item=item,
+                system=messages[0].content if len(messages) > 1 else None,
+                prompt=messages[-1].content,
+            )
+        )
         ledger = record.ledger
         if item is not None:  # each item has a cost_limit of its own
             ledger = Ledger(record.ledger.limit, f"agent {agent.id}'s cost_limit for item {item}")

@@ -430,7 +430,7 @@ def _record(
             settings=settings_used,
             budget=settings_used.get("budget"),
             agents=definitions(workflow),
-            llms=_llms(workflow),
+            described=_described(workflow),
         )
         return 1
     changed = None
@@ -452,14 +452,17 @@ def _record(
         sessions=resume.sessions,
         reset=resume.stale,
         take_over=resume.take_over,
-        llms=_llms(workflow),
+        described=_described(workflow),
     )
 
 
-def _llms(workflow: Workflow) -> dict[str, tuple[str, str]]:
-    """Each agent's provider and model, as the workflow names them."""
+def _described(workflow: Workflow) -> dict[str, tuple[str, str, tuple[str, ...]]]:
+    """Each agent's provider and model as the workflow names them, and what it
+    depends on, in the workflow's order (the record keeps them for the results
+    document and the report)."""
+    graph = workflow.graph
     return {
-        agent_id: (agent.llm.provider, agent.llm.model)
+        agent_id: (agent.llm.provider, agent.llm.model, graph.dependencies(agent_id))
         for agent_id, agent in workflow.agents.items()
     }
 

@@ -333,7 +333,14 @@ class Recorder:
                 if given:
                     handed = given[-1][1]
                     if not self._look(target, handed):  # (else written with the rest)
-                        target.write([item for items, _ in given for item in items], handed)
+                        items = [item for items, _ in given for item in items]
+                        try:
+                            target.write(items, handed)
+                        except sqlite3.DatabaseError:
+                            # a file cut short reads as malformed before a look can
+                            # be sure it was cut: wait for its word (rebuilt: written)
+                            if not self._until_sure(target, handed):
+                                raise
             # the end: everything is in the store; once the store is on disk,
             # the journal is not needed
             journal.now()
@@ -371,10 +378,18 @@ class Recorder:
         """The look before the last checkpoint, which would copy the log into a
         file cut short: a file short of its pages is waited on until it is whole
         again (a checkpoint that was under way) or known to be cut."""
+        self._until_sure(target, handed)
+
+    def _until_sure(self, target: _Target, handed: int) -> bool:
+        """Look until the store is known sound or lost (and its record written
+        anew: True); a file short of its pages is waited on for up to twice
+        :attr:`StoreFile.SHORT`."""
         deadline = time.monotonic() + 2 * StoreFile.SHORT
-        while not self._look(target, handed) and target.file.suspect is not None:
-            if time.monotonic() > deadline:
-                break
+        while True:
+            if self._look(target, handed):
+                return True
+            if target.file.suspect is None or time.monotonic() > deadline:
+                return False
             time.sleep(0.05)
 
     def _journaled(self, end: int) -> bytes:

@@ -154,6 +154,7 @@ class AgentRow(_Columns):
     llm_provider: str | None = None  # as the workflow names them (None: recorded before)
     llm_model: str | None = None
     position: int | None = None  # its place in the workflow
+    needs: list[str] | None = None  # the agents it depends on
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

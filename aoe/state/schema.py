@@ -140,12 +140,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE runs ADD COLUMN journal_session INTEGER;
     ALTER TABLE runs ADD COLUMN journal_offset INTEGER NOT NULL DEFAULT 0;
     """,
-    # 3: what the results document says that the rows did not keep: the model each
-    # agent is written with, and how each reply ended
+    # 3: what the results document and the report say that the rows did not keep:
+    # each agent's model as written, place and dependencies; how each reply ended
     """
     ALTER TABLE agents ADD COLUMN llm_provider TEXT;   -- as the workflow names them
     ALTER TABLE agents ADD COLUMN llm_model TEXT;
     ALTER TABLE agents ADD COLUMN position INTEGER;    -- its place in the workflow
+    ALTER TABLE agents ADD COLUMN needs TEXT;          -- JSON: the agents it depends on
     ALTER TABLE attempts ADD COLUMN finish_reason TEXT;
     ALTER TABLE attempts ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE attempts ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;

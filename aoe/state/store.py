@@ -172,10 +172,10 @@ class Store:
         settings: Mapping[str, Any],
         budget: float | None,
         agents: Mapping[str, str],
-        llms: Mapping[str, tuple[str, str]] | None = None,
+        described: Mapping[str, Described] | None = None,
     ) -> None:
         """The run's record, before anything runs; ``agents``: id -> definition
-        hash; ``llms``: id -> the provider and model the workflow names."""
+        hash; ``described``: id -> what the workflow says of it (:data:`Described`)."""
         now = time.time()
         with writing(self.path), transaction(self._look()) as db:
             db.execute(
@@ -204,7 +204,7 @@ class Store:
                 "INSERT INTO agents (run_id, agent_id, definition, state) VALUES (?,?,?,'pending')",
                 [(run_id, agent_id, definition) for agent_id, definition in agents.items()],
             )
-            _name_llms(db, run_id, llms)
+            _describe(db, run_id, described)
 
     @_translated
     def begin_session(
@@ -220,7 +220,7 @@ class Store:
         sessions: int | None = None,
         reset: Sequence[str] = (),
         take_over: bool = False,
-        llms: Mapping[str, tuple[str, str]] | None = None,
+        described: Mapping[str, Described] | None = None,
     ) -> int:
         """A resume: the run is running again in this process; ``rerun`` agents go
         back to pending with their new definitions. Returns the session number.
@@ -296,7 +296,7 @@ class Store:
                 "UPDATE agents SET since = ? WHERE run_id = ? AND agent_id = ?",
                 [(session, run_id, agent_id) for agent_id in reset],
             )
-            _name_llms(db, run_id, llms)
+            _describe(db, run_id, described)
         return session
 
     @_translated
@@ -402,6 +402,7 @@ class Store:
         for row in cursor.fetchall():
             agent = dict(zip(names, row, strict=True))
             agent["output"] = loads(agent["output"])
+            agent["needs"] = loads(agent.get("needs"))
             agent["state"] = enum_of(AgentState, agent["state"], "the agent state")
             agents.append(AgentRow.of(agent))
         return agents
@@ -537,19 +538,24 @@ _FAILURES = (
 )
 
 
-def _name_llms(
-    db: sqlite3.Connection, run_id: str, llms: Mapping[str, tuple[str, str]] | None
+Described = tuple[str, str, Sequence[str]]
+"""What the workflow says of an agent that the results and the report show:
+its provider and model as written, and the agents it depends on."""
+
+
+def _describe(
+    db: sqlite3.Connection, run_id: str, described: Mapping[str, Described] | None
 ) -> None:
     """Each agent's provider and model as the workflow names them (the results
-    document says them of agents that never ran), and its place in the workflow
-    (``llms`` is in the workflow's order)."""
-    if llms:
+    document says them of agents that never ran), its dependencies, and its
+    place in the workflow (``described`` is in the workflow's order)."""
+    if described:
         db.executemany(
-            "UPDATE agents SET llm_provider = ?, llm_model = ?, position = ? WHERE run_id = ?"
-            " AND agent_id = ?",
+            "UPDATE agents SET llm_provider = ?, llm_model = ?, needs = ?, position = ?"
+            " WHERE run_id = ? AND agent_id = ?",
             [
-                (provider, model, position, run_id, agent_id)
-                for position, (agent_id, (provider, model)) in enumerate(llms.items())
+                (provider, model, dumps(list(needs)), position, run_id, agent_id)
+                for position, (agent_id, (provider, model, needs)) in enumerate(described.items())
             ],
         )
 

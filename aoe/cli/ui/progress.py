@@ -179,9 +179,12 @@ class JsonLines:
 
 
 def event_level(event: Event) -> str:
-    """INFO, WARNING for a failed attempt, ERROR for a failed agent or run."""
+    """INFO, WARNING for a failed attempt, ERROR for a failed agent or run;
+    DEBUG for a rendered prompt."""
     from aoe import events as ev
 
+    if isinstance(event, ev.PromptRendered):  # a prompt whole: only when asked for
+        return "DEBUG"
     if isinstance(event, ev.AttemptFinished) and event.error:
         return "WARNING"
     if (isinstance(event, ev.AgentFinished) and event.state.failure) or (
