@@ -60,6 +60,7 @@ bench: $(STAMP) ## Speed and memory benchmarks (prints figures and ratios)
 	$(BIN)/python bench/shared_records.py
 	$(BIN)/python bench/hostile.py
 	$(BIN)/python bench/streaming.py
+	$(BIN)/python bench/report.py
 
 VIA ?= llama
 demo-local: $(STAMP) ## Every workflow against a real small model here (VIA=litellm: through the LiteLLM proxy)

@@ -79,6 +79,7 @@ def _main(
 app.add_typer(run.commands)
 app.add_typer(check.commands)
 app.add_typer(serve.commands)
+app.add_typer(runs.commands)
 app.add_typer(config.config_app, name="config")
 app.add_typer(runs.runs_app, name="runs")
 app.add_typer(runs.cache_app, name="cache")

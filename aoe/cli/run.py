@@ -56,6 +56,15 @@ JunitOption = Annotated[
         "--junit", help="Write a JUnit XML report (one test case per agent).", metavar="FILE"
     ),
 ]
+ReportOption = Annotated[
+    str | None,
+    typer.Option(
+        "--report",
+        help="Write the run's HTML report here: one self-contained file (open it in a "
+        "browser, attach it to a pipeline).",
+        metavar="FILE",
+    ),
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress; only errors.")]
 VerboseOption = Annotated[
     bool,
@@ -94,6 +103,7 @@ class Reports(NamedTuple):
     metrics_port: str | None = None
     pushgateway: str | None = None
     verbose: bool = False
+    html: str | None = None  # --report
 
 
 @commands.command(
@@ -128,6 +138,7 @@ def run(
     ] = False,
     output: OutputOption = None,
     junit: JunitOption = None,
+    report: ReportOption = None,
     log_format: LogFormatOption = None,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
@@ -152,7 +163,7 @@ def run(
         from aoe.config.settings import load_settings
         from aoe.service.runner import RunOptions, bind, load
 
-        _check_outputs(output, junit)
+        _check_outputs(output, junit, report)
         settings = load_settings(config, flags=_log_flags(log_format))
         workflow = load(file, settings)
         given = given_inputs(workflow, input, inputs_file)
@@ -180,22 +191,24 @@ def run(
                     options={"budget": budget, "max_parallel": max_parallel, "mock": mock},
                     cache=cache,
                     force=False,
-                    report=Reports(output, junit, quiet, metrics_port, pushgateway, verbose),
+                    report=Reports(
+                        output, junit, quiet, metrics_port, pushgateway, verbose, report
+                    ),
                 )
         values = bind(workflow, given)
         options = RunOptions(mock=mock, max_parallel=max_parallel, budget=budget, cache=cache)
-        reports = Reports(output, junit, quiet, metrics_port, pushgateway, verbose)
+        reports = Reports(output, junit, quiet, metrics_port, pushgateway, verbose, report)
         status = _execute(workflow, values, settings, options, store, None, reports)
         raise typer.Exit(status.exit_code)
 
 
-def _check_outputs(output: str | None, junit: str | None) -> None:
+def _check_outputs(output: str | None, junit: str | None, report: str | None = None) -> None:
     """Report files that cannot be written, before the first call rather than
     after a paid run: a NUL in the name, a folder that is not there or cannot
     be written, a name that is a folder."""
     from aoe.errors import OptionInvalid
 
-    for option, path in (("--output", output), ("--junit", junit)):
+    for option, path in (("--output", output), ("--junit", junit), ("--report", report)):
         if path is None or path == "-":
             continue
         if "\x00" in path:
@@ -259,6 +272,10 @@ def _execute(
         write_output(results.to_json(), report.output)
     if report.junit is not None:
         write_output(results.to_junit(), report.junit)
+    if report.html is not None and results.document["run_id"] is not None:
+        from aoe.observe.report import report_html
+
+        write_output(report_html(store, results.document["run_id"]), report.html)
     _end(workflow, results.document, settings, view, report.quiet)
     return status
 
@@ -455,6 +472,7 @@ def resume(
     cache: CacheOption = None,
     output: OutputOption = None,
     junit: JunitOption = None,
+    report: ReportOption = None,
     log_format: LogFormatOption = None,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
@@ -472,7 +490,7 @@ def resume(
     with handle_errors(ctx):
         from aoe.config.settings import load_settings
 
-        _check_outputs(output, junit)
+        _check_outputs(output, junit, report)
         settings = load_settings(config, flags=_log_flags(log_format))
         store = open_store(settings)
         if config is None:
@@ -486,7 +504,7 @@ def resume(
             options={"budget": budget, "max_parallel": max_parallel},
             cache=cache,
             force=force,
-            report=Reports(output, junit, quiet, metrics_port, pushgateway, verbose),
+            report=Reports(output, junit, quiet, metrics_port, pushgateway, verbose, report),
         )
 
 

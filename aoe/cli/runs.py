@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from aoe.state.store import Store
 
 
+commands = typer.Typer()
+"""report; :mod:`aoe.cli.app` adds it to ``aoe`` itself."""
 runs_app = typer.Typer(
     help="The run records: list, show, export, import, prune, events.",
     no_args_is_help=True,
@@ -426,6 +428,39 @@ def runs_results(
             write_output(junit_of(document), junit)
         if output is not None or junit is None:
             write_output(json.dumps(document, indent=2, ensure_ascii=False) + "\n", output)
+
+
+@commands.command(
+    epilog="Examples:\n\naoe report RUN_ID -o report.html\n\naoe run wf.yaml --report report.html"
+)
+def report(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write it here ('-': stdout; default: aoe-report-RUN_ID.html here).",
+            metavar="FILE",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write a run's HTML report: one self-contained file to open in a browser or
+    attach to a pipeline. Its graph coloured by each agent's state with the
+    critical path marked, a timeline of every attempt, costs per agent and per
+    model against the budget, every prompt, output and error, its inputs and
+    settings. A run in progress is reported as it stands."""
+    with handle_errors(ctx):
+        from aoe.observe.report import report_html
+
+        store = _stored(config, run_id)
+        found = store.run(run_id).run_id
+        path = output if output is not None else f"aoe-report-{found}.html"
+        write_output(report_html(store, found), path)
+        if path != "-":
+            typer.echo(f"aoe: the report of run {found} is in {path}", err=True)
 
 
 @runs_app.command("export", epilog="Example:\n\naoe runs export RUN_ID -o run.json")
