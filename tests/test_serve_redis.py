@@ -114,6 +114,17 @@ def test_live_events_and_a_cancel_go_through_any_replica(
     wait_for(lambda: redis_server.pending() == 0)  # final: no other worker resumes it
     assert front.http.post(f"/api/v1/runs/{run_id}/cancel").status_code == 409
     assert [agent_of(r) for r in fake.received] == ["a", "b"]
+    # resumed through the replica that runs nothing: queued again, a worker
+    # resumes it from its record (a is not asked again)
+    fake.respond = lambda r: Reply()
+    response = front.http.post(f"/api/v1/runs/{run_id}/resume", json={"budget": 1})
+    assert response.status_code == 202, response.text
+    run = front.wait(run_id, "completed")
+    assert (run["session"], run["cost_budget_usd"]) == (2, 1.0)
+    assert [agent_of(r) for r in fake.received] == ["a", "b", "b", "c"]
+    refused = front.http.post(f"/api/v1/runs/{run_id}/resume")
+    assert (refused.status_code, "nothing to resume" in refused.text) == (409, True)
+    assert front.http.post("/api/v1/runs/nope/resume").status_code == 404
     for service in (front, runner):
         assert service.stop() == 0
 

@@ -24,7 +24,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aoe import __version__
 from aoe.observe.results import recorded
 
 if TYPE_CHECKING:
@@ -119,11 +118,13 @@ def critical_path(document: Mapping[str, Any], needs: Mapping[str, Sequence[str]
 # -- the page ------------------------------------------------------------------------------
 
 
-def render(data: ReportData, *, live: str | None = None) -> str:
-    """The report as one HTML document. ``live``: the run's API address in an
-    ``aoe serve`` (the page follows the run's events and refreshes itself)."""
+def render(data: ReportData, *, live: Mapping[str, str] | None = None) -> str:
+    """The report as one HTML document. ``live``: the run's API addresses in an
+    ``aoe serve`` (``report``, ``events``, ``cancel``, ``resume``): the page
+    follows the run's events, refreshes itself, and can cancel or resume it."""
     document = data.document
     title = f"{document['workflow']['name']} · {document['run_id']}"
+    header = _header(data)
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -131,7 +132,7 @@ def render(data: ReportData, *, live: str | None = None) -> str:
         f"<title>aoe report · {_e(title)}</title>",
         f"<style>{_CSS}</style></head>",
         f'<body data-status="{_e(document["status"])}">',
-        _header(data),
+        header,
         _summary(data),
         _outputs(document),
         _failures(document),
@@ -140,19 +141,44 @@ def render(data: ReportData, *, live: str | None = None) -> str:
         _costs(data),
         _agents(data),
         _run(data),
-        f"<footer>Made by aoe {_e(__version__)} at "
+        f"<footer>Made by aoe {_e(_version())} at "
         f"{_e(time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()))}.</footer>",
         f"<script>{_SCRIPT}</script>",
     ]
     if live is not None:
-        parts.append(f"<script>const AOE_LIVE = {json.dumps(live)};{_LIVE}</script>")
+        parts.insert(parts.index(header) + 1, _ACTIONS)
+        parts.append(f"<script>const AOE_LIVE = {_js(live)};{_LIVE}</script>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _version() -> str:
+    """aoe's version (``aoe`` itself imports the Python API, above this layer)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("aoe")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout
+        return "(from source)"
 
 
 def report_html(store: Store, run_id: str) -> str:
     """The report of ``run_id``, from ``store``."""
     return render(gather(store, run_id))
+
+
+def _js(value: Any) -> str:
+    """``value`` as a JavaScript literal that cannot end the script it is in."""
+    text = json.dumps(value)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+_ACTIONS = (
+    '<div id="actions"><a href="/">All runs</a> '
+    '<button id="act-cancel" type="button">Cancel the run</button>'
+    '<button id="act-resume" type="button">Resume the run</button>'
+    ' <span id="act-said"></span></div>'
+)
 
 
 def _e(value: Any) -> str:
@@ -673,6 +699,12 @@ details.agent[data-state=budget_exceeded]{border-color:#f5c2c2;background:#fffaf
 summary{cursor:pointer}.filters label{margin-right:12px}.none,.cut{color:var(--mute)}
 tr.a-error td{color:#a40e26}footer{margin-top:40px;color:var(--mute);font-size:12px}
 #failures li{margin:4px 0}
+#actions{margin:8px 0}#actions button{font:inherit;padding:3px 10px;margin-left:10px}
+#act-cancel,#act-resume{display:none}
+body[data-status=running] #act-cancel,body[data-status=queued] #act-cancel{display:inline}
+body[data-status=failed] #act-resume,body[data-status=partial] #act-resume,
+body[data-status=budget_exceeded] #act-resume,body[data-status=cancelled] #act-resume,
+body[data-status=interrupted] #act-resume{display:inline}
 @media (prefers-color-scheme:dark){:root{--fg:#e6edf3;--mute:#9da7b3;--line:#30363d;--bg:#0d1117;
 --soft:#161b22;--crit:#d2a8ff}.gantt .lane{fill:#2a1f3d}pre.error{background:#2d1416}
 details.agent[data-state=failed]{background:#1f1416}a{color:#58a6ff}}
@@ -719,6 +751,15 @@ var frames=buf.split('\\n\\n');buf=frames.pop();
 frames.forEach(function(f){if(f.indexOf('event: end')>=0){refresh();}
 else if(f.indexOf('data:')>=0){later();}});}
 }catch(e){}setTimeout(refresh,250);}
+function act(which,url){document.getElementById('act-said').textContent='…';
+fetch(url,{method:'POST',headers:headers}).then(function(r){return r.json().then(function(b){
+document.getElementById('act-said').textContent=r.ok?(b.status||'done'):(b.error||r.status);
+if(r.ok){if(which==='resume'){follow();}else{later();}}});})
+.catch(function(e){document.getElementById('act-said').textContent=String(e);});}
+document.getElementById('act-cancel').addEventListener('click',function(){
+act('cancel',AOE_LIVE.cancel);});
+document.getElementById('act-resume').addEventListener('click',function(){
+act('resume',AOE_LIVE.resume);});
 follow();
 })();
 """

@@ -82,9 +82,12 @@ async def enqueue(
     *,
     workflow_name: str | None = None,
     client: Redis | None = None,
+    run_id: str | None = None,
 ) -> str:
     """Append a run to the queue; its id. The caller checked the workflow.
-    Its record in Redis says ``queued`` until a worker starts it."""
+    Its record in Redis says ``queued`` until a worker starts it. With
+    ``run_id``, a run recorded before, queued again: the worker that takes it
+    resumes it from its record."""
     from aoe.engine.engine import new_run_id
 
     own = client is None
@@ -92,7 +95,7 @@ async def enqueue(
         client = client_for(settings)
     prefix = settings.config.redis.key_prefix
     queue, _ = stream_keys(prefix)
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     fields = {
         "run_id": run_id,
         "name": name,

@@ -47,10 +47,19 @@ from aoe.events import event_dict
 from aoe.observe.results import listed, published, recorded
 from aoe.service.connections import Connection
 from aoe.service.local import END, LAGGED, Listener, LiveRun, Service
-from aoe.service.models import BodyInvalid, Refused, dumps, parse_body, runs_query, submission
+from aoe.service.models import (
+    BodyInvalid,
+    Refused,
+    dumps,
+    parse_body,
+    resume_body,
+    runs_query,
+    submission,
+)
 from aoe.service.options import API
 from aoe.service.sse import HEARTBEAT, KEEP_ALIVE, event_stream, frame
 from aoe.state.rows import RunRow
+from aoe.state.store import Store
 
 log = logging.getLogger("aoe.serve")
 
@@ -88,6 +97,10 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get(f"{API}/runs/{{run_id}}", api.one_run)
     app.router.add_get(f"{API}/runs/{{run_id}}/events", api.events)
     app.router.add_post(f"{API}/runs/{{run_id}}/cancel", api.cancel)
+    app.router.add_post(f"{API}/runs/{{run_id}}/resume", api.resume)
+    app.router.add_get(f"{API}/runs/{{run_id}}/report", api.report)
+    app.router.add_get("/", api.page_runs)
+    app.router.add_get("/runs/{run_id}", api.page_run)
     return app
 
 
@@ -239,6 +252,58 @@ class Api:
         run = self._find(run_id)
         raise Refused(409, f"run {run.run_id} is not running here (it is {run.status})")
 
+    async def resume(self, request: web.Request) -> web.Response:
+        run_id = request.match_info["run_id"]
+        try:
+            async with asyncio.timeout(self.options.body_timeout):
+                raw = await request.read()
+            body = resume_body(raw)
+        except TimeoutError:
+            raise Refused(408, "the body did not arrive in time (--body-timeout)") from None
+        except BodyInvalid as e:
+            raise Refused(400, str(e)) from None
+        service = self.service
+        if service.shared is not None:
+            answer = await service.shared.resume(run_id, body.budget)
+            if answer is not None:
+                return _json(answer, status=202, headers={"Location": answer["url"]})
+        run = self._find(run_id)
+        answer = await service.resume(run.run_id, body.budget)
+        return _json(answer, status=202, headers={"Location": answer["url"]})
+
+    async def report(self, request: web.Request) -> web.Response:
+        """The run's HTML report, as ``aoe report`` writes it, following the run
+        live in the page (the web view's ``/runs/ID`` shows it)."""
+        from aoe.observe.report import gather, render
+
+        run_id = request.match_info["run_id"]
+        service = self.service
+        store = service.store
+        if service.shared is not None:
+            found = await service.shared.recorded(run_id)
+            if found is not None:
+                store = found
+        run_id = self._find(run_id, store).run_id
+        data = await asyncio.to_thread(gather, store, run_id)
+        base = f"{API}/runs/{run_id}"
+        live = {
+            "report": f"{base}/report",
+            "events": f"{base}/events",
+            "cancel": f"{base}/cancel",
+            "resume": f"{base}/resume",
+        }
+        return _html(render(data, live=live))
+
+    async def page_runs(self, request: web.Request) -> web.Response:
+        from aoe.service.pages import runs_page
+
+        return _html(runs_page())
+
+    async def page_run(self, request: web.Request) -> web.Response:
+        from aoe.service.pages import run_page
+
+        return _html(run_page(request.match_info["run_id"]))
+
     async def events(self, request: web.Request) -> web.StreamResponse:
         run_id = request.match_info["run_id"]
         service = self.service
@@ -262,10 +327,10 @@ class Api:
         await _follow(response, live_run, run_id)
         return response
 
-    def _find(self, run_id: str) -> RunRow:
-        """A run's record; :class:`Refused` 404 without the store's path, which
-        is the server's business."""
-        store = self.service.store
+    def _find(self, run_id: str, store: Store | None = None) -> RunRow:
+        """A run's record (in ``store``, else the service's); :class:`Refused`
+        404 without the store's path, which is the server's business."""
+        store = store or self.service.store
         try:
             return store.run(run_id)
         except RunNotFound as e:
@@ -312,6 +377,22 @@ async def _follow(response: web.StreamResponse, live_run: LiveRun, run_id: str) 
 def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """Every answer: strict JSON (no NaN or Infinity, whatever a record holds)."""
     return web.json_response(value, status=status, headers=headers, dumps=dumps)
+
+
+# the web view's pages and the report: their own scripts and styles only, no
+# frames, no referrer (a run id in a URL is not for other sites)
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def _html(text: str) -> web.Response:
+    return web.Response(text=text, content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS)
 
 
 def _error(status: int, message: str, **more: Any) -> web.Response:

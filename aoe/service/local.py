@@ -215,8 +215,50 @@ class Service:
         )
         return {"run_id": run_id, "status": "queued", "url": f"{API}/runs/{run_id}"}
 
+    async def resume(self, run_id: str, budget: float | None = None) -> dict[str, Any]:
+        """Resume a run of this service's store that did not complete (failed,
+        cancelled, stopped by its budget, or interrupted): its completed agents
+        are kept, the others run. Raises :class:`Refused` (404, 409, 503)."""
+        from aoe.errors import ResumeRefused, RunNotFound
+        from aoe.service.resume import plan_resume
+
+        if self.draining:
+            raise Refused(503, "the service is shutting down: resume it on another instance")
+        if run_id in self.live:
+            raise Refused(409, f"run {run_id} is running here already")
+        changes = {} if budget is None else {"budget": budget}
+        try:
+            plan = await asyncio.to_thread(
+                plan_resume, self.store, run_id, self.settings, options=changes
+            )
+        except RunNotFound as e:
+            raise Refused(404, str(e).split(" in /")[0]) from None
+        except ResumeRefused as e:
+            raise Refused(409, str(e)) from None
+        if plan.done:
+            raise Refused(409, f"run {plan.run_id} completed: there is nothing to resume")
+        if plan.run_id in self.live:  # (a prefix was given)
+            raise Refused(409, f"run {plan.run_id} is running here already")
+        live = LiveRun(plan.run_id, plan.workflow.name)
+        self.live[plan.run_id] = live
+        options = {
+            **plan.options,
+            "max_units": self.options.max_agents,
+            "max_reply_bytes": self.options.max_reply_bytes,
+        }
+        live.task = asyncio.get_running_loop().create_task(
+            self._run(live, plan.workflow, plan.inputs, options, resume=plan),
+            name=f"aoe-run-{plan.run_id}",
+        )
+        return {"run_id": plan.run_id, "status": "resuming", "url": f"{API}/runs/{plan.run_id}"}
+
     async def _run(
-        self, live: LiveRun, workflow: Any, values: dict[str, Any], options: dict[str, Any]
+        self,
+        live: LiveRun,
+        workflow: Any,
+        values: dict[str, Any],
+        options: dict[str, Any],
+        resume: Any = None,
     ) -> None:
         from aoe.service.runner import RunOptions, run_workflow
 
@@ -232,9 +274,10 @@ class Service:
                 subscribers=subscribers,
                 store=self.store,
                 engine=self.engine,
+                resume=resume,
             )
         except asyncio.CancelledError:
-            if not live.started:  # cancelled in the queue: its record says so
+            if not live.started and resume is None:  # cancelled in the queue: its record says so
                 with contextlib.suppress(Exception):
                     self.store.mark_cancelled(live.run_id)
         except Exception as e:  # a run's failure (its store, a bug) must not stop the others

@@ -183,6 +183,37 @@ def _problems(error: ValidationError) -> str:
     return "; ".join(said)
 
 
+class ResumeBody(BaseModel):
+    """The body of ``POST /api/v1/runs/{id}/resume`` (it may be empty)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    budget: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="USD the whole run may spend, earlier sessions included (else its own).",
+    )
+
+
+def resume_body(raw: bytes) -> ResumeBody:
+    """The body of a resume (none: the run's own settings); raises :class:`BodyInvalid`."""
+    if not raw.strip():
+        return ResumeBody()
+    body = parse_body(raw)
+    if not isinstance(body, dict):
+        raise BodyInvalid('the body must be a JSON object: {"budget": USD}, or nothing')
+    try:
+        return ResumeBody.model_validate(body)
+    except ValidationError as e:
+        fields = {str(p["loc"][0]) for p in e.errors(include_url=False) if p["loc"]}
+        unknown = sorted(fields - {"budget"})
+        said = [f"unknown field {name!r} (the field: budget)" for name in unknown]
+        if "budget" in fields:
+            said.append('"budget" must be a number of USD, 0 or more')
+        raise BodyInvalid("; ".join(said)) from None
+
+
 class RunsQuery(BaseModel):
     """The query of ``GET /api/v1/runs``; other parameters are ignored."""
 

@@ -210,6 +210,16 @@ class Shared:
             run["status"] = summary["status"]
         return run
 
+    async def recorded(self, run_id: str) -> Store | None:
+        """The store holding the run's copy, brought up to its record in Redis;
+        None if Redis has no record of it (or it never started)."""
+        from aoe.redis.copies import head_of
+
+        head = await head_of(self.client, self.prefix, run_id, export=False)
+        if head is None or await self._bring_up(run_id, head) is None:
+            return None
+        return self.records
+
     async def _bring_up(self, run_id: str, head: dict[str, str]) -> SharedRecord | None:
         """Bring ``shared.db``'s copy of the run up to its record in Redis (None
         if there is none yet), reading only the journal's entries this service
@@ -244,6 +254,48 @@ class Shared:
 
         async with self._restoring:  # one writer of shared.db at a time
             await asyncio.to_thread(restore_into, record, self.records.path)
+
+    async def resume(self, run_id: str, budget: float | None) -> dict[str, Any] | None:
+        """Queue a run that ended without completing again, from its record: the
+        worker that takes it resumes it. None if Redis has no record of it."""
+        from pathlib import PurePosixPath
+
+        from aoe.redis.copies import head_of
+        from aoe.redis.queue import enqueue
+        from aoe.redis.records import FINAL, cancel_key
+
+        head = await head_of(self.client, self.prefix, run_id, export=False)
+        if head is None:
+            return None
+        status = head.get("status") or ""
+        if status not in FINAL:
+            raise Refused(409, f"run {run_id} is {status}: only a run that ended is resumed")
+        if status == "completed":
+            raise Refused(409, f"run {run_id} completed: there is nothing to resume")
+        if await self._bring_up(run_id, head) is None:
+            raise Refused(409, f"run {run_id} never started: submit it again")
+        run = self.records.run(run_id)
+        options = {**run.settings}
+        # (a cancel asked before is done with: the worker that takes it must not
+        # end it at once)
+        await self.client.delete(cancel_key(self.prefix, run.run_id))
+        if budget is not None:
+            options["budget"] = budget
+        try:
+            await enqueue(
+                self.settings,
+                run.workflow_text,
+                PurePosixPath(run.workflow_path).name,
+                dict(run.inputs),
+                options,
+                dict(run.workflow_files),
+                workflow_name=run.workflow_name,
+                client=self.client,
+                run_id=run.run_id,
+            )
+        except OptionInvalid as e:  # Redis is unreachable
+            raise Refused(503, str(e)) from None
+        return {"run_id": run.run_id, "status": "queued", "url": f"{API}/runs/{run.run_id}"}
 
     async def runs(
         self, status: str | None, workflow: str | None, limit: int
