@@ -78,3 +78,24 @@ def test_the_results_page_names_every_event_and_its_fields() -> None:
             if name not in ("event", "at", "run_id", "agent_id") and f"`{name}`" not in row
         ]
     assert missing == []
+
+
+def test_the_http_api_page_names_every_route_and_every_body_field() -> None:
+    """docs/http-api.md says what each route and each field of a submission is:
+    a route or a field added to the service and not to the page fails here."""
+    from aoe.service.models import ResumeBody, Submission
+    from aoe.service.openapi import document
+
+    page = (REPO / "docs" / "http-api.md").read_text()
+    described = document("0")
+    missing = []
+    for path, operations in described["paths"].items():
+        shown = path.replace("{run_id}", "ID")
+        missing += [
+            f"{method.upper()} {shown}"
+            for method in operations
+            if f"{method.upper()} {shown}`" not in page
+        ]
+    fields = [*Submission.model_fields, *ResumeBody.model_fields]
+    missing += [name for name in fields if f"`{name}`" not in page]
+    assert missing == []

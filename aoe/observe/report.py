@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aoe.observe.results import recorded
+from aoe.observe.results import aoe_version, recorded
 
 if TYPE_CHECKING:
     from aoe.state.rows import AttemptRow
@@ -141,7 +141,7 @@ def render(data: ReportData, *, live: Mapping[str, str] | None = None) -> str:
         _costs(data),
         _agents(data),
         _run(data),
-        f"<footer>Made by aoe {_e(_version())} at "
+        f"<footer>Made by aoe {_e(aoe_version())} at "
         f"{_e(time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()))}.</footer>",
         f"<script>{_SCRIPT}</script>",
     ]
@@ -150,16 +150,6 @@ def render(data: ReportData, *, live: Mapping[str, str] | None = None) -> str:
         parts.append(f"<script>const AOE_LIVE = {_js(live)};{_LIVE}</script>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
-
-
-def _version() -> str:
-    """aoe's version (``aoe`` itself imports the Python API, above this layer)."""
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("aoe")
-    except importlib.metadata.PackageNotFoundError:  # run from a checkout
-        return "(from source)"
 
 
 def report_html(store: Store, run_id: str) -> str:

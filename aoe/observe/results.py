@@ -35,6 +35,17 @@ RESULTS_VERSION = 1
 :mod:`aoe.observe.resultschema`); a change that is not an addition makes the next."""
 
 
+def aoe_version() -> str:
+    """aoe's version, as installed (``aoe`` itself imports the Python API, above
+    this layer)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("aoe")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "0+source"
+
+
 def _iso(at: float | None) -> str | None:
     if at is None:
         return None

@@ -64,6 +64,7 @@ from aoe.state.store import Store
 log = logging.getLogger("aoe.serve")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPENAPI = f"{API}/openapi.json"
 
 
 _QUIET = ("/health", "/metrics")  # probes and scrapes, every few seconds: at DEBUG
@@ -99,6 +100,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_post(f"{API}/runs/{{run_id}}/cancel", api.cancel)
     app.router.add_post(f"{API}/runs/{{run_id}}/resume", api.resume)
     app.router.add_get(f"{API}/runs/{{run_id}}/report", api.report)
+    app.router.add_get(f"{API}/openapi.json", api.openapi)
     app.router.add_get("/", api.page_runs)
     app.router.add_get("/runs/{run_id}", api.page_run)
     return app
@@ -111,6 +113,7 @@ class Api:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.options = service.options
+        self._openapi: dict[str, Any] | None = None
 
     # -- every request ----------------------------------------------------------------
     @web.middleware
@@ -119,7 +122,7 @@ class Api:
         if isinstance(request.protocol, Connection):  # no deadline while it is answered
             request.protocol.busy_with()
         token = self.options.token
-        if token is not None and request.path.startswith("/api/"):
+        if token is not None and request.path.startswith("/api/") and request.path != OPENAPI:
             given = request.headers.get("Authorization", "")
             scheme, _, value = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -293,6 +296,15 @@ class Api:
             "resume": f"{base}/resume",
         }
         return _html(render(data, live=live))
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """The API's OpenAPI description (no token needed: it holds no data)."""
+        if self._openapi is None:
+            from aoe.observe.results import aoe_version
+            from aoe.service.openapi import document
+
+            self._openapi = document(aoe_version())
+        return _json(self._openapi)
 
     async def page_runs(self, request: web.Request) -> web.Response:
         from aoe.service.pages import runs_page
