@@ -423,3 +423,36 @@ def test_budget_flag_and_exit_code_3(
     assert result.exit_code == 3
     assert '"status": "budget_exceeded"' in result.stdout
     assert '"cost_budget_usd": 0.03' in result.stdout
+
+
+async def test_a_mock_run_rehearses_the_named_providers_limits_when_asked(
+    write: WriteFile, provider_env: dict[str, str], tmp_path: Path
+) -> None:
+    """issue 16: `--mock` ignored the providers' limits, so `aoe plan`'s "at
+    least 1 min" could not be rehearsed. With ``mock_limits`` a mock run is held
+    to openai's limits, in windows of its own ("mock:openai": a rehearsal uses
+    none of the real quota); without, it is not held at all."""
+    settings = settings_with(provider_env, tmp_path, RATE_LIMIT_RPM="2")
+    workflow = load(write("version: 1\nname: rehearsed\nagents:\n" + agents(4)))
+    for rehearsed in (False, True):
+        recorder = Recorder()
+        bus = EventBus()
+        bus.subscribe(recorder)
+        admitted: list[float] = []
+        engine = engine_for(settings, clock=ScaledClock())
+        noted = Admissions(engine.limiter)
+        noted.at = admitted
+        engine.limiter = noted
+        try:
+            status = await engine.run(workflow, {}, bus, mock=True, mock_limits=rehearsed)
+        finally:
+            await engine.aclose()
+        assert status is RunStatus.COMPLETED
+        waits = recorder.of(AgentWaiting)
+        if not rehearsed:
+            assert waits == []
+            continue
+        assert {w.provider for w in waits} == {"mock:openai"}
+        assert any("mock:openai" in (w.limit or "") for w in waits)
+        assert busiest(admitted, [1.0] * 4, 60.0) <= 2  # openai's 2 a minute, held
+        assert max(admitted) - min(admitted) >= 60.0  # the 4 took over a (scaled) minute

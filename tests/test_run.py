@@ -637,3 +637,23 @@ def _rows(view: Any) -> list[str]:
     buffer = StringIO()
     console(buffer, width=80).print(view.table())
     return buffer.getvalue().splitlines()[1:]
+
+
+def test_mock_limits_rehearses_and_is_kept_for_a_resume(
+    cli: RunCli, write: WriteFile, tmp_path: Path
+) -> None:
+    path = write(
+        "version: 1\nname: r\nagents:\n"
+        "  a: {prompt: hi, llm: {provider: openai, model: gpt-4o-mini}}\n"
+    )
+    refused = cli("run", str(path), "--mock-limits")
+    assert refused.exit_code == 2
+    assert "give --mock too" in refused.stderr
+    done = cli("run", str(path), "--mock", "--mock-limits", "-q", "-o", "-")
+    assert done.exit_code == 0, done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    from aoe.state.store import Store
+
+    with Store(tmp_path / ".aoe" / "state.db") as store:
+        shown = store.run(run_id).settings
+    assert shown["mock_limits"] is True  # the record keeps it: a resume rehearses alike

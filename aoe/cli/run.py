@@ -136,6 +136,15 @@ def run(
             "the model each agent names.",
         ),
     ] = False,
+    mock_limits: Annotated[
+        bool,
+        typer.Option(
+            "--mock-limits",
+            help="With --mock: hold the calls to the rate limits of the providers the "
+            "workflow names (in windows of their own, not the real ones), so the "
+            "rehearsal takes as long as those limits make the real run take.",
+        ),
+    ] = False,
     output: OutputOption = None,
     junit: JunitOption = None,
     report: ReportOption = None,
@@ -164,6 +173,13 @@ def run(
         from aoe.service.runner import RunOptions, bind, load
 
         _check_outputs(output, junit, report)
+        if mock_limits and not mock:
+            from aoe.errors import OptionInvalid
+
+            raise OptionInvalid(
+                "--mock-limits rehearses a run offline: give --mock too (a real run is "
+                "held to the limits anyway)"
+            )
         settings = load_settings(config, flags=_log_flags(log_format))
         workflow = load(file, settings)
         given = given_inputs(workflow, input, inputs_file)
@@ -188,7 +204,12 @@ def run(
                     settings,
                     latest.run_id,
                     given=given,
-                    options={"budget": budget, "max_parallel": max_parallel, "mock": mock},
+                    options={
+                        "budget": budget,
+                        "max_parallel": max_parallel,
+                        "mock": mock,
+                        "mock_limits": mock_limits or None,  # (else as it began)
+                    },
                     cache=cache,
                     force=False,
                     report=Reports(
@@ -196,7 +217,13 @@ def run(
                     ),
                 )
         values = bind(workflow, given)
-        options = RunOptions(mock=mock, max_parallel=max_parallel, budget=budget, cache=cache)
+        options = RunOptions(
+            mock=mock,
+            mock_limits=mock_limits,
+            max_parallel=max_parallel,
+            budget=budget,
+            cache=cache,
+        )
         reports = Reports(output, junit, quiet, metrics_port, pushgateway, verbose, report)
         status = _execute(workflow, values, settings, options, store, None, reports)
         raise typer.Exit(status.exit_code)

@@ -100,6 +100,7 @@ class Admission:
         limiter: RateLimiter,
         spend: DailySpend | None,
         workflow: str,
+        rehearsal: bool = False,
     ) -> None:
         self.run_id = run_id
         self.bus = bus
@@ -108,6 +109,9 @@ class Admission:
         self.limiter = limiter
         self.spend = spend
         self.workflow = workflow  # its name: the daily budgets may be per workflow
+        # a mock run held to the named providers' limits: "mock:openai", whose
+        # windows have openai's limits but are not openai's (no real quota used)
+        self.rehearsal = rehearsal
         self.usage = Usage()
         self.cost = 0.0
 
@@ -121,6 +125,7 @@ class Admission:
         refused, held by calls still waiting)."""
         tokens = prompt_tokens_estimate(request.messages) + request.max_tokens
         record = unit.record
+        held_by = f"mock:{llm.provider}" if self.rehearsal else request.provider
 
         def waiting(why: Waiting) -> None:
             if not record.state.final:  # (another item may have ended it)
@@ -131,16 +136,14 @@ class Admission:
                     at=time.time(),
                     agent_id=record.agent.id,
                     item=unit.item,
-                    provider=request.provider,
+                    provider=held_by,
                     model=request.model,
                     limit=why.limit,
                     seconds=why.seconds,
                 )
             )
 
-        permit = await self.limiter.acquire(
-            request.provider, request.model, tokens, on_wait=waiting
-        )
+        permit = await self.limiter.acquire(held_by, request.model, tokens, on_wait=waiting)
         try:
             reservation = reserve(
                 worst_case(request.messages, request.max_tokens, self.prices.of(llm)),

@@ -76,6 +76,7 @@ class Engine:
         max_parallel: int | None = None,
         budget: float | None = None,
         mock: bool = False,
+        mock_limits: bool = False,
         cache: ResponseCache | None = None,
         resumption: Resumption | None = None,
         max_units: int | None = None,
@@ -86,7 +87,8 @@ class Engine:
         repeated requests; ``resumption`` continues a run from its record;
         ``max_units`` bounds its agents and ``foreach`` items together, and
         ``max_reply_bytes`` the characters of its replies (a service running other
-        people's workflows: each costs memory)."""
+        people's workflows: each costs memory). ``mock_limits``: a ``mock`` run
+        held to the named providers' rate limits, in windows of their own."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.settings.config.engine.max_concurrent_workflows)
         run = Run(
@@ -98,6 +100,7 @@ class Engine:
             max_parallel=max_parallel,
             budget=budget,
             mock=mock,
+            mock_limits=mock_limits,
             cache=cache,
             max_units=max_units,
             max_reply_bytes=max_reply_bytes,

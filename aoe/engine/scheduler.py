@@ -77,6 +77,7 @@ class Run:
         max_parallel: int | None = None,
         budget: float | None = None,
         mock: bool = False,
+        mock_limits: bool = False,
         cache: ResponseCache | None = None,
         max_units: int | None = None,
         max_reply_bytes: int | None = None,
@@ -117,6 +118,7 @@ class Run:
             limiter=engine.limiter,
             spend=engine.spend,
             workflow=workflow.name,
+            rehearsal=mock and mock_limits,
         )
         attempts = Attempts(
             self.admission,

@@ -317,7 +317,9 @@ def limits_for_config(config: RateLimitingSection) -> Callable[[str, str], tuple
     """``limits_for`` from the engine config. A provider's limits are the defaults
     with its ``per_provider`` keys over them; a model under ``per_model`` has windows
     of its own, its keys over its provider's; other models share their provider's.
-    The mock provider has no limits unless ``per_provider`` gives it some."""
+    The mock provider has no limits unless ``per_provider`` gives it some; a
+    rehearsal's ``mock:NAME`` (``--mock-limits``) has NAME's limits, in windows
+    of its own."""
 
     def over(base: Limits, section: RateLimits) -> Limits:
         return base._replace(**{name: getattr(section, name) for name in section.model_fields_set})
@@ -331,6 +333,9 @@ def limits_for_config(config: RateLimitingSection) -> Callable[[str, str], tuple
         if model not in config.per_model:
             model = ""
         found = cache.get((provider, model))
+        if found is None and provider.startswith("mock:"):  # a rehearsal of NAME's
+            key, limits = limits_for(provider.removeprefix("mock:"), model)
+            found = cache[(provider, model)] = (f"mock:{key}", limits)
         if found is None:
             if provider in config.per_provider:
                 base = over(defaults, config.per_provider[provider])

@@ -129,6 +129,10 @@ class RunOptions:
 
     mock: bool = False
     """Answer every agent with the offline mock provider (no keys, no cost)."""
+    mock_limits: bool = False
+    """With ``mock``: hold the calls to the rate limits of the providers the
+    workflow names, in windows of their own (not the real ones), so the
+    rehearsal takes as long as those limits make the real run take."""
     budget: float | None = None
     """USD the run may spend; replaces the workflow's ``cost_budget``."""
     max_parallel: int | None = None
@@ -151,6 +155,7 @@ class RunOptions:
             "budget": self.budget,
             "max_parallel": self.max_parallel,
             "mock": self.mock,
+            "mock_limits": self.mock_limits,
             "cache": self.cache,
         }
 
@@ -159,6 +164,7 @@ class RunOptions:
         """The options a record or a queued message kept (absent keys: defaults)."""
         return cls(
             mock=bool(chosen.get("mock")),
+            mock_limits=bool(chosen.get("mock_limits")),
             budget=chosen.get("budget"),
             max_parallel=chosen.get("max_parallel"),
             cache=_tristate(chosen.get("cache")),
@@ -294,6 +300,7 @@ async def _wired(
             max_parallel=options.max_parallel,
             budget=options.budget,
             mock=options.mock,
+            mock_limits=options.mock_limits,
             cache=None if recording is None else recording.cache,
             resumption=None if recording is None else recording.resumption,
             max_units=options.max_units,

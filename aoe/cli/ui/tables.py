@@ -100,4 +100,6 @@ def _limit_lines(plan: Plan) -> list[str]:
             + (f", at least {duration(limit.least_seconds)}" if limit.least_seconds else "")
         )
     lines.append(f"least wall time the rate limits allow: {duration(plan.least_seconds)}")
+    if plan.least_seconds >= 1:
+        lines.append("  (`aoe run --mock --mock-limits` rehearses it offline, held to them)")
     return lines
