@@ -112,7 +112,7 @@ async def test_a_run_that_never_started_is_not_kept(write: WriteFile, tmp_path: 
 
 
 def test_a_misspelled_option_names_the_options(write: WriteFile, tmp_path: Path) -> None:
-    with pytest.raises(TypeError, match=r"no 'budgt'; its options are mock, budget"):
+    with pytest.raises(TypeError, match=r"no 'budgt'; its options are mock, mock_limits, budget"):
         aoe.run(write(MOCK_WORKFLOW), {"topic": "x"}, environ={}, cwd=tmp_path, budgt=2.0)
     settings = aoe.load_settings(environ={}, cwd=str(tmp_path))
     with pytest.raises(TypeError, match="environ and cwd"):

@@ -657,3 +657,37 @@ def test_mock_limits_rehearses_and_is_kept_for_a_resume(
     with Store(tmp_path / ".aoe" / "state.db") as store:
         shown = store.run(run_id).settings
     assert shown["mock_limits"] is True  # the record keeps it: a resume rehearses alike
+
+
+def test_an_output_that_reads_an_agent_that_did_not_complete_is_not_rendered(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """issue 16: `final: "{{ agents.b.output }}"` of a run whose b failed read
+    "None", as if that were the answer. It is not rendered, and says why; an
+    output that looks at the agent's status says what it likes."""
+    fake.respond = lambda r: Fail(400, "b is refused") if r.prompt.startswith("b") else Reply()
+    path = write(
+        """\
+        version: 1
+        name: o
+        allow_partial_completion: true
+        defaults: {llm: {provider: openai, model: gpt-4o-mini}}
+        agents:
+          a: {prompt: "a"}
+          b: {prompt: "b"}
+        outputs:
+          final: "{{ agents.b.output }} and {{ agents.b.output }}"
+          first: "{{ agents.a.output }}"
+          either: >-
+            {% if agents.b.status == 'completed' %}{{ agents.b.output }}{% else %}none{% endif %}
+        """
+    )
+    result = cli("run", str(path), "-o", "-", "-q", env=provider_env)
+    document = json.loads(result.stdout)
+    assert document["outputs"]["final"] is None
+    assert document["output_errors"]["final"] == (
+        "not rendered: it reads agents.b.output, and b failed"
+    )
+    assert document["outputs"]["first"].startswith("fake answer to: a")
+    assert document["outputs"]["either"] == "none"
+    assert set(document["output_errors"]) == {"final"}

@@ -59,12 +59,37 @@ async def render_outputs(
             outputs[name] = None  # not worth a sandbox process while stopping
             errors[name] = "not rendered: the run was cancelled"
             continue
+        missing = _unfinished(source.text, seen)
+        if missing:  # ("None" in its place read as an answer)
+            outputs[name] = None
+            errors[name] = "not rendered: it reads " + ", ".join(
+                f"agents.{agent}.output, and {agent} {status}" for agent, status in missing
+            )
+            continue
         try:
             outputs[name] = await lane.render(source.text, seen)
         except Exception as e:
             outputs[name] = None
             errors[name] = f"cannot render: {reason(e)}"
     return outputs, errors
+
+
+def _unfinished(text: str, seen: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The agents whose output ``text`` reads that did not complete, with their
+    state; not those whose ``status`` it reads too (it says what to show then)."""
+    from aoe.format.templates import analyse_template
+
+    agents = seen["agents"]
+    references = analyse_template(text).references
+    checked = {r.name for r in references if r.kind == "agent" and r.attribute == "status"}
+    read = dict.fromkeys(
+        r.name for r in references if r.kind == "agent" and r.attribute == "output"
+    )
+    return [
+        (agent, agents[agent]["status"])
+        for agent in read
+        if agent in agents and agent not in checked and agents[agent]["status"] != "completed"
+    ]
 
 
 def reason(error: Exception) -> str:
