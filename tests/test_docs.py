@@ -99,3 +99,10 @@ def test_the_http_api_page_names_every_route_and_every_body_field() -> None:
     fields = [*Submission.model_fields, *ResumeBody.model_fields]
     missing += [name for name in fields if f"`{name}`" not in page]
     assert missing == []
+
+
+def test_the_readme_links_every_page_of_docs() -> None:
+    readme = (REPO / "README.md").read_text()
+    pages = sorted(path.name for path in (REPO / "docs").glob("*.md"))
+    assert [page for page in pages if f"](docs/{page})" not in readme] == []
+    assert "../shared" not in readme

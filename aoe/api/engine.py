@@ -72,8 +72,9 @@ class Engine:
     config file, ready :class:`~aoe.config.settings.Settings`, or None: then
     ``AOE_CONFIG`` and the defaults, as ``aoe run`` has it. The environment
     (``RATE_LIMIT_RPM``, API keys ...) goes over the config either way; pass
-    ``environ`` to choose it (``environ={}``: none at all) rather than
-    ``os.environ``, and ``cwd`` for the folder whose ``.env`` is read.
+    ``environ`` to choose it rather than ``os.environ`` (``environ={}``: no
+    variables but those of the ``.env`` file in ``cwd``, which is still read),
+    and ``cwd`` for the folder whose ``.env`` is read.
     A config that is not valid raises :class:`aoe.errors.ConfigInvalid` here.
 
     ``state_dir`` keeps a record of each run in that folder (resumable with
