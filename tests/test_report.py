@@ -189,3 +189,37 @@ def test_a_report_of_a_thousand_agents_stays_small(
         assert page.locator("a.node").count() == 1000
         assert page.locator("rect.attempt").count() == 1000
         assert page.locator("details.agent").count() == 1000
+
+
+def test_a_fallback_is_marked_on_the_timeline(
+    cli: RunCli, write: WriteFile, fake: FakeProvider, provider_env: dict[str, str]
+) -> None:
+    """Retries on the agent's model, then its fallback's attempt, marked."""
+    fake.respond = lambda r: Fail(503, "overloaded") if r.model == "gpt-4o-mini" else Reply()
+    path = write(
+        """\
+        version: 1
+        name: falls
+        agents:
+          a:
+            prompt: "a"
+            llm: {provider: openai, model: gpt-4o-mini}
+            retry: {max_retries: 1, base_delay: 0.01, max_delay: 0.02}
+            fallbacks: [{model: gpt-4o}]
+        """
+    )
+    report = path.parent / "falls.html"
+    result = cli("run", str(path), "--report", str(report), env=provider_env)
+    assert result.exit_code == 0, result.stderr
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(report.as_uri())
+        bars = page.eval_on_selector_all(
+            "rect.attempt",
+            "bars => bars.map(b => [b.dataset.status, b.classList.contains('fallback')])",
+        )
+        assert bars == [["error", False], ["error", False], ["ok", True]]
+        dash = page.eval_on_selector(
+            "rect.attempt.fallback", "b => getComputedStyle(b).strokeDasharray"
+        )
+        assert dash not in ("none", "")

@@ -63,6 +63,8 @@ class ReportData:
     settings: dict[str, Any]
     workflow_text: str
     critical: list[str] = field(default_factory=list)
+    # (agent, item or -1) -> when it first fell back to another model
+    fallbacks: dict[tuple[str, int], float] = field(default_factory=dict)
 
 
 def gather(store: Store, run_id: str) -> ReportData:
@@ -87,6 +89,10 @@ def gather(store: Store, run_id: str) -> ReportData:
         workflow_text=run.workflow_text,
     )
     data.critical = critical_path(document, data.needs)
+    for event in store.events(run_id, types=("AgentFallback",)):
+        item = event.get("item")
+        key = (event["agent_id"], -1 if item is None else item)
+        data.fallbacks.setdefault(key, event["at"])
     return data
 
 
@@ -439,6 +445,9 @@ def _timeline(data: ReportData) -> str:
         item = "" if attempt.item < 0 else f" item {attempt.item}"
         why = f": {attempt.error[:300]}" if attempt.error else ""
         kind = "attempt critical" if attempt.agent_id in critical else "attempt"
+        since = data.fallbacks.get((attempt.agent_id, attempt.item))
+        if since is not None and start >= since:  # after the agent's model gave up
+            kind += " fallback"
         parts.append(
             f'<rect class="{kind}" data-agent="{_e(attempt.agent_id)}" '
             f'data-status="{status}" x="{x:.1f}" y="{y}" width="{w:.1f}" height="{ROW_H - 6}" '
@@ -464,7 +473,8 @@ def _timeline(data: ReportData) -> str:
     return (
         '<section id="timeline"><h2>Timeline</h2>'
         f'<p class="legend">One bar per attempt. {legend} <span><i class="waitkey"></i>held '
-        'back by the rate limits</span> <span><i class="crit"></i>critical path</span></p>'
+        'back by the rate limits</span> <span><i class="fallbackkey"></i>a fallback model</span> '
+        '<span><i class="crit"></i>critical path</span></p>'
         f'<div class="scroll"><svg class="gantt" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="Every attempt in time">'
         '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
@@ -677,6 +687,8 @@ svg text{font:12px system-ui,sans-serif}
 .gantt .label{fill:var(--fg)}.gantt .label.critical{font-weight:700;fill:var(--crit)}
 .gantt .lane{fill:#f3e5f5}.gantt .wait{fill:url(#hatch);opacity:.8}
 .gantt .attempt.critical{stroke:var(--crit);stroke-width:2}
+.gantt .attempt.fallback{stroke:#000;stroke-width:1.5;stroke-dasharray:3 2}
+.legend i.fallbackkey{border:1.5px dashed #000}
 .legend span{margin-right:12px;white-space:nowrap}.legend i{display:inline-block;width:12px;
 height:12px;border-radius:3px;margin-right:4px;vertical-align:-2px}
 .legend i.crit{border:3px solid var(--crit)}.legend i.waitkey{background:#f9a825;opacity:.8}
