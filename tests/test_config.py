@@ -104,16 +104,43 @@ def test_bad_values_are_reported_where_they_were_set(tmp_path: Path, write: Writ
     assert [d.format() for d in caught.value.diagnostics] == [
         ".env:2: error: RATE_LIMIT_RPH='lots': must be a whole number or none",
         "environment: error: MAX_RETRIES='x': must be a whole number",
+        "environment: error: RATE_LIMIT_RPM='0': rate_limiting.requests_per_minute "
+        "must be at least 1, not 0",
         f"{config}:2:3: error: unknown key 'max_concurent_workflows' in engine; "
         "did you mean 'max_concurrent_workflows'?",
-        "environment: error: RATE_LIMIT_RPM='0': rate_limiting.requests_per_minute "
-        "must be at least 1, not an integer (0)",
         f"{config}:3:31: error: retry_policy.max_delay: max_delay (1) is less than "
         "base_delay (5); make max_delay at least base_delay",
         f"{config}:4:25: error: monitoring.log_level must be one of DEBUG, INFO, WARNING, "
         'ERROR, CRITICAL, not a string ("LOUD")',
     ]
     assert caught.value.exit_code == 2
+
+
+def test_every_mistake_of_a_config_file_is_said_at_once_in_order(
+    tmp_path: Path, write: WriteFile
+) -> None:
+    """A provider's bad field hid the others' missing base_url, only the first of
+    those was said, a union's refusal was said once per member, and the lines
+    came out of order."""
+    config = write(
+        "providers:\n"
+        "  one: {type: openai, stream: maybe}\n"
+        "  two: {type: openai}\n"
+        "  three: {type: openai}\n"
+        "rate_limiting:\n"
+        "  requests_per_minute: 0\n",
+        "c.yaml",
+    )
+    with pytest.raises(ConfigInvalid) as caught:
+        load_settings(str(config), environ={}, cwd=tmp_path)
+    needs = "needs a base_url (its API root, e.g. http://localhost:11434/v1) or a preset"
+    assert [d.format() for d in caught.value.diagnostics] == [
+        f"{config}:2:31: error: providers.one.stream must be true, false or auto, "
+        'not a string ("maybe")',
+        f"{config}:3:3: error: provider 'two' {needs} (e.g. preset: ollama)",
+        f"{config}:4:3: error: provider 'three' {needs} (e.g. preset: ollama)",
+        f"{config}:6:24: error: rate_limiting.requests_per_minute must be at least 1, not 0",
+    ]
 
 
 def test_the_mock_cannot_be_declared_and_a_vendor_speaks_its_own_api(

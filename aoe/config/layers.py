@@ -22,9 +22,9 @@ from aoe.config.environment import (
     MOCK_LATENCY_VARIABLE,
     Environment,
 )
-from aoe.config.models import EngineConfig, url_problem
+from aoe.config.models import EngineConfig, ProviderSection, base_url_problem, url_problem
 from aoe.errors import ConfigInvalid
-from aoe.format.modelerrors import diagnostic_for, unwrap
+from aoe.format.modelerrors import diagnostic_for, grouped, union_diagnostic, unwrap
 from aoe.format.yamlsource import INT_MAX, INT_MIN, SourceMap, YamlError, parse_yaml, read_text
 from aoe.types import Diagnostic, Severity
 
@@ -124,6 +124,27 @@ class Layers:
             self.sources[target] = f"flag {flag}"
             self.ignored.pop(target, None)
 
+    def _providers_without_base_url(self) -> list[Diagnostic]:
+        """What :func:`base_url_problem` says of each provider that is valid on
+        its own, at its name in the file."""
+        source = self.source_map or SourceMap("(config)")
+        found = []
+        for name, raw in _providers_of(self.merged):
+            if name == "mock":  # (aoe's own: refused as such)
+                continue
+            try:
+                section = ProviderSection.model_validate(raw)
+            except ValidationError:
+                continue  # its own errors are said
+            if name in ("openai", "anthropic") and "type" not in section.model_fields_set:
+                section = section.model_copy(update={"type": name})
+            problem = base_url_problem(str(name), section)
+            if problem is not None:
+                found.append(
+                    source.diagnostic(("providers", name), "missing-base-url", problem, at_key=True)
+                )
+        return found
+
     def validate(self) -> EngineConfig | None:
         """The merged config, or None with its problems added, each at its origin."""
         merged = self.merged
@@ -135,6 +156,10 @@ class Layers:
             return EngineConfig.model_validate(merged)
         except ValidationError as e:
             found = _config_diagnostics(e, self.source_map, self.sources, self.environment)
+            # each provider without the base_url it needs, at its own line, whatever
+            # else is wrong (pydantic checks them only once every provider is valid)
+            found = [d for d in found if d.code != "missing-base-url"]
+            found += self._providers_without_base_url()
             source_map = self.source_map
             if source_map is not None:  # not again where the YAML itself was refused
                 found = [
@@ -144,6 +169,11 @@ class Layers:
                 ]
             self.diagnostics.extend(found)
             return None
+
+
+def _providers_of(merged: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    providers = merged.get("providers")
+    return list(providers.items()) if isinstance(providers, dict) else []
 
 
 def check_environment(environment: Environment) -> list[Diagnostic]:
@@ -246,10 +276,20 @@ def _config_diagnostics(
 ) -> list[Diagnostic]:
     """Each error at its origin: the config file's line, the variable, or the flag."""
     out: list[Diagnostic] = []
-    for item in error.errors(include_url=False):
+    for group in grouped(error.errors(include_url=False)):
+        if isinstance(group, list):  # a value no member of a union took: said once
+            item = {**group[0], "loc": group[0]["loc"][:-1]}
+        else:
+            item = group
         origin = sources.get(tuple(str(p) for p in item["loc"]), "")
+
+        def said(source: SourceMap, group: Any = group, item: Any = item) -> Diagnostic:
+            if isinstance(group, list):
+                return union_diagnostic(group, source)
+            return diagnostic_for(item, source, EngineConfig)
+
         if origin.startswith("flag "):
-            found = diagnostic_for(item, SourceMap(origin[5:]), EngineConfig)
+            found = said(SourceMap(origin[5:]))
             out.append(
                 Diagnostic(
                     "command line",
@@ -262,9 +302,9 @@ def _config_diagnostics(
             )
         elif origin.startswith(("env ", environment.dotenv_file)):
             variable = origin.split()[-1]
-            found = diagnostic_for(item, SourceMap(variable), EngineConfig)
+            found = said(SourceMap(variable))
             raw = environment.get(variable) or ""
             out.append(_env_diagnostic(environment, variable, raw, found.message))
         else:
-            out.append(diagnostic_for(item, source_map or SourceMap("(config)"), EngineConfig))
+            out.append(said(source_map or SourceMap("(config)")))
     return out

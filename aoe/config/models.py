@@ -425,6 +425,30 @@ class RedisSection(_Section):
         return self.url is not None or self.host is not None
 
 
+def base_url_problem(name: str, section: ProviderSection) -> str | None:
+    """Why the provider ``name`` cannot be called as declared (no base_url where
+    it needs one); None if it can. ``openai`` and ``anthropic`` speak their own
+    API at their own address unless given another ``type``."""
+    if section.base_url is not None:
+        return None
+    if name in ("openai", "anthropic"):
+        if section.type in (name, None) or "type" not in section.model_fields_set:
+            return None
+        return (
+            f"provider '{name}' set to speak the {section.type} API needs the base_url "
+            "of a server that does"
+        )
+    if section.type == "azure":
+        return (
+            f"provider '{name}' (Azure OpenAI) needs a base_url: its resource's endpoint, "
+            "e.g. https://NAME.openai.azure.com"
+        )
+    return (
+        f"provider '{name}' needs a base_url (its API root, e.g. http://localhost:11434/v1) "
+        "or a preset (e.g. preset: ollama)"
+    )
+
+
 class EngineConfig(_Section):
     """The engine config file."""
 
@@ -454,29 +478,13 @@ class EngineConfig(_Section):
                 "'mock' is aoe's offline provider and cannot be declared; pick another name",
                 {},
             )
+        problems = []
         for name, section in value.items():
-            if name in ("openai", "anthropic"):
-                if "type" not in section.model_fields_set:  # its vendor's API, unless told
-                    value[name] = section = section.model_copy(update={"type": name})
-                if section.type != name and section.base_url is None:
-                    raise PydanticCustomError(
-                        "missing_base_url",
-                        "provider '{name}' set to speak the {type} API needs the base_url "
-                        "of a server that does",
-                        {"name": name, "type": section.type},
-                    )
-            elif section.base_url is None and section.type == "azure":
-                raise PydanticCustomError(
-                    "missing_base_url",
-                    "provider '{name}' (Azure OpenAI) needs a base_url: its resource's "
-                    "endpoint, e.g. https://NAME.openai.azure.com",
-                    {"name": name},
-                )
-            elif section.base_url is None:
-                raise PydanticCustomError(
-                    "missing_base_url",
-                    "provider '{name}' needs a base_url (its API root, e.g. "
-                    "http://localhost:11434/v1) or a preset (e.g. preset: ollama)",
-                    {"name": name},
-                )
+            if name in ("openai", "anthropic") and "type" not in section.model_fields_set:
+                value[name] = section.model_copy(update={"type": name})  # its vendor's API
+            problem = base_url_problem(name, value[name])
+            if problem is not None:
+                problems.append(problem)
+        if problems:  # every one (the config layer says each at its own line)
+            raise PydanticCustomError("missing_base_url", "; ".join(problems), {})
         return value

@@ -300,7 +300,10 @@ def load_settings(
     diagnostics.extend(check_environment(environment))
     validated = layers.validate()
     if diagnostics or validated is None:
-        raise ConfigInvalid(diagnostics)
+        # each source's in the order of its lines (the environment's, the
+        # command line's and the file's apart, each where it first appears)
+        first = {d.file: i for i, d in reversed(list(enumerate(diagnostics)))}
+        raise ConfigInvalid(sorted(diagnostics, key=lambda d: (first[d.file], d.line, d.column)))
     sources = layers.sources
     for target, note in layers.ignored.items():
         sources[target] = f"{sources.get(target, 'default')}; {note}"

@@ -10,6 +10,7 @@ including "did you mean" for unknown keys, from the models' own fields.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -158,14 +159,65 @@ def diagnostics_from_error(
     for item in items:
         if item["type"] == "extra_forbidden":
             unknown.setdefault(tuple(item["loc"][:-1]), []).append(str(item["loc"][-1]))
-    return [
-        diagnostic_for(item, source, root, prefix=prefix, skip=len(root_prefix))
+    kept = [
+        item
         for item in items
         if not (
             item["type"] == "missing"
             and closest(str(item["loc"][-1]), unknown.get(tuple(item["loc"][:-1]), ()))
         )
     ]
+    return [
+        (
+            union_diagnostic(group, source, prefix)
+            if isinstance(group, list)
+            else diagnostic_for(group, source, root, prefix=prefix, skip=len(root_prefix))
+        )
+        for group in grouped(kept)
+    ]
+
+
+def grouped(items: list[Any]) -> list[Any]:
+    """pydantic's errors in order, those of one value that each member of a
+    union refused (``bool | Literal["auto"]``) as one list, to be said once."""
+    found: list[Any] = []
+    unions: dict[tuple[object, ...], list[Any]] = {}
+    for item in items:
+        if len(item["loc"]) > 1 and _UNION_MEMBER.fullmatch(str(item["loc"][-1])):
+            members = unions.setdefault(tuple(item["loc"][:-1]), [])
+            if not members:
+                found.append(members)
+            members.append(item)
+        else:
+            found.append(item)
+    return found
+
+
+# how pydantic names the members of a union in an error's location
+_UNION_MEMBER = re.compile(
+    r"(bool|int|float|str|none|literal\[.*\]|list\[.*\]|dict\[.*\]|[A-Z]\w*)"
+)
+
+
+def union_diagnostic(items: list[Any], source: SourceMap, prefix: Path = ()) -> Diagnostic:
+    """A value no member of a union took: what each would take, as one list."""
+    loc: Path = (*prefix, *items[0]["loc"][:-1])
+    value = items[0].get("input")
+    kinds: list[str] = []
+    for item in items:
+        if item["type"] == "literal_error":
+            expected = (item.get("ctx") or {}).get("expected", "")
+            kinds += [a.strip().strip("'") for a in expected.replace(" or ", ", ").split(",")]
+        elif item["type"] == "bool_type":
+            kinds += ["true", "false"]
+        else:
+            kinds.append(_EXPECTED.get(item["type"], item["msg"]))
+    kinds = list(dict.fromkeys(k for k in kinds if k))
+    said = ", ".join(kinds[:-1]) + f" or {kinds[-1]}" if len(kinds) > 1 else kinds[0]
+    message = f"{dotted(loc)} must be {said}, not {describe(value)}"
+    if isinstance(value, str):
+        message += did_you_mean(value, kinds)
+    return source.diagnostic(loc, "value", message)
 
 
 def diagnostic_for(
@@ -260,7 +312,10 @@ def _out_of_range(item: Any, where: str) -> str:
         ctx_key, words = _BOUNDS[kind]
         bound = ctx.get(ctx_key)
         shown = f"{bound:g}" if isinstance(bound, float) else str(bound)
-        return f"{where} must be {words} {shown}, not {describe(item.get('input'))}"
+        given = item.get("input")
+        if isinstance(given, int | float) and not isinstance(given, bool):
+            return f"{where} must be {words} {shown}, not {given:g}"  # (a number: as it is)
+        return f"{where} must be {words} {shown}, not {describe(given)}"
     if kind == "string_too_short":
         return f"{where} must not be empty"
     if kind == "string_too_long":
