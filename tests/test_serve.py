@@ -413,3 +413,22 @@ def test_a_workflow_that_names_files_is_submitted_with_them(
     assert bad.status_code == 400
     assert "must be a plain relative file name" in bad.text
     assert service.stop() == 0
+
+
+def test_a_submission_may_rehearse_the_limits(
+    start: Callable[..., Service], tmp_path: Path
+) -> None:
+    service = start()
+    refused = service.http.post("/api/v1/runs", json={"workflow": CHAIN, "mock_limits": True})
+    assert refused.status_code == 400
+    assert refused.json()["error"] == (
+        '"mock_limits" rehearses a run offline: set "mock": true too'
+    )
+    run_id = service.submit(CHAIN, mock=True, mock_limits=True)
+    run = service.wait(run_id)
+    assert run["status"] == "completed"
+    service.stop()
+    from aoe.state.store import Store
+
+    with Store(tmp_path / "state" / "state.db") as store:
+        assert store.run(run_id).settings["mock_limits"] is True

@@ -178,6 +178,7 @@ class Service:
             "budget": body.budget,
             "max_parallel": body.max_parallel,
             "mock": body.mock,
+            "mock_limits": body.mock_limits,
             "cache": body.cache,
             "max_units": self.options.max_agents,
             "max_reply_bytes": self.options.max_reply_bytes,

@@ -19,14 +19,31 @@ import json
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from aoe.errors import Signal, UserError
 
 MOST_PARALLEL = 1000  # "max_parallel" of a submission at most
 MOST_RUNS_LISTED = 1000  # "limit" of GET /api/v1/runs at most
 INT_RANGE = 1 << 63  # integers in a body: -2**63 <= n < 2**63
-FIELDS = ("workflow", "files", "inputs", "name", "budget", "max_parallel", "mock", "cache")
+FIELDS = (
+    "workflow",
+    "files",
+    "inputs",
+    "name",
+    "budget",
+    "max_parallel",
+    "mock",
+    "mock_limits",
+    "cache",
+)
 
 
 class BodyInvalid(UserError, ValueError):
@@ -122,6 +139,11 @@ class Submission(BaseModel):
         default=None, ge=1, le=MOST_PARALLEL, description="Agents of the run in flight at once."
     )
     mock: bool = Field(default=False, description="Run it offline, on the mock provider.")
+    mock_limits: bool = Field(
+        default=False,
+        description="With mock: hold the calls to the rate limits of the providers the "
+        "workflow names, in windows of their own (a rehearsal of the real run's pace).",
+    )
     cache: bool | None = Field(
         default=None,
         description="true: answer from the response cache where it can; false: never; "
@@ -134,6 +156,12 @@ class Submission(BaseModel):
         if not value.strip():
             raise ValueError("empty")
         return value
+
+    @model_validator(mode="after")
+    def _rehearsal(self) -> Submission:
+        if self.mock_limits and not self.mock:
+            raise ValueError('"mock_limits" rehearses a run offline: set "mock": true too')
+        return self
 
     @field_validator("name")
     @classmethod
@@ -152,6 +180,7 @@ _MUST = {
     "budget": "a number of USD, 0 or more",
     "max_parallel": f"a whole number from 1 to {MOST_PARALLEL:,}",
     "mock": "true or false",
+    "mock_limits": "true or false",
     "cache": "true, false or null",
 }
 
@@ -177,7 +206,7 @@ def _problems(error: ValidationError) -> str:
         elif field in _MUST:
             line = f'"{field}" must be {_MUST[field]}'
         else:
-            line = problem["msg"]
+            line = problem["msg"].removeprefix("Value error, ")
         if line not in said:
             said.append(line)
     return "; ".join(said)
