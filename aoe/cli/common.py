@@ -62,6 +62,7 @@ class LogFormat(StrEnum):
     json = "json"
 
 
+RunIdArgument = Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")]
 ConfigOption = Annotated[
     str | None,
     typer.Option(

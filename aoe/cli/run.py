@@ -25,6 +25,7 @@ from aoe.cli.common import (
     LogFormatOption,
     MaxParallelOption,
     ReportFormat,
+    RunIdArgument,
     finite,
     given_inputs,
     handle_errors,
@@ -469,7 +470,7 @@ def _resume(
 )
 def resume(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    run_id: RunIdArgument,
     force: Annotated[
         bool,
         typer.Option(

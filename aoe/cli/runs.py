@@ -18,6 +18,7 @@ import typer
 from aoe.cli.common import (
     ConfigOption,
     ReportFormat,
+    RunIdArgument,
     existing_store,
     handle_errors,
     no_store,
@@ -182,7 +183,7 @@ def runs_list(
 )
 def runs_output(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    run_id: RunIdArgument,
     name: Annotated[
         str | None,
         typer.Argument(help="One of the run's outputs, or an agent.", metavar="[NAME]"),
@@ -252,7 +253,7 @@ def _raw(value: Any) -> None:
 @runs_app.command("show", epilog="Example:\n\naoe runs show 20261127-101500-3fa2c1")
 def runs_show(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    run_id: RunIdArgument,
     format: FormatOption = ReportFormat.text,
     events: Annotated[
         int,
@@ -311,11 +312,11 @@ def runs_show(
 @runs_app.command(
     "events",
     epilog="Examples:\n\naoe runs events RUN_ID --type agent_failed --last 50\n\n"
-    "aoe runs events RUN_ID -t AttemptFinished | jq .cost",
+    "aoe runs events RUN_ID -t AttemptFinished | jq .cost_usd",
 )
 def runs_events(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    run_id: RunIdArgument,
     type: Annotated[
         list[str] | None,
         typer.Option(
@@ -402,7 +403,7 @@ def _matches(event: dict[str, Any], kind: str, failed: bool) -> bool:
 )
 def runs_results(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    run_id: RunIdArgument,
     output: Annotated[
         str | None,
         typer.Option(
@@ -435,7 +436,7 @@ def runs_results(
 )
 def report(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    run_id: RunIdArgument,
     output: Annotated[
         str | None,
         typer.Option(
@@ -466,7 +467,7 @@ def report(
 @runs_app.command("export", epilog="Example:\n\naoe runs export RUN_ID -o run.json")
 def runs_export(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    run_id: RunIdArgument,
     output: Annotated[
         str | None,
         typer.Option("--output", "-o", help="Write here (default: stdout).", metavar="FILE"),

@@ -136,8 +136,6 @@ class Layers:
                 section = ProviderSection.model_validate(raw)
             except ValidationError:
                 continue  # its own errors are said
-            if name in ("openai", "anthropic") and "type" not in section.model_fields_set:
-                section = section.model_copy(update={"type": name})
             problem = base_url_problem(str(name), section)
             if problem is not None:
                 found.append(

@@ -432,7 +432,7 @@ def base_url_problem(name: str, section: ProviderSection) -> str | None:
     if section.base_url is not None:
         return None
     if name in ("openai", "anthropic"):
-        if section.type in (name, None) or "type" not in section.model_fields_set:
+        if section.type == name or "type" not in section.model_fields_set:
             return None
         return (
             f"provider '{name}' set to speak the {section.type} API needs the base_url "

@@ -24,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aoe.observe.results import aoe_version, recorded
+from aoe.format.graph import Graph, GraphError
+from aoe.observe.results import aoe_version, document_of, read_record
 
 if TYPE_CHECKING:
     from aoe.state.rows import AttemptRow
@@ -68,31 +69,33 @@ class ReportData:
 
 
 def gather(store: Store, run_id: str) -> ReportData:
-    """The run ``run_id`` of ``store``, as the report shows it."""
-    document = recorded(store, run_id)
-    run_id = document["run_id"]
-    run = store.run(run_id)
-    needs = {row.agent_id: list(row.needs or []) for row in store.agents(run_id)}
+    """The run ``run_id`` of ``store``, as the report shows it: its record read
+    once, for the results document and the rest."""
+    record = read_record(store, run_id, events=("PromptRendered", "AgentFallback"))
+    document = document_of(record)
+    needs = {row.agent_id: list(row.needs or []) for row in record.agents}
     prompts: dict[str, dict[int | None, tuple[str | None, str]]] = {}
-    for event in store.events(run_id, types=("PromptRendered",)):
-        by_item = prompts.setdefault(event["agent_id"], {})
-        by_item[event.get("item")] = (event.get("system"), event.get("prompt") or "")
+    fallbacks: dict[tuple[str, int], float] = {}
+    for event in record.events:
+        if event["type"] == "PromptRendered":
+            by_item = prompts.setdefault(event["agent_id"], {})
+            by_item[event.get("item")] = (event.get("system"), event.get("prompt") or "")
+        elif event["type"] == "AgentFallback":
+            item = event.get("item")
+            fallbacks.setdefault((event["agent_id"], -1 if item is None else item), event["at"])
     data = ReportData(
         document=document,
         needs={a: [d for d in deps if d in needs] for a, deps in needs.items()},
-        attempts=store.attempts(run_id),
+        attempts=record.attempts,
         prompts={
             agent: [(item, *texts) for item, texts in sorted(by.items(), key=_item_order)]
             for agent, by in prompts.items()
         },
-        settings=dict(run.settings or {}),
-        workflow_text=run.workflow_text,
+        settings=dict(record.run.settings or {}),
+        workflow_text=record.run.workflow_text,
+        fallbacks=fallbacks,
     )
     data.critical = critical_path(document, data.needs)
-    for event in store.events(run_id, types=("AgentFallback",)):
-        item = event.get("item")
-        key = (event["agent_id"], -1 if item is None else item)
-        data.fallbacks.setdefault(key, event["at"])
     return data
 
 
@@ -153,7 +156,7 @@ def render(data: ReportData, *, live: Mapping[str, str] | None = None) -> str:
     ]
     if live is not None:
         parts.insert(parts.index(header) + 1, _ACTIONS)
-        parts.append(f"<script>const AOE_LIVE = {_js(live)};{_LIVE}</script>")
+        parts.append(f"<script>const AOE_LIVE = {js_literal(live)};{_LIVE}</script>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -163,7 +166,7 @@ def report_html(store: Store, run_id: str) -> str:
     return render(gather(store, run_id))
 
 
-def _js(value: Any) -> str:
+def js_literal(value: Any) -> str:
     """``value`` as a JavaScript literal that cannot end the script it is in."""
     text = json.dumps(value)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
@@ -316,21 +319,13 @@ def _failures(document: Mapping[str, Any]) -> str:
 NODE_W, NODE_H, GAP_X, GAP_Y, PAD = 168, 28, 56, 10, 12
 
 
-def _levels(order: Sequence[str], needs: Mapping[str, Sequence[str]]) -> dict[str, int]:
-    level: dict[str, int] = {}
-
-    def of(agent: str, depth: int = 0) -> int:
-        if agent in level:
-            return level[agent]
-        if depth > len(order):  # (a record cannot hold a cycle; a damaged one might)
-            return 0
-        deps = [d for d in needs.get(agent, ()) if d in needs]
-        level[agent] = 1 + max(of(d, depth + 1) for d in deps) if deps else 0
-        return level[agent]
-
-    for agent in order:
-        of(agent)
-    return level
+def _levels(needs: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Each agent's column: its depth in the graph (a record damaged into a
+    cycle, which no workflow can make, draws in one column)."""
+    try:
+        return Graph(needs).levels()
+    except GraphError:
+        return dict.fromkeys(needs, 0)
 
 
 def _graph(data: ReportData) -> str:
@@ -338,7 +333,7 @@ def _graph(data: ReportData) -> str:
     order = list(agents)
     if not order:
         return ""
-    level = _levels(order, data.needs)
+    level = _levels({agent: data.needs.get(agent, ()) for agent in order})
     columns: dict[int, list[str]] = {}
     for agent in order:
         columns.setdefault(level[agent], []).append(agent)

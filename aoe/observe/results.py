@@ -8,9 +8,10 @@ timings and every attempt. It computes nothing the engine already did.
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 from xml.etree import ElementTree
 
 from aoe.events import (
@@ -27,7 +28,7 @@ from aoe.format.workflow import Workflow
 from aoe.types import Usage
 
 if TYPE_CHECKING:
-    from aoe.state.rows import AgentRow, AttemptRow
+    from aoe.state.rows import AgentRow, AttemptRow, RunRow
     from aoe.state.store import Store
 
 RESULTS_VERSION = 1
@@ -323,20 +324,46 @@ def listed(run: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def recorded(store: Store, run_id: str) -> dict[str, Any]:
-    """The results document of a run, rebuilt from its record in ``store``: the
-    run as a whole, every session's attempts (each names its session), agents
-    that ended in an earlier session than the last marked ``resumed``. For a
-    run of one session it is the document ``--output`` wrote, but for the
-    workflow's ``file``, which the record holds as an absolute path. A run in
-    progress reads as it stands: attempts in flight ``running``, its cost what
-    it may have been billed so far (in-flight reservations included)."""
+class RunRecord(NamedTuple):
+    """A run's record as read from the store, once: what the results document
+    and the report are built from."""
+
+    run: RunRow
+    agents: list[AgentRow]
+    attempts: list[AttemptRow]
+    events: list[dict[str, Any]]  # of the types the document (and the caller) read
+
+
+_DOCUMENT_EVENTS = ("RunStarted", "AgentStarted", "AgentFinished", "RunFinished")
+
+
+def read_record(store: Store, run_id: str, events: Sequence[str] = ()) -> RunRecord:
+    """The run ``run_id`` (a unique prefix is enough): its record, with the
+    events the document needs and those of ``events``."""
     run = store.run(run_id)
-    rows = store.agents(run.run_id)
-    attempts = store.attempts(run.run_id)
-    events = store.events(
-        run.run_id, types=("RunStarted", "AgentStarted", "AgentFinished", "RunFinished")
+    return RunRecord(
+        run,
+        store.agents(run.run_id),
+        store.attempts(run.run_id),
+        store.events(run.run_id, types=(*_DOCUMENT_EVENTS, *events)),
     )
+
+
+def recorded(store: Store, run_id: str) -> dict[str, Any]:
+    """The results document of a run, rebuilt from its record in ``store``
+    (:func:`document_of`)."""
+    return document_of(read_record(store, run_id))
+
+
+def document_of(record: RunRecord) -> dict[str, Any]:
+    """The results document of a run's record: the run as a whole, every
+    session's attempts (each names its session), agents that ended in an
+    earlier session than the last marked ``resumed``. For a run of one session
+    it is the document ``--output`` wrote, but for the workflow's ``file``,
+    which the record holds as an absolute path. A run in progress reads as it
+    stands: attempts in flight ``running``, its cost what it may have been
+    billed so far (in-flight reservations included, as :meth:`Store.spent`)."""
+    run, rows, attempts, events = record
     running = run.status == "running"
     started = next((e["at"] for e in events if e["type"] == "RunStarted"), run.created_at)
     items: dict[str, int] = {}
@@ -357,7 +384,7 @@ def recorded(store: Store, run_id: str) -> dict[str, Any]:
             "input_tokens": sum(a.input_tokens for a in attempts),
             "output_tokens": sum(a.output_tokens for a in attempts),
         }
-        cost = store.spent(run.run_id)
+        cost = math.fsum(a.reserved if a.status == "started" else a.cost for a in attempts)
     order = sorted(rows, key=lambda a: (a.position is None, a.position or 0, a.agent_id))
     return {
         "results_version": RESULTS_VERSION,

@@ -232,8 +232,8 @@ class Service:
             plan = await asyncio.to_thread(
                 plan_resume, self.store, run_id, self.settings, options=changes
             )
-        except RunNotFound as e:
-            raise Refused(404, str(e).split(" in /")[0]) from None
+        except RunNotFound:  # (gone since the route found it; the store's path is not told)
+            raise Refused(404, f"no run {run_id}") from None
         except ResumeRefused as e:
             raise Refused(409, str(e)) from None
         if plan.done:

@@ -15,15 +15,11 @@ while it goes, with buttons to cancel it or to resume it.
 
 from __future__ import annotations
 
-import json
+from typing import get_args
 
+from aoe.observe.report import js_literal
+from aoe.observe.resultschema import Status
 from aoe.service.options import API
-
-
-def _js(value: object) -> str:
-    """``value`` as a JavaScript literal that cannot end the script it is in."""
-    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
 
 _STYLE = """
 body{margin:0 auto;max-width:1200px;padding:16px 24px;font:14px/1.45 system-ui,-apple-system,
@@ -60,16 +56,7 @@ _LOGIN = (
     "<button>Sign in</button></form>"
 )
 
-_STATUSES = (
-    "queued",
-    "running",
-    "interrupted",
-    "completed",
-    "partial",
-    "failed",
-    "budget_exceeded",
-    "cancelled",
-)
+_STATUSES: tuple[str, ...] = get_args(Status)  # as the results document has them
 
 
 def runs_page() -> str:
@@ -77,7 +64,7 @@ def runs_page() -> str:
     options = "".join(f'<option value="{s}">{s}</option>' for s in _STATUSES)
     script = (
         _AUTH
-        + f"var RUNS={_js(f'{API}/runs')};"
+        + f"var RUNS={js_literal(f'{API}/runs')};"
         + """
 function money(v){return v==null?'':'$'+(v<0.01?v.toFixed(6):v.toFixed(4));}
 function took(s){if(s==null)return '';if(s<60)return s.toFixed(1)+' s';
@@ -132,7 +119,7 @@ def run_page(run_id: str) -> str:
     """``/runs/ID``: the run's report, loaded with the token, live while it goes."""
     script = (
         _AUTH
-        + f"var REPORT={_js(f'{API}/runs/')}+encodeURIComponent({_js(run_id)})"
+        + f"var REPORT={js_literal(f'{API}/runs/')}+encodeURIComponent({js_literal(run_id)})"
         + "+'/report';"
         + """
 function start(){api(REPORT).then(function(r){return r.text().then(function(text){
